@@ -1,0 +1,24 @@
+# The README's two commands: `make demo` and `make test`. Each builds what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch 2.13.0 lies on the development machines' disk, so pip takes it from
+# there. Elsewhere, point TORCH at the build you want (e.g. a CPU wheel) to avoid a CUDA download.
+TORCH ?= torch==2.13.0
+
+.PHONY: test demo bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/step_cost.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache src/*.egg-info

@@ -1,0 +1,23 @@
+"""l2b: Learning to Bootstrap (Zhou et al.) for training classifiers on noisy labels.
+
+The core is :func:`meta_weights`: per-sample weights alpha (trust the observed label) and beta
+(trust the model's pseudo-label) from one meta-gradient step on a small clean validation batch.
+"""
+
+from .engines import ForwardADUnsupported
+from .meta import MetaWeights, bootstrap_loss, meta_weights
+from .normalize import normalize_weights
+from .step import L2B, StepResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "meta_weights",
+    "bootstrap_loss",
+    "MetaWeights",
+    "L2B",
+    "StepResult",
+    "normalize_weights",
+    "ForwardADUnsupported",
+    "__version__",
+]

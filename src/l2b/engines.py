@@ -1,0 +1,163 @@
+"""Two independent ways to compute the raw L2B weights ``w = -dG/d eps`` at eps = 0.
+
+``jvp`` (default, SPEC §2): with v = grad G(theta_hat(0)) from one validation forward+backward,
+``-dG/d eps_i = scale * <v, grad f_i(theta)>``, and all n dot products come from ONE forward-mode
+JVP of the training logits z along ``scale * v``:  <v, grad f_i> = (df_i/dz_i) . zdot_i.
+For cross-entropy df_i/dz_i = softmax(z_i) - onehot(y_i). The primal logits of that forward carry
+the reverse graph for the real step, so the training batch is forwarded once.
+
+``unroll`` (the second-order reference): differentiable virtual step with ``create_graph=True``,
+validation loss at theta_hat(eps), then autograd back to eps. It is the test oracle of ``jvp`` and
+the fallback for modules whose ops lack forward-mode AD.
+
+Both return ``(raw_alpha, raw_beta, logits, val_loss)``. Both run the training forward through the
+module's own buffers exactly once (so BatchNorm running statistics move exactly as in one ordinary
+training forward) and the validation forward on clones of the buffers (so they never move there).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .virtual_step import VirtualStep
+
+# loss_fn(logits, targets) -> per-sample losses of shape (n,)
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def per_sample_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def _cloned_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.clone() for name, b in model.named_buffers()}
+
+
+def _validation_loss(
+    model: nn.Module, params: dict[str, torch.Tensor], x_val: torch.Tensor, y_val: torch.Tensor
+) -> torch.Tensor:
+    """G = mean cross-entropy on the validation batch at the given parameters (Alg. 1, line 8)."""
+    logits = functional_call(model, {**params, **_cloned_buffers(model)}, (x_val,))
+    return F.cross_entropy(logits, y_val)
+
+
+def _loss_grad_wrt_logits(
+    logits: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn | None
+) -> torch.Tensor:
+    """d f_i / d z_i for every sample (rows), for a per-sample loss f_i = loss_fn(z_i, t_i)."""
+    if loss_fn is None:
+        grad = torch.softmax(logits.detach(), dim=1)
+        return grad.scatter_add_(1, targets[:, None], -torch.ones_like(grad[:, :1]))
+    z = logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(loss_fn(z, targets).sum(), z)
+    return grad
+
+
+class ForwardADUnsupported(RuntimeError):
+    """An op of the model has no forward-mode AD formula: use ``engine="unroll"``."""
+
+
+# PyTorch's messages for an op without a forward-mode formula, and for a custom
+# autograd.Function without a jvp staticmethod.
+_FWAD_MSG = re.compile(r"forward AD with (\S+)|(custom autograd\.Function)[^.]*forward mode AD")
+
+
+def raw_weights_jvp(
+    model: nn.Module,
+    step: VirtualStep,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    loss_fn: LossFn | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    shifts, scales = step.shift_and_scale()
+    # v = grad G at theta_hat(0): one validation forward + backward on detached copies.
+    shifted = [s.requires_grad_(True) for s in shifts]
+    with torch.enable_grad():
+        val_loss = _validation_loss(model, dict(zip(step.names, shifted)), x_val, y_val)
+        v = torch.autograd.grad(val_loss, shifted)
+    # One training forward at theta carrying the tangent scale * v (forward-mode AD).
+    try:
+        with torch.enable_grad(), fwAD.dual_level():
+            duals = {
+                name: fwAD.make_dual(p, g * c)
+                for name, p, g, c in zip(step.names, step.params, v, scales)
+            }
+            out = functional_call(model, duals, (x,))
+            logits, zdot = fwAD.unpack_dual(out)
+    except (RuntimeError, NotImplementedError) as err:
+        match = _FWAD_MSG.search(str(err))
+        if match is None:
+            raise
+        op = match.group(1) or f"a {match.group(2)} without a jvp staticmethod"
+        raise ForwardADUnsupported(
+            f"the model uses {op}, which has no forward-mode AD support in this "
+            f"PyTorch; call meta_weights(..., engine='unroll') (exact, second-order, slower)"
+        ) from err
+    if zdot is None:  # the logits do not depend on any moved parameter
+        zdot = torch.zeros_like(logits)
+    zdot = zdot.detach()
+    pseudo = logits.detach().argmax(dim=1)
+    raw_alpha = (_loss_grad_wrt_logits(logits, y, loss_fn) * zdot).sum(dim=1)
+    raw_beta = (_loss_grad_wrt_logits(logits, pseudo, loss_fn) * zdot).sum(dim=1)
+    return raw_alpha, raw_beta, logits, val_loss.detach()
+
+
+def _replay_sgd(step: VirtualStep, grads: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """torch.optim.SGD's update rule on differentiable gradients, written out step by step."""
+    out = []
+    for p, g, d_p, buf in zip(step.params, step.groups, grads, step.buffers):
+        if g.weight_decay:
+            d_p = d_p + g.weight_decay * p
+        if g.momentum:
+            if buf is None:
+                buf = d_p
+            else:
+                buf = g.momentum * buf + (1.0 - g.dampening) * d_p
+            d_p = d_p + g.momentum * buf if g.nesterov else buf
+        out.append(p - g.lr * d_p)
+    return out
+
+
+def raw_weights_unroll(
+    model: nn.Module,
+    step: VirtualStep,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    loss_fn: LossFn | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    loss_fn = loss_fn or per_sample_ce
+    with torch.enable_grad():
+        logits = model(x)  # the one training forward; its graph also serves the real step
+        pseudo = logits.detach().argmax(dim=1)
+        n = logits.shape[0]
+        eps_alpha = torch.zeros(n, dtype=logits.dtype, device=logits.device, requires_grad=True)
+        eps_beta = torch.zeros(n, dtype=logits.dtype, device=logits.device, requires_grad=True)
+        virtual_loss = (eps_alpha * loss_fn(logits, y) + eps_beta * loss_fn(logits, pseudo)).sum()
+        grads = torch.autograd.grad(
+            virtual_loss, step.params, create_graph=True, allow_unused=True
+        )
+        grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(step.params, grads))
+        theta_hat = _replay_sgd(step, grads)
+        val_loss = _validation_loss(model, dict(zip(step.names, theta_hat)), x_val, y_val)
+        d_alpha, d_beta = torch.autograd.grad(
+            val_loss, (eps_alpha, eps_beta), retain_graph=True, allow_unused=True
+        )
+    zero = torch.zeros_like(eps_alpha)
+    d_alpha = zero if d_alpha is None else d_alpha
+    d_beta = zero if d_beta is None else d_beta
+    return -d_alpha.detach(), -d_beta.detach(), logits, val_loss.detach()
+
+
+ENGINES = {"jvp": raw_weights_jvp, "unroll": raw_weights_unroll}

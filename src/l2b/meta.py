@@ -1,0 +1,142 @@
+"""``meta_weights``: the per-sample weights alpha, beta of L2B (Algorithm 1, lines 4-11)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .engines import ENGINES, LossFn
+from .normalize import check_options, normalize_weights
+from .virtual_step import optimizer_step, plain_sgd_step
+
+
+@dataclass
+class MetaWeights:
+    """What one meta step computed for a training batch of n samples.
+
+    Attributes:
+        raw_alpha, raw_beta: ``-dG/d eps`` at eps = 0, shape (n,), before any normalisation
+            (``scale * <grad G(theta_hat), grad f_i>`` and likewise with the pseudo-label loss g_i).
+        alpha, beta: the normalised weights of the real step, shape (n,), detached.
+        logits: the training logits of this forward, carrying the autograd graph for the real step.
+        pseudo_labels: ``argmax`` of those logits, shape (n,).
+        val_loss: G at the virtual-step point theta_hat(0), detached scalar.
+    """
+
+    raw_alpha: torch.Tensor
+    raw_beta: torch.Tensor
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    logits: torch.Tensor
+    pseudo_labels: torch.Tensor
+    val_loss: torch.Tensor
+
+    @property
+    def all_zero(self) -> bool:
+        """True when every normalised weight is zero (possible under ``normalize="sum"``)."""
+        return not bool((self.alpha.any() | self.beta.any()).item())
+
+
+def _check_batch(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name}: inputs and labels must be torch tensors")
+    if y.dim() != 1:
+        raise ValueError(f"{name}: labels must be a 1-D tensor of class indices, got shape {tuple(y.shape)}")
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"{name}: labels must be integer class indices, got dtype {y.dtype}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: {x.shape[0]} inputs but {y.shape[0]} labels")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch")
+
+
+def meta_weights(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    lr: float | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    normalize: str = "sum",
+    temperature: float = 1.0,
+    threshold: float | None = None,
+    constraint: str | None = None,
+    engine: str = "jvp",
+    loss_fn: LossFn | None = None,
+) -> MetaWeights:
+    """Per-sample L2B weights for a training batch, from one meta step on a clean batch.
+
+    The virtual step is either the paper's plain SGD step with step size ``lr`` (Eq. 5) or, with
+    ``optimizer=``, exactly the step that ``optimizer.step()`` would take (torch.optim.SGD with its
+    momentum buffers, weight decay, dampening and Nesterov; lr per parameter group), as in the
+    authors' code. Give one of the two.
+
+    Args:
+        model: any ``nn.Module`` mapping a batch of inputs to logits ``(n, K)``. Its current mode
+            is respected: in train mode BatchNorm uses batch statistics in every forward and only
+            the one training forward updates the running statistics; in eval mode nothing moves.
+        x, y: training batch and its observed (possibly noisy) labels.
+        x_val, y_val: clean validation batch; G is their mean cross-entropy. Its size m is free.
+        normalize: ``"sum"`` (Eq. 9, default), ``"softmax"`` (Eq. 14), ``"sigmoid"`` (Eq. 13) or
+            ``"hard"``, applied jointly to the 2n entries [alpha, beta] (see ``l2b.normalize``).
+        temperature, threshold: for ``"softmax"`` / ``"hard"``.
+        constraint: ``None`` (L2B), ``"beta=0"`` (L2RW), ``"alpha=0"``, ``"alpha+beta=1"``.
+        engine: ``"jvp"`` (exact first-order identity, default) or ``"unroll"`` (second-order
+            reference).
+        loss_fn: per-sample training loss ``loss_fn(logits, targets) -> (n,)``; cross-entropy by
+            default. Use the same one in ``bootstrap_loss``.
+
+    Returns:
+        A :class:`MetaWeights`; ``bootstrap_loss(mw, y)`` is the real step's loss.
+
+    Example:
+        >>> mw = l2b.meta_weights(model, x, y, x_val, y_val, optimizer=opt)
+        >>> loss = l2b.bootstrap_loss(mw, y)
+        >>> opt.zero_grad(); loss.backward(); opt.step()
+    """
+    if (lr is None) == (optimizer is None):
+        raise ValueError(
+            "give exactly one of lr= (paper Eq. 5, plain-SGD virtual step) or optimizer= "
+            "(the authors' code: replay the optimizer's own SGD step)"
+        )
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine={engine!r}; choose one of {', '.join(map(repr, ENGINES))}")
+    check_options(normalize, constraint, temperature)
+    _check_batch("training batch (x, y)", x, y)
+    _check_batch("validation batch (x_val, y_val)", x_val, y_val)
+
+    step = plain_sgd_step(model, lr) if optimizer is None else optimizer_step(model, optimizer)
+    raw_alpha, raw_beta, logits, val_loss = ENGINES[engine](model, step, x, y, x_val, y_val, loss_fn)
+    alpha, beta = normalize_weights(
+        raw_alpha, raw_beta, normalize=normalize, constraint=constraint,
+        temperature=temperature, threshold=threshold,
+    )
+    return MetaWeights(
+        raw_alpha=raw_alpha,
+        raw_beta=raw_beta,
+        alpha=alpha.detach(),
+        beta=beta.detach(),
+        logits=logits,
+        pseudo_labels=logits.detach().argmax(dim=1),
+        val_loss=val_loss,
+    )
+
+
+def bootstrap_loss(mw: MetaWeights, y: torch.Tensor, loss_fn: LossFn | None = None) -> torch.Tensor:
+    """The real step's loss ``sum_i alpha_i f_i + beta_i g_i`` (paper Eq. 3) from ``mw.logits``.
+
+    f_i is the loss against the observed label ``y_i`` and g_i against the pseudo-label; the
+    weights already sum to one over the batch, so this is a weighted SUM, not a mean.
+    """
+    if loss_fn is None:
+        logp = F.log_softmax(mw.logits, dim=1)
+        f = -logp.gather(1, y[:, None]).squeeze(1)
+        g = -logp.gather(1, mw.pseudo_labels[:, None]).squeeze(1)
+    else:
+        f, g = loss_fn(mw.logits, y), loss_fn(mw.logits, mw.pseudo_labels)
+    return (mw.alpha * f).sum() + (mw.beta * g).sum()

@@ -1,0 +1,138 @@
+"""Normalisations and constraints that turn raw meta-gradients into L2B weights.
+
+Every normaliser is a small pure function on a tensor: it normalises over the LAST dimension and
+returns a tensor of the same shape. The authors' code flattens the raw weights of a batch to the
+2n entries ``[alpha_1..alpha_n, beta_1..beta_n]`` and normalises them jointly (SPEC §3), so that
+the weighted SUM of the 2n losses is the training loss.
+
+References:
+    Zhou et al., "L2B: Learning to Bootstrap for Combating Label Noise", Eq. 9, 13, 14.
+    Ren et al., "Learning to Reweight Examples for Robust Deep Learning", ICML 2018, Eq. (9).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+__all__ = [
+    "NORMALIZERS",
+    "CONSTRAINTS",
+    "sum_normalize",
+    "softmax_normalize",
+    "sigmoid_normalize",
+    "hard_normalize",
+    "normalize_weights",
+]
+
+# Added to the denominator of the sum normalisation, as in L2RW and the authors' code: when every
+# weight clamps to zero the result is all zeros instead of NaN.
+SUM_EPS = 1e-10
+
+
+def sum_normalize(w: torch.Tensor, **_: object) -> torch.Tensor:
+    """Clamp at zero and divide by the total (paper Eq. 9, L2RW Eq. 9).
+
+    If every entry clamps to zero the result is all zeros: the step's loss is then zero.
+    """
+    w = w.clamp(min=0)
+    return w / (w.sum(dim=-1, keepdim=True) + SUM_EPS)
+
+
+def softmax_normalize(w: torch.Tensor, *, temperature: float = 1.0, **_: object) -> torch.Tensor:
+    """``softmax(w / T)`` without clamping (paper Eq. 14; the ISIC runs use T = 10)."""
+    return torch.softmax(w / temperature, dim=-1)
+
+
+def sigmoid_normalize(w: torch.Tensor, **_: object) -> torch.Tensor:
+    """``sigmoid(w) / sum(sigmoid(w))`` without clamping (paper Eq. 13, then summed to one).
+
+    A raw weight of exactly zero gets sigmoid(0) = 0.5 before the division.
+    """
+    s = torch.sigmoid(w)
+    return s / s.sum(dim=-1, keepdim=True)
+
+
+def hard_normalize(
+    w: torch.Tensor, *, temperature: float = 1.0, threshold: float | None = None, **_: object
+) -> torch.Tensor:
+    """Softmax, then entries at or below ``threshold`` set to zero, without renormalising.
+
+    ``threshold=None`` means ``1/k`` for k entries: only weights above the uniform share survive.
+    """
+    p = softmax_normalize(w, temperature=temperature)
+    t = 1.0 / w.shape[-1] if threshold is None else threshold
+    return torch.where(p > t, p, torch.zeros_like(p))
+
+
+NORMALIZERS: dict[str, Callable[..., torch.Tensor]] = {
+    "sum": sum_normalize,
+    "softmax": softmax_normalize,
+    "sigmoid": sigmoid_normalize,
+    "hard": hard_normalize,
+}
+
+# None: alpha, beta >= 0 jointly normalised (L2B). "beta=0": L2RW (Ren et al. 2018).
+# "alpha=0" and "alpha+beta=1": the ablations of the paper's Table 7.
+CONSTRAINTS = (None, "alpha=0", "beta=0", "alpha+beta=1")
+
+
+def check_options(normalize: str, constraint: str | None, temperature: float) -> None:
+    """Raise a ValueError naming the bad option and the valid choices."""
+    if normalize not in NORMALIZERS:
+        raise ValueError(
+            f"unknown normalize={normalize!r}; choose one of {', '.join(map(repr, NORMALIZERS))}"
+        )
+    if constraint not in CONSTRAINTS:
+        raise ValueError(
+            f"unknown constraint={constraint!r}; choose one of {', '.join(map(repr, CONSTRAINTS))}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+
+def normalize_weights(
+    raw_alpha: torch.Tensor,
+    raw_beta: torch.Tensor,
+    *,
+    normalize: str = "sum",
+    constraint: str | None = None,
+    temperature: float = 1.0,
+    threshold: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map raw meta-gradients (shape (n,)) to the weights alpha, beta of the real step.
+
+    Args:
+        raw_alpha, raw_beta: ``-dG/d eps`` for the observed-label and pseudo-label terms.
+        normalize: ``"sum"`` (Eq. 9), ``"softmax"`` (Eq. 14), ``"sigmoid"`` (Eq. 13), ``"hard"``.
+        constraint: ``None`` normalises all 2n entries jointly; ``"beta=0"`` (L2RW) and
+            ``"alpha=0"`` normalise the remaining n entries and set the other half to zero;
+            ``"alpha+beta=1"`` normalises each sample's pair (alpha_i, beta_i) on its own, so the
+            sample keeps its uniform share and only the split between the two labels is learned
+            (paper Eq. 2 with a learned per-sample beta). Its weights are scaled by 1/n so that,
+            like every other setting, they sum to one over the batch: alpha_i + beta_i = 1/n.
+            A pair whose entries both clamp to zero under ``"sum"`` is split evenly.
+        temperature, threshold: for ``"softmax"`` and ``"hard"``.
+
+    Returns:
+        ``(alpha, beta)``, each of shape (n,).
+    """
+    check_options(normalize, constraint, temperature)
+    norm = NORMALIZERS[normalize]
+    kw = dict(temperature=temperature, threshold=threshold)
+    if constraint is None:
+        n = raw_alpha.shape[0]
+        w = norm(torch.cat([raw_alpha, raw_beta]), **kw)
+        return w[:n], w[n:]
+    if constraint == "beta=0":
+        return norm(raw_alpha, **kw), torch.zeros_like(raw_alpha)
+    if constraint == "alpha=0":
+        return torch.zeros_like(raw_beta), norm(raw_beta, **kw)
+    # "alpha+beta=1": a per-sample convex combination of the two losses.
+    pair = norm(torch.stack([raw_alpha, raw_beta], dim=-1), **kw)
+    total = pair.sum(dim=-1, keepdim=True)
+    even = torch.full_like(pair, 0.5)
+    share = torch.where(total > 0, pair / total.clamp(min=torch.finfo(pair.dtype).tiny), even)
+    share = share / raw_alpha.shape[0]
+    return share[:, 0], share[:, 1]
