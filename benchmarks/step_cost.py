@@ -1,0 +1,144 @@
+"""Cost of one full training step of CE, L2RW, L2B-jvp and L2B-unroll (issue 2's targets).
+
+A full step = meta weights (if any) + weighted loss + backward + optimizer step, PreActResNet-18
+at 32x32x3, float32, on the CPU. Each (setting, method) runs in its own subprocess so that its
+peak resident memory is its own: we report the growth of the peak RSS over the RSS after
+model, optimizer and data were built (the working memory of the steps, momentum buffers included).
+
+    python benchmarks/step_cost.py            # full table, appended to benchmarks/RESULTS.md
+    python benchmarks/step_cost.py --quick    # width 16, few repeats: a smoke run, not recorded
+
+Targets (issue 2): L2B-jvp <= 3.5x CE at n = m = 128, <= 3.0x at n = 512 / m = 100, and
+>= 2.5x faster than L2B-unroll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+METHODS = {  # name -> meta_weights options (None: plain cross-entropy)
+    "CE": None,
+    "L2RW": dict(constraint="beta=0", engine="jvp"),
+    "L2B-jvp": dict(engine="jvp"),
+    "L2B-unroll": dict(engine="unroll"),
+}
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def measure(method: str, width: int, n: int, m: int, repeats: int, threads: int) -> dict:
+    """Runs in a child process: median seconds per step and peak RSS growth of one method."""
+    import torch
+    import torch.nn.functional as F
+
+    import l2b
+    from l2b.models import PreActResNet18
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = PreActResNet18(num_classes=10, width=width)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
+    x, y = torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
+    x_val, y_val = torch.randn(m, 3, 32, 32), torch.randint(0, 10, (m,))
+    options = METHODS[method]
+
+    def step() -> None:
+        if options is None:
+            loss = F.cross_entropy(model(x), y)
+        else:
+            mw = l2b.meta_weights(model, x, y, x_val, y_val, optimizer=opt, **options)
+            loss = l2b.bootstrap_loss(mw, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    base = _rss_mib()  # model, optimizer and data built; no step taken yet
+    step()  # warm-up: allocator, momentum buffers, forward-AD decompositions
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times), "peak_mib": _rss_mib() - base, "times": times}
+
+
+def run_child(method: str, width: int, n: int, m: int, repeats: int, threads: int) -> dict:
+    args = [sys.executable, __file__, "--child", json.dumps([method, width, n, m, repeats, threads])]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="width 16, 2 repeats, not recorded")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(*json.loads(args.child))))
+        return
+
+    widths = [16] if args.quick else [32, 64]
+    repeats = 2 if args.quick else args.repeats
+    settings = [(w, n, m) for w in widths for (n, m) in ((128, 128), (512, 100))]
+    import torch
+
+    header = (
+        "| width | n / m | method | s / step | × CE | peak MiB (Δ RSS) | × CE mem |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    lines, summary = [header], []
+    print(header, flush=True)
+    for width, n, m in settings:
+        res = {meth: run_child(meth, width, n, m, repeats, args.threads) for meth in METHODS}
+        ce = res["CE"]
+        for meth, r in res.items():
+            line = (
+                f"| {width} | {n} / {m} | {meth} | {r['seconds']:.3f} | "
+                f"{r['seconds'] / ce['seconds']:.2f} | {r['peak_mib']:.0f} | "
+                f"{r['peak_mib'] / max(ce['peak_mib'], 1e-9):.2f} |"
+            )
+            lines.append(line)
+            print(line, flush=True)
+        summary.append(
+            f"width {width}, n={n}/m={m}: L2B-jvp = {res['L2B-jvp']['seconds'] / ce['seconds']:.2f}× CE, "
+            f"L2B-unroll / L2B-jvp = {res['L2B-unroll']['seconds'] / res['L2B-jvp']['seconds']:.2f}×"
+        )
+    print("\n".join(summary))
+    if args.quick:
+        return
+    cmd = "python benchmarks/step_cost.py" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{args.threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+    )
+    block = [
+        f"\n## Step cost, CPU ({datetime.now(timezone.utc):%Y-%m-%d})\n",
+        f"Command: `{cmd}` — median of {repeats} steps after one warm-up; PreActResNet-18, "
+        f"32×32×3, float32, SGD momentum 0.9 / wd 5e-4 replayed as the virtual step.  ",
+        f"Machine: {machine}.\n",
+        *lines,
+        "",
+        *[f"- {s}" for s in summary],
+        "",
+    ]
+    with open(HERE / "RESULTS.md", "a") as fh:
+        fh.write("\n".join(block))
+
+
+if __name__ == "__main__":
+    main()
