@@ -11,11 +11,14 @@ TORCH ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,cli,data,images]"
 	touch $@
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+demo: $(VENV)/.installed
+	$(PY) -m l2b demo
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/step_cost.py

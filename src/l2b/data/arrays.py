@@ -1,0 +1,264 @@
+"""Small-image datasets that live in memory as uint8 tensors: digits, MNIST-style IDX, CIFAR, npz."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .safe_pickle import load_pickle
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+# Visually confusable pairs, used by `asymmetric:R` on Fashion-MNIST (docs/data.md):
+# shirt -> T-shirt, pullover -> coat, coat -> pullover, sandal -> sneaker, sneaker -> ankle boot,
+# ankle boot -> sandal, T-shirt -> shirt, dress -> coat; trouser and bag keep their label.
+FASHION_ASYMMETRIC_MAP = {6: 0, 2: 4, 4: 2, 5: 7, 7: 9, 9: 5, 0: 6, 3: 4}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+
+
+@dataclass
+class ArrayDataset:
+    """Train and test images as uint8 tensors N×C×H×W, labels as int64 tensors.
+
+    ``x_val``/``y_val`` hold the dataset's own clean set where it has one; ``coarse_train`` /
+    ``coarse_test`` the superclass labels (CIFAR-100); ``asymmetric_map`` the class map that
+    ``asymmetric:R`` noise uses; ``augment`` the default training augmentation.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: tuple[str, ...]
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    coarse_train: torch.Tensor | None = None
+    coarse_test: torch.Tensor | None = None
+    asymmetric_map: dict[int, int] | None = None
+    augment: dict = field(default_factory=lambda: {"crop_padding": 0, "flip": False})
+    root: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.x_train.shape[-1]
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std of the training images, in [0, 1] units."""
+        x = self.x_train.double() / 255.0
+        return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).clamp(min=1e-3).float()
+
+    def check(self) -> "ArrayDataset":
+        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test),
+                            ("val", self.x_val, self.y_val)):
+            if x is None:
+                continue
+            if len(x) != len(y):
+                raise ValueError(f"{self.name}: {split} has {len(x)} images but {len(y)} labels")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                bad = int(torch.nonzero((y < 0) | (y >= self.num_classes))[0])
+                raise ValueError(
+                    f"{self.name}: {split} label {int(y[bad])} at index {bad} is outside "
+                    f"[0, {self.num_classes})"
+                )
+        return self
+
+
+def _labels(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.int64))
+
+
+def load_digits(path: str | None = None) -> ArrayDataset:
+    """scikit-learn's bundled 8×8 digits (1,797 images); a fixed, stratified 1,297 / 500 split."""
+    if path:
+        raise ValueError("digits takes no path: it is bundled with scikit-learn")
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError:
+        raise ImportError("the digits dataset needs scikit-learn: pip install 'l2b[data]'") from None
+    d = sk_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    rng = np.random.Generator(np.random.PCG64(20240101))
+    test = np.concatenate([rng.permutation(np.flatnonzero(d.target == c))[:50] for c in range(10)])
+    train = np.setdiff1d(np.arange(len(images)), test)
+    return ArrayDataset(
+        "digits", torch.from_numpy(images[train]), _labels(d.target[train]),
+        torch.from_numpy(images[np.sort(test)]), _labels(d.target[np.sort(test)]),
+        tuple(str(c) for c in range(10)),
+    ).check()
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST format), plain or gzipped; errors name the file and the problem."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path}: unreadable ({err}); re-download the file") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(
+            f"{path}: wrong magic number {data[:4].hex()} (expected 0x00000801 or 0x00000803 "
+            "for uint8 labels/images); not an IDX file"
+        )
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    expected = int(np.prod(dims))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if len(body) != expected:
+        raise ValueError(f"{path}: truncated: header promises {expected} bytes of data, file has {len(body)}")
+    return body.reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for cand in (root / stem, root / f"{stem}.gz"):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"{root}: neither {stem} nor {stem}.gz found")
+
+
+def load_idx_dataset(name: str, root: Path, classes: tuple[str, ...]) -> ArrayDataset:
+    if not root.is_dir():
+        raise FileNotFoundError(f"{name}: directory {root} not found")
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+        y = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+        if x.ndim != 3 or y.ndim != 1:
+            raise ValueError(f"{root}: {prefix} images must be N×H×W and labels N, got {x.shape} and {y.shape}")
+        if len(x) != len(y):
+            raise ValueError(f"{root}: {prefix} has {len(x)} images but {len(y)} labels")
+        parts[split] = (torch.from_numpy(x.copy())[:, None], _labels(y))
+    return ArrayDataset(name, *parts["train"], *parts["test"], classes, root=root).check()
+
+
+def load_mnist(path: str | None) -> ArrayDataset:
+    if not path:
+        raise ValueError("mnist needs its directory: mnist:DIR (with train-images-idx3-ubyte[.gz] ...)")
+    return load_idx_dataset("mnist", Path(path), tuple(str(c) for c in range(10)))
+
+
+def load_fashion_mnist(path: str | None) -> ArrayDataset:
+    root = Path(path) if path else FASHION_MNIST_DIR
+    if not path and not root.is_dir():
+        raise FileNotFoundError(
+            f"fashion-mnist: {root} not found; install it (apt-get install dataset-fashion-mnist) "
+            "or give fashion-mnist:DIR"
+        )
+    ds = load_idx_dataset("fashion-mnist", root, FASHION_CLASSES)
+    ds.asymmetric_map = dict(FASHION_ASYMMETRIC_MAP)
+    return ds
+
+
+def _cifar_batch(path: Path, label_key: bytes, coarse_key: bytes | None = None):
+    d = load_pickle(path)
+    if not isinstance(d, dict) or b"data" not in d or label_key not in d:
+        raise ValueError(f"{path}: not a python-pickle CIFAR batch (keys {sorted(d)[:5] if isinstance(d, dict) else type(d)})")
+    x = np.asarray(d[b"data"], dtype=np.uint8)
+    y = np.asarray(d[label_key], dtype=np.int64)
+    if x.ndim != 2 or x.shape[1] != 3072:
+        raise ValueError(f"{path}: data has shape {x.shape}, expected N×3072")
+    if len(x) != len(y):
+        raise ValueError(f"{path}: {len(x)} images but {len(y)} labels")
+    coarse = np.asarray(d[coarse_key], dtype=np.int64) if coarse_key else None
+    return x.reshape(-1, 3, 32, 32), y, coarse
+
+
+def _decode(names) -> tuple[str, ...]:
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+def load_cifar10(path: str | None) -> ArrayDataset:
+    if not path:
+        raise ValueError("cifar10 needs its directory: cifar10:DIR (holding cifar-10-batches-py/)")
+    root = Path(path)
+    base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    train = [_cifar_batch(base / f"data_batch_{i}", b"labels") for i in range(1, 6)]
+    xt, yt, _ = _cifar_batch(base / "test_batch", b"labels")
+    x = np.concatenate([b[0] for b in train])
+    y = np.concatenate([b[1] for b in train])
+    ds = ArrayDataset("cifar10", torch.from_numpy(x), _labels(y), torch.from_numpy(xt), _labels(yt),
+                      CIFAR10_CLASSES, augment={"crop_padding": 4, "flip": True}, root=root)
+    from ..noise import CIFAR10_ASYMMETRIC_MAP
+
+    ds.asymmetric_map = dict(CIFAR10_ASYMMETRIC_MAP)
+    return ds.check()
+
+
+def load_cifar100(path: str | None) -> ArrayDataset:
+    if not path:
+        raise ValueError("cifar100 needs its directory: cifar100:DIR (holding cifar-100-python/)")
+    root = Path(path)
+    base = root / "cifar-100-python" if (root / "cifar-100-python").is_dir() else root
+    x, y, c = _cifar_batch(base / "train", b"fine_labels", b"coarse_labels")
+    xt, yt, ct = _cifar_batch(base / "test", b"fine_labels", b"coarse_labels")
+    meta = base / "meta"
+    classes = _decode(load_pickle(meta)[b"fine_label_names"]) if meta.is_file() else tuple(str(i) for i in range(100))
+    ds = ArrayDataset("cifar100", torch.from_numpy(x), _labels(y), torch.from_numpy(xt), _labels(yt),
+                      classes, coarse_train=_labels(c), coarse_test=_labels(ct),
+                      augment={"crop_padding": 4, "flip": True}, root=root)
+    from ..noise import superclass_next_map
+
+    ds.asymmetric_map = superclass_next_map(y, c, 100)
+    return ds.check()
+
+
+def _nchw(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
+    if x.dtype != np.uint8:
+        raise ValueError(f"{path}: {key} has dtype {x.dtype}; store images as uint8 (0-255)")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        x = x.transpose(0, 3, 1, 2)  # N×H×W×C -> N×C×H×W
+    else:
+        raise ValueError(f"{path}: {key} has shape {x.shape}; expected N×H×W or N×H×W×C")
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def load_npz(path: str | None) -> ArrayDataset:
+    """Generic arrays: x_train, y_train, x_test, y_test [, x_val, y_val] [, classes]."""
+    if not path:
+        raise ValueError("npz needs a file: npz:FILE")
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: file not found")
+    try:
+        z = np.load(p, allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"{p}: not a readable .npz ({err})") from None
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+    if missing:
+        raise ValueError(f"{p}: missing arrays {missing}; an npz dataset needs x_train, y_train, x_test, y_test")
+    if ("x_val" in z.files) != ("y_val" in z.files):
+        raise ValueError(f"{p}: give both x_val and y_val, or neither")
+    labels = [z[k] for k in ("y_train", "y_test", "y_val") if k in z.files]
+    for k, y in zip(("y_train", "y_test", "y_val"), labels):
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{p}: {k} must hold integer labels, got dtype {y.dtype}")
+    k = int(max(int(y.max()) for y in labels if len(y))) + 1
+    classes = tuple(str(c) for c in z["classes"]) if "classes" in z.files else tuple(str(c) for c in range(k))
+    has_val = "x_val" in z.files
+    return ArrayDataset(
+        p.stem, _nchw(z["x_train"], p, "x_train"), _labels(z["y_train"]),
+        _nchw(z["x_test"], p, "x_test"), _labels(z["y_test"]), classes,
+        x_val=_nchw(z["x_val"], p, "x_val") if has_val else None,
+        y_val=_labels(z["y_val"]) if has_val else None, root=p.parent,
+    ).check()

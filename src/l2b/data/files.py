@@ -1,0 +1,235 @@
+"""Datasets of image files, decoded lazily with Pillow: ImageFolder, ISIC 2019, Clothing1M."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ISIC_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
+CLOTHING1M_CLASSES = ("T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
+                      "Jacket", "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear")
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("image-file datasets need Pillow: pip install 'l2b[images]'") from None
+    return Image
+
+
+@dataclass
+class FileDataset:
+    """Lists of (image path, label) for train / test (/ val, the dataset's own clean set)."""
+
+    name: str
+    train: list[tuple[Path, int]]
+    test: list[tuple[Path, int]]
+    classes: tuple[str, ...]
+    val: list[tuple[Path, int]] | None = None
+    image_size: int = 224  # crop size; images are resized so the short side is 8/7 of it
+    in_channels: int = 3
+    root: Path | None = None
+    asymmetric_map: dict[int, int] | None = None
+    coarse_train: None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def y_train(self) -> torch.Tensor:
+        return torch.tensor([y for _, y in self.train], dtype=torch.int64)
+
+    def loader(self, items, *, batch_size: int, train: bool, workers: int = 4, seed: int = 0,
+               pin_memory: bool | None = None) -> torch.utils.data.DataLoader:
+        """A DataLoader over ``items`` ((path, label) pairs) yielding normalised float batches."""
+        ds = ImageFiles(items, self.image_size, train=train)
+        g = torch.Generator().manual_seed(seed)
+        return torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, shuffle=train, num_workers=workers, generator=g,
+            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+            drop_last=False, persistent_workers=workers > 0,
+        )
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decode, resize (short side 8/7 of the crop), crop (random for training, else centre),
+    flip (training), normalise with ImageNet statistics (the pretrained setups of the paper)."""
+
+    def __init__(self, items, size: int, train: bool) -> None:
+        self.items, self.size, self.train = list(items), size, train
+        self.mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+        self.std = torch.tensor(IMAGENET_STD)[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path, label = self.items[i]
+        Image = _pil()
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: unreadable image ({err}); remove it or load the dataset with on_bad_images='skip'") from None
+        short = round(self.size * 8 / 7)
+        w, h = im.size
+        scale = short / min(w, h)
+        im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
+        w, h = im.size
+        if self.train:
+            left, top = np.random.randint(0, w - self.size + 1), np.random.randint(0, h - self.size + 1)
+        else:
+            left, top = (w - self.size) // 2, (h - self.size) // 2
+        im = im.crop((left, top, left + self.size, top + self.size))
+        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+        if self.train and np.random.rand() < 0.5:
+            x = x.flip(-1)
+        return (x - self.mean) / self.std, label, i
+
+
+def check_images(items, on_bad_images: str, where: str):
+    """Open every image header; fail (default) or skip, listing the unreadable ones."""
+    if on_bad_images not in ("error", "skip"):
+        raise ValueError(f"on_bad_images must be 'error' or 'skip', got {on_bad_images!r}")
+    Image = _pil()
+    good, bad = [], []
+    for path, label in items:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+            good.append((path, label))
+        except (OSError, ValueError, SyntaxError) as err:
+            bad.append((path, err))
+    if bad:
+        listing = "; ".join(f"{p} ({e})" for p, e in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        if on_bad_images == "error":
+            raise ValueError(
+                f"{where}: {len(bad)} unreadable image(s): {listing}. Fix or remove them, or "
+                "pass on_bad_images='skip' to leave them out"
+            )
+        warnings.warn(f"{where}: skipped {len(bad)} unreadable image(s): {listing}", stacklevel=3)
+    return good
+
+
+def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: int = 224) -> FileDataset:
+    """ImageFolder layout: DIR/train/<class>/*, DIR/test/<class>/*, optional DIR/val/<class>/*."""
+    if not path:
+        raise ValueError("folder needs a directory: folder:DIR (DIR/train/<class>/..., DIR/test/<class>/...)")
+    root = Path(path)
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(f"{root / split}: not found; the folder layout is DIR/train/<class>/*, DIR/test/<class>/*")
+    classes = tuple(sorted(d.name for d in (root / "train").iterdir() if d.is_dir()))
+    if not classes:
+        raise ValueError(f"{root / 'train'}: no class sub-directories")
+
+    def items(split: str):
+        out = []
+        for d in sorted((root / split).iterdir()):
+            if not d.is_dir():
+                continue
+            if d.name not in classes:
+                raise ValueError(f"{d}: class {d.name!r} does not exist under {root / 'train'}")
+            label = classes.index(d.name)
+            out += [(f, label) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        return check_images(out, on_bad_images, f"{root / split}")
+
+    val = items("val") if (root / "val").is_dir() else None
+    return FileDataset("folder", items("train"), items("test"), classes, val=val,
+                       image_size=image_size, root=root)
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: split list not found")
+    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def load_isic2019(path: str | None, *, on_bad_images: str = "error", image_size: int = 224) -> FileDataset:
+    """ISIC 2019: ground-truth CSV (image, MEL, NV, ...; one-hot), images, split lists.
+
+    Layout: DIR/ISIC_2019_Training_GroundTruth.csv, DIR/ISIC_2019_Training_Input/<image>.jpg, and
+    DIR/train.txt, DIR/val.txt, DIR/test.txt with one image id per line (the paper's split is
+    20,400 / 640 / 4,291). The UNK column, empty in the training data, is ignored.
+    """
+    if not path:
+        raise ValueError("isic2019 needs a directory: isic2019:DIR")
+    root = Path(path)
+    gt = root / "ISIC_2019_Training_GroundTruth.csv"
+    if not gt.is_file():
+        raise FileNotFoundError(f"{gt}: ground-truth CSV not found")
+    labels = {}
+    with open(gt, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or header[0] != "image" or list(header[1:9]) != list(ISIC_CLASSES):
+            raise ValueError(f"{gt}: header must start with image,{','.join(ISIC_CLASSES)}; got {header}")
+        for lineno, row in enumerate(reader, 2):
+            try:
+                onehot = [float(v) for v in row[1:9]]
+            except ValueError:
+                raise ValueError(f"{gt}, line {lineno}: non-numeric diagnosis column in {row}") from None
+            if sorted(onehot) != [0.0] * 7 + [1.0]:
+                raise ValueError(f"{gt}, line {lineno}: diagnosis columns must be one-hot, got {row[1:9]}")
+            labels[row[0]] = onehot.index(1.0)
+    images = root / "ISIC_2019_Training_Input"
+
+    def items(split: str):
+        out = []
+        for image_id in _read_list(root / f"{split}.txt"):
+            if image_id not in labels:
+                raise ValueError(f"{root / f'{split}.txt'}: image {image_id!r} is not in {gt.name}")
+            out.append((images / f"{image_id}.jpg", labels[image_id]))
+        return check_images(out, on_bad_images, f"isic2019 {split}")
+
+    return FileDataset("isic2019", items("train"), items("test"), ISIC_CLASSES, val=items("val"),
+                       image_size=image_size, root=root)
+
+
+def load_clothing1m(path: str | None, *, image_size: int = 224, **_) -> FileDataset:
+    """Clothing1M's list files: noisy_label_kv.txt, clean_label_kv.txt ('<key> <label>' lines),
+    noisy_train_key_list.txt, clean_val_key_list.txt, clean_test_key_list.txt; keys are image
+    paths relative to DIR. Training uses the noisy labels, val and test the clean ones. Images are
+    decoded lazily: an unreadable one is reported, by path, when it is first read."""
+    if not path:
+        raise ValueError("clothing1m needs a directory: clothing1m:DIR")
+    root = Path(path)
+
+    def kv(name: str) -> dict[str, int]:
+        out = {}
+        f = root / name
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: not found")
+        for lineno, line in enumerate(f.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].isdigit() or not 0 <= int(parts[1]) < 14:
+                raise ValueError(f"{f}, line {lineno}: expected '<image path> <label 0-13>', got {line!r}")
+            out[parts[0]] = int(parts[1])
+        return out
+
+    noisy, clean = kv("noisy_label_kv.txt"), kv("clean_label_kv.txt")
+
+    def items(list_name: str, table: dict[str, int], which: str):
+        keys = _read_list(root / list_name)
+        missing = [k for k in keys if k not in table]
+        if missing:
+            raise ValueError(f"{root / list_name}: {len(missing)} keys have no {which} label (first: {missing[0]})")
+        return [(root / k, table[k]) for k in keys]
+
+    return FileDataset(
+        "clothing1m", items("noisy_train_key_list.txt", noisy, "noisy"),
+        items("clean_test_key_list.txt", clean, "clean"), CLOTHING1M_CLASSES,
+        val=items("clean_val_key_list.txt", clean, "clean"), image_size=image_size, root=root,
+    )

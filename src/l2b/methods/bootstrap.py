@@ -1,0 +1,48 @@
+"""Bootstrapping (Reed et al., "Training Deep Neural Networks on Noisy Labels with
+Bootstrapping", ICLR 2015 workshop), the fixed-beta ancestor of L2B (paper Eq. 2).
+
+soft: target t = beta * onehot(y) + (1 - beta) * p, p = softmax(z), loss = -sum_k t_k log p_k.
+hard: target t = beta * onehot(y) + (1 - beta) * onehot(argmax p).
+beta = 0.8 as in the paper's footnote. The prediction inside the target is treated as a
+constant target (detached), as the target of a cross-entropy is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Batch, Method, StepOutput, register
+
+
+def bootstrap_target(logits: torch.Tensor, y: torch.Tensor, beta: float, mode: str) -> torch.Tensor:
+    p = torch.softmax(logits.detach(), dim=1)
+    if mode == "hard":
+        p = F.one_hot(p.argmax(dim=1), logits.shape[1]).to(p)
+    return beta * F.one_hot(y, logits.shape[1]).to(p) + (1.0 - beta) * p
+
+
+@register
+class Bootstrap(Method):
+    name = "bootstrap"
+    options = {"beta": 0.8, "mode": "soft"}
+
+    def __init__(self, model, optimizer, **options) -> None:
+        super().__init__(model, optimizer, **options)
+        if self.opts["mode"] not in ("soft", "hard"):
+            raise ValueError(f"bootstrap mode must be 'soft' or 'hard', got {self.opts['mode']!r}")
+        if not 0.0 <= float(self.opts["beta"]) <= 1.0:
+            raise ValueError(f"bootstrap beta must be in [0, 1], got {self.opts['beta']}")
+
+    def loss(self, batch: Batch) -> StepOutput:
+        logits = self.model(batch.x)
+        target = bootstrap_target(logits, batch.y, float(self.opts["beta"]), self.opts["mode"])
+        loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        n = len(batch.y)
+        beta = float(self.opts["beta"])
+        return StepOutput(
+            loss,
+            alpha=torch.full((n,), beta / n, device=logits.device),
+            beta=torch.full((n,), (1.0 - beta) / n, device=logits.device),
+            pseudo_labels=logits.detach().argmax(dim=1),
+        )

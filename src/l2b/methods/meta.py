@@ -1,0 +1,59 @@
+"""The meta-learned reweighting methods: L2B (Zhou et al.) and L2RW (Ren et al. 2018).
+
+Both call :func:`l2b.meta_weights` once per step; L2RW is L2B's engine with the constraint
+beta = 0 (Ren et al., "Learning to Reweight Examples for Robust Deep Learning", ICML 2018).
+"""
+
+from __future__ import annotations
+
+from ..meta import bootstrap_loss, meta_weights
+from .base import Batch, Method, StepOutput, register
+
+META_OPTIONS = {
+    "normalize": "sum",  # sum (Eq. 9) | softmax (Eq. 14) | sigmoid (Eq. 13) | hard
+    "temperature": 1.0,  # softmax / hard temperature (the paper uses 10 on ISIC)
+    "threshold": None,  # hard: entries <= threshold are dropped (None: 1/2n)
+    "constraint": None,  # None | alpha=0 | beta=0 | alpha+beta=1 (Table 7)
+    "virtual_step": "optimizer",  # optimizer (authors' code) | sgd (paper Eq. 5)
+    "engine": "jvp",  # jvp (exact first-order identity) | unroll (second-order reference)
+}
+
+
+@register
+class L2B(Method):
+    name = "l2b"
+    needs_clean = True
+    meta = True
+    options = dict(META_OPTIONS)
+
+    def __init__(self, model, optimizer, **options) -> None:
+        super().__init__(model, optimizer, **options)
+        if self.opts["virtual_step"] not in ("optimizer", "sgd"):
+            raise ValueError(f"virtual_step must be 'optimizer' or 'sgd', got {self.opts['virtual_step']!r}")
+
+    def loss(self, batch: Batch) -> StepOutput:
+        o = self.opts
+        step = (
+            {"optimizer": self.optimizer}
+            if o["virtual_step"] == "optimizer"
+            else {"lr": float(self.optimizer.param_groups[0]["lr"])}
+        )
+        mw = meta_weights(
+            self.model, batch.x, batch.y, batch.x_val, batch.y_val, **step,
+            normalize=o["normalize"], temperature=float(o["temperature"]), threshold=o["threshold"],
+            constraint=o["constraint"], engine=o["engine"],
+        )
+        return StepOutput(
+            bootstrap_loss(mw, batch.y), alpha=mw.alpha, beta=mw.beta,
+            pseudo_labels=mw.pseudo_labels, all_zero=mw.all_zero,
+        )
+
+
+@register
+class L2RW(L2B):
+    name = "l2rw"
+    options = {k: v for k, v in META_OPTIONS.items() if k != "constraint"}
+
+    def __init__(self, model, optimizer, **options) -> None:
+        super().__init__(model, optimizer, **options)
+        self.opts["constraint"] = "beta=0"

@@ -1,0 +1,566 @@
+"""The training loop: data, noise, model, method, schedule, evaluation, logging, checkpoints.
+
+Read top to bottom: ``TrainConfig`` holds every setting with its default; ``train(cfg)`` runs one
+experiment into ``cfg.out`` and returns its final metrics. A method (``l2b.methods``) only builds
+the loss of a step; it never touches this loop.
+
+Model selection uses the CLEAN VALIDATION set only; the test set is evaluated every epoch and
+reported twice: at the last epoch and at the best-validation epoch (SPEC §8: the authors' code
+selected on the test set).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .data import ArrayDataset, FileDataset, augment_batch, clean_val_split, load_dataset, normalize_batch
+from .methods import METHODS, Batch, create_method
+from .methods.meta import META_OPTIONS
+from .models import create_model
+from .noise import apply_noise, transition_matrix
+
+
+@dataclass
+class TrainConfig:
+    # --- data and noise
+    data: str = "digits"  # NAME or NAME:PATH (l2b.data.DATASETS)
+    noise: str = "symmetric:0.4"  # l2b.noise spec, or "none"
+    noise_seed: int | None = None  # None: the run's seed
+    val_per_class: int | None = 10  # clean validation images per class, taken from train
+    val_total: int | None = None  # ... or a total (a multiple of the class count)
+    train_subset: int | None = None  # keep only this many (random) noisy training samples
+    augment: str = "auto"  # auto (the dataset's default) | none | crop-flip
+    image_size: int = 224  # crop size for image-file datasets
+    on_bad_images: str = "error"  # image-file datasets: error | skip
+    workers: int = 4  # DataLoader workers for image-file datasets
+    # --- model
+    model: str = "mlp"  # l2b.models.MODELS
+    width: int | None = None  # model width (channels / hidden units); None: the model's default
+    pretrained: str | None = None  # local path of a state dict (e.g. ImageNet weights)
+    # --- method
+    method: str = "l2b"  # l2b.methods.METHODS
+    normalize: str | None = None  # meta methods: sum | softmax | sigmoid | hard
+    temperature: float | None = None
+    threshold: float | None = None
+    constraint: str | None = None  # l2b only: alpha=0 | beta=0 | alpha+beta=1
+    virtual_step: str | None = None  # optimizer (authors' code, default) | sgd (paper Eq. 5)
+    engine: str | None = None  # jvp | unroll
+    bootstrap_beta: float | None = None  # bootstrap: weight of the observed label (0.8)
+    bootstrap_mode: str | None = None  # bootstrap: soft | hard
+    # --- optimisation (SPEC §4: SGD, momentum 0.9, weight decay 5e-4)
+    epochs: int = 20
+    batch_size: int = 128
+    val_batch_size: int | None = None  # None: the training batch size (authors' code)
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"  # cosine | step | constant (per iteration)
+    milestones: list[int] = field(default_factory=lambda: [])  # step: epochs where lr *= gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # epochs of plain mean cross-entropy before the method starts
+    clip_grad_norm: float | None = None
+    amp: bool = False  # bf16 autocast (CUDA only)
+    # --- bookkeeping
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_batch_size: int = 1024
+    out: str = "runs/run"
+    progress: str = "auto"  # auto (a bar on a TTY) | bar | lines | none
+
+    def method_options(self) -> dict[str, Any]:
+        """The options the method takes, from the config fields that are set."""
+        cls = METHODS[self.method]
+        given = {
+            "normalize": self.normalize, "temperature": self.temperature,
+            "threshold": self.threshold, "constraint": self.constraint,
+            "virtual_step": self.virtual_step, "engine": self.engine,
+            "beta": self.bootstrap_beta, "mode": self.bootstrap_mode,
+        }
+        return {k: v for k, v in given.items() if v is not None and k in cls.options}
+
+    def validate(self) -> None:
+        """Contradictions fail here, before any data is read."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(sorted(METHODS))}")
+        cls = METHODS[self.method]
+        for name in ("normalize", "temperature", "threshold", "constraint", "virtual_step", "engine"):
+            if getattr(self, name) is not None and name not in cls.options:
+                kind = "meta methods (l2b, l2rw)" if name in META_OPTIONS else "other methods"
+                raise ValueError(f"--{name.replace('_', '-')} applies to {kind}, not to method {self.method!r}")
+        for name, opt in (("bootstrap_beta", "beta"), ("bootstrap_mode", "mode")):
+            if getattr(self, name) is not None and opt not in cls.options:
+                raise ValueError(f"--{name.replace('_', '-')} applies to method 'bootstrap', not {self.method!r}")
+        if self.val_per_class is not None and self.val_total is not None:
+            raise ValueError("give --val-per-class or --val-total, not both")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine, step or constant")
+        if self.augment not in ("auto", "none", "crop-flip"):
+            raise ValueError(f"unknown augment {self.augment!r}; choose auto, none or crop-flip")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch size must be at least 1")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}]")
+        if self.progress not in ("auto", "bar", "lines", "none"):
+            raise ValueError(f"unknown progress {self.progress!r}; choose auto, bar, lines or none")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown setting(s) {unknown}; valid: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Prepared:
+    """The data of one run: the clean split taken, the noise applied."""
+
+    ds: ArrayDataset | FileDataset
+    train_idx: np.ndarray  # positions in the dataset's training set
+    val_idx: np.ndarray | None  # clean validation positions in it (None: the dataset's own set)
+    y_true: np.ndarray  # true labels of the training samples used
+    y_noisy: np.ndarray  # their noisy labels
+    noise_rate: float
+    transition: np.ndarray
+
+
+def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
+    options = {"on_bad_images": cfg.on_bad_images, "image_size": cfg.image_size}
+    name = cfg.data.partition(":")[0]
+    ds = load_dataset(cfg.data, **(options if name in ("folder", "isic2019", "clothing1m") else {}))
+    y_all = ds.y_train.numpy()
+    own_val = (isinstance(ds, ArrayDataset) and ds.x_val is not None) or (isinstance(ds, FileDataset) and ds.val)
+    if cfg.val_per_class is not None or cfg.val_total is not None:
+        train_idx, val_idx = clean_val_split(y_all, per_class=cfg.val_per_class, total=cfg.val_total, seed=cfg.seed)
+    elif own_val:
+        train_idx, val_idx = np.arange(len(y_all)), None
+    elif needs_clean:
+        raise ValueError(
+            f"method {cfg.method!r} needs a clean validation set: give --val-per-class K "
+            f"(or --val-total M), or use a dataset with its own clean set"
+        )
+    else:
+        train_idx, val_idx = np.arange(len(y_all)), np.array([], dtype=np.int64)
+    # Noise is applied to the whole training set (a pure function of it, so CIFAR-N files line
+    # up), then the clean validation samples keep their true labels.
+    features = None
+    if cfg.noise.startswith("instance:"):
+        if not isinstance(ds, ArrayDataset):
+            raise ValueError("instance noise needs in-memory images; not available for image-file datasets")
+        features = ds.x_train.reshape(len(ds.x_train), -1).numpy()
+    noisy = apply_noise(
+        y_all, cfg.noise, num_classes=ds.num_classes,
+        seed=cfg.seed if cfg.noise_seed is None else cfg.noise_seed,
+        coarse_labels=None if ds.coarse_train is None else ds.coarse_train.numpy(),
+        mapping=ds.asymmetric_map, features=features, data_dir=ds.root,
+    )
+    if cfg.train_subset is not None:
+        if cfg.train_subset > len(train_idx):
+            raise ValueError(f"train_subset={cfg.train_subset} exceeds the {len(train_idx)} training samples")
+        rng = np.random.Generator(np.random.PCG64(cfg.seed))
+        train_idx = np.sort(rng.choice(train_idx, cfg.train_subset, replace=False))
+    y_true, y_noisy = y_all[train_idx], noisy.labels[train_idx]
+    return Prepared(ds, train_idx, val_idx, y_true, y_noisy, float((y_true != y_noisy).mean()),
+                    transition_matrix(y_true, y_noisy, ds.num_classes))
+
+
+class TensorData:
+    """An in-memory split on the training device: uint8 images, labels, batched augmentation."""
+
+    def __init__(self, x: torch.Tensor, y, device, mean, std, augment: dict) -> None:
+        self.x = x.to(device)
+        self.y = torch.as_tensor(np.asarray(y), dtype=torch.int64).to(device)
+        self.mean, self.std, self.augment = mean.to(device), std.to(device), augment
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[idx]
+        if generator is not None and (self.augment["crop_padding"] or self.augment["flip"]):
+            x = augment_batch(x, **self.augment, generator=generator)
+        return normalize_batch(x, self.mean, self.std), self.y[idx]
+
+    def epoch(self, batch_size: int, seed: int, augment: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batches of one epoch in the order that ``seed`` fixes; a final batch of one is
+        dropped (BatchNorm cannot train on it)."""
+        dev = self.x.device
+        g = torch.Generator(device=dev).manual_seed(seed)
+        order = torch.randperm(len(self), generator=g, device=dev)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) == 1 and len(order) > 1:
+                break
+            x, y = self.batch(idx, g if augment else None)
+            yield x, y, idx
+
+
+class FileData:
+    """An image-file split streamed by a DataLoader (decode, resize, crop, flip in workers)."""
+
+    def __init__(self, ds: FileDataset, items, y, device, workers: int) -> None:
+        self.ds, self.device, self.workers = ds, device, workers
+        self.items = [(path, int(label)) for (path, _), label in zip(items, y)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def epoch(self, batch_size: int, seed: int, augment: bool):
+        loader = self.ds.loader(self.items, batch_size=batch_size, train=augment, workers=self.workers, seed=seed)
+        for x, y, idx in loader:
+            if len(y) == 1 and len(self.items) > 1:
+                break
+            nb = self.device.type == "cuda"
+            yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb), idx.to(self.device)
+
+
+class CleanBatches:
+    """Validation batches for meta methods: cycle through the whole clean set, reshuffling once
+    per pass (never a fresh iterator per step: SPEC §8). Its position is checkpointed."""
+
+    def __init__(self, data, batch_size: int, seed: int) -> None:
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.passes, self.position, self._it = 0, 0, None
+
+    def _start(self):
+        self._it = iter(self.data.epoch(self.batch_size, self.seed * 7919 + self.passes, augment=True))
+        for _ in range(self.position):  # resuming mid-pass
+            next(self._it)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._it is None:
+            self._start()
+        try:
+            x, y, _ = next(self._it)
+        except StopIteration:
+            self.passes, self.position = self.passes + 1, 0
+            self._start()
+            x, y, _ = next(self._it)
+        self.position += 1
+        return x, y
+
+    def state_dict(self) -> dict:
+        return {"passes": self.passes, "position": self.position}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.passes, self.position, self._it = d["passes"], d["position"], None
+
+
+def build_splits(cfg: TrainConfig, prep: Prepared, device: torch.device):
+    ds = prep.ds
+    if isinstance(ds, ArrayDataset):
+        mean, std = ds.mean_std()
+        aug = {"crop_padding": 0, "flip": False} if cfg.augment == "none" else (
+            {"crop_padding": 4, "flip": True} if cfg.augment == "crop-flip" else ds.augment)
+
+        def split(x, y):
+            return TensorData(x, y, device, mean, std, aug)
+
+        train = split(ds.x_train[prep.train_idx], prep.y_noisy)
+        if prep.val_idx is None:
+            val = split(ds.x_val, ds.y_val.numpy())
+        else:
+            val = split(ds.x_train[prep.val_idx], ds.y_train.numpy()[prep.val_idx])
+        test = split(ds.x_test, ds.y_test.numpy())
+    else:
+        train = FileData(ds, [ds.train[i] for i in prep.train_idx], prep.y_noisy, device, cfg.workers)
+        if prep.val_idx is None:
+            val = FileData(ds, ds.val, [y for _, y in ds.val], device, cfg.workers)
+        else:
+            val = FileData(ds, [ds.train[i] for i in prep.val_idx], ds.y_train.numpy()[prep.val_idx],
+                           device, cfg.workers)
+        test = FileData(ds, ds.test, [y for _, y in ds.test], device, cfg.workers)
+    return train, val, test
+
+
+# ----------------------------------------------------------------------------- schedule, eval
+
+
+def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of an iteration (a pure function: nothing to checkpoint)."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    t = (epoch * steps_per_epoch + step) / max(1, cfg.epochs * steps_per_epoch)
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * t))
+
+
+@torch.no_grad()
+def evaluate(model, data, batch_size: int, amp: bool) -> tuple[float, float]:
+    """(accuracy %, mean cross-entropy) without augmentation, in eval mode."""
+    if len(data) == 0:
+        return float("nan"), float("nan")
+    was_training = model.training
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    for x, y, _ in data.epoch(batch_size, seed=0, augment=False):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train(was_training)
+    return 100.0 * correct / n, loss / n
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def environment() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {"l2b": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "git_commit": commit}
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Progress:
+    """A tqdm bar with ETA on a terminal; plain lines otherwise (logs, CI)."""
+
+    def __init__(self, mode: str, total: int, desc: str) -> None:
+        self.bar = None
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode = mode
+        if mode == "bar":
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+            except ImportError:
+                self.mode = "lines"
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def epoch_done(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+        elif self.mode == "lines":
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def load_pretrained(model: torch.nn.Module, path: str) -> None:
+    """Load a local state dict (e.g. ImageNet weights), skipping the classifier whose shape
+    differs; no download ever happens."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--pretrained {path}: file not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not kept:
+        raise ValueError(f"--pretrained {path}: no tensor matches the model {type(model).__name__}")
+    model.load_state_dict(kept, strict=False)
+    skipped = sorted(set(own) - set(kept))
+    print(f"loaded {len(kept)} tensors from {path}; kept the model's own {skipped[:4]}"
+          f"{' ...' if len(skipped) > 4 else ''}", flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None = None) -> dict[str, Any]:
+    """Run one experiment into ``cfg.out``; with ``resume`` continue from its checkpoint.
+
+    ``stop_after_epoch`` ends the run after that epoch (0-based) as an interruption would: the
+    checkpoint is written, ``metrics.json`` is not; ``resume=True`` later finishes it.
+    """
+    cfg.validate()
+    method_cls = METHODS[cfg.method]
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    if resume and not ckpt_path.is_file():
+        raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
+    device = resolve_device(cfg.device)
+    amp = cfg.amp and device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    prep = prepare_data(cfg, method_cls.needs_clean)
+    ds = prep.ds
+    train_data, val_data, test_data = build_splits(cfg, prep, device)
+    if method_cls.needs_clean and len(val_data) == 0:
+        raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
+
+    model = create_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
+                         image_size=ds.image_size, width=cfg.width)
+    if cfg.pretrained:
+        load_pretrained(model, cfg.pretrained)
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    method = create_method(cfg.method, model, optimizer, **cfg.method_options())
+    clean = CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed) if method.needs_clean else None
+
+    history: list[dict] = []
+    best = {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
+    start_epoch = 0
+    if resume:
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if hasattr(method, "load_state_dict") and ck.get("method") is not None:
+            method.load_state_dict(ck["method"])
+        if clean is not None:
+            clean.load_state_dict(ck["clean"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+        history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").write_text("")
+        with open(out / "config.json", "w") as fh:
+            json.dump({"config": asdict(cfg), "environment": environment(),
+                       "data": {"train": len(train_data), "clean_val": len(val_data), "test": len(test_data),
+                                "noise_rate": prep.noise_rate, "classes": list(ds.classes)}}, fh, indent=2)
+        np.savez(out / "labels.npz", train_index=prep.train_idx, noisy=prep.y_noisy, true=prep.y_true,
+                 is_noisy=prep.y_noisy != prep.y_true, val_index=np.array([]) if prep.val_idx is None else prep.val_idx,
+                 transition=prep.transition)
+
+    is_noisy = torch.as_tensor(prep.y_noisy != prep.y_true, device=device)
+    n_train = len(train_data)
+    steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size) - (n_train % cfg.batch_size == 1 and n_train > 1))
+    writer = _tensorboard(out)
+    bar = Progress(cfg.progress, (cfg.epochs - start_epoch) * steps_per_epoch, f"{cfg.method} {cfg.noise}")
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        warm = epoch < cfg.warmup_epochs
+        alpha = torch.zeros(n_train, device=device)
+        beta = torch.zeros(n_train, device=device)
+        pseudo = torch.full((n_train,), -1, dtype=torch.int64, device=device)
+        loss_sum, correct, seen, zero_steps, steps = 0.0, 0, 0, 0, 0
+        for step, (x, y, idx) in enumerate(train_data.epoch(cfg.batch_size, cfg.seed * 100003 + epoch, augment=True)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, epoch, step, steps_per_epoch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                if warm or not method.needs_clean:
+                    batch = Batch(x, y, idx)
+                else:
+                    batch = Batch(x, y, idx, *clean.next())
+                if warm:
+                    logits = model(x)
+                    result = None
+                    loss = F.cross_entropy(logits, y)
+                else:
+                    result = method.loss(batch)
+                    loss = result.loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            optimizer.step()
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+            steps += 1
+            if result is not None and result.alpha is not None:
+                alpha[idx], beta[idx] = result.alpha.float(), result.beta.float()
+                if result.pseudo_labels is not None:
+                    pseudo[idx] = result.pseudo_labels
+                zero_steps += int(result.all_zero)
+            bar.update()
+        train_time = time.perf_counter() - t0
+        val_acc, val_loss = evaluate(model, val_data, cfg.eval_batch_size, amp)
+        test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp)
+        if val_acc > best["val_acc"]:  # selection on the clean validation set only
+            best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
+            atomic_save(model.state_dict(), out / "best_model.pt")
+        row = {
+            "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(seen, 1),
+            "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss,
+            "epoch_seconds": train_time, "warmup": warm,
+            "alpha_clean": _mean(alpha, ~is_noisy), "alpha_noisy": _mean(alpha, is_noisy),
+            "beta_clean": _mean(beta, ~is_noisy), "beta_noisy": _mean(beta, is_noisy),
+            "all_zero_step_share": zero_steps / max(steps, 1),
+        }
+        history.append(row)
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    writer.add_scalar(k, v, epoch)
+        if epoch == cfg.epochs - 1 and not warm:
+            np.savez(out / "weights.npz", alpha=alpha.cpu().numpy(), beta=beta.cpu().numpy(),
+                     pseudo_labels=pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
+                     noisy=prep.y_noisy, true=prep.y_true, train_index=prep.train_idx)
+        atomic_save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "method": method.state_dict() if hasattr(method, "state_dict") else None,
+            "clean": clean.state_dict() if clean is not None else None,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "epoch": epoch, "history": history, "best": best,
+        }, ckpt_path)
+        bar.epoch_done(
+            f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val {val_acc:.2f} "
+            f"test {test_acc:.2f} ({train_time:.1f}s)"
+        )
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs - 1:
+            bar.close()
+            return {"interrupted_after_epoch": epoch, "history": history}
+    bar.close()
+    if writer is not None:
+        writer.close()
+    metrics = {
+        "method": cfg.method, "noise": cfg.noise, "seed": cfg.seed,
+        "test_acc_last": history[-1]["test_acc"], "test_acc_at_best_val": best["test_acc"],
+        "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "noise_rate": prep.noise_rate,
+        "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in history])), "history": history,
+    }
+    with open(out / "metrics.json", "w") as fh:
+        json.dump(metrics, fh, indent=2)
+    return metrics
+
+
+def _mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
+    return float(values[mask].mean()) if mask.any() else None
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out / "tensorboard"))

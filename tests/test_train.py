@@ -1,0 +1,219 @@
+"""The trainer, the methods and the CLI on real digits, with tiny models and few epochs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import l2b
+from l2b.cli import main as cli_main
+from l2b.methods import METHODS, Batch, create_method
+from l2b.methods.bootstrap import bootstrap_target
+from l2b.train import TrainConfig, train
+
+PRESETS = Path(__file__).resolve().parents[1] / "configs" / "paper"
+
+
+def tiny(tmp_path, **kw) -> TrainConfig:
+    base = dict(data="digits", model="mlp", width=32, epochs=2, batch_size=64, lr=0.1,
+                val_per_class=5, noise="symmetric:0.4", out=str(tmp_path / "run"), progress="none")
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("method", ["ce", "bootstrap", "l2rw", "l2b"])
+def test_every_method_trains_and_writes_its_run_directory(tmp_path, method):
+    m = train(tiny(tmp_path, method=method))
+    out = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "metrics.json", "labels.npz", "checkpoint.pt", "best_model.pt"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved) >= {"test_acc_last", "test_acc_at_best_val", "best_val_acc", "history"}
+    assert len(saved["history"]) == 2 and saved["test_acc_last"] > 15.0  # above chance (10%)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    config = json.loads((out / "config.json").read_text())
+    assert config["environment"]["torch"] == torch.__version__ and config["config"]["method"] == method
+    labels = np.load(out / "labels.npz")
+    assert abs(labels["is_noisy"].mean() - 0.36) < 0.06 and len(labels["val_index"]) == 50
+    assert not np.isin(labels["val_index"], labels["train_index"]).any()
+    if method in ("l2rw", "l2b", "bootstrap"):
+        w = np.load(out / "weights.npz")
+        assert w["alpha"].shape == labels["noisy"].shape and (w["pseudo_labels"] >= 0).all()
+        if method == "l2rw":
+            assert (w["beta"] == 0).all() and w["alpha"].sum() > 0
+        if method == "l2b":
+            assert w["beta"].sum() > 0 and w["alpha"].sum() > 0
+    assert m["test_acc_last"] == rows[-1]["test_acc"]
+
+
+def test_bootstrap_targets_follow_reed_et_al():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    y = torch.tensor([1, 0])
+    p = torch.softmax(logits, 1)
+    soft = bootstrap_target(logits, y, 0.8, "soft")
+    torch.testing.assert_close(soft, 0.8 * F.one_hot(y, 3).float() + 0.2 * p)
+    hard = bootstrap_target(logits, y, 0.8, "hard")
+    torch.testing.assert_close(hard, torch.tensor([[0.2, 0.8, 0.0], [0.8, 0.0, 0.2]]))
+    model = torch.nn.Linear(3, 3)
+    method = create_method("bootstrap", model, torch.optim.SGD(model.parameters(), lr=0.1), beta=0.6)
+    x = torch.randn(4, 3)
+    yb = torch.tensor([0, 1, 2, 0])
+    out = method.loss(Batch(x, yb, torch.arange(4)))
+    z = model(x)
+    t = 0.6 * F.one_hot(yb, 3) + 0.4 * torch.softmax(z.detach(), 1)
+    torch.testing.assert_close(out.loss, -(t * F.log_softmax(z, 1)).sum(1).mean())
+
+
+def test_l2b_method_step_equals_a_manual_algorithm_1_step(float64):
+    from conftest import make_batches, make_model, twin
+
+    model = make_model("preact")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    m2, o2 = twin(model, opt)
+    x, y, x_val, y_val = make_batches()
+    method = create_method("l2b", model, opt, normalize="softmax", temperature=0.5)
+    out = method.loss(Batch(x, y, torch.arange(len(y)), x_val, y_val))
+    opt.zero_grad()
+    out.loss.backward()
+    opt.step()
+    mw = l2b.meta_weights(m2, x, y, x_val, y_val, optimizer=o2, normalize="softmax", temperature=0.5)
+    loss = (mw.alpha * F.cross_entropy(mw.logits, y, reduction="none")).sum() + (
+        mw.beta * F.cross_entropy(mw.logits, mw.logits.argmax(1), reduction="none")).sum()
+    o2.zero_grad()
+    loss.backward()
+    o2.step()
+    torch.testing.assert_close(out.loss, loss, rtol=1e-13, atol=0)
+    for p, q in zip(model.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-15)
+
+
+def test_resume_reaches_bit_identical_weights(tmp_path):
+    cfg = tiny(tmp_path, method="l2b", epochs=4, model="small-cnn", width=4, augment="crop-flip",
+               train_subset=200)
+    straight = train(cfg)
+    a = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    cfg.out = str(tmp_path / "interrupted")
+    train(cfg, stop_after_epoch=1)
+    assert len(json.loads((tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()[-1:][0])) > 0
+    resumed = train(cfg, resume=True)
+    b = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=False)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [h["test_acc"] for h in straight["history"]] == [h["test_acc"] for h in resumed["history"]]
+    lines = (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
+
+
+def _npz_with_scrambled_test(tmp_path) -> Path:
+    """Digits whose TEST labels are all shifted by one class: the better the model (the higher
+    its validation accuracy), the LOWER its test accuracy, so selecting on the test set would
+    pick a different epoch than selecting on validation."""
+    ds = l2b.data.load_dataset("digits")
+    f = tmp_path / "scrambled.npz"
+    np.savez(f, x_train=ds.x_train[:, 0].numpy(), y_train=ds.y_train.numpy(),
+             x_test=ds.x_test[:, 0].numpy(), y_test=(ds.y_test.numpy() + 1) % 10)
+    return f
+
+
+def test_model_selection_uses_validation_never_test(tmp_path):
+    f = _npz_with_scrambled_test(tmp_path)
+    m = train(tiny(tmp_path, data=f"npz:{f}", method="ce", epochs=6, lr=0.01, noise="none"))
+    hist = m["history"]
+    val = [h["val_acc"] for h in hist]
+    test = [h["test_acc"] for h in hist]
+    best = int(np.argmax(val))
+    assert m["best_epoch"] == best and m["test_acc_at_best_val"] == test[best]
+    assert m["test_acc_at_best_val"] != max(test)  # the scenario tells the two rules apart
+
+
+def test_config_file_then_flags_precedence(tmp_path, monkeypatch):
+    from l2b.cli import build_parser, config_from_args
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("epochs: 3\nlr: 0.05\nmethod: bootstrap\nbootstrap-beta: 0.6\n")
+    args = build_parser().parse_args(["train", "--config", str(cfg_file), "--lr", "0.2", "--batch-size", "32"])
+    cfg = config_from_args(args)
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.method, cfg.bootstrap_beta) == (3, 0.2, 32, "bootstrap", 0.6)
+    assert cfg.momentum == 0.9  # untouched: the default
+    cfg_file.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['learning_rate'\]"):
+        config_from_args(build_parser().parse_args(["train", "--config", str(cfg_file)]))
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(method="l2b", val_per_class=None), "needs a clean validation set: give --val-per-class"),
+        (dict(method="ce", constraint="beta=0"), "--constraint applies to meta methods"),
+        (dict(method="l2rw", constraint="alpha=0"), "--constraint applies to"),
+        (dict(method="ce", bootstrap_beta=0.5), "--bootstrap-beta applies to method 'bootstrap'"),
+        (dict(method="mystery"), "unknown method 'mystery'; valid methods: bootstrap, ce"),
+        (dict(model="vgg"), "unknown model 'vgg'; valid models:"),
+        (dict(noise="gauss:0.1"), "unknown noise 'gauss:0.1'"),
+        (dict(data="digits", val_per_class=200), "class 0 has only"),
+    ],
+)
+def test_contradictions_fail_before_training(tmp_path, kw, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny(tmp_path, **kw))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_cli_train_runs_and_reports(tmp_path, capsys):
+    rc = cli_main(["train", "--data", "digits", "--model", "mlp", "--method", "l2b", "--epochs", "1",
+                   "--val-per-class", "5", "--batch-size", "128", "--out", str(tmp_path / "r"),
+                   "--progress", "lines", "--normalize", "softmax", "--temperature", "0.1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out and json.loads(out.strip().splitlines()[-1])["method"] == "l2b"
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert saved["normalize"] == "softmax" and saved["temperature"] == 0.1
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    rc = cli_main(["train", "--method", "ce", "--constraint", "beta=0", "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == (
+        "l2b train: error: --constraint applies to meta methods (l2b, l2rw), not to method 'ce'")
+
+
+def test_cli_help_documents_the_flags(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--data", "--model", "--method", "--noise", "--val-per-class", "--epochs", "--batch-size",
+                 "--lr", "--seed", "--out", "--resume", "--config", "--normalize", "--engine", "--warmup-epochs"):
+        assert flag in text, flag
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS.glob("*.yaml")), ids=lambda p: p.name)
+def test_paper_presets_parse_and_build(preset):
+    from l2b.cli import load_yaml
+    from l2b.models import create_model
+
+    cfg = TrainConfig.from_dict(load_yaml(str(preset)), str(preset))
+    cfg.validate()
+    k = {"cifar10": 10, "cifar100": 100, "isic2019": 8, "clothing1m": 14}[cfg.data.partition(":")[0]]
+    try:
+        model = create_model(cfg.model, num_classes=k, in_channels=3, width=cfg.width)
+    except ImportError:  # resnet18/50 need torchvision (an optional extra): build a stand-in
+        assert cfg.model in ("resnet18", "resnet50")
+        model = create_model("preact-resnet18", num_classes=k, width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    method = create_method(cfg.method, model, opt, **cfg.method_options())
+    assert method.name == cfg.method
+
+
+def test_presets_cover_the_paper_tables():
+    names = {p.stem for p in PRESETS.glob("*.yaml")}
+    for r in (20, 30, 40, 50):
+        for m in ("ce", "bootstrap", "l2rw", "l2b"):
+            assert f"cifar10-sym{r}-{m}" in names and f"cifar100-sym{r}-{m}" in names
+            assert f"isic2019-sym{r}-{m}" in names
+    assert {"cifar10-asym40-l2b", "clothing1m-l2b", "cifar100-sym40-l2b-alpha0"} <= names
+    assert len(METHODS) >= 4
