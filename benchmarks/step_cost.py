@@ -9,7 +9,9 @@ model, optimizer and data were built (the working memory of the steps, momentum 
     python benchmarks/step_cost.py --quick    # width 16, few repeats: a smoke run, not recorded
 
 Targets (issue 2): L2B-jvp <= 3.5x CE at n = m = 128, <= 3.0x at n = 512 / m = 100, and
->= 2.5x faster than L2B-unroll.
+>= 2.5x faster than L2B-unroll. "L2B-unroll" is our second-order engine, which shares the
+training forward with the real step; "L2B-unroll-authors" adds the separate real forward of the
+authors' `higher`-based step.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ METHODS = {  # name -> meta_weights options (None: plain cross-entropy)
     "CE": None,
     "L2RW": dict(constraint="beta=0", engine="jvp"),
     "L2B-jvp": dict(engine="jvp"),
+    "L2B-jvp-lean": dict(engine="jvp-lean"),
     "L2B-unroll": dict(engine="unroll"),
+    # The authors' step (`higher`): the meta model's own forward for the unroll, then a separate
+    # forward of the real model for the real step.
+    "L2B-unroll-authors": dict(engine="unroll", separate_forward=True),
 }
 
 
@@ -53,13 +59,16 @@ def measure(method: str, width: int, n: int, m: int, repeats: int, threads: int)
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
     x, y = torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
     x_val, y_val = torch.randn(m, 3, 32, 32), torch.randint(0, 10, (m,))
-    options = METHODS[method]
+    options = dict(METHODS[method] or {})
+    separate_forward = options.pop("separate_forward", False)
 
     def step() -> None:
-        if options is None:
+        if method == "CE":
             loss = F.cross_entropy(model(x), y)
         else:
             mw = l2b.meta_weights(model, x, y, x_val, y_val, optimizer=opt, **options)
+            if separate_forward:
+                mw.logits = model(x)
             loss = l2b.bootstrap_loss(mw, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,9 +123,13 @@ def main() -> None:
             )
             lines.append(line)
             print(line, flush=True)
+        jvp, lean = res["L2B-jvp"], res["L2B-jvp-lean"]
         summary.append(
-            f"width {width}, n={n}/m={m}: L2B-jvp = {res['L2B-jvp']['seconds'] / ce['seconds']:.2f}× CE, "
-            f"L2B-unroll / L2B-jvp = {res['L2B-unroll']['seconds'] / res['L2B-jvp']['seconds']:.2f}×"
+            f"width {width}, n={n}/m={m}: L2B-jvp = {jvp['seconds'] / ce['seconds']:.2f}× CE in time, "
+            f"{jvp['peak_mib'] / ce['peak_mib']:.2f}× in memory; L2B-jvp-lean = "
+            f"{lean['seconds'] / ce['seconds']:.2f}× / {lean['peak_mib'] / ce['peak_mib']:.2f}×; "
+            f"L2B-jvp is {res['L2B-unroll']['seconds'] / jvp['seconds']:.2f}× faster than our unroll, "
+            f"{res['L2B-unroll-authors']['seconds'] / jvp['seconds']:.2f}× faster than the authors' step"
         )
     print("\n".join(summary))
     if args.quick:

@@ -29,11 +29,11 @@ def warm_up(model, opt, x, y, steps=2):
         opt.step()
 
 
-def both_engines(model, opt, batches, **kw):
+def both_engines(model, opt, batches, engine="jvp", **kw):
     m1, o1 = twin(model, opt)
     m2, o2 = twin(model, opt)
     step = {"lr": 0.1} if opt is None else {}
-    a = l2b.meta_weights(m1, *batches, optimizer=o1, engine="jvp", **step, **kw)
+    a = l2b.meta_weights(m1, *batches, optimizer=o1, engine=engine, **step, **kw)
     b = l2b.meta_weights(m2, *batches, optimizer=o2, engine="unroll", **step, **kw)
     return (a, m1), (b, m2)
 
@@ -49,16 +49,17 @@ OPTIMIZERS = {
 }
 
 
+@pytest.mark.parametrize("engine", ["jvp", "jvp-lean"])
 @pytest.mark.parametrize("kind", ["mlp", "preact", "frozen"])
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
-def test_jvp_equals_unroll_raw_weights(float64, kind, opt_name):
+def test_jvp_equals_unroll_raw_weights(float64, kind, opt_name, engine):
     model = make_model(kind)
     batches = make_batches()
     kw = OPTIMIZERS[opt_name]
     opt = None if kw is None else sgd(model, **kw)
     if opt_name.endswith("filled"):
         warm_up(model, opt, batches[0], batches[1])
-    (a, ma), (b, mb) = both_engines(model, opt, batches)
+    (a, ma), (b, mb) = both_engines(model, opt, batches, engine)
     assert b.raw_alpha.abs().max() > 1e-6  # the comparison is not between zeros
     assert rel_err(a.raw_alpha, b.raw_alpha) <= REL
     assert rel_err(a.raw_beta, b.raw_beta) <= REL
@@ -147,3 +148,19 @@ def test_jvp_weights_equal_brute_force_dot_products(float64, use_optimizer):
         expect_b = lr * sum((a * b).sum() for a, b in zip(v, gg))
         assert abs(mw.raw_alpha[i].item() - expect_a.item()) <= REL * abs(expect_a.item()) + 1e-15
         assert abs(mw.raw_beta[i].item() - expect_b.item()) <= REL * abs(expect_b.item()) + 1e-15
+
+
+def test_lean_jvp_sees_the_same_dropout_masks_as_the_real_forward(float64):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(108, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+        torch.nn.Linear(32, 4),
+    )
+    batches = make_batches()
+    (m1, _), (m2, _) = twin(model), twin(model)
+    torch.manual_seed(5)
+    a = l2b.meta_weights(m1, *batches, lr=0.1, engine="jvp")
+    torch.manual_seed(5)
+    b = l2b.meta_weights(m2, *batches, lr=0.1, engine="jvp-lean")
+    assert torch.equal(a.logits, b.logits)
+    torch.testing.assert_close(b.raw_alpha, a.raw_alpha, rtol=1e-12, atol=1e-15)

@@ -14,7 +14,7 @@ from l2b.normalize import hard_normalize, normalize_weights, sigmoid_normalize, 
 from conftest import make_batches, make_model, twin
 
 
-@pytest.mark.parametrize("engine", ["jvp", "unroll"])
+@pytest.mark.parametrize("engine", ["jvp", "jvp-lean", "unroll"])
 def test_running_stats_move_exactly_as_one_training_forward(float64, engine):
     model = make_model("preact")
     x, y, x_val, y_val = make_batches()
@@ -28,7 +28,7 @@ def test_running_stats_move_exactly_as_one_training_forward(float64, engine):
     assert bufs["bn.num_batches_tracked"].item() == 1
 
 
-@pytest.mark.parametrize("engine", ["jvp", "unroll"])
+@pytest.mark.parametrize("engine", ["jvp", "jvp-lean", "unroll"])
 def test_eval_mode_uses_running_stats_and_moves_nothing(float64, engine):
     model = make_model("preact")
     x, y, x_val, y_val = make_batches()
