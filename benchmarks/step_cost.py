@@ -84,6 +84,52 @@ def measure(method: str, width: int, n: int, m: int, repeats: int, threads: int)
     return {"seconds": statistics.median(times), "peak_mib": _rss_mib() - base, "times": times}
 
 
+def breakdown(width: int, n: int, m: int, repeats: int, threads: int) -> list[tuple[str, float]]:
+    """Where an L2B-jvp step's time goes: its parts timed on their own (median seconds)."""
+    import torch
+    import torch.autograd.forward_ad as fwAD
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    from l2b.models import PreActResNet18
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = PreActResNet18(num_classes=10, width=width)
+    x, y = torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
+    x_val, y_val = torch.randn(m, 3, 32, 32), torch.randint(0, 10, (m,))
+    params = dict(model.named_parameters())
+    tangents = {k: torch.randn_like(v) for k, v in params.items()}
+
+    def tangent_forward():
+        with fwAD.dual_level():
+            duals = {k: fwAD.make_dual(v, tangents[k]) for k, v in params.items()}
+            return fwAD.unpack_dual(functional_call(model, duals, (x,)))[0]
+
+    def timed(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def no_grad_forward():
+        with torch.no_grad():
+            model(x)
+
+    parts = [
+        ("training forward (no graph)", timed(no_grad_forward)),
+        ("CE: training forward + backward", timed(lambda: F.cross_entropy(model(x), y).backward())),
+        ("L2B: validation forward + backward", timed(lambda: F.cross_entropy(model(x_val), y_val).backward())),
+        ("L2B: training forward with tangent", timed(tangent_forward)),
+        ("L2B: training forward with tangent + backward",
+         timed(lambda: F.cross_entropy(tangent_forward(), y).backward())),
+    ]
+    return parts
+
+
 def run_child(method: str, width: int, n: int, m: int, repeats: int, threads: int) -> dict:
     args = [sys.executable, __file__, "--child", json.dumps([method, width, n, m, repeats, threads])]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
@@ -95,10 +141,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="width 16, 2 repeats, not recorded")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="time the parts of an L2B-jvp step at width 32, n = m = 128, and record them")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(*json.loads(args.child))))
+        return
+    if args.breakdown:
+        parts = breakdown(32, 128, 128, max(args.repeats, 3), args.threads)
+        lines = ["| part (PreActResNet-18 width 32, n = m = 128) | s |", "|---|---|"]
+        lines += [f"| {name} | {sec:.3f} |" for name, sec in parts]
+        print("\n".join(lines))
+        with open(HERE / "RESULTS.md", "a") as fh:
+            fh.write(f"\n### Where the time of an L2B-jvp step goes ({datetime.now(timezone.utc):%Y-%m-%d})\n\n"
+                     f"Command: `python benchmarks/step_cost.py --breakdown` (CPU, {args.threads} threads)\n\n"
+                     + "\n".join(lines) + "\n")
         return
 
     widths = [16] if args.quick else [32, 64]

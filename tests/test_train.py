@@ -41,6 +41,12 @@ def test_every_method_trains_and_writes_its_run_directory(tmp_path, method):
     labels = np.load(out / "labels.npz")
     assert abs(labels["is_noisy"].mean() - 0.36) < 0.06 and len(labels["val_index"]) == 50
     assert not np.isin(labels["val_index"], labels["train_index"]).any()
+    if method == "ce":
+        assert rows[-1]["alpha_noisy"] is None and not (out / "weights.npz").exists()
+    if method in ("l2rw", "l2b"):
+        # the meta-gradient already trusts corrupted labels less than clean ones
+        assert rows[-1]["alpha_noisy"] < 0.8 * rows[-1]["alpha_clean"]
+        assert 0.0 <= rows[-1]["all_zero_step_share"] <= 1.0
     if method in ("l2rw", "l2b", "bootstrap"):
         w = np.load(out / "weights.npz")
         assert w["alpha"].shape == labels["noisy"].shape and (w["pseudo_labels"] >= 0).all()

@@ -470,7 +470,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         alpha = torch.zeros(n_train, device=device)
         beta = torch.zeros(n_train, device=device)
         pseudo = torch.full((n_train,), -1, dtype=torch.int64, device=device)
-        loss_sum, correct, seen, zero_steps, steps = 0.0, 0, 0, 0, 0
+        # accumulated on the device: no host sync inside the step loop
+        loss_sum = torch.zeros((), device=device)
+        zero_steps = torch.zeros((), device=device)
+        seen, steps, weighted = 0, 0, False
         for step, (x, y, idx) in enumerate(train_data.epoch(cfg.batch_size, cfg.seed * 100003 + epoch, augment=True)):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch, step, steps_per_epoch)
@@ -491,14 +494,15 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             if cfg.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
             optimizer.step()
-            loss_sum += loss.item() * len(y)
+            loss_sum += loss.detach().float() * len(y)
             seen += len(y)
             steps += 1
             if result is not None and result.alpha is not None:
                 alpha[idx], beta[idx] = result.alpha.float(), result.beta.float()
                 if result.pseudo_labels is not None:
                     pseudo[idx] = result.pseudo_labels
-                zero_steps += int(result.all_zero)
+                zero_steps += (result.alpha.sum() + result.beta.sum()) == 0
+                weighted = True
             bar.update()
         train_time = time.perf_counter() - t0
         val_acc, val_loss = evaluate(model, val_data, cfg.eval_batch_size, amp)
@@ -507,12 +511,15 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
             atomic_save(model.state_dict(), out / "best_model.pt")
         row = {
-            "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(seen, 1),
+            "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(seen, 1),
             "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss,
             "epoch_seconds": train_time, "warmup": warm,
-            "alpha_clean": _mean(alpha, ~is_noisy), "alpha_noisy": _mean(alpha, is_noisy),
-            "beta_clean": _mean(beta, ~is_noisy), "beta_noisy": _mean(beta, is_noisy),
-            "all_zero_step_share": zero_steps / max(steps, 1),
+            # mean per-sample weights on clean vs corrupted samples (None: the method has none)
+            "alpha_clean": _mean(alpha, ~is_noisy) if weighted else None,
+            "alpha_noisy": _mean(alpha, is_noisy) if weighted else None,
+            "beta_clean": _mean(beta, ~is_noisy) if weighted else None,
+            "beta_noisy": _mean(beta, is_noisy) if weighted else None,
+            "all_zero_step_share": zero_steps.item() / max(steps, 1) if weighted else None,
         }
         history.append(row)
         with open(out / "metrics.jsonl", "a") as fh:
@@ -521,7 +528,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     writer.add_scalar(k, v, epoch)
-        if epoch == cfg.epochs - 1 and not warm:
+        if epoch == cfg.epochs - 1 and weighted:
             np.savez(out / "weights.npz", alpha=alpha.cpu().numpy(), beta=beta.cpu().numpy(),
                      pseudo_labels=pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
                      noisy=prep.y_noisy, true=prep.y_true, train_index=prep.train_idx)

@@ -32,7 +32,6 @@ class StepOutput:
     alpha: torch.Tensor | None = None  # weight on the observed label, shape (n,)
     beta: torch.Tensor | None = None  # weight on the pseudo-label, shape (n,)
     pseudo_labels: torch.Tensor | None = None
-    all_zero: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -45,7 +45,7 @@ class L2B(Method):
         )
         return StepOutput(
             bootstrap_loss(mw, batch.y), alpha=mw.alpha, beta=mw.beta,
-            pseudo_labels=mw.pseudo_labels, all_zero=mw.all_zero,
+            pseudo_labels=mw.pseudo_labels,
         )
 
 
