@@ -223,3 +223,20 @@ def test_presets_cover_the_paper_tables():
             assert f"isic2019-sym{r}-{m}" in names
     assert {"cifar10-asym40-l2b", "clothing1m-l2b", "cifar100-sym40-l2b-alpha0"} <= names
     assert len(METHODS) >= 4
+
+
+def test_balanced_epochs_draw_every_class_equally():
+    from l2b.train import epoch_order
+
+    labels = torch.tensor([0] * 90 + [1] * 8 + [2] * 2)
+    order = epoch_order(labels, batch_size=10, seed=3, batches=6, balanced=True)
+    assert len(order) == 60 and torch.bincount(labels[order]).tolist() == [20, 20, 20]
+    assert len(set(order[labels[order] == 0].tolist())) == 20  # no repeats while a class suffices
+    assert torch.equal(order, epoch_order(labels, batch_size=10, seed=3, batches=6, balanced=True))
+    plain = epoch_order(labels, batch_size=10, seed=3)
+    assert sorted(plain.tolist()) == list(range(100))
+
+
+def test_trainer_runs_a_fixed_number_of_balanced_batches(tmp_path):
+    m = train(tiny(tmp_path, method="ce", epochs=1, batches_per_epoch=3, balance_classes=True, batch_size=50))
+    assert len(m["history"]) == 1

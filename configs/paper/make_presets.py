@@ -20,7 +20,8 @@ RECIPES = {  # SPEC §4 / paper Sec. 4.2
     "isic2019": dict(model="resnet50", lr=0.01, batch_size=64, epochs=30, clip_grad_norm=0.8,
                      warmup_epochs=1, val_per_class=None, image_size=224),
     "clothing1m": dict(model="resnet18", lr=0.005, batch_size=256, epochs=300, clip_grad_norm=None,
-                       warmup_epochs=0, val_per_class=None, image_size=224),
+                       warmup_epochs=0, val_per_class=None, image_size=224, batches_per_epoch=250,
+                       balance_classes=True),
 }
 PAPER = {  # (table, dataset, noise, method, option overrides) -> reported test accuracy
     **{("Table 1", "cifar10", f"symmetric:{r / 100}", m, ()): acc

@@ -21,6 +21,8 @@ HELP = {
     "val_per_class": "clean validation images per class taken from train ('none': the dataset's own clean set)",
     "val_total": "clean validation images in total (a multiple of the class count)",
     "train_subset": "keep only this many random noisy training samples",
+    "batches_per_epoch": "batches per epoch (default: one pass over the training set)",
+    "balance_classes": "draw each epoch equally from every noisy class (Clothing1M: with --batches-per-epoch 250)",
     "augment": "auto (dataset default) | none | crop-flip",
     "image_size": "crop size of image-file datasets",
     "on_bad_images": "image-file datasets: error | skip unreadable images",

@@ -43,6 +43,9 @@ class TrainConfig:
     val_per_class: int | None = 10  # clean validation images per class, taken from train
     val_total: int | None = None  # ... or a total (a multiple of the class count)
     train_subset: int | None = None  # keep only this many (random) noisy training samples
+    batches_per_epoch: int | None = None  # None: one pass over the data; else this many batches
+    balance_classes: bool = False  # draw each epoch's samples equally from every (noisy) class
+    # (Clothing1M in the paper: 250 class-balanced batches per epoch)
     augment: str = "auto"  # auto (the dataset's default) | none | crop-flip
     image_size: int = 224  # crop size for image-file datasets
     on_bad_images: str = "error"  # image-file datasets: error | skip
@@ -113,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"unknown augment {self.augment!r}; choose auto, none or crop-flip")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be at least 1")
+        if self.batches_per_epoch is not None and self.batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be at least 1, got {self.batches_per_epoch}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}]")
         if self.progress not in ("auto", "bar", "lines", "none"):
@@ -183,6 +188,31 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
                     transition_matrix(y_true, y_noisy, ds.num_classes))
 
 
+def epoch_order(labels: torch.Tensor, batch_size: int, seed: int, batches: int | None = None,
+                balanced: bool = False) -> torch.Tensor:
+    """Sample positions of one epoch, a pure function of ``seed``: a permutation of everything,
+    or ``batches * batch_size`` samples, drawn equally from every class when ``balanced``
+    (without replacement while a class has enough samples)."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(labels) if batches is None else batches * batch_size
+    if not balanced:
+        if batches is None:
+            return torch.randperm(len(labels), generator=g)
+        reps = -(-n // len(labels))
+        return torch.cat([torch.randperm(len(labels), generator=g) for _ in range(reps)])[:n]
+    labels = labels.cpu()
+    classes = torch.unique(labels)
+    per_class = -(-n // len(classes))
+    picks = []
+    for c in classes:
+        members = torch.nonzero(labels == c).flatten()
+        reps = -(-per_class // len(members))
+        perm = torch.cat([members[torch.randperm(len(members), generator=g)] for _ in range(reps)])
+        picks.append(perm[:per_class])
+    order = torch.cat(picks)
+    return order[torch.randperm(len(order), generator=g)][:n]
+
+
 class TensorData:
     """An in-memory split on the training device: uint8 images, labels, batched augmentation."""
 
@@ -200,12 +230,13 @@ class TensorData:
             x = augment_batch(x, **self.augment, generator=generator)
         return normalize_batch(x, self.mean, self.std), self.y[idx]
 
-    def epoch(self, batch_size: int, seed: int, augment: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
+              balanced: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches of one epoch in the order that ``seed`` fixes; a final batch of one is
         dropped (BatchNorm cannot train on it)."""
         dev = self.x.device
+        order = epoch_order(self.y, batch_size, seed, batches, balanced).to(dev)
         g = torch.Generator(device=dev).manual_seed(seed)
-        order = torch.randperm(len(self), generator=g, device=dev)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             if len(idx) == 1 and len(order) > 1:
@@ -220,12 +251,16 @@ class FileData:
     def __init__(self, ds: FileDataset, items, y, device, workers: int) -> None:
         self.ds, self.device, self.workers = ds, device, workers
         self.items = [(path, int(label)) for (path, _), label in zip(items, y)]
+        self.y = torch.tensor([label for _, label in self.items], dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def epoch(self, batch_size: int, seed: int, augment: bool):
-        loader = self.ds.loader(self.items, batch_size=batch_size, train=augment, workers=self.workers, seed=seed)
+    def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
+              balanced: bool = False):
+        order = epoch_order(self.y, batch_size, seed, batches, balanced).tolist() if augment else None
+        loader = self.ds.loader(self.items, batch_size=batch_size, train=augment, workers=self.workers,
+                                seed=seed, order=order)
         for x, y, idx in loader:
             if len(y) == 1 and len(self.items) > 1:
                 break
@@ -460,7 +495,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
 
     is_noisy = torch.as_tensor(prep.y_noisy != prep.y_true, device=device)
     n_train = len(train_data)
-    steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size) - (n_train % cfg.batch_size == 1 and n_train > 1))
+    n_epoch = n_train if cfg.batches_per_epoch is None else cfg.batches_per_epoch * cfg.batch_size
+    steps_per_epoch = max(1, math.ceil(n_epoch / cfg.batch_size) - (n_epoch % cfg.batch_size == 1 and n_epoch > 1))
     writer = _tensorboard(out)
     bar = Progress(cfg.progress, (cfg.epochs - start_epoch) * steps_per_epoch, f"{cfg.method} {cfg.noise}")
     model.train()
@@ -474,7 +510,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         loss_sum = torch.zeros((), device=device)
         zero_steps = torch.zeros((), device=device)
         seen, steps, weighted = 0, 0, False
-        for step, (x, y, idx) in enumerate(train_data.epoch(cfg.batch_size, cfg.seed * 100003 + epoch, augment=True)):
+        batches = train_data.epoch(cfg.batch_size, cfg.seed * 100003 + epoch, augment=True,
+                                   batches=cfg.batches_per_epoch, balanced=cfg.balance_classes)
+        for step, (x, y, idx) in enumerate(batches):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch, step, steps_per_epoch)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

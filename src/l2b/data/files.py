@@ -50,12 +50,15 @@ class FileDataset:
         return torch.tensor([y for _, y in self.train], dtype=torch.int64)
 
     def loader(self, items, *, batch_size: int, train: bool, workers: int = 4, seed: int = 0,
-               pin_memory: bool | None = None) -> torch.utils.data.DataLoader:
-        """A DataLoader over ``items`` ((path, label) pairs) yielding normalised float batches."""
+               pin_memory: bool | None = None, order=None) -> torch.utils.data.DataLoader:
+        """A DataLoader over ``items`` ((path, label) pairs) yielding normalised float batches
+        with their positions in ``items``; ``order`` (positions) fixes the sequence, else a
+        training loader shuffles."""
         ds = ImageFiles(items, self.image_size, train=train)
         g = torch.Generator().manual_seed(seed)
         return torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=train, num_workers=workers, generator=g,
+            ds, batch_size=batch_size, shuffle=train and order is None, sampler=order,
+            num_workers=workers, generator=g,
             pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
             drop_last=False, persistent_workers=workers > 0,
         )
@@ -86,13 +89,14 @@ class ImageFiles(torch.utils.data.Dataset):
         scale = short / min(w, h)
         im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
         w, h = im.size
-        if self.train:
-            left, top = np.random.randint(0, w - self.size + 1), np.random.randint(0, h - self.size + 1)
+        if self.train:  # torch's RNG: DataLoader seeds it per worker from the loader's generator
+            left = int(torch.randint(0, w - self.size + 1, ()))
+            top = int(torch.randint(0, h - self.size + 1, ()))
         else:
             left, top = (w - self.size) // 2, (h - self.size) // 2
         im = im.crop((left, top, left + self.size, top + self.size))
         x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-        if self.train and np.random.rand() < 0.5:
+        if self.train and bool(torch.rand(()) < 0.5):
             x = x.flip(-1)
         return (x - self.mean) / self.std, label, i
 
