@@ -240,3 +240,22 @@ def test_balanced_epochs_draw_every_class_equally():
 def test_trainer_runs_a_fixed_number_of_balanced_batches(tmp_path):
     m = train(tiny(tmp_path, method="ce", epochs=1, batches_per_epoch=3, balance_classes=True, batch_size=50))
     assert len(m["history"]) == 1
+
+
+def test_training_on_an_image_folder_streams_through_the_dataloader(tmp_path):
+    from PIL import Image
+
+    rng = np.random.Generator(np.random.PCG64(0))
+    for split, n in (("train", 12), ("test", 4)):
+        for c, base in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            d = tmp_path / "imgs" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(np.array(base) + rng.integers(-20, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(d / f"{i}.png")
+    cfg = tiny(tmp_path, data=f"folder:{tmp_path / 'imgs'}", model="small-cnn", width=4, image_size=8,
+               val_per_class=2, batch_size=8, workers=0, method="l2b", noise="symmetric:0.2", epochs=2)
+    m = train(cfg)
+    assert len(m["history"]) == 2 and 0 <= m["test_acc_last"] <= 100
+    w = np.load(tmp_path / "run" / "weights.npz")
+    assert w["alpha"].shape == (20,) and (w["pseudo_labels"] >= 0).all()
