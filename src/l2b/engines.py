@@ -44,11 +44,12 @@ def _cloned_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _validation_loss(
-    model: nn.Module, params: dict[str, torch.Tensor], x_val: torch.Tensor, y_val: torch.Tensor
+    model: nn.Module, params: dict[str, torch.Tensor], x_val: torch.Tensor, y_val: torch.Tensor,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """G = mean cross-entropy on the validation batch at the given parameters (Alg. 1, line 8)."""
     logits = functional_call(model, {**params, **_cloned_buffers(model)}, (x_val,))
-    return F.cross_entropy(logits, y_val)
+    return F.cross_entropy(logits, y_val, reduction=reduction)
 
 
 def _loss_grad_wrt_logits(
@@ -99,14 +100,19 @@ def raw_weights_jvp(
     x_val: torch.Tensor,
     y_val: torch.Tensor,
     loss_fn: LossFn | None,
+    sync=None,
     lean: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     shifts, scales = step.shift_and_scale()
     # v = grad G at theta_hat(0): one validation forward + backward on detached copies.
     shifted = [s.requires_grad_(True) for s in shifts]
     with torch.enable_grad():
-        val_loss = _validation_loss(model, dict(zip(step.names, shifted)), x_val, y_val)
-        v = torch.autograd.grad(val_loss, shifted)
+        if sync is None:
+            val_loss = _validation_loss(model, dict(zip(step.names, shifted)), x_val, y_val)
+            v = torch.autograd.grad(val_loss, shifted)
+        else:  # G over the clean batches of all ranks (l2b.distributed)
+            val_sum = _validation_loss(model, dict(zip(step.names, shifted)), x_val, y_val, "sum")
+            v, val_loss = sync.mean_gradient(torch.autograd.grad(val_sum, shifted), val_sum.detach(), len(y_val))
     tangents = [g * c for g, c in zip(v, scales)]
     if not lean:
         # One training forward at theta carrying the tangent scale * v; its primal logits keep
@@ -158,7 +164,10 @@ def raw_weights_unroll(
     x_val: torch.Tensor,
     y_val: torch.Tensor,
     loss_fn: LossFn | None,
+    sync=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if sync is not None:
+        raise ValueError("engine='unroll' does not run across processes; use engine='jvp' or 'jvp-lean'")
     loss_fn = loss_fn or per_sample_ce
     with torch.enable_grad():
         logits = model(x)  # the one training forward; its graph also serves the real step

@@ -68,6 +68,7 @@ def meta_weights(
     constraint: str | None = None,
     engine: str = "jvp",
     loss_fn: LossFn | None = None,
+    distributed: bool = False,
 ) -> MetaWeights:
     """Per-sample L2B weights for a training batch, from one meta step on a clean batch.
 
@@ -90,6 +91,10 @@ def meta_weights(
             reference).
         loss_fn: per-sample training loss ``loss_fn(logits, targets) -> (n,)``; cross-entropy by
             default. Use the same one in ``bootstrap_loss``.
+        distributed: the batches are this rank's shards of a global batch (torch.distributed
+            initialised): the validation gradient and the normalisation are all-reduced so the
+            weights equal one process's on the global batch (see ``l2b.distributed``); the real
+            step's gradients must then be all-reduced with SUM.
 
     Returns:
         A :class:`MetaWeights`; ``bootstrap_loss(mw, y)`` is the real step's loss.
@@ -110,11 +115,19 @@ def meta_weights(
     _check_batch("training batch (x, y)", x, y)
     _check_batch("validation batch (x_val, y_val)", x_val, y_val)
 
+    sync = None
+    if distributed:
+        from .distributed import current_sync
+
+        sync = current_sync()
+        if sync is None and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise ValueError("distributed=True needs torch.distributed to be initialised (e.g. by torchrun)")
     step = plain_sgd_step(model, lr) if optimizer is None else optimizer_step(model, optimizer)
-    raw_alpha, raw_beta, logits, val_loss = ENGINES[engine](model, step, x, y, x_val, y_val, loss_fn)
+    raw_alpha, raw_beta, logits, val_loss = ENGINES[engine](model, step, x, y, x_val, y_val, loss_fn, sync)
+    reduce = {} if sync is None else {"allsum": sync.allsum, "allmax": sync.allmax}
     alpha, beta = normalize_weights(
         raw_alpha, raw_beta, normalize=normalize, constraint=constraint,
-        temperature=temperature, threshold=threshold,
+        temperature=temperature, threshold=threshold, **reduce,
     )
     return MetaWeights(
         raw_alpha=raw_alpha,

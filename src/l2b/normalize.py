@@ -31,39 +31,52 @@ __all__ = [
 SUM_EPS = 1e-10
 
 
-def sum_normalize(w: torch.Tensor, **_: object) -> torch.Tensor:
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+# Each normaliser reduces over the last dimension through ``allsum`` / ``allmax``: the identity for
+# one process, an all-reduce across ranks under data parallelism (``l2b.distributed``), so that a
+# batch split over W processes is normalised exactly as the whole batch would be in one.
+
+
+def sum_normalize(w: torch.Tensor, *, allsum=_local, **_: object) -> torch.Tensor:
     """Clamp at zero and divide by the total (paper Eq. 9, L2RW Eq. 9).
 
     If every entry clamps to zero the result is all zeros: the step's loss is then zero.
     """
     w = w.clamp(min=0)
-    return w / (w.sum(dim=-1, keepdim=True) + SUM_EPS)
+    return w / (allsum(w.sum(dim=-1, keepdim=True)) + SUM_EPS)
 
 
-def softmax_normalize(w: torch.Tensor, *, temperature: float = 1.0, **_: object) -> torch.Tensor:
+def softmax_normalize(w: torch.Tensor, *, temperature: float = 1.0, allsum=_local, allmax=_local,
+                      **_: object) -> torch.Tensor:
     """``softmax(w / T)`` without clamping (paper Eq. 14; the ISIC runs use T = 10)."""
-    return torch.softmax(w / temperature, dim=-1)
+    z = w / temperature
+    e = torch.exp(z - allmax(z.amax(dim=-1, keepdim=True)))
+    return e / allsum(e.sum(dim=-1, keepdim=True))
 
 
-def sigmoid_normalize(w: torch.Tensor, **_: object) -> torch.Tensor:
+def sigmoid_normalize(w: torch.Tensor, *, allsum=_local, **_: object) -> torch.Tensor:
     """``sigmoid(w) / sum(sigmoid(w))`` without clamping (paper Eq. 13, then summed to one).
 
     A raw weight of exactly zero gets sigmoid(0) = 0.5 before the division.
     """
     s = torch.sigmoid(w)
-    return s / s.sum(dim=-1, keepdim=True)
+    return s / allsum(s.sum(dim=-1, keepdim=True))
 
 
-def hard_normalize(
-    w: torch.Tensor, *, temperature: float = 1.0, threshold: float | None = None, **_: object
-) -> torch.Tensor:
+def hard_normalize(w: torch.Tensor, *, temperature: float = 1.0, threshold: float | None = None,
+                   allsum=_local, allmax=_local, **_: object) -> torch.Tensor:
     """Softmax, then entries at or below ``threshold`` set to zero, without renormalising.
 
     ``threshold=None`` means ``1/k`` for k entries: only weights above the uniform share survive.
     """
-    p = softmax_normalize(w, temperature=temperature)
-    t = 1.0 / w.shape[-1] if threshold is None else threshold
-    return torch.where(p > t, p, torch.zeros_like(p))
+    p = softmax_normalize(w, temperature=temperature, allsum=allsum, allmax=allmax)
+    if threshold is None:
+        k = allsum(torch.full(p.shape[:-1] + (1,), float(w.shape[-1]), dtype=p.dtype, device=p.device))
+        threshold = 1.0 / k
+    return torch.where(p > threshold, p, torch.zeros_like(p))
 
 
 NORMALIZERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -100,6 +113,8 @@ def normalize_weights(
     constraint: str | None = None,
     temperature: float = 1.0,
     threshold: float | None = None,
+    allsum=_local,
+    allmax=_local,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Map raw meta-gradients (shape (n,)) to the weights alpha, beta of the real step.
 
@@ -114,13 +129,15 @@ def normalize_weights(
             like every other setting, they sum to one over the batch: alpha_i + beta_i = 1/n.
             A pair whose entries both clamp to zero under ``"sum"`` is split evenly.
         temperature, threshold: for ``"softmax"`` and ``"hard"``.
+        allsum, allmax: how a per-process partial sum / max becomes the batch's (identity in one
+            process; an all-reduce when the batch is split over ranks).
 
     Returns:
         ``(alpha, beta)``, each of shape (n,).
     """
     check_options(normalize, constraint, temperature)
     norm = NORMALIZERS[normalize]
-    kw = dict(temperature=temperature, threshold=threshold)
+    kw = dict(temperature=temperature, threshold=threshold, allsum=allsum, allmax=allmax)
     if constraint is None:
         n = raw_alpha.shape[0]
         w = norm(torch.cat([raw_alpha, raw_beta]), **kw)
@@ -129,10 +146,12 @@ def normalize_weights(
         return norm(raw_alpha, **kw), torch.zeros_like(raw_alpha)
     if constraint == "alpha=0":
         return torch.zeros_like(raw_beta), norm(raw_beta, **kw)
-    # "alpha+beta=1": a per-sample convex combination of the two losses.
-    pair = norm(torch.stack([raw_alpha, raw_beta], dim=-1), **kw)
+    # "alpha+beta=1": a per-sample convex combination of the two losses (a local normalisation
+    # of each pair), scaled by 1/n for the whole batch's n.
+    pair = norm(torch.stack([raw_alpha, raw_beta], dim=-1), temperature=temperature, threshold=threshold)
     total = pair.sum(dim=-1, keepdim=True)
     even = torch.full_like(pair, 0.5)
     share = torch.where(total > 0, pair / total.clamp(min=torch.finfo(pair.dtype).tiny), even)
-    share = share / raw_alpha.shape[0]
+    n = allsum(torch.tensor([float(raw_alpha.shape[0])], dtype=pair.dtype, device=pair.device))
+    share = share / n
     return share[:, 0], share[:, 1]

@@ -1,0 +1,99 @@
+"""Two gloo processes compute exactly what one process computes on the concatenated batch."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import l2b
+from l2b.distributed import all_reduce_grads
+
+WORLD = 2
+CASES = [
+    ("sum", None), ("softmax", None), ("sigmoid", None), ("hard", None),
+    ("sum", "beta=0"), ("softmax", "alpha=0"), ("sum", "alpha+beta=1"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.Tanh(),
+                               torch.nn.Linear(16, 5)).double()
+
+
+def _batches():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 3, 2, 2, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (10,), generator=g)
+    xv = torch.randn(6, 3, 2, 2, generator=g, dtype=torch.float64)
+    yv = torch.randint(0, 5, (6,), generator=g)
+    return x, y, xv, yv
+
+
+def _worker(rank: int, port: int, engine: str, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    try:
+        x, y, xv, yv = _batches()
+        # unequal shards on purpose: 6 + 4 training samples, 3 + 3 clean ones
+        sl = slice(0, 6) if rank == 0 else slice(6, 10)
+        vl = slice(0, 3) if rank == 0 else slice(3, 6)
+        worst = 0.0
+        for normalize, constraint in CASES:
+            model = _model()
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+            ref_model, ref_opt = copy.deepcopy((model, opt))
+            kw = dict(normalize=normalize, constraint=constraint, temperature=0.05)
+            ref = l2b.meta_weights(ref_model, x, y, xv, yv, optimizer=ref_opt, **kw)
+            mw = l2b.meta_weights(model, x[sl], y[sl], xv[vl], yv[vl], optimizer=opt,
+                                  engine=engine, distributed=True, **kw)
+            for a, b in ((mw.raw_alpha, ref.raw_alpha[sl]), (mw.raw_beta, ref.raw_beta[sl]),
+                         (mw.alpha, ref.alpha[sl]), (mw.beta, ref.beta[sl])):
+                worst = max(worst, (a - b).abs().max().item())
+            worst = max(worst, abs(mw.val_loss.item() - ref.val_loss.item()))
+            # the real step: weighted SUM over the global batch -> gradients all-reduced with SUM
+            l2b.bootstrap_loss(mw, y[sl]).backward()
+            all_reduce_grads(model.parameters(), op="sum")
+            opt.step()
+            l2b.bootstrap_loss(ref, y).backward()
+            ref_opt.step()
+            for p, q in zip(model.parameters(), ref_model.parameters()):
+                worst = max(worst, (p - q).abs().max().item())
+        queue.put((rank, worst))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("engine", ["jvp", "jvp-lean"])
+def test_two_ranks_equal_one_process_on_the_concatenated_batch(engine):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, engine, queue)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    results = dict(queue.get(timeout=5) for _ in range(WORLD))
+    assert max(results.values()) <= 1e-12, results
+
+
+def test_distributed_without_a_process_group_is_a_clear_error():
+    model = _model()
+    x, y, xv, yv = _batches()
+    with pytest.raises(ValueError, match="distributed=True needs torch.distributed"):
+        l2b.meta_weights(model, x, y, xv, yv, lr=0.1, distributed=True)
