@@ -6,6 +6,7 @@ import copy
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -97,3 +98,51 @@ def test_distributed_without_a_process_group_is_a_clear_error():
     x, y, xv, yv = _batches()
     with pytest.raises(ValueError, match="distributed=True needs torch.distributed"):
         l2b.meta_weights(model, x, y, xv, yv, lr=0.1, distributed=True)
+
+
+def _train_worker(rank: int, port: int, cfg_dict: dict, queue, interrupt: bool = False) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from l2b.train import TrainConfig, train
+
+    try:
+        if interrupt:  # stop after the first epoch, then resume on both ranks
+            train(TrainConfig(**cfg_dict), stop_after_epoch=0)
+            m = train(TrainConfig(**cfg_dict), resume=True)
+        else:
+            m = train(TrainConfig(**cfg_dict))
+        queue.put((rank, m["test_acc_last"]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method, interrupt", [("l2b", False), ("ce", False), ("l2b", True)])
+def test_two_rank_training_reaches_the_single_process_weights(tmp_path, method, interrupt):
+    from l2b.train import TrainConfig, train
+
+    base = dict(data="digits", model="mlp", width=32, method=method, epochs=2, batch_size=64,
+                val_batch_size=20, train_subset=256, val_per_class=5, augment="none", lr=0.1,
+                noise="symmetric:0.4", progress="none")
+    single = train(TrainConfig(**base, out=str(tmp_path / "single")))
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_train_worker,
+                         args=(r, port, {**base, "out": str(tmp_path / "ddp")}, queue, interrupt))
+             for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    assert b["world_size"] == WORLD
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+    assert abs(single["test_acc_last"] - dict(queue.get(timeout=5) for _ in range(WORLD))[0]) <= 0.2
+    if method == "l2b":  # the per-sample weights gathered from both ranks match too
+        wa, wb = np.load(tmp_path / "single" / "weights.npz"), np.load(tmp_path / "ddp" / "weights.npz")
+        np.testing.assert_allclose(wb["alpha"], wa["alpha"], rtol=1e-4, atol=1e-7)
+        np.testing.assert_array_equal(wb["pseudo_labels"], wa["pseudo_labels"])

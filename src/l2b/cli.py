@@ -136,6 +136,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = config_from_args(args)
         metrics = train(cfg)
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return 0  # under torchrun only rank 0 reports
     print(json.dumps({k: metrics[k] for k in ("method", "noise", "test_acc_last", "test_acc_at_best_val",
                                                 "best_val_acc", "best_epoch", "epoch_seconds")}))
     return 0

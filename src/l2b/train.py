@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
+from .distributed import all_reduce_grads, current_sync, init_from_env
 from .data import ArrayDataset, FileDataset, augment_batch, clean_val_split, load_dataset, normalize_batch
 from .methods import METHODS, Batch, create_method
 from .methods.meta import META_OPTIONS
@@ -213,43 +214,52 @@ def epoch_order(labels: torch.Tensor, batch_size: int, seed: int, batches: int |
     return order[torch.randperm(len(order), generator=g)][:n]
 
 
-class TensorData:
-    """An in-memory split on the training device: uint8 images, labels, batched augmentation."""
+def global_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split an epoch's order into global batches; a final batch of one is dropped (BatchNorm
+    cannot train on it)."""
+    out = list(torch.split(order, batch_size))
+    if len(out) > 1 and len(out[-1]) == 1:
+        out.pop()
+    return out
 
-    def __init__(self, x: torch.Tensor, y, device, mean, std, augment: dict) -> None:
+
+class TensorData:
+    """An in-memory split on the training device: uint8 images, labels, batched augmentation.
+
+    Under data parallelism (``shard=(rank, world)``) every rank draws the same global batches and
+    augments them identically, then keeps its contiguous slice: the union over ranks is exactly
+    the single-process batch.
+    """
+
+    def __init__(self, x: torch.Tensor, y, device, mean, std, augment: dict, shard=(0, 1)) -> None:
         self.x = x.to(device)
         self.y = torch.as_tensor(np.asarray(y), dtype=torch.int64).to(device)
-        self.mean, self.std, self.augment = mean.to(device), std.to(device), augment
+        self.mean, self.std, self.augment, self.shard = mean.to(device), std.to(device), augment, shard
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def batch(self, idx: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.x[idx]
-        if generator is not None and (self.augment["crop_padding"] or self.augment["flip"]):
-            x = augment_batch(x, **self.augment, generator=generator)
-        return normalize_batch(x, self.mean, self.std), self.y[idx]
-
     def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
-              balanced: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Batches of one epoch in the order that ``seed`` fixes; a final batch of one is
-        dropped (BatchNorm cannot train on it)."""
+              balanced: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+        """(x, y, positions, global batch size) of this rank, in the order ``seed`` fixes."""
         dev = self.x.device
+        rank, world = self.shard
         order = epoch_order(self.y, batch_size, seed, batches, balanced).to(dev)
         g = torch.Generator(device=dev).manual_seed(seed)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            if len(idx) == 1 and len(order) > 1:
-                break
-            x, y = self.batch(idx, g if augment else None)
-            yield x, y, idx
+        for idx in global_batches(order, batch_size):
+            x = self.x[idx]
+            if augment and (self.augment["crop_padding"] or self.augment["flip"]):
+                x = augment_batch(x, **self.augment, generator=g)
+            local = torch.tensor_split(torch.arange(len(idx), device=dev), world)[rank]
+            yield normalize_batch(x[local], self.mean, self.std), self.y[idx[local]], idx[local], len(idx)
 
 
 class FileData:
-    """An image-file split streamed by a DataLoader (decode, resize, crop, flip in workers)."""
+    """An image-file split streamed by a DataLoader (decode, resize, crop, flip in workers);
+    under data parallelism each rank loads only its slice of every global batch."""
 
-    def __init__(self, ds: FileDataset, items, y, device, workers: int) -> None:
-        self.ds, self.device, self.workers = ds, device, workers
+    def __init__(self, ds: FileDataset, items, y, device, workers: int, shard=(0, 1)) -> None:
+        self.ds, self.device, self.workers, self.shard = ds, device, workers, shard
         self.items = [(path, int(label)) for (path, _), label in zip(items, y)]
         self.y = torch.tensor([label for _, label in self.items], dtype=torch.int64)
 
@@ -258,14 +268,15 @@ class FileData:
 
     def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
               balanced: bool = False):
-        order = epoch_order(self.y, batch_size, seed, batches, balanced).tolist() if augment else None
-        loader = self.ds.loader(self.items, batch_size=batch_size, train=augment, workers=self.workers,
-                                seed=seed, order=order)
-        for x, y, idx in loader:
-            if len(y) == 1 and len(self.items) > 1:
-                break
-            nb = self.device.type == "cuda"
-            yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb), idx.to(self.device)
+        rank, world = self.shard
+        order = epoch_order(self.y, batch_size, seed, batches, balanced) if augment else torch.arange(len(self))
+        plan = [(torch.tensor_split(b, world)[rank].tolist(), len(b)) for b in global_batches(order, batch_size)]
+        loader = self.ds.loader(self.items, train=augment, workers=self.workers, seed=seed,
+                                batches=[b for b, _ in plan])
+        nb = self.device.type == "cuda"
+        for (x, y, idx), (_, n_global) in zip(loader, plan):
+            yield (x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb),
+                   idx.to(self.device), n_global)
 
 
 class CleanBatches:
@@ -285,11 +296,11 @@ class CleanBatches:
         if self._it is None:
             self._start()
         try:
-            x, y, _ = next(self._it)
+            x, y, _, _ = next(self._it)
         except StopIteration:
             self.passes, self.position = self.passes + 1, 0
             self._start()
-            x, y, _ = next(self._it)
+            x, y, _, _ = next(self._it)
         self.position += 1
         return x, y
 
@@ -300,7 +311,7 @@ class CleanBatches:
         self.passes, self.position, self._it = d["passes"], d["position"], None
 
 
-def build_splits(cfg: TrainConfig, prep: Prepared, device: torch.device):
+def build_splits(cfg: TrainConfig, prep: Prepared, device: torch.device, shard=(0, 1)):
     ds = prep.ds
     if isinstance(ds, ArrayDataset):
         mean, std = ds.mean_std()
@@ -308,7 +319,7 @@ def build_splits(cfg: TrainConfig, prep: Prepared, device: torch.device):
             {"crop_padding": 4, "flip": True} if cfg.augment == "crop-flip" else ds.augment)
 
         def split(x, y):
-            return TensorData(x, y, device, mean, std, aug)
+            return TensorData(x, y, device, mean, std, aug, shard)
 
         train = split(ds.x_train[prep.train_idx], prep.y_noisy)
         if prep.val_idx is None:
@@ -317,13 +328,13 @@ def build_splits(cfg: TrainConfig, prep: Prepared, device: torch.device):
             val = split(ds.x_train[prep.val_idx], ds.y_train.numpy()[prep.val_idx])
         test = split(ds.x_test, ds.y_test.numpy())
     else:
-        train = FileData(ds, [ds.train[i] for i in prep.train_idx], prep.y_noisy, device, cfg.workers)
+        train = FileData(ds, [ds.train[i] for i in prep.train_idx], prep.y_noisy, device, cfg.workers, shard)
         if prep.val_idx is None:
-            val = FileData(ds, ds.val, [y for _, y in ds.val], device, cfg.workers)
+            val = FileData(ds, ds.val, [y for _, y in ds.val], device, cfg.workers, shard)
         else:
             val = FileData(ds, [ds.train[i] for i in prep.val_idx], ds.y_train.numpy()[prep.val_idx],
-                           device, cfg.workers)
-        test = FileData(ds, ds.test, [y for _, y in ds.test], device, cfg.workers)
+                           device, cfg.workers, shard)
+        test = FileData(ds, ds.test, [y for _, y in ds.test], device, cfg.workers, shard)
     return train, val, test
 
 
@@ -341,20 +352,25 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> floa
 
 
 @torch.no_grad()
-def evaluate(model, data, batch_size: int, amp: bool) -> tuple[float, float]:
-    """(accuracy %, mean cross-entropy) without augmentation, in eval mode."""
+def evaluate(model, data, batch_size: int, amp: bool, sync=None) -> tuple[float, float]:
+    """(accuracy %, mean cross-entropy) without augmentation, in eval mode; under data
+    parallelism each rank scores its shard and the counts are summed."""
     if len(data) == 0:
         return float("nan"), float("nan")
     was_training = model.training
     model.eval()
-    correct, loss, n = 0, 0.0, 0
-    for x, y, _ in data.epoch(batch_size, seed=0, augment=False):
+    device = next(model.parameters()).device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
+    for x, y, _, _ in data.epoch(batch_size, seed=0, augment=False):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
+        totals[0] += (logits.argmax(1) == y).sum()
+        totals[1] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        totals[2] += len(y)
     model.train(was_training)
+    if sync is not None:
+        totals = sync.allsum(totals)
+    correct, loss, n = totals.tolist()
     return 100.0 * correct / n, loss / n
 
 
@@ -447,13 +463,20 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     if resume and not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
     device = resolve_device(cfg.device)
+    # torchrun: every rank runs this function on its shard of each global batch (l2b.distributed)
+    rank, world, local_rank = init_from_env(device.type)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    sync = current_sync()
+    main_rank = rank == 0
     amp = cfg.amp and device.type == "cuda"
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
     prep = prepare_data(cfg, method_cls.needs_clean)
     ds = prep.ds
-    train_data, val_data, test_data = build_splits(cfg, prep, device)
+    train_data, val_data, test_data = build_splits(cfg, prep, device, shard=(rank, world))
     if method_cls.needs_clean and len(val_data) == 0:
         raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
 
@@ -465,6 +488,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     method = create_method(cfg.method, model, optimizer, **cfg.method_options())
+    method.distributed = sync is not None
     clean = CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed) if method.needs_clean else None
 
     history: list[dict] = []
@@ -482,13 +506,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
         history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
-    else:
+    elif main_rank:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").write_text("")
         with open(out / "config.json", "w") as fh:
             json.dump({"config": asdict(cfg), "environment": environment(),
                        "data": {"train": len(train_data), "clean_val": len(val_data), "test": len(test_data),
-                                "noise_rate": prep.noise_rate, "classes": list(ds.classes)}}, fh, indent=2)
+                                "noise_rate": prep.noise_rate, "classes": list(ds.classes)},
+                       "world_size": world}, fh, indent=2)
         np.savez(out / "labels.npz", train_index=prep.train_idx, noisy=prep.y_noisy, true=prep.y_true,
                  is_noisy=prep.y_noisy != prep.y_true, val_index=np.array([]) if prep.val_idx is None else prep.val_idx,
                  transition=prep.transition)
@@ -497,8 +522,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     n_train = len(train_data)
     n_epoch = n_train if cfg.batches_per_epoch is None else cfg.batches_per_epoch * cfg.batch_size
     steps_per_epoch = max(1, math.ceil(n_epoch / cfg.batch_size) - (n_epoch % cfg.batch_size == 1 and n_epoch > 1))
-    writer = _tensorboard(out)
-    bar = Progress(cfg.progress, (cfg.epochs - start_epoch) * steps_per_epoch, f"{cfg.method} {cfg.noise}")
+    writer = _tensorboard(out) if main_rank else None
+    bar = Progress(cfg.progress if main_rank else "none", (cfg.epochs - start_epoch) * steps_per_epoch,
+                   f"{cfg.method} {cfg.noise}")
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -508,11 +534,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         pseudo = torch.full((n_train,), -1, dtype=torch.int64, device=device)
         # accumulated on the device: no host sync inside the step loop
         loss_sum = torch.zeros((), device=device)
-        zero_steps = torch.zeros((), device=device)
+        step_weight_sums = []  # per step: this rank's sum of alpha + beta
         seen, steps, weighted = 0, 0, False
         batches = train_data.epoch(cfg.batch_size, cfg.seed * 100003 + epoch, augment=True,
                                    batches=cfg.batches_per_epoch, balanced=cfg.balance_classes)
-        for step, (x, y, idx) in enumerate(batches):
+        for step, (x, y, idx, n_global) in enumerate(batches):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch, step, steps_per_epoch)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -528,7 +554,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                     result = method.loss(batch)
                     loss = result.loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if sync is None:
+                loss.backward()
+            else:
+                # the global loss is the SUM over ranks of a global-sum loss (meta methods), or
+                # of each rank's mean weighted by its share of the global batch
+                global_sum = result is not None and method.loss_is_global_sum
+                (loss if global_sum else loss * (len(y) / n_global)).backward()
+                all_reduce_grads(model.parameters(), op="sum")
             if cfg.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
             optimizer.step()
@@ -539,15 +572,24 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                 alpha[idx], beta[idx] = result.alpha.float(), result.beta.float()
                 if result.pseudo_labels is not None:
                     pseudo[idx] = result.pseudo_labels
-                zero_steps += (result.alpha.sum() + result.beta.sum()) == 0
+                step_weight_sums.append(result.alpha.sum() + result.beta.sum())
                 weighted = True
             bar.update()
         train_time = time.perf_counter() - t0
-        val_acc, val_loss = evaluate(model, val_data, cfg.eval_batch_size, amp)
-        test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp)
+        zero_steps = torch.zeros((), device=device)
+        if step_weight_sums:
+            sums = torch.stack(step_weight_sums).float()
+            zero_steps = ((sums if sync is None else sync.allsum(sums)) == 0).sum()
+        if sync is not None:  # every rank filled the weights of its own samples
+            alpha, beta, pseudo = sync.allsum(alpha), sync.allsum(beta), sync.allmax(pseudo)
+            loss_sum = sync.allsum(loss_sum)
+            seen = int(sync.allsum(torch.tensor(float(seen), device=device)))
+        val_acc, val_loss = evaluate(model, val_data, cfg.eval_batch_size, amp, sync)
+        test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp, sync)
         if val_acc > best["val_acc"]:  # selection on the clean validation set only
             best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
-            atomic_save(model.state_dict(), out / "best_model.pt")
+            if main_rank:
+                atomic_save(model.state_dict(), out / "best_model.pt")
         row = {
             "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(seen, 1),
             "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss,
@@ -560,24 +602,28 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             "all_zero_step_share": zero_steps.item() / max(steps, 1) if weighted else None,
         }
         history.append(row)
-        with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        if main_rank:
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
         if writer is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     writer.add_scalar(k, v, epoch)
-        if epoch == cfg.epochs - 1 and weighted:
+        if epoch == cfg.epochs - 1 and weighted and main_rank:
             np.savez(out / "weights.npz", alpha=alpha.cpu().numpy(), beta=beta.cpu().numpy(),
                      pseudo_labels=pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
                      noisy=prep.y_noisy, true=prep.y_true, train_index=prep.train_idx)
-        atomic_save({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "method": method.state_dict() if hasattr(method, "state_dict") else None,
-            "clean": clean.state_dict() if clean is not None else None,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "epoch": epoch, "history": history, "best": best,
-        }, ckpt_path)
+        if main_rank:
+            atomic_save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "method": method.state_dict() if hasattr(method, "state_dict") else None,
+                "clean": clean.state_dict() if clean is not None else None,
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                "epoch": epoch, "history": history, "best": best, "world_size": world,
+            }, ckpt_path)
+        if sync is not None:
+            torch.distributed.barrier()  # the checkpoint is complete before any rank goes on
         bar.epoch_done(
             f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val {val_acc:.2f} "
             f"test {test_acc:.2f} ({train_time:.1f}s)"
@@ -594,8 +640,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "noise_rate": prep.noise_rate,
         "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in history])), "history": history,
     }
-    with open(out / "metrics.json", "w") as fh:
-        json.dump(metrics, fh, indent=2)
+    if main_rank:
+        with open(out / "metrics.json", "w") as fh:
+            json.dump(metrics, fh, indent=2)
     return metrics
 
 

@@ -49,19 +49,18 @@ class FileDataset:
     def y_train(self) -> torch.Tensor:
         return torch.tensor([y for _, y in self.train], dtype=torch.int64)
 
-    def loader(self, items, *, batch_size: int, train: bool, workers: int = 4, seed: int = 0,
-               pin_memory: bool | None = None, order=None) -> torch.utils.data.DataLoader:
+    def loader(self, items, *, train: bool, batch_size: int | None = None, batches=None,
+               workers: int = 4, seed: int = 0, pin_memory: bool | None = None) -> torch.utils.data.DataLoader:
         """A DataLoader over ``items`` ((path, label) pairs) yielding normalised float batches
-        with their positions in ``items``; ``order`` (positions) fixes the sequence, else a
-        training loader shuffles."""
+        with their positions in ``items``: either ``batches`` (lists of positions, in order) or
+        ``batch_size`` (shuffled when ``train``)."""
         ds = ImageFiles(items, self.image_size, train=train)
         g = torch.Generator().manual_seed(seed)
-        return torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=train and order is None, sampler=order,
-            num_workers=workers, generator=g,
-            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-            drop_last=False, persistent_workers=workers > 0,
-        )
+        common = dict(num_workers=workers, generator=g, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
+        if batches is not None:
+            return torch.utils.data.DataLoader(ds, batch_sampler=batches, **common)
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, **common)
 
 
 class ImageFiles(torch.utils.data.Dataset):

@@ -47,6 +47,10 @@ class Method:
     needs_clean: bool = False
     meta: bool = False
     options: dict[str, Any] = {}
+    # True when ``loss`` is a sum over the GLOBAL batch (weights normalised across ranks), False
+    # for a mean over this rank's samples; the trainer reduces gradients accordingly.
+    loss_is_global_sum: bool = False
+    distributed: bool = False  # set by the trainer when several ranks train together
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
         unknown = set(options) - set(self.options)

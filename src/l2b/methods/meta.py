@@ -24,6 +24,7 @@ class L2B(Method):
     name = "l2b"
     needs_clean = True
     meta = True
+    loss_is_global_sum = True
     options = dict(META_OPTIONS)
 
     def __init__(self, model, optimizer, **options) -> None:
@@ -41,7 +42,7 @@ class L2B(Method):
         mw = meta_weights(
             self.model, batch.x, batch.y, batch.x_val, batch.y_val, **step,
             normalize=o["normalize"], temperature=float(o["temperature"]), threshold=o["threshold"],
-            constraint=o["constraint"], engine=o["engine"],
+            constraint=o["constraint"], engine=o["engine"], distributed=self.distributed,
         )
         return StepOutput(
             bootstrap_loss(mw, batch.y), alpha=mw.alpha, beta=mw.beta,
