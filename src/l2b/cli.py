@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ImportError) as err:
+        if os.environ.get("L2B_DEBUG"):
+            raise
         print(f"l2b {args.command}: error: {err}", file=sys.stderr)
         return 2
 

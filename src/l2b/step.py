@@ -39,8 +39,9 @@ class L2B:
             plain SGD with the optimizer's current learning rate).
         clip_grad_norm: clip the real step's gradient norm to this value (the paper: 0.25 on
             CIFAR-10, 0.8 on CIFAR-100 / ISIC); None for no clipping.
-        normalize, temperature, threshold, constraint, engine, loss_fn: as in
-            :func:`l2b.meta_weights`.
+        normalize, temperature, threshold, constraint, engine, loss_fn, distributed: as in
+            :func:`l2b.meta_weights` (with ``distributed``, reduce the gradients yourself:
+            ``l2b.distributed.all_reduce_grads(model.parameters(), op="sum")``).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class L2B:
         constraint: str | None = None,
         engine: str = "jvp",
         loss_fn: LossFn | None = None,
+        distributed: bool = False,
     ) -> None:
         if virtual_step not in ("optimizer", "sgd"):
             raise ValueError(f"virtual_step must be 'optimizer' or 'sgd', got {virtual_step!r}")
@@ -64,7 +66,7 @@ class L2B:
         self.loss_fn = loss_fn
         self.options = dict(
             normalize=normalize, temperature=temperature, threshold=threshold,
-            constraint=constraint, engine=engine, loss_fn=loss_fn,
+            constraint=constraint, engine=engine, loss_fn=loss_fn, distributed=distributed,
         )
 
     def _current_lr(self) -> float:

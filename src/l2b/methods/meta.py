@@ -6,7 +6,8 @@ beta = 0 (Ren et al., "Learning to Reweight Examples for Robust Deep Learning", 
 
 from __future__ import annotations
 
-from ..meta import bootstrap_loss, meta_weights
+from ..meta import bootstrap_loss
+from ..step import L2B as L2BStep
 from .base import Batch, Method, StepOutput, register
 
 META_OPTIONS = {
@@ -29,21 +30,14 @@ class L2B(Method):
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
-        if self.opts["virtual_step"] not in ("optimizer", "sgd"):
-            raise ValueError(f"virtual_step must be 'optimizer' or 'sgd', got {self.opts['virtual_step']!r}")
+        self.step_helper = L2BStep(model, optimizer, **self.meta_options())
+
+    def meta_options(self) -> dict:
+        return {**self.opts, "temperature": float(self.opts["temperature"])}
 
     def loss(self, batch: Batch) -> StepOutput:
-        o = self.opts
-        step = (
-            {"optimizer": self.optimizer}
-            if o["virtual_step"] == "optimizer"
-            else {"lr": float(self.optimizer.param_groups[0]["lr"])}
-        )
-        mw = meta_weights(
-            self.model, batch.x, batch.y, batch.x_val, batch.y_val, **step,
-            normalize=o["normalize"], temperature=float(o["temperature"]), threshold=o["threshold"],
-            constraint=o["constraint"], engine=o["engine"], distributed=self.distributed,
-        )
+        self.step_helper.options["distributed"] = self.distributed
+        mw = self.step_helper.weights(batch.x, batch.y, batch.x_val, batch.y_val)
         return StepOutput(
             bootstrap_loss(mw, batch.y), alpha=mw.alpha, beta=mw.beta,
             pseudo_labels=mw.pseudo_labels,
@@ -55,6 +49,5 @@ class L2RW(L2B):
     name = "l2rw"
     options = {k: v for k, v in META_OPTIONS.items() if k != "constraint"}
 
-    def __init__(self, model, optimizer, **options) -> None:
-        super().__init__(model, optimizer, **options)
-        self.opts["constraint"] = "beta=0"
+    def meta_options(self) -> dict:
+        return {**super().meta_options(), "constraint": "beta=0"}
