@@ -79,6 +79,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # epochs of plain mean cross-entropy before the method starts
     clip_grad_norm: float | None = None
     amp: bool = False  # bf16 autocast (CUDA only)
+    sync_bn: bool = False  # under torchrun on CUDA: SyncBatchNorm (non-meta methods only)
     # --- bookkeeping
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -121,6 +122,12 @@ class TrainConfig:
             raise ValueError(f"batches_per_epoch must be at least 1, got {self.batches_per_epoch}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}]")
+        if self.sync_bn and cls.meta:
+            raise ValueError(
+                f"--sync-bn cannot be used with method {self.method!r}: SyncBatchNorm has no "
+                "forward-mode AD, which the meta-gradient needs; each rank's BatchNorm uses its "
+                "shard's statistics instead (docs/distributed.md)"
+            )
         if self.progress not in ("auto", "bar", "lines", "none"):
             raise ValueError(f"unknown progress {self.progress!r}; choose auto, bar, lines or none")
 
@@ -484,6 +491,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                          image_size=ds.image_size, width=cfg.width)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
+    if cfg.sync_bn and world > 1:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
