@@ -260,3 +260,10 @@ def test_training_on_an_image_folder_streams_through_the_dataloader(tmp_path):
     assert len(m["history"]) == 2 and 0 <= m["test_acc_last"] <= 100
     w = np.load(tmp_path / "run" / "weights.npz")
     assert w["alpha"].shape == (20,) and (w["pseudo_labels"] >= 0).all()
+
+
+def test_channels_last_trains_to_the_same_model(tmp_path):
+    base = dict(method="l2b", model="small-cnn", width=4, epochs=1, train_subset=128)
+    a = train(tiny(tmp_path / "a", **base))
+    b = train(tiny(tmp_path / "b", **base, channels_last=True))
+    assert abs(a["history"][-1]["train_loss"] - b["history"][-1]["train_loss"]) < 1e-3

@@ -53,6 +53,7 @@ HELP = {
     "warmup_epochs": "epochs of plain cross-entropy before the method starts",
     "clip_grad_norm": "clip the gradient norm to this value",
     "amp": "bf16 autocast (CUDA only)",
+    "channels_last": "NHWC memory format for convolutions (helps on recent GPUs)",
     "sync_bn": "under torchrun on CUDA: synchronise BatchNorm statistics across ranks (non-meta methods)",
     "seed": "random seed (data order, augmentation, init, noise, split)",
     "device": "auto | cpu | cuda | cuda:N",
