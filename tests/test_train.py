@@ -267,3 +267,65 @@ def test_channels_last_trains_to_the_same_model(tmp_path):
     a = train(tiny(tmp_path / "a", **base))
     b = train(tiny(tmp_path / "b", **base, channels_last=True))
     assert abs(a["history"][-1]["train_loss"] - b["history"][-1]["train_loss"]) < 1e-3
+
+
+@pytest.mark.parametrize("method, args", [("mixup", {"alpha": 0.4}), ("distill", {"lam": 0.3, "teacher_epochs": 2}),
+                                          ("glc", {"estimate_epochs": 2})])
+def test_baselines_train_end_to_end(tmp_path, method, args):
+    m = train(tiny(tmp_path, method=method, method_args=args, epochs=2))
+    assert m["test_acc_last"] > 15.0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["method"]
+    if method == "glc":
+        c = state["corruption"]
+        assert c.shape == (10, 10) and torch.allclose(c.sum(1), torch.ones(10, dtype=c.dtype))
+    if method == "distill":
+        assert "teacher" in state
+
+
+def test_glc_recovers_a_known_corruption_matrix():
+    """With an estimator that predicts the noisy label distribution exactly, C is recovered."""
+    from l2b.methods.glc import estimate_corruption, forward_corrected_nll
+
+    rng = np.random.Generator(np.random.PCG64(0))
+    true_c = torch.tensor(rng.dirichlet(np.ones(4) * 3, size=4))
+    model = torch.nn.Embedding(4, 4)  # input = true class; logits = log C[class]
+    model.weight.data = true_c.float().log()
+    y = torch.arange(4).repeat(25)
+    c = estimate_corruption(torch.nn.Sequential(model), [(y, y)], 4)
+    torch.testing.assert_close(c, true_c, rtol=1e-5, atol=1e-6)
+    logits = torch.randn(3, 4)
+    expect = -torch.log((torch.softmax(logits, 1) @ c.float())[torch.arange(3), torch.tensor([0, 2, 3])])
+    torch.testing.assert_close(forward_corrected_nll(logits, torch.tensor([0, 2, 3]), c), expect)
+
+
+def test_distill_target_mixes_label_and_teacher():
+    from l2b.methods.distill import Distill
+
+    model = torch.nn.Linear(3, 3)
+    d = Distill(model, torch.optim.SGD(model.parameters(), lr=0.1), lam=0.25)
+    d.teacher = torch.nn.Linear(3, 3)
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    t = d.soft_targets(x, y, 3)
+    torch.testing.assert_close(t, 0.25 * F.one_hot(y, 3).float() + 0.75 * torch.softmax(d.teacher(x), 1))
+
+
+def test_method_args_flag(tmp_path):
+    from l2b.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--method", "distill", "--method-arg", "lam=0.3",
+                                      "--method-arg", "teacher_epochs=4"])
+    assert config_from_args(args).method_options() == {"lam": 0.3, "teacher_epochs": 4}
+    with pytest.raises(ValueError, match="method 'ce' has no option"):
+        train(tiny(tmp_path, method="ce", method_args={"lam": 0.3}))
+
+
+def test_mixup_loss_is_the_convex_combination_of_two_cross_entropies():
+    model = torch.nn.Linear(3, 4)
+    method = create_method("mixup", model, torch.optim.SGD(model.parameters(), lr=0.1), alpha=0.4)
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 3, 0, 1])
+    out = method.loss(Batch(x, y, torch.arange(6)))
+    lam, perm = out.extra["lam"], out.extra["perm"]
+    z = model(lam * x + (1 - lam) * x[perm])
+    expect = lam * F.cross_entropy(z, y) + (1 - lam) * F.cross_entropy(z, y[perm])
+    torch.testing.assert_close(out.loss, expect)
+    assert 0.0 < lam < 1.0 and sorted(perm.tolist()) == list(range(6))

@@ -68,6 +68,16 @@ def _parse_value(f, text: str) -> Any:
     kind = str(f.type)
     if text.lower() in ("none", "null") and "None" in kind:
         return None
+    if kind.startswith("dict"):  # --method-arg KEY=VALUE
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--{f.name.replace('_', '-')}: expected KEY=VALUE, got {text!r}")
+        for cast in (int, float):
+            try:
+                return {key: cast(value)}
+            except ValueError:
+                pass
+        return {key: None if value.lower() in ("none", "null") else value}
     try:
         if kind.startswith("list"):
             return [int(v) for v in text.split(",") if v.strip()]
@@ -91,6 +101,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = f"{HELP.get(f.name, '')} (default: {default})"
+        if f.name == "method_args":
+            parser.add_argument("--method-arg", dest=f.name, action="append", default=argparse.SUPPRESS,
+                                type=lambda t, f=f: _parse_value(f, t), metavar="KEY=VALUE",
+                                help="an option of the method, e.g. --method-arg lam=0.5 (repeatable)")
+            continue
         if f.type in ("bool", bool):
             parser.add_argument(flag, dest=f.name, nargs="?", const="true", default=argparse.SUPPRESS,
                                 type=lambda t, f=f: _parse_value(f, t), help=help_text)
@@ -125,7 +140,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     else:
         where = "config"
     names = {f.name for f in fields(TrainConfig)}
-    settings.update({k: v for k, v in vars(args).items() if k in names})
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    if "method_args" in flags:  # a list of one-entry dicts from the repeated flag
+        flags["method_args"] = {**settings.get("method_args", {}), **{k: v for d in flags["method_args"] for k, v in d.items()}}
+    settings.update(flags)
     return TrainConfig.from_dict(settings, where)
 
 

@@ -30,6 +30,7 @@ from . import __version__
 from .distributed import all_reduce_grads, current_sync, init_from_env
 from .data import ArrayDataset, FileDataset, augment_batch, clean_val_split, load_dataset, normalize_batch
 from .methods import METHODS, Batch, create_method
+from .methods.base import SetupContext
 from .methods.meta import META_OPTIONS
 from .models import create_model
 from .noise import apply_noise, transition_matrix
@@ -65,6 +66,7 @@ class TrainConfig:
     engine: str | None = None  # jvp | unroll
     bootstrap_beta: float | None = None  # bootstrap: weight of the observed label (0.8)
     bootstrap_mode: str | None = None  # bootstrap: soft | hard
+    method_args: dict = field(default_factory=dict)  # any other option of the method, by name
     # --- optimisation (SPEC §4: SGD, momentum 0.9, weight decay 5e-4)
     epochs: int = 20
     batch_size: int = 128
@@ -97,7 +99,8 @@ class TrainConfig:
             "virtual_step": self.virtual_step, "engine": self.engine,
             "beta": self.bootstrap_beta, "mode": self.bootstrap_mode,
         }
-        return {k: v for k, v in given.items() if v is not None and k in cls.options}
+        options = {k: v for k, v in given.items() if v is not None and k in cls.options}
+        return {**options, **self.method_args}
 
     def validate(self) -> None:
         """Contradictions fail here, before any data is read."""
@@ -503,17 +506,39 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     method = create_method(cfg.method, model, optimizer, **cfg.method_options())
     method.distributed = sync is not None
-    clean = CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed) if method.needs_clean else None
+    clean = (CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed)
+             if method.needs_clean and method.clean_per_step else None)
 
     history: list[dict] = []
     best = {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
     start_epoch = 0
+    if method.has_setup and not resume:
+        if sync is not None:
+            raise ValueError(f"method {cfg.method!r} fits an auxiliary model first; run it in one process")
+        n_clean_epoch = len(val_data)
+
+        def new_model():
+            return create_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
+                                image_size=ds.image_size, width=cfg.width).to(device)
+
+        method.setup(SetupContext(
+            new_model=new_model,
+            new_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov),
+            train_batches=lambda e: train_data.epoch(cfg.batch_size, cfg.seed * 15485863 + e, augment=True),
+            clean_batches=lambda e: val_data.epoch(cfg.val_batch_size or cfg.batch_size, cfg.seed * 32452843 + e,
+                                                   augment=True),
+            lr_at=lambda e, s, n: lr_at(cfg, e, s, n),
+            epochs=cfg.epochs, num_classes=ds.num_classes,
+            train_steps=len(global_batches(torch.arange(len(train_data)), cfg.batch_size)),
+            clean_steps=len(global_batches(torch.arange(n_clean_epoch), cfg.val_batch_size or cfg.batch_size)),
+            log=(lambda text: print(text, flush=True)) if cfg.progress != "none" else (lambda text: None),
+        ))
     if resume:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
-        if hasattr(method, "load_state_dict") and ck.get("method") is not None:
-            method.load_state_dict(ck["method"])
+        method.load_state_dict(ck.get("method"))
         if clean is not None:
             clean.load_state_dict(ck["clean"])
         torch.set_rng_state(ck["rng"]["torch"])
@@ -558,7 +583,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch, step, steps_per_epoch)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                if warm or not method.needs_clean:
+                if warm or clean is None:
                     batch = Batch(x, y, idx)
                 else:
                     batch = Batch(x, y, idx, *clean.next())
@@ -632,7 +657,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         if main_rank:
             atomic_save({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "method": method.state_dict() if hasattr(method, "state_dict") else None,
+                "method": method.state_dict(),
                 "clean": clean.state_dict() if clean is not None else None,
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},

@@ -35,6 +35,48 @@ class StepOutput:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class SetupContext:
+    """What a method may use once, before the main training, to fit auxiliary models.
+
+    ``train_batches(epoch)`` / ``clean_batches(epoch)`` yield ``(x, y, index, n_global)`` of the
+    noisy training set / the clean set (augmented, in the run's seeded order); ``new_model()``
+    builds a fresh model of the run's architecture on its device; ``new_optimizer(model)`` the
+    run's SGD for it; ``lr_at(epoch, step, steps_per_epoch)`` the run's schedule.
+    """
+
+    new_model: Callable[[], nn.Module]
+    new_optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    train_batches: Callable[[int], Any]
+    clean_batches: Callable[[int], Any]
+    lr_at: Callable[[int, int, int], float]
+    epochs: int
+    num_classes: int
+    train_steps: int  # batches per epoch of train_batches
+    clean_steps: int  # batches per epoch of clean_batches
+    log: Callable[[str], None] = print
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[int], Any], epochs: int,
+        steps_per_epoch: int, lr_at: Callable[[int, int, int], float],
+        log: Callable[[str], None] = print, what: str = "model") -> None:
+    """Plain cross-entropy training of an auxiliary model with the run's schedule."""
+    import torch.nn.functional as F
+
+    model.train()
+    for epoch in range(epochs):
+        total = torch.zeros(())
+        for step, (x, y, _, _) in enumerate(batches(epoch)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch, step, steps_per_epoch)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total = total + loss.detach().cpu()
+        log(f"{what}: epoch {epoch + 1}/{epochs} mean loss {total.item() / max(steps_per_epoch, 1):.4f}")
+
+
 class Method:
     """A training method: builds the loss of one step; the trainer does backward and the step.
 
@@ -44,7 +86,8 @@ class Method:
     """
 
     name: str = ""
-    needs_clean: bool = False
+    needs_clean: bool = False  # requires a clean set (for setup or for every step)
+    clean_per_step: bool = True  # with needs_clean: every Batch carries a clean batch
     meta: bool = False
     options: dict[str, Any] = {}
     # True when ``loss`` is a sum over the GLOBAL batch (weights normalised across ranks), False
@@ -59,6 +102,19 @@ class Method:
             raise ValueError(f"method {self.name!r} has no option(s) {sorted(unknown)}; its options: {valid}")
         self.model, self.optimizer = model, optimizer
         self.opts = {**self.options, **options}
+
+    # Methods that fit something before the main training (a teacher, a corruption matrix)
+    # override ``setup`` and keep what they fitted in ``state_dict`` so that --resume skips it.
+    has_setup: bool = False
+
+    def setup(self, ctx: SetupContext) -> None:
+        pass
+
+    def state_dict(self) -> dict | None:
+        return None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        pass
 
     def loss(self, batch: Batch) -> StepOutput:
         raise NotImplementedError
