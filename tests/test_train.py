@@ -329,3 +329,29 @@ def test_mixup_loss_is_the_convex_combination_of_two_cross_entropies():
     expect = lam * F.cross_entropy(z, y) + (1 - lam) * F.cross_entropy(z, y[perm])
     torch.testing.assert_close(out.loss, expect)
     assert 0.0 < lam < 1.0 and sorted(perm.tolist()) == list(range(6))
+
+
+def test_forward_correction_with_a_known_matrix_and_anchor_estimate(tmp_path):
+    from l2b.methods.forward import anchor_transition
+    from l2b.methods.glc import forward_corrected_nll
+
+    t = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.0, 0.7]], dtype=torch.float64)
+    logits, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 2])
+    expect = -torch.log((t.T.float() @ torch.softmax(logits, 1).T).T[torch.arange(4), y])  # log(T^T p)
+    torch.testing.assert_close(forward_corrected_nll(logits, y, t), expect)
+    # anchors: rows whose class-i probability is the highest are exactly T's rows
+    others = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3], [0.25, 0.25, 0.5]], dtype=torch.float64)
+    rows = torch.cat([others, t, others])
+    class LogOf(torch.nn.Module):  # a "model" whose softmax returns its input rows
+        def forward(self, x):
+            return x.log()
+
+    est = anchor_transition(LogOf(), [(rows,)], 3, quantile=1.0)
+    torch.testing.assert_close(est, t)
+    f = tmp_path / "T.csv"
+    np.savetxt(f, np.full((10, 10), 0.1), delimiter=",")
+    m = train(tiny(tmp_path, method="forward", method_args={"matrix": str(f)}, epochs=1))
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["method"]
+    assert torch.allclose(state["transition"], torch.full((10, 10), 0.1, dtype=torch.float64))
+    assert m["test_acc_last"] >= 0
+    train(tiny(tmp_path / "est", method="forward", method_args={"estimate_epochs": 1}, epochs=1))
