@@ -355,3 +355,49 @@ def test_forward_correction_with_a_known_matrix_and_anchor_estimate(tmp_path):
     assert torch.allclose(state["transition"], torch.full((10, 10), 0.1, dtype=torch.float64))
     assert m["test_acc_last"] >= 0
     train(tiny(tmp_path / "est", method="forward", method_args={"estimate_epochs": 1}, epochs=1))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_mwnet_first_order_meta_gradient_equals_second_order_unroll(float64, normalize):
+    from torch.func import functional_call
+
+    from conftest import make_batches, make_model
+
+    model = make_model("preact")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = create_method("mwnet", model, opt, meta_optimizer="sgd", normalize=normalize)
+    method.vnet.double()
+    x, y, xv, yv = make_batches()
+    batch = Batch(x, y, torch.arange(len(y)), xv, yv)
+    # oracle: differentiate G(theta_hat(phi)) through a create_graph virtual step
+    import copy
+
+    oracle_model, oracle_vnet = copy.deepcopy(model), copy.deepcopy(method.vnet)
+    logits = oracle_model(x)
+    losses = F.cross_entropy(logits, y, reduction="none")
+    w = oracle_vnet(losses.detach())
+    c = w / w.sum() if normalize else w / len(w)
+    names, params = zip(*oracle_model.named_parameters())
+    grads = torch.autograd.grad((c * losses).sum(), params, create_graph=True)
+    theta_hat = {n: p - 0.1 * g for n, p, g in zip(names, params, grads)}
+    buffers = {n: b.clone() for n, b in oracle_model.named_buffers()}
+    g_val = F.cross_entropy(functional_call(oracle_model, {**theta_hat, **buffers}, (xv,)), yv)
+    expect = torch.autograd.grad(g_val, list(oracle_vnet.parameters()))
+    # the method's exact first-order meta-gradient
+    rng = (torch.get_rng_state(), None)
+    logits = model(x)
+    losses = F.cross_entropy(logits, y, reduction="none")
+    val = method.meta_gradient(batch, logits, losses, rng)
+    torch.testing.assert_close(val, g_val.detach(), rtol=1e-12, atol=0)
+    for got, want in zip((p.grad for p in method.vnet.parameters()), expect):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-14)
+
+
+def test_mwnet_trains_end_to_end_and_resumes_its_weight_net(tmp_path):
+    m = train(tiny(tmp_path, method="mwnet", epochs=2))
+    assert m["test_acc_last"] > 15.0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["method"]
+    assert set(state) == {"vnet", "meta_opt"}
+    w = np.load(tmp_path / "run" / "weights.npz")
+    assert w["alpha"].sum() > 0 and (w["beta"] == 0).all()
