@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -401,3 +402,31 @@ def test_mwnet_trains_end_to_end_and_resumes_its_weight_net(tmp_path):
     assert set(state) == {"vnet", "meta_opt"}
     w = np.load(tmp_path / "run" / "weights.npz")
     assert w["alpha"].sum() > 0 and (w["beta"] == 0).all()
+
+
+def test_coteaching_updates_each_network_on_its_peers_small_loss_samples():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    method = create_method("coteaching", model, opt, forget_rate=0.5, num_gradual=2)
+    assert [method.keep_ratio(e) for e in (0, 1, 2, 5)] == [1.0, 0.75, 0.5, 0.5]
+    x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    peer_before = copy.deepcopy(method.peer)
+    out = method.loss(Batch(x, y, torch.arange(8), epoch=3.0))
+    keep = 4
+    la = F.cross_entropy(model(x), y, reduction="none")
+    lb = F.cross_entropy(peer_before(x), y, reduction="none")
+    torch.testing.assert_close(out.loss, la[torch.argsort(lb)[:keep]].mean())
+    assert (out.alpha > 0).sum() == keep
+    # the peer took one SGD step on the first network's small-loss samples
+    expect = copy.deepcopy(peer_before)
+    F.cross_entropy(expect(x[torch.argsort(la.detach())[:keep]]), y[torch.argsort(la.detach())[:keep]]).backward()
+    for p in expect.parameters():
+        p.data -= 0.5 * p.grad
+    for p, q in zip(method.peer.parameters(), expect.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_coteaching_trains_end_to_end(tmp_path):
+    m = train(tiny(tmp_path, method="coteaching", method_args={"forget_rate": 0.36, "num_gradual": 1}, epochs=2))
+    assert m["test_acc_last"] > 15.0

@@ -583,10 +583,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch, step, steps_per_epoch)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                progress = epoch + step / steps_per_epoch
                 if warm or clean is None:
-                    batch = Batch(x, y, idx)
+                    batch = Batch(x, y, idx, epoch=progress)
                 else:
-                    batch = Batch(x, y, idx, *clean.next())
+                    batch = Batch(x, y, idx, *clean.next(), epoch=progress)
                 if warm:
                     logits = model(x)
                     result = None

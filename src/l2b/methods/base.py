@@ -22,6 +22,7 @@ class Batch:
     index: torch.Tensor
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    epoch: float = 0.0  # training progress in epochs (e.g. 2.5: half-way through the third)
 
 
 @dataclass

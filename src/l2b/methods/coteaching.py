@@ -1,0 +1,66 @@
+"""Co-teaching (Han et al., "Co-teaching: Robust Training of Deep Neural Networks with Extremely
+Noisy Labels", NeurIPS 2018).
+
+Two networks of the same architecture train together: each keeps the R(T) share of the batch on
+which it has the smallest loss, and its PEER is updated on those samples (their Algorithm 1).
+R(T) = 1 - tau * min(T / T_k, 1) with T the epoch, tau the forget rate (``forget_rate``, ideally
+the noise rate) and T_k = ``num_gradual`` epochs. The trainer's model is the first network; the
+second is this method's, with an SGD of the same settings following the same learning rate.
+Evaluation and checkpoints use the first network.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from .base import Batch, Method, StepOutput, register
+
+
+@register
+class CoTeaching(Method):
+    name = "coteaching"
+    options = {"forget_rate": 0.2, "num_gradual": 10}
+
+    def __init__(self, model, optimizer, **options) -> None:
+        super().__init__(model, optimizer, **options)
+        if not 0.0 <= float(self.opts["forget_rate"]) < 1.0:
+            raise ValueError(f"coteaching forget_rate must be in [0, 1), got {self.opts['forget_rate']}")
+        self.peer = copy.deepcopy(model)
+        for p in self.peer.parameters():  # a differently initialised peer
+            if p.dim() > 1:
+                torch.nn.init.kaiming_uniform_(p, a=5 ** 0.5)
+        self.peer_opt = type(optimizer)(self.peer.parameters(), **optimizer.defaults)
+
+    def keep_ratio(self, epoch: float) -> float:
+        tau, tk = float(self.opts["forget_rate"]), max(float(self.opts["num_gradual"]), 1e-12)
+        return 1.0 - tau * min(int(epoch) / tk, 1.0)
+
+    def loss(self, batch: Batch) -> StepOutput:
+        self.peer.train(self.model.training)
+        logits, peer_logits = self.model(batch.x), self.peer(batch.x)
+        loss_a = F.cross_entropy(logits, batch.y, reduction="none")
+        loss_b = F.cross_entropy(peer_logits, batch.y, reduction="none")
+        keep = max(1, int(round(self.keep_ratio(batch.epoch) * len(batch.y))))
+        small_a = torch.argsort(loss_a.detach())[:keep]  # what the first network trusts
+        small_b = torch.argsort(loss_b.detach())[:keep]  # what the peer trusts
+        # cross update: the peer learns from the first network's selection, and vice versa
+        for group, main in zip(self.peer_opt.param_groups, self.optimizer.param_groups):
+            group["lr"] = main["lr"]
+        self.peer_opt.zero_grad(set_to_none=True)
+        loss_b[small_a].mean().backward()
+        self.peer_opt.step()
+        n = len(batch.y)
+        alpha = torch.zeros(n, device=batch.x.device)
+        alpha[small_b] = 1.0 / keep
+        return StepOutput(loss_a[small_b].mean(), alpha=alpha, beta=torch.zeros_like(alpha))
+
+    def state_dict(self) -> dict:
+        return {"peer": self.peer.state_dict(), "peer_opt": self.peer_opt.state_dict()}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state is not None:
+            self.peer.load_state_dict(state["peer"])
+            self.peer_opt.load_state_dict(state["peer_opt"])
