@@ -465,3 +465,39 @@ def test_mlc_trains_end_to_end_and_resumes(tmp_path):
     train(cfg, stop_after_epoch=0)
     resumed = train(cfg, resume=True)
     assert [h["test_acc"] for h in straight["history"]] == [h["test_acc"] for h in resumed["history"]]
+
+
+def test_compare_runs_a_grid_resumes_and_summarises(tmp_path, capsys):
+    import csv
+
+    from l2b.compare import SUMMARY_COLUMNS
+
+    argv = ["compare", "--data", "digits", "--model", "mlp", "--width", "32", "--methods", "ce,l2b",
+            "--noise", "symmetric:0.2,symmetric:0.4", "--seeds", "2", "--epochs", "2", "--val-per-class", "5",
+            "--batch-size", "64", "--out", str(tmp_path / "grid")]
+    assert cli_main(argv) == 0
+    rows = list(csv.DictReader(open(tmp_path / "grid" / "summary.csv")))
+    assert list(rows[0]) == SUMMARY_COLUMNS and len(rows) == 4
+    assert {(r["method"], r["noise"], r["seeds"]) for r in rows} == {
+        (m, n, "2") for m in ("ce", "l2b") for n in ("symmetric:0.2", "symmetric:0.4")}
+    md = (tmp_path / "grid" / "summary.md").read_text()
+    assert "| method | symmetric:0.2 | symmetric:0.4 |" in md and "| l2b |" in md
+    accs = [json.loads((tmp_path / "grid" / "ce" / "symmetric_0.4" / f"seed{s}" / "metrics.json").read_text())
+            ["test_acc_last"] for s in (0, 1)]
+    row = next(r for r in rows if r["method"] == "ce" and r["noise"] == "symmetric:0.4")
+    assert float(row["test_acc_last_mean"]) == pytest.approx(np.mean(accs), abs=1e-3)
+    # a finished grid is skipped; an interrupted run is resumed
+    run = tmp_path / "grid" / "l2b" / "symmetric_0.2" / "seed1"
+    (run / "metrics.json").unlink()
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("skip") == 7 and f"resume {run}" in out
+
+
+def test_compare_runs_cells_in_parallel_workers(tmp_path):
+    argv = ["compare", "--data", "digits", "--model", "mlp", "--width", "16", "--methods", "ce,bootstrap",
+            "--noise", "symmetric:0.4", "--seeds", "1", "--epochs", "1", "--val-per-class", "5",
+            "--jobs", "2", "--out", str(tmp_path / "grid")]
+    assert cli_main(argv) == 0
+    assert len(list((tmp_path / "grid").rglob("metrics.json"))) == 2

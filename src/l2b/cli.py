@@ -94,10 +94,12 @@ def _parse_value(f, text: str) -> Any:
     return text
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per TrainConfig field; unset flags stay absent so a config file can fill them."""
     defaults = TrainConfig()
     for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = f"{HELP.get(f.name, '')} (default: {default})"
@@ -198,6 +200,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import grid_configs, load_grid_file, run_grid, summarize
+
+    settings: dict[str, Any] = load_grid_file(args.grid) if args.grid else {}
+    methods = args.methods.split(",") if args.methods else settings.pop("methods", None)
+    noises = args.noise.split(",") if args.noise else settings.pop("noise", None)
+    seeds = args.seeds if args.seeds is not None else int(settings.pop("seeds", 1))
+    settings.pop("methods", None), settings.pop("noise", None), settings.pop("seeds", None)
+    if not methods or not noises:
+        raise ValueError("give --methods M1,M2 and --noise SPEC1,SPEC2 (or a --grid file with them)")
+    names = {f.name for f in fields(TrainConfig)}
+    settings.update({k: v for k, v in vars(args).items() if k in names})
+    if "method_args" in settings and isinstance(settings["method_args"], list):
+        settings["method_args"] = {k: v for d in settings["method_args"] for k, v in d.items()}
+    base = TrainConfig.from_dict(settings, args.grid or "compare")
+    out = Path(args.out)
+    cfgs = grid_configs(base, methods, noises, seeds, out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{len(cfgs)} runs: {len(methods)} methods × {len(noises)} noise settings × {seeds} seeds -> {out}",
+          flush=True)
+    run_grid(cfgs, jobs=args.jobs, devices=args.devices.split(",") if args.devices else None,
+             log=lambda text: print(text, flush=True))
+    summarize(out)
+    print((out / "summary.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="l2b", description="Learning to Bootstrap for noisy labels")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
+    c = sub.add_parser("compare", help="run a grid of methods × noise × seeds and summarise it", description=(
+        "Run every (method, noise, seed) into OUT/<method>/<noise>/seed<k>/ (finished runs are skipped, "
+        "interrupted ones resume) and write OUT/summary.csv and OUT/summary.md. Every train flag applies "
+        "to all runs."))
+    c.add_argument("--methods", help="comma-separated methods, e.g. ce,l2rw,l2b")
+    c.add_argument("--noise", help="comma-separated noise specs, e.g. symmetric:0.2,symmetric:0.4")
+    c.add_argument("--seeds", type=int, help="seeds 0..N-1 per cell (default 1)")
+    c.add_argument("--grid", help="YAML grid file: methods, noise, seeds and any train setting")
+    c.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes)")
+    c.add_argument("--devices", help="comma-separated devices assigned round-robin, e.g. cuda:0,cuda:1")
+    c.add_argument("--out", required=True, help="grid directory")
+    add_config_flags(c, skip=("method", "noise", "seed", "out", "progress"))
+    c.set_defaults(func=cmd_compare)
     d = sub.add_parser("demo", help="CE vs L2RW vs L2B on the bundled digits, 40%% symmetric noise")
     d.add_argument("--methods", default="ce,l2rw,l2b")
     d.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method")

@@ -1,0 +1,139 @@
+"""``l2b compare``: a grid of runs (methods × noise settings × seeds) and its summary tables.
+
+Every run lives in ``OUT/<method>/<noise>/seed<k>/`` (noise with ':' and '/' made file-safe). A
+run with ``metrics.json`` is finished and skipped; one with only a checkpoint is resumed. Runs go
+one at a time, or ``jobs`` at a time in worker processes (round-robin over ``devices`` on a GPU
+host). ``summary.csv`` has one row per (method, noise) with the columns of ``SUMMARY_COLUMNS``;
+``summary.md`` lays the means ± std out like the paper's Tables 1–2 (methods × noise levels).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from .train import TrainConfig, train
+
+SUMMARY_COLUMNS = ["method", "noise", "seeds", "test_acc_last_mean", "test_acc_last_std",
+                   "test_acc_at_best_val_mean", "test_acc_at_best_val_std", "epoch_seconds"]
+
+
+def safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
+
+
+def run_dir(out: Path, method: str, noise: str, seed: int) -> Path:
+    return out / safe(method) / safe(noise) / f"seed{seed}"
+
+
+def grid_configs(base: TrainConfig, methods: list[str], noises: list[str], seeds: int, out: Path) -> list[TrainConfig]:
+    cfgs = []
+    for method in methods:
+        for noise in noises:
+            for seed in range(seeds):
+                cfg = replace(base, method=method, noise=noise, seed=seed,
+                              out=str(run_dir(out, method, noise, seed)), progress="none")
+                cfg.validate()  # contradictions fail before any run starts
+                cfgs.append(cfg)
+    return cfgs
+
+
+def run_one(cfg_dict: dict[str, Any]) -> str:
+    """Run (or resume, or skip) one grid cell; returns what happened."""
+    cfg = TrainConfig(**cfg_dict)
+    out = Path(cfg.out)
+    if (out / "metrics.json").is_file():
+        return f"skip   {out} (finished)"
+    if (out / "checkpoint.pt").is_file():
+        train(cfg, resume=True)
+        return f"resume {out}"
+    train(cfg)
+    return f"run    {out}"
+
+
+def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None = None, log=print) -> None:
+    dicts = []
+    for i, cfg in enumerate(cfgs):
+        d = asdict(cfg)
+        if devices:
+            d["device"] = devices[i % len(devices)]
+        dicts.append(d)
+    if jobs <= 1:
+        for i, d in enumerate(dicts, 1):
+            log(f"[{i}/{len(dicts)}] {run_one(d)}")
+        return
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        for i, msg in enumerate(pool.map(run_one, dicts), 1):
+            log(f"[{i}/{len(dicts)}] {msg}")
+
+
+def collect(out: Path) -> list[dict[str, Any]]:
+    """Every finished run below ``out``: its metrics.json plus its resolved config."""
+    runs = []
+    for metrics_path in sorted(out.rglob("metrics.json")):
+        config = json.loads((metrics_path.parent / "config.json").read_text())["config"]
+        runs.append({"dir": metrics_path.parent, "config": config, **json.loads(metrics_path.read_text())})
+    return runs
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(out: Path) -> list[dict[str, Any]]:
+    """Write summary.csv and summary.md for the runs below ``out``; return the rows."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in collect(out):
+        groups.setdefault((run["method"], run["noise"]), []).append(run)
+    rows = []
+    for (method, noise), runs in groups.items():
+        last_m, last_s = _mean_std([r["test_acc_last"] for r in runs])
+        best_m, best_s = _mean_std([r["test_acc_at_best_val"] for r in runs])
+        rows.append({"method": method, "noise": noise, "seeds": len(runs),
+                     "test_acc_last_mean": round(last_m, 3), "test_acc_last_std": round(last_s, 3),
+                     "test_acc_at_best_val_mean": round(best_m, 3), "test_acc_at_best_val_std": round(best_s, 3),
+                     "epoch_seconds": round(statistics.mean(r["epoch_seconds"] for r in runs), 3)})
+    with open(out / "summary.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "summary.md").write_text(markdown_tables(rows))
+    return rows
+
+
+def markdown_tables(rows: list[dict[str, Any]]) -> str:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    noises = list(dict.fromkeys(r["noise"] for r in rows))
+    cell = {(r["method"], r["noise"]): r for r in rows}
+    parts = []
+    for title, key in (("Test accuracy (%) at the best clean-validation epoch", "test_acc_at_best_val"),
+                       ("Test accuracy (%) at the last epoch", "test_acc_last")):
+        lines = [f"### {title}", "", "| method | " + " | ".join(noises) + " | s / epoch |",
+                 "|---|" + "---|" * (len(noises) + 1)]
+        for m in methods:
+            vals = []
+            for n in noises:
+                r = cell.get((m, n))
+                vals.append("—" if r is None else f"{r[key + '_mean']:.2f} ± {r[key + '_std']:.2f} (n={r['seeds']})")
+            secs = statistics.mean(cell[(m, n)]["epoch_seconds"] for n in noises if (m, n) in cell)
+            lines.append(f"| {m} | " + " | ".join(vals) + f" | {secs:.1f} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def load_grid_file(path: str) -> dict[str, Any]:
+    """A YAML grid: ``methods: [...]``, ``noise: [...]``, ``seeds: N`` and any train setting."""
+    from .cli import load_yaml
+
+    data = load_yaml(path)
+    for key in ("methods", "noise"):
+        if key in data and isinstance(data[key], str):
+            data[key] = [v.strip() for v in data[key].split(",")]
+    return data
