@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test,cli,data,images]"
+	$(PY) -m pip install --quiet -e ".[test,cli,data,images,report]"
 	touch $@
 
 test: $(VENV)/.installed

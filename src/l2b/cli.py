@@ -227,6 +227,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(args.dir)
+    print(f"wrote {path} and its figures")
+    return 0
+
+
+def cmd_label_issues(args: argparse.Namespace) -> int:
+    from .detect import find_label_issues
+
+    s = find_label_issues(args.dir, threshold=args.threshold)
+    print(f"wrote {Path(args.dir) / 'label_issues.csv'}: {s['issues']} suspected label issues "
+          f"(scored by the {s['source']})")
+    if s["corrupted"]:
+        print(f"against the injected noise ({s['corrupted']} corrupted labels): precision {s['precision']:.3f}, "
+              f"recall {s['recall']:.3f}, ROC-AUC {s['auc']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="l2b", description="Learning to Bootstrap for noisy labels")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="grid directory")
     add_config_flags(c, skip=("method", "noise", "seed", "out", "progress"))
     c.set_defaults(func=cmd_compare)
+    r = sub.add_parser("report", help="figures and report.html for a run or a grid directory")
+    r.add_argument("dir", metavar="RUN_DIR|GRID_DIR")
+    r.set_defaults(func=cmd_report)
+    li = sub.add_parser("label-issues", help="write RUN_DIR/label_issues.csv, the labels the run believes wrong")
+    li.add_argument("dir", metavar="RUN_DIR")
+    li.add_argument("--threshold", type=float, default=0.5,
+                    help="flag a label when its trust alpha/(alpha+beta) (or model probability) is below this")
+    li.set_defaults(func=cmd_label_issues)
     d = sub.add_parser("demo", help="CE vs L2RW vs L2B on the bundled digits, 40%% symmetric noise")
     d.add_argument("--methods", default="ce,l2rw,l2b")
     d.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method")

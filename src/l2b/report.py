@@ -1,0 +1,204 @@
+"""``l2b report RUN_DIR|GRID_DIR``: figures and a self-contained report.html a researcher reads.
+
+Figures (PNG, also embedded in the HTML):
+- ``accuracy.png``: test accuracy vs epoch per method and noise (paper Fig. 2), mean over seeds;
+- ``weights.png``: alpha and beta on clean vs corrupted samples (paper Fig. 3's finding);
+- ``alpha_minus_beta.png``: alpha - beta split by "pseudo-label = true label";
+- ``normalisations.png``: accuracy per normalisation (Fig. 4), when runs differ in --normalize;
+- ``bootstrap_beta.png``: bootstrapping's accuracy vs its beta (Fig. 1a), when runs differ in it;
+- ``transition.png``: the realised noise transition matrix.
+The tables hold the noise-detection metrics of every run with weights (``l2b.detect``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .compare import collect
+from .detect import detection_metrics, roc_auc
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("l2b report needs matplotlib: pip install 'l2b[report]'") from None
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def accuracy_figure(runs, path: Path) -> Path:
+    plt = _plt()
+    curves = defaultdict(list)
+    for r in runs:
+        curves[(r["method"], r["noise"])].append([h["test_acc"] for h in r["history"]])
+    noises = sorted({n for _, n in curves})
+    fig, axes = plt.subplots(1, len(noises), figsize=(5 * len(noises), 3.6), squeeze=False)
+    for ax, noise in zip(axes[0], noises):
+        for (method, n), seeds in sorted(curves.items()):
+            if n != noise:
+                continue
+            length = min(len(s) for s in seeds)
+            mean = np.mean([s[:length] for s in seeds], axis=0)
+            ax.plot(np.arange(1, length + 1), mean, label=f"{method} (n={len(seeds)})")
+        ax.set(title=f"noise {noise}", xlabel="epoch", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def weights_figure(w, path: Path) -> Path:
+    plt = _plt()
+    noisy = w["is_noisy"].astype(bool)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key in zip(axes, ("alpha", "beta")):
+        values = w[key]
+        bins = np.linspace(0, max(values.max(), 1e-12), 40)
+        ax.hist(values[~noisy], bins=bins, alpha=0.6, label=f"clean (mean {values[~noisy].mean():.2e})", density=True)
+        if noisy.any():
+            ax.hist(values[noisy], bins=bins, alpha=0.6, label=f"corrupted (mean {values[noisy].mean():.2e})",
+                    density=True)
+        ax.set(title=f"{key} on clean vs corrupted samples", xlabel=key, ylabel="density")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def alpha_minus_beta_figure(w, path: Path) -> tuple[Path, dict]:
+    plt = _plt()
+    diff = w["alpha"] - w["beta"]
+    right = w["pseudo_labels"] == w["true"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    groups = [diff[right], diff[~right]]
+    ax.boxplot([g if len(g) else np.zeros(1) for g in groups], showfliers=False)
+    ax.set_xticks([1, 2], [f"pseudo = true (n={right.sum()})", f"pseudo ≠ true (n={(~right).sum()})"])
+    ax.set(ylabel="alpha - beta", title="alpha - beta by pseudo-label correctness")
+    ax.axhline(0, color="grey", lw=0.8)
+    stats = {"mean_when_pseudo_right": float(diff[right].mean()) if right.any() else None,
+             "mean_when_pseudo_wrong": float(diff[~right].mean()) if (~right).any() else None,
+             # how well a low alpha - beta (trusting the pseudo-label) marks a CORRECT pseudo-label
+             # on corrupted samples, where following it fixes the label
+             "auc_beta_over_alpha_for_correct_pseudo_on_corrupted":
+                 roc_auc(-diff[w["is_noisy"].astype(bool)], right[w["is_noisy"].astype(bool)])}
+    return _save(fig, path), stats
+
+
+def option_figure(runs, key: str, path: Path, title: str, method: str | None = None) -> Path | None:
+    """Best-val test accuracy against a setting that varies across runs (None if it doesn't)."""
+    plt = _plt()
+    by = defaultdict(list)
+    for r in runs:
+        if method and r["method"] != method:
+            continue
+        value = r["config"].get(key)
+        if key == "bootstrap_beta" and value is None and r["method"] == "bootstrap":
+            value = r["config"].get("method_args", {}).get("beta", 0.8)
+        if value is None:
+            continue
+        by[(r["noise"], value)].append(r["test_acc_at_best_val"])
+    if len({v for _, v in by}) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for noise in sorted({n for n, _ in by}):
+        values = sorted({v for n, v in by if n == noise}, key=str)
+        ax.plot([str(v) for v in values], [np.mean(by[(noise, v)]) for v in values], marker="o", label=noise)
+    ax.set(title=title, xlabel=key, ylabel="test acc at best val (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def transition_figure(transition: np.ndarray, path: Path, title: str) -> Path:
+    plt = _plt()
+    k = len(transition)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    im = ax.imshow(transition, cmap="viridis", vmin=0, vmax=1)
+    ax.set(title=title, xlabel="noisy label", ylabel="true class")
+    if k <= 12:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{transition[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if transition[i, j] < 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def write_report(target: str | Path) -> Path:
+    """Write the PNGs and report.html into ``target`` (a run or a grid directory)."""
+    target = Path(target)
+    runs = collect(target)
+    if not runs:
+        raise FileNotFoundError(f"{target}: no finished run (metrics.json) below it")
+    figures: list[tuple[str, Path]] = [("Test accuracy per epoch", accuracy_figure(runs, target / "accuracy.png"))]
+    detection_rows, extra = [], {}
+    weighted = [r for r in runs if (r["dir"] / "weights.npz").is_file()]
+    for r in weighted:
+        w = np.load(r["dir"] / "weights.npz")
+        if w["is_noisy"].any():
+            detection_rows.append((r, detection_metrics(w["alpha"], w["beta"], w["is_noisy"])))
+    meta = [r for r in weighted if r["method"] in ("l2b", "l2rw")] or weighted
+    if meta:
+        pick = max(meta, key=lambda r: (r["method"] == "l2b", r["noise"]))
+        w = np.load(pick["dir"] / "weights.npz")
+        figures.append((f"Weights of {pick['method']} ({pick['noise']}, seed {pick['seed']})",
+                        weights_figure(w, target / "weights.png")))
+        fig, extra = alpha_minus_beta_figure(w, target / "alpha_minus_beta.png")
+        figures.append(("alpha − beta against pseudo-label correctness", fig))
+    for key, name, title, method in (("normalize", "normalisations.png", "Normalisation of the weights (Fig. 4)", None),
+                                     ("bootstrap_beta", "bootstrap_beta.png", "Bootstrapping's beta (Fig. 1a)", "bootstrap")):
+        fig = option_figure(runs, key, target / name, title, method)
+        if fig is not None:
+            figures.append((title, fig))
+    labels = runs[0]["dir"] / "labels.npz"
+    if labels.is_file():
+        t = np.load(labels)["transition"]
+        figures.append((f"Realised noise ({runs[0]['noise']})",
+                        transition_figure(t, target / "transition.png", f"realised transition, {runs[0]['noise']}")))
+    (target / "report.html").write_text(_html(target, runs, figures, detection_rows, extra))
+    return target / "report.html"
+
+
+def _html(target, runs, figures, detection_rows, extra) -> str:
+    esc = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>l2b report: {esc(str(target))}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style></head><body>",
+             f"<h1>l2b report</h1><p>{esc(str(target))}: {len(runs)} run(s).</p>",
+             "<h2>Results</h2><table><tr><th>method</th><th>noise</th><th>seed</th><th>test acc last</th>"
+             "<th>test acc at best val</th><th>best val</th><th>s / epoch</th></tr>"]
+    for r in sorted(runs, key=lambda r: (r["method"], r["noise"], r["seed"])):
+        parts.append(f"<tr><td>{esc(r['method'])}</td><td>{esc(r['noise'])}</td><td>{r['seed']}</td>"
+                     f"<td>{r['test_acc_last']:.2f}</td><td>{r['test_acc_at_best_val']:.2f}</td>"
+                     f"<td>{r['best_val_acc']:.2f}</td><td>{r['epoch_seconds']:.2f}</td></tr>")
+    parts.append("</table>")
+    if detection_rows:
+        parts.append("<h2>Noise detection from the learned weights</h2><p>Score: 1 − α/(α+β); flagged when "
+                     "α/(α+β) &lt; 0.5.</p><table><tr><th>method</th><th>noise</th><th>seed</th>"
+                     "<th>ROC-AUC α/(α+β)</th><th>ROC-AUC α</th><th>precision</th><th>recall</th></tr>")
+        for r, m in detection_rows:
+            parts.append(f"<tr><td>{esc(r['method'])}</td><td>{esc(r['noise'])}</td><td>{r['seed']}</td>"
+                         f"<td>{m['auc_trust']:.3f}</td><td>{m['auc_alpha']:.3f}</td>"
+                         f"<td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td></tr>")
+        parts.append("</table>")
+    if extra:
+        parts.append("<h2>α − β and the pseudo-label</h2><pre>" + esc(json.dumps(extra, indent=2)) + "</pre>")
+    for title, path in figures:
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(path.name)}' data-file='{esc(path.name)}' "
+                     f"src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

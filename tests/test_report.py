@@ -1,0 +1,84 @@
+"""Noise-detection metrics, label issues and the HTML report on real (tiny) runs."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import numpy as np
+import pytest
+
+from l2b.cli import main as cli_main
+from l2b.detect import detection_metrics, roc_auc
+
+
+def test_roc_auc_matches_the_pairwise_definition():
+    rng = np.random.Generator(np.random.PCG64(0))
+    scores = np.round(rng.random(200), 1)  # many ties
+    positive = rng.random(200) < 0.3
+    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a in scores[positive] for b in scores[~positive]]
+    assert roc_auc(scores, positive) == pytest.approx(np.mean(pairs))
+    assert roc_auc(np.arange(4.0), np.array([False, False, True, True])) == 1.0
+
+
+def test_detection_metrics_on_known_weights():
+    alpha = np.array([0.3, 0.2, 0.0, 0.05, 0.0])
+    beta = np.array([0.0, 0.1, 0.2, 0.1, 0.0])
+    noisy = np.array([False, False, True, True, False])
+    m = detection_metrics(alpha, beta, noisy)
+    # trust = [1, 2/3, 0, 1/3, 0]: flagged = samples 2, 3, 4
+    assert m["flagged"] == 3 and m["precision"] == pytest.approx(2 / 3) and m["recall"] == 1.0
+    assert m["auc_trust"] == pytest.approx(roc_auc(1 - np.array([1, 2 / 3, 0, 1 / 3, 0]), noisy))
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid")
+    assert cli_main(["compare", "--data", "digits", "--model", "mlp", "--width", "32", "--methods", "ce,l2b",
+                     "--noise", "symmetric:0.3,symmetric:0.5", "--seeds", "2", "--epochs", "3",
+                     "--val-per-class", "5", "--batch-size", "64", "--out", str(out)]) == 0
+    return out
+
+
+def test_report_renders_valid_pngs_referenced_by_the_html(grid):
+    assert cli_main(["report", str(grid)]) == 0
+    page = (grid / "report.html").read_text()
+    for name in ("accuracy.png", "weights.png", "alpha_minus_beta.png", "transition.png"):
+        data = (grid / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
+        assert f"data-file='{name}'" in page
+    assert len(re.findall(r"src='data:image/png;base64,", page)) >= 4
+    assert "ROC-AUC" in page and page.count("<tr><td>l2b</td>") >= 4
+
+
+def test_report_on_a_single_run(grid):
+    run = grid / "l2b" / "symmetric_0.5" / "seed0"
+    assert cli_main(["report", str(run)]) == 0
+    assert (run / "report.html").is_file() and (run / "weights.png").is_file()
+
+
+def test_label_issues_ranks_suspects_and_scores_against_the_truth(grid, capsys):
+    run = grid / "l2b" / "symmetric_0.5" / "seed0"
+    assert cli_main(["label-issues", str(run)]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader(open(run / "label_issues.csv")))
+    assert list(rows[0]) == ["index", "given_label", "suggested_label", "score"]
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and all(s > 0.5 for s in scores)
+    labels = np.load(run / "labels.npz")
+    truth = dict(zip(labels["train_index"].tolist(), (labels["noisy"] != labels["true"]).tolist()))
+    precision = np.mean([truth[int(r["index"])] for r in rows])
+    assert f"precision {precision:.3f}" in out
+    assert precision > 0.5  # better than the 45% base rate of corrupted labels
+
+
+def test_label_issues_without_weights_uses_the_model(grid, capsys):
+    run = grid / "ce" / "symmetric_0.5" / "seed0"
+    assert cli_main(["label-issues", str(run)]) == 0
+    assert "final model's probability" in capsys.readouterr().out
+    assert len(list(csv.DictReader(open(run / "label_issues.csv")))) > 0
+
+
+def test_report_on_an_empty_directory_is_a_clear_error(tmp_path, capsys):
+    assert cli_main(["report", str(tmp_path)]) == 2
+    assert "no finished run" in capsys.readouterr().err
