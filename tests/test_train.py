@@ -501,3 +501,26 @@ def test_compare_runs_cells_in_parallel_workers(tmp_path):
             "--jobs", "2", "--out", str(tmp_path / "grid")]
     assert cli_main(argv) == 0
     assert len(list((tmp_path / "grid").rglob("metrics.json"))) == 2
+
+
+def test_l2b_with_mixup_uses_mixed_inputs_and_mixed_targets(float64):
+    from conftest import make_batches, make_model
+    from l2b.methods.meta import mixup_loss_fn
+
+    model = make_model("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    m2, o2 = copy.deepcopy((model, opt))
+    x, y, xv, yv = make_batches()
+    method = create_method("l2b", model, opt, mixup_alpha=0.5)
+    torch.manual_seed(3)
+    out = method.loss(Batch(x, y, torch.arange(len(y)), xv, yv))
+    torch.manual_seed(3)
+    lam = float(torch.distributions.Beta(0.5, 0.5).sample())
+    perm = torch.randperm(len(y))
+    fn = mixup_loss_fn(lam, perm)
+    mw = l2b.meta_weights(m2, lam * x + (1 - lam) * x[perm], y, xv, yv, optimizer=o2, loss_fn=fn)
+    torch.testing.assert_close(out.alpha, mw.alpha, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(out.loss, l2b.bootstrap_loss(mw, y, fn), rtol=1e-12, atol=0)
+    # the loss differs from plain L2B on the unmixed batch
+    plain = l2b.meta_weights(copy.deepcopy(m2), x, y, xv, yv, lr=0.1)
+    assert not torch.allclose(plain.alpha, mw.alpha)

@@ -6,6 +6,9 @@ beta = 0 (Ren et al., "Learning to Reweight Examples for Robust Deep Learning", 
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from ..meta import bootstrap_loss
 from ..step import L2B as L2BStep
 from .base import Batch, Method, StepOutput, register
@@ -17,7 +20,20 @@ META_OPTIONS = {
     "constraint": None,  # None | alpha=0 | beta=0 | alpha+beta=1 (Table 7)
     "virtual_step": "optimizer",  # optimizer (authors' code) | sgd (paper Eq. 5)
     "engine": "jvp",  # jvp (exact first-order identity) | unroll (second-order reference)
+    "mixup_alpha": 0.0,  # > 0: mixup inside L2B (the authors' --mixup option), lam ~ Beta(a, a)
 }
+
+
+def mixup_loss_fn(lam: float, perm: torch.Tensor):
+    """Per-sample loss of a mixed input against the same mixture of two targets:
+    lam * CE(z_i, t_i) + (1 - lam) * CE(z_i, t_perm(i)); used for both the observed labels (f)
+    and the pseudo-labels (g) of Eq. 3."""
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (lam * F.cross_entropy(logits, targets, reduction="none")
+                + (1.0 - lam) * F.cross_entropy(logits, targets[perm], reduction="none"))
+
+    return loss_fn
 
 
 @register
@@ -33,13 +49,24 @@ class L2B(Method):
         self.step_helper = L2BStep(model, optimizer, **self.meta_options())
 
     def meta_options(self) -> dict:
-        return {**self.opts, "temperature": float(self.opts["temperature"])}
+        options = {k: v for k, v in self.opts.items() if k != "mixup_alpha"}
+        return {**options, "temperature": float(options["temperature"])}
 
     def loss(self, batch: Batch) -> StepOutput:
         self.step_helper.options["distributed"] = self.distributed
-        mw = self.step_helper.weights(batch.x, batch.y, batch.x_val, batch.y_val)
+        x, loss_fn = batch.x, None
+        alpha = float(self.opts["mixup_alpha"])
+        if alpha > 0:  # mixed inputs; f and g both mix their two targets with the same lam
+            if self.distributed:
+                raise ValueError("l2b mixup_alpha does not run across processes yet")
+            lam = float(torch.distributions.Beta(alpha, alpha).sample())
+            perm = torch.randperm(len(batch.y), device=x.device)
+            x = lam * x + (1.0 - lam) * x[perm]
+            loss_fn = mixup_loss_fn(lam, perm)
+        self.step_helper.options["loss_fn"] = loss_fn
+        mw = self.step_helper.weights(x, batch.y, batch.x_val, batch.y_val)
         return StepOutput(
-            bootstrap_loss(mw, batch.y), alpha=mw.alpha, beta=mw.beta,
+            bootstrap_loss(mw, batch.y, loss_fn), alpha=mw.alpha, beta=mw.beta,
             pseudo_labels=mw.pseudo_labels,
         )
 
