@@ -316,6 +316,10 @@ def test_method_args_flag(tmp_path):
     args = build_parser().parse_args(["train", "--method", "distill", "--method-arg", "lam=0.3",
                                       "--method-arg", "teacher_epochs=4"])
     assert config_from_args(args).method_options() == {"lam": 0.3, "teacher_epochs": 4}
+    scoped = TrainConfig(method="ce", method_args={"coteaching.forget_rate": 0.4})
+    assert scoped.method_options() == {}
+    assert TrainConfig(method="coteaching", method_args={"coteaching.forget_rate": 0.4}).method_options() == {
+        "forget_rate": 0.4}
     with pytest.raises(ValueError, match="method 'ce' has no option"):
         train(tiny(tmp_path, method="ce", method_args={"lam": 0.3}))
 

@@ -106,7 +106,8 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         if f.name == "method_args":
             parser.add_argument("--method-arg", dest=f.name, action="append", default=argparse.SUPPRESS,
                                 type=lambda t, f=f: _parse_value(f, t), metavar="KEY=VALUE",
-                                help="an option of the method, e.g. --method-arg lam=0.5 (repeatable)")
+                                help="an option of the method, e.g. --method-arg lam=0.5, or of one method of a grid: "
+                                     "--method-arg coteaching.forget_rate=0.36 (repeatable)")
             continue
         if f.type in ("bool", bool):
             parser.add_argument(flag, dest=f.name, nargs="?", const="true", default=argparse.SUPPRESS,

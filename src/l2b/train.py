@@ -66,7 +66,7 @@ class TrainConfig:
     engine: str | None = None  # jvp | unroll
     bootstrap_beta: float | None = None  # bootstrap: weight of the observed label (0.8)
     bootstrap_mode: str | None = None  # bootstrap: soft | hard
-    method_args: dict = field(default_factory=dict)  # any other option of the method, by name
+    method_args: dict = field(default_factory=dict)  # other options of the method ("key" or "method.key")
     # --- optimisation (SPEC §4: SGD, momentum 0.9, weight decay 5e-4)
     epochs: int = 20
     batch_size: int = 128
@@ -100,7 +100,10 @@ class TrainConfig:
             "beta": self.bootstrap_beta, "mode": self.bootstrap_mode,
         }
         options = {k: v for k, v in given.items() if v is not None and k in cls.options}
-        return {**options, **self.method_args}
+        # "METHOD.key" entries apply to that method only (a compare grid mixes methods)
+        plain = {k: v for k, v in self.method_args.items() if "." not in k}
+        scoped = {k.split(".", 1)[1]: v for k, v in self.method_args.items() if k.startswith(self.method + ".")}
+        return {**options, **plain, **scoped}
 
     def validate(self) -> None:
         """Contradictions fail here, before any data is read."""
