@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .virtual_step import VirtualStep
+from .virtual_step import VirtualStep, plain_sgd_step
 
 # loss_fn(logits, targets) -> per-sample losses of shape (n,)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -138,6 +138,43 @@ def raw_weights_jvp(
 
 def raw_weights_jvp_lean(*args, **kwargs):
     return raw_weights_jvp(*args, **kwargs, lean=True)
+
+
+def lookahead_tangents(model: nn.Module, x: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                       virtual_loss: torch.Tensor, lr: float, rng_state) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first-order core of look-ahead meta-learning at NON-zero weights (MW-Net, MLC).
+
+    With theta_hat = theta - lr * grad virtual_loss(theta) (plain SGD), returns G(theta_hat) and
+    zdot = J_z(theta) . grad G(theta_hat), the tangent of the training logits along the clean
+    gradient: any dG/dc of a loss weight or soft target c is then a per-sample dot product with
+    zdot. ``virtual_loss`` must come from the real forward (its graph is kept for the real step);
+    the tangent pass runs without a reverse graph, on cloned buffers, replaying ``rng_state``
+    ((cpu, cuda) states saved before the real forward) so that dropout masks match.
+    """
+    step = plain_sgd_step(model, lr)
+    grads = torch.autograd.grad(virtual_loss, step.params, retain_graph=True, allow_unused=True)
+    moved = [g is not None for g in grads]
+    theta_hat = [(p - lr * g).detach().requires_grad_(True) if m else p.detach()
+                 for p, g, m in zip(step.params, grads, moved)]
+    with torch.enable_grad():
+        val_loss = _validation_loss(model, dict(zip(step.names, theta_hat)), x_val, y_val)
+        v = iter(torch.autograd.grad(val_loss, [t for t, m in zip(theta_hat, moved) if m], allow_unused=True))
+    tangents = []
+    for t, m in zip(theta_hat, moved):
+        g = next(v) if m else None
+        tangents.append(torch.zeros_like(t) if g is None else g)
+    cuda = x.device.type == "cuda"
+    with torch.random.fork_rng(devices=[x.device] if cuda else []):
+        torch.set_rng_state(rng_state[0])
+        if cuda:
+            torch.cuda.set_rng_state(rng_state[1], x.device)
+        _, zdot = _tangent_forward(model, step, x, tangents, grad=False, buffers=_cloned_buffers(model))
+    return val_loss.detach(), zdot.detach()
+
+
+def rng_snapshot(device: torch.device):
+    """(cpu, cuda) RNG states, to replay a forward's random numbers in ``lookahead_tangents``."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def _replay_sgd(step: VirtualStep, grads: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:

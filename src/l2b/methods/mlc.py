@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engines import _cloned_buffers, _tangent_forward, _validation_loss
-from ..virtual_step import plain_sgd_step
+from ..engines import lookahead_tangents, rng_snapshot
 from .base import Batch, Method, StepOutput, register
 
 
@@ -75,40 +74,19 @@ class MLC(Method):
     def meta_gradient(self, batch: Batch, logits: torch.Tensor, rng_state) -> torch.Tensor:
         """Fill the LCN's .grad with dG/dpsi; return G(theta_hat)."""
         lr = float(self.optimizer.param_groups[0]["lr"])
-        step = plain_sgd_step(self.model, lr)
         y_c = self.corrected(logits, batch.y)
-        n = len(batch.y)
-        grads = torch.autograd.grad(soft_ce(logits, y_c.detach()).mean(), step.params, retain_graph=True,
-                                    allow_unused=True)
-        moved = [g is not None for g in grads]
-        theta_hat = [(p - lr * g).detach().requires_grad_(True) if m else p.detach()
-                     for p, g, m in zip(step.params, grads, moved)]
-        with torch.enable_grad():
-            val_loss = _validation_loss(self.model, dict(zip(step.names, theta_hat)), batch.x_val, batch.y_val)
-            v = iter(torch.autograd.grad(val_loss, [t for t, m in zip(theta_hat, moved) if m], allow_unused=True))
-        tangents = []
-        for t, m in zip(theta_hat, moved):
-            g = next(v) if m else None
-            tangents.append(torch.zeros_like(t) if g is None else g)
-        cuda = batch.x.device.type == "cuda"
-        with torch.random.fork_rng(devices=[batch.x.device] if cuda else []):
-            torch.set_rng_state(rng_state[0])
-            if cuda:
-                torch.cuda.set_rng_state(rng_state[1], batch.x.device)
-            _, zdot = _tangent_forward(self.model, step, batch.x, tangents, grad=False,
-                                       buffers=_cloned_buffers(self.model))
-        zdot = zdot.detach()
+        val_loss, zdot = lookahead_tangents(self.model, batch.x, batch.x_val, batch.y_val,
+                                            soft_ce(logits, y_c.detach()).mean(), lr, rng_state)
         p = torch.softmax(logits.detach(), dim=1)
-        d_yc = (lr / n) * (zdot - (p * zdot).sum(dim=1, keepdim=True))
+        d_yc = (lr / len(batch.y)) * (zdot - (p * zdot).sum(dim=1, keepdim=True))
         self.meta_opt.zero_grad(set_to_none=True)
         y_c.backward(d_yc.to(y_c.dtype))
-        return val_loss.detach()
+        return val_loss
 
     def loss(self, batch: Batch) -> StepOutput:
         if self.distributed:
             raise ValueError("mlc does not run across processes yet; train it in one process")
-        dev = batch.x.device
-        rng_state = (torch.get_rng_state(), torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None)
+        rng_state = rng_snapshot(batch.x.device)
         logits = self.model(batch.x)  # the real forward: BN statistics move once
         val_loss = self.meta_gradient(batch, logits, rng_state)
         self.meta_opt.step()

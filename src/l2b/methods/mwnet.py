@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engines import _cloned_buffers, _loss_grad_wrt_logits, _tangent_forward, _validation_loss
-from ..virtual_step import plain_sgd_step
+from ..engines import _loss_grad_wrt_logits, lookahead_tangents, rng_snapshot
 from .base import Batch, Method, StepOutput, register
 
 
@@ -73,38 +72,18 @@ class MWNet(Method):
                       rng_state) -> torch.Tensor:
         """Fill ``vnet``'s .grad with dG/dphi; return G(theta_hat)."""
         lr = float(self.optimizer.param_groups[0]["lr"])
-        step = plain_sgd_step(self.model, lr)
         c = self.coefficients(losses)
-        grads = torch.autograd.grad((c.detach() * losses).sum(), step.params, retain_graph=True,
-                                    allow_unused=True)
-        moved = [g is not None for g in grads]
-        theta_hat = [(p - lr * g).detach().requires_grad_(True) if m else p.detach()
-                     for p, g, m in zip(step.params, grads, moved)]
-        with torch.enable_grad():
-            val_loss = _validation_loss(self.model, dict(zip(step.names, theta_hat)), batch.x_val, batch.y_val)
-            v = iter(torch.autograd.grad(val_loss, [t for t, m in zip(theta_hat, moved) if m], allow_unused=True))
-        tangents = []
-        for t, m in zip(theta_hat, moved):
-            g = next(v) if m else None
-            tangents.append(torch.zeros_like(t) if g is None else g)
-        # the tangent pass sees the real forward's dropout masks and leaves BN statistics alone
-        cuda = batch.x.device.type == "cuda"
-        with torch.random.fork_rng(devices=[batch.x.device] if cuda else []):
-            torch.set_rng_state(rng_state[0])
-            if cuda:
-                torch.cuda.set_rng_state(rng_state[1], batch.x.device)
-            _, zdot = _tangent_forward(self.model, step, batch.x, tangents, grad=False,
-                                       buffers=_cloned_buffers(self.model))
-        d = (_loss_grad_wrt_logits(logits, batch.y, None) * zdot.detach()).sum(dim=1)
+        val_loss, zdot = lookahead_tangents(self.model, batch.x, batch.x_val, batch.y_val,
+                                            (c.detach() * losses).sum(), lr, rng_state)
+        d = (_loss_grad_wrt_logits(logits, batch.y, None) * zdot).sum(dim=1)  # <grad G, grad l_i>
         self.meta_opt.zero_grad(set_to_none=True)
         c.backward(-lr * d.to(c.dtype))  # dG/dphi = sum_i (dG/dc_i) dc_i/dphi
-        return val_loss.detach()
+        return val_loss
 
     def loss(self, batch: Batch) -> StepOutput:
         if self.distributed:
             raise ValueError("mwnet does not run across processes yet; train it in one process")
-        dev = batch.x.device
-        rng_state = (torch.get_rng_state(), torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None)
+        rng_state = rng_snapshot(batch.x.device)
         logits = self.model(batch.x)  # the real forward: BN statistics move once
         losses = F.cross_entropy(logits, batch.y, reduction="none")
         val_loss = self.meta_gradient(batch, logits, losses, rng_state)
