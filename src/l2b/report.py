@@ -57,6 +57,7 @@ def accuracy_figure(runs, path: Path) -> Path:
             mean = np.mean([s[:length] for s in seeds], axis=0)
             ax.plot(np.arange(1, length + 1), mean, label=f"{method} (n={len(seeds)})")
         ax.set(title=f"noise {noise}", xlabel="epoch", ylabel="test accuracy (%)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
