@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="width 16, 2 repeats, not recorded")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--widths", default="32,64", help="comma-separated PreActResNet-18 widths")
     parser.add_argument("--breakdown", action="store_true",
                         help="time the parts of an L2B-jvp step at width 32, n = m = 128, and record them")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -159,7 +160,7 @@ def main() -> None:
                      + "\n".join(lines) + "\n")
         return
 
-    widths = [16] if args.quick else [32, 64]
+    widths = [16] if args.quick else [int(w) for w in args.widths.split(",")]
     repeats = 2 if args.quick else args.repeats
     settings = [(w, n, m) for w in widths for (n, m) in ((128, 128), (512, 100))]
     import torch
@@ -192,7 +193,8 @@ def main() -> None:
     print("\n".join(summary))
     if args.quick:
         return
-    cmd = "python benchmarks/step_cost.py" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+    cmd = ("python benchmarks/step_cost.py" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+           + (f" --widths {args.widths}" if args.widths != "32,64" else ""))
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
