@@ -123,7 +123,7 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
                 r = cell.get((m, n))
                 vals.append("—" if r is None else f"{r[key + '_mean']:.2f} ± {r[key + '_std']:.2f} (n={r['seeds']})")
             secs = statistics.mean(cell[(m, n)]["epoch_seconds"] for n in noises if (m, n) in cell)
-            lines.append(f"| {m} | " + " | ".join(vals) + f" | {secs:.1f} |")
+            lines.append(f"| {m} | " + " | ".join(vals) + f" | {secs:.2f} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
