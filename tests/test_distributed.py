@@ -146,3 +146,38 @@ def test_two_rank_training_reaches_the_single_process_weights(tmp_path, method, 
         wa, wb = np.load(tmp_path / "single" / "weights.npz"), np.load(tmp_path / "ddp" / "weights.npz")
         np.testing.assert_allclose(wb["alpha"], wa["alpha"], rtol=1e-4, atol=1e-7)
         np.testing.assert_array_equal(wb["pseudo_labels"], wa["pseudo_labels"])
+
+
+def _peer_worker(rank: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    from l2b.methods import Batch, create_method
+
+    try:
+        torch.manual_seed(0)  # same initial networks on both ranks, as under torchrun
+        model = torch.nn.Linear(6, 3)
+        method = create_method("coteaching", model, torch.optim.SGD(model.parameters(), lr=0.5), forget_rate=0.5)
+        method.distributed = True
+        g = torch.Generator().manual_seed(100 + rank)  # different shards
+        x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+        method.loss(Batch(x, y, torch.arange(8), epoch=5.0))
+        flat = torch.cat([p.detach().reshape(-1) for p in method.peer.parameters()])
+        gathered = [torch.zeros_like(flat) for _ in range(WORLD)]
+        dist.all_gather(gathered, flat)
+        queue.put((rank, (gathered[0] - gathered[1]).abs().max().item()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_coteaching_peers_stay_identical_across_ranks():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_peer_worker, args=(r, port, queue)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert all(p.exitcode == 0 for p in procs)
+    assert max(dict(queue.get(timeout=5) for _ in range(WORLD)).values()) == 0.0

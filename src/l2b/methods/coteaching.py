@@ -6,7 +6,9 @@ which it has the smallest loss, and its PEER is updated on those samples (their 
 R(T) = 1 - tau * min(T / T_k, 1) with T the epoch, tau the forget rate (``forget_rate``, ideally
 the noise rate) and T_k = ``num_gradual`` epochs. The trainer's model is the first network; the
 second is this method's, with an SGD of the same settings following the same learning rate.
-Evaluation and checkpoints use the first network.
+Evaluation and checkpoints use the first network. Under torchrun each rank selects within its
+shard and the peer's gradients are averaged across ranks, so both networks stay identical on every
+rank.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class CoTeaching(Method):
             group["lr"] = main["lr"]
         self.peer_opt.zero_grad(set_to_none=True)
         loss_b[small_a].mean().backward()
+        if self.distributed:  # keep the peer identical on every rank (each rank selects locally)
+            from ..distributed import all_reduce_grads
+
+            all_reduce_grads(self.peer.parameters(), op="mean")
         self.peer_opt.step()
         n = len(batch.y)
         alpha = torch.zeros(n, device=batch.x.device)
