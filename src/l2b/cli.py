@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from .methods import METHODS
 from .train import TrainConfig, train
 
 # flag help, by config field; the defaults shown come from TrainConfig itself
@@ -31,7 +32,7 @@ HELP = {
     "model": "preact-resnet18 | small-cnn | mlp | resnet18 | resnet50",
     "width": "model width (base channels / hidden units)",
     "pretrained": "local state-dict file to initialise the model from (e.g. ImageNet weights)",
-    "method": "training method (l2b, l2rw, ce, bootstrap, ...)",
+    "method": "training method: " + ", ".join(sorted(METHODS)),
     "normalize": "meta methods: sum (Eq. 9) | softmax (Eq. 14) | sigmoid (Eq. 13) | hard",
     "temperature": "meta methods: softmax/hard temperature",
     "threshold": "meta methods: hard-normalisation threshold",
