@@ -181,3 +181,53 @@ def test_coteaching_peers_stay_identical_across_ranks():
         p.join(timeout=120)
     assert all(p.exitcode == 0 for p in procs)
     assert max(dict(queue.get(timeout=5) for _ in range(WORLD)).values()) == 0.0
+
+
+def _mwnet_worker(rank: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    from l2b.methods import Batch, create_method
+
+    try:
+        x, y, xv, yv = _batches()
+        sl = slice(0, 6) if rank == 0 else slice(6, 10)
+        vl = slice(0, 3) if rank == 0 else slice(3, 6)
+        worst = 0.0
+        for normalize in (True, False):
+            runs = []
+            for distributed in (False, True):
+                model = _model()
+                opt = torch.optim.SGD(model.parameters(), lr=0.1)
+                torch.manual_seed(7)
+                method = create_method("mwnet", model, opt, meta_optimizer="sgd", meta_lr=0.5,
+                                       normalize=normalize)
+                method.vnet.double()
+                method.distributed = distributed
+                b = (Batch(x[sl], y[sl], torch.arange(4), xv[vl], yv[vl]) if distributed
+                     else Batch(x, y, torch.arange(10), xv, yv))
+                out = method.loss(b)
+                opt.zero_grad()
+                out.loss.backward()
+                if distributed:
+                    all_reduce_grads(model.parameters(), op="sum")
+                opt.step()
+                runs.append(torch.cat([p.detach().reshape(-1) for p in
+                                       list(model.parameters()) + list(method.vnet.parameters())]))
+            worst = max(worst, (runs[0] - runs[1]).abs().max().item())
+        queue.put((rank, worst))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_mwnet_two_ranks_equal_one_process():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_mwnet_worker, args=(r, port, queue)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert all(p.exitcode == 0 for p in procs)
+    assert max(dict(queue.get(timeout=5) for _ in range(WORLD)).values()) <= 1e-12

@@ -141,7 +141,7 @@ def raw_weights_jvp_lean(*args, **kwargs):
 
 
 def lookahead_tangents(model: nn.Module, x: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-                       virtual_loss: torch.Tensor, lr: float, rng_state) -> tuple[torch.Tensor, torch.Tensor]:
+                       virtual_loss: torch.Tensor, lr: float, rng_state, sync=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first-order core of look-ahead meta-learning at NON-zero weights (MW-Net, MLC).
 
     With theta_hat = theta - lr * grad virtual_loss(theta) (plain SGD), returns G(theta_hat) and
@@ -150,15 +150,28 @@ def lookahead_tangents(model: nn.Module, x: torch.Tensor, x_val: torch.Tensor, y
     zdot. ``virtual_loss`` must come from the real forward (its graph is kept for the real step);
     the tangent pass runs without a reverse graph, on cloned buffers, replaying ``rng_state``
     ((cpu, cuda) states saved before the real forward) so that dropout masks match.
+    With ``sync`` (``l2b.distributed``), ``virtual_loss`` is this rank's part of a sum over the
+    global batch: its gradient is all-reduced, and G is the mean over all ranks' clean samples.
     """
     step = plain_sgd_step(model, lr)
     grads = torch.autograd.grad(virtual_loss, step.params, retain_graph=True, allow_unused=True)
+    if sync is not None:
+        grads = [None if g is None else sync.allsum(g) for g in grads]
     moved = [g is not None for g in grads]
     theta_hat = [(p - lr * g).detach().requires_grad_(True) if m else p.detach()
                  for p, g, m in zip(step.params, grads, moved)]
     with torch.enable_grad():
-        val_loss = _validation_loss(model, dict(zip(step.names, theta_hat)), x_val, y_val)
-        v = iter(torch.autograd.grad(val_loss, [t for t, m in zip(theta_hat, moved) if m], allow_unused=True))
+        thetas = dict(zip(step.names, theta_hat))
+        targets = [t for t, m in zip(theta_hat, moved) if m]
+        if sync is None:
+            val_loss = _validation_loss(model, thetas, x_val, y_val)
+            v = torch.autograd.grad(val_loss, targets, allow_unused=True)
+        else:
+            val_sum = _validation_loss(model, thetas, x_val, y_val, "sum")
+            v = [torch.zeros_like(t) if g is None else g
+                 for t, g in zip(targets, torch.autograd.grad(val_sum, targets, allow_unused=True))]
+            v, val_loss = sync.mean_gradient(v, val_sum.detach(), len(y_val))
+        v = iter(v)
     tangents = []
     for t, m in zip(theta_hat, moved):
         g = next(v) if m else None

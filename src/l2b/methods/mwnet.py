@@ -59,30 +59,61 @@ class MWNet(Method):
         else:
             raise ValueError(f"mwnet meta_optimizer must be 'adam' or 'sgd', got {kind!r}")
 
-    def coefficients(self, losses: torch.Tensor) -> torch.Tensor:
-        """c_i from the weight net (differentiable with respect to phi)."""
+    loss_is_global_sum = True  # sum_i c_i l_i with c normalised over the global batch
+
+    def _sync(self):
+        if not self.distributed:
+            return None
+        from ..distributed import current_sync
+
+        return current_sync()
+
+    def raw_weights(self, losses: torch.Tensor) -> torch.Tensor:
+        """w_i = V(l_i; phi), differentiable with respect to phi."""
         dtype = next(self.vnet.parameters()).dtype
-        w = self.vnet(losses.detach().to(dtype)).to(losses.dtype)
+        return self.vnet(losses.detach().to(dtype)).to(losses.dtype)
+
+    def normaliser(self, w: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The (detached) divisor of c = w / divisor over the global batch, and whether it is
+        sum(w) (``normalize``, when non-zero) rather than the batch size n."""
+        sync = self._sync()
         if self.opts["normalize"]:
-            total = w.sum()
-            return w / total if bool(total != 0) else w
-        return w / len(w)
+            total = w.detach().sum()
+            total = total if sync is None else sync.allsum(total)
+            if bool(total != 0):
+                return total, True
+        n = torch.tensor(float(len(w)), dtype=w.dtype, device=w.device)
+        return (n if sync is None else sync.allsum(n)), False
+
+    def coefficients(self, losses: torch.Tensor) -> torch.Tensor:
+        w = self.raw_weights(losses)
+        return w / self.normaliser(w)[0]
 
     def meta_gradient(self, batch: Batch, logits: torch.Tensor, losses: torch.Tensor,
                       rng_state) -> torch.Tensor:
         """Fill ``vnet``'s .grad with dG/dphi; return G(theta_hat)."""
         lr = float(self.optimizer.param_groups[0]["lr"])
-        c = self.coefficients(losses)
+        sync = self._sync()
+        w = self.raw_weights(losses)
+        divisor, is_sum = self.normaliser(w)
+        c = w.detach() / divisor
         val_loss, zdot = lookahead_tangents(self.model, batch.x, batch.x_val, batch.y_val,
-                                            (c.detach() * losses).sum(), lr, rng_state)
-        d = (_loss_grad_wrt_logits(logits, batch.y, None) * zdot).sum(dim=1)  # <grad G, grad l_i>
+                                            (c * losses).sum(), lr, rng_state, sync)
+        g = -lr * (_loss_grad_wrt_logits(logits, batch.y, None) * zdot).sum(dim=1)  # dG/dc_i
+        # c_i = w_i / W: dG/dphi = (1/W) sum_j (g_j - S) dw_j/dphi with S = sum_i g_i c_i (the
+        # cross term of the normaliser; S = 0 for the fixed divisor n)
+        if is_sum:
+            s = (g * c).sum()
+            g = g - (s if sync is None else sync.allsum(s))
         self.meta_opt.zero_grad(set_to_none=True)
-        c.backward(-lr * d.to(c.dtype))  # dG/dphi = sum_i (dG/dc_i) dc_i/dphi
+        w.backward(g.to(w.dtype) / divisor)
+        if sync is not None:
+            from ..distributed import all_reduce_grads
+
+            all_reduce_grads(self.vnet.parameters(), op="sum")
         return val_loss
 
     def loss(self, batch: Batch) -> StepOutput:
-        if self.distributed:
-            raise ValueError("mwnet does not run across processes yet; train it in one process")
         rng_state = rng_snapshot(batch.x.device)
         logits = self.model(batch.x)  # the real forward: BN statistics move once
         losses = F.cross_entropy(logits, batch.y, reduction="none")
