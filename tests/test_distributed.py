@@ -183,7 +183,7 @@ def test_coteaching_peers_stay_identical_across_ranks():
     assert max(dict(queue.get(timeout=5) for _ in range(WORLD)).values()) == 0.0
 
 
-def _mwnet_worker(rank: int, port: int, queue) -> None:
+def _mwnet_worker(rank: int, port: int, queue, method_name: str = "mwnet") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
@@ -194,15 +194,16 @@ def _mwnet_worker(rank: int, port: int, queue) -> None:
         sl = slice(0, 6) if rank == 0 else slice(6, 10)
         vl = slice(0, 3) if rank == 0 else slice(3, 6)
         worst = 0.0
-        for normalize in (True, False):
+        for normalize in ((True, False) if method_name == "mwnet" else (None,)):
             runs = []
             for distributed in (False, True):
                 model = _model()
                 opt = torch.optim.SGD(model.parameters(), lr=0.1)
                 torch.manual_seed(7)
-                method = create_method("mwnet", model, opt, meta_optimizer="sgd", meta_lr=0.5,
-                                       normalize=normalize)
-                method.vnet.double()
+                kw = {"normalize": normalize} if method_name == "mwnet" else {}
+                method = create_method(method_name, model, opt, meta_optimizer="sgd", meta_lr=0.5, **kw)
+                if method_name == "mwnet":
+                    method.vnet.double()
                 method.distributed = distributed
                 b = (Batch(x[sl], y[sl], torch.arange(4), xv[vl], yv[vl]) if distributed
                      else Batch(x, y, torch.arange(10), xv, yv))
@@ -212,19 +213,21 @@ def _mwnet_worker(rank: int, port: int, queue) -> None:
                 if distributed:
                     all_reduce_grads(model.parameters(), op="sum")
                 opt.step()
+                meta_net = method.vnet if method_name == "mwnet" else method.lcn
                 runs.append(torch.cat([p.detach().reshape(-1) for p in
-                                       list(model.parameters()) + list(method.vnet.parameters())]))
+                                       list(model.parameters()) + list(meta_net.parameters())]))
             worst = max(worst, (runs[0] - runs[1]).abs().max().item())
         queue.put((rank, worst))
     finally:
         dist.destroy_process_group()
 
 
-def test_mwnet_two_ranks_equal_one_process():
+@pytest.mark.parametrize("method_name", ["mwnet", "mlc"])
+def test_look_ahead_meta_methods_two_ranks_equal_one_process(method_name):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_mwnet_worker, args=(r, port, queue)) for r in range(WORLD)]
+    procs = [ctx.Process(target=_mwnet_worker, args=(r, port, queue, method_name)) for r in range(WORLD)]
     for p in procs:
         p.start()
     for p in procs:

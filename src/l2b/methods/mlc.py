@@ -43,6 +43,7 @@ def soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class MLC(Method):
     name = "mlc"
     needs_clean = True
+    loss_is_global_sum = True  # sum over this rank's samples of soft CE / global batch size
     options = {"hidden": 128, "label_scale": 2.0, "meta_lr": 1e-3, "meta_weight_decay": 0.0,
                "meta_optimizer": "adam"}
 
@@ -71,21 +72,35 @@ class MLC(Method):
         dtype = next(self.lcn.parameters()).dtype
         return self.lcn(torch.softmax(logits.detach().to(dtype), dim=1), y).to(logits.dtype)
 
+    def _sync(self):
+        if not self.distributed:
+            return None
+        from ..distributed import current_sync
+
+        return current_sync()
+
+    def _global_n(self, y: torch.Tensor, sync) -> float:
+        return float(len(y)) if sync is None else float(sync.allsum(torch.tensor(float(len(y)))))
+
     def meta_gradient(self, batch: Batch, logits: torch.Tensor, rng_state) -> torch.Tensor:
         """Fill the LCN's .grad with dG/dpsi; return G(theta_hat)."""
         lr = float(self.optimizer.param_groups[0]["lr"])
+        sync = self._sync()
+        n = self._global_n(batch.y, sync)
         y_c = self.corrected(logits, batch.y)
         val_loss, zdot = lookahead_tangents(self.model, batch.x, batch.x_val, batch.y_val,
-                                            soft_ce(logits, y_c.detach()).mean(), lr, rng_state)
+                                            soft_ce(logits, y_c.detach()).sum() / n, lr, rng_state, sync)
         p = torch.softmax(logits.detach(), dim=1)
-        d_yc = (lr / len(batch.y)) * (zdot - (p * zdot).sum(dim=1, keepdim=True))
+        d_yc = (lr / n) * (zdot - (p * zdot).sum(dim=1, keepdim=True))
         self.meta_opt.zero_grad(set_to_none=True)
         y_c.backward(d_yc.to(y_c.dtype))
+        if sync is not None:
+            from ..distributed import all_reduce_grads
+
+            all_reduce_grads(self.lcn.parameters(), op="sum")
         return val_loss
 
     def loss(self, batch: Batch) -> StepOutput:
-        if self.distributed:
-            raise ValueError("mlc does not run across processes yet; train it in one process")
         rng_state = rng_snapshot(batch.x.device)
         logits = self.model(batch.x)  # the real forward: BN statistics move once
         val_loss = self.meta_gradient(batch, logits, rng_state)
@@ -93,7 +108,8 @@ class MLC(Method):
         with torch.no_grad():
             y_c = self.corrected(logits, batch.y)
         conf = y_c.gather(1, batch.y[:, None]).squeeze(1)  # how much of the label survives
-        return StepOutput(soft_ce(logits, y_c).mean(), alpha=conf / len(conf), beta=(1 - conf) / len(conf),
+        n = self._global_n(batch.y, self._sync())
+        return StepOutput(soft_ce(logits, y_c).sum() / n, alpha=conf / n, beta=(1 - conf) / n,
                           pseudo_labels=y_c.argmax(dim=1), extra={"val_loss": val_loss})
 
     def state_dict(self) -> dict | None:
