@@ -234,3 +234,30 @@ def test_look_ahead_meta_methods_two_ranks_equal_one_process(method_name):
         p.join(timeout=120)
     assert all(p.exitcode == 0 for p in procs)
     assert max(dict(queue.get(timeout=5) for _ in range(WORLD)).values()) <= 1e-12
+
+
+@pytest.mark.parametrize("method", ["glc", "distill"])
+def test_setup_methods_fit_once_and_share_it_across_ranks(tmp_path, method):
+    from l2b.train import TrainConfig, train
+
+    base = dict(data="digits", model="mlp", width=16, method=method, epochs=1, batch_size=64,
+                train_subset=256, val_per_class=5, augment="none", progress="none")
+    train(TrainConfig(**base, out=str(tmp_path / "single")))
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_train_worker, args=(r, port, {**base, "out": str(tmp_path / "ddp")}, queue))
+             for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert all(p.exitcode == 0 for p in procs)
+    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["method"]
+    b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["method"]
+    key = "corruption" if method == "glc" else "teacher"
+    if method == "glc":  # rank 0 fitted on the whole data, exactly as one process does
+        assert torch.equal(a[key], b[key])
+    else:
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), k

@@ -258,10 +258,11 @@ class TensorData:
         return len(self.y)
 
     def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
-              balanced: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
-        """(x, y, positions, global batch size) of this rank, in the order ``seed`` fixes."""
+              balanced: bool = False, whole: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+        """(x, y, positions, global batch size) of this rank, in the order ``seed`` fixes;
+        ``whole``: the whole global batches, whatever the rank."""
         dev = self.x.device
-        rank, world = self.shard
+        rank, world = (0, 1) if whole else self.shard
         order = epoch_order(self.y, batch_size, seed, batches, balanced).to(dev)
         g = torch.Generator(device=dev).manual_seed(seed)
         for idx in global_batches(order, batch_size):
@@ -285,8 +286,8 @@ class FileData:
         return len(self.items)
 
     def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
-              balanced: bool = False):
-        rank, world = self.shard
+              balanced: bool = False, whole: bool = False):
+        rank, world = (0, 1) if whole else self.shard
         order = epoch_order(self.y, batch_size, seed, batches, balanced) if augment else torch.arange(len(self))
         plan = [(torch.tensor_split(b, world)[rank].tolist(), len(b)) for b in global_batches(order, batch_size)]
         loader = self.ds.loader(self.items, train=augment, workers=self.workers, seed=seed,
@@ -519,9 +520,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     history: list[dict] = []
     best = {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
     start_epoch = 0
-    if method.has_setup and not resume:
-        if sync is not None:
-            raise ValueError(f"method {cfg.method!r} fits an auxiliary model first; run it in one process")
+    if method.has_setup and not resume and main_rank:
+        # Under torchrun rank 0 fits on the whole data and the others receive the result below.
         n_clean_epoch = len(val_data)
 
         def new_model():
@@ -532,15 +532,20 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             new_model=new_model,
             new_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                                     weight_decay=cfg.weight_decay, nesterov=cfg.nesterov),
-            train_batches=lambda e: train_data.epoch(cfg.batch_size, cfg.seed * 15485863 + e, augment=True),
+            train_batches=lambda e: train_data.epoch(cfg.batch_size, cfg.seed * 15485863 + e, augment=True,
+                                                     whole=True),
             clean_batches=lambda e: val_data.epoch(cfg.val_batch_size or cfg.batch_size, cfg.seed * 32452843 + e,
-                                                   augment=True),
+                                                   augment=True, whole=True),
             lr_at=lambda e, s, n: lr_at(cfg, e, s, n),
             epochs=cfg.epochs, num_classes=ds.num_classes,
             train_steps=len(global_batches(torch.arange(len(train_data)), cfg.batch_size)),
             clean_steps=len(global_batches(torch.arange(n_clean_epoch), cfg.val_batch_size or cfg.batch_size)),
             log=(lambda text: print(text, flush=True)) if cfg.progress != "none" else (lambda text: None),
         ))
+    if method.has_setup and not resume and sync is not None:
+        state = [method.state_dict() if main_rank else None]
+        torch.distributed.broadcast_object_list(state, src=0)
+        method.load_state_dict(state[0])
     if resume:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])

@@ -57,8 +57,7 @@ class L2B(Method):
         x, loss_fn = batch.x, None
         alpha = float(self.opts["mixup_alpha"])
         if alpha > 0:  # mixed inputs; f and g both mix their two targets with the same lam
-            if self.distributed:
-                raise ValueError("l2b mixup_alpha does not run across processes yet")
+            # (under torchrun every rank draws the same lam and mixes within its shard)
             lam = float(torch.distributions.Beta(alpha, alpha).sample())
             perm = torch.randperm(len(batch.y), device=x.device)
             x = lam * x + (1.0 - lam) * x[perm]
