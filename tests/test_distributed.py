@@ -28,6 +28,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _finish() -> None:
+    """Leave the group together: a rank that tears gloo down while its peer is still in a
+    collective can abort the peer."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.Tanh(),
@@ -75,7 +83,7 @@ def _worker(rank: int, port: int, engine: str, queue) -> None:
                 worst = max(worst, (p - q).abs().max().item())
         queue.put((rank, worst))
     finally:
-        dist.destroy_process_group()
+        _finish()
 
 
 @pytest.mark.parametrize("engine", ["jvp", "jvp-lean"])
@@ -114,7 +122,7 @@ def _train_worker(rank: int, port: int, cfg_dict: dict, queue, interrupt: bool =
             m = train(TrainConfig(**cfg_dict))
         queue.put((rank, m["test_acc_last"]))
     finally:
-        dist.destroy_process_group()
+        _finish()
 
 
 @pytest.mark.parametrize("method, interrupt", [("l2b", False), ("ce", False), ("l2b", True)])
@@ -167,7 +175,7 @@ def _peer_worker(rank: int, port: int, queue) -> None:
         dist.all_gather(gathered, flat)
         queue.put((rank, (gathered[0] - gathered[1]).abs().max().item()))
     finally:
-        dist.destroy_process_group()
+        _finish()
 
 
 def test_coteaching_peers_stay_identical_across_ranks():
@@ -219,7 +227,7 @@ def _mwnet_worker(rank: int, port: int, queue, method_name: str = "mwnet") -> No
             worst = max(worst, (runs[0] - runs[1]).abs().max().item())
         queue.put((rank, worst))
     finally:
-        dist.destroy_process_group()
+        _finish()
 
 
 @pytest.mark.parametrize("method_name", ["mwnet", "mlc"])

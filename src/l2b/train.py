@@ -697,6 +697,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     if main_rank:
         with open(out / "metrics.json", "w") as fh:
             json.dump(metrics, fh, indent=2)
+    if sync is not None:
+        torch.distributed.barrier()  # every rank returns after the run is complete on disk
     return metrics
 
 
