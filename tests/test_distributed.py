@@ -36,6 +36,21 @@ def _finish() -> None:
         dist.destroy_process_group()
 
 
+def run_ranks(target, *args) -> dict:
+    """Start WORLD spawned processes running ``target(rank, port, *args, queue)``; return what each
+    put on the queue, by rank, after checking that every process exited cleanly."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(r, port, *args, queue)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    return dict(queue.get(timeout=5) for _ in range(WORLD))
+
+
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.Tanh(),
@@ -88,16 +103,7 @@ def _worker(rank: int, port: int, engine: str, queue) -> None:
 
 @pytest.mark.parametrize("engine", ["jvp", "jvp-lean"])
 def test_two_ranks_equal_one_process_on_the_concatenated_batch(engine):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, engine, queue)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    results = dict(queue.get(timeout=5) for _ in range(WORLD))
+    results = run_ranks(_worker, engine)
     assert max(results.values()) <= 1e-12, results
 
 
@@ -108,7 +114,7 @@ def test_distributed_without_a_process_group_is_a_clear_error():
         l2b.meta_weights(model, x, y, xv, yv, lr=0.1, distributed=True)
 
 
-def _train_worker(rank: int, port: int, cfg_dict: dict, queue, interrupt: bool = False) -> None:
+def _train_worker(rank: int, port: int, cfg_dict: dict, interrupt: bool, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -133,23 +139,13 @@ def test_two_rank_training_reaches_the_single_process_weights(tmp_path, method, 
                 val_batch_size=20, train_subset=256, val_per_class=5, augment="none", lr=0.1,
                 noise="symmetric:0.4", progress="none")
     single = train(TrainConfig(**base, out=str(tmp_path / "single")))
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_train_worker,
-                         args=(r, port, {**base, "out": str(tmp_path / "ddp")}, queue, interrupt))
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    results = run_ranks(_train_worker, {**base, "out": str(tmp_path / "ddp")}, interrupt)
     a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
     assert b["world_size"] == WORLD
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-5, atol=1e-6, msg=k)
-    assert abs(single["test_acc_last"] - dict(queue.get(timeout=5) for _ in range(WORLD))[0]) <= 0.2
+    assert abs(single["test_acc_last"] - results[0]) <= 0.2
     if method == "l2b":  # the per-sample weights gathered from both ranks match too
         wa, wb = np.load(tmp_path / "single" / "weights.npz"), np.load(tmp_path / "ddp" / "weights.npz")
         np.testing.assert_allclose(wb["alpha"], wa["alpha"], rtol=1e-4, atol=1e-7)
@@ -179,19 +175,10 @@ def _peer_worker(rank: int, port: int, queue) -> None:
 
 
 def test_coteaching_peers_stay_identical_across_ranks():
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_peer_worker, args=(r, port, queue)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert all(p.exitcode == 0 for p in procs)
-    assert max(dict(queue.get(timeout=5) for _ in range(WORLD)).values()) == 0.0
+    assert max(run_ranks(_peer_worker).values()) == 0.0
 
 
-def _mwnet_worker(rank: int, port: int, queue, method_name: str = "mwnet") -> None:
+def _mwnet_worker(rank: int, port: int, method_name: str, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
@@ -232,16 +219,7 @@ def _mwnet_worker(rank: int, port: int, queue, method_name: str = "mwnet") -> No
 
 @pytest.mark.parametrize("method_name", ["mwnet", "mlc"])
 def test_look_ahead_meta_methods_two_ranks_equal_one_process(method_name):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_mwnet_worker, args=(r, port, queue, method_name)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert all(p.exitcode == 0 for p in procs)
-    assert max(dict(queue.get(timeout=5) for _ in range(WORLD)).values()) <= 1e-12
+    assert max(run_ranks(_mwnet_worker, method_name).values()) <= 1e-12
 
 
 @pytest.mark.parametrize("method", ["glc", "distill"])
@@ -251,16 +229,7 @@ def test_setup_methods_fit_once_and_share_it_across_ranks(tmp_path, method):
     base = dict(data="digits", model="mlp", width=16, method=method, epochs=1, batch_size=64,
                 train_subset=256, val_per_class=5, augment="none", progress="none")
     train(TrainConfig(**base, out=str(tmp_path / "single")))
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_train_worker, args=(r, port, {**base, "out": str(tmp_path / "ddp")}, queue))
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    assert all(p.exitcode == 0 for p in procs)
+    run_ranks(_train_worker, {**base, "out": str(tmp_path / "ddp")}, False)
     a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["method"]
     b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["method"]
     key = "corruption" if method == "glc" else "teacher"

@@ -111,6 +111,14 @@ class Method:
     def setup(self, ctx: SetupContext) -> None:
         pass
 
+    def sync(self):
+        """The all-reduce helpers when the trainer runs this method on several ranks, else None."""
+        if not self.distributed:
+            return None
+        from ..distributed import current_sync
+
+        return current_sync()
+
     def state_dict(self) -> dict | None:
         return None
 
@@ -133,6 +141,14 @@ def create_method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
     return METHODS[name](model, optimizer, **options)
+
+
+def meta_optimizer(params, kind: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer of a meta network (MW-Net's weight net, MLC's label-correction net)."""
+    optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    if kind not in optimizers:
+        raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {kind!r}")
+    return optimizers[kind](params, lr=float(lr), weight_decay=float(weight_decay))
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

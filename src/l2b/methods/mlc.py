@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engines import lookahead_tangents, rng_snapshot
-from .base import Batch, Method, StepOutput, register
+from .base import Batch, Method, StepOutput, meta_optimizer, register
 
 
 class LabelCorrectionNet(nn.Module):
@@ -56,11 +56,8 @@ class MLC(Method):
     def _build(self, num_classes: int, like: torch.Tensor) -> None:
         self.lcn = LabelCorrectionNet(num_classes, int(self.opts["hidden"]), float(self.opts["label_scale"]))
         self.lcn.to(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float32)
-        opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}.get(self.opts["meta_optimizer"])
-        if opt_cls is None:
-            raise ValueError(f"mlc meta_optimizer must be 'adam' or 'sgd', got {self.opts['meta_optimizer']!r}")
-        self.meta_opt = opt_cls(self.lcn.parameters(), lr=float(self.opts["meta_lr"]),
-                                weight_decay=float(self.opts["meta_weight_decay"]))
+        self.meta_opt = meta_optimizer(self.lcn.parameters(), self.opts["meta_optimizer"],
+                                       self.opts["meta_lr"], self.opts["meta_weight_decay"])
         if self._pending_state is not None:
             self.lcn.load_state_dict(self._pending_state["lcn"])
             self.meta_opt.load_state_dict(self._pending_state["meta_opt"])
@@ -72,21 +69,14 @@ class MLC(Method):
         dtype = next(self.lcn.parameters()).dtype
         return self.lcn(torch.softmax(logits.detach().to(dtype), dim=1), y).to(logits.dtype)
 
-    def _sync(self):
-        if not self.distributed:
-            return None
-        from ..distributed import current_sync
-
-        return current_sync()
-
     def _global_n(self, y: torch.Tensor, sync) -> float:
-        return float(len(y)) if sync is None else float(sync.allsum(torch.tensor(float(len(y)))))
+        return float(len(y)) if sync is None else float(sync.allsum(torch.tensor(float(len(y)), device=y.device)))
 
-    def meta_gradient(self, batch: Batch, logits: torch.Tensor, rng_state) -> torch.Tensor:
-        """Fill the LCN's .grad with dG/dpsi; return G(theta_hat)."""
+    def meta_gradient(self, batch: Batch, logits: torch.Tensor, rng_state, n: float | None = None) -> torch.Tensor:
+        """Fill the LCN's .grad with dG/dpsi; return G(theta_hat). ``n``: the global batch size."""
         lr = float(self.optimizer.param_groups[0]["lr"])
-        sync = self._sync()
-        n = self._global_n(batch.y, sync)
+        sync = self.sync()
+        n = self._global_n(batch.y, sync) if n is None else n
         y_c = self.corrected(logits, batch.y)
         val_loss, zdot = lookahead_tangents(self.model, batch.x, batch.x_val, batch.y_val,
                                             soft_ce(logits, y_c.detach()).sum() / n, lr, rng_state, sync)
@@ -103,12 +93,12 @@ class MLC(Method):
     def loss(self, batch: Batch) -> StepOutput:
         rng_state = rng_snapshot(batch.x.device)
         logits = self.model(batch.x)  # the real forward: BN statistics move once
-        val_loss = self.meta_gradient(batch, logits, rng_state)
+        n = self._global_n(batch.y, self.sync())  # one count per step, shared by both phases
+        val_loss = self.meta_gradient(batch, logits, rng_state, n)
         self.meta_opt.step()
         with torch.no_grad():
             y_c = self.corrected(logits, batch.y)
         conf = y_c.gather(1, batch.y[:, None]).squeeze(1)  # how much of the label survives
-        n = self._global_n(batch.y, self._sync())
         return StepOutput(soft_ce(logits, y_c).sum() / n, alpha=conf / n, beta=(1 - conf) / n,
                           pseudo_labels=y_c.argmax(dim=1), extra={"val_loss": val_loss})
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engines import _loss_grad_wrt_logits, lookahead_tangents, rng_snapshot
-from .base import Batch, Method, StepOutput, register
+from .base import Batch, Method, StepOutput, meta_optimizer, register
 
 
 class WeightNet(nn.Module):
@@ -49,24 +49,10 @@ class MWNet(Method):
         super().__init__(model, optimizer, **options)
         param = next(model.parameters())
         self.vnet = WeightNet(int(self.opts["hidden"])).to(param.device)
-        kind = self.opts["meta_optimizer"]
-        if kind == "adam":
-            self.meta_opt = torch.optim.Adam(self.vnet.parameters(), lr=float(self.opts["meta_lr"]),
-                                             weight_decay=float(self.opts["meta_weight_decay"]))
-        elif kind == "sgd":
-            self.meta_opt = torch.optim.SGD(self.vnet.parameters(), lr=float(self.opts["meta_lr"]),
-                                            weight_decay=float(self.opts["meta_weight_decay"]))
-        else:
-            raise ValueError(f"mwnet meta_optimizer must be 'adam' or 'sgd', got {kind!r}")
+        self.meta_opt = meta_optimizer(self.vnet.parameters(), self.opts["meta_optimizer"],
+                                       self.opts["meta_lr"], self.opts["meta_weight_decay"])
 
     loss_is_global_sum = True  # sum_i c_i l_i with c normalised over the global batch
-
-    def _sync(self):
-        if not self.distributed:
-            return None
-        from ..distributed import current_sync
-
-        return current_sync()
 
     def raw_weights(self, losses: torch.Tensor) -> torch.Tensor:
         """w_i = V(l_i; phi), differentiable with respect to phi."""
@@ -76,7 +62,7 @@ class MWNet(Method):
     def normaliser(self, w: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """The (detached) divisor of c = w / divisor over the global batch, and whether it is
         sum(w) (``normalize``, when non-zero) rather than the batch size n."""
-        sync = self._sync()
+        sync = self.sync()
         if self.opts["normalize"]:
             total = w.detach().sum()
             total = total if sync is None else sync.allsum(total)
@@ -93,7 +79,7 @@ class MWNet(Method):
                       rng_state) -> torch.Tensor:
         """Fill ``vnet``'s .grad with dG/dphi; return G(theta_hat)."""
         lr = float(self.optimizer.param_groups[0]["lr"])
-        sync = self._sync()
+        sync = self.sync()
         w = self.raw_weights(losses)
         divisor, is_sum = self.normaliser(w)
         c = w.detach() / divisor
