@@ -72,8 +72,16 @@ def test_bootstrap_targets_follow_reed_et_al():
     yb = torch.tensor([0, 1, 2, 0])
     out = method.loss(Batch(x, yb, torch.arange(4)))
     z = model(x)
-    t = 0.6 * F.one_hot(yb, 3) + 0.4 * torch.softmax(z.detach(), 1)
-    torch.testing.assert_close(out.loss, -(t * F.log_softmax(z, 1)).sum(1).mean())
+    # soft bootstrapping = beta * CE + (1 - beta) * entropy (Reed et al.), value AND gradient;
+    # a detached prediction would reduce it to beta * CE
+    logp = F.log_softmax(z, 1)
+    expected = (0.6 * F.cross_entropy(z, yb, reduction="none") - 0.4 * (logp.exp() * logp).sum(1)).mean()
+    torch.testing.assert_close(out.loss, expected)
+    g_out = torch.autograd.grad(out.loss, model.weight)[0]
+    g_exp = torch.autograd.grad(expected, model.weight)[0]
+    torch.testing.assert_close(g_out, g_exp)
+    g_ce = torch.autograd.grad(0.6 * F.cross_entropy(model(x), yb), model.weight)[0]
+    assert not torch.allclose(g_out, g_ce, atol=1e-4)
 
 
 def test_l2b_method_step_equals_a_manual_algorithm_1_step(float64):

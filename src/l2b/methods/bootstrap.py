@@ -3,8 +3,10 @@ Bootstrapping", ICLR 2015 workshop), the fixed-beta ancestor of L2B (paper Eq. 2
 
 soft: target t = beta * onehot(y) + (1 - beta) * p, p = softmax(z), loss = -sum_k t_k log p_k.
 hard: target t = beta * onehot(y) + (1 - beta) * onehot(argmax p).
-beta = 0.8 as in the paper's footnote. The prediction inside the target is treated as a
-constant target (detached), as the target of a cross-entropy is.
+beta = 0.8 as in the paper's footnote. In the soft form the prediction inside the target is NOT
+detached: -sum_k (beta y_k + (1 - beta) p_k) log p_k = beta CE(y) + (1 - beta) H(p), the
+"minimum-entropy regularisation" Reed et al. describe. (Detaching it would make the gradient
+beta (p - y), i.e. plain CE scaled by beta.) The hard target is piecewise constant.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from .base import Batch, Method, StepOutput, register
 
 
 def bootstrap_target(logits: torch.Tensor, y: torch.Tensor, beta: float, mode: str) -> torch.Tensor:
-    p = torch.softmax(logits.detach(), dim=1)
+    p = torch.softmax(logits if mode == "soft" else logits.detach(), dim=1)
     if mode == "hard":
         p = F.one_hot(p.argmax(dim=1), logits.shape[1]).to(p)
     return beta * F.one_hot(y, logits.shape[1]).to(p) + (1.0 - beta) * p
