@@ -7,6 +7,7 @@ model, optimizer and data were built (the working memory of the steps, momentum 
 
     python benchmarks/step_cost.py            # full table, appended to benchmarks/RESULTS.md
     python benchmarks/step_cost.py --quick    # width 16, few repeats: a smoke run, not recorded
+    python benchmarks/step_cost.py --all-methods   # every registered method's step vs CE, recorded
 
 Targets (issue 2): L2B-jvp <= 3.5x CE at n = m = 128, <= 3.0x at n = 512 / m = 100, and
 >= 2.5x faster than L2B-unroll. "L2B-unroll" is our second-order engine, which shares the
@@ -84,6 +85,55 @@ def measure(method: str, width: int, n: int, m: int, repeats: int, threads: int)
     return {"seconds": statistics.median(times), "peak_mib": _rss_mib() - base, "times": times}
 
 
+def measure_method(method: str, width: int, n: int, m: int, repeats: int, threads: int) -> dict:
+    """Runs in a child process: one training step of a registered method, as the trainer takes it
+    (the method's loss, backward, optimizer step), after the method's setup on two small batches."""
+    import torch
+
+    from l2b.methods import METHODS, create_method
+    from l2b.methods.base import Batch, SetupContext
+    from l2b.models import PreActResNet18
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+
+    def new_model():
+        return PreActResNet18(num_classes=10, width=width)
+
+    def new_optimizer(model):
+        return torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
+
+    model = new_model()
+    opt = new_optimizer(model)
+    x, y = torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
+    x_val, y_val = torch.randn(m, 3, 32, 32), torch.randint(0, 10, (m,))
+    idx = torch.arange(n)
+    meth = create_method(method, model, opt)
+    if meth.has_setup:  # fit the auxiliary model/matrix on tiny data: only the step is timed
+        small = lambda xs, ys: (lambda epoch: iter([(xs[:16], ys[:16], idx[:16], 16)]))  # noqa: E731
+        meth.setup(SetupContext(new_model=new_model, new_optimizer=new_optimizer,
+                                train_batches=small(x, y), clean_batches=small(x_val, y_val),
+                                lr_at=lambda e, s, k: 0.02, epochs=1, num_classes=10,
+                                train_steps=1, clean_steps=1, log=lambda msg: None))
+    needs_clean = METHODS[method].needs_clean and METHODS[method].clean_per_step
+
+    def step() -> None:
+        batch = Batch(x, y, idx, x_val if needs_clean else None, y_val if needs_clean else None, epoch=1.0)
+        loss = meth.loss(batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    base = _rss_mib()
+    step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times), "peak_mib": _rss_mib() - base, "times": times}
+
+
 def breakdown(width: int, n: int, m: int, repeats: int, threads: int) -> list[tuple[str, float]]:
     """Where an L2B-jvp step's time goes: its parts timed on their own (median seconds)."""
     import torch
@@ -130,10 +180,42 @@ def breakdown(width: int, n: int, m: int, repeats: int, threads: int) -> list[tu
     return parts
 
 
-def run_child(method: str, width: int, n: int, m: int, repeats: int, threads: int) -> dict:
-    args = [sys.executable, __file__, "--child", json.dumps([method, width, n, m, repeats, threads])]
+def run_child(method: str, width: int, n: int, m: int, repeats: int, threads: int, kind: str = "engine") -> dict:
+    args = [sys.executable, __file__, "--child", json.dumps([kind, method, width, n, m, repeats, threads])]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def all_methods(args) -> None:
+    """Every registered method's step relative to CE: the published table of issue 7."""
+    import torch
+
+    from l2b.methods import METHODS
+
+    width, n, m = (16, 64, 64) if args.quick else (32, 128, 128)
+    repeats = 2 if args.quick else args.repeats
+    names = ["ce"] + sorted(set(METHODS) - {"ce"})
+    header = "| method | s / step | × CE | peak MiB (Δ RSS) | × CE mem |\n|---|---|---|---|---|"
+    print(header, flush=True)
+    res, lines = {}, [header]
+    for name in names:
+        res[name] = r = run_child(name, width, n, m, repeats, args.threads, kind="method")
+        ce = res["ce"]
+        line = (f"| {name} | {r['seconds']:.3f} | {r['seconds'] / ce['seconds']:.2f} | {r['peak_mib']:.0f} | "
+                f"{r['peak_mib'] / max(ce['peak_mib'], 1e-9):.2f} |")
+        lines.append(line)
+        print(line, flush=True)
+    if args.quick:
+        return
+    cmd = "python benchmarks/step_cost.py --all-methods" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+    with open(HERE / "RESULTS.md", "a") as fh:
+        fh.write(f"\n## Step cost of every method, CPU ({datetime.now(timezone.utc):%Y-%m-%d})\n\n"
+                 f"Command: `{cmd}` — one training step as the trainer takes it (the method's loss, "
+                 f"backward, SGD step; setup fits excluded), median of {repeats} after one warm-up; "
+                 f"PreActResNet-18 width {width}, 32×32×3, n = {n} noisy + m = {m} clean samples, float32.  \n"
+                 f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                 f"{args.threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}.\n\n"
+                 + "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -144,10 +226,16 @@ def main() -> None:
     parser.add_argument("--widths", default="32,64", help="comma-separated PreActResNet-18 widths")
     parser.add_argument("--breakdown", action="store_true",
                         help="time the parts of an L2B-jvp step at width 32, n = m = 128, and record them")
+    parser.add_argument("--all-methods", action="store_true",
+                        help="every registered method's training step vs CE (width 32, n = m = 128), recorded")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(*json.loads(args.child))))
+        kind, *rest = json.loads(args.child)
+        print(json.dumps((measure_method if kind == "method" else measure)(*rest)))
+        return
+    if args.all_methods:
+        all_methods(args)
         return
     if args.breakdown:
         parts = breakdown(32, 128, 128, max(args.repeats, 3), args.threads)
