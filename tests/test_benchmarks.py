@@ -1,0 +1,40 @@
+"""The Fashion-MNIST benchmark script end to end in its --quick mode (real data, tiny schedule)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+ROW_FIELDS = {"method", "noise", "seeds", "test_acc_last_mean", "test_acc_last_std",
+              "test_acc_at_best_val_mean", "test_acc_at_best_val_std", "epoch_seconds", "noise_auc"}
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_benchmark_quick_mode_writes_every_row(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fashion_mnist.py"), "--quick",
+                           "--jobs", "1", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["command"].startswith("python benchmarks/fashion_mnist.py --quick")
+    from l2b.methods import METHODS
+
+    rows = {(r["method"], r["noise"]): r for r in result["rows"]}
+    # every registered method at the quick noise setting, plus the clean-label CE ceiling
+    assert set(rows) == {(m, "symmetric:0.4") for m in METHODS} | {("ce", "none")}
+    for (method, _), row in rows.items():
+        assert ROW_FIELDS <= set(row)
+        assert row["seeds"] == 1 and row["test_acc_last_std"] == 0.0
+        assert 10.0 < row["test_acc_last_mean"] <= 100.0 and row["epoch_seconds"] > 0
+        if method in ("l2b", "l2rw", "mwnet", "mlc"):
+            assert 0.0 <= row["noise_auc"] <= 1.0  # the meta methods' weights detect noise
+        else:
+            assert row["noise_auc"] is None
+    # the committed results are only rewritten by a full run
+    assert "symmetric:0.4" in (out / "results.md").read_text()
