@@ -21,7 +21,7 @@ Han et al. (the rate is assumed known). The runs go two at a time, one thread ea
     python benchmarks/fashion_mnist.py            # the full grid; rewrites results/fashion_mnist.json
                                                   # and the table in RESULTS.md
     python benchmarks/fashion_mnist.py --quick    # 1 seed, 40% symmetric, 5k subset, 2 epochs:
-                                                  # a few minutes, writes only under runs/
+                                                  # about 12 s here, writes only under runs/
 
 Finished runs are skipped and interrupted ones resumed (``l2b compare``'s machinery), so an
 interrupted benchmark continues where it stopped.

@@ -46,6 +46,18 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def time_calls(fn, repeats: int) -> tuple[float, list[float]]:
+    """One warm-up call (allocator, momentum buffers, forward-AD decompositions), then the median
+    seconds of ``repeats`` timed calls, and all of them."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
 def measure(method: str, width: int, n: int, m: int, repeats: int, threads: int) -> dict:
     """Runs in a child process: median seconds per step and peak RSS growth of one method."""
     import torch
@@ -76,13 +88,8 @@ def measure(method: str, width: int, n: int, m: int, repeats: int, threads: int)
         opt.step()
 
     base = _rss_mib()  # model, optimizer and data built; no step taken yet
-    step()  # warm-up: allocator, momentum buffers, forward-AD decompositions
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"seconds": statistics.median(times), "peak_mib": _rss_mib() - base, "times": times}
+    seconds, times = time_calls(step, repeats)
+    return {"seconds": seconds, "peak_mib": _rss_mib() - base, "times": times}
 
 
 def measure_method(method: str, width: int, n: int, m: int, repeats: int, threads: int) -> dict:
@@ -125,13 +132,8 @@ def measure_method(method: str, width: int, n: int, m: int, repeats: int, thread
         opt.step()
 
     base = _rss_mib()
-    step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"seconds": statistics.median(times), "peak_mib": _rss_mib() - base, "times": times}
+    seconds, times = time_calls(step, repeats)
+    return {"seconds": seconds, "peak_mib": _rss_mib() - base, "times": times}
 
 
 def breakdown(width: int, n: int, m: int, repeats: int, threads: int) -> list[tuple[str, float]]:
@@ -157,13 +159,7 @@ def breakdown(width: int, n: int, m: int, repeats: int, threads: int) -> list[tu
             return fwAD.unpack_dual(functional_call(model, duals, (x,)))[0]
 
     def timed(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return time_calls(fn, repeats)[0]
 
     def no_grad_forward():
         with torch.no_grad():
