@@ -119,11 +119,33 @@ class Method:
 
         return current_sync()
 
+    def all_reduce_grads(self, params, op: str) -> None:
+        """Under torchrun, all-reduce these parameters' gradients (``"sum"`` or ``"mean"``,
+        ``l2b.distributed.all_reduce_grads``); nothing in one process."""
+        if self.distributed:
+            from ..distributed import all_reduce_grads
+
+            all_reduce_grads(params, op=op)
+
+    # What a checkpoint keeps of the method: these attributes, modules and optimizers through
+    # their state_dict, tensors as they are; attributes still None are left out.
+    checkpointed: tuple[str, ...] = ()
+
     def state_dict(self) -> dict | None:
-        return None
+        state = {}
+        for name in self.checkpointed:
+            value = getattr(self, name)
+            if value is not None:
+                state[name] = value.state_dict() if hasattr(value, "state_dict") else value
+        return state or None
 
     def load_state_dict(self, state: dict | None) -> None:
-        pass
+        for name, value in (state or {}).items():
+            current = getattr(self, name, None)
+            if hasattr(current, "load_state_dict"):
+                current.load_state_dict(value)
+            else:
+                setattr(self, name, value)
 
     def loss(self, batch: Batch) -> StepOutput:
         raise NotImplementedError

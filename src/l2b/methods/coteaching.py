@@ -25,6 +25,7 @@ from .base import Batch, Method, StepOutput, register
 class CoTeaching(Method):
     name = "coteaching"
     options = {"forget_rate": 0.2, "num_gradual": 10}
+    checkpointed = ("peer", "peer_opt")
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
@@ -53,20 +54,10 @@ class CoTeaching(Method):
             group["lr"] = main["lr"]
         self.peer_opt.zero_grad(set_to_none=True)
         loss_b[small_a].mean().backward()
-        if self.distributed:  # keep the peer identical on every rank (each rank selects locally)
-            from ..distributed import all_reduce_grads
-
-            all_reduce_grads(self.peer.parameters(), op="mean")
+        # under torchrun: keep the peer identical on every rank (each rank selects locally)
+        self.all_reduce_grads(self.peer.parameters(), op="mean")
         self.peer_opt.step()
         n = len(batch.y)
         alpha = torch.zeros(n, device=batch.x.device)
         alpha[small_b] = 1.0 / keep
         return StepOutput(loss_a[small_b].mean(), alpha=alpha, beta=torch.zeros_like(alpha))
-
-    def state_dict(self) -> dict:
-        return {"peer": self.peer.state_dict(), "peer_opt": self.peer_opt.state_dict()}
-
-    def load_state_dict(self, state: dict | None) -> None:
-        if state is not None:
-            self.peer.load_state_dict(state["peer"])
-            self.peer_opt.load_state_dict(state["peer_opt"])

@@ -41,6 +41,7 @@ class Forward(Method):
     name = "forward"
     has_setup = True
     options = {"matrix": None, "estimate_epochs": None, "quantile": 0.97}
+    checkpointed = ("transition",)
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
@@ -62,10 +63,3 @@ class Forward(Method):
         if self.transition is None:
             raise RuntimeError("forward: no transition matrix; the trainer calls setup() first")
         return StepOutput(forward_corrected_nll(self.model(batch.x), batch.y, self.transition).mean())
-
-    def state_dict(self) -> dict | None:
-        return None if self.transition is None else {"transition": self.transition}
-
-    def load_state_dict(self, state: dict | None) -> None:
-        if state is not None:
-            self.transition = state["transition"]

@@ -46,6 +46,7 @@ class GLC(Method):
     needs_clean = True
     has_setup = True
     options = {"estimate_epochs": None}
+    checkpointed = ("corruption",)
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
@@ -66,10 +67,3 @@ class GLC(Method):
         noisy = forward_corrected_nll(logits[:n], batch.y, self.corruption)
         trusted = F.cross_entropy(logits[n:], batch.y_val, reduction="none")
         return StepOutput(torch.cat([noisy, trusted]).mean())
-
-    def state_dict(self) -> dict | None:
-        return None if self.corruption is None else {"corruption": self.corruption}
-
-    def load_state_dict(self, state: dict | None) -> None:
-        if state is not None:
-            self.corruption = state["corruption"]

@@ -84,10 +84,7 @@ class MLC(Method):
         d_yc = (lr / n) * (zdot - (p * zdot).sum(dim=1, keepdim=True))
         self.meta_opt.zero_grad(set_to_none=True)
         y_c.backward(d_yc.to(y_c.dtype))
-        if sync is not None:
-            from ..distributed import all_reduce_grads
-
-            all_reduce_grads(self.lcn.parameters(), op="sum")
+        self.all_reduce_grads(self.lcn.parameters(), op="sum")
         return val_loss
 
     def loss(self, batch: Batch) -> StepOutput:

@@ -44,6 +44,7 @@ class MWNet(Method):
     needs_clean = True
     options = {"hidden": 100, "meta_lr": 1e-3, "meta_weight_decay": 1e-4, "meta_optimizer": "adam",
                "normalize": True}
+    checkpointed = ("vnet", "meta_opt")
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
@@ -93,10 +94,7 @@ class MWNet(Method):
             g = g - (s if sync is None else sync.allsum(s))
         self.meta_opt.zero_grad(set_to_none=True)
         w.backward(g.to(w.dtype) / divisor)
-        if sync is not None:
-            from ..distributed import all_reduce_grads
-
-            all_reduce_grads(self.vnet.parameters(), op="sum")
+        self.all_reduce_grads(self.vnet.parameters(), op="sum")
         return val_loss
 
     def loss(self, batch: Batch) -> StepOutput:
@@ -109,11 +107,3 @@ class MWNet(Method):
             c = self.coefficients(losses)
         return StepOutput((c * losses).sum(), alpha=c.detach(), beta=torch.zeros_like(c),
                           extra={"val_loss": val_loss})
-
-    def state_dict(self) -> dict:
-        return {"vnet": self.vnet.state_dict(), "meta_opt": self.meta_opt.state_dict()}
-
-    def load_state_dict(self, state: dict | None) -> None:
-        if state is not None:
-            self.vnet.load_state_dict(state["vnet"])
-            self.meta_opt.load_state_dict(state["meta_opt"])
