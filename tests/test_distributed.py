@@ -36,6 +36,18 @@ def _finish() -> None:
         dist.destroy_process_group()
 
 
+def _join(rank: int, port: int) -> None:
+    """Join the WORLD-process gloo group (in a worker started by run_ranks)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+
+
+def _shards(rank: int) -> tuple[slice, slice]:
+    """This rank's slices of _batches(): unequal on purpose, 6 + 4 training and 3 + 3 clean samples."""
+    return (slice(0, 6), slice(0, 3)) if rank == 0 else (slice(6, 10), slice(3, 6))
+
+
 def run_ranks(target, *args) -> dict:
     """Start WORLD spawned processes running ``target(rank, port, *args, queue)``; return what each
     put on the queue, by rank, after checking that every process exited cleanly."""
@@ -67,14 +79,10 @@ def _batches():
 
 
 def _worker(rank: int, port: int, engine: str, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
+    _join(rank, port)
     try:
         x, y, xv, yv = _batches()
-        # unequal shards on purpose: 6 + 4 training samples, 3 + 3 clean ones
-        sl = slice(0, 6) if rank == 0 else slice(6, 10)
-        vl = slice(0, 3) if rank == 0 else slice(3, 6)
+        sl, vl = _shards(rank)
         worst = 0.0
         for normalize, constraint in CASES:
             model = _model()
@@ -153,9 +161,7 @@ def test_two_rank_training_reaches_the_single_process_weights(tmp_path, method, 
 
 
 def _peer_worker(rank: int, port: int, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
+    _join(rank, port)
     from l2b.methods import Batch, create_method
 
     try:
@@ -179,15 +185,12 @@ def test_coteaching_peers_stay_identical_across_ranks():
 
 
 def _mwnet_worker(rank: int, port: int, method_name: str, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
+    _join(rank, port)
     from l2b.methods import Batch, create_method
 
     try:
         x, y, xv, yv = _batches()
-        sl = slice(0, 6) if rank == 0 else slice(6, 10)
-        vl = slice(0, 3) if rank == 0 else slice(3, 6)
+        sl, vl = _shards(rank)
         worst = 0.0
         for normalize in ((True, False) if method_name == "mwnet" else (None,)):
             runs = []
