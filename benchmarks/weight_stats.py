@@ -18,8 +18,6 @@ validation batch size and of the whole clean set. Printed per setting, averaged 
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +27,9 @@ import torch
 def weight_stats(run: Path, batches: int, normalize: str | None) -> list[str]:
     import l2b
     from l2b.detect import roc_auc
-    from l2b.models import create_model
-    from l2b.train import TrainConfig, build_splits, prepare_data
+    from l2b.train import load_run
 
-    saved = json.loads((run / "config.json").read_text())["config"]
-    cfg = TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
-    prep = prepare_data(cfg, needs_clean=True)
-    train, val, _ = build_splits(cfg, prep, torch.device("cpu"))
-    model = create_model(cfg.model, num_classes=prep.ds.num_classes, in_channels=prep.ds.in_channels,
-                         image_size=prep.ds.image_size, width=cfg.width)
-    model.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=False, map_location="cpu")["model"])
-    model.train()
+    cfg, prep, (train, val, _), model = load_run(run, device="cpu")
     noisy = torch.as_tensor(prep.y_noisy != prep.y_true)
     x_clean, y_clean, _, _ = next(iter(val.epoch(len(val), 0, augment=False)))
     norm = normalize or cfg.normalize or "sum"

@@ -9,7 +9,6 @@ per-sample weights fall back to the final model's probability of the given label
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -67,20 +66,11 @@ def _model_scores(run: Path):
     """Probabilities of the final model on the run's training samples (for runs without weights)."""
     import torch
 
-    from .models import create_model
-    from .train import TrainConfig, build_splits, prepare_data, resolve_device
-    from .methods import METHODS
+    from .train import load_run
 
-    cfg = TrainConfig(**json.loads((run / "config.json").read_text())["config"])
-    prep = prepare_data(cfg, METHODS[cfg.method].needs_clean)
-    device = resolve_device(cfg.device)
-    train_data, _, _ = build_splits(cfg, prep, device)
-    ds = prep.ds
-    model = create_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
-                         image_size=ds.image_size, width=cfg.width).to(device)
-    model.load_state_dict(torch.load(run / "checkpoint.pt", map_location=device, weights_only=False)["model"])
+    cfg, prep, (train_data, _, _), model = load_run(run)
     model.eval()
-    probs = torch.zeros(len(train_data), ds.num_classes)
+    probs = torch.zeros(len(train_data), prep.ds.num_classes)
     with torch.no_grad():
         for x, _, idx, _ in train_data.epoch(cfg.eval_batch_size, seed=0, augment=False):
             probs[idx.cpu()] = torch.softmax(model(x).float(), dim=1).cpu()

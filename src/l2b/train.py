@@ -469,6 +469,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def load_run(run: str | Path, device: str | torch.device | None = None):
+    """A run rebuilt from its directory: ``(cfg, prep, (train, val, test), model)`` with the data,
+    noise and split of its config.json and the model's weights of its last checkpoint (train mode)."""
+    run = Path(run)
+    cfg = TrainConfig(**json.loads((run / "config.json").read_text())["config"])
+    device = resolve_device(cfg.device) if device is None else torch.device(device)
+    prep = prepare_data(cfg, METHODS[cfg.method].needs_clean)
+    splits = build_splits(cfg, prep, device)
+    ds = prep.ds
+    model = create_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
+                         image_size=ds.image_size, width=cfg.width).to(device)
+    model.load_state_dict(torch.load(run / "checkpoint.pt", map_location=device, weights_only=False)["model"])
+    return cfg, prep, splits, model
+
+
 def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None = None) -> dict[str, Any]:
     """Run one experiment into ``cfg.out``; with ``resume`` continue from its checkpoint.
 
