@@ -110,31 +110,15 @@ def noise_auc(run_dir: Path) -> float | None:
     return roc_auc(-w["alpha"], w["is_noisy"])
 
 
-def mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return round(statistics.mean(values), 3), round(statistics.stdev(values) if len(values) > 1 else 0.0, 3)
-
-
 def summarize(out: Path) -> list[dict]:
-    from l2b.compare import collect
+    """``l2b compare``'s summary rows, plus the meta methods' mean noise-detection AUC."""
+    from l2b.compare import _mean_std, group_runs, summary_row
 
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for run in collect(out):
-        groups.setdefault((run["method"], run["noise"]), []).append(run)
     rows = []
-    for (method, noise), runs in sorted(groups.items()):
-        last = mean_std([r["test_acc_last"] for r in runs])
-        best = mean_std([r["test_acc_at_best_val"] for r in runs])
-        auc = mean_std([noise_auc(r["dir"]) for r in runs]) if method in META_METHODS else (None, None)
-        rows.append({
-            "method": method, "noise": noise, "seeds": len(runs),
-            "test_acc_last_mean": last[0], "test_acc_last_std": last[1],
-            "test_acc_at_best_val_mean": best[0], "test_acc_at_best_val_std": best[1],
-            "epoch_seconds": round(statistics.mean(r["epoch_seconds"] for r in runs), 3),
-            "noise_auc": auc[0], "noise_auc_std": auc[1],
-        })
+    for (method, noise), runs in sorted(group_runs(out).items()):
+        aucs = [a for a in map(noise_auc, (r["dir"] for r in runs)) if a is not None] if method in META_METHODS else []
+        auc = [round(v, 3) for v in _mean_std(aucs)] if aucs else [None, None]
+        rows.append({**summary_row(method, noise, runs), "noise_auc": auc[0], "noise_auc_std": auc[1]})
     return rows
 
 

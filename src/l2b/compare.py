@@ -87,19 +87,27 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(out: Path) -> list[dict[str, Any]]:
-    """Write summary.csv and summary.md for the runs below ``out``; return the rows."""
+def group_runs(out: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The finished runs below ``out`` by (method, noise)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in collect(out):
         groups.setdefault((run["method"], run["noise"]), []).append(run)
-    rows = []
-    for (method, noise), runs in groups.items():
-        last_m, last_s = _mean_std([r["test_acc_last"] for r in runs])
-        best_m, best_s = _mean_std([r["test_acc_at_best_val"] for r in runs])
-        rows.append({"method": method, "noise": noise, "seeds": len(runs),
-                     "test_acc_last_mean": round(last_m, 3), "test_acc_last_std": round(last_s, 3),
-                     "test_acc_at_best_val_mean": round(best_m, 3), "test_acc_at_best_val_std": round(best_s, 3),
-                     "epoch_seconds": round(statistics.mean(r["epoch_seconds"] for r in runs), 3)})
+    return groups
+
+
+def summary_row(method: str, noise: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of ``SUMMARY_COLUMNS``: means and standard deviations over the seeds' runs."""
+    last_m, last_s = _mean_std([r["test_acc_last"] for r in runs])
+    best_m, best_s = _mean_std([r["test_acc_at_best_val"] for r in runs])
+    return {"method": method, "noise": noise, "seeds": len(runs),
+            "test_acc_last_mean": round(last_m, 3), "test_acc_last_std": round(last_s, 3),
+            "test_acc_at_best_val_mean": round(best_m, 3), "test_acc_at_best_val_std": round(best_s, 3),
+            "epoch_seconds": round(statistics.mean(r["epoch_seconds"] for r in runs), 3)}
+
+
+def summarize(out: Path) -> list[dict[str, Any]]:
+    """Write summary.csv and summary.md for the runs below ``out``; return the rows."""
+    rows = [summary_row(method, noise, runs) for (method, noise), runs in group_runs(out).items()]
     with open(out / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
