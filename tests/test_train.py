@@ -536,3 +536,18 @@ def test_l2b_with_mixup_uses_mixed_inputs_and_mixed_targets(float64):
     # the loss differs from plain L2B on the unmixed batch
     plain = l2b.meta_weights(copy.deepcopy(m2), x, y, xv, yv, lr=0.1)
     assert not torch.allclose(plain.alpha, mw.alpha)
+
+
+def test_load_run_rebuilds_a_run_and_names_a_wrong_directory(tmp_path):
+    from l2b.train import load_run
+
+    cfg = TrainConfig(data="digits", model="mlp", width=16, method="ce", epochs=1, batch_size=64,
+                      train_subset=128, val_per_class=5, augment="none", progress="none", out=str(tmp_path / "run"))
+    train(cfg)
+    cfg2, prep, (train_data, val_data, _), model = load_run(tmp_path / "run", device="cpu")
+    assert cfg2 == cfg and len(train_data) == 128 and len(val_data) == 50
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    with pytest.raises(FileNotFoundError, match="no config.json; give the directory of an l2b run"):
+        load_run(tmp_path)

@@ -473,6 +473,9 @@ def load_run(run: str | Path, device: str | torch.device | None = None):
     """A run rebuilt from its directory: ``(cfg, prep, (train, val, test), model)`` with the data,
     noise and split of its config.json and the model's weights of its last checkpoint (train mode)."""
     run = Path(run)
+    for name in ("config.json", "checkpoint.pt"):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"{run}: no {name}; give the directory of an l2b run (its --out)")
     cfg = TrainConfig(**json.loads((run / "config.json").read_text())["config"])
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     prep = prepare_data(cfg, METHODS[cfg.method].needs_clean)
