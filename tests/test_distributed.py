@@ -148,8 +148,8 @@ def test_two_rank_training_reaches_the_single_process_weights(tmp_path, method, 
                 noise="symmetric:0.4", progress="none")
     single = train(TrainConfig(**base, out=str(tmp_path / "single")))
     results = run_ranks(_train_worker, {**base, "out": str(tmp_path / "ddp")}, interrupt)
-    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
     assert b["world_size"] == WORLD
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-5, atol=1e-6, msg=k)
@@ -233,8 +233,8 @@ def test_setup_methods_fit_once_and_share_it_across_ranks(tmp_path, method):
                 train_subset=256, val_per_class=5, augment="none", progress="none")
     train(TrainConfig(**base, out=str(tmp_path / "single")))
     run_ranks(_train_worker, {**base, "out": str(tmp_path / "ddp")}, False)
-    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["method"]
-    b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["method"]
+    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)["method"]
+    b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["method"]
     key = "corruption" if method == "glc" else "teacher"
     if method == "glc":  # rank 0 fitted on the whole data, exactly as one process does
         assert torch.equal(a[key], b[key])

@@ -111,12 +111,12 @@ def test_resume_reaches_bit_identical_weights(tmp_path):
     cfg = tiny(tmp_path, method="l2b", epochs=4, model="small-cnn", width=4, augment="crop-flip",
                train_subset=200)
     straight = train(cfg)
-    a = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
     cfg.out = str(tmp_path / "interrupted")
     train(cfg, stop_after_epoch=1)
     assert len(json.loads((tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()[-1:][0])) > 0
     resumed = train(cfg, resume=True)
-    b = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=True)["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert [h["test_acc"] for h in straight["history"]] == [h["test_acc"] for h in resumed["history"]]
@@ -283,7 +283,7 @@ def test_channels_last_trains_to_the_same_model(tmp_path):
 def test_baselines_train_end_to_end(tmp_path, method, args):
     m = train(tiny(tmp_path, method=method, method_args=args, epochs=2))
     assert m["test_acc_last"] > 15.0
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["method"]
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["method"]
     if method == "glc":
         c = state["corruption"]
         assert c.shape == (10, 10) and torch.allclose(c.sum(1), torch.ones(10, dtype=c.dtype))
@@ -364,7 +364,7 @@ def test_forward_correction_with_a_known_matrix_and_anchor_estimate(tmp_path):
     f = tmp_path / "T.csv"
     np.savetxt(f, np.full((10, 10), 0.1), delimiter=",")
     m = train(tiny(tmp_path, method="forward", method_args={"matrix": str(f)}, epochs=1))
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["method"]
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["method"]
     assert torch.allclose(state["transition"], torch.full((10, 10), 0.1, dtype=torch.float64))
     assert m["test_acc_last"] >= 0
     train(tiny(tmp_path / "est", method="forward", method_args={"estimate_epochs": 1}, epochs=1))
@@ -410,7 +410,7 @@ def test_mwnet_first_order_meta_gradient_equals_second_order_unroll(float64, nor
 def test_mwnet_trains_end_to_end_and_resumes_its_weight_net(tmp_path):
     m = train(tiny(tmp_path, method="mwnet", epochs=2))
     assert m["test_acc_last"] > 15.0
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["method"]
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["method"]
     assert set(state) == {"vnet", "meta_opt"}
     w = np.load(tmp_path / "run" / "weights.npz")
     assert w["alpha"].sum() > 0 and (w["beta"] == 0).all()
@@ -546,7 +546,7 @@ def test_load_run_rebuilds_a_run_and_names_a_wrong_directory(tmp_path):
     train(cfg)
     cfg2, prep, (train_data, val_data, _), model = load_run(tmp_path / "run", device="cpu")
     assert cfg2 == cfg and len(train_data) == 128 and len(val_data) == 50
-    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved[k]), k
     with pytest.raises(FileNotFoundError, match="no config.json; give the directory of an l2b run"):

@@ -157,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not saved.is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no config.json; is it a run directory?")
         cfg = TrainConfig.from_dict(json.loads(saved.read_text())["config"], str(saved))
+        cfg.out = args.resume  # the directory given, even when the run was moved or copied
         metrics = train(cfg, resume=True)
     else:
         cfg = config_from_args(args)

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
 from .distributed import all_reduce_grads, current_sync, init_from_env
 from .data import ArrayDataset, FileDataset, augment_batch, clean_val_split, load_dataset, normalize_batch
 from .methods import METHODS, Batch, create_method
@@ -34,6 +29,7 @@ from .methods.base import SetupContext
 from .methods.meta import META_OPTIONS
 from .models import create_model
 from .noise import apply_noise, transition_matrix
+from .rundir import Progress, atomic_save, environment, load_checkpoint, tensorboard
 
 
 @dataclass
@@ -393,56 +389,6 @@ def evaluate(model, data, batch_size: int, amp: bool, sync=None) -> tuple[float,
     return 100.0 * correct / n, loss / n
 
 
-# ----------------------------------------------------------------------------- run directory
-
-
-def environment() -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return {"l2b": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "git_commit": commit}
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class Progress:
-    """A tqdm bar with ETA on a terminal; plain lines otherwise (logs, CI)."""
-
-    def __init__(self, mode: str, total: int, desc: str) -> None:
-        self.bar = None
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "lines"
-        self.mode = mode
-        if mode == "bar":
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
-            except ImportError:
-                self.mode = "lines"
-
-    def update(self, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def epoch_done(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(text)
-        elif self.mode == "lines":
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -451,7 +397,7 @@ def load_pretrained(model: torch.nn.Module, path: str) -> None:
     differs; no download ever happens."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"--pretrained {path}: file not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, "cpu")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     own = model.state_dict()
     kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -483,7 +429,7 @@ def load_run(run: str | Path, device: str | torch.device | None = None):
     ds = prep.ds
     model = create_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
                          image_size=ds.image_size, width=cfg.width).to(device)
-    model.load_state_dict(torch.load(run / "checkpoint.pt", map_location=device, weights_only=False)["model"])
+    model.load_state_dict(load_checkpoint(run / "checkpoint.pt", device)["model"])
     return cfg, prep, splits, model
 
 
@@ -565,7 +511,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         torch.distributed.broadcast_object_list(state, src=0)
         method.load_state_dict(state[0])
     if resume:
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(ckpt_path, device)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         method.load_state_dict(ck.get("method"))
@@ -591,7 +537,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     n_train = len(train_data)
     n_epoch = n_train if cfg.batches_per_epoch is None else cfg.batches_per_epoch * cfg.batch_size
     steps_per_epoch = max(1, math.ceil(n_epoch / cfg.batch_size) - (n_epoch % cfg.batch_size == 1 and n_epoch > 1))
-    writer = _tensorboard(out) if main_rank else None
+    writer = tensorboard(out) if main_rank else None
     bar = Progress(cfg.progress if main_rank else "none", (cfg.epochs - start_epoch) * steps_per_epoch,
                    f"{cfg.method} {cfg.noise}")
     model.train()
@@ -722,11 +668,3 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
 
 def _mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
     return float(values[mask].mean()) if mask.any() else None
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(out / "tensorboard"))

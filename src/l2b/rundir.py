@@ -1,0 +1,114 @@
+"""The files of a run directory: environment record, atomic writes, safe checkpoint loading,
+progress display and TensorBoard.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: only tensors and plain containers
+(dict, list, tuple, str, numbers, None) can come back, so a crafted ``checkpoint.pt`` cannot run
+code. Everything l2b writes into a checkpoint fits that (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded safely: crafted, corrupted or truncated."""
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
+    """The contents of a checkpoint, best-model or weights file, loaded without running code.
+
+    Raises ``CheckpointError`` naming the file when it holds anything but tensors and plain
+    containers (a file l2b wrote never does), or when it is corrupted or truncated.
+    """
+    path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
+        raise CheckpointError(f"{path}: corrupted or truncated (not a PyTorch zip archive); "
+                              f"delete it (or the run directory) and train again")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        first = lines[0] if lines else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: it holds Python objects other than tensors and plain "
+            f"containers, which l2b never writes and which could run code ({first}). "
+            f"Use a checkpoint written by l2b, or delete the file to start the run afresh"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise CheckpointError(
+            f"{path}: corrupted or truncated ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            f"delete it (or the run directory) and train again"
+        ) from None
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write with torch.save to a temporary file, then rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def environment() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {"l2b": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "git_commit": commit,
+            "torch_threads": torch.get_num_threads()}
+
+
+class Progress:
+    """A tqdm bar with ETA on a terminal; plain lines otherwise (logs, CI)."""
+
+    def __init__(self, mode: str, total: int, desc: str) -> None:
+        self.bar = None
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode = mode
+        if mode == "bar":
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+            except ImportError:
+                self.mode = "lines"
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def epoch_done(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+        elif self.mode == "lines":
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def tensorboard(out: Path):
+    """A SummaryWriter into ``out/tensorboard``, or None when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
