@@ -1,13 +1,17 @@
 """Model registry: ``create_model(name, num_classes=, in_channels=, image_size=, width=)``.
 
 Every entry takes the same arguments (timm-style); ``width`` is the model's size knob (base
-channels, or hidden units of the MLP) and ``None`` keeps its default.
+channels, or hidden units of the MLP) and ``None`` keeps its default. Every model splits into
+``forward_features(x)`` (the penultimate features, e.g. what MLC's label-correction net reads)
+and ``head`` (the classifier), as timm's models do: ``features(model, x)`` and ``head(model)``
+work on all of them, torchvision's ResNets included.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .preact_resnet import PreActResNet18
@@ -52,6 +56,31 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features the classifier head reads: ``model.forward_features(x)``, or for a
+    torchvision ResNet everything up to its ``fc``."""
+    if hasattr(model, "forward_features"):
+        return model.forward_features(x)
+    if all(hasattr(model, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer4", "avgpool", "fc")):
+        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+        return torch.flatten(model.avgpool(x), 1)
+    raise TypeError(f"{type(model).__name__} has no forward_features(); give it one (and a head) to use it here")
+
+
+def head(model: nn.Module) -> nn.Module:
+    """The classifier that maps ``features(model, x)`` to logits."""
+    if hasattr(model, "head"):
+        return model.head
+    if hasattr(model, "fc"):
+        return model.fc
+    raise TypeError(f"{type(model).__name__} has no head; give it one (and forward_features) to use it here")
+
+
+def num_features(model: nn.Module) -> int:
+    return head(model).in_features
+
+
 def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32,
                  width: int | None = None) -> nn.Module:
     """Build a registered model by name."""
@@ -60,4 +89,4 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_siz
     return MODELS[name](num_classes, in_channels, image_size, width)
 
 
-__all__ = ["MODELS", "create_model", "PreActResNet18", "MLP", "SmallCNN"]
+__all__ = ["MODELS", "create_model", "features", "head", "num_features", "PreActResNet18", "MLP", "SmallCNN"]

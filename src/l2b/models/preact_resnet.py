@@ -1,9 +1,15 @@
-"""PreActResNet-18 as in the DivideMix / L2B authors' code (SPEC §4).
+"""PreActResNet-18, laid out exactly as the L2B authors' ``models/PreResNet.py`` (yuyinzhou/L2B,
+itself the DivideMix file).
 
 A bare 3x3 stem convolution (no BN or ReLU after it), pre-activation basic blocks [2, 2, 2, 2]
-with strides 1, 2, 2, 2, then BN + ReLU, global average pooling and a linear classifier. On
-32x32 inputs the last feature map is 4x4, so the global pool equals the authors' 4x4 average pool;
-other input sizes also work.
+with strides 1, 2, 2, 2, then straight to average pooling and the linear classifier: there is
+NO BatchNorm or ReLU after the last block. Parameter names, shapes and count equal the authors'
+(11,171,146 parameters at 10 classes; tests/test_models.py). The authors pool with
+``avg_pool2d(out, 4)``, which on 32x32 inputs is the mean over the 4x4 map; we take the global
+mean, identical there and defined for other input sizes too.
+
+``forward_features(x)`` returns the pooled 512-d features and ``head`` is the classifier, so
+``model(x) == model.head(model.forward_features(x))`` (MLC's label-correction net reads them).
 
 Reference: He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.
 """
@@ -22,9 +28,11 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.shortcut = None
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+            # a Sequential of one conv, so that the name is "shortcut.0.weight" as in the reference
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False))
+        else:
+            self.shortcut = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
@@ -45,12 +53,17 @@ class PreActResNet18(nn.Module):
             layers.append(nn.Sequential(PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes)))
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.bn = nn.BatchNorm2d(in_planes)
         self.linear = nn.Linear(in_planes, num_classes)
+        self.num_features = in_planes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def head(self) -> nn.Module:
+        return self.linear
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.relu(self.bn(out))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.linear(out)
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.forward_features(x))

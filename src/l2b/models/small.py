@@ -1,4 +1,7 @@
-"""Small models for the offline datasets: an MLP for 8x8 digits and a CNN for 28x28 images."""
+"""Small models for the offline datasets: an MLP for 8x8 digits and a CNN for 28x28 images.
+
+Like every registered model they offer ``forward_features(x)`` and ``head`` (timm's split), with
+``model(x) == model.head(model.forward_features(x))``."""
 
 from __future__ import annotations
 
@@ -21,6 +24,17 @@ class MLP(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
+        self.num_features = width
+
+    @property
+    def head(self) -> nn.Module:
+        return self.net[-1]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's activations (what ``head`` classifies)."""
+        for layer in self.net[:-1]:
+            x = layer(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -40,9 +54,18 @@ class SmallCNN(nn.Module):
             )
 
         self.features = nn.Sequential(stage(in_channels, width), stage(width, 2 * width))
-        self.head = nn.Sequential(
+        self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes)
         )
+        self.num_features = 2 * width
+
+    @property
+    def head(self) -> nn.Module:
+        return self.classifier[-1]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features (what ``head`` classifies)."""
+        return self.classifier[1](self.classifier[0](self.features(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.forward_features(x))

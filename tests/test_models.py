@@ -1,0 +1,92 @@
+"""The backbones: PreActResNet-18 equals the authors' models/PreResNet.py; every model splits
+into features + head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from l2b.models import create_model, features, head
+
+
+class AuthorsBlock(nn.Module):
+    """yuyinzhou/L2B models/PreResNet.py's PreActBlock, transcribed."""
+
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class AuthorsPreActResNet18(nn.Module):
+    """Its PreActResNet(PreActBlock, [2, 2, 2, 2]): no BN or ReLU after layer4."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.in_planes = 64
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.layer1 = self._make_layer(64, 1)
+        self.layer2 = self._make_layer(128, 2)
+        self.layer3 = self._make_layer(256, 2)
+        self.layer4 = self._make_layer(512, 2)
+        self.linear = nn.Linear(512, num_classes)
+
+    def _make_layer(self, planes, stride):
+        layers = []
+        for s in (stride, 1):
+            layers.append(AuthorsBlock(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
+        out = F.avg_pool2d(out, 4)
+        return self.linear(out.view(out.size(0), -1))
+
+
+@pytest.mark.parametrize("classes, count", [(10, 11_171_146), (100, 11_217_316)])
+def test_preact_resnet18_has_the_authors_parameters(classes, count):
+    ours = create_model("preact-resnet18", num_classes=classes)
+    theirs = AuthorsPreActResNet18(classes)
+    assert sum(p.numel() for p in ours.parameters()) == count
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert not any(k.startswith("bn.") for k in ours.state_dict())  # no final BatchNorm
+
+
+def test_preact_resnet18_computes_the_authors_function():
+    torch.manual_seed(0)
+    theirs = AuthorsPreActResNet18(10).double()
+    ours = create_model("preact-resnet18", num_classes=10).double()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)  # train mode (batch stats)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, kw, shape", [
+    ("mlp", dict(in_channels=1, image_size=8, width=16), (5, 1, 8, 8)),
+    ("small-cnn", dict(in_channels=1, width=8), (5, 1, 28, 28)),
+    ("preact-resnet18", dict(width=8), (5, 3, 32, 32)),
+])
+def test_every_model_is_its_head_on_its_features(name, kw, shape):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7, **kw).double().eval()
+    x = torch.randn(*shape, dtype=torch.float64)
+    f = features(model, x)
+    assert f.shape == (5, head(model).in_features)
+    torch.testing.assert_close(head(model)(f), model(x), rtol=0, atol=0)
