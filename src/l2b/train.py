@@ -113,10 +113,7 @@ class TrainConfig:
         for name, opt in (("bootstrap_beta", "beta"), ("bootstrap_mode", "mode")):
             if getattr(self, name) is not None and opt not in cls.options:
                 raise ValueError(f"--{name.replace('_', '-')} applies to method 'bootstrap', not {self.method!r}")
-        unknown = sorted(set(self.method_options()) - set(cls.options))
-        if unknown:
-            raise ValueError(f"method {self.method!r} has no option(s) {unknown}; its options: "
-                             f"{', '.join(sorted(cls.options)) or 'none'}")
+        cls.coerce(self.method_options())  # unknown options, wrong types and values fail here
         if self.val_per_class is not None and self.val_total is not None:
             raise ValueError("give --val-per-class or --val-total, not both")
         if self.schedule not in ("cosine", "step", "constant"):

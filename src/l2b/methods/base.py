@@ -96,13 +96,32 @@ class Method:
     loss_is_global_sum: bool = False
     distributed: bool = False  # set by the trainer when several ranks train together
 
+    # The type of each option whose default is None (others take their default's type), and
+    # the allowed values of options with a fixed set of them.
+    option_types: dict[str, type] = {}
+    choices: dict[str, tuple] = {}
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
-        unknown = set(options) - set(self.options)
-        if unknown:
-            valid = ", ".join(sorted(self.options)) or "none"
-            raise ValueError(f"method {self.name!r} has no option(s) {sorted(unknown)}; its options: {valid}")
         self.model, self.optimizer = model, optimizer
-        self.opts = {**self.options, **options}
+        self.opts = {**self.options, **self.coerce(options)}
+
+    @classmethod
+    def coerce(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The options turned into their declared types (from YAML, ``--method-arg`` or flags),
+        checked against the allowed values; a ValueError names the option and the fix."""
+        unknown = set(options) - set(cls.options)
+        if unknown:
+            valid = ", ".join(sorted(cls.options)) or "none"
+            raise ValueError(f"method {cls.name!r} has no option(s) {sorted(unknown)}; its options: {valid}")
+        out = {}
+        for key, value in options.items():
+            kind = cls.option_types.get(key) or (type(cls.options[key]) if cls.options[key] is not None else None)
+            out[key] = value if value is None or kind is None else _as_type(cls.name, key, value, kind)
+            allowed = cls.choices.get(key)
+            if allowed is not None and out[key] not in allowed:
+                raise ValueError(f"method {cls.name!r}: {key}={value!r} is not one of "
+                                 f"{', '.join(repr(a) for a in allowed)}")
+        return out
 
     # Methods that fit something before the main training (a teacher, a corruption matrix)
     # override ``setup`` and keep what they fitted in ``state_dict`` so that --resume skips it.
@@ -151,6 +170,31 @@ class Method:
         raise NotImplementedError
 
 
+def _as_type(method: str, key: str, value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (bool, int, float or str), or a ValueError naming the option."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+    elif kind in (int, float) and not isinstance(value, bool):
+        try:
+            number = kind(value)
+            if kind is int and isinstance(value, float) and value != number:
+                raise ValueError
+            if number == number and abs(number) != float("inf"):  # finite
+                return number
+        except (TypeError, ValueError):
+            pass
+    elif isinstance(value, kind):
+        return value
+    raise ValueError(f"method {method!r}: option {key}={value!r} is not a {kind.__name__}"
+                     + (" (true or false)" if kind is bool else ""))
+
+
 METHODS: dict[str, type[Method]] = {}
 
 
@@ -165,12 +209,14 @@ def create_method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
     return METHODS[name](model, optimizer, **options)
 
 
-def meta_optimizer(params, kind: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The optimizer of a meta network (MW-Net's weight net, MLC's label-correction net)."""
-    optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-    if kind not in optimizers:
-        raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {kind!r}")
-    return optimizers[kind](params, lr=float(lr), weight_decay=float(weight_decay))
+def meta_optimizer(params, kind: str, lr: float, weight_decay: float, momentum: float = 0.0,
+                   nesterov: bool = False, amsgrad: bool = False) -> torch.optim.Optimizer:
+    """The optimizer of a meta network (MW-Net's weight net, MLC's label-correction net):
+    ``adam`` (with ``amsgrad``) or ``sgd`` (with ``momentum`` and ``nesterov``)."""
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=float(lr), weight_decay=float(weight_decay), amsgrad=bool(amsgrad))
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=float(lr), weight_decay=float(weight_decay), momentum=float(momentum),
+                               nesterov=bool(nesterov))
+    raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {kind!r}")
 
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

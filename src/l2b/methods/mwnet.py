@@ -4,8 +4,9 @@ Weighting", NeurIPS 2019), with an exact first-order meta-gradient.
 A 1-100-1 MLP V(loss; phi) with a sigmoid output maps each sample's loss to its weight. Each
 step (their Algorithm 1):
 
-1. weights w_i = V(l_i(theta); phi), normalised to c = w / sum(w) (``normalize=True``, as the
-   public code does when the sum is non-zero) or c = w / n;
+1. weights w_i = V(l_i(theta); phi), and c = w / n (``normalize=False``: the current official
+   ``MW-Net.py``, whose loss is sum(c_i l_i) / n) or c = w / sum(w) (``normalize=True``: the
+   older ``train_WRN-28-10_Meta_PGC.py``, when the sum is non-zero);
 2. virtual step theta_hat = theta - lr * sum_i c_i grad l_i(theta) (their Eq. 4, plain SGD at the
    optimizer's current learning rate);
 3. meta step on phi with the gradient of the clean loss G(theta_hat) (their Eq. 5);
@@ -13,8 +14,19 @@ step (their Algorithm 1):
 
 The meta-gradient of step 3 needs no second-order autodiff: G depends on phi only through the
 c_i, and dG/dc_i = -lr * <grad G(theta_hat), grad l_i(theta)> exactly, so all n of them come from
-one forward-mode JVP of the training logits along grad G(theta_hat) (the identity of SPEC §2 at
-the non-zero weights c); backpropagating -lr * d through c = c(V(l; phi)) gives dG/dphi.
+one forward-mode JVP of the training logits along grad G(theta_hat) (the identity of
+docs/methods.md at the non-zero weights c); backpropagating -lr * d through c = c(V(l; phi))
+gives dG/dphi.
+
+Two published versions of the reference code (xjtushujun/meta-weight-net), picked by ``variant``:
+
+- ``current`` (default): ``MW-Net.py``. Mean loss sum(w_i l_i) / n; V-net on
+  Adam(lr 1e-3, weight decay 1e-4).
+- ``original``: ``train_WRN-28-10_Meta_PGC.py``. Sum-normalised weights; V-net on SGD(lr 1e-3,
+  momentum 0.9, Nesterov, weight decay 5e-4).
+
+Any single setting (normalize, meta_optimizer, meta_lr, ...) given explicitly overrides the
+variant's.
 """
 
 from __future__ import annotations
@@ -42,16 +54,28 @@ class WeightNet(nn.Module):
 class MWNet(Method):
     name = "mwnet"
     needs_clean = True
-    options = {"hidden": 100, "meta_lr": 1e-3, "meta_weight_decay": 1e-4, "meta_optimizer": "adam",
-               "normalize": True}
+    options = {"variant": "current", "hidden": 100, "normalize": None, "meta_optimizer": None, "meta_lr": None,
+               "meta_weight_decay": None, "meta_momentum": None, "meta_nesterov": None}
+    option_types = {"normalize": bool, "meta_optimizer": str, "meta_lr": float, "meta_weight_decay": float,
+                    "meta_momentum": float, "meta_nesterov": bool}
+    choices = {"variant": ("current", "original"), "meta_optimizer": (None, "adam", "sgd")}
+    VARIANTS = {
+        "current": {"normalize": False, "meta_optimizer": "adam", "meta_lr": 1e-3, "meta_weight_decay": 1e-4,
+                    "meta_momentum": 0.0, "meta_nesterov": False},
+        "original": {"normalize": True, "meta_optimizer": "sgd", "meta_lr": 1e-3, "meta_weight_decay": 5e-4,
+                     "meta_momentum": 0.9, "meta_nesterov": True},
+    }
     checkpointed = ("vnet", "meta_opt")
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
+        variant = self.VARIANTS[self.opts["variant"]]
+        self.opts = {**self.opts, **{k: v for k, v in variant.items() if self.opts[k] is None}}
         param = next(model.parameters())
         self.vnet = WeightNet(int(self.opts["hidden"])).to(param.device)
-        self.meta_opt = meta_optimizer(self.vnet.parameters(), self.opts["meta_optimizer"],
-                                       self.opts["meta_lr"], self.opts["meta_weight_decay"])
+        self.meta_opt = meta_optimizer(self.vnet.parameters(), self.opts["meta_optimizer"], self.opts["meta_lr"],
+                                       self.opts["meta_weight_decay"], self.opts["meta_momentum"],
+                                       self.opts["meta_nesterov"])
 
     loss_is_global_sum = True  # sum_i c_i l_i with c normalised over the global batch
 

@@ -1,0 +1,139 @@
+"""Each baseline against its reference code: the reference's own training step, transcribed here
+(its loss expression, optimiser and meta step, a second-order unroll where the reference uses
+one), run for two steps in float64 on a tiny BatchNorm CNN and real digits; the library's method
+must land on the same parameters to 1e-8 relative.
+
+References (docs/methods.md): xjtushujun/meta-weight-net MW-Net.py and
+train_WRN-28-10_Meta_PGC.py; microsoft/MLC mlc.py, meta_models.py, main.py; mmazeika/glc
+CIFAR/train_ours.py; uber-research/learning-to-reweight-examples; yuyinzhou/L2B main.py.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from l2b.methods import Batch, create_method
+from reference import assert_same_parameters, changed, digit_batches, model_pair
+
+
+def trainer_step(method, optimizer, batch: Batch) -> None:
+    """What l2b's trainer does with a method's loss each step."""
+    loss = method.loss(batch).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def batch_of(x, y, xv=None, yv=None) -> Batch:
+    return Batch(x, y, torch.arange(len(y)), xv, yv)
+
+
+# ----------------------------------------------------------------------------- MW-Net
+
+
+class RefVNet(nn.Module):
+    """meta-weight-net's VNet(1, 100, 1): linear1 - ReLU - linear2 - sigmoid."""
+
+    def __init__(self, hidden=100):
+        super().__init__()
+        self.linear1 = nn.Linear(1, hidden)
+        self.linear2 = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.linear2(F.relu(self.linear1(x))))
+
+
+def ref_mwnet_step(model, vnet, optimizer_model, optimizer_vnet, inputs, targets, inputs_val, targets_val,
+                   meta_lr, sum_normalised):
+    """One iteration of MW-Net.py's train() (sum_normalised=False) or of
+    train_WRN-28-10_Meta_PGC.py's loop (True). meta_model = a copy of model; its update_params is
+    param - lr_inner * grad with the graph kept (create_graph=True)."""
+    params = dict(model.named_parameters())
+    meta_buffers = {k: v.clone() for k, v in model.named_buffers()}  # meta_model's own buffers
+    outputs = functional_call(model, (params, meta_buffers), (inputs,))
+    cost = F.cross_entropy(outputs, targets, reduction="none")
+    cost_v = torch.reshape(cost, (len(cost), 1))
+    v_lambda = vnet(cost_v.data)
+    if sum_normalised:
+        norm_c = torch.sum(v_lambda)
+        v_lambda_norm = v_lambda / norm_c if norm_c != 0 else v_lambda
+        l_f_meta = torch.sum(cost_v * v_lambda_norm)
+    else:
+        l_f_meta = torch.sum(cost_v * v_lambda) / len(cost_v)
+    grads = torch.autograd.grad(l_f_meta, list(params.values()), create_graph=True)
+    new_params = {k: p - meta_lr * g for (k, p), g in zip(params.items(), grads)}
+    y_g_hat = functional_call(model, (new_params, meta_buffers), (inputs_val,))
+    l_g_meta = F.cross_entropy(y_g_hat, targets_val)
+    optimizer_vnet.zero_grad()
+    l_g_meta.backward()
+    optimizer_vnet.step()
+
+    outputs = model(inputs)
+    cost_w = F.cross_entropy(outputs, targets, reduction="none")
+    cost_v = torch.reshape(cost_w, (len(cost_w), 1))
+    with torch.no_grad():
+        w_new = vnet(cost_v)
+    if sum_normalised:
+        norm_v = torch.sum(w_new)
+        w_v = w_new / norm_v if norm_v != 0 else w_new
+        loss = torch.sum(cost_v * w_v)
+    else:
+        loss = torch.sum(cost_v * w_new) / len(cost_v)
+    optimizer_model.zero_grad()
+    loss.backward()
+    optimizer_model.step()
+
+
+@pytest.mark.parametrize("variant", ["current", "original"])
+def test_mwnet_equals_the_reference_step(variant):
+    ours, theirs = model_pair()
+    original = variant == "original"
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=original)  # the scripts' model optimisers
+    opt_ours, opt_theirs = torch.optim.SGD(ours.parameters(), **sgd), torch.optim.SGD(theirs.parameters(), **sgd)
+    method = create_method("mwnet", ours, opt_ours, variant=variant)
+    method.vnet.double()
+    method.meta_opt = type(method.meta_opt)(method.vnet.parameters(), **method.meta_opt.defaults)
+    vnet = RefVNet().double()
+    with torch.no_grad():
+        vnet.linear1.weight.copy_(method.vnet.net[0].weight), vnet.linear1.bias.copy_(method.vnet.net[0].bias)
+        vnet.linear2.weight.copy_(method.vnet.net[2].weight), vnet.linear2.bias.copy_(method.vnet.net[2].bias)
+    if original:
+        opt_vnet = torch.optim.SGD(vnet.parameters(), 1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    else:
+        opt_vnet = torch.optim.Adam(vnet.parameters(), 1e-3, weight_decay=1e-4)
+    assert type(opt_vnet) is type(method.meta_opt)
+    assert {k: method.meta_opt.defaults[k] for k in ("lr", "weight_decay")} == {k: opt_vnet.defaults[k] for k in ("lr", "weight_decay")}
+    before = {n: p.detach().clone() for n, p in ours.named_parameters()}
+    for x, y, xv, yv in digit_batches():
+        ref_mwnet_step(theirs, vnet, opt_theirs, opt_vnet, x, y, xv, yv, 0.1, sum_normalised=original)
+        trainer_step(method, opt_ours, batch_of(x, y, xv, yv))
+    assert changed(ours, before)
+    assert_same_parameters(ours, theirs)
+    mine = {"linear1.weight": method.vnet.net[0].weight, "linear1.bias": method.vnet.net[0].bias,
+            "linear2.weight": method.vnet.net[2].weight, "linear2.bias": method.vnet.net[2].bias}
+    for name, p in vnet.named_parameters():
+        torch.testing.assert_close(mine[name], p, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("text, expected", [("false", False), ("no", False), ("true", True), ("0", False)])
+def test_mwnet_normalize_given_as_text_is_a_bool(text, expected):
+    from l2b.train import TrainConfig
+
+    cfg = TrainConfig(method="mwnet", method_args={"normalize": text})
+    cfg.validate()
+    model, _ = model_pair()
+    method = create_method("mwnet", model, torch.optim.SGD(model.parameters(), lr=0.1), **cfg.method_options())
+    assert method.opts["normalize"] is expected
+
+
+def test_mwnet_normalize_that_is_not_a_bool_fails_in_validation():
+    from l2b.train import TrainConfig
+
+    with pytest.raises(ValueError, match="normalize='maybe' is not a bool"):
+        TrainConfig(method="mwnet", method_args={"normalize": "maybe"}).validate()
