@@ -198,7 +198,8 @@ def _mwnet_worker(rank: int, port: int, method_name: str, queue) -> None:
                 model = _model()
                 opt = torch.optim.SGD(model.parameters(), lr=0.1)
                 torch.manual_seed(7)
-                kw = {"normalize": normalize} if method_name == "mwnet" else {}
+                # MLC's mix mode splits each rank's shard of the clean batch (docs/distributed.md)
+                kw = {"normalize": normalize} if method_name == "mwnet" else {"mode": "plain"}
                 method = create_method(method_name, model, opt, meta_optimizer="sgd", meta_lr=0.5, **kw)
                 if method_name == "mwnet":
                     method.vnet.double()

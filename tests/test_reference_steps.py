@@ -137,3 +137,110 @@ def test_mwnet_normalize_that_is_not_a_bool_fails_in_validation():
 
     with pytest.raises(ValueError, match="normalize='maybe' is not a bool"):
         TrainConfig(method="mwnet", method_args={"normalize": "maybe"}).validate()
+
+
+# ----------------------------------------------------------------------------- MLC
+
+
+class RefMetaNet(nn.Module):
+    """microsoft/MLC meta_models.py MetaNet (tie=False, sparsemax=False)."""
+
+    def __init__(self, hx_dim, cls_dim, h_dim, num_classes):
+        super().__init__()
+        self.cls_emb = nn.Embedding(num_classes, cls_dim)
+        self.net = nn.Sequential(nn.Linear(hx_dim + cls_dim, h_dim), nn.Tanh(), nn.Linear(h_dim, h_dim), nn.Tanh(),
+                                 nn.Linear(h_dim, num_classes))
+
+    def forward(self, hx, y):
+        return F.softmax(self.net(torch.cat([hx, self.cls_emb(y)], dim=-1)), -1)
+
+
+def ref_soft_cross_entropy(logit, pseudo_target):
+    return -(pseudo_target * F.log_softmax(logit, -1)).sum(-1).mean()
+
+
+def ref_update_params_sgd(params, grads, eta, opt):
+    """mlc.py update_params_sgd(..., return_s=True)."""
+    wdecay, momentum = opt.defaults["weight_decay"], opt.defaults["momentum"]
+    dampening, nesterov = opt.defaults["dampening"], opt.defaults["nesterov"]
+    ans, ss = [], []
+    with torch.no_grad():
+        for param, grad in zip(params, grads):
+            dparam = grad + param * wdecay
+            s = 1
+            if momentum > 0:
+                buf = opt.state[param].get("momentum_buffer") if param in opt.state else None
+                moment = buf * momentum if buf is not None else torch.zeros_like(param)
+                moment.add_(dparam, alpha=1.0 - dampening)
+                if nesterov:
+                    dparam = dparam + momentum * moment
+                    s = 1 + momentum * (1.0 - dampening)
+                else:
+                    dparam = moment
+                    s = 1.0 - dampening
+            ans.append(param - dparam * eta)
+            ss.append(s * eta)
+    return ans, ss
+
+
+def ref_step_hmlc_K(main_net, main_opt, meta_net, meta_opt, data_s, target_s, data_g, target_g, data_c, target_c, eta):
+    """mlc.py step_hmlc_K with gradient_steps=1 (the K-step discount then never applies)."""
+    names, params = zip(*main_net.named_parameters())
+    h = main_net.forward_features(data_s)
+    logit_s, x_s_h = main_net.head(h), h
+    pseudo_target_s = meta_net(x_s_h.detach(), target_s)
+    loss_s = ref_soft_cross_entropy(logit_s, pseudo_target_s)
+    if data_c is not None:
+        bs1, bs2 = target_s.size(0), target_c.size(0)
+        logit_c = main_net(data_c)
+        loss_s2 = F.cross_entropy(logit_c, target_c)
+        loss_s = (loss_s * bs1 + loss_s2 * bs2) / (bs1 + bs2)
+    f_param_grads = torch.autograd.grad(loss_s, params, create_graph=True)
+    f_params_new, dparam_s = ref_update_params_sgd(params, f_param_grads, eta, main_opt)
+    buffers = {k: v.clone() for k, v in main_net.named_buffers()}
+    new = [p.detach().requires_grad_(True) for p in f_params_new]
+    logit_g = functional_call(main_net, (dict(zip(names, new)), buffers), (data_g,))
+    gw_prime = torch.autograd.grad(F.cross_entropy(logit_g, target_g), new)
+    Lgw_prime = [dparam_s[i] * gw_prime[i] for i in range(len(dparam_s))]
+    proxy_g = -torch.dot(torch.cat([g.view(-1) for g in f_param_grads]), torch.cat([g.view(-1) for g in Lgw_prime]))
+    meta_opt.zero_grad()
+    proxy_g.backward()
+    meta_opt.step()
+    for param, g in zip(params, f_param_grads):
+        param.grad = g.detach()
+    main_opt.step()
+
+
+@pytest.mark.parametrize("mode", ["mix", "plain"])
+def test_mlc_equals_the_reference_step(mode):
+    ours, theirs = model_pair()
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)  # main.py --optimizer sgd
+    opt_ours, opt_theirs = torch.optim.SGD(ours.parameters(), **sgd), torch.optim.SGD(theirs.parameters(), **sgd)
+    meta_lr = 1e-2  # larger than main.py's 3e-5, so that the meta step shows in two steps
+    method = create_method("mlc", ours, opt_ours, mode=mode, meta_lr=meta_lr)
+    meta_net = RefMetaNet(64, 64, 128, 10).double()
+    meta_net.load_state_dict(method.lcn.state_dict())
+    meta_opt = torch.optim.Adam(meta_net.parameters(), lr=meta_lr, weight_decay=0, amsgrad=True, eps=1e-8)
+    assert method.meta_opt.defaults["amsgrad"] and method.meta_opt.defaults["weight_decay"] == 0
+    for x, y, xv, yv in digit_batches():
+        if mode == "mix":  # main.py hmlc_K_mix: the gold batch's first half is the meta batch
+            gbs = len(yv) // 2
+            ref = (xv[:gbs], yv[:gbs], xv[gbs:], yv[gbs:])
+        else:
+            ref = (xv, yv, None, None)
+        ref_step_hmlc_K(theirs, opt_theirs, meta_net, meta_opt, x, y, *ref, eta=opt_theirs.param_groups[0]["lr"])
+        trainer_step(method, opt_ours, batch_of(x, y, xv, yv))
+        for (name, p), q in zip(method.lcn.named_parameters(), meta_net.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-15, msg=name)
+    assert_same_parameters(ours, theirs)
+    assert_same_parameters(method.lcn, meta_net)
+
+
+def test_mlc_defaults_are_main_py():
+    model, _ = model_pair()
+    method = create_method("mlc", model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert method.opts["mode"] == "mix"
+    d = method.meta_opt.defaults
+    assert isinstance(method.meta_opt, torch.optim.Adam) and d["amsgrad"] and d["lr"] == 3e-5 and d["weight_decay"] == 0
+    assert method.lcn.cls_emb.embedding_dim == 64 and method.lcn.net[0].out_features == 128
+    assert isinstance(method.lcn.net[1], nn.Tanh)

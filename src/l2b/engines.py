@@ -52,7 +52,7 @@ def _validation_loss(
     return F.cross_entropy(logits, y_val, reduction=reduction)
 
 
-def _loss_grad_wrt_logits(
+def loss_grad_wrt_logits(
     logits: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn | None
 ) -> torch.Tensor:
     """d f_i / d z_i for every sample (rows), for a per-sample loss f_i = loss_fn(z_i, t_i)."""
@@ -131,8 +131,8 @@ def raw_weights_jvp(
         zdot = torch.zeros_like(logits)
     zdot = zdot.detach()
     pseudo = logits.detach().argmax(dim=1)
-    raw_alpha = (_loss_grad_wrt_logits(logits, y, loss_fn) * zdot).sum(dim=1)
-    raw_beta = (_loss_grad_wrt_logits(logits, pseudo, loss_fn) * zdot).sum(dim=1)
+    raw_alpha = (loss_grad_wrt_logits(logits, y, loss_fn) * zdot).sum(dim=1)
+    raw_beta = (loss_grad_wrt_logits(logits, pseudo, loss_fn) * zdot).sum(dim=1)
     return raw_alpha, raw_beta, logits, val_loss.detach()
 
 
@@ -141,25 +141,28 @@ def raw_weights_jvp_lean(*args, **kwargs):
 
 
 def lookahead_tangents(model: nn.Module, x: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-                       virtual_loss: torch.Tensor, lr: float, rng_state, sync=None) -> tuple[torch.Tensor, torch.Tensor]:
+                       virtual_loss: torch.Tensor, step: VirtualStep, rng_state,
+                       sync=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first-order core of look-ahead meta-learning at NON-zero weights (MW-Net, MLC).
 
-    With theta_hat = theta - lr * grad virtual_loss(theta) (plain SGD), returns G(theta_hat) and
-    zdot = J_z(theta) . grad G(theta_hat), the tangent of the training logits along the clean
-    gradient: any dG/dc of a loss weight or soft target c is then a per-sample dot product with
-    zdot. ``virtual_loss`` must come from the real forward (its graph is kept for the real step);
-    the tangent pass runs without a reverse graph, on cloned buffers, replaying ``rng_state``
-    ((cpu, cuda) states saved before the real forward) so that dropout masks match.
-    With ``sync`` (``l2b.distributed``), ``virtual_loss`` is this rank's part of a sum over the
-    global batch: its gradient is all-reduced, and G is the mean over all ranks' clean samples.
+    With the virtual step theta_hat = shift - scale * grad virtual_loss(theta) (``step``: plain SGD
+    from ``plain_sgd_step``, or a replay of the run's SGD from ``optimizer_step``), returns
+    G(theta_hat) and zdot = J_z(theta) . (scale * grad G(theta_hat)), the tangent of the training
+    logits along the scaled clean gradient: dG/dc of any loss weight or soft target c is then
+    minus a per-sample dot product with zdot. ``virtual_loss`` must come from the real forward
+    (its graph is kept for the real step); the tangent pass runs without a reverse graph, on
+    cloned buffers, replaying ``rng_state`` ((cpu, cuda) states saved before the real forward)
+    so that dropout masks match. With ``sync`` (``l2b.distributed``), ``virtual_loss`` is this
+    rank's part of a sum over the global batch: its gradient is all-reduced, and G is the mean
+    over all ranks' clean samples.
     """
-    step = plain_sgd_step(model, lr)
     grads = torch.autograd.grad(virtual_loss, step.params, retain_graph=True, allow_unused=True)
     if sync is not None:
         grads = [None if g is None else sync.allsum(g) for g in grads]
+    shifts, scales = step.shift_and_scale()
     moved = [g is not None for g in grads]
-    theta_hat = [(p - lr * g).detach().requires_grad_(True) if m else p.detach()
-                 for p, g, m in zip(step.params, grads, moved)]
+    theta_hat = [(s - c * g).detach().requires_grad_(True) if m else p.detach()
+                 for p, s, c, g, m in zip(step.params, shifts, scales, grads, moved)]
     with torch.enable_grad():
         thetas = dict(zip(step.names, theta_hat))
         targets = [t for t, m in zip(theta_hat, moved) if m]
@@ -173,9 +176,9 @@ def lookahead_tangents(model: nn.Module, x: torch.Tensor, x_val: torch.Tensor, y
             v, val_loss = sync.mean_gradient(v, val_sum.detach(), len(y_val))
         v = iter(v)
     tangents = []
-    for t, m in zip(theta_hat, moved):
+    for t, c, m in zip(theta_hat, scales, moved):
         g = next(v) if m else None
-        tangents.append(torch.zeros_like(t) if g is None else g)
+        tangents.append(torch.zeros_like(t) if g is None else g * c)
     cuda = x.device.type == "cuda"
     with torch.random.fork_rng(devices=[x.device] if cuda else []):
         torch.set_rng_state(rng_state[0])

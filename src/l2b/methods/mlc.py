@@ -1,16 +1,27 @@
 """Meta Label Correction (Zheng et al., "Meta Label Correction for Noisy Label Learning",
-AAAI 2021), with an exact first-order meta-gradient.
+AAAI 2021), as microsoft/MLC's ``mlc.py`` (``step_hmlc_K``), ``meta_models.py`` (``MetaNet``)
+and ``main.py`` (its defaults), with an exact first-order meta-gradient.
 
-A label-correction network (LCN) maps each sample to a corrected soft label y_c; the classifier
-trains on cross-entropy to y_c, and the LCN is trained bi-level: it minimises the clean loss
-G(theta_hat) after a virtual SGD step of the classifier on the corrected labels (their Eq. 2-4,
-one-step look-ahead). Our LCN is model-agnostic: it reads the classifier's (detached) predicted
-distribution and the one-hot noisy label, y_c = softmax(MLP([p, onehot(y)]) + s * onehot(y)) with
-a learnable scale s (their LCN reads the classifier's hidden features and a label embedding).
+The meta net reads the main net's (detached) penultimate features h(x) and an embedding of the
+noisy label, and outputs a corrected soft label: softmax(W3 tanh(W2 tanh(W1 [h, emb(y)]))) with
+widths 128 (Xavier-normal weights, zero biases, Xavier-uniform embedding of size 64). Each step
+(K = 1 look-ahead step, ``gradient_steps=1`` in the reference):
 
-dG/dy_c[i, k] = (lr / n) * <grad G(theta_hat), grad log p_ik(theta)> = (lr / n) * (zdot_ik -
-p_i . zdot_i), so the whole meta-gradient comes from one forward-mode JVP of the training logits
-along grad G(theta_hat), as in L2B (SPEC §2); no second-order autodiff.
+1. the main net's loss L_s = mean_i softCE(z_i, y_c_i) on the noisy batch; with ``mode="mix"``
+   (the reference's default ``hmlc_K_mix``) the clean batch is split in two halves, and the
+   second half is trained on as well: L_s = (n L_s + m CE_mean(second half)) / (n + m);
+2. the virtual step replays the run's SGD step (momentum buffer, weight decay, Nesterov) on
+   grad L_s: theta' = theta - eta * d(theta);
+3. G = mean CE of the first clean half at theta'; the meta net's gradient is that of the
+   reference's proxy -(s eta) <grad_theta L_s, grad G(theta')>, s the SGD step's scale (1 for
+   momentum without dampening), through y_c. dproxy/dy_c[i,k] = (s eta / (n + m)) (zdot_ik -
+   p_i . zdot_i) with zdot = J_z . grad G(theta'): one forward-mode JVP, no second-order autodiff;
+4. the meta net takes an Adam(amsgrad) step; the REAL step is on L_s with the corrected labels
+   from BEFORE that update (the reference stores grad L_s and replays it).
+
+Not reproduced: the reference runs extra forwards that only move BatchNorm running statistics
+(the clean half at theta and at theta'); parameters are unaffected. ``mode="plain"`` is
+``hmlc_K`` (the whole clean batch is the meta batch, none of it trained on).
 """
 
 from __future__ import annotations
@@ -20,22 +31,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engines import lookahead_tangents, rng_snapshot
+from ..models import features, head, num_features
+from ..virtual_step import optimizer_step
 from .base import Batch, Method, StepOutput, meta_optimizer, register
 
 
-class LabelCorrectionNet(nn.Module):
-    def __init__(self, num_classes: int, hidden: int = 128, label_scale: float = 2.0) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(2 * num_classes, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-        self.label_scale = nn.Parameter(torch.tensor(float(label_scale)))
-        self.num_classes = num_classes
+class MetaNet(nn.Module):
+    """microsoft/MLC's MetaNet: [h, emb(y)] -> Linear - tanh - Linear - tanh - Linear - softmax."""
 
-    def forward(self, probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        onehot = F.one_hot(y, self.num_classes).to(probs)
-        return torch.softmax(self.net(torch.cat([probs, onehot], dim=1)) + self.label_scale * onehot, dim=1)
+    def __init__(self, feature_dim: int, num_classes: int, emb_dim: int = 64, hidden: int = 128) -> None:
+        super().__init__()
+        self.cls_emb = nn.Embedding(num_classes, emb_dim)
+        self.net = nn.Sequential(nn.Linear(feature_dim + emb_dim, hidden), nn.Tanh(),
+                                 nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, num_classes))
+        nn.init.xavier_uniform_(self.cls_emb.weight)
+        for i in (0, 2, 4):
+            nn.init.xavier_normal_(self.net[i].weight)
+            nn.init.zeros_(self.net[i].bias)
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.net(torch.cat([h, self.cls_emb(y)], dim=-1)), dim=-1)
 
 
 def soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy against a soft target: -sum_k t_k log softmax(z)_k."""
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
 
 
@@ -43,66 +62,47 @@ def soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class MLC(Method):
     name = "mlc"
     needs_clean = True
-    loss_is_global_sum = True  # sum over this rank's samples of soft CE / global batch size
-    options = {"hidden": 128, "label_scale": 2.0, "meta_lr": 1e-3, "meta_weight_decay": 0.0,
-               "meta_optimizer": "adam"}
+    loss_is_global_sum = True  # sums over this rank's samples / the global count
+    options = {"mode": "mix", "emb_dim": 64, "hidden": 128, "meta_lr": 3e-5, "meta_weight_decay": 0.0,
+               "meta_optimizer": "adam", "amsgrad": True}
+    choices = {"mode": ("mix", "plain"), "meta_optimizer": ("adam", "sgd")}
+    checkpointed = ("lcn", "meta_opt")
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
-        self.lcn: LabelCorrectionNet | None = None  # built on the first batch (needs K)
-        self.meta_opt = None
-        self._pending_state = None
+        param = next(model.parameters())
+        classifier = head(model)
+        self.lcn = MetaNet(num_features(model), classifier.out_features, int(self.opts["emb_dim"]),
+                           int(self.opts["hidden"])).to(device=param.device, dtype=param.dtype)
+        self.meta_opt = meta_optimizer(self.lcn.parameters(), self.opts["meta_optimizer"], self.opts["meta_lr"],
+                                       self.opts["meta_weight_decay"], amsgrad=self.opts["amsgrad"])
 
-    def _build(self, num_classes: int, like: torch.Tensor) -> None:
-        self.lcn = LabelCorrectionNet(num_classes, int(self.opts["hidden"]), float(self.opts["label_scale"]))
-        self.lcn.to(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float32)
-        self.meta_opt = meta_optimizer(self.lcn.parameters(), self.opts["meta_optimizer"],
-                                       self.opts["meta_lr"], self.opts["meta_weight_decay"])
-        if self._pending_state is not None:
-            self.lcn.load_state_dict(self._pending_state["lcn"])
-            self.meta_opt.load_state_dict(self._pending_state["meta_opt"])
-            self._pending_state = None
-
-    def corrected(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.lcn is None:
-            self._build(logits.shape[1], logits.detach())
-        dtype = next(self.lcn.parameters()).dtype
-        return self.lcn(torch.softmax(logits.detach().to(dtype), dim=1), y).to(logits.dtype)
-
-    def _global_n(self, y: torch.Tensor, sync) -> float:
-        return float(len(y)) if sync is None else float(sync.allsum(torch.tensor(float(len(y)), device=y.device)))
-
-    def meta_gradient(self, batch: Batch, logits: torch.Tensor, rng_state, n: float | None = None) -> torch.Tensor:
-        """Fill the LCN's .grad with dG/dpsi; return G(theta_hat). ``n``: the global batch size."""
-        lr = float(self.optimizer.param_groups[0]["lr"])
+    def _count(self, n: int, device) -> float:
         sync = self.sync()
-        n = self._global_n(batch.y, sync) if n is None else n
-        y_c = self.corrected(logits, batch.y)
-        val_loss, zdot = lookahead_tangents(self.model, batch.x, batch.x_val, batch.y_val,
-                                            soft_ce(logits, y_c.detach()).sum() / n, lr, rng_state, sync)
-        p = torch.softmax(logits.detach(), dim=1)
-        d_yc = (lr / n) * (zdot - (p * zdot).sum(dim=1, keepdim=True))
-        self.meta_opt.zero_grad(set_to_none=True)
-        y_c.backward(d_yc.to(y_c.dtype))
-        self.all_reduce_grads(self.lcn.parameters(), op="sum")
-        return val_loss
+        return float(n) if sync is None else float(sync.allsum(torch.tensor(float(n), device=device)))
 
     def loss(self, batch: Batch) -> StepOutput:
+        x_meta, y_meta, x_c, y_c = batch.x_val, batch.y_val, None, None
+        if self.opts["mode"] == "mix":  # first half: meta batch; second half: trained on
+            half = len(batch.y_val) // 2
+            x_meta, y_meta, x_c, y_c = batch.x_val[:half], batch.y_val[:half], batch.x_val[half:], batch.y_val[half:]
         rng_state = rng_snapshot(batch.x.device)
-        logits = self.model(batch.x)  # the real forward: BN statistics move once
-        n = self._global_n(batch.y, self.sync())  # one count per step, shared by both phases
-        val_loss = self.meta_gradient(batch, logits, rng_state, n)
+        h = features(self.model, batch.x)  # the real forward: BN statistics move once
+        logits = head(self.model)(h)
+        target = self.lcn(h.detach().to(next(self.lcn.parameters()).dtype), batch.y)
+        total = self._count(len(batch.y) + (0 if y_c is None else len(y_c)), batch.x.device)
+        silver = soft_ce(logits, target.detach().to(logits.dtype))
+        loss = silver.sum() / total
+        if y_c is not None and len(y_c):
+            loss = loss + F.cross_entropy(self.model(x_c), y_c, reduction="sum") / total
+        step = optimizer_step(self.model, self.optimizer)
+        val_loss, zdot = lookahead_tangents(self.model, batch.x, x_meta, y_meta, loss, step, rng_state, self.sync())
+        p = torch.softmax(logits.detach(), dim=1)
+        d_target = (zdot - (p * zdot).sum(dim=1, keepdim=True)) / total
+        self.meta_opt.zero_grad(set_to_none=True)
+        target.backward(d_target.to(target.dtype))
+        self.all_reduce_grads(self.lcn.parameters(), op="sum")
         self.meta_opt.step()
-        with torch.no_grad():
-            y_c = self.corrected(logits, batch.y)
-        conf = y_c.gather(1, batch.y[:, None]).squeeze(1)  # how much of the label survives
-        return StepOutput(soft_ce(logits, y_c).sum() / n, alpha=conf / n, beta=(1 - conf) / n,
-                          pseudo_labels=y_c.argmax(dim=1), extra={"val_loss": val_loss})
-
-    def state_dict(self) -> dict | None:
-        if self.lcn is None:
-            return None
-        return {"lcn": self.lcn.state_dict(), "meta_opt": self.meta_opt.state_dict()}
-
-    def load_state_dict(self, state: dict | None) -> None:
-        self._pending_state = state
+        conf = target.detach().gather(1, batch.y[:, None]).squeeze(1).to(logits.dtype)  # label kept
+        return StepOutput(loss, alpha=conf / total, beta=(1 - conf) / total,
+                          pseudo_labels=target.detach().argmax(dim=1), extra={"val_loss": val_loss})

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engines import _loss_grad_wrt_logits, lookahead_tangents, rng_snapshot
+from ..engines import lookahead_tangents, loss_grad_wrt_logits, rng_snapshot
+from ..virtual_step import plain_sgd_step
 from .base import Batch, Method, StepOutput, meta_optimizer, register
 
 
@@ -108,9 +109,10 @@ class MWNet(Method):
         w = self.raw_weights(losses)
         divisor, is_sum = self.normaliser(w)
         c = w.detach() / divisor
-        val_loss, zdot = lookahead_tangents(self.model, batch.x, batch.x_val, batch.y_val,
-                                            (c * losses).sum(), lr, rng_state, sync)
-        g = -lr * (_loss_grad_wrt_logits(logits, batch.y, None) * zdot).sum(dim=1)  # dG/dc_i
+        # the reference's virtual step is plain SGD at the current lr (update_params)
+        val_loss, zdot = lookahead_tangents(self.model, batch.x, batch.x_val, batch.y_val, (c * losses).sum(),
+                                            plain_sgd_step(self.model, lr), rng_state, sync)
+        g = -(loss_grad_wrt_logits(logits, batch.y, None) * zdot).sum(dim=1)  # dG/dc_i
         # c_i = w_i / W: dG/dphi = (1/W) sum_j (g_j - S) dw_j/dphi with S = sum_i g_i c_i (the
         # cross term of the normaliser; S = 0 for the fixed divisor n)
         if is_sum:

@@ -4,7 +4,7 @@ Every entry takes the same arguments (timm-style); ``width`` is the model's size
 channels, or hidden units of the MLP) and ``None`` keeps its default. Every model splits into
 ``forward_features(x)`` (the penultimate features, e.g. what MLC's label-correction net reads)
 and ``head`` (the classifier), as timm's models do: ``features(model, x)`` and ``head(model)``
-work on all of them, torchvision's ResNets included.
+work on all of them, torchvision's ResNets and a Sequential ending in a Linear included.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     torchvision ResNet everything up to its ``fc``."""
     if hasattr(model, "forward_features"):
         return model.forward_features(x)
+    if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear):
+        return model[:-1](x)
     if all(hasattr(model, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer4", "avgpool", "fc")):
         x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
         x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
@@ -72,6 +74,8 @@ def head(model: nn.Module) -> nn.Module:
     """The classifier that maps ``features(model, x)`` to logits."""
     if hasattr(model, "head"):
         return model.head
+    if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear):
+        return model[-1]
     if hasattr(model, "fc"):
         return model.fc
     raise TypeError(f"{type(model).__name__} has no head; give it one (and forward_features) to use it here")
