@@ -244,3 +244,75 @@ def test_mlc_defaults_are_main_py():
     assert isinstance(method.meta_opt, torch.optim.Adam) and d["amsgrad"] and d["lr"] == 3e-5 and d["weight_decay"] == 0
     assert method.lcn.cls_emb.embedding_dim == 64 and method.lcn.net[0].out_features == 128
     assert isinstance(method.lcn.net[1], nn.Tanh)
+
+
+# ----------------------------------------------------------------------------- GLC
+
+
+def test_glc_equals_train_ours_phase_1_estimate_and_phase_2():
+    """train_ours.py: phase 1 on silver from the saved init, C_hat from gold with the test
+    transform in eval mode, reset to the init, phase 2 on the gold+silver stream with the SAME
+    optimizer object, loss (loss_g + loss_s) / batch_size."""
+    from l2b.methods.base import SetupContext
+
+    ours, theirs = model_pair()
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)  # train_ours.py's optimizer
+    opt_ours, optimizer = torch.optim.SGD(ours.parameters(), **sgd), torch.optim.SGD(theirs.parameters(), **sgd)
+    steps = digit_batches(n=24, m=40, steps=2)
+    silver = [(x, y) for x, y, _, _ in steps]
+    gold = (torch.cat([xv for *_, xv, _ in steps]), torch.cat([yv for *_, yv in steps]))
+    batch_size = 32
+
+    # --- reference
+    init = copy.deepcopy(theirs.state_dict())
+    theirs.train()
+    for data, target in silver:  # train_phase1 (one epoch, constant lr)
+        loss = F.cross_entropy(theirs(data), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    theirs.eval()  # get_C_hat_transpose on the deterministic (test-transform) gold loader
+    with torch.no_grad():
+        probs = F.softmax(theirs(gold[0]), dim=1)
+    assert len(set(gold[1].tolist())) == 10  # every class has gold samples (else the reference divides by 0)
+    C_hat = torch.stack([probs[gold[1] == label].mean(0) for label in range(10)])
+    C_hat_transpose = C_hat.T
+    theirs.load_state_dict(init)
+    theirs.train()
+    stream = []  # train_all_loader batches: gold and silver mixed, a gold mask per sample
+    for (xs, ys), (xg, yg) in zip(silver, ((gold[0][i::2], gold[1][i::2]) for i in range(2))):
+        x = torch.cat([xs[:20], xg[:4]])
+        y = torch.cat([ys[:20], yg[:4]])
+        is_gold = torch.cat([torch.zeros(20, dtype=torch.bool), torch.ones(4, dtype=torch.bool)])
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(len(stream)))
+        stream.append((x[perm], y[perm], is_gold[perm]))
+    for x, y, is_gold in stream:  # train_phase2
+        optimizer.zero_grad()
+        output_s = theirs(x[~is_gold])
+        pre1 = C_hat_transpose[y[~is_gold]]
+        pre2 = torch.mul(F.softmax(output_s, dim=1), pre1)
+        loss_s = -(torch.log(pre2.sum(1))).sum(0)
+        output_g = theirs(x[is_gold])
+        loss_g = F.cross_entropy(output_g, y[is_gold], reduction="sum")
+        loss = (loss_g + loss_s) / batch_size
+        loss.backward()
+        optimizer.step()
+
+    # --- ours
+    method = create_method("glc", ours, opt_ours)
+    method.batch_size = batch_size
+    ctx = SetupContext(
+        new_model=lambda: pytest.fail("GLC must start phase 1 from the run's initial weights"),
+        new_optimizer=lambda m: torch.optim.SGD(m.parameters(), **sgd),
+        train_batches=lambda e: ((x, y, None, len(y)) for x, y in silver),
+        clean_batches=lambda e: pytest.fail("C is estimated with the test transform"),
+        clean_eval_batches=lambda: iter([(gold[0], gold[1], None, len(gold[1]))]),
+        lr_at=lambda e, s, n: 0.1, epochs=1, num_classes=10, train_steps=len(silver), clean_steps=1,
+        log=lambda text: None)
+    before = {n: p.detach().clone() for n, p in ours.named_parameters()}
+    method.setup(ctx)
+    assert not changed(ours, before)  # phase 2 starts from the initial weights
+    torch.testing.assert_close(method.corruption, C_hat.double(), rtol=1e-12, atol=1e-15)
+    for x, y, is_gold in stream:
+        trainer_step(method, opt_ours, Batch(x, y, torch.arange(len(y)), trusted=is_gold))
+    assert_same_parameters(ours, theirs)

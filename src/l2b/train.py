@@ -266,6 +266,14 @@ class TensorData:
             yield normalize_batch(x[local], self.mean, self.std), self.y[idx[local]], idx[local], len(idx)
 
 
+def union(a, b):
+    """One split holding ``a``'s samples, then ``b``'s (GLC's stream over silver and gold)."""
+    if isinstance(a, TensorData):
+        return TensorData(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]).cpu().numpy(), a.x.device, a.mean, a.std,
+                          a.augment, a.shard)
+    return FileData(a.ds, a.items + b.items, [y for _, y in a.items + b.items], a.device, a.workers, a.shard)
+
+
 class FileData:
     """An image-file split streamed by a DataLoader (decode, resize, crop, flip in workers);
     under data parallelism each rank loads only its slice of every global batch."""
@@ -475,6 +483,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     method = create_method(cfg.method, model, optimizer, **cfg.method_options())
     method.distributed = sync is not None
+    method.batch_size = cfg.batch_size
+    noisy_data = train_data
+    if method.trains_on_clean:  # one shuffled stream over the noisy and the clean samples
+        train_data = union(noisy_data, val_data)
     clean = (CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed)
              if method.needs_clean and method.clean_per_step else None)
 
@@ -493,13 +505,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             new_model=new_model,
             new_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                                     weight_decay=cfg.weight_decay, nesterov=cfg.nesterov),
-            train_batches=lambda e: train_data.epoch(cfg.batch_size, cfg.seed * 15485863 + e, augment=True,
+            train_batches=lambda e: noisy_data.epoch(cfg.batch_size, cfg.seed * 15485863 + e, augment=True,
                                                      whole=True),
             clean_batches=lambda e: val_data.epoch(cfg.val_batch_size or cfg.batch_size, cfg.seed * 32452843 + e,
                                                    augment=True, whole=True),
+            clean_eval_batches=lambda: val_data.epoch(cfg.eval_batch_size, 0, augment=False, whole=True),
             lr_at=lambda e, s, n: lr_at(cfg, e, s, n),
             epochs=cfg.epochs, num_classes=ds.num_classes,
-            train_steps=len(global_batches(torch.arange(len(train_data)), cfg.batch_size)),
+            train_steps=len(global_batches(torch.arange(len(noisy_data)), cfg.batch_size)),
             clean_steps=len(global_batches(torch.arange(n_clean_epoch), cfg.val_batch_size or cfg.batch_size)),
             log=(lambda text: print(text, flush=True)) if cfg.progress != "none" else (lambda text: None),
         ))
@@ -557,7 +570,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                 group["lr"] = lr_at(cfg, epoch, step, steps_per_epoch)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 progress = epoch + step / steps_per_epoch
-                if warm or clean is None:
+                if method.trains_on_clean:
+                    batch = Batch(x, y, idx, epoch=progress, trusted=idx >= len(noisy_data))
+                elif warm or clean is None:
                     batch = Batch(x, y, idx, epoch=progress)
                 else:
                     batch = Batch(x, y, idx, *clean.next(), epoch=progress)

@@ -23,6 +23,7 @@ class Batch:
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
     epoch: float = 0.0  # training progress in epochs (e.g. 2.5: half-way through the third)
+    trusted: torch.Tensor | None = None  # methods with trains_on_clean: which samples are clean
 
 
 @dataclass
@@ -56,6 +57,7 @@ class SetupContext:
     train_steps: int  # batches per epoch of train_batches
     clean_steps: int  # batches per epoch of clean_batches
     log: Callable[[str], None] = print
+    clean_eval_batches: Callable[[], Any] | None = None  # the clean set without augmentation
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[int], Any], epochs: int,
@@ -89,6 +91,10 @@ class Method:
     name: str = ""
     needs_clean: bool = False  # requires a clean set (for setup or for every step)
     clean_per_step: bool = True  # with needs_clean: every Batch carries a clean batch
+    # the training stream is the noisy AND the clean samples, shuffled together; Batch.trusted
+    # marks the clean ones (GLC)
+    trains_on_clean: bool = False
+    batch_size: int | None = None  # the run's nominal batch size, set by the trainer
     meta: bool = False
     options: dict[str, Any] = {}
     # True when ``loss`` is a sum over the GLOBAL batch (weights normalised across ranks), False

@@ -1,14 +1,26 @@
 """Gold Loss Correction (Hendrycks et al., "Using Trusted Data to Train Deep Networks on Labels
-Corrupted by Severe Noise", NeurIPS 2018).
+Corrupted by Severe Noise", NeurIPS 2018), as mmazeika/glc ``CIFAR/train_ours.py``.
 
-Setup: a model of the run's architecture is trained with cross-entropy on the noisy labels
-(``estimate_epochs``, default the run's epochs); the corruption matrix is estimated on the
-trusted (clean) set as C[i, j] = mean over trusted x of true class i of p(noisy label j | x)
-(their Eq. 3). Training: a fresh model; on noisy samples the forward-corrected loss
--log((softmax(z) @ C)[y_noisy]), on trusted samples plain cross-entropy, averaged over both.
+Phase 1 (setup): the network, from the run's initial weights, trains with cross-entropy on the
+noisy ("silver") samples only, with the run's optimizer and schedule
+(``estimate_epochs``, default the run's epochs). C is estimated on the trusted ("gold") set
+with the test transform (no augmentation), in eval mode: C[i, j] = mean over gold x of true class
+i of p(label j | x).
+
+Phase 2 (the run): the network restarts from the SAME initial weights, and the optimizer keeps
+its state (momentum buffers) from phase 1, as the reference reuses one optimizer object. The
+training stream is one shuffled pass over gold and silver together, so gold samples make up
+their natural share of each batch. Each batch's silver and gold parts go through the network
+separately, and the loss is
+
+    (sum_gold CE(z, y) + sum_silver -log((softmax(z) @ C)[y])) / batch_size,
+
+with the run's nominal batch size, as the reference divides by ``args.batch_size``.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -36,16 +48,21 @@ def estimate_corruption(model: torch.nn.Module, batches, num_classes: int) -> to
 
 def forward_corrected_nll(logits: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Per-sample -log p(noisy y | x) with p(noisy | x) = softmax(z) @ C (rows: true class)."""
-    p_noisy = torch.softmax(logits.float(), dim=1) @ c.to(logits.device, torch.float32)
-    return -torch.log(p_noisy.gather(1, y[:, None]).squeeze(1).clamp(min=1e-12))
+    z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    p_noisy = torch.softmax(z, dim=1) @ c.to(z.device, z.dtype)
+    return -torch.log(p_noisy.gather(1, y[:, None]).squeeze(1))
 
 
 @register
 class GLC(Method):
     name = "glc"
     needs_clean = True
+    clean_per_step = False
+    trains_on_clean = True
     has_setup = True
+    loss_is_global_sum = True  # sums over this rank's samples / the nominal global batch size
     options = {"estimate_epochs": None}
+    option_types = {"estimate_epochs": int}
     checkpointed = ("corruption",)
 
     def __init__(self, model, optimizer, **options) -> None:
@@ -53,17 +70,24 @@ class GLC(Method):
         self.corruption: torch.Tensor | None = None
 
     def setup(self, ctx: SetupContext) -> None:
-        estimator = ctx.new_model()
+        estimator = copy.deepcopy(self.model)  # the run's initial weights (phase 2 restarts from them)
+        est_opt = ctx.new_optimizer(estimator)
         epochs = int(self.opts["estimate_epochs"] or ctx.epochs)
-        fit(estimator, ctx.new_optimizer(estimator), ctx.train_batches, epochs, ctx.train_steps,
-            ctx.lr_at, ctx.log, what="GLC estimator (noisy labels)")
-        self.corruption = estimate_corruption(estimator, ctx.clean_batches(0), ctx.num_classes)
+        fit(estimator, est_opt, ctx.train_batches, epochs, ctx.train_steps, ctx.lr_at, ctx.log,
+            what="GLC phase 1 (noisy labels)")
+        clean = ctx.clean_eval_batches() if ctx.clean_eval_batches is not None else ctx.clean_batches(0)
+        self.corruption = estimate_corruption(estimator, clean, ctx.num_classes)
+        self.optimizer.load_state_dict(est_opt.state_dict())  # one optimizer for both phases
 
     def loss(self, batch: Batch) -> StepOutput:
         if self.corruption is None:
             raise RuntimeError("glc: the corruption matrix is not estimated; the trainer calls setup() first")
-        logits = self.model(torch.cat([batch.x, batch.x_val]))
-        n = len(batch.y)
-        noisy = forward_corrected_nll(logits[:n], batch.y, self.corruption)
-        trusted = F.cross_entropy(logits[n:], batch.y_val, reduction="none")
-        return StepOutput(torch.cat([noisy, trusted]).mean())
+        gold = batch.trusted if batch.trusted is not None else torch.zeros_like(batch.y, dtype=torch.bool)
+        total = batch.x.new_zeros(())
+        if (~gold).any():
+            silver_logits = self.model(batch.x[~gold])
+            total = total + forward_corrected_nll(silver_logits, batch.y[~gold], self.corruption).sum()
+        if gold.any():
+            total = total + F.cross_entropy(self.model(batch.x[gold]), batch.y[gold], reduction="sum")
+        # the nominal global batch size (under torchrun too: the ranks' sums add up)
+        return StepOutput(total / (self.batch_size or len(batch.y)))
