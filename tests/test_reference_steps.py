@@ -316,3 +316,173 @@ def test_glc_equals_train_ours_phase_1_estimate_and_phase_2():
     for x, y, is_gold in stream:
         trainer_step(method, opt_ours, Batch(x, y, torch.arange(len(y)), trusted=is_gold))
     assert_same_parameters(ours, theirs)
+
+
+# ----------------------------------------------------------------------------- bootstrap, mixup
+
+
+def test_bootstrap_default_is_the_papers_hard_eq_2():
+    """L2B paper Eq. 2 / Reed et al.'s hard bootstrapping, beta = 0.8, SGD steps."""
+    ours, theirs = model_pair()
+    opt_ours, opt_theirs = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4) for m in (ours, theirs))
+    method = create_method("bootstrap", ours, opt_ours)
+    assert method.opts == {"beta": 0.8, "mode": "hard"}
+    for x, y, _, _ in digit_batches():
+        logits = theirs(x)
+        z = F.one_hot(logits.max(1)[1], 10).double()  # the model's hard prediction, no gradient
+        target = 0.8 * F.one_hot(y, 10).double() + 0.2 * z
+        loss = -(target * F.log_softmax(logits, 1)).sum(1).mean()
+        opt_theirs.zero_grad()
+        loss.backward()
+        opt_theirs.step()
+        trainer_step(method, opt_ours, batch_of(x, y))
+    assert_same_parameters(ours, theirs)
+
+
+def test_mixup_baseline_equals_the_authors_baseline_branch():
+    """yuyinzhou/L2B main.py --baseline --mixup: lam ~ Beta(32, 32), a permutation, and
+    criterion(outputs, labels) * lam + criterion(outputs, labels_shuffel) * (1 - lam)."""
+    ours, theirs = model_pair()
+    opt_ours, opt_theirs = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4) for m in (ours, theirs))
+    method = create_method("mixup", ours, opt_ours, alpha=32.0)
+    for x, y, _, _ in digit_batches():
+        out = method.loss(batch_of(x, y))
+        lam, indices = out.extra["lam"], out.extra["perm"]
+        opt_ours.zero_grad()
+        out.loss.backward()
+        opt_ours.step()
+        image = x * lam + x[indices] * (1 - lam)
+        outputs = theirs(image)
+        l_f = F.cross_entropy(outputs, y) * lam + F.cross_entropy(outputs, y[indices]) * (1 - lam)
+        opt_theirs.zero_grad()
+        l_f.backward()
+        opt_theirs.step()
+    assert_same_parameters(ours, theirs)
+
+
+# ----------------------------------------------------------------------------- L2RW, L2B options
+
+
+def ref_l2rw_ren_step(model, optimizer, x, y, x_val, y_val, lr):
+    """Ren et al.'s reweight_autodiff (uber-research/learning-to-reweight-examples): ex_wts = 0,
+    a plain SGD virtual step on sum(ex_wts * loss), the clean mean loss at the new parameters,
+    w = max(-grad, 0) / (sum + [sum == 0]); the real step on sum(w * loss)."""
+    names, params = zip(*model.named_parameters())
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    ex_wts = torch.zeros(len(y), dtype=torch.float64, requires_grad=True)
+    loss = (ex_wts * F.cross_entropy(functional_call(model, (dict(zip(names, params)), buffers), (x,)), y,
+                                     reduction="none")).sum()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    new = {n: p - lr * g for n, p, g in zip(names, params, grads)}
+    val_loss = F.cross_entropy(functional_call(model, (new, buffers), (x_val,)), y_val)
+    grads_ex_wts = torch.autograd.grad(val_loss, ex_wts)[0]
+    ex_weight = torch.clamp(-grads_ex_wts, min=0)
+    ex_weight_sum = ex_weight.sum()
+    ex_weight_sum = ex_weight_sum + (ex_weight_sum == 0).double()
+    ex_weight_norm = ex_weight / ex_weight_sum
+    real = (ex_weight_norm.detach() * F.cross_entropy(model(x), y, reduction="none")).sum()
+    optimizer.zero_grad()
+    real.backward()
+    optimizer.step()
+
+
+def test_l2rw_with_virtual_step_sgd_is_ren_et_al():
+    ours, theirs = model_pair()
+    opt_ours, opt_theirs = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (ours, theirs))
+    method = create_method("l2rw", ours, opt_ours, virtual_step="sgd")
+    for x, y, xv, yv in digit_batches():
+        ref_l2rw_ren_step(theirs, opt_theirs, x, y, xv, yv, 0.1)
+        trainer_step(method, opt_ours, batch_of(x, y, xv, yv))
+    assert_same_parameters(ours, theirs)
+
+
+def test_isic_and_hard_normalisations_are_the_authors_expressions():
+    """main.py: L2RW's ISIC branch (clamp, sigmoid, / (sum + 1e-10)) and --hard_weight (softmax
+    of the 2n raw weights without temperature, entries <= --temperature zeroed)."""
+    from l2b.normalize import normalize_weights
+
+    g = torch.Generator().manual_seed(0)
+    ra, rb = torch.randn(16, generator=g, dtype=torch.float64) * 1e-3, torch.randn(16, generator=g, dtype=torch.float64) * 1e-3
+    w_tilde = torch.sigmoid(torch.clamp(ra, min=0))
+    expect = w_tilde / (torch.sum(w_tilde) + 1e-10)
+    alpha, beta = normalize_weights(ra, rb, normalize="isic", constraint="beta=0")
+    torch.testing.assert_close(alpha, expect, rtol=1e-14, atol=0)
+    assert (beta == 0).all()
+    their_temperature = 0.03125  # their flag doubles as the threshold (here: 1 / 2n)
+    w = F.softmax(torch.cat([ra, rb]), dim=-1)
+    expect = torch.where(w <= their_temperature, torch.zeros_like(w), w)
+    alpha, beta = normalize_weights(ra, rb, normalize="hard", temperature=1.0, threshold=their_temperature)
+    torch.testing.assert_close(torch.cat([alpha, beta]), expect, rtol=1e-14, atol=0)
+    assert 0 < (expect > 0).sum() < 32
+
+
+def test_l2b_mixup_follows_the_authors_f_mixed_g_not():
+    """main.py --reweight_label --mixup: cost1 mixed, cost2 = criterion(y_f_hat, pesudo_labels)
+    unmixed; the real loss sum(weight * cost) with the same split."""
+    from l2b.engines import split_loss_fn
+    from l2b.methods.meta import mixup_loss_fn
+
+    model, _ = model_pair()
+    method = create_method("l2b", model, torch.optim.SGD(model.parameters(), lr=0.1), mixup_alpha=32.0)
+    calls = {}
+    import l2b.methods.meta as meta_module
+
+    real = meta_module.bootstrap_loss
+
+    def spy(mw, y, loss_fn=None):
+        calls["loss_fn"] = loss_fn
+        return real(mw, y, loss_fn)
+
+    meta_module.bootstrap_loss = spy
+    try:
+        x, y, xv, yv = digit_batches()[0]
+        method.loss(batch_of(x, y, xv, yv))
+    finally:
+        meta_module.bootstrap_loss = real
+    f_fn, g_fn = split_loss_fn(calls["loss_fn"])
+    assert f_fn is not None and g_fn is None  # g: plain CE against the mixed input's argmax
+    z = torch.randn(4, 10, dtype=torch.float64)
+    t = torch.tensor([1, 2, 3, 4])
+    perm = torch.tensor([3, 2, 1, 0])
+    torch.testing.assert_close(mixup_loss_fn(0.3, perm)(z, t),
+                               F.cross_entropy(z, t, reduction="none") * 0.3 + F.cross_entropy(z, t[perm], reduction="none") * 0.7)
+    mixed = create_method("l2b", model, torch.optim.SGD(model.parameters(), lr=0.1), mixup_alpha=32.0, mixup_pseudo="mixed")
+    assert mixed.opts["mixup_pseudo"] == "mixed"
+
+
+def test_l2b_warmup_with_mixup_mixes():
+    model, _ = model_pair()
+    method = create_method("l2b", model, torch.optim.SGD(model.parameters(), lr=0.1), mixup_alpha=32.0)
+    x, y, _, _ = digit_batches()[0]
+    torch.manual_seed(3)
+    got = method.warmup_loss(batch_of(x, y))
+    torch.manual_seed(3)
+    lam = float(torch.distributions.Beta(32.0, 32.0).sample())
+    perm = torch.randperm(len(y))
+    out = model(lam * x + (1 - lam) * x[perm])
+    torch.testing.assert_close(got, F.cross_entropy(out, y) * lam + F.cross_entropy(out, y[perm]) * (1 - lam))
+    plain = create_method("l2b", model, torch.optim.SGD(model.parameters(), lr=0.1))
+    torch.testing.assert_close(plain.warmup_loss(batch_of(x, y)), F.cross_entropy(model(x), y))
+
+
+@pytest.mark.parametrize("option, value", [("normalize", "softmx"), ("engine", "jpv"), ("virtual_step", "adam"),
+                                           ("meta_sampling", "fresh")])
+def test_bad_meta_option_values_fail_in_validation(option, value):
+    from l2b.train import TrainConfig
+
+    with pytest.raises(ValueError, match=f"{option}={value!r} is not one of"):
+        TrainConfig(method="l2b", method_args={option: value}).validate()
+
+
+def test_meta_sampling_random_draws_a_fresh_batch_each_step(tmp_path):
+    from l2b.train import TrainConfig, train
+
+    base = dict(data="digits", model="mlp", width=16, epochs=2, batch_size=64, val_per_class=10, val_batch_size=20,
+                progress="none", method="l2b")
+    a = train(TrainConfig(**base, out=str(tmp_path / "cycle")))
+    b = train(TrainConfig(**base, method_args={"meta_sampling": "random"}, out=str(tmp_path / "random")))
+    c = TrainConfig(**base, method_args={"meta_sampling": "random"}, out=str(tmp_path / "resumed"))
+    train(c, stop_after_epoch=0)
+    r = train(c, resume=True)
+    assert a["history"][-1]["train_loss"] != b["history"][-1]["train_loss"]
+    assert [h["test_acc"] for h in r["history"]] == [h["test_acc"] for h in b["history"]]

@@ -31,7 +31,8 @@ from torch.func import functional_call
 
 from .virtual_step import VirtualStep, plain_sgd_step
 
-# loss_fn(logits, targets) -> per-sample losses of shape (n,)
+# loss_fn(logits, targets) -> per-sample losses of shape (n,); or a pair (f, g) of them: f for the
+# observed labels, g for the pseudo-labels (the authors' mixup mixes f only)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -50,6 +51,11 @@ def _validation_loss(
     """G = mean cross-entropy on the validation batch at the given parameters (Alg. 1, line 8)."""
     logits = functional_call(model, {**params, **_cloned_buffers(model)}, (x_val,))
     return F.cross_entropy(logits, y_val, reduction=reduction)
+
+
+def split_loss_fn(loss_fn):
+    """(f's loss, g's loss) from a loss_fn or a pair of them; None stands for cross-entropy."""
+    return tuple(loss_fn) if isinstance(loss_fn, (tuple, list)) else (loss_fn, loss_fn)
 
 
 def loss_grad_wrt_logits(
@@ -131,8 +137,9 @@ def raw_weights_jvp(
         zdot = torch.zeros_like(logits)
     zdot = zdot.detach()
     pseudo = logits.detach().argmax(dim=1)
-    raw_alpha = (loss_grad_wrt_logits(logits, y, loss_fn) * zdot).sum(dim=1)
-    raw_beta = (loss_grad_wrt_logits(logits, pseudo, loss_fn) * zdot).sum(dim=1)
+    f_fn, g_fn = split_loss_fn(loss_fn)
+    raw_alpha = (loss_grad_wrt_logits(logits, y, f_fn) * zdot).sum(dim=1)
+    raw_beta = (loss_grad_wrt_logits(logits, pseudo, g_fn) * zdot).sum(dim=1)
     return raw_alpha, raw_beta, logits, val_loss.detach()
 
 
@@ -221,14 +228,14 @@ def raw_weights_unroll(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if sync is not None:
         raise ValueError("engine='unroll' does not run across processes; use engine='jvp' or 'jvp-lean'")
-    loss_fn = loss_fn or per_sample_ce
+    f_fn, g_fn = (fn or per_sample_ce for fn in split_loss_fn(loss_fn))
     with torch.enable_grad():
         logits = model(x)  # the one training forward; its graph also serves the real step
         pseudo = logits.detach().argmax(dim=1)
         n = logits.shape[0]
         eps_alpha = torch.zeros(n, dtype=logits.dtype, device=logits.device, requires_grad=True)
         eps_beta = torch.zeros(n, dtype=logits.dtype, device=logits.device, requires_grad=True)
-        virtual_loss = (eps_alpha * loss_fn(logits, y) + eps_beta * loss_fn(logits, pseudo)).sum()
+        virtual_loss = (eps_alpha * f_fn(logits, y) + eps_beta * g_fn(logits, pseudo)).sum()
         grads = torch.autograd.grad(
             virtual_loss, step.params, create_graph=True, allow_unused=True
         )

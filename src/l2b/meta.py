@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engines import ENGINES, LossFn
+from .engines import ENGINES, LossFn, split_loss_fn
 from .normalize import check_options, normalize_weights
 from .virtual_step import optimizer_step, plain_sgd_step
 
@@ -90,7 +90,8 @@ def meta_weights(
         engine: ``"jvp"`` (exact first-order identity, default) or ``"unroll"`` (second-order
             reference).
         loss_fn: per-sample training loss ``loss_fn(logits, targets) -> (n,)``; cross-entropy by
-            default. Use the same one in ``bootstrap_loss``.
+            default; or a pair ``(f, g)``: f against the observed labels, g against the
+            pseudo-labels (None in the pair: cross-entropy). Use the same one in ``bootstrap_loss``.
         distributed: the batches are this rank's shards of a global batch (torch.distributed
             initialised): the validation gradient and the normalisation are all-reduced so the
             weights equal one process's on the global batch (see ``l2b.distributed``); the real
@@ -146,10 +147,8 @@ def bootstrap_loss(mw: MetaWeights, y: torch.Tensor, loss_fn: LossFn | None = No
     f_i is the loss against the observed label ``y_i`` and g_i against the pseudo-label; the
     weights already sum to one over the batch, so this is a weighted SUM, not a mean.
     """
-    if loss_fn is None:
-        logp = F.log_softmax(mw.logits, dim=1)
-        f = -logp.gather(1, y[:, None]).squeeze(1)
-        g = -logp.gather(1, mw.pseudo_labels[:, None]).squeeze(1)
-    else:
-        f, g = loss_fn(mw.logits, y), loss_fn(mw.logits, mw.pseudo_labels)
+    f_fn, g_fn = split_loss_fn(loss_fn)
+    logp = F.log_softmax(mw.logits, dim=1)
+    f = -logp.gather(1, y[:, None]).squeeze(1) if f_fn is None else f_fn(mw.logits, y)
+    g = -logp.gather(1, mw.pseudo_labels[:, None]).squeeze(1) if g_fn is None else g_fn(mw.logits, mw.pseudo_labels)
     return (mw.alpha * f).sum() + (mw.beta * g).sum()

@@ -66,6 +66,14 @@ def sigmoid_normalize(w: torch.Tensor, *, allsum=_local, **_: object) -> torch.T
     return s / allsum(s.sum(dim=-1, keepdim=True))
 
 
+def isic_normalize(w: torch.Tensor, *, allsum=_local, **_: object) -> torch.Tensor:
+    """The authors' ISIC branch of L2RW (yuyinzhou/L2B main.py, ``dataset == 'ISIC'``): clamp at
+    zero, sigmoid, divide by the total. A clamped weight becomes sigmoid(0) = 0.5 before the
+    division, so no sample gets zero weight."""
+    s = torch.sigmoid(w.clamp(min=0))
+    return s / (allsum(s.sum(dim=-1, keepdim=True)) + SUM_EPS)
+
+
 def hard_normalize(w: torch.Tensor, *, temperature: float = 1.0, threshold: float | None = None,
                    allsum=_local, allmax=_local, **_: object) -> torch.Tensor:
     """Softmax, then entries at or below ``threshold`` set to zero, without renormalising.
@@ -84,6 +92,7 @@ NORMALIZERS: dict[str, Callable[..., torch.Tensor]] = {
     "softmax": softmax_normalize,
     "sigmoid": sigmoid_normalize,
     "hard": hard_normalize,
+    "isic": isic_normalize,
 }
 
 # None: alpha, beta >= 0 jointly normalised (L2B). "beta=0": L2RW (Ren et al. 2018).

@@ -300,11 +300,13 @@ class FileData:
 
 
 class CleanBatches:
-    """Validation batches for meta methods: cycle through the whole clean set, reshuffling once
-    per pass (never a fresh iterator per step: SPEC §8). Its position is checkpointed."""
+    """Clean batches for meta methods. ``cycle`` (default): through the whole clean set,
+    reshuffling once per pass, so every clean sample is used equally. ``random``: a fresh random
+    batch each step, as the authors' ``next(iter(metaloader))`` draws. Its position is
+    checkpointed."""
 
-    def __init__(self, data, batch_size: int, seed: int) -> None:
-        self.data, self.batch_size, self.seed = data, batch_size, seed
+    def __init__(self, data, batch_size: int, seed: int, sampling: str = "cycle") -> None:
+        self.data, self.batch_size, self.seed, self.sampling = data, batch_size, seed, sampling
         self.passes, self.position, self._it = 0, 0, None
 
     def _start(self):
@@ -313,6 +315,11 @@ class CleanBatches:
             next(self._it)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sampling == "random":  # the first batch of a fresh shuffle, seeded by the step
+            x, y, _, _ = next(iter(self.data.epoch(self.batch_size, self.seed * 7919 + 104729 + self.position,
+                                                   augment=True)))
+            self.position += 1
+            return x, y
         if self._it is None:
             self._start()
         try:
@@ -487,7 +494,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     noisy_data = train_data
     if method.trains_on_clean:  # one shuffled stream over the noisy and the clean samples
         train_data = union(noisy_data, val_data)
-    clean = (CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed)
+    clean = (CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed,
+                          method.opts.get("meta_sampling", "cycle"))
              if method.needs_clean and method.clean_per_step else None)
 
     history: list[dict] = []
@@ -577,9 +585,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                 else:
                     batch = Batch(x, y, idx, *clean.next(), epoch=progress)
                 if warm:
-                    logits = model(x)
                     result = None
-                    loss = F.cross_entropy(logits, y)
+                    loss = method.warmup_loss(batch)
                 else:
                     result = method.loss(batch)
                     loss = result.loss

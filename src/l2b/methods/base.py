@@ -172,6 +172,12 @@ class Method:
             else:
                 setattr(self, name, value)
 
+    def warmup_loss(self, batch: Batch) -> torch.Tensor:
+        """The loss of a warm-up step (``warmup_epochs``): mean cross-entropy on the noisy labels."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(self.model(batch.x), batch.y)
+
     def loss(self, batch: Batch) -> StepOutput:
         raise NotImplementedError
 

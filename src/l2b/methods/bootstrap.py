@@ -3,7 +3,8 @@ Bootstrapping", ICLR 2015 workshop), the fixed-beta ancestor of L2B (paper Eq. 2
 
 soft: target t = beta * onehot(y) + (1 - beta) * p, p = softmax(z), loss = -sum_k t_k log p_k.
 hard: target t = beta * onehot(y) + (1 - beta) * onehot(argmax p).
-beta = 0.8 as in the paper's footnote. In the soft form the prediction inside the target is NOT
+The default is HARD with beta = 0.8: the L2B paper's Eq. 2 and its footnote. Reed et al.'s soft
+form used beta = 0.95 (``mode=soft beta=0.95``). In the soft form the prediction inside the target is NOT
 detached: -sum_k (beta y_k + (1 - beta) p_k) log p_k = beta CE(y) + (1 - beta) H(p), the
 "minimum-entropy regularisation" Reed et al. describe. (Detaching it would make the gradient
 beta (p - y), i.e. plain CE scaled by beta.) The hard target is piecewise constant.
@@ -27,7 +28,8 @@ def bootstrap_target(logits: torch.Tensor, y: torch.Tensor, beta: float, mode: s
 @register
 class Bootstrap(Method):
     name = "bootstrap"
-    options = {"beta": 0.8, "mode": "soft"}
+    options = {"beta": 0.8, "mode": "hard"}
+    choices = {"mode": ("hard", "soft")}
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)

@@ -21,6 +21,20 @@ META_OPTIONS = {
     "virtual_step": "optimizer",  # optimizer (authors' code) | sgd (paper Eq. 5)
     "engine": "jvp",  # jvp (exact first-order identity) | unroll (second-order reference)
     "mixup_alpha": 0.0,  # > 0: mixup inside L2B (the authors' --mixup option), lam ~ Beta(a, a)
+    # mixup: the pseudo-label loss g on the mixed input against its own argmax, unmixed (authors'
+    # main.py: cost2 = criterion(y_f_hat, pesudo_labels)), or "mixed" like f
+    "mixup_pseudo": "plain",
+    # clean batches: "cycle" through the clean set, reshuffled each pass; "random": a fresh random
+    # batch each step (the authors' next(iter(metaloader)))
+    "meta_sampling": "cycle",
+}
+META_CHOICES = {
+    "normalize": ("sum", "softmax", "sigmoid", "hard", "isic"),
+    "constraint": (None, "alpha=0", "beta=0", "alpha+beta=1"),
+    "virtual_step": ("optimizer", "sgd"),
+    "engine": ("jvp", "jvp-lean", "unroll"),
+    "mixup_pseudo": ("plain", "mixed"),
+    "meta_sampling": ("cycle", "random"),
 }
 
 
@@ -43,14 +57,27 @@ class L2B(Method):
     meta = True
     loss_is_global_sum = True
     options = dict(META_OPTIONS)
+    option_types = {"threshold": float, "constraint": str}
+    choices = META_CHOICES
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
         self.step_helper = L2BStep(model, optimizer, **self.meta_options())
 
     def meta_options(self) -> dict:
-        options = {k: v for k, v in self.opts.items() if k != "mixup_alpha"}
+        options = {k: v for k, v in self.opts.items() if k not in ("mixup_alpha", "mixup_pseudo", "meta_sampling")}
         return {**options, "temperature": float(options["temperature"])}
+
+    def warmup_loss(self, batch: Batch) -> torch.Tensor:
+        """Warm-up is plain mean cross-entropy; with mixup, on mixed inputs against mixed labels
+        (the authors' warm-up applies their --mixup too)."""
+        alpha = float(self.opts["mixup_alpha"])
+        if alpha <= 0:
+            return super().warmup_loss(batch)
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        perm = torch.randperm(len(batch.y), device=batch.x.device)
+        logits = self.model(lam * batch.x + (1.0 - lam) * batch.x[perm])
+        return mixup_loss_fn(lam, perm)(logits, batch.y).mean()
 
     def loss(self, batch: Batch) -> StepOutput:
         self.step_helper.options["distributed"] = self.distributed
@@ -62,6 +89,8 @@ class L2B(Method):
             perm = torch.randperm(len(batch.y), device=x.device)
             x = lam * x + (1.0 - lam) * x[perm]
             loss_fn = mixup_loss_fn(lam, perm)
+            if self.opts["mixup_pseudo"] == "plain":  # authors: g = CE(z, argmax z), unmixed
+                loss_fn = (loss_fn, None)
         self.step_helper.options["loss_fn"] = loss_fn
         mw = self.step_helper.weights(x, batch.y, batch.x_val, batch.y_val)
         return StepOutput(
