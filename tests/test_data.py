@@ -217,9 +217,44 @@ def test_isic2019_csv_and_split_lists(tmp_path):
     ds = load_dataset(f"isic2019:{tmp_path}")
     assert [y for _, y in ds.train] == [0, 1, 2] and [y for _, y in ds.test] == [4, 5]
     assert len(ds.val) == 1 and ds.num_classes == 8
+    assert ds.transform == "isic" and ds.meta_augment
     (tmp_path / "val.txt").write_text("ISIC_9999999\n")
     with pytest.raises(ValueError, match="val.txt: image 'ISIC_9999999' is not in"):
         load_dataset(f"isic2019:{tmp_path}")
+    for split in ("train", "val", "test"):  # the authors' ISIC/*.lst split files work as well
+        (tmp_path / f"{split}.txt").rename(tmp_path / f"{split}.lst")
+    (tmp_path / "val.lst").write_text("ISIC_0000003\n")
+    ds = load_dataset(f"isic2019:{tmp_path}")
+    assert [y for _, y in ds.train] == [0, 1, 2] and ds.val[0][1] == 3
+
+
+def test_isic_transforms_are_the_authors(tmp_path):
+    from PIL import Image
+
+    from l2b.data.files import ImageFiles, _resized_crop_box
+
+    path = tmp_path / "a.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(path)
+    test = ImageFiles([(path, 1)], 16, train=False, transform="isic")
+    x, y, _ = test[0]
+    with Image.open(path) as im:  # Resize((16, 16)), ToTensor, Normalize(ImageNet)
+        ref = torch.from_numpy(np.asarray(im.convert("RGB").resize((16, 16), Image.BILINEAR)).copy())
+    ref = ref.permute(2, 0, 1).float() / 255
+    ref = (ref - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    torch.testing.assert_close(x, ref) and None
+    train = ImageFiles([(path, 1)], 16, train=True, transform="isic")
+    torch.manual_seed(0)
+    a = train[0][0]
+    torch.manual_seed(0)
+    assert torch.equal(a, train[0][0]) and a.shape == (3, 16, 16)
+    assert not torch.equal(a, train[0][0])  # random flip / rotation / crop
+    # RandomResizedCrop(scale=(0.3, 1)): the box covers 30-100% of the area, ratio in [3/4, 4/3]
+    torch.manual_seed(1)
+    for _ in range(200):
+        top, left, h, w = _resized_crop_box(40, 30, (0.3, 1.0), (3 / 4, 4 / 3))
+        assert 0 <= top and top + h <= 30 and 0 <= left and left + w <= 40
+        assert 0.3 * 1200 * 0.9 <= h * w <= 1200 and 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1
 
 
 def test_clothing1m_list_files(tmp_path):
@@ -234,6 +269,8 @@ def test_clothing1m_list_files(tmp_path):
     ds = load_dataset(f"clothing1m:{tmp_path}", image_size=8)
     assert [y for _, y in ds.train] == [0, 1, 2, 3] and ds.val[0][1] == 9 and ds.test[0][1] == 8
     assert ds.num_classes == 14
+    # the authors' Clothing1M statistics, and the meta (clean) batches use the test transform
+    assert ds.mean == (0.6959, 0.6537, 0.6371) and ds.std == (0.3113, 0.3192, 0.3214) and not ds.meta_augment
     (tmp_path / "clean_label_kv.txt").write_text(f"{keys[0]} 14\n")
     with pytest.raises(ValueError, match="clean_label_kv.txt, line 1"):
         load_dataset(f"clothing1m:{tmp_path}")

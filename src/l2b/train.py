@@ -305,19 +305,19 @@ class CleanBatches:
     batch each step, as the authors' ``next(iter(metaloader))`` draws. Its position is
     checkpointed."""
 
-    def __init__(self, data, batch_size: int, seed: int, sampling: str = "cycle") -> None:
-        self.data, self.batch_size, self.seed, self.sampling = data, batch_size, seed, sampling
+    def __init__(self, data, batch_size: int, seed: int, sampling: str = "cycle", augment: bool = True) -> None:
+        self.data, self.batch_size, self.seed, self.sampling, self.augment = data, batch_size, seed, sampling, augment
         self.passes, self.position, self._it = 0, 0, None
 
     def _start(self):
-        self._it = iter(self.data.epoch(self.batch_size, self.seed * 7919 + self.passes, augment=True))
+        self._it = iter(self.data.epoch(self.batch_size, self.seed * 7919 + self.passes, augment=self.augment))
         for _ in range(self.position):  # resuming mid-pass
             next(self._it)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.sampling == "random":  # the first batch of a fresh shuffle, seeded by the step
             x, y, _, _ = next(iter(self.data.epoch(self.batch_size, self.seed * 7919 + 104729 + self.position,
-                                                   augment=True)))
+                                                   augment=self.augment)))
             self.position += 1
             return x, y
         if self._it is None:
@@ -495,7 +495,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     if method.trains_on_clean:  # one shuffled stream over the noisy and the clean samples
         train_data = union(noisy_data, val_data)
     clean = (CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed,
-                          method.opts.get("meta_sampling", "cycle"))
+                          method.opts.get("meta_sampling", "cycle"), augment=getattr(ds, "meta_augment", True))
              if method.needs_clean and method.clean_per_step else None)
 
     history: list[dict] = []

@@ -13,6 +13,8 @@ import torch
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLOTHING1M_MEAN = (0.6959, 0.6537, 0.6371)  # the L2B authors' ultils.py
+CLOTHING1M_STD = (0.3113, 0.3192, 0.3214)
 ISIC_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
 CLOTHING1M_CLASSES = ("T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
                       "Jacket", "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear")
@@ -40,6 +42,12 @@ class FileDataset:
     root: Path | None = None
     asymmetric_map: dict[int, int] | None = None
     coarse_train: None = None
+    # ImageFiles transforms: "resize-crop" (short side 8/7 of the crop, random / centre crop,
+    # flip) or "isic" (the authors' ISIC transforms); and the normalisation statistics
+    transform: str = "resize-crop"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    meta_augment: bool = True  # the clean (meta) batches use the training transform
 
     @property
     def num_classes(self) -> int:
@@ -54,7 +62,7 @@ class FileDataset:
         """A DataLoader over ``items`` ((path, label) pairs) yielding normalised float batches
         with their positions in ``items``: either ``batches`` (lists of positions, in order) or
         ``batch_size`` (shuffled when ``train``)."""
-        ds = ImageFiles(items, self.image_size, train=train)
+        ds = ImageFiles(items, self.image_size, train=train, transform=self.transform, mean=self.mean, std=self.std)
         g = torch.Generator().manual_seed(seed)
         common = dict(num_workers=workers, generator=g, persistent_workers=False,
                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
@@ -64,13 +72,23 @@ class FileDataset:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Decode, resize (short side 8/7 of the crop), crop (random for training, else centre),
-    flip (training), normalise with ImageNet statistics (the pretrained setups of the paper)."""
+    """Decode, transform, normalise (ImageNet statistics unless the dataset has its own).
 
-    def __init__(self, items, size: int, train: bool) -> None:
-        self.items, self.size, self.train = list(items), size, train
-        self.mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-        self.std = torch.tensor(IMAGENET_STD)[:, None, None]
+    ``resize-crop``: resize the short side to 8/7 of the crop (256 for 224), crop (random for
+    training, else centre), flip (training): the authors' Clothing1M transforms.
+    ``isic``: the authors' ISIC transforms (ultils.py). Training: RandomHorizontalFlip,
+    RandomRotation(180) (nearest, black corners), RandomResizedCrop(size, scale=(0.3, 1.0)).
+    Test: Resize((size, size)). Written with Pillow and torch's RNG, following torchvision's
+    definitions, so that torchvision is not needed.
+    """
+
+    def __init__(self, items, size: int, train: bool, transform: str = "resize-crop",
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+        if transform not in ("resize-crop", "isic"):
+            raise ValueError(f"unknown image transform {transform!r}; choose resize-crop or isic")
+        self.items, self.size, self.train, self.transform = list(items), size, train, transform
+        self.mean = torch.tensor(mean)[:, None, None]
+        self.std = torch.tensor(std)[:, None, None]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -83,6 +101,8 @@ class ImageFiles(torch.utils.data.Dataset):
                 im = im.convert("RGB")
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: unreadable image ({err}); remove it or load the dataset with on_bad_images='skip'") from None
+        if self.transform == "isic":
+            return self._normalised(isic_transform(im, self.size, self.train)), label, i
         short = round(self.size * 8 / 7)
         w, h = im.size
         scale = short / min(w, h)
@@ -94,10 +114,58 @@ class ImageFiles(torch.utils.data.Dataset):
         else:
             left, top = (w - self.size) // 2, (h - self.size) // 2
         im = im.crop((left, top, left + self.size, top + self.size))
-        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+        x = _to_tensor(im)
         if self.train and bool(torch.rand(()) < 0.5):
             x = x.flip(-1)
-        return (x - self.mean) / self.std, label, i
+        return self._normalised(x), label, i
+
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _to_tensor(im) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def isic_transform(im, size: int, train: bool) -> torch.Tensor:
+    """The authors' ISIC transforms on a PIL RGB image, as a float tensor in [0, 1]."""
+    Image = _pil()
+    if not train:
+        return _to_tensor(im.resize((size, size), Image.BILINEAR))
+    if bool(torch.rand(()) < 0.5):  # RandomHorizontalFlip
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    angle = float(torch.empty(()).uniform_(-180.0, 180.0))  # RandomRotation(180)
+    im = im.rotate(angle, resample=Image.NEAREST, expand=False, fillcolor=(0, 0, 0))
+    top, left, h, w = _resized_crop_box(im.size[0], im.size[1], (0.3, 1.0), (3 / 4, 4 / 3))
+    im = im.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+    return _to_tensor(im)
+
+
+def _resized_crop_box(width: int, height: int, scale, ratio) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params: (top, left, h, w) of a random crop covering
+    ``scale`` of the area with an aspect ratio in ``ratio`` (log-uniform); 10 tries, then the
+    central crop with the ratio clamped."""
+    import math
+
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * float(torch.empty(()).uniform_(scale[0], scale[1]))
+        aspect = math.exp(float(torch.empty(()).uniform_(log_ratio[0], log_ratio[1])))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, ()))
+            left = int(torch.randint(0, width - w + 1, ()))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def check_images(items, on_bad_images: str, where: str):
@@ -153,8 +221,10 @@ def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: i
 
 
 def _read_list(path: Path) -> list[str]:
+    if not path.is_file() and path.with_suffix(".lst").is_file():  # the authors' ISIC/*.lst
+        path = path.with_suffix(".lst")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: split list not found")
+        raise FileNotFoundError(f"{path}: split list not found (a .txt or the authors' .lst)")
     return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
 
 
@@ -162,8 +232,11 @@ def load_isic2019(path: str | None, *, on_bad_images: str = "error", image_size:
     """ISIC 2019: ground-truth CSV (image, MEL, NV, ...; one-hot), images, split lists.
 
     Layout: DIR/ISIC_2019_Training_GroundTruth.csv, DIR/ISIC_2019_Training_Input/<image>.jpg, and
-    DIR/train.txt, DIR/val.txt, DIR/test.txt with one image id per line (the paper's split is
-    20,400 / 640 / 4,291). The UNK column, empty in the training data, is ignored.
+    DIR/train.txt, DIR/val.txt, DIR/test.txt with one image id per line (or the authors'
+    train.lst / val.lst / test.lst from yuyinzhou/L2B's ISIC folder; the paper's split is
+    20,400 / 640 / 4,291). The UNK column, empty in the training data, is ignored. Images go
+    through the authors' ISIC transforms (``ImageFiles``), the clean (meta) set through the
+    training transform, as in their code.
     """
     if not path:
         raise ValueError("isic2019 needs a directory: isic2019:DIR")
@@ -196,14 +269,16 @@ def load_isic2019(path: str | None, *, on_bad_images: str = "error", image_size:
         return check_images(out, on_bad_images, f"isic2019 {split}")
 
     return FileDataset("isic2019", items("train"), items("test"), ISIC_CLASSES, val=items("val"),
-                       image_size=image_size, root=root)
+                       image_size=image_size, root=root, transform="isic", meta_augment=True)
 
 
 def load_clothing1m(path: str | None, *, image_size: int = 224, **_) -> FileDataset:
     """Clothing1M's list files: noisy_label_kv.txt, clean_label_kv.txt ('<key> <label>' lines),
     noisy_train_key_list.txt, clean_val_key_list.txt, clean_test_key_list.txt; keys are image
     paths relative to DIR. Training uses the noisy labels, val and test the clean ones. Images are
-    decoded lazily: an unreadable one is reported, by path, when it is first read."""
+    decoded lazily: an unreadable one is reported, by path, when it is first read. As in the
+    authors' code: Resize(256) + random crop + flip for training, Resize(256) + centre crop for
+    the test AND the clean (meta) batches, normalised with Clothing1M's own mean and std."""
     if not path:
         raise ValueError("clothing1m needs a directory: clothing1m:DIR")
     root = Path(path)
@@ -235,4 +310,5 @@ def load_clothing1m(path: str | None, *, image_size: int = 224, **_) -> FileData
         "clothing1m", items("noisy_train_key_list.txt", noisy, "noisy"),
         items("clean_test_key_list.txt", clean, "clean"), CLOTHING1M_CLASSES,
         val=items("clean_val_key_list.txt", clean, "clean"), image_size=image_size, root=root,
+        mean=CLOTHING1M_MEAN, std=CLOTHING1M_STD, meta_augment=False,
     )
