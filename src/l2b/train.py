@@ -525,9 +525,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             log=(lambda text: print(text, flush=True)) if cfg.progress != "none" else (lambda text: None),
         ))
     if method.has_setup and not resume and sync is not None:
-        state = [method.state_dict() if main_rank else None]
+        # what rank 0 fitted, and the optimizer state a setup may leave (GLC keeps phase 1's)
+        state = [(method.state_dict(), optimizer.state_dict()) if main_rank else None]
         torch.distributed.broadcast_object_list(state, src=0)
-        method.load_state_dict(state[0])
+        method.load_state_dict(state[0][0])
+        optimizer.load_state_dict(state[0][1])
     if resume:
         ck = load_checkpoint(ckpt_path, device)
         model.load_state_dict(ck["model"])

@@ -22,6 +22,7 @@ class Distill(Method):
     clean_per_step = False
     has_setup = True
     options = {"lam": 0.5, "temperature": 1.0, "teacher_epochs": None}
+    option_types = {"teacher_epochs": int}
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)

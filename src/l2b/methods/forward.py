@@ -41,6 +41,7 @@ class Forward(Method):
     name = "forward"
     has_setup = True
     options = {"matrix": None, "estimate_epochs": None, "quantile": 0.97}
+    option_types = {"matrix": str, "estimate_epochs": int}
     checkpointed = ("transition",)
 
     def __init__(self, model, optimizer, **options) -> None:
