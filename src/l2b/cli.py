@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .methods import METHODS
-from .train import TrainConfig, train
+from .config import TrainConfig, load_yaml
+from .train import train
 
 # flag help, by config field; the defaults shown come from TrainConfig itself
 HELP = {
@@ -52,7 +53,8 @@ HELP = {
     "milestones": "step schedule: epochs at which lr *= gamma (comma-separated)",
     "gamma": "step schedule factor",
     "warmup_epochs": "epochs of plain cross-entropy before the method starts",
-    "clip_grad_norm": "clip the gradient norm to this value",
+    "clip_grad_norm": "clip the gradient norm to this value; 0: no clipping (default: 0.8 for l2b, l2rw, mwnet, mlc, "
+                      "none for the others)",
     "amp": "bf16 autocast (CUDA only)",
     "channels_last": "NHWC memory format for convolutions (helps on recent GPUs)",
     "sync_bn": "under torchrun on CUDA: synchronise BatchNorm statistics across ranks (non-meta methods)",
@@ -61,6 +63,7 @@ HELP = {
     "eval_batch_size": "evaluation batch size",
     "out": "run directory",
     "progress": "auto | bar | lines | none",
+    "threads": "torch CPU threads (default: what torch picks); results are bit-identical for a fixed count",
 }
 
 
@@ -116,23 +119,6 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         else:
             parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
                                 type=lambda t, f=f: _parse_value(f, t), metavar=f.name.upper(), help=help_text)
-
-
-def load_yaml(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--config {p}: file not found")
-    try:
-        import yaml
-    except ImportError:
-        raise ImportError("YAML configs need PyYAML: pip install 'l2b[cli]'") from None
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"--config {p}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {p}: expected a mapping of settings, got {type(data).__name__}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -17,7 +17,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .train import TrainConfig, train
+from .config import TrainConfig, load_yaml
+from .train import train
 
 SUMMARY_COLUMNS = ["method", "noise", "seeds", "test_acc_last_mean", "test_acc_last_std",
                    "test_acc_at_best_val_mean", "test_acc_at_best_val_std", "epoch_seconds"]
@@ -138,8 +139,6 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
 
 def load_grid_file(path: str) -> dict[str, Any]:
     """A YAML grid: ``methods: [...]``, ``noise: [...]``, ``seeds: N`` and any train setting."""
-    from .cli import load_yaml
-
     data = load_yaml(path)
     for key in ("methods", "noise"):
         if key in data and isinstance(data[key], str):

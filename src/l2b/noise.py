@@ -325,6 +325,13 @@ def _parse(spec: str) -> tuple[str, dict]:
     return name, kw
 
 
+def check_spec(spec: str) -> None:
+    """Raise a ValueError naming the problem when ``spec`` is not a valid noise spec (its files,
+    if any, are read later, with the data)."""
+    if spec not in ("none", "clean"):
+        _parse(spec)
+
+
 def apply_noise(
     labels,
     spec: str,

@@ -1,12 +1,12 @@
 """The training loop: data, noise, model, method, schedule, evaluation, logging, checkpoints.
 
-Read top to bottom: ``TrainConfig`` holds every setting with its default; ``train(cfg)`` runs one
-experiment into ``cfg.out`` and returns its final metrics. A method (``l2b.methods``) only builds
+Read top to bottom: ``train(cfg)`` runs one experiment (``l2b.config.TrainConfig``) into
+``cfg.out`` and returns its final metrics. A method (``l2b.methods``) only builds
 the loss of a step; it never touches this loop.
 
 Model selection uses the CLEAN VALIDATION set only; the test set is evaluated every epoch and
-reported twice: at the last epoch and at the best-validation epoch (SPEC §8: the authors' code
-selected on the test set).
+reported twice: at the last epoch and at the best-validation epoch (the authors' code selected
+on the test set; docs/methods.md).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,122 +26,10 @@ from .distributed import all_reduce_grads, current_sync, init_from_env
 from .data import ArrayDataset, FileDataset, augment_batch, clean_val_split, load_dataset, normalize_batch
 from .methods import METHODS, Batch, create_method
 from .methods.base import SetupContext
-from .methods.meta import META_OPTIONS
 from .models import create_model
 from .noise import apply_noise, transition_matrix
+from .config import TrainConfig
 from .rundir import Progress, atomic_save, environment, load_checkpoint, tensorboard
-
-
-@dataclass
-class TrainConfig:
-    # --- data and noise
-    data: str = "digits"  # NAME or NAME:PATH (l2b.data.DATASETS)
-    noise: str = "symmetric:0.4"  # l2b.noise spec, or "none"
-    noise_seed: int | None = None  # None: the run's seed
-    val_per_class: int | None = 10  # clean validation images per class, taken from train
-    val_total: int | None = None  # ... or a total (a multiple of the class count)
-    train_subset: int | None = None  # keep only this many (random) noisy training samples
-    batches_per_epoch: int | None = None  # None: one pass over the data; else this many batches
-    balance_classes: bool = False  # draw each epoch's samples equally from every (noisy) class
-    # (Clothing1M in the paper: 250 class-balanced batches per epoch)
-    augment: str = "auto"  # auto (the dataset's default) | none | crop-flip
-    image_size: int = 224  # crop size for image-file datasets
-    on_bad_images: str = "error"  # image-file datasets: error | skip
-    workers: int = 4  # DataLoader workers for image-file datasets
-    # --- model
-    model: str = "mlp"  # l2b.models.MODELS
-    width: int | None = None  # model width (channels / hidden units); None: the model's default
-    pretrained: str | None = None  # local path of a state dict (e.g. ImageNet weights)
-    # --- method
-    method: str = "l2b"  # l2b.methods.METHODS
-    normalize: str | None = None  # meta methods: sum | softmax | sigmoid | hard
-    temperature: float | None = None
-    threshold: float | None = None
-    constraint: str | None = None  # l2b only: alpha=0 | beta=0 | alpha+beta=1
-    virtual_step: str | None = None  # optimizer (authors' code, default) | sgd (paper Eq. 5)
-    engine: str | None = None  # jvp | unroll
-    bootstrap_beta: float | None = None  # bootstrap: weight of the observed label (0.8)
-    bootstrap_mode: str | None = None  # bootstrap: soft | hard
-    method_args: dict = field(default_factory=dict)  # other options of the method ("key" or "method.key")
-    # --- optimisation (SPEC §4: SGD, momentum 0.9, weight decay 5e-4)
-    epochs: int = 20
-    batch_size: int = 128
-    val_batch_size: int | None = None  # None: the training batch size (authors' code)
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "cosine"  # cosine | step | constant (per iteration)
-    milestones: list[int] = field(default_factory=lambda: [])  # step: epochs where lr *= gamma
-    gamma: float = 0.1
-    warmup_epochs: int = 0  # epochs of plain mean cross-entropy before the method starts
-    clip_grad_norm: float | None = None
-    amp: bool = False  # bf16 autocast (CUDA only)
-    sync_bn: bool = False  # under torchrun on CUDA: SyncBatchNorm (non-meta methods only)
-    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
-    # --- bookkeeping
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_batch_size: int = 1024
-    out: str = "runs/run"
-    progress: str = "auto"  # auto (a bar on a TTY) | bar | lines | none
-
-    def method_options(self) -> dict[str, Any]:
-        """The options the method takes, from the config fields that are set."""
-        cls = METHODS[self.method]
-        given = {
-            "normalize": self.normalize, "temperature": self.temperature,
-            "threshold": self.threshold, "constraint": self.constraint,
-            "virtual_step": self.virtual_step, "engine": self.engine,
-            "beta": self.bootstrap_beta, "mode": self.bootstrap_mode,
-        }
-        options = {k: v for k, v in given.items() if v is not None and k in cls.options}
-        # "METHOD.key" entries apply to that method only (a compare grid mixes methods)
-        plain = {k: v for k, v in self.method_args.items() if "." not in k}
-        scoped = {k.split(".", 1)[1]: v for k, v in self.method_args.items() if k.startswith(self.method + ".")}
-        return {**options, **plain, **scoped}
-
-    def validate(self) -> None:
-        """Contradictions fail here, before any data is read."""
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(sorted(METHODS))}")
-        cls = METHODS[self.method]
-        for name in ("normalize", "temperature", "threshold", "constraint", "virtual_step", "engine"):
-            if getattr(self, name) is not None and name not in cls.options:
-                kind = "meta methods (l2b, l2rw)" if name in META_OPTIONS else "other methods"
-                raise ValueError(f"--{name.replace('_', '-')} applies to {kind}, not to method {self.method!r}")
-        for name, opt in (("bootstrap_beta", "beta"), ("bootstrap_mode", "mode")):
-            if getattr(self, name) is not None and opt not in cls.options:
-                raise ValueError(f"--{name.replace('_', '-')} applies to method 'bootstrap', not {self.method!r}")
-        cls.coerce(self.method_options())  # unknown options, wrong types and values fail here
-        if self.val_per_class is not None and self.val_total is not None:
-            raise ValueError("give --val-per-class or --val-total, not both")
-        if self.schedule not in ("cosine", "step", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine, step or constant")
-        if self.augment not in ("auto", "none", "crop-flip"):
-            raise ValueError(f"unknown augment {self.augment!r}; choose auto, none or crop-flip")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch size must be at least 1")
-        if self.batches_per_epoch is not None and self.batches_per_epoch < 1:
-            raise ValueError(f"batches_per_epoch must be at least 1, got {self.batches_per_epoch}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}]")
-        if self.sync_bn and cls.meta:
-            raise ValueError(
-                f"--sync-bn cannot be used with method {self.method!r}: SyncBatchNorm has no "
-                "forward-mode AD, which the meta-gradient needs; each rank's BatchNorm uses its "
-                "shard's statistics instead (docs/distributed.md)"
-            )
-        if self.progress not in ("auto", "bar", "lines", "none"):
-            raise ValueError(f"unknown progress {self.progress!r}; choose auto, bar, lines or none")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"{where}: unknown setting(s) {unknown}; valid: {', '.join(sorted(names))}")
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------- data
@@ -453,6 +341,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     """
     cfg.validate()
     method_cls = METHODS[cfg.method]
+    clip = cfg.resolved_clip()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     if resume and not ckpt_path.is_file():
@@ -548,6 +439,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             json.dump({"config": asdict(cfg), "environment": environment(),
                        "data": {"train": len(train_data), "clean_val": len(val_data), "test": len(test_data),
                                 "noise_rate": prep.noise_rate, "classes": list(ds.classes)},
+                       "resolved": {"clip_grad_norm": clip, "threads": torch.get_num_threads()},
                        "world_size": world}, fh, indent=2)
         np.savez(out / "labels.npz", train_index=prep.train_idx, noisy=prep.y_noisy, true=prep.y_true,
                  is_noisy=prep.y_noisy != prep.y_true, val_index=np.array([]) if prep.val_idx is None else prep.val_idx,
@@ -601,8 +493,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                 global_sum = result is not None and method.loss_is_global_sum
                 (loss if global_sum else loss * (len(y) / n_global)).backward()
                 all_reduce_grads(model.parameters(), op="sum")
-            if cfg.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             loss_sum += loss.detach().float() * len(y)
             seen += len(y)

@@ -96,6 +96,7 @@ class Method:
     trains_on_clean: bool = False
     batch_size: int | None = None  # the run's nominal batch size, set by the trainer
     meta: bool = False
+    meta_like: bool = False  # a meta-gradient method (l2b, l2rw, mwnet, mlc): clipped by default
     options: dict[str, Any] = {}
     # True when ``loss`` is a sum over the GLOBAL batch (weights normalised across ranks), False
     # for a mean over this rank's samples; the trainer reduces gradients accordingly.

@@ -55,6 +55,7 @@ class L2B(Method):
     name = "l2b"
     needs_clean = True
     meta = True
+    meta_like = True
     loss_is_global_sum = True
     options = dict(META_OPTIONS)
     option_types = {"threshold": float, "constraint": str}

@@ -62,6 +62,7 @@ def soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class MLC(Method):
     name = "mlc"
     needs_clean = True
+    meta_like = True
     loss_is_global_sum = True  # sums over this rank's samples / the global count
     options = {"mode": "mix", "emb_dim": 64, "hidden": 128, "meta_lr": 3e-5, "meta_weight_decay": 0.0,
                "meta_optimizer": "adam", "amsgrad": True}

@@ -55,6 +55,7 @@ class WeightNet(nn.Module):
 class MWNet(Method):
     name = "mwnet"
     needs_clean = True
+    meta_like = True
     options = {"variant": "current", "hidden": 100, "normalize": None, "meta_optimizer": None, "meta_lr": None,
                "meta_weight_decay": None, "meta_momentum": None, "meta_nesterov": None}
     option_types = {"normalize": bool, "meta_optimizer": str, "meta_lr": float, "meta_weight_decay": float,
