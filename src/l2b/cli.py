@@ -12,6 +12,7 @@ from typing import Any
 
 from .methods import METHODS
 from .config import TrainConfig, load_yaml
+from .rundir import NOT_RESULTS
 from .train import train
 
 # flag help, by config field; the defaults shown come from TrainConfig itself
@@ -144,10 +145,24 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--resume {args.resume}: no config.json; is it a run directory?")
         cfg = TrainConfig.from_dict(json.loads(saved.read_text())["config"], str(saved))
         cfg.out = args.resume  # the directory given, even when the run was moved or copied
+        given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(TrainConfig)}}
+        if getattr(args, "config", None):
+            given = {**load_yaml(args.config), **given}
+        changed = {k: v for k, v in TrainConfig.from_dict(given, "flags").__dict__.items()
+                   if k in given and getattr(cfg, k) != v}
+        unsafe = sorted(set(changed) - set(NOT_RESULTS))
+        if unsafe:
+            raise ValueError(
+                "--resume continues a run with its own settings; "
+                + ", ".join(f"--{k.replace('_', '-')} {changed[k]!r} (the run has {getattr(cfg, k)!r})" for k in unsafe)
+                + f" would change its results. Start a new run with another --out instead (only "
+                + ", ".join("--" + k.replace("_", "-") for k in NOT_RESULTS if k != "out") + " may change)")
+        for k, v in changed.items():
+            setattr(cfg, k, v)
         metrics = train(cfg, resume=True)
     else:
         cfg = config_from_args(args)
-        metrics = train(cfg)
+        metrics = train(cfg, overwrite=args.overwrite)
     import torch.distributed as dist
 
     if dist.is_initialized() and dist.get_rank() != 0:
@@ -190,7 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import grid_configs, load_grid_file, run_grid, summarize
+    from .compare import check_cells, grid_configs, load_grid_file, run_grid, summarize
 
     settings: dict[str, Any] = load_grid_file(args.grid) if args.grid else {}
     methods = args.methods.split(",") if args.methods else settings.pop("methods", None)
@@ -206,6 +221,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     base = TrainConfig.from_dict(settings, args.grid or "compare")
     out = Path(args.out)
     cfgs = grid_configs(base, methods, noises, seeds, out)
+    check_cells(cfgs, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{len(cfgs)} runs: {len(methods)} methods × {len(noises)} noise settings × {seeds} seeds -> {out}",
           flush=True)
@@ -236,17 +252,31 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 1]")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="l2b", description="Learning to Bootstrap for noisy labels")
+    parser = argparse.ArgumentParser(prog="l2b", description="Learning to Bootstrap for noisy labels",
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one model", description=(
+    p = sub.add_parser("train", allow_abbrev=False, help="train one model", description=(
         "Train one model on noisy labels. Settings come from the defaults, then --config FILE "
         "(YAML), then the flags; flags win."))
     p.add_argument("--config", help="YAML file of settings (keys as the flags, - or _)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (its settings; "
+                                                   "only --progress, --workers, --eval-batch-size, --device, --threads "
+                                                   "may be given anew)")
+    p.add_argument("--overwrite", action="store_true", help="clear --out first if it holds another run")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
-    c = sub.add_parser("compare", help="run a grid of methods × noise × seeds and summarise it", description=(
+    c = sub.add_parser("compare", allow_abbrev=False, help="run a grid of methods × noise × seeds and summarise it", description=(
         "Run every (method, noise, seed) into OUT/<method>/<noise>/seed<k>/ (finished runs are skipped, "
         "interrupted ones resume) and write OUT/summary.csv and OUT/summary.md. Every train flag applies "
         "to all runs."))
@@ -257,17 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes)")
     c.add_argument("--devices", help="comma-separated devices assigned round-robin, e.g. cuda:0,cuda:1")
     c.add_argument("--out", required=True, help="grid directory")
+    c.add_argument("--overwrite", action="store_true", help="run again the cells that hold runs with other settings")
     add_config_flags(c, skip=("method", "noise", "seed", "out", "progress"))
     c.set_defaults(func=cmd_compare)
-    r = sub.add_parser("report", help="figures and report.html for a run or a grid directory")
+    r = sub.add_parser("report", allow_abbrev=False, help="figures and report.html for a run or a grid directory")
     r.add_argument("dir", metavar="RUN_DIR|GRID_DIR")
     r.set_defaults(func=cmd_report)
-    li = sub.add_parser("label-issues", help="write RUN_DIR/label_issues.csv, the labels the run believes wrong")
+    li = sub.add_parser("label-issues", allow_abbrev=False, help="write RUN_DIR/label_issues.csv, the labels the run believes wrong")
     li.add_argument("dir", metavar="RUN_DIR")
-    li.add_argument("--threshold", type=float, default=0.5,
+    li.add_argument("--threshold", type=_unit_interval, default=0.5,
                     help="flag a label when its trust alpha/(alpha+beta) (or model probability) is below this")
     li.set_defaults(func=cmd_label_issues)
-    d = sub.add_parser("demo", help="CE vs L2RW vs L2B on the bundled digits, 40%% symmetric noise")
+    d = sub.add_parser("demo", allow_abbrev=False, help="CE vs L2RW vs L2B on the bundled digits, 40%% symmetric noise")
     d.add_argument("--methods", default="ce,l2rw,l2b")
     d.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method")
     d.add_argument("--out", default="runs/demo")
@@ -280,6 +311,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        if os.environ.get("L2B_DEBUG"):
+            raise
+        if args.command == "train":
+            run = args.resume or getattr(args, "out", None) or TrainConfig().out
+            print(f"\nl2b train: interrupted; resume with `l2b train --resume {run}` "
+                  "(it continues from the last finished epoch)", file=sys.stderr)
+        elif args.command == "compare":
+            print("\nl2b compare: interrupted; run the same command again to resume "
+                  "(finished cells are skipped, unfinished ones continue)", file=sys.stderr)
+        else:
+            print(f"\nl2b {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, ImportError) as err:
         if os.environ.get("L2B_DEBUG"):
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, load_yaml
+from .rundir import config_differences
 from .train import train
 
 SUMMARY_COLUMNS = ["method", "noise", "seeds", "test_acc_last_mean", "test_acc_last_std",
@@ -33,6 +35,8 @@ def run_dir(out: Path, method: str, noise: str, seed: int) -> Path:
 
 
 def grid_configs(base: TrainConfig, methods: list[str], noises: list[str], seeds: int, out: Path) -> list[TrainConfig]:
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
     cfgs = []
     for method in methods:
         for noise in noises:
@@ -44,16 +48,39 @@ def grid_configs(base: TrainConfig, methods: list[str], noises: list[str], seeds
     return cfgs
 
 
+def check_cells(cfgs: list[TrainConfig], overwrite: bool = False) -> None:
+    """Before any cell runs: a cell directory that holds a run with other settings (another
+    --epochs, --lr, ...) is refused, or with ``overwrite`` cleared, so that old numbers never pass
+    for new ones."""
+    stale = []
+    for cfg in cfgs:
+        saved = Path(cfg.out) / "config.json"
+        if not saved.is_file():
+            continue
+        diff = config_differences(json.loads(saved.read_text()).get("config", {}), asdict(cfg))
+        if diff and overwrite:
+            shutil.rmtree(cfg.out)
+        elif diff:
+            k, (old, new) = next(iter(diff.items()))
+            stale.append(f"{cfg.out} ({k}={old!r}, now {new!r}" + (f", and {len(diff) - 1} more" if len(diff) > 1 else "") + ")")
+    if stale:
+        raise ValueError(f"{len(stale)} grid cell(s) hold runs with other settings: {stale[0]}"
+                         + (f" and {len(stale) - 1} more" if len(stale) > 1 else "")
+                         + "; use another --out, or --overwrite to run them again")
+
+
 def run_one(cfg_dict: dict[str, Any]) -> str:
     """Run (or resume, or skip) one grid cell; returns what happened."""
     cfg = TrainConfig(**cfg_dict)
     out = Path(cfg.out)
     if (out / "metrics.json").is_file():
+        if "diverged" in json.loads((out / "metrics.json").read_text()):
+            return f"skip   {out} (diverged)"
         return f"skip   {out} (finished)"
     if (out / "checkpoint.pt").is_file():
         train(cfg, resume=True)
         return f"resume {out}"
-    train(cfg)
+    train(cfg, overwrite=True)  # a cell without a checkpoint holds nothing worth keeping
     return f"run    {out}"
 
 
@@ -75,17 +102,28 @@ def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None =
             log(f"[{i}/{len(dicts)}] {msg}")
 
 
-def collect(out: Path) -> list[dict[str, Any]]:
-    """Every finished run below ``out``: its metrics.json plus its resolved config."""
+def collect(out: Path, finished_only: bool = True) -> list[dict[str, Any]]:
+    """Every finished run below ``out``: its metrics.json plus its resolved config (with
+    ``finished_only=False`` also the runs that diverged, marked by their "diverged" entry)."""
     runs = []
     for metrics_path in sorted(out.rglob("metrics.json")):
         config = json.loads((metrics_path.parent / "config.json").read_text())["config"]
-        runs.append({"dir": metrics_path.parent, "config": config, **json.loads(metrics_path.read_text())})
+        metrics = json.loads(metrics_path.read_text())
+        if "diverged" in metrics:
+            if finished_only:
+                continue
+            metrics = {**metrics, "method": config["method"], "noise": config["noise"], "seed": config["seed"]}
+        runs.append({"dir": metrics_path.parent, "config": config, **metrics})
     return runs
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def diverged_runs(out: Path) -> list[dict[str, Any]]:
+    """The runs below ``out`` that stopped because their loss or parameters became non-finite."""
+    return [r for r in collect(out, finished_only=False) if "diverged" in r]
 
 
 def group_runs(out: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -113,7 +151,13 @@ def summarize(out: Path) -> list[dict[str, Any]]:
         writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "summary.md").write_text(markdown_tables(rows))
+    text = markdown_tables(rows) if rows else "No finished run.\n"
+    diverged = diverged_runs(out)
+    if diverged:
+        text += "\n### Diverged runs (left out of the tables)\n\n" + "".join(
+            f"- {r['dir']}: {r['diverged']['what']} became NaN/inf at epoch {r['diverged']['epoch'] + 1}\n"
+            for r in diverged)
+    (out / "summary.md").write_text(text)
     return rows
 
 

@@ -125,6 +125,8 @@ def meta_weights(
             raise ValueError("distributed=True needs torch.distributed to be initialised (e.g. by torchrun)")
     step = plain_sgd_step(model, lr) if optimizer is None else optimizer_step(model, optimizer)
     raw_alpha, raw_beta, logits, val_loss = ENGINES[engine](model, step, x, y, x_val, y_val, loss_fn, sync)
+    if not bool(torch.isfinite(raw_alpha).all() & torch.isfinite(raw_beta).all()):
+        raise_non_finite(x, x_val, logits, val_loss)
     reduce = {} if sync is None else {"allsum": sync.allsum, "allmax": sync.allmax}
     alpha, beta = normalize_weights(
         raw_alpha, raw_beta, normalize=normalize, constraint=constraint,
@@ -139,6 +141,24 @@ def meta_weights(
         pseudo_labels=logits.detach().argmax(dim=1),
         val_loss=val_loss,
     )
+
+
+class NonFiniteWeights(ValueError):
+    """The meta-weights of a batch are NaN or inf: their cause is named in the message."""
+
+
+def raise_non_finite(x, x_val, logits, val_loss) -> None:
+    """Name what made the raw weights non-finite: the inputs, the logits, or the clean loss."""
+    for what, t in (("the training inputs x", x), ("the clean inputs x_val", x_val),
+                    ("the training logits", logits), ("the clean loss G", val_loss)):
+        bad = ~torch.isfinite(t.detach())
+        if bad.any():
+            where = f" (first at sample {int(bad.reshape(len(t), -1).any(1).nonzero()[0])})" if t.dim() else ""
+            raise NonFiniteWeights(f"meta_weights: {what} contain NaN or inf{where}; every weight of the "
+                                   "batch would be NaN. Check the data (or lower the learning rate if the "
+                                   "model diverged)")
+    raise NonFiniteWeights("meta_weights: the meta-gradients are NaN or inf (the parameters or the virtual "
+                           "step overflowed); lower the learning rate or clip the gradient norm")
 
 
 def bootstrap_loss(mw: MetaWeights, y: torch.Tensor, loss_fn: LossFn | None = None) -> torch.Tensor:

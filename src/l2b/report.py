@@ -142,6 +142,11 @@ def write_report(target: str | Path) -> Path:
     """Write the PNGs and report.html into ``target`` (a run or a grid directory)."""
     target = Path(target)
     runs = collect(target)
+    diverged = [r for r in collect(target, finished_only=False) if "diverged" in r]
+    if not runs and diverged:
+        raise ValueError(f"{target}: every run below it diverged ("
+                         + "; ".join(f"{r['dir']}: {r['diverged']['what']} NaN/inf at epoch {r['diverged']['epoch'] + 1}"
+                                     for r in diverged[:3]) + "); nothing to plot")
     if not runs:
         raise FileNotFoundError(f"{target}: no finished run (metrics.json) below it")
     figures: list[tuple[str, Path]] = [("Test accuracy per epoch", accuracy_figure(runs, target / "accuracy.png"))]
@@ -169,11 +174,15 @@ def write_report(target: str | Path) -> Path:
         t = np.load(labels)["transition"]
         figures.append((f"Realised noise ({runs[0]['noise']})",
                         transition_figure(t, target / "transition.png", f"realised transition, {runs[0]['noise']}")))
-    (target / "report.html").write_text(_html(target, runs, figures, detection_rows, extra))
+    (target / "report.html").write_text(_html(target, runs, figures, detection_rows, extra, diverged))
     return target / "report.html"
 
 
-def _html(target, runs, figures, detection_rows, extra) -> str:
+def _num(value) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _html(target, runs, figures, detection_rows, extra, diverged=()) -> str:
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>l2b report: {esc(str(target))}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
@@ -183,9 +192,15 @@ def _html(target, runs, figures, detection_rows, extra) -> str:
              "<th>test acc at best val</th><th>best val</th><th>s / epoch</th></tr>"]
     for r in sorted(runs, key=lambda r: (r["method"], r["noise"], r["seed"])):
         parts.append(f"<tr><td>{esc(r['method'])}</td><td>{esc(r['noise'])}</td><td>{r['seed']}</td>"
-                     f"<td>{r['test_acc_last']:.2f}</td><td>{r['test_acc_at_best_val']:.2f}</td>"
-                     f"<td>{r['best_val_acc']:.2f}</td><td>{r['epoch_seconds']:.2f}</td></tr>")
+                     f"<td>{_num(r['test_acc_last'])}</td><td>{_num(r['test_acc_at_best_val'])}</td>"
+                     f"<td>{_num(r['best_val_acc'])}</td><td>{_num(r['epoch_seconds'])}</td></tr>")
     parts.append("</table>")
+    if diverged:
+        parts.append("<h2>Diverged runs</h2><p>Stopped because the loss or the parameters became NaN/inf; "
+                     "left out of the figures.</p><ul>")
+        parts += [f"<li>{esc(str(r['dir']))}: {esc(r['diverged']['what'])} at epoch {r['diverged']['epoch'] + 1}</li>"
+                  for r in diverged]
+        parts.append("</ul>")
     if detection_rows:
         parts.append("<h2>Noise detection from the learned weights</h2><p>Score: 1 − α/(α+β); flagged when "
                      "α/(α+β) &lt; 0.5.</p><table><tr><th>method</th><th>noise</th><th>seed</th>"

@@ -8,8 +8,10 @@ code. Everything l2b writes into a checkpoint fits that (docs/reliability.md).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 import platform
 import subprocess
 import sys
@@ -54,6 +56,53 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
             f"{path}: corrupted or truncated ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
             f"delete it (or the run directory) and train again"
         ) from None
+
+
+# Settings that may differ between a run and its resumption (or a grid cell and its rerun)
+# without changing its results.
+NOT_RESULTS = ("progress", "workers", "eval_batch_size", "device", "threads", "out")
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{setting: (saved value, current value)} for the settings that change a run's results."""
+    keys = sorted((set(saved) | set(current)) - set(NOT_RESULTS))
+    return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
+
+
+def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Make ``out`` ready before any data are read: writable, and not holding another run.
+
+    A directory with files of a DIFFERENT run (or files that are not a run's) is refused
+    unless ``overwrite``, which clears it; the same run's directory is reused.
+    """
+    if resume:
+        return
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        saved = out / "config.json"
+        same = False
+        if saved.is_file():
+            try:
+                same = not config_differences(json.loads(saved.read_text()).get("config", {}), config)
+            except (ValueError, AttributeError):
+                same = False
+        if overwrite:
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        elif not same:
+            what = "an earlier run with other settings" if saved.is_file() else "files that are not an l2b run"
+            raise ValueError(f"--out {out}: holds {what}; give --overwrite to clear it, or another --out")
+        else:  # the same run again: nothing of the old one may survive
+            for name in ("weights.npz", "label_issues.csv", "metrics.json", "best_model.pt", "checkpoint.pt"):
+                (out / name).unlink(missing_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".l2b-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot write there ({err.strerror or err}); choose a writable directory") from None
 
 
 def atomic_save(obj: Any, path: Path) -> None:

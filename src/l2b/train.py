@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from .methods.base import SetupContext
 from .models import create_model
 from .noise import apply_noise, transition_matrix
 from .config import TrainConfig
-from .rundir import Progress, atomic_save, environment, load_checkpoint, tensorboard
+from .rundir import Progress, atomic_save, environment, load_checkpoint, prepare_out, tensorboard
 
 
 # ----------------------------------------------------------------------------- data
@@ -333,7 +334,8 @@ def load_run(run: str | Path, device: str | torch.device | None = None):
     return cfg, prep, splits, model
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
     """Run one experiment into ``cfg.out``; with ``resume`` continue from its checkpoint.
 
     ``stop_after_epoch`` ends the run after that epoch (0-based) as an interruption would: the
@@ -348,6 +350,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     ckpt_path = out / "checkpoint.pt"
     if resume and not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
+    if int(os.environ.get("RANK", "0")) == 0:
+        prepare_out(out, asdict(cfg), resume, overwrite)  # before any data are read or models fitted
     device = resolve_device(cfg.device)
     # torchrun: every rank runs this function on its shard of each global batch (l2b.distributed)
     rank, world, local_rank = init_from_env(device.type)
@@ -432,6 +436,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
         history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
+        if main_rank:  # the epochs of the checkpoint, no more: a kill after the log line and
+            # before the checkpoint would otherwise leave a duplicate line
+            with open(out / "metrics.jsonl", "w") as fh:
+                fh.writelines(json.dumps(finite_json(row)) + "\n" for row in history)
     elif main_rank:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").write_text("")
@@ -461,6 +469,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         pseudo = torch.full((n_train,), -1, dtype=torch.int64, device=device)
         # accumulated on the device: no host sync inside the step loop
         loss_sum = torch.zeros((), device=device)
+        first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step
         step_weight_sums = []  # per step: this rank's sum of alpha + beta
         seen, steps, weighted = 0, 0, False
         batches = train_data.epoch(cfg.batch_size, cfg.seed * 100003 + epoch, augment=True,
@@ -496,7 +505,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
-            loss_sum += loss.detach().float() * len(y)
+            # the global step's loss: a global-sum loss is this rank's part of it (counted with
+            # the global batch size); a mean is this rank's (counted with its share)
+            loss_sum += loss.detach().float() * (n_global if result is not None and method.loss_is_global_sum
+                                                 and sync is not None else len(y))
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
             seen += len(y)
             steps += 1
             if result is not None and result.alpha is not None:
@@ -515,6 +528,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             alpha, beta, pseudo = sync.allsum(alpha), sync.allsum(beta), sync.allmax(pseudo)
             loss_sum = sync.allsum(loss_sum)
             seen = int(sync.allsum(torch.tensor(float(seen), device=device)))
+            first_bad = sync.allmax(first_bad)
+        check_finite(model, first_bad, epoch, out, main_rank)
         val_acc, val_loss = evaluate(model, val_data, cfg.eval_batch_size, amp, sync)
         test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp, sync)
         if val_acc > best["val_acc"]:  # selection on the clean validation set only
@@ -535,7 +550,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         history.append(row)
         if main_rank:
             with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+                fh.write(json.dumps(finite_json(row)) + "\n")
         if writer is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -573,10 +588,44 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     }
     if main_rank:
         with open(out / "metrics.json", "w") as fh:
-            json.dump(metrics, fh, indent=2)
+            json.dump(finite_json(metrics), fh, indent=2, allow_nan=False)
     if sync is not None:
         torch.distributed.barrier()  # every rank returns after the run is complete on disk
     return metrics
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the parameters became non-finite; the last good checkpoint is kept."""
+
+
+def check_finite(model: torch.nn.Module, first_bad: torch.Tensor, epoch: int, out: Path, main_rank: bool) -> None:
+    """Stop a run whose loss or parameters became NaN/inf this epoch, before its checkpoint is
+    written: the checkpoint on disk stays the last good one, and metrics.json records where."""
+    step = int(first_bad)
+    params_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+    if step < 0 and params_ok:
+        return
+    where = f"epoch {epoch + 1}, step {step + 1}" if step >= 0 else f"epoch {epoch + 1}"
+    what = "the training loss" if step >= 0 else "the model's parameters"
+    if main_rank:
+        with open(out / "metrics.json", "w") as fh:
+            json.dump({"diverged": {"epoch": epoch, "step": step if step >= 0 else None, "what": what}}, fh, indent=2)
+    kept = (f"{out / 'checkpoint.pt'} keeps epoch {epoch}" if epoch > 0 and (out / "checkpoint.pt").is_file()
+            else "no checkpoint was written")
+    raise TrainingDiverged(
+        f"{what} became NaN or inf at {where} ({kept}); lower --lr, or clip the gradient "
+        f"norm (--clip-grad-norm, e.g. 0.8)")
+
+
+def finite_json(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 def _mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:

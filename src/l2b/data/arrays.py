@@ -65,6 +65,9 @@ class ArrayDataset:
         return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).clamp(min=1e-3).float()
 
     def check(self) -> "ArrayDataset":
+        if self.num_classes < 2:
+            raise ValueError(f"{self.name}: {self.num_classes} class(es); a classifier needs at least 2 "
+                             "(check the labels, or give the class names as 'classes' in the npz)")
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test),
                             ("val", self.x_val, self.y_val)):
             if x is None:
@@ -77,6 +80,13 @@ class ArrayDataset:
                     f"{self.name}: {split} label {int(y[bad])} at index {bad} is outside "
                     f"[0, {self.num_classes})"
                 )
+        empty = sorted(set(range(self.num_classes)) - set(torch.unique(self.y_train).tolist()))
+        if empty:
+            import warnings
+
+            warnings.warn(f"{self.name}: class(es) {empty[:10]}{' ...' if len(empty) > 10 else ''} have no "
+                          f"training sample (of {self.num_classes} classes, counted from every split's labels)",
+                          stacklevel=3)
         return self
 
 
@@ -120,6 +130,9 @@ def read_idx(path: Path) -> np.ndarray:
             "for uint8 labels/images); not an IDX file"
         )
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: truncated header: {ndim} dimensions need {4 + 4 * ndim} bytes, "
+                         f"the file has {len(data)}; re-download the file")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     expected = int(np.prod(dims))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
