@@ -96,3 +96,175 @@ def test_corrupted_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, caps
     assert cli_main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(ckpt) in err and "corrupted or truncated" in err
+
+
+# ----------------------------------------------------------------------------- the table
+
+TINY = ["--data", "digits", "--model", "mlp", "--width", "8", "--epochs", "1", "--progress", "none"]
+
+
+def _yaml(tmp_path, text):
+    f = tmp_path / "cfg.yaml"
+    f.write_text(text)
+    return ["train", "--config", str(f), "--out", str(tmp_path / "out"), "--progress", "none"]
+
+
+def _npz(tmp_path, y_train, y_test):
+    import numpy as np
+
+    f = tmp_path / "d.npz"
+    np.savez(f, x_train=np.zeros((len(y_train), 4, 4), np.uint8), y_train=np.array(y_train),
+             x_test=np.zeros((len(y_test), 4, 4), np.uint8), y_test=np.array(y_test))
+    return f
+
+
+def _idx(tmp_path):
+    root = tmp_path / "fm"
+    root.mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (root / stem).write_bytes(b"\x00\x00\x08\x03\x00\x00")  # a header cut after 6 bytes
+    return root
+
+
+def _finished(tmp_path, method="l2b"):
+    out = tmp_path / "done"
+    assert cli_main(["train", *TINY, "--method", method, "--val-per-class", "3", "--out", str(out)]) == 0
+    return out
+
+
+# (case, argv builder, expected one-line error) -- docs/reliability.md lists the same cases
+CASES = [
+    ("lr nan", lambda t: ["train", *TINY, "--lr", "nan", "--out", str(t / "out")], r"--lr must be a finite number > 0, got nan"),
+    ("momentum 5", lambda t: ["train", *TINY, "--momentum", "5", "--out", str(t / "out")], r"--momentum must be in \[0, 1\), got 5"),
+    ("clip -1", lambda t: ["train", *TINY, "--clip-grad-norm", "-1", "--out", str(t / "out")], r"--clip-grad-norm must be a finite number > 0"),
+    ("yaml epochs two", lambda t: _yaml(t, "epochs: two\n"), r"epochs='two' is not an integer"),
+    ("yaml milestones 5", lambda t: _yaml(t, "milestones: 5\n"), r"milestones=5 is not a list of integers"),
+    ("yaml batch_size [64]", lambda t: _yaml(t, "batch_size: [64]\n"), r"batch_size=\[64\] is not an integer"),
+    ("yaml seed null", lambda t: _yaml(t, "seed: null\n"), r"seed=None is not a valid int \(this setting cannot be empty\)"),
+    ("width 0", lambda t: ["train", *TINY[:4], "--width", "0", "--out", str(t / "out")], r"--width must be at least 1, got 0"),
+    ("val-batch-size 0", lambda t: ["train", *TINY, "--val-batch-size", "0", "--out", str(t / "out")], r"--val-batch-size must be at least 1"),
+    ("eval-batch-size 0", lambda t: ["train", *TINY, "--eval-batch-size", "0", "--out", str(t / "out")], r"--eval-batch-size must be at least 1"),
+    ("device cuda", lambda t: ["train", *TINY, "--device", "cuda", "--out", str(t / "out")], r"--device cuda: CUDA is not available"),
+    ("compare bad noise", lambda t: ["compare", "--methods", "ce", "--noise", "symmetric:0.2,a", "--data", "digits",
+                                     "--epochs", "1", "--out", str(t / "out")], r"unknown noise 'a'"),
+    ("compare seeds 0", lambda t: ["compare", "--methods", "ce", "--noise", "symmetric:0.2", "--seeds", "0",
+                                   "--out", str(t / "out")], r"--seeds must be at least 1, got 0"),
+    ("compare --seed is not --seeds", lambda t: ["compare", "--methods", "ce", "--noise", "symmetric:0.2", "--seed", "3",
+                                                 "--out", str(t / "out")], r"unrecognized arguments: --seed 3"),
+    ("label-issues threshold 1.5", lambda t: ["label-issues", str(t), "--threshold", "1.5"], r"1.5 is outside \[0, 1\]"),
+    ("mwnet normalize maybe", lambda t: ["train", *TINY, "--method", "mwnet", "--method-arg", "normalize=maybe",
+                                         "--out", str(t / "out")], r"normalize='maybe' is not a bool"),
+    ("l2b normalize softmx", lambda t: ["train", *TINY, "--method-arg", "normalize=softmx", "--out", str(t / "out")],
+     r"normalize='softmx' is not one of"),
+    ("glc with lr nan fits nothing", lambda t: ["train", *TINY, "--method", "glc", "--lr", "nan", "--out", str(t / "out")],
+     r"--lr must be a finite number"),
+    ("unwritable out", lambda t: (t.joinpath("file").write_text("x"), ["train", *TINY, "--method", "glc", "--val-per-class", "3",
+                                                                     "--out", str(t / "file" / "run")])[1],
+     r"--out .*file/run: cannot write there"),
+    ("truncated IDX header", lambda t: ["train", "--data", f"fashion-mnist:{_idx(t)}", "--epochs", "1", "--out", str(t / "out")],
+     r"train-images-idx3-ubyte: truncated header"),
+    ("one-class dataset", lambda t: ["train", "--data", f"npz:{_npz(t, [0] * 20, [0] * 5)}", "--method", "ce",
+                                     "--val-per-class", "none", "--out", str(t / "out")], r"1 class\(es\); a classifier needs at least 2"),
+]
+
+
+@pytest.mark.parametrize("case, build, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_a_one_line_error_before_any_work(tmp_path, capsys, case, build, expected):
+    import re
+
+    argv = build(tmp_path)
+    try:
+        code = cli_main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    last = err.splitlines()[-1]
+    assert "error:" in last and re.search(expected, last), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "file" / "run").exists()  # nothing left behind
+
+
+def test_yaml_nesterov_no_is_false(tmp_path):
+    from l2b.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"nesterov": "no", "momentum": 0.9, "epochs": "3"}, "cfg.yaml")
+    assert cfg.nesterov is False and cfg.epochs == 3
+
+
+def test_resume_refuses_flags_that_change_results(tmp_path, capsys):
+    out = _finished(tmp_path)
+    assert cli_main(["train", "--resume", str(out), "--epochs", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs 20 (the run has 1) would change its results" in err
+    assert cli_main(["train", "--resume", str(out), "--progress", "none"]) == 0  # allowed
+
+
+def test_out_holding_another_run_is_refused_then_overwritten(tmp_path, capsys):
+    out = _finished(tmp_path, "l2b")
+    assert (out / "weights.npz").is_file()
+    argv = ["train", *TINY, "--method", "ce", "--val-per-class", "3", "--out", str(out)]
+    assert cli_main(argv) == 2
+    assert "holds an earlier run with other settings; give --overwrite" in capsys.readouterr().err
+    assert cli_main(argv + ["--overwrite"]) == 0
+    assert not (out / "weights.npz").exists()  # nothing of the l2b run survives
+
+
+def test_compare_refuses_cells_run_with_other_settings(tmp_path, capsys):
+    argv = ["compare", "--methods", "ce", "--noise", "symmetric:0.4", "--data", "digits", "--model", "mlp",
+            "--width", "8", "--epochs", "1", "--val-per-class", "3", "--out", str(tmp_path / "grid")]
+    assert cli_main(argv) == 0
+    capsys.readouterr()
+    argv2 = [a if a != "1" else "2" for a in argv]  # --epochs 2
+    assert cli_main(argv2) == 2
+    err = capsys.readouterr().err
+    assert "1 grid cell(s) hold runs with other settings" in err and "(epochs=1, now 2)" in err
+    assert cli_main(argv2 + ["--overwrite"]) == 0
+    import json
+
+    m = json.loads((tmp_path / "grid" / "ce" / "symmetric_0.4" / "seed0" / "metrics.json").read_text())
+    assert len(m["history"]) == 2
+
+
+def test_divergence_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    argv = ["train", *TINY[:-4], "--epochs", "2", "--method", "ce", "--lr", "1e30", "--val-per-class", "3",
+            "--progress", "none", "--out", str(out)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "became NaN or inf at epoch 1, step" in err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["diverged"]["epoch"] == 0 and not (out / "checkpoint.pt").exists()
+
+
+def test_metrics_json_has_no_nan(tmp_path):
+    from l2b.config import TrainConfig
+    from l2b.train import train
+
+    out = tmp_path / "run"  # CE without a clean set: validation accuracy is undefined
+    train(TrainConfig(data="digits", model="mlp", width=8, epochs=1, method="ce", val_per_class=None,
+                      progress="none", out=str(out)))
+    text = (out / "metrics.json").read_text() + (out / "metrics.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_meta_weights_raise_on_a_nan_pixel():
+    import l2b
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    x[2, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"the training inputs x contain NaN or inf \(first at sample 2\)"):
+        l2b.meta_weights(model, x, y, torch.randn(3, 1, 4, 4), torch.tensor([0, 1, 2]), lr=0.1)
+
+
+def test_label_gaps_keep_the_class_count_and_warn(tmp_path):
+    from l2b.data import load_dataset
+
+    f = _npz(tmp_path, [0, 5] * 10, [0, 5, 3])
+    with pytest.warns(UserWarning, match=r"class\(es\) \[1, 2, 3, 4\] have no training sample"):
+        ds = load_dataset(f"npz:{f}")
+    assert ds.num_classes == 6  # the union of train and test labels, gaps included

@@ -80,8 +80,9 @@ def check_types(cfg) -> None:
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         converted = coerce_field(f.name, f.type, value)
-        if converted != value or type(converted) is not type(value) and not (
-                isinstance(value, int) and not isinstance(value, bool) and isinstance(converted, float)):
+        same_value = converted == value or (isinstance(value, float) and value != value)  # NaN: checked later
+        int_as_float = type(value) is int and type(converted) is float
+        if not same_value or (type(converted) is not type(value) and not int_as_float):
             raise ValueError(f"config: {f.name}={value!r} is not a {f.type}; give {converted!r}")
 
 

@@ -96,6 +96,7 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
         else:  # the same run again: nothing of the old one may survive
             for name in ("weights.npz", "label_issues.csv", "metrics.json", "best_model.pt", "checkpoint.pt"):
                 (out / name).unlink(missing_ok=True)
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # topmost new dir
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".l2b-write-test"
@@ -103,6 +104,8 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
         probe.unlink()
     except OSError as err:
         raise ValueError(f"--out {out}: cannot write there ({err.strerror or err}); choose a writable directory") from None
+    if created is not None:  # made again when the run writes its config: a run that fails early leaves nothing
+        shutil.rmtree(created)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
