@@ -154,6 +154,9 @@ def test_two_rank_training_reaches_the_single_process_weights(tmp_path, method, 
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-5, atol=1e-6, msg=k)
     assert abs(single["test_acc_last"] - results[0]) <= 0.2
+    # the logged train_loss is the global batch's, for meta methods too (it was half of it)
+    for ha, hb in zip(a["history"], b["history"]):
+        assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-4)
     if method == "l2b":  # the per-sample weights gathered from both ranks match too
         wa, wb = np.load(tmp_path / "single" / "weights.npz"), np.load(tmp_path / "ddp" / "weights.npz")
         np.testing.assert_allclose(wb["alpha"], wa["alpha"], rtol=1e-4, atol=1e-7)
