@@ -112,12 +112,12 @@ def noise_auc(run_dir: Path) -> float | None:
 
 def summarize(out: Path) -> list[dict]:
     """``l2b compare``'s summary rows, plus the meta methods' mean noise-detection AUC."""
-    from l2b.compare import _mean_std, group_runs, summary_row
+    from l2b.compare import mean_std, group_runs, summary_row
 
     rows = []
     for (method, noise), runs in sorted(group_runs(out).items()):
         aucs = [a for a in map(noise_auc, (r["dir"] for r in runs)) if a is not None] if method in META_METHODS else []
-        auc = [round(v, 3) for v in _mean_std(aucs)] if aucs else [None, None]
+        auc = [round(v, 3) for v in mean_std(aucs)] if aucs else [None, None]
         rows.append({**summary_row(method, noise, runs), "noise_auc": auc[0], "noise_auc_std": auc[1]})
     return rows
 

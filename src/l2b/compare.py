@@ -117,7 +117,7 @@ def collect(out: Path, finished_only: bool = True) -> list[dict[str, Any]]:
     return runs
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -136,8 +136,8 @@ def group_runs(out: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
 
 def summary_row(method: str, noise: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One row of ``SUMMARY_COLUMNS``: means and standard deviations over the seeds' runs."""
-    last_m, last_s = _mean_std([r["test_acc_last"] for r in runs])
-    best_m, best_s = _mean_std([r["test_acc_at_best_val"] for r in runs])
+    last_m, last_s = mean_std([r["test_acc_last"] for r in runs])
+    best_m, best_s = mean_std([r["test_acc_at_best_val"] for r in runs])
     return {"method": method, "noise": noise, "seeds": len(runs),
             "test_acc_last_mean": round(last_m, 3), "test_acc_last_std": round(last_s, 3),
             "test_acc_at_best_val_mean": round(best_m, 3), "test_acc_at_best_val_std": round(best_s, 3),

@@ -1,6 +1,7 @@
-"""Two independent ways to compute the raw L2B weights ``w = -dG/d eps`` at eps = 0.
+"""Three engines for the raw L2B weights ``w = -dG/d eps`` at eps = 0, and the look-ahead core of
+MW-Net and MLC (``lookahead_tangents``).
 
-``jvp`` (default, SPEC §2): with v = grad G(theta_hat(0)) from one validation forward+backward,
+``jvp`` (default; the first-order identity of docs/methods.md, the paper's Eq. 7-8): with v = grad G(theta_hat(0)) from one validation forward+backward,
 ``-dG/d eps_i = scale * <v, grad f_i(theta)>``, and all n dot products come from ONE forward-mode
 JVP of the training logits z along ``scale * v``:  <v, grad f_i> = (df_i/dz_i) . zdot_i.
 For cross-entropy df_i/dz_i = softmax(z_i) - onehot(y_i). The primal logits of that forward carry
@@ -13,7 +14,7 @@ plain forward of the training batch (see ``raw_weights_jvp``).
 validation loss at theta_hat(eps), then autograd back to eps. It is the test oracle of ``jvp`` and
 the fallback for modules whose ops lack forward-mode AD.
 
-Both return ``(raw_alpha, raw_beta, logits, val_loss)``. Both run the training forward through the
+All three return ``(raw_alpha, raw_beta, logits, val_loss)``. All run the training forward through the
 module's own buffers exactly once (so BatchNorm running statistics move exactly as in one ordinary
 training forward) and the validation forward on clones of the buffers (so they never move there).
 """

@@ -83,11 +83,12 @@ def meta_weights(
             the one training forward updates the running statistics; in eval mode nothing moves.
         x, y: training batch and its observed (possibly noisy) labels.
         x_val, y_val: clean validation batch; G is their mean cross-entropy. Its size m is free.
-        normalize: ``"sum"`` (Eq. 9, default), ``"softmax"`` (Eq. 14), ``"sigmoid"`` (Eq. 13) or
-            ``"hard"``, applied jointly to the 2n entries [alpha, beta] (see ``l2b.normalize``).
+        normalize: ``"sum"`` (Eq. 9, default), ``"softmax"`` (Eq. 14), ``"sigmoid"`` (Eq. 13),
+            ``"hard"`` or ``"isic"`` (the authors' ISIC L2RW branch), applied jointly to the 2n entries [alpha, beta] (see ``l2b.normalize``).
         temperature, threshold: for ``"softmax"`` / ``"hard"``.
         constraint: ``None`` (L2B), ``"beta=0"`` (L2RW), ``"alpha=0"``, ``"alpha+beta=1"``.
-        engine: ``"jvp"`` (exact first-order identity, default) or ``"unroll"`` (second-order
+        engine: ``"jvp"`` (exact first-order identity, default), ``"jvp-lean"`` (the same weights
+            with about CE's peak memory, one more plain forward) or ``"unroll"`` (second-order
             reference).
         loss_fn: per-sample training loss ``loss_fn(logits, targets) -> (n,)``; cross-entropy by
             default; or a pair ``(f, g)``: f against the observed labels, g against the

@@ -1,4 +1,4 @@
-"""Label noise models (SPEC §5): ``apply_noise(labels, spec, num_classes=, seed=)``.
+"""Label noise models (docs/data.md): ``apply_noise(labels, spec, num_classes=, seed=)``.
 
 Every model is a pure function of (labels, spec, seed) through numpy's PCG64 generator: the same
 call gives the same noisy labels in every process. ``spec`` strings:

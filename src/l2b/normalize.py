@@ -2,7 +2,7 @@
 
 Every normaliser is a small pure function on a tensor: it normalises over the LAST dimension and
 returns a tensor of the same shape. The authors' code flattens the raw weights of a batch to the
-2n entries ``[alpha_1..alpha_n, beta_1..beta_n]`` and normalises them jointly (SPEC §3), so that
+2n entries ``[alpha_1..alpha_n, beta_1..beta_n]`` and normalises them jointly (yuyinzhou/L2B main.py, ``weight.view(2, -1)``), so that
 the weighted SUM of the 2n losses is the training loss.
 
 References:

@@ -5,7 +5,7 @@ dampening, weight decay and Nesterov), the parameters after the virtual step are
 
     theta_hat(eps) = shift - sum_i eps_i * scale * grad f_i(theta)
 
-with ``shift = theta_hat(0)`` and a per-parameter-group factor ``scale`` (SPEC ยง2):
+with ``shift = theta_hat(0)`` and a per-parameter-group factor ``scale`` (the first-order identity of docs/methods.md):
 
 * paper Eq. 5, plain SGD with step lambda: shift = theta, scale = lambda;
 * torch.optim.SGD (what the authors' code does through ``higher``): with d0 = wd * theta the
@@ -17,7 +17,7 @@ with ``shift = theta_hat(0)`` and a per-parameter-group factor ``scale`` (SPEC ย
     Nesterov:             shift = theta - lr * (d0 + mu * b0),           scale = lr * (1 + mu * c)
 
 Only ``shift`` and ``scale`` enter the JVP engine. The unroll engine does not use this module's
-algebra: it replays the optimizer's update rule on a differentiable gradient (see ``unroll.py``).
+algebra: it replays the optimizer's update rule on a differentiable gradient (``engines._replay_sgd``).
 """
 
 from __future__ import annotations
