@@ -420,12 +420,12 @@ def test_l2b_mixup_follows_the_authors_f_mixed_g_not():
     """main.py --reweight_label --mixup: cost1 mixed, cost2 = criterion(y_f_hat, pesudo_labels)
     unmixed; the real loss sum(weight * cost) with the same split."""
     from l2b.engines import split_loss_fn
-    from l2b.methods.meta import mixup_loss_fn
+    from l2b.methods.l2b import mixup_loss_fn
 
     model, _ = model_pair()
     method = create_method("l2b", model, torch.optim.SGD(model.parameters(), lr=0.1), mixup_alpha=32.0)
     calls = {}
-    import l2b.methods.meta as meta_module
+    import l2b.methods.l2b as meta_module
 
     real = meta_module.bootstrap_loss
 

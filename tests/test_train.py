@@ -492,7 +492,7 @@ def test_compare_runs_cells_in_parallel_workers(tmp_path):
 
 def test_l2b_with_mixup_uses_mixed_inputs_and_mixed_targets(float64):
     from conftest import make_batches, make_model
-    from l2b.methods.meta import mixup_loss_fn
+    from l2b.methods.l2b import mixup_loss_fn
 
     model = make_model("mlp")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

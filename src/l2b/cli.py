@@ -155,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(
                 "--resume continues a run with its own settings; "
                 + ", ".join(f"--{k.replace('_', '-')} {changed[k]!r} (the run has {getattr(cfg, k)!r})" for k in unsafe)
-                + f" would change its results. Start a new run with another --out instead (only "
+                + " would change its results. Start a new run with another --out instead (only "
                 + ", ".join("--" + k.replace("_", "-") for k in NOT_RESULTS if k != "out") + " may change)")
         for k, v in changed.items():
             setattr(cfg, k, v)

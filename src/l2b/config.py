@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .methods import METHODS
-from .methods.meta import META_OPTIONS
+from .methods.l2b import META_OPTIONS
 
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 

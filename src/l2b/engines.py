@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .virtual_step import VirtualStep, plain_sgd_step
+from .virtual_step import VirtualStep
 
 # loss_fn(logits, targets) -> per-sample losses of shape (n,); or a pair (f, g) of them: f for the
 # observed labels, g for the pseudo-labels (the authors' mixup mixes f only)

@@ -11,6 +11,22 @@ from .engines import LossFn
 from .meta import MetaWeights, bootstrap_loss, meta_weights
 
 
+def virtual_step_source(optimizer: torch.optim.Optimizer, virtual_step: str) -> dict:
+    """``meta_weights``' ``optimizer=`` (replay its SGD step: the authors' code) or ``lr=`` (paper
+    Eq. 5: plain SGD at the optimizer's one current learning rate)."""
+    if virtual_step == "optimizer":
+        return {"optimizer": optimizer}
+    if virtual_step != "sgd":
+        raise ValueError(f"virtual_step must be 'optimizer' or 'sgd', got {virtual_step!r}")
+    lrs = {float(g["lr"]) for g in optimizer.param_groups}
+    if len(lrs) != 1:
+        raise ValueError(
+            "virtual_step='sgd' needs one learning rate, but the optimizer's groups have "
+            f"{sorted(lrs)}; use virtual_step='optimizer'"
+        )
+    return {"lr": lrs.pop()}
+
+
 @dataclass
 class StepResult:
     """The outcome of one :meth:`L2B.step`."""
@@ -69,20 +85,10 @@ class L2B:
             constraint=constraint, engine=engine, loss_fn=loss_fn, distributed=distributed,
         )
 
-    def _current_lr(self) -> float:
-        lrs = {float(g["lr"]) for g in self.optimizer.param_groups}
-        if len(lrs) != 1:
-            raise ValueError(
-                "virtual_step='sgd' needs one learning rate, but the optimizer's groups have "
-                f"{sorted(lrs)}; use virtual_step='optimizer'"
-            )
-        return lrs.pop()
-
     def weights(self, x, y, x_val, y_val) -> MetaWeights:
         """Only the meta step: the weights for this batch, without updating the model."""
-        if self.virtual_step == "sgd":
-            return meta_weights(self.model, x, y, x_val, y_val, lr=self._current_lr(), **self.options)
-        return meta_weights(self.model, x, y, x_val, y_val, optimizer=self.optimizer, **self.options)
+        return meta_weights(self.model, x, y, x_val, y_val, **virtual_step_source(self.optimizer, self.virtual_step),
+                            **self.options)
 
     def step(self, x, y, x_val, y_val) -> StepResult:
         """One iteration of Algorithm 1: meta weights, then the real step on Eq. 3's loss."""

@@ -222,6 +222,11 @@ def create_method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
     return METHODS[name](model, optimizer, **options)
 
 
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy against soft targets: -sum_k t_k log softmax(z)_k."""
+    return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1)
+
+
 def meta_optimizer(params, kind: str, lr: float, weight_decay: float, momentum: float = 0.0,
                    nesterov: bool = False, amsgrad: bool = False) -> torch.optim.Optimizer:
     """The optimizer of a meta network (MW-Net's weight net, MLC's label-correction net):

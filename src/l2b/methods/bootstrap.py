@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, Method, StepOutput, register
+from .base import Batch, Method, StepOutput, register, soft_cross_entropy
 
 
 def bootstrap_target(logits: torch.Tensor, y: torch.Tensor, beta: float, mode: str) -> torch.Tensor:
@@ -41,7 +41,7 @@ class Bootstrap(Method):
     def loss(self, batch: Batch) -> StepOutput:
         logits = self.model(batch.x)
         target = bootstrap_target(logits, batch.y, float(self.opts["beta"]), self.opts["mode"])
-        loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        loss = soft_cross_entropy(logits, target).mean()
         n = len(batch.y)
         beta = float(self.opts["beta"])
         return StepOutput(

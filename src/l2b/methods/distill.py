@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, Method, SetupContext, StepOutput, fit, register
+from .base import Batch, Method, SetupContext, StepOutput, fit, register, soft_cross_entropy
 
 
 @register
@@ -48,7 +48,7 @@ class Distill(Method):
     def loss(self, batch: Batch) -> StepOutput:
         logits = self.model(batch.x)
         target = self.soft_targets(batch.x, batch.y, logits.shape[1])
-        return StepOutput(-(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean())
+        return StepOutput(soft_cross_entropy(logits, target).mean())
 
     def state_dict(self) -> dict | None:
         return None if self.teacher is None else {"teacher": self.teacher.state_dict()}

@@ -33,7 +33,7 @@ from torch import nn
 from ..engines import lookahead_tangents, rng_snapshot
 from ..models import features, head, num_features
 from ..virtual_step import optimizer_step
-from .base import Batch, Method, StepOutput, meta_optimizer, register
+from .base import Batch, Method, StepOutput, meta_optimizer, register, soft_cross_entropy
 
 
 class MetaNet(nn.Module):
@@ -51,11 +51,6 @@ class MetaNet(nn.Module):
 
     def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.softmax(self.net(torch.cat([h, self.cls_emb(y)], dim=-1)), dim=-1)
-
-
-def soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy against a soft target: -sum_k t_k log softmax(z)_k."""
-    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
 
 
 @register
@@ -92,7 +87,7 @@ class MLC(Method):
         logits = head(self.model)(h)
         target = self.lcn(h.detach().to(next(self.lcn.parameters()).dtype), batch.y)
         total = self._count(len(batch.y) + (0 if y_c is None else len(y_c)), batch.x.device)
-        silver = soft_ce(logits, target.detach().to(logits.dtype))
+        silver = soft_cross_entropy(logits, target.detach().to(logits.dtype))
         loss = silver.sum() / total
         if y_c is not None and len(y_c):
             loss = loss + F.cross_entropy(self.model(x_c), y_c, reduction="sum") / total

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..meta import bootstrap_loss
-from ..step import L2B as L2BStep
+from ..meta import bootstrap_loss, meta_weights
+from ..step import virtual_step_source
 from .base import Batch, Method, StepOutput, register
 
 META_OPTIONS = {
@@ -61,13 +61,10 @@ class L2B(Method):
     option_types = {"threshold": float, "constraint": str}
     choices = META_CHOICES
 
-    def __init__(self, model, optimizer, **options) -> None:
-        super().__init__(model, optimizer, **options)
-        self.step_helper = L2BStep(model, optimizer, **self.meta_options())
-
     def meta_options(self) -> dict:
-        options = {k: v for k, v in self.opts.items() if k not in ("mixup_alpha", "mixup_pseudo", "meta_sampling")}
-        return {**options, "temperature": float(options["temperature"])}
+        """The options of ``l2b.meta_weights`` (the virtual step is passed separately)."""
+        skip = ("mixup_alpha", "mixup_pseudo", "meta_sampling", "virtual_step")
+        return {k: v for k, v in self.opts.items() if k not in skip}
 
     def warmup_loss(self, batch: Batch) -> torch.Tensor:
         """Warm-up is plain mean cross-entropy; with mixup, on mixed inputs against mixed labels
@@ -81,7 +78,6 @@ class L2B(Method):
         return mixup_loss_fn(lam, perm)(logits, batch.y).mean()
 
     def loss(self, batch: Batch) -> StepOutput:
-        self.step_helper.options["distributed"] = self.distributed
         x, loss_fn = batch.x, None
         alpha = float(self.opts["mixup_alpha"])
         if alpha > 0:  # mixed inputs; f and g both mix their two targets with the same lam
@@ -92,8 +88,9 @@ class L2B(Method):
             loss_fn = mixup_loss_fn(lam, perm)
             if self.opts["mixup_pseudo"] == "plain":  # authors: g = CE(z, argmax z), unmixed
                 loss_fn = (loss_fn, None)
-        self.step_helper.options["loss_fn"] = loss_fn
-        mw = self.step_helper.weights(x, batch.y, batch.x_val, batch.y_val)
+        mw = meta_weights(self.model, x, batch.y, batch.x_val, batch.y_val,
+                          **virtual_step_source(self.optimizer, self.opts["virtual_step"]),
+                          **self.meta_options(), loss_fn=loss_fn, distributed=self.distributed)
         return StepOutput(
             bootstrap_loss(mw, batch.y, loss_fn), alpha=mw.alpha, beta=mw.beta,
             pseudo_labels=mw.pseudo_labels,
