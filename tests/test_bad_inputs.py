@@ -257,7 +257,7 @@ def test_meta_weights_raise_on_a_nan_pixel():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     x, y = torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
     x[2, 0, 1, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"the training inputs x contain NaN or inf \(first at sample 2\)"):
+    with pytest.raises(ValueError, match=r"the training inputs x hold NaN or inf \(first at sample 2\)"):
         l2b.meta_weights(model, x, y, torch.randn(3, 1, 4, 4), torch.tensor([0, 1, 2]), lr=0.1)
 
 
@@ -268,3 +268,15 @@ def test_label_gaps_keep_the_class_count_and_warn(tmp_path):
     with pytest.warns(UserWarning, match=r"class\(es\) \[1, 2, 3, 4\] have no training sample"):
         ds = load_dataset(f"npz:{f}")
     assert ds.num_classes == 6  # the union of train and test labels, gaps included
+
+
+def test_a_meta_method_that_diverges_names_epoch_and_step(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    argv = ["train", *TINY[:-4], "--epochs", "2", "--method", "l2b", "--lr", "1e30", "--clip-grad-norm", "0",
+            "--val-per-class", "3", "--progress", "none", "--out", str(out)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "diverged at epoch 1, step" in err and "no checkpoint was written" in err
+    assert json.loads((out / "metrics.json").read_text())["diverged"]["epoch"] == 0

@@ -155,7 +155,7 @@ def raise_non_finite(x, x_val, logits, val_loss) -> None:
         bad = ~torch.isfinite(t.detach())
         if bad.any():
             where = f" (first at sample {int(bad.reshape(len(t), -1).any(1).nonzero()[0])})" if t.dim() else ""
-            raise NonFiniteWeights(f"meta_weights: {what} contain NaN or inf{where}; every weight of the "
+            raise NonFiniteWeights(f"meta_weights: {what} hold NaN or inf{where}; every weight of the "
                                    "batch would be NaN. Check the data (or lower the learning rate if the "
                                    "model diverged)")
     raise NonFiniteWeights("meta_weights: the meta-gradients are NaN or inf (the parameters or the virtual "

@@ -30,6 +30,7 @@ from .methods.base import SetupContext
 from .models import create_model
 from .noise import apply_noise, transition_matrix
 from .config import TrainConfig
+from .meta import NonFiniteWeights
 from .rundir import Progress, atomic_save, environment, load_checkpoint, prepare_out, tensorboard
 
 
@@ -491,7 +492,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                     result = None
                     loss = method.warmup_loss(batch)
                 else:
-                    result = method.loss(batch)
+                    try:
+                        result = method.loss(batch)
+                    except NonFiniteWeights as err:  # the model diverged inside the meta step
+                        diverged(out, epoch, step, main_rank, str(err))
                     loss = result.loss
             optimizer.zero_grad(set_to_none=True)
             if sync is None:
@@ -605,13 +609,22 @@ def check_finite(model: torch.nn.Module, first_bad: torch.Tensor, epoch: int, ou
     params_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
     if step < 0 and params_ok:
         return
-    where = f"epoch {epoch + 1}, step {step + 1}" if step >= 0 else f"epoch {epoch + 1}"
-    what = "the training loss" if step >= 0 else "the model's parameters"
+    diverged(out, epoch, step if step >= 0 else None, main_rank,
+             "the training loss" if step >= 0 else "the model's parameters")
+
+
+def diverged(out: Path, epoch: int, step: int | None, main_rank: bool, what: str) -> None:
+    """Record in metrics.json where the run diverged and raise ``TrainingDiverged``."""
     if main_rank:
         with open(out / "metrics.json", "w") as fh:
-            json.dump({"diverged": {"epoch": epoch, "step": step if step >= 0 else None, "what": what}}, fh, indent=2)
+            json.dump({"diverged": {"epoch": epoch, "step": step, "what": what}}, fh, indent=2)
+    where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
     kept = (f"{out / 'checkpoint.pt'} keeps epoch {epoch}" if epoch > 0 and (out / "checkpoint.pt").is_file()
             else "no checkpoint was written")
+    if what.startswith("meta_weights: "):
+        what = what[len("meta_weights: "):].split(";")[0]
+        raise TrainingDiverged(f"the run diverged at {where}: {what} ({kept}); lower --lr, or clip the "
+                               "gradient norm (--clip-grad-norm, e.g. 0.8)")
     raise TrainingDiverged(
         f"{what} became NaN or inf at {where} ({kept}); lower --lr, or clip the gradient "
         f"norm (--clip-grad-norm, e.g. 0.8)")
