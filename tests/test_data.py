@@ -14,7 +14,7 @@ import torch
 
 from l2b.data import augment_batch, clean_val_split, load_dataset
 from l2b.data.arrays import FASHION_MNIST_DIR
-from l2b.data.safe_pickle import UnsafePickleError, load_pickle
+from l2b.safe_pickle import UnsafePickleError, load_pickle
 
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:

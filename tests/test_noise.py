@@ -164,7 +164,7 @@ needs_cifar_n = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/c
 
 @needs_cifar_n
 def test_cifar10n_real_human_labels():
-    from l2b.data.safe_pickle import load_torch_save_dict
+    from l2b.safe_pickle import load_torch_save_dict
 
     d = load_torch_save_dict(SHARED / "CIFAR-10_human.pt")
     clean = np.asarray(d["clean_label"])
@@ -177,7 +177,7 @@ def test_cifar10n_real_human_labels():
 
 @needs_cifar_n
 def test_cifar100n_real_human_labels_and_mismatch_errors():
-    from l2b.data.safe_pickle import load_torch_save_dict
+    from l2b.safe_pickle import load_torch_save_dict
 
     clean = np.asarray(load_torch_save_dict(SHARED / "CIFAR-100_human.pt")["clean_label"])
     out = apply_noise(clean, "cifar100n:noisy", num_classes=100, data_dir=SHARED)

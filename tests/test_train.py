@@ -237,7 +237,7 @@ def test_presets_cover_the_paper_tables():
 
 
 def test_balanced_epochs_draw_every_class_equally():
-    from l2b.train import epoch_order
+    from l2b.data.batches import epoch_order
 
     labels = torch.tensor([0] * 90 + [1] * 8 + [2] * 2)
     order = epoch_order(labels, batch_size=10, seed=3, batches=6, balanced=True)

@@ -258,7 +258,7 @@ def instance(labels, rate, k, rng, *, features=None, **_):
 
 
 def human(labels, rate, k, rng, *, family, kind, label_file=None, data_dir=None, **_):
-    from .data.safe_pickle import load_torch_save_dict
+    from .safe_pickle import load_torch_save_dict
 
     if label_file is None:
         if data_dir is None:

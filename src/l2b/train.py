@@ -15,244 +15,23 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import TrainConfig
+from .data.batches import CleanBatches, global_batches, union
 from .distributed import all_reduce_grads, current_sync, init_from_env
-from .data import ArrayDataset, FileDataset, augment_batch, clean_val_split, load_dataset, normalize_batch
+from .meta import NonFiniteWeights
 from .methods import METHODS, Batch, create_method
 from .methods.base import SetupContext
 from .models import create_model
-from .noise import apply_noise, transition_matrix
-from .config import TrainConfig
-from .meta import NonFiniteWeights
+from .run_data import build_splits, prepare_data
 from .rundir import Progress, atomic_save, environment, load_checkpoint, prepare_out, tensorboard
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class Prepared:
-    """The data of one run: the clean split taken, the noise applied."""
-
-    ds: ArrayDataset | FileDataset
-    train_idx: np.ndarray  # positions in the dataset's training set
-    val_idx: np.ndarray | None  # clean validation positions in it (None: the dataset's own set)
-    y_true: np.ndarray  # true labels of the training samples used
-    y_noisy: np.ndarray  # their noisy labels
-    noise_rate: float
-    transition: np.ndarray
-
-
-def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
-    options = {"on_bad_images": cfg.on_bad_images, "image_size": cfg.image_size}
-    name = cfg.data.partition(":")[0]
-    ds = load_dataset(cfg.data, **(options if name in ("folder", "isic2019", "clothing1m") else {}))
-    y_all = ds.y_train.numpy()
-    own_val = (isinstance(ds, ArrayDataset) and ds.x_val is not None) or (isinstance(ds, FileDataset) and ds.val)
-    if cfg.val_per_class is not None or cfg.val_total is not None:
-        train_idx, val_idx = clean_val_split(y_all, per_class=cfg.val_per_class, total=cfg.val_total, seed=cfg.seed)
-    elif own_val:
-        train_idx, val_idx = np.arange(len(y_all)), None
-    elif needs_clean:
-        raise ValueError(
-            f"method {cfg.method!r} needs a clean validation set: give --val-per-class K "
-            f"(or --val-total M), or use a dataset with its own clean set"
-        )
-    else:
-        train_idx, val_idx = np.arange(len(y_all)), np.array([], dtype=np.int64)
-    # Noise is applied to the whole training set (a pure function of it, so CIFAR-N files line
-    # up), then the clean validation samples keep their true labels.
-    features = None
-    if cfg.noise.startswith("instance:"):
-        if not isinstance(ds, ArrayDataset):
-            raise ValueError("instance noise needs in-memory images; not available for image-file datasets")
-        features = ds.x_train.reshape(len(ds.x_train), -1).numpy()
-    noisy = apply_noise(
-        y_all, cfg.noise, num_classes=ds.num_classes,
-        seed=cfg.seed if cfg.noise_seed is None else cfg.noise_seed,
-        coarse_labels=None if ds.coarse_train is None else ds.coarse_train.numpy(),
-        mapping=ds.asymmetric_map, features=features, data_dir=ds.root,
-    )
-    if cfg.train_subset is not None:
-        if cfg.train_subset > len(train_idx):
-            raise ValueError(f"train_subset={cfg.train_subset} exceeds the {len(train_idx)} training samples")
-        rng = np.random.Generator(np.random.PCG64(cfg.seed))
-        train_idx = np.sort(rng.choice(train_idx, cfg.train_subset, replace=False))
-    y_true, y_noisy = y_all[train_idx], noisy.labels[train_idx]
-    return Prepared(ds, train_idx, val_idx, y_true, y_noisy, float((y_true != y_noisy).mean()),
-                    transition_matrix(y_true, y_noisy, ds.num_classes))
-
-
-def epoch_order(labels: torch.Tensor, batch_size: int, seed: int, batches: int | None = None,
-                balanced: bool = False) -> torch.Tensor:
-    """Sample positions of one epoch, a pure function of ``seed``: a permutation of everything,
-    or ``batches * batch_size`` samples, drawn equally from every class when ``balanced``
-    (without replacement while a class has enough samples)."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(labels) if batches is None else batches * batch_size
-    if not balanced:
-        if batches is None:
-            return torch.randperm(len(labels), generator=g)
-        reps = -(-n // len(labels))
-        return torch.cat([torch.randperm(len(labels), generator=g) for _ in range(reps)])[:n]
-    labels = labels.cpu()
-    classes = torch.unique(labels)
-    per_class = -(-n // len(classes))
-    picks = []
-    for c in classes:
-        members = torch.nonzero(labels == c).flatten()
-        reps = -(-per_class // len(members))
-        perm = torch.cat([members[torch.randperm(len(members), generator=g)] for _ in range(reps)])
-        picks.append(perm[:per_class])
-    order = torch.cat(picks)
-    return order[torch.randperm(len(order), generator=g)][:n]
-
-
-def global_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Split an epoch's order into global batches; a final batch of one is dropped (BatchNorm
-    cannot train on it)."""
-    out = list(torch.split(order, batch_size))
-    if len(out) > 1 and len(out[-1]) == 1:
-        out.pop()
-    return out
-
-
-class TensorData:
-    """An in-memory split on the training device: uint8 images, labels, batched augmentation.
-
-    Under data parallelism (``shard=(rank, world)``) every rank draws the same global batches and
-    augments them identically, then keeps its contiguous slice: the union over ranks is exactly
-    the single-process batch.
-    """
-
-    def __init__(self, x: torch.Tensor, y, device, mean, std, augment: dict, shard=(0, 1)) -> None:
-        self.x = x.to(device)
-        self.y = torch.as_tensor(np.asarray(y), dtype=torch.int64).to(device)
-        self.mean, self.std, self.augment, self.shard = mean.to(device), std.to(device), augment, shard
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
-              balanced: bool = False, whole: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
-        """(x, y, positions, global batch size) of this rank, in the order ``seed`` fixes;
-        ``whole``: the whole global batches, whatever the rank."""
-        dev = self.x.device
-        rank, world = (0, 1) if whole else self.shard
-        order = epoch_order(self.y, batch_size, seed, batches, balanced).to(dev)
-        g = torch.Generator(device=dev).manual_seed(seed)
-        for idx in global_batches(order, batch_size):
-            x = self.x[idx]
-            if augment and (self.augment["crop_padding"] or self.augment["flip"]):
-                x = augment_batch(x, **self.augment, generator=g)
-            local = torch.tensor_split(torch.arange(len(idx), device=dev), world)[rank]
-            yield normalize_batch(x[local], self.mean, self.std), self.y[idx[local]], idx[local], len(idx)
-
-
-def union(a, b):
-    """One split holding ``a``'s samples, then ``b``'s (GLC's stream over silver and gold)."""
-    if isinstance(a, TensorData):
-        return TensorData(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]).cpu().numpy(), a.x.device, a.mean, a.std,
-                          a.augment, a.shard)
-    return FileData(a.ds, a.items + b.items, [y for _, y in a.items + b.items], a.device, a.workers, a.shard)
-
-
-class FileData:
-    """An image-file split streamed by a DataLoader (decode, resize, crop, flip in workers);
-    under data parallelism each rank loads only its slice of every global batch."""
-
-    def __init__(self, ds: FileDataset, items, y, device, workers: int, shard=(0, 1)) -> None:
-        self.ds, self.device, self.workers, self.shard = ds, device, workers, shard
-        self.items = [(path, int(label)) for (path, _), label in zip(items, y)]
-        self.y = torch.tensor([label for _, label in self.items], dtype=torch.int64)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
-              balanced: bool = False, whole: bool = False):
-        rank, world = (0, 1) if whole else self.shard
-        order = epoch_order(self.y, batch_size, seed, batches, balanced) if augment else torch.arange(len(self))
-        plan = [(torch.tensor_split(b, world)[rank].tolist(), len(b)) for b in global_batches(order, batch_size)]
-        loader = self.ds.loader(self.items, train=augment, workers=self.workers, seed=seed,
-                                batches=[b for b, _ in plan])
-        nb = self.device.type == "cuda"
-        for (x, y, idx), (_, n_global) in zip(loader, plan):
-            yield (x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb),
-                   idx.to(self.device), n_global)
-
-
-class CleanBatches:
-    """Clean batches for meta methods. ``cycle`` (default): through the whole clean set,
-    reshuffling once per pass, so every clean sample is used equally. ``random``: a fresh random
-    batch each step, as the authors' ``next(iter(metaloader))`` draws. Its position is
-    checkpointed."""
-
-    def __init__(self, data, batch_size: int, seed: int, sampling: str = "cycle", augment: bool = True) -> None:
-        self.data, self.batch_size, self.seed, self.sampling, self.augment = data, batch_size, seed, sampling, augment
-        self.passes, self.position, self._it = 0, 0, None
-
-    def _start(self):
-        self._it = iter(self.data.epoch(self.batch_size, self.seed * 7919 + self.passes, augment=self.augment))
-        for _ in range(self.position):  # resuming mid-pass
-            next(self._it)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.sampling == "random":  # the first batch of a fresh shuffle, seeded by the step
-            x, y, _, _ = next(iter(self.data.epoch(self.batch_size, self.seed * 7919 + 104729 + self.position,
-                                                   augment=self.augment)))
-            self.position += 1
-            return x, y
-        if self._it is None:
-            self._start()
-        try:
-            x, y, _, _ = next(self._it)
-        except StopIteration:
-            self.passes, self.position = self.passes + 1, 0
-            self._start()
-            x, y, _, _ = next(self._it)
-        self.position += 1
-        return x, y
-
-    def state_dict(self) -> dict:
-        return {"passes": self.passes, "position": self.position}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.passes, self.position, self._it = d["passes"], d["position"], None
-
-
-def build_splits(cfg: TrainConfig, prep: Prepared, device: torch.device, shard=(0, 1)):
-    ds = prep.ds
-    if isinstance(ds, ArrayDataset):
-        mean, std = ds.mean_std()
-        aug = {"crop_padding": 0, "flip": False} if cfg.augment == "none" else (
-            {"crop_padding": 4, "flip": True} if cfg.augment == "crop-flip" else ds.augment)
-
-        def split(x, y):
-            return TensorData(x, y, device, mean, std, aug, shard)
-
-        train = split(ds.x_train[prep.train_idx], prep.y_noisy)
-        if prep.val_idx is None:
-            val = split(ds.x_val, ds.y_val.numpy())
-        else:
-            val = split(ds.x_train[prep.val_idx], ds.y_train.numpy()[prep.val_idx])
-        test = split(ds.x_test, ds.y_test.numpy())
-    else:
-        train = FileData(ds, [ds.train[i] for i in prep.train_idx], prep.y_noisy, device, cfg.workers, shard)
-        if prep.val_idx is None:
-            val = FileData(ds, ds.val, [y for _, y in ds.val], device, cfg.workers, shard)
-        else:
-            val = FileData(ds, [ds.train[i] for i in prep.val_idx], ds.y_train.numpy()[prep.val_idx],
-                           device, cfg.workers, shard)
-        test = FileData(ds, ds.test, [y for _, y in ds.test], device, cfg.workers, shard)
-    return train, val, test
 
 
 # ----------------------------------------------------------------------------- schedule, eval
@@ -317,6 +96,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Seed salts: each stream of random numbers of a run is seeded by the run's seed times its own
+# prime, so that no two streams coincide and each is a pure function of (seed, epoch).
+EPOCH_ORDER_SALT = 100003  # the training batches of epoch e: seed * salt + e
+SETUP_NOISY_SALT = 15485863  # a setup's fit on the noisy samples (GLC, forward)
+SETUP_CLEAN_SALT = 32452843  # a setup's fit on the clean samples (distill)
+
+
+def build_model(cfg: TrainConfig, ds, device: torch.device) -> torch.nn.Module:
+    """The run's architecture for this dataset, on the device (random initial weights)."""
+    return create_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
+                        image_size=ds.image_size, width=cfg.width).to(device)
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+
+
 def load_run(run: str | Path, device: str | torch.device | None = None):
     """A run rebuilt from its directory: ``(cfg, prep, (train, val, test), model)`` with the data,
     noise and split of its config.json and the model's weights of its last checkpoint (train mode)."""
@@ -324,15 +121,64 @@ def load_run(run: str | Path, device: str | torch.device | None = None):
     for name in ("config.json", "checkpoint.pt"):
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run}: no {name}; give the directory of an l2b run (its --out)")
-    cfg = TrainConfig(**json.loads((run / "config.json").read_text())["config"])
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text())["config"], str(run / "config.json"))
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     prep = prepare_data(cfg, METHODS[cfg.method].needs_clean)
     splits = build_splits(cfg, prep, device)
-    ds = prep.ds
-    model = create_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
-                         image_size=ds.image_size, width=cfg.width).to(device)
+    model = build_model(cfg, prep.ds, device)
     model.load_state_dict(load_checkpoint(run / "checkpoint.pt", device)["model"])
     return cfg, prep, splits, model
+
+
+def run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank: bool) -> None:
+    """A method's fit before training (GLC's phase 1, forward's estimator, distill's teacher).
+    Under torchrun rank 0 fits on the whole data and broadcasts what it fitted, with the
+    optimizer state it may leave (GLC keeps phase 1's)."""
+    if main_rank:
+        val_bs = cfg.val_batch_size or cfg.batch_size
+        method.setup(SetupContext(
+            new_model=lambda: build_model(cfg, ds, device),
+            new_optimizer=lambda m: build_optimizer(cfg, m),
+            train_batches=lambda e: noisy_data.epoch(cfg.batch_size, cfg.seed * SETUP_NOISY_SALT + e, augment=True,
+                                                     whole=True),
+            clean_batches=lambda e: val_data.epoch(val_bs, cfg.seed * SETUP_CLEAN_SALT + e, augment=True, whole=True),
+            clean_eval_batches=lambda: val_data.epoch(cfg.eval_batch_size, 0, augment=False, whole=True),
+            lr_at=lambda e, s, n: lr_at(cfg, e, s, n),
+            epochs=cfg.epochs, num_classes=ds.num_classes,
+            train_steps=len(global_batches(torch.arange(len(noisy_data)), cfg.batch_size)),
+            clean_steps=len(global_batches(torch.arange(len(val_data)), val_bs)),
+            log=(lambda text: print(text, flush=True)) if cfg.progress != "none" else (lambda text: None),
+        ))
+    if sync is not None:
+        state = [(method.state_dict(), optimizer.state_dict()) if main_rank else None]
+        torch.distributed.broadcast_object_list(state, src=0)
+        method.load_state_dict(state[0][0])
+        optimizer.load_state_dict(state[0][1])
+
+
+def checkpoint_state(model, optimizer, method, clean, epoch: int, history, best, world: int) -> dict:
+    """Everything a resumed run needs, in tensors and plain containers (weights_only loading)."""
+    return {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict(),
+        "clean": clean.state_dict() if clean is not None else None,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "epoch": epoch, "history": history, "best": best, "world_size": world,
+    }
+
+
+def restore_checkpoint(path: Path, device, model, optimizer, method, clean) -> tuple[list, dict, int]:
+    """Load a checkpoint into the run's objects and RNGs; returns (history, best, next epoch)."""
+    ck = load_checkpoint(path, device)
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    method.load_state_dict(ck.get("method"))
+    if clean is not None:
+        clean.load_state_dict(ck["clean"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+    return ck["history"], ck["best"], ck["epoch"] + 1
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None = None,
@@ -371,8 +217,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     if method_cls.needs_clean and len(val_data) == 0:
         raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
 
-    model = create_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
-                         image_size=ds.image_size, width=cfg.width)
+    model = build_model(cfg, ds, torch.device("cpu"))
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
     if cfg.sync_bn and world > 1:
@@ -382,8 +227,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    optimizer = build_optimizer(cfg, model)
     method = create_method(cfg.method, model, optimizer, **cfg.method_options())
     method.distributed = sync is not None
     method.batch_size = cfg.batch_size
@@ -397,46 +241,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     history: list[dict] = []
     best = {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
     start_epoch = 0
-    if method.has_setup and not resume and main_rank:
-        # Under torchrun rank 0 fits on the whole data and the others receive the result below.
-        n_clean_epoch = len(val_data)
-
-        def new_model():
-            return create_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
-                                image_size=ds.image_size, width=cfg.width).to(device)
-
-        method.setup(SetupContext(
-            new_model=new_model,
-            new_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov),
-            train_batches=lambda e: noisy_data.epoch(cfg.batch_size, cfg.seed * 15485863 + e, augment=True,
-                                                     whole=True),
-            clean_batches=lambda e: val_data.epoch(cfg.val_batch_size or cfg.batch_size, cfg.seed * 32452843 + e,
-                                                   augment=True, whole=True),
-            clean_eval_batches=lambda: val_data.epoch(cfg.eval_batch_size, 0, augment=False, whole=True),
-            lr_at=lambda e, s, n: lr_at(cfg, e, s, n),
-            epochs=cfg.epochs, num_classes=ds.num_classes,
-            train_steps=len(global_batches(torch.arange(len(noisy_data)), cfg.batch_size)),
-            clean_steps=len(global_batches(torch.arange(n_clean_epoch), cfg.val_batch_size or cfg.batch_size)),
-            log=(lambda text: print(text, flush=True)) if cfg.progress != "none" else (lambda text: None),
-        ))
-    if method.has_setup and not resume and sync is not None:
-        # what rank 0 fitted, and the optimizer state a setup may leave (GLC keeps phase 1's)
-        state = [(method.state_dict(), optimizer.state_dict()) if main_rank else None]
-        torch.distributed.broadcast_object_list(state, src=0)
-        method.load_state_dict(state[0][0])
-        optimizer.load_state_dict(state[0][1])
+    if method.has_setup and not resume:
+        run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank)
     if resume:
-        ck = load_checkpoint(ckpt_path, device)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        method.load_state_dict(ck.get("method"))
-        if clean is not None:
-            clean.load_state_dict(ck["clean"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
-        history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
+        history, best, start_epoch = restore_checkpoint(ckpt_path, device, model, optimizer, method, clean)
         if main_rank:  # the epochs of the checkpoint, no more: a kill after the log line and
             # before the checkpoint would otherwise leave a duplicate line
             with open(out / "metrics.jsonl", "w") as fh:
@@ -473,7 +281,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step
         step_weight_sums = []  # per step: this rank's sum of alpha + beta
         seen, steps, weighted = 0, 0, False
-        batches = train_data.epoch(cfg.batch_size, cfg.seed * 100003 + epoch, augment=True,
+        batches = train_data.epoch(cfg.batch_size, cfg.seed * EPOCH_ORDER_SALT + epoch, augment=True,
                                    batches=cfg.batches_per_epoch, balanced=cfg.balance_classes)
         for step, (x, y, idx, n_global) in enumerate(batches):
             if cfg.channels_last and x.dim() == 4:
@@ -564,14 +372,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                      pseudo_labels=pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
                      noisy=prep.y_noisy, true=prep.y_true, train_index=prep.train_idx)
         if main_rank:
-            atomic_save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "method": method.state_dict(),
-                "clean": clean.state_dict() if clean is not None else None,
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                "epoch": epoch, "history": history, "best": best, "world_size": world,
-            }, ckpt_path)
+            atomic_save(checkpoint_state(model, optimizer, method, clean, epoch, history, best, world), ckpt_path)
         if sync is not None:
             torch.distributed.barrier()  # the checkpoint is complete before any rank goes on
         bar.epoch_done(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .safe_pickle import load_pickle
+from ..safe_pickle import load_pickle
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
