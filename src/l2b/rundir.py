@@ -9,6 +9,7 @@ code. Everything l2b writes into a checkpoint fits that (docs/reliability.md).
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -106,6 +107,17 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
         raise ValueError(f"--out {out}: cannot write there ({err.strerror or err}); choose a writable directory") from None
     if created is not None:  # made again when the run writes its config: a run that fails early leaves nothing
         shutil.rmtree(created)
+
+
+def finite_json(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -21,53 +21,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import TrainConfig
 from .data.batches import CleanBatches, global_batches, union
-from .distributed import all_reduce_grads, current_sync, init_from_env
-from .meta import NonFiniteWeights
-from .methods import METHODS, Batch, create_method
+from .distributed import current_sync, init_from_env
+from .methods import METHODS, create_method
 from .methods.base import SetupContext
 from .models import create_model
 from .run_data import build_splits, prepare_data
-from .rundir import Progress, atomic_save, environment, load_checkpoint, prepare_out, tensorboard
-
-
-# ----------------------------------------------------------------------------- schedule, eval
-
-
-def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """The learning rate of an iteration (a pure function: nothing to checkpoint)."""
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "step":
-        return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    t = (epoch * steps_per_epoch + step) / max(1, cfg.epochs * steps_per_epoch)
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * t))
-
-
-@torch.no_grad()
-def evaluate(model, data, batch_size: int, amp: bool, sync=None) -> tuple[float, float]:
-    """(accuracy %, mean cross-entropy) without augmentation, in eval mode; under data
-    parallelism each rank scores its shard and the counts are summed."""
-    if len(data) == 0:
-        return float("nan"), float("nan")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
-    for x, y, _, _ in data.epoch(batch_size, seed=0, augment=False):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        totals[0] += (logits.argmax(1) == y).sum()
-        totals[1] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        totals[2] += len(y)
-    model.train(was_training)
-    if sync is not None:
-        totals = sync.allsum(totals)
-    correct, loss, n = totals.tolist()
-    return 100.0 * correct / n, loss / n
+from .loop import EpochLog, Run, check_finite, evaluate, lr_at, train_step
+from .rundir import Progress, atomic_save, environment, finite_json, load_checkpoint, prepare_out, tensorboard
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -109,9 +72,36 @@ def build_model(cfg: TrainConfig, ds, device: torch.device) -> torch.nn.Module:
                         image_size=ds.image_size, width=cfg.width).to(device)
 
 
+def training_model(cfg: TrainConfig, ds, device: torch.device, world: int) -> torch.nn.Module:
+    """The model to train: initialised, pretrained weights loaded, SyncBatchNorm under torchrun
+    when asked, on the device in its memory format."""
+    model = build_model(cfg, ds, torch.device("cpu"))
+    if cfg.pretrained:
+        load_pretrained(model, cfg.pretrained)
+    if cfg.sync_bn and world > 1:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+
+
+def start_ranks(cfg: TrainConfig) -> tuple[torch.device, int, int]:
+    """(device, rank, world size). Under torchrun every rank runs ``train`` on its shard of each
+    global batch (l2b.distributed), on its own GPU when the device is CUDA."""
+    device = resolve_device(cfg.device)
+    rank, world, local_rank = init_from_env(device.type)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device, rank, world
 
 
 def load_run(run: str | Path, device: str | torch.device | None = None):
@@ -128,6 +118,31 @@ def load_run(run: str | Path, device: str | torch.device | None = None):
     model = build_model(cfg, prep.ds, device)
     model.load_state_dict(load_checkpoint(run / "checkpoint.pt", device)["model"])
     return cfg, prep, splits, model
+
+
+def final_metrics(cfg: TrainConfig, history: list[dict], best: dict, noise_rate: float) -> dict[str, Any]:
+    """metrics.json: the test accuracy at the last and at the best clean-validation epoch."""
+    return {"method": cfg.method, "noise": cfg.noise, "seed": cfg.seed,
+            "test_acc_last": history[-1]["test_acc"], "test_acc_at_best_val": best["test_acc"],
+            "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "noise_rate": noise_rate,
+            "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in history])), "history": history}
+
+
+def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | None, world: int) -> None:
+    """A new run's config.json (settings, environment, data sizes) and labels.npz (the split,
+    the noisy and true labels, the realised transition matrix); an empty metrics.jsonl."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").write_text("")
+    train_data, val_data, test_data = splits
+    with open(out / "config.json", "w") as fh:
+        json.dump({"config": asdict(cfg), "environment": environment(),
+                   "data": {"train": len(train_data), "clean_val": len(val_data), "test": len(test_data),
+                            "noise_rate": prep.noise_rate, "classes": list(prep.ds.classes)},
+                   "resolved": {"clip_grad_norm": clip, "threads": torch.get_num_threads()},
+                   "world_size": world}, fh, indent=2)
+    np.savez(out / "labels.npz", train_index=prep.train_idx, noisy=prep.y_noisy, true=prep.y_true,
+             is_noisy=prep.y_noisy != prep.y_true, val_index=np.array([]) if prep.val_idx is None else prep.val_idx,
+             transition=prep.transition)
 
 
 def run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank: bool) -> None:
@@ -199,12 +214,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
     if int(os.environ.get("RANK", "0")) == 0:
         prepare_out(out, asdict(cfg), resume, overwrite)  # before any data are read or models fitted
-    device = resolve_device(cfg.device)
-    # torchrun: every rank runs this function on its shard of each global batch (l2b.distributed)
-    rank, world, local_rank = init_from_env(device.type)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+    device, rank, world = start_ranks(cfg)
     sync = current_sync()
     main_rank = rank == 0
     amp = cfg.amp and device.type == "cuda"
@@ -217,16 +227,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     if method_cls.needs_clean and len(val_data) == 0:
         raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
 
-    model = build_model(cfg, ds, torch.device("cpu"))
-    if cfg.pretrained:
-        load_pretrained(model, cfg.pretrained)
-    if cfg.sync_bn and world > 1:
-        if device.type != "cuda":
-            raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU)")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = training_model(cfg, ds, device, world)
     optimizer = build_optimizer(cfg, model)
     method = create_method(cfg.method, model, optimizer, **cfg.method_options())
     method.distributed = sync is not None
@@ -250,17 +251,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             with open(out / "metrics.jsonl", "w") as fh:
                 fh.writelines(json.dumps(finite_json(row)) + "\n" for row in history)
     elif main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").write_text("")
-        with open(out / "config.json", "w") as fh:
-            json.dump({"config": asdict(cfg), "environment": environment(),
-                       "data": {"train": len(train_data), "clean_val": len(val_data), "test": len(test_data),
-                                "noise_rate": prep.noise_rate, "classes": list(ds.classes)},
-                       "resolved": {"clip_grad_norm": clip, "threads": torch.get_num_threads()},
-                       "world_size": world}, fh, indent=2)
-        np.savez(out / "labels.npz", train_index=prep.train_idx, noisy=prep.y_noisy, true=prep.y_true,
-                 is_noisy=prep.y_noisy != prep.y_true, val_index=np.array([]) if prep.val_idx is None else prep.val_idx,
-                 transition=prep.transition)
+        write_run_header(out, cfg, prep, (train_data, val_data, test_data), clip, world)
 
     is_noisy = torch.as_tensor(prep.y_noisy != prep.y_true, device=device)
     n_train = len(train_data)
@@ -270,95 +261,30 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     bar = Progress(cfg.progress if main_rank else "none", (cfg.epochs - start_epoch) * steps_per_epoch,
                    f"{cfg.method} {cfg.noise}")
     model.train()
+    run = Run(cfg, model, optimizer, method, clean, sync, clip, amp, out, main_rank, len(noisy_data), steps_per_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         warm = epoch < cfg.warmup_epochs
-        alpha = torch.zeros(n_train, device=device)
-        beta = torch.zeros(n_train, device=device)
-        pseudo = torch.full((n_train,), -1, dtype=torch.int64, device=device)
-        # accumulated on the device: no host sync inside the step loop
-        loss_sum = torch.zeros((), device=device)
-        first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step
-        step_weight_sums = []  # per step: this rank's sum of alpha + beta
-        seen, steps, weighted = 0, 0, False
+        log = EpochLog(n_train, device)
         batches = train_data.epoch(cfg.batch_size, cfg.seed * EPOCH_ORDER_SALT + epoch, augment=True,
                                    batches=cfg.batches_per_epoch, balanced=cfg.balance_classes)
         for step, (x, y, idx, n_global) in enumerate(batches):
-            if cfg.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, epoch, step, steps_per_epoch)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                progress = epoch + step / steps_per_epoch
-                if method.trains_on_clean:
-                    batch = Batch(x, y, idx, epoch=progress, trusted=idx >= len(noisy_data))
-                elif warm or clean is None:
-                    batch = Batch(x, y, idx, epoch=progress)
-                else:
-                    batch = Batch(x, y, idx, *clean.next(), epoch=progress)
-                if warm:
-                    result = None
-                    loss = method.warmup_loss(batch)
-                else:
-                    try:
-                        result = method.loss(batch)
-                    except NonFiniteWeights as err:  # the model diverged inside the meta step
-                        diverged(out, epoch, step, main_rank, str(err))
-                    loss = result.loss
-            optimizer.zero_grad(set_to_none=True)
-            if sync is None:
-                loss.backward()
-            else:
-                # the global loss is the SUM over ranks of a global-sum loss (meta methods), or
-                # of each rank's mean weighted by its share of the global batch
-                global_sum = result is not None and method.loss_is_global_sum
-                (loss if global_sum else loss * (len(y) / n_global)).backward()
-                all_reduce_grads(model.parameters(), op="sum")
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            # the global step's loss: a global-sum loss is this rank's part of it (counted with
-            # the global batch size); a mean is this rank's (counted with its share)
-            loss_sum += loss.detach().float() * (n_global if result is not None and method.loss_is_global_sum
-                                                 and sync is not None else len(y))
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
-            seen += len(y)
-            steps += 1
-            if result is not None and result.alpha is not None:
-                alpha[idx], beta[idx] = result.alpha.float(), result.beta.float()
-                if result.pseudo_labels is not None:
-                    pseudo[idx] = result.pseudo_labels
-                step_weight_sums.append(result.alpha.sum() + result.beta.sum())
-                weighted = True
+            loss, result = train_step(run, x, y, idx, n_global, epoch, step, warm)
+            log.add(step, loss, result, idx, len(y), n_global if result is not None and method.loss_is_global_sum
+                    and sync is not None else len(y))
             bar.update()
         train_time = time.perf_counter() - t0
-        zero_steps = torch.zeros((), device=device)
-        if step_weight_sums:
-            sums = torch.stack(step_weight_sums).float()
-            zero_steps = ((sums if sync is None else sync.allsum(sums)) == 0).sum()
-        if sync is not None:  # every rank filled the weights of its own samples
-            alpha, beta, pseudo = sync.allsum(alpha), sync.allsum(beta), sync.allmax(pseudo)
-            loss_sum = sync.allsum(loss_sum)
-            seen = int(sync.allsum(torch.tensor(float(seen), device=device)))
-            first_bad = sync.allmax(first_bad)
-        check_finite(model, first_bad, epoch, out, main_rank)
+        log.reduce(sync)
+        check_finite(model, log.first_bad, epoch, out, main_rank)
         val_acc, val_loss = evaluate(model, val_data, cfg.eval_batch_size, amp, sync)
         test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp, sync)
         if val_acc > best["val_acc"]:  # selection on the clean validation set only
             best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
             if main_rank:
                 atomic_save(model.state_dict(), out / "best_model.pt")
-        row = {
-            "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(seen, 1),
-            "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss,
-            "epoch_seconds": train_time, "warmup": warm,
-            # mean per-sample weights on clean vs corrupted samples (None: the method has none)
-            "alpha_clean": _mean(alpha, ~is_noisy) if weighted else None,
-            "alpha_noisy": _mean(alpha, is_noisy) if weighted else None,
-            "beta_clean": _mean(beta, ~is_noisy) if weighted else None,
-            "beta_noisy": _mean(beta, is_noisy) if weighted else None,
-            "all_zero_step_share": zero_steps.item() / max(steps, 1) if weighted else None,
-        }
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": log.mean_loss(),
+               "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss,
+               "epoch_seconds": train_time, "warmup": warm, **log.weight_summary(is_noisy)}
         history.append(row)
         if main_rank:
             with open(out / "metrics.jsonl", "a") as fh:
@@ -367,9 +293,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     writer.add_scalar(k, v, epoch)
-        if epoch == cfg.epochs - 1 and weighted and main_rank:
-            np.savez(out / "weights.npz", alpha=alpha.cpu().numpy(), beta=beta.cpu().numpy(),
-                     pseudo_labels=pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
+        if epoch == cfg.epochs - 1 and log.weighted and main_rank:
+            np.savez(out / "weights.npz", alpha=log.alpha.cpu().numpy(), beta=log.beta.cpu().numpy(),
+                     pseudo_labels=log.pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
                      noisy=prep.y_noisy, true=prep.y_true, train_index=prep.train_idx)
         if main_rank:
             atomic_save(checkpoint_state(model, optimizer, method, clean, epoch, history, best, world), ckpt_path)
@@ -385,62 +311,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     bar.close()
     if writer is not None:
         writer.close()
-    metrics = {
-        "method": cfg.method, "noise": cfg.noise, "seed": cfg.seed,
-        "test_acc_last": history[-1]["test_acc"], "test_acc_at_best_val": best["test_acc"],
-        "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "noise_rate": prep.noise_rate,
-        "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in history])), "history": history,
-    }
+    metrics = final_metrics(cfg, history, best, prep.noise_rate)
     if main_rank:
         with open(out / "metrics.json", "w") as fh:
             json.dump(finite_json(metrics), fh, indent=2, allow_nan=False)
     if sync is not None:
         torch.distributed.barrier()  # every rank returns after the run is complete on disk
     return metrics
-
-
-class TrainingDiverged(ValueError):
-    """The loss or the parameters became non-finite; the last good checkpoint is kept."""
-
-
-def check_finite(model: torch.nn.Module, first_bad: torch.Tensor, epoch: int, out: Path, main_rank: bool) -> None:
-    """Stop a run whose loss or parameters became NaN/inf this epoch, before its checkpoint is
-    written: the checkpoint on disk stays the last good one, and metrics.json records where."""
-    step = int(first_bad)
-    params_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
-    if step < 0 and params_ok:
-        return
-    diverged(out, epoch, step if step >= 0 else None, main_rank,
-             "the training loss" if step >= 0 else "the model's parameters")
-
-
-def diverged(out: Path, epoch: int, step: int | None, main_rank: bool, what: str) -> None:
-    """Record in metrics.json where the run diverged and raise ``TrainingDiverged``."""
-    if main_rank:
-        with open(out / "metrics.json", "w") as fh:
-            json.dump({"diverged": {"epoch": epoch, "step": step, "what": what}}, fh, indent=2)
-    where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
-    kept = (f"{out / 'checkpoint.pt'} keeps epoch {epoch}" if epoch > 0 and (out / "checkpoint.pt").is_file()
-            else "no checkpoint was written")
-    if what.startswith("meta_weights: "):
-        what = what[len("meta_weights: "):].split(";")[0]
-        raise TrainingDiverged(f"the run diverged at {where}: {what} ({kept}); lower --lr, or clip the "
-                               "gradient norm (--clip-grad-norm, e.g. 0.8)")
-    raise TrainingDiverged(
-        f"{what} became NaN or inf at {where} ({kept}); lower --lr, or clip the gradient "
-        f"norm (--clip-grad-norm, e.g. 0.8)")
-
-
-def finite_json(obj):
-    """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(v) for v in obj]
-    return obj
-
-
-def _mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
-    return float(values[mask].mean()) if mask.any() else None

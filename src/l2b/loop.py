@@ -1,0 +1,199 @@
+"""One training step and one epoch's bookkeeping: the learning-rate schedule, the step (loss,
+backward, clipping, optimizer), what an epoch accumulates, evaluation, and stopping a run that
+diverged. ``l2b.train.train`` strings these together."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .data.batches import CleanBatches
+from .distributed import all_reduce_grads
+from .meta import NonFiniteWeights
+from .methods import Batch
+
+
+def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of an iteration (a pure function: nothing to checkpoint)."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    t = (epoch * steps_per_epoch + step) / max(1, cfg.epochs * steps_per_epoch)
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * t))
+
+
+@torch.no_grad()
+def evaluate(model, data, batch_size: int, amp: bool, sync=None) -> tuple[float, float]:
+    """(accuracy %, mean cross-entropy) without augmentation, in eval mode; under data
+    parallelism each rank scores its shard and the counts are summed."""
+    if len(data) == 0:
+        return float("nan"), float("nan")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
+    for x, y, _, _ in data.epoch(batch_size, seed=0, augment=False):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        totals[0] += (logits.argmax(1) == y).sum()
+        totals[1] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        totals[2] += len(y)
+    model.train(was_training)
+    if sync is not None:
+        totals = sync.allsum(totals)
+    correct, loss, n = totals.tolist()
+    return 100.0 * correct / n, loss / n
+
+
+@dataclass
+class Run:
+    """What every training step of a run reads."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    method: Any
+    clean: CleanBatches | None
+    sync: Any
+    clip: float | None
+    amp: bool
+    out: Path
+    main_rank: bool
+    n_noisy: int  # training positions >= this are clean samples (methods with trains_on_clean)
+    steps_per_epoch: int
+
+
+def train_step(run: Run, x, y, idx, n_global: int, epoch: int, step: int, warm: bool):
+    """One step: the method's loss (plain cross-entropy during warm-up), backward (all-reduced
+    under torchrun), clipping, the optimizer step. Returns (loss, the method's StepOutput or None)."""
+    cfg, method, optimizer = run.cfg, run.method, run.optimizer
+    if cfg.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(cfg, epoch, step, run.steps_per_epoch)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=run.amp):
+        progress = epoch + step / run.steps_per_epoch
+        if method.trains_on_clean:
+            batch = Batch(x, y, idx, epoch=progress, trusted=idx >= run.n_noisy)
+        elif warm or run.clean is None:
+            batch = Batch(x, y, idx, epoch=progress)
+        else:
+            batch = Batch(x, y, idx, *run.clean.next(), epoch=progress)
+        result = None
+        if warm:
+            loss = method.warmup_loss(batch)
+        else:
+            try:
+                result = method.loss(batch)
+            except NonFiniteWeights as err:  # the model diverged inside the meta step
+                diverged(run.out, epoch, step, run.main_rank, str(err))
+            loss = result.loss
+    optimizer.zero_grad(set_to_none=True)
+    if run.sync is None:
+        loss.backward()
+    else:
+        # the global loss is the SUM over ranks of a global-sum loss (meta methods), or of each
+        # rank's mean weighted by its share of the global batch
+        global_sum = result is not None and method.loss_is_global_sum
+        (loss if global_sum else loss * (len(y) / n_global)).backward()
+        all_reduce_grads(run.model.parameters(), op="sum")
+    if run.clip is not None:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.clip)
+    optimizer.step()
+    return loss, result
+
+
+class EpochLog:
+    """What an epoch accumulates, on the device (no host sync inside the step loop): the loss,
+    the first non-finite step, and every sample's latest weights and pseudo-label."""
+
+    def __init__(self, n: int, device) -> None:
+        self.alpha = torch.zeros(n, device=device)
+        self.beta = torch.zeros(n, device=device)
+        self.pseudo = torch.full((n,), -1, dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.step_sums: list[torch.Tensor] = []  # per step: this rank's sum of alpha + beta
+        self.zero_steps = torch.zeros((), device=device)
+        self.seen, self.steps, self.weighted = 0, 0, False
+
+    def add(self, step: int, loss, result, idx, n: int, count: int) -> None:
+        """A step's loss over ``n`` of this rank's samples, counted as ``count`` samples (the
+        global batch size for a global-sum loss: this rank's part of the global step's loss)."""
+        self.loss_sum += loss.detach().float() * count
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), step, self.first_bad)
+        self.seen += n
+        self.steps += 1
+        if result is not None and result.alpha is not None:
+            self.alpha[idx], self.beta[idx] = result.alpha.float(), result.beta.float()
+            if result.pseudo_labels is not None:
+                self.pseudo[idx] = result.pseudo_labels
+            self.step_sums.append(result.alpha.sum() + result.beta.sum())
+            self.weighted = True
+
+    def reduce(self, sync) -> None:
+        """Sum over ranks (each rank filled the weights of its own samples)."""
+        if self.step_sums:
+            sums = torch.stack(self.step_sums).float()
+            self.zero_steps = ((sums if sync is None else sync.allsum(sums)) == 0).sum()
+        if sync is not None:
+            self.alpha, self.beta, self.pseudo = sync.allsum(self.alpha), sync.allsum(self.beta), sync.allmax(self.pseudo)
+            self.loss_sum = sync.allsum(self.loss_sum)
+            self.seen = int(sync.allsum(torch.tensor(float(self.seen), device=self.loss_sum.device)))
+            self.first_bad = sync.allmax(self.first_bad)
+
+    def mean_loss(self) -> float:
+        return self.loss_sum.item() / max(self.seen, 1)
+
+    def weight_summary(self, is_noisy: torch.Tensor) -> dict:
+        """Mean per-sample weights on clean vs corrupted samples (None: the method has none)."""
+        w = self.weighted
+        return {"alpha_clean": _mean(self.alpha, ~is_noisy) if w else None,
+                "alpha_noisy": _mean(self.alpha, is_noisy) if w else None,
+                "beta_clean": _mean(self.beta, ~is_noisy) if w else None,
+                "beta_noisy": _mean(self.beta, is_noisy) if w else None,
+                "all_zero_step_share": self.zero_steps.item() / max(self.steps, 1) if w else None}
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the parameters became non-finite; the last good checkpoint is kept."""
+
+
+def check_finite(model: torch.nn.Module, first_bad: torch.Tensor, epoch: int, out: Path, main_rank: bool) -> None:
+    """Stop a run whose loss or parameters became NaN/inf this epoch, before its checkpoint is
+    written: the checkpoint on disk stays the last good one, and metrics.json records where."""
+    step = int(first_bad)
+    params_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+    if step < 0 and params_ok:
+        return
+    diverged(out, epoch, step if step >= 0 else None, main_rank,
+             "the training loss" if step >= 0 else "the model's parameters")
+
+
+def diverged(out: Path, epoch: int, step: int | None, main_rank: bool, what: str) -> None:
+    """Record in metrics.json where the run diverged and raise ``TrainingDiverged``."""
+    if main_rank:
+        with open(out / "metrics.json", "w") as fh:
+            json.dump({"diverged": {"epoch": epoch, "step": step, "what": what}}, fh, indent=2)
+    where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
+    kept = (f"{out / 'checkpoint.pt'} keeps epoch {epoch}" if epoch > 0 and (out / "checkpoint.pt").is_file()
+            else "no checkpoint was written")
+    if what.startswith("meta_weights: "):
+        what = what[len("meta_weights: "):].split(";")[0]
+        raise TrainingDiverged(f"the run diverged at {where}: {what} ({kept}); lower --lr, or clip the "
+                               "gradient norm (--clip-grad-norm, e.g. 0.8)")
+    raise TrainingDiverged(
+        f"{what} became NaN or inf at {where} ({kept}); lower --lr, or clip the gradient "
+        f"norm (--clip-grad-norm, e.g. 0.8)")
+
+
+def _mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
+    return float(values[mask].mean()) if mask.any() else None
