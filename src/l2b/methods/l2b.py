@@ -51,7 +51,7 @@ def mixup_loss_fn(lam: float, perm: torch.Tensor):
 
 
 @register
-class L2B(Method):
+class L2BMethod(Method):
     name = "l2b"
     needs_clean = True
     meta = True
@@ -98,7 +98,7 @@ class L2B(Method):
 
 
 @register
-class L2RW(L2B):
+class L2RWMethod(L2BMethod):
     name = "l2rw"
     options = {k: v for k, v in META_OPTIONS.items() if k != "constraint"}
 
