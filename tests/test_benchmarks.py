@@ -33,7 +33,7 @@ def test_fashion_mnist_benchmark_quick_mode_writes_every_row(tmp_path):
         assert row["seeds"] == 1 and row["test_acc_last_std"] == 0.0
         assert 10.0 < row["test_acc_last_mean"] <= 100.0 and row["epoch_seconds"] > 0
         if method in ("l2b", "l2rw", "mwnet", "mlc"):
-            assert 0.0 <= row["noise_auc"] <= 1.0  # the meta methods' weights detect noise
+            assert row["noise_auc"] > 0.5  # the meta methods' weights detect noise better than chance
         else:
             assert row["noise_auc"] is None
     # the committed results are only rewritten by a full run

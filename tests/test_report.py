@@ -76,7 +76,10 @@ def test_label_issues_without_weights_uses_the_model(grid, capsys):
     run = grid / "ce" / "symmetric_0.5" / "seed0"
     assert cli_main(["label-issues", str(run)]) == 0
     assert "final model's probability" in capsys.readouterr().out
-    assert len(list(csv.DictReader(open(run / "label_issues.csv")))) > 0
+    rows = list(csv.DictReader(open(run / "label_issues.csv")))
+    labels = np.load(run / "labels.npz")
+    assert 0 < len(rows) <= len(labels["noisy"])
+    assert {int(r["index"]) for r in rows} <= set(labels["train_index"].tolist())  # dataset positions
 
 
 def test_report_on_an_empty_directory_is_a_clear_error(tmp_path, capsys):
