@@ -99,3 +99,26 @@ def test_report_draws_normalisation_and_bootstrap_beta_sweeps_when_present(tmp_p
     for name in ("normalisations.png", "bootstrap_beta.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
         assert f"data-file='{name}'" in (tmp_path / "report.html").read_text()
+
+
+def test_find_label_issues_on_arrays_ranks_the_suspect_labels():
+    import l2b
+
+    alpha = np.array([0.5, 0.0, 0.1, 0.9, 0.0])
+    beta = np.array([0.5, 0.8, 0.9, 0.1, 0.0])
+    # trust alpha/(alpha+beta): 0.5, 0.0, 0.1, 0.9, 0 (no weight at all) -> scores 0.5, 1, 0.9, 0.1, 1
+    assert l2b.find_label_issues(alpha, beta).tolist() == [1, 4, 2]
+    assert l2b.find_label_issues(alpha, beta, threshold=0.95).tolist() == [1, 4, 2, 0, 3]
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert l2b.find_label_issues(labels=np.array([0, 0, 1]), pred_probs=probs).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="threshold must be in"):
+        l2b.find_label_issues(alpha, beta, threshold=2.0)
+
+
+def test_roc_auc_with_many_ties_is_vectorised_and_exact():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 2000).astype(float)
+    positive = rng.random(2000) < 0.3
+    pos, neg = scores[positive], scores[~positive]
+    pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
+    assert roc_auc(scores, positive) == pytest.approx(pairwise, abs=1e-12)

@@ -4,12 +4,13 @@ The core is :func:`meta_weights`: per-sample weights alpha (trust the observed l
 (trust the model's pseudo-label) from one meta-gradient step on a small clean validation batch.
 """
 
+from .detect import find_label_issues
 from .engines import ForwardADUnsupported
 from .meta import MetaWeights, bootstrap_loss, meta_weights
 from .normalize import normalize_weights
 from .step import L2B, StepResult
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "meta_weights",
@@ -19,5 +20,6 @@ __all__ = [
     "StepResult",
     "normalize_weights",
     "ForwardADUnsupported",
+    "find_label_issues",
     "__version__",
 ]

@@ -241,9 +241,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_label_issues(args: argparse.Namespace) -> int:
-    from .detect import find_label_issues
+    from .detect import write_label_issues
 
-    s = find_label_issues(args.dir, threshold=args.threshold)
+    s = write_label_issues(args.dir, threshold=args.threshold)
     print(f"wrote {Path(args.dir) / 'label_issues.csv'}: {s['issues']} suspected label issues "
           f"(scored by the {s['source']})")
     if s["corrupted"]:
