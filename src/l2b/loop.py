@@ -18,6 +18,7 @@ from .data.batches import CleanBatches
 from .distributed import all_reduce_grads
 from .meta import NonFiniteWeights
 from .methods import Batch
+from .models import eval_mode
 
 
 def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -36,17 +37,15 @@ def evaluate(model, data, batch_size: int, amp: bool, sync=None) -> tuple[float,
     parallelism each rank scores its shard and the counts are summed."""
     if len(data) == 0:
         return float("nan"), float("nan")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
-    for x, y, _, _ in data.epoch(batch_size, seed=0, augment=False):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        totals[0] += (logits.argmax(1) == y).sum()
-        totals[1] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        totals[2] += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y, _, _ in data.epoch(batch_size, seed=0, augment=False):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x)
+            totals[0] += (logits.argmax(1) == y).sum()
+            totals[1] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            totals[2] += len(y)
     if sync is not None:
         totals = sync.allsum(totals)
     correct, loss, n = totals.tolist()

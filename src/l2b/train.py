@@ -229,7 +229,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
 
     model = training_model(cfg, ds, device, world)
     optimizer = build_optimizer(cfg, model)
-    method = create_method(cfg.method, model, optimizer, **cfg.method_options())
+    method = create_method(cfg.method, model, optimizer, num_classes=ds.num_classes, **cfg.method_options())
     method.distributed = sync is not None
     method.batch_size = cfg.batch_size
     noisy_data = train_data

@@ -108,9 +108,18 @@ class Method:
     option_types: dict[str, type] = {}
     choices: dict[str, tuple] = {}
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, num_classes: int | None = None,
+                 **options: Any) -> None:
         self.model, self.optimizer = model, optimizer
         self.opts = {**self.options, **self.coerce(options)}
+        if num_classes is None:  # the classifier head's outputs, when the model has a known head
+            from ..models import head
+
+            try:
+                num_classes = head(model).out_features
+            except TypeError:
+                pass
+        self.num_classes = None if num_classes is None else int(num_classes)
 
     @classmethod
     def coerce(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -216,10 +225,13 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def create_method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, **options) -> Method:
+def create_method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, num_classes: int | None = None,
+                  **options) -> Method:
+    """The registered method ``name`` for this model and optimizer; ``num_classes`` defaults to
+    the outputs of the model's classifier head."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
-    return METHODS[name](model, optimizer, **options)
+    return METHODS[name](model, optimizer, num_classes=num_classes, **options)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

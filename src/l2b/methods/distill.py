@@ -9,6 +9,8 @@ Eq. 4 without the knowledge-graph term), and the loss is the cross-entropy to th
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -23,12 +25,14 @@ class Distill(Method):
     has_setup = True
     options = {"lam": 0.5, "temperature": 1.0, "teacher_epochs": None}
     option_types = {"teacher_epochs": int}
+    checkpointed = ("teacher",)
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
         if not 0.0 <= float(self.opts["lam"]) <= 1.0:
             raise ValueError(f"distill lam must be in [0, 1], got {self.opts['lam']}")
-        self.teacher: torch.nn.Module | None = None
+        # the teacher has the model's architecture; setup() trains it, a checkpoint restores it
+        self.teacher = copy.deepcopy(model).eval()
 
     def setup(self, ctx: SetupContext) -> None:
         self.teacher = ctx.new_model()
@@ -37,26 +41,13 @@ class Distill(Method):
             ctx.lr_at, ctx.log, what="distill teacher (clean set)")
         self.teacher.eval()
 
-    def soft_targets(self, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-        if self.teacher is None:
-            raise RuntimeError("distill: the teacher is not trained; the trainer calls setup() first")
+    def soft_targets(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             teacher = torch.softmax(self.teacher(x).float() / float(self.opts["temperature"]), dim=1)
         lam = float(self.opts["lam"])
-        return lam * F.one_hot(y, num_classes).to(teacher) + (1.0 - lam) * teacher
+        return lam * F.one_hot(y, self.num_classes).to(teacher) + (1.0 - lam) * teacher
 
     def loss(self, batch: Batch) -> StepOutput:
         logits = self.model(batch.x)
-        target = self.soft_targets(batch.x, batch.y, logits.shape[1])
+        target = self.soft_targets(batch.x, batch.y)
         return StepOutput(soft_cross_entropy(logits, target).mean())
-
-    def state_dict(self) -> dict | None:
-        return None if self.teacher is None else {"teacher": self.teacher.state_dict()}
-
-    def load_state_dict(self, state: dict | None) -> None:
-        if state is not None:
-            import copy
-
-            self.teacher = copy.deepcopy(self.model)
-            self.teacher.load_state_dict(state["teacher"])
-            self.teacher.eval()

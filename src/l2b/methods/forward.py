@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..noise import read_matrix
+from ..models import eval_mode
 from .base import Batch, Method, SetupContext, StepOutput, fit, register
 from .glc import forward_corrected_nll
 
@@ -22,10 +23,8 @@ from .glc import forward_corrected_nll
 @torch.no_grad()
 def anchor_transition(model: torch.nn.Module, batches, num_classes: int, quantile: float = 0.97) -> torch.Tensor:
     """T estimated from anchor points of each class (Patrini et al., Eq. 12)."""
-    was = model.training
-    model.eval()
-    probs = torch.cat([torch.softmax(model(x).double(), dim=1).cpu() for x, *_ in batches])
-    model.train(was)
+    with eval_mode(model):
+        probs = torch.cat([torch.softmax(model(x).double(), dim=1).cpu() for x, *_ in batches])
     t = torch.empty(num_classes, num_classes, dtype=torch.float64)
     for i in range(num_classes):
         col = probs[:, i]

@@ -25,6 +25,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from ..models import eval_mode
 from .base import Batch, Method, SetupContext, StepOutput, fit, register
 
 
@@ -32,15 +33,13 @@ from .base import Batch, Method, SetupContext, StepOutput, fit, register
 def estimate_corruption(model: torch.nn.Module, batches, num_classes: int) -> torch.Tensor:
     """C[i, j]: the model's mean probability of label j on trusted samples of true class i.
     A class absent from the trusted data gets the identity row."""
-    was = model.training
-    model.eval()
     sums = torch.zeros(num_classes, num_classes, dtype=torch.float64)
     counts = torch.zeros(num_classes, dtype=torch.float64)
-    for x, y, *_ in batches:
-        p = torch.softmax(model(x).double(), dim=1).cpu()
-        sums.index_add_(0, y.cpu(), p)
-        counts += torch.bincount(y.cpu(), minlength=num_classes)
-    model.train(was)
+    with eval_mode(model):
+        for x, y, *_ in batches:
+            p = torch.softmax(model(x).double(), dim=1).cpu()
+            sums.index_add_(0, y.cpu(), p)
+            counts += torch.bincount(y.cpu(), minlength=num_classes)
     c = sums / counts.clamp(min=1)[:, None]
     c[counts == 0] = torch.eye(num_classes, dtype=torch.float64)[counts == 0]
     return c

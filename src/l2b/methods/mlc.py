@@ -67,8 +67,7 @@ class MLC(Method):
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
         param = next(model.parameters())
-        classifier = head(model)
-        self.lcn = MetaNet(num_features(model), classifier.out_features, int(self.opts["emb_dim"]),
+        self.lcn = MetaNet(num_features(model), self.num_classes, int(self.opts["emb_dim"]),
                            int(self.opts["hidden"])).to(device=param.device, dtype=param.dtype)
         self.meta_opt = meta_optimizer(self.lcn.parameters(), self.opts["meta_optimizer"], self.opts["meta_lr"],
                                        self.opts["meta_weight_decay"], amsgrad=self.opts["amsgrad"])

@@ -9,6 +9,7 @@ work on all of them, torchvision's ResNets and a Sequential ending in a Linear i
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -74,11 +75,24 @@ def head(model: nn.Module) -> nn.Module:
     """The classifier that maps ``features(model, x)`` to logits."""
     if hasattr(model, "head"):
         return model.head
+    if isinstance(model, nn.Linear):
+        return model
     if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear):
         return model[-1]
     if hasattr(model, "fc"):
         return model.fc
     raise TypeError(f"{type(model).__name__} has no head; give it one (and forward_features) to use it here")
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Run a block with ``model`` in eval mode, then restore its mode (train or eval)."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
 
 
 def num_features(model: nn.Module) -> int:
@@ -93,4 +107,4 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_siz
     return MODELS[name](num_classes, in_channels, image_size, width)
 
 
-__all__ = ["MODELS", "create_model", "features", "head", "num_features", "PreActResNet18", "MLP", "SmallCNN"]
+__all__ = ["MODELS", "create_model", "features", "head", "num_features", "eval_mode", "PreActResNet18", "MLP", "SmallCNN"]
