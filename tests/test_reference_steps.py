@@ -486,3 +486,65 @@ def test_meta_sampling_random_draws_a_fresh_batch_each_step(tmp_path):
     r = train(c, resume=True)
     assert a["history"][-1]["train_loss"] != b["history"][-1]["train_loss"]
     assert [h["test_acc"] for h in r["history"]] == [h["test_acc"] for h in b["history"]]
+
+
+def ref_sgd_replay(params, grads, opt):
+    """What higher's differentiable SGD step computes for torch.optim.SGD (momentum, weight decay)."""
+    group = opt.param_groups[0]
+    out = []
+    for p, g in zip(params, grads):
+        d_p = g + group["weight_decay"] * p
+        if group["momentum"]:
+            buf = opt.state[p].get("momentum_buffer") if p in opt.state else None
+            d_p = d_p if buf is None else group["momentum"] * buf + d_p
+        out.append(p - group["lr"] * d_p)
+    return out
+
+
+def ref_l2b_mixup_step(net, optimizer, image0, labels, val_data, val_labels, lam, indices):
+    """yuyinzhou/L2B main.py train() with --reweight_label --mixup (norm_type org), the higher
+    inner step written out: mixed image, cost1 mixed, cost2 = criterion(y_f_hat, pesudo_labels)."""
+    image = image0 * lam + image0[indices] * (1 - lam)
+    labels_shuffel = labels[indices]
+    names, params = zip(*net.named_parameters())
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    y_f_hat = functional_call(net, (dict(zip(names, params)), buffers), (image,))
+    pesudo_labels = y_f_hat.max(1)[1]
+    cost1 = (F.cross_entropy(y_f_hat, labels, reduction="none") * lam
+             + F.cross_entropy(y_f_hat, labels_shuffel, reduction="none") * (1 - lam))
+    cost2 = F.cross_entropy(y_f_hat, pesudo_labels, reduction="none")
+    cost = torch.cat((cost1.unsqueeze(0), cost2.unsqueeze(0)), dim=0)
+    eps = torch.zeros(cost.size(), dtype=cost.dtype).requires_grad_()
+    l_f_meta = torch.sum(cost * eps)
+    grads = torch.autograd.grad(l_f_meta, params, create_graph=True)
+    new = dict(zip(names, ref_sgd_replay(params, grads, optimizer)))
+    y_g_hat = functional_call(net, (new, {k: v.clone() for k, v in net.named_buffers()}), (val_data,))
+    l_g_meta = torch.mean(F.cross_entropy(y_g_hat, val_labels, reduction="none"))
+    grad_eps = torch.autograd.grad(l_g_meta, eps, allow_unused=True)[0].detach()
+    w_tilde = torch.clamp(-grad_eps.view(-1), min=0)
+    norm_c = torch.sum(w_tilde) + 1e-10
+    weight = (w_tilde / norm_c if norm_c != 0 else w_tilde).view(2, -1)
+    y_f_hat = net(image)
+    pesudo_labels = y_f_hat.max(1)[1]
+    cost1 = (F.cross_entropy(y_f_hat, labels, reduction="none") * lam
+             + F.cross_entropy(y_f_hat, labels_shuffel, reduction="none") * (1 - lam))
+    cost2 = F.cross_entropy(y_f_hat, pesudo_labels, reduction="none")
+    l_f = torch.sum(torch.cat((cost1.unsqueeze(0), cost2.unsqueeze(0)), dim=0) * weight)
+    optimizer.zero_grad()
+    l_f.backward()
+    optimizer.step()
+
+
+def test_l2b_with_mixup_equals_the_authors_step():
+    ours, theirs = model_pair()
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)  # main.py's optimizer
+    opt_ours, opt_theirs = torch.optim.SGD(ours.parameters(), **sgd), torch.optim.SGD(theirs.parameters(), **sgd)
+    method = create_method("l2b", ours, opt_ours, mixup_alpha=32.0)
+    for s, (x, y, xv, yv) in enumerate(digit_batches()):
+        torch.manual_seed(100 + s)  # our method draws lam, then the permutation
+        trainer_step(method, opt_ours, batch_of(x, y, xv, yv))
+        torch.manual_seed(100 + s)
+        lam = float(torch.distributions.Beta(32.0, 32.0).sample())
+        indices = torch.randperm(len(y))
+        ref_l2b_mixup_step(theirs, opt_theirs, x, y, xv, yv, lam, indices)
+    assert_same_parameters(ours, theirs)
