@@ -535,15 +535,17 @@ def ref_l2b_mixup_step(net, optimizer, image0, labels, val_data, val_labels, lam
     optimizer.step()
 
 
-def _warmed_pair(steps: int = 20):
+def _warmed_pair(epochs: int = 4):
     """Two equal copies of the tiny CNN after some cross-entropy steps, so that pseudo-labels are
     often right and the meta-gradient gives them weight (beta > 0)."""
     ours, theirs = model_pair()
-    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
-    for x, y, _, _ in digit_batches(n=64, m=1, steps=steps, noise=0.0, seed=1):
-        opt.zero_grad()
-        F.cross_entropy(ours(x), y).backward()
-        opt.step()
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9)
+    batches = digit_batches(n=64, m=1, steps=20, noise=0.0, seed=1)
+    for _ in range(epochs):
+        for x, y, _, _ in batches:
+            opt.zero_grad()
+            F.cross_entropy(ours(x), y).backward()
+            opt.step()
     theirs.load_state_dict(ours.state_dict())
     return ours, theirs
 
