@@ -216,7 +216,7 @@ def test_mlc_equals_the_reference_step(mode):
     ours, theirs = model_pair()
     sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)  # main.py --optimizer sgd
     opt_ours, opt_theirs = torch.optim.SGD(ours.parameters(), **sgd), torch.optim.SGD(theirs.parameters(), **sgd)
-    meta_lr = 1e-2  # larger than main.py's 3e-5, so that the meta step shows in two steps
+    meta_lr = 1e-2  # larger than the default 3e-4, so that the meta step shows in two steps
     method = create_method("mlc", ours, opt_ours, mode=mode, meta_lr=meta_lr)
     meta_net = RefMetaNet(64, 64, 128, 10).double()
     meta_net.load_state_dict(method.lcn.state_dict())
@@ -236,12 +236,12 @@ def test_mlc_equals_the_reference_step(mode):
     assert_same_parameters(method.lcn, meta_net)
 
 
-def test_mlc_defaults_are_main_py():
+def test_mlc_defaults():
     model, _ = model_pair()
     method = create_method("mlc", model, torch.optim.SGD(model.parameters(), lr=0.1))
     assert method.opts["mode"] == "mix"
     d = method.meta_opt.defaults
-    assert isinstance(method.meta_opt, torch.optim.Adam) and d["amsgrad"] and d["lr"] == 3e-5 and d["weight_decay"] == 0
+    assert isinstance(method.meta_opt, torch.optim.Adam) and d["amsgrad"] and d["lr"] == 3e-4 and d["weight_decay"] == 0
     assert method.lcn.cls_emb.embedding_dim == 64 and method.lcn.net[0].out_features == 128
     assert isinstance(method.lcn.net[1], nn.Tanh)
 

@@ -128,7 +128,8 @@ def final_metrics(cfg: TrainConfig, history: list[dict], best: dict, noise_rate:
             "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in history])), "history": history}
 
 
-def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | None, world: int) -> None:
+def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | None, world: int,
+                     method_options: dict | None = None) -> None:
     """A new run's config.json (settings, environment, data sizes) and labels.npz (the split,
     the noisy and true labels, the realised transition matrix); an empty metrics.jsonl."""
     out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,8 @@ def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | No
         json.dump({"config": asdict(cfg), "environment": environment(),
                    "data": {"train": len(train_data), "clean_val": len(val_data), "test": len(test_data),
                             "noise_rate": prep.noise_rate, "classes": list(prep.ds.classes)},
-                   "resolved": {"clip_grad_norm": clip, "threads": torch.get_num_threads()},
+                   "resolved": {"clip_grad_norm": clip, "threads": torch.get_num_threads(),
+                                "method_options": method_options or {}},
                    "world_size": world}, fh, indent=2)
     np.savez(out / "labels.npz", train_index=prep.train_idx, noisy=prep.y_noisy, true=prep.y_true,
              is_noisy=prep.y_noisy != prep.y_true, val_index=np.array([]) if prep.val_idx is None else prep.val_idx,
@@ -251,7 +253,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             with open(out / "metrics.jsonl", "w") as fh:
                 fh.writelines(json.dumps(finite_json(row)) + "\n" for row in history)
     elif main_rank:
-        write_run_header(out, cfg, prep, (train_data, val_data, test_data), clip, world)
+        write_run_header(out, cfg, prep, (train_data, val_data, test_data), clip, world, method.opts)
 
     is_noisy = torch.as_tensor(prep.y_noisy != prep.y_true, device=device)
     n_train = len(train_data)
