@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ..coerce import coerce_field
 
 
 @dataclass
@@ -132,7 +135,11 @@ class Method:
         out = {}
         for key, value in options.items():
             kind = cls.option_types.get(key) or (type(cls.options[key]) if cls.options[key] is not None else None)
-            out[key] = value if value is None or kind is None else _as_type(cls.name, key, value, kind)
+            if value is not None and kind is not None:
+                value = coerce_field(key, kind.__name__, value, f"method {cls.name!r} option")
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"method {cls.name!r} option {key}={value!r} is not a finite number")
+            out[key] = value
             allowed = cls.choices.get(key)
             if allowed is not None and out[key] not in allowed:
                 raise ValueError(f"method {cls.name!r}: {key}={value!r} is not one of "
@@ -190,31 +197,6 @@ class Method:
 
     def loss(self, batch: Batch) -> StepOutput:
         raise NotImplementedError
-
-
-def _as_type(method: str, key: str, value: Any, kind: type) -> Any:
-    """``value`` as ``kind`` (bool, int, float or str), or a ValueError naming the option."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("true", "yes", "on", "1"):
-            return True
-        if text in ("false", "no", "off", "0"):
-            return False
-    elif kind in (int, float) and not isinstance(value, bool):
-        try:
-            number = kind(value)
-            if kind is int and isinstance(value, float) and value != number:
-                raise ValueError
-            if number == number and abs(number) != float("inf"):  # finite
-                return number
-        except (TypeError, ValueError):
-            pass
-    elif isinstance(value, kind):
-        return value
-    raise ValueError(f"method {method!r}: option {key}={value!r} is not a {kind.__name__}"
-                     + (" (true or false)" if kind is bool else ""))
 
 
 METHODS: dict[str, type[Method]] = {}
