@@ -76,9 +76,13 @@ def find_label_issues(alpha=None, beta=None, *, labels=None, pred_probs=None,
     >>> issues = l2b.find_label_issues(w["alpha"], w["beta"])          # from a run's weights.npz
     >>> issues = l2b.find_label_issues(labels=y, pred_probs=probs)      # from any model
     """
+    return rank_issues(label_issue_scores(alpha, beta, labels=labels, pred_probs=pred_probs), threshold)
+
+
+def rank_issues(score: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Positions whose score exceeds 1 - ``threshold`` (trust below it), most suspect first."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    score = label_issue_scores(alpha, beta, labels=labels, pred_probs=pred_probs)
     flagged = np.flatnonzero(score > 1.0 - threshold)
     return flagged[np.argsort(-score[flagged], kind="mergesort")]
 
@@ -120,8 +124,7 @@ def write_label_issues(run: str | Path, threshold: float = DEFAULT_THRESHOLD) ->
         score = label_issue_scores(labels=given, pred_probs=probs)
         suggested = probs.argmax(axis=1)
         source = "final model's probability of the given label"
-    flagged = np.flatnonzero(score > 1.0 - threshold)
-    flagged = flagged[np.argsort(-score[flagged], kind="mergesort")]
+    flagged = rank_issues(score, threshold)
     with open(run / "label_issues.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["index", "given_label", "suggested_label", "score"])

@@ -72,7 +72,9 @@ class Run:
 
 def train_step(run: Run, x, y, idx, n_global: int, epoch: int, step: int, warm: bool):
     """One step: the method's loss (plain cross-entropy during warm-up), backward (all-reduced
-    under torchrun), clipping, the optimizer step. Returns (loss, the method's StepOutput or None)."""
+    under torchrun), clipping, the optimizer step. Returns (loss, the method's StepOutput or None,
+    how many samples the loss stands for in the epoch's mean: the global batch for a global-sum
+    loss under torchrun, whose rank part this is; else this rank's batch)."""
     cfg, method, optimizer = run.cfg, run.method, run.optimizer
     if cfg.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -93,21 +95,21 @@ def train_step(run: Run, x, y, idx, n_global: int, epoch: int, step: int, warm: 
             try:
                 result = method.loss(batch)
             except NonFiniteWeights as err:  # the model diverged inside the meta step
-                diverged(run.out, epoch, step, run.main_rank, str(err))
+                diverged(run.out, epoch, step, run.main_rank, "the meta step", detail=err.cause)
             loss = result.loss
     optimizer.zero_grad(set_to_none=True)
+    # the global loss is the SUM over ranks of a global-sum loss (meta methods), or of each rank's
+    # mean weighted by its share of the global batch
+    global_sum = run.sync is not None and result is not None and method.loss_is_global_sum
     if run.sync is None:
         loss.backward()
     else:
-        # the global loss is the SUM over ranks of a global-sum loss (meta methods), or of each
-        # rank's mean weighted by its share of the global batch
-        global_sum = result is not None and method.loss_is_global_sum
         (loss if global_sum else loss * (len(y) / n_global)).backward()
         all_reduce_grads(run.model.parameters(), op="sum")
     if run.clip is not None:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.clip)
     optimizer.step()
-    return loss, result
+    return loss, result, n_global if global_sum else len(y)
 
 
 class EpochLog:
@@ -177,21 +179,19 @@ def check_finite(model: torch.nn.Module, first_bad: torch.Tensor, epoch: int, ou
              "the training loss" if step >= 0 else "the model's parameters")
 
 
-def diverged(out: Path, epoch: int, step: int | None, main_rank: bool, what: str) -> None:
-    """Record in metrics.json where the run diverged and raise ``TrainingDiverged``."""
+def diverged(out: Path, epoch: int, step: int | None, main_rank: bool, what: str, detail: str | None = None) -> None:
+    """Record in metrics.json where the run diverged and raise ``TrainingDiverged``: ``what``
+    became non-finite, or (``detail``) a meta step met NaN/inf, as ``detail`` says."""
     if main_rank:
         with open(out / "metrics.json", "w") as fh:
             json.dump({"diverged": {"epoch": epoch, "step": step, "what": what}}, fh, indent=2)
     where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
     kept = (f"{out / 'checkpoint.pt'} keeps epoch {epoch}" if epoch > 0 and (out / "checkpoint.pt").is_file()
             else "no checkpoint was written")
-    if what.startswith("meta_weights: "):
-        what = what[len("meta_weights: "):].split(";")[0]
-        raise TrainingDiverged(f"the run diverged at {where}: {what} ({kept}); lower --lr, or clip the "
-                               "gradient norm (--clip-grad-norm, e.g. 0.8)")
-    raise TrainingDiverged(
-        f"{what} became NaN or inf at {where} ({kept}); lower --lr, or clip the gradient "
-        f"norm (--clip-grad-norm, e.g. 0.8)")
+    remedy = "lower --lr, or clip the gradient norm (--clip-grad-norm, e.g. 0.8)"
+    if detail is not None:
+        raise TrainingDiverged(f"the run diverged at {where}: {detail} ({kept}); {remedy}")
+    raise TrainingDiverged(f"{what} became NaN or inf at {where} ({kept}); {remedy}")
 
 
 def _mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:

@@ -126,7 +126,7 @@ def meta_weights(
             raise ValueError("distributed=True needs torch.distributed to be initialised (e.g. by torchrun)")
     step = plain_sgd_step(model, lr) if optimizer is None else optimizer_step(model, optimizer)
     raw_alpha, raw_beta, logits, val_loss = ENGINES[engine](model, step, x, y, x_val, y_val, loss_fn, sync)
-    if not bool(torch.isfinite(raw_alpha).all() & torch.isfinite(raw_beta).all()):
+    if not bool(torch.isfinite(raw_alpha.sum() + raw_beta.sum())):  # a NaN or inf anywhere shows in the sum
         raise_non_finite(x, x_val, logits, val_loss)
     reduce = {} if sync is None else {"allsum": sync.allsum, "allmax": sync.allmax}
     alpha, beta = normalize_weights(
@@ -145,7 +145,11 @@ def meta_weights(
 
 
 class NonFiniteWeights(ValueError):
-    """The meta-weights of a batch are NaN or inf: their cause is named in the message."""
+    """The meta-weights of a batch are NaN or inf; ``cause`` names what held the NaN/inf first."""
+
+    def __init__(self, cause: str, remedy: str) -> None:
+        super().__init__(f"meta_weights: {cause}; {remedy}")
+        self.cause = cause
 
 
 def raise_non_finite(x, x_val, logits, val_loss) -> None:
@@ -155,11 +159,11 @@ def raise_non_finite(x, x_val, logits, val_loss) -> None:
         bad = ~torch.isfinite(t.detach())
         if bad.any():
             where = f" (first at sample {int(bad.reshape(len(t), -1).any(1).nonzero()[0])})" if t.dim() else ""
-            raise NonFiniteWeights(f"meta_weights: {what} hold NaN or inf{where}; every weight of the "
-                                   "batch would be NaN. Check the data (or lower the learning rate if the "
-                                   "model diverged)")
-    raise NonFiniteWeights("meta_weights: the meta-gradients are NaN or inf (the parameters or the virtual "
-                           "step overflowed); lower the learning rate or clip the gradient norm")
+            raise NonFiniteWeights(f"{what} hold NaN or inf{where}",
+                                   "every weight of the batch would be NaN. Check the data (or lower the "
+                                   "learning rate if the model diverged)")
+    raise NonFiniteWeights("the meta-gradients are NaN or inf (the parameters or the virtual step overflowed)",
+                           "lower the learning rate or clip the gradient norm")
 
 
 def bootstrap_loss(mw: MetaWeights, y: torch.Tensor, loss_fn: LossFn | None = None) -> torch.Tensor:

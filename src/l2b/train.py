@@ -271,9 +271,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         batches = train_data.epoch(cfg.batch_size, cfg.seed * EPOCH_ORDER_SALT + epoch, augment=True,
                                    batches=cfg.batches_per_epoch, balanced=cfg.balance_classes)
         for step, (x, y, idx, n_global) in enumerate(batches):
-            loss, result = train_step(run, x, y, idx, n_global, epoch, step, warm)
-            log.add(step, loss, result, idx, len(y), n_global if result is not None and method.loss_is_global_sum
-                    and sync is not None else len(y))
+            loss, result, count = train_step(run, x, y, idx, n_global, epoch, step, warm)
+            log.add(step, loss, result, idx, len(y), count)
             bar.update()
         train_time = time.perf_counter() - t0
         log.reduce(sync)
