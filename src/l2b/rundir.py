@@ -134,8 +134,7 @@ def environment() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     return {"l2b": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "git_commit": commit,
-            "torch_threads": torch.get_num_threads()}
+            "python": platform.python_version(), "platform": platform.platform(), "git_commit": commit}
 
 
 class Progress:

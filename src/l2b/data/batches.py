@@ -132,9 +132,10 @@ class CleanBatches:
             next(self._it)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.sampling == "random":  # the first batch of a fresh shuffle, seeded by the step
+        if self.sampling == "random":  # the first batch of a fresh shuffle, seeded by the step:
+            # an epoch of one batch (the rest of the shuffle is never planned nor loaded)
             x, y, _, _ = next(iter(self.data.epoch(self.batch_size, self.seed * 7919 + 104729 + self.position,
-                                                   augment=self.augment)))
+                                                   augment=self.augment, batches=1)))
             self.position += 1
             return x, y
         if self._it is None:
