@@ -51,6 +51,26 @@ def test_report_renders_valid_pngs_referenced_by_the_html(grid):
     assert "ROC-AUC" in page and page.count("<tr><td>l2b</td>") >= 4
 
 
+def test_report_draws_the_weights_over_epochs(grid):
+    assert cli_main(["report", str(grid)]) == 0
+    data = (grid / "separation.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and "data-file='separation.png'" in (grid / "report.html").read_text()
+
+
+def test_every_method_has_its_own_look_and_l2b_stands_out():
+    from l2b.methods import METHODS
+    from l2b.report import method_style
+
+    methods = sorted(METHODS)
+    looks = [(method_style(m, methods)["color"], method_style(m, methods)["linestyle"]) for m in methods]
+    assert len(set(looks)) == len(methods)
+    colours = [c for c, _ in looks]
+    assert len(set(colours)) == len(methods)  # colour alone tells them apart
+    l2b = method_style("l2b", methods)
+    assert l2b["linewidth"] > max(method_style(m, methods)["linewidth"] for m in methods if m != "l2b")
+    assert l2b["zorder"] > max(method_style(m, methods)["zorder"] for m in methods if m != "l2b")
+
+
 def test_report_on_a_single_run(grid):
     run = grid / "l2b" / "symmetric_0.5" / "seed0"
     assert cli_main(["report", str(run)]) == 0

@@ -147,6 +147,19 @@ def test_model_selection_uses_validation_never_test(tmp_path):
     assert m["test_acc_at_best_val"] != max(test)  # the scenario tells the two rules apart
 
 
+def test_test_every_skips_test_epochs_but_keeps_the_reported_accuracies_exact(tmp_path):
+    every = train(tiny(tmp_path, method="l2b", epochs=5, out=str(tmp_path / "every")))
+    sparse = train(tiny(tmp_path, method="l2b", epochs=5, test_every=3, out=str(tmp_path / "sparse")))
+    scored = [h["epoch"] for h in sparse["history"] if h["test_acc"] is not None]
+    assert scored == [2, 4]  # every third epoch and the last
+    for a, b in zip(every["history"], sparse["history"]):  # the test set never changes training
+        assert a["val_acc"] == b["val_acc"] and a["train_loss"] == b["train_loss"]
+        assert b["test_acc"] in (None, a["test_acc"])
+    assert sparse["best_epoch"] == every["best_epoch"]
+    assert sparse["test_acc_at_best_val"] == every["test_acc_at_best_val"]
+    assert sparse["test_acc_last"] == every["test_acc_last"]
+
+
 def test_config_file_then_flags_precedence(tmp_path, monkeypatch):
     from l2b.cli import build_parser, config_from_args
 

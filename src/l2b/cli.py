@@ -62,6 +62,8 @@ HELP = {
     "seed": "random seed (data order, augmentation, init, noise, split)",
     "device": "auto | cpu | cuda | cuda:N",
     "eval_batch_size": "evaluation batch size",
+    "test_every": "evaluate the test set every N epochs (and at the last epoch and each new best validation "
+                  "accuracy, so the reported test accuracies are exact)",
     "out": "run directory",
     "progress": "auto | bar | lines | none",
     "threads": "torch CPU threads (default: what torch picks); results are bit-identical for a fixed count",

@@ -126,6 +126,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_batch_size: int = 1024
+    # the test set is evaluated every N epochs, at the last epoch and whenever the clean
+    # validation accuracy improves (so the last-epoch and best-val test accuracies stay exact)
+    test_every: int = 1
     out: str = "runs/run"
     progress: str = "auto"  # auto (a bar on a TTY) | bar | lines | none
     threads: int | None = None  # torch CPU threads; None: what torch picks (results are
@@ -181,7 +184,7 @@ class TrainConfig:
         if self.progress not in ("auto", "bar", "lines", "none"):
             raise ValueError(f"unknown progress {self.progress!r}; choose auto, bar, lines or none")
         for name in ("width", "val_batch_size", "eval_batch_size", "image_size", "val_per_class", "val_total",
-                     "train_subset", "threads"):
+                     "train_subset", "threads", "test_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{_flag(name)} must be at least 1, got {value}")

@@ -19,6 +19,7 @@ from .distributed import all_reduce_grads
 from .meta import NonFiniteWeights
 from .methods import Batch
 from .models import eval_mode
+from .rundir import load_checkpoint
 
 
 def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -50,6 +51,19 @@ def evaluate(model, data, batch_size: int, amp: bool, sync=None) -> tuple[float,
         totals = sync.allsum(totals)
     correct, loss, n = totals.tolist()
     return 100.0 * correct / n, loss / n
+
+
+def evaluate_saved(model, path: Path, data, batch_size: int, amp: bool, sync=None) -> float:
+    """The accuracy of the weights saved in ``path`` (a state dict of ``model``); the model's
+    own weights are put back afterwards."""
+    if sync is not None:
+        torch.distributed.barrier()  # rank 0 has finished writing the file
+    current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(load_checkpoint(path, next(model.parameters()).device))
+    try:
+        return evaluate(model, data, batch_size, amp, sync)[0]
+    finally:
+        model.load_state_dict(current)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """``l2b report RUN_DIR|GRID_DIR``: figures and a self-contained report.html a researcher reads.
 
 Figures (PNG, also embedded in the HTML):
-- ``accuracy.png``: test accuracy vs epoch per method and noise (paper Fig. 2), mean over seeds;
+- ``accuracy.png``: test accuracy vs epoch per method and noise (paper Fig. 2), mean over seeds,
+  one colour and line style per method, L2B thick and black;
+- ``separation.png``: mean alpha and beta on clean vs corrupted samples over epochs, per method;
 - ``weights.png``: alpha and beta on clean vs corrupted samples (paper Fig. 3's finding);
 - ``alpha_minus_beta.png``: alpha - beta split by "pseudo-label = true label";
 - ``normalisations.png``: accuracy per normalisation (Fig. 4), when runs differ in --normalize;
@@ -37,29 +39,91 @@ def _plt():
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return path
 
 
+# One look per method, the same in every figure: 11 distinct colours (Okabe-Ito and tab20 picks)
+# times four line styles; L2B is drawn thick and black on top of the others.
+_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#7f7f7f",
+            "#8c564b", "#bcbd22", "#17becf", "#9467bd"]
+_STYLES = ["-", "--", "-.", ":"]
+
+
+def method_style(method: str, methods: list[str]) -> dict:
+    """matplotlib keyword arguments of ``method``'s line among ``methods`` (sorted, so the look of a
+    method does not depend on the order of the runs)."""
+    if method == "l2b":
+        return {"color": "black", "linestyle": "-", "linewidth": 2.6, "zorder": 10}
+    others = [m for m in sorted(set(methods)) if m != "l2b"]
+    i = others.index(method) if method in others else len(others)
+    return {"color": _COLOURS[i % len(_COLOURS)], "linestyle": _STYLES[(i // 2) % len(_STYLES)] if i else "-",
+            "linewidth": 1.4, "zorder": 2}
+
+
+def _mean_curve(seeds: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, mean over seeds) of ``key`` at the epochs where every seed has a value."""
+    length = min(len(s) for s in seeds)
+    epochs = [e for e in range(length) if all(s[e].get(key) is not None for s in seeds)]
+    return np.array(epochs) + 1, np.array([np.mean([s[e][key] for s in seeds]) for e in epochs])
+
+
+def _legend_outside(fig, axes) -> None:
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+
+
 def accuracy_figure(runs, path: Path) -> Path:
+    """Test accuracy against epoch, one panel per noise setting, mean over seeds; with
+    ``--test-every`` the points are the epochs where the test set was scored."""
     plt = _plt()
     curves = defaultdict(list)
     for r in runs:
-        curves[(r["method"], r["noise"])].append([h["test_acc"] for h in r["history"]])
+        curves[(r["method"], r["noise"])].append(r["history"])
     noises = sorted({n for _, n in curves})
-    fig, axes = plt.subplots(1, len(noises), figsize=(5 * len(noises), 3.6), squeeze=False)
+    methods = sorted({m for m, _ in curves})
+    fig, axes = plt.subplots(1, len(noises), figsize=(4.6 * len(noises), 3.6), squeeze=False)
     for ax, noise in zip(axes[0], noises):
-        for (method, n), seeds in sorted(curves.items()):
-            if n != noise:
+        for method in methods:
+            if (method, noise) not in curves:
                 continue
-            length = min(len(s) for s in seeds)
-            mean = np.mean([s[:length] for s in seeds], axis=0)
-            ax.plot(np.arange(1, length + 1), mean, label=f"{method} (n={len(seeds)})")
+            seeds = curves[(method, noise)]
+            x, y = _mean_curve(seeds, "test_acc")
+            ax.plot(x, y, label=f"{method} (n={len(seeds)})", **method_style(method, methods))
         ax.set(title=f"noise {noise}", xlabel="epoch", ylabel="test accuracy (%)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _legend_outside(fig, axes[0])
+    return _save(fig, path)
+
+
+def separation_figure(runs, path: Path) -> Path | None:
+    """The meta-learned weights over epochs: mean alpha and beta on clean vs corrupted samples
+    (one panel per method with weights, at the noise setting most runs share); None without."""
+    plt = _plt()
+    weighted = [r for r in runs if any(h.get("alpha_clean") is not None and h.get("alpha_noisy") is not None
+                                       for h in r["history"])]
+    if not weighted:
+        return None
+    noise = max({r["noise"] for r in weighted}, key=lambda n: (sum(r["noise"] == n for r in weighted), n))
+    by = defaultdict(list)
+    for r in weighted:
+        if r["noise"] == noise:
+            by[r["method"]].append(r["history"])
+    methods = sorted(by, key=lambda m: (m != "l2b", m))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.4), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        for key, colour, style in (("alpha_clean", "#0072B2", "-"), ("alpha_noisy", "#0072B2", "--"),
+                                   ("beta_clean", "#D55E00", "-"), ("beta_noisy", "#D55E00", "--")):
+            x, y = _mean_curve(by[method], key)
+            if len(x):
+                label = key.replace("_clean", " (clean)").replace("_noisy", " (corrupted)").replace("alpha", "α").replace("beta", "β")
+                ax.plot(x, y, color=colour, linestyle=style, label=label)
+        ax.set(title=f"{method}, {noise} (n={len(by[method])})", xlabel="epoch", ylabel="mean weight")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    _legend_outside(fig, axes[0])
     return _save(fig, path)
 
 
@@ -150,6 +214,9 @@ def write_report(target: str | Path) -> Path:
     if not runs:
         raise FileNotFoundError(f"{target}: no finished run (metrics.json) below it")
     figures: list[tuple[str, Path]] = [("Test accuracy per epoch", accuracy_figure(runs, target / "accuracy.png"))]
+    separation = separation_figure(runs, target / "separation.png")
+    if separation is not None:
+        figures.append(("α and β on clean vs corrupted samples over epochs", separation))
     detection_rows, extra = [], {}
     weighted = [r for r in runs if (r["dir"] / "weights.npz").is_file()]
     for r in weighted:

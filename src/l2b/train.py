@@ -29,7 +29,7 @@ from .methods import METHODS, create_method
 from .methods.base import SetupContext
 from .models import create_model
 from .run_data import build_splits, prepare_data
-from .loop import EpochLog, Run, check_finite, evaluate, lr_at, train_step
+from .loop import EpochLog, Run, check_finite, evaluate, evaluate_saved, lr_at, train_step
 from .rundir import Progress, atomic_save, environment, finite_json, load_checkpoint, prepare_out, tensorboard
 
 
@@ -278,9 +278,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         log.reduce(sync)
         check_finite(model, log.first_bad, epoch, out, main_rank)
         val_acc, val_loss = evaluate(model, val_data, cfg.eval_batch_size, amp, sync)
-        test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp, sync)
+        test_acc = test_loss = None
+        if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.test_every == 0:
+            test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp, sync)
         if val_acc > best["val_acc"]:  # selection on the clean validation set only
-            best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
+            best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}  # None: scored at the end
             if main_rank:
                 atomic_save(model.state_dict(), out / "best_model.pt")
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": log.mean_loss(),
@@ -304,7 +306,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             torch.distributed.barrier()  # the checkpoint is complete before any rank goes on
         bar.epoch_done(
             f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val {val_acc:.2f} "
-            f"test {test_acc:.2f} ({train_time:.1f}s)"
+            + (f"test {test_acc:.2f} " if test_acc is not None else "") + f"({train_time:.1f}s)"
         )
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs - 1:
             bar.close()
@@ -312,6 +314,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     bar.close()
     if writer is not None:
         writer.close()
+    if best["test_acc"] is None:  # --test-every skipped the best epoch: score its saved weights
+        best["test_acc"] = evaluate_saved(model, out / "best_model.pt", test_data, cfg.eval_batch_size, amp, sync)
     metrics = final_metrics(cfg, history, best, prep.noise_rate)
     if main_rank:
         with open(out / "metrics.json", "w") as fh:
