@@ -120,12 +120,18 @@ def load_run(run: str | Path, device: str | torch.device | None = None):
     return cfg, prep, splits, model
 
 
-def final_metrics(cfg: TrainConfig, history: list[dict], best: dict, noise_rate: float) -> dict[str, Any]:
-    """metrics.json: the test accuracy at the last and at the best clean-validation epoch."""
+def final_metrics(cfg: TrainConfig, history: list[dict], best: dict, noise_rate: float,
+                  setup_seconds: float = 0.0) -> dict[str, Any]:
+    """metrics.json: the test accuracy at the last and at the best clean-validation epoch; the
+    mean seconds of an epoch's training, and the whole run's seconds (the method's setup, e.g.
+    GLC's first phase, plus every epoch's training and evaluation)."""
     return {"method": cfg.method, "noise": cfg.noise, "seed": cfg.seed,
             "test_acc_last": history[-1]["test_acc"], "test_acc_at_best_val": best["test_acc"],
             "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "noise_rate": noise_rate,
-            "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in history])), "history": history}
+            "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in history])),
+            "setup_seconds": setup_seconds,
+            "total_seconds": setup_seconds + sum(h["epoch_seconds"] + h.get("eval_seconds", 0.0) for h in history),
+            "history": history}
 
 
 def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | None, world: int,
@@ -173,19 +179,21 @@ def run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, ma
         optimizer.load_state_dict(state[0][1])
 
 
-def checkpoint_state(model, optimizer, method, clean, epoch: int, history, best, world: int) -> dict:
+def checkpoint_state(model, optimizer, method, clean, epoch: int, history, best, world: int,
+                     setup_seconds: float = 0.0) -> dict:
     """Everything a resumed run needs, in tensors and plain containers (weights_only loading)."""
     return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict(),
         "clean": clean.state_dict() if clean is not None else None,
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        "epoch": epoch, "history": history, "best": best, "world_size": world,
+        "epoch": epoch, "history": history, "best": best, "world_size": world, "setup_seconds": setup_seconds,
     }
 
 
-def restore_checkpoint(path: Path, device, model, optimizer, method, clean) -> tuple[list, dict, int]:
-    """Load a checkpoint into the run's objects and RNGs; returns (history, best, next epoch)."""
+def restore_checkpoint(path: Path, device, model, optimizer, method, clean) -> tuple[list, dict, int, float]:
+    """Load a checkpoint into the run's objects and RNGs; returns (history, best, next epoch,
+    seconds of the method's setup)."""
     ck = load_checkpoint(path, device)
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
@@ -195,7 +203,7 @@ def restore_checkpoint(path: Path, device, model, optimizer, method, clean) -> t
     torch.set_rng_state(ck["rng"]["torch"])
     if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
-    return ck["history"], ck["best"], ck["epoch"] + 1
+    return ck["history"], ck["best"], ck["epoch"] + 1, float(ck.get("setup_seconds", 0.0))
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None = None,
@@ -243,11 +251,13 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
 
     history: list[dict] = []
     best = {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
-    start_epoch = 0
+    start_epoch, setup_seconds = 0, 0.0
     if method.has_setup and not resume:
+        t0 = time.perf_counter()
         run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank)
+        setup_seconds = time.perf_counter() - t0
     if resume:
-        history, best, start_epoch = restore_checkpoint(ckpt_path, device, model, optimizer, method, clean)
+        history, best, start_epoch, setup_seconds = restore_checkpoint(ckpt_path, device, model, optimizer, method, clean)
         if main_rank:  # the epochs of the checkpoint, no more: a kill after the log line and
             # before the checkpoint would otherwise leave a duplicate line
             with open(out / "metrics.jsonl", "w") as fh:
@@ -277,6 +287,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         train_time = time.perf_counter() - t0
         log.reduce(sync)
         check_finite(model, log.first_bad, epoch, out, main_rank)
+        t0 = time.perf_counter()
         val_acc, val_loss = evaluate(model, val_data, cfg.eval_batch_size, amp, sync)
         test_acc = test_loss = None
         if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.test_every == 0:
@@ -287,7 +298,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                 atomic_save(model.state_dict(), out / "best_model.pt")
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": log.mean_loss(),
                "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss,
-               "epoch_seconds": train_time, "warmup": warm, **log.weight_summary(is_noisy)}
+               "epoch_seconds": train_time, "eval_seconds": time.perf_counter() - t0, "warmup": warm,
+               **log.weight_summary(is_noisy)}
         history.append(row)
         if main_rank:
             with open(out / "metrics.jsonl", "a") as fh:
@@ -301,7 +313,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                      pseudo_labels=log.pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
                      noisy=prep.y_noisy, true=prep.y_true, train_index=prep.train_idx)
         if main_rank:
-            atomic_save(checkpoint_state(model, optimizer, method, clean, epoch, history, best, world), ckpt_path)
+            atomic_save(checkpoint_state(model, optimizer, method, clean, epoch, history, best, world, setup_seconds), ckpt_path)
         if sync is not None:
             torch.distributed.barrier()  # the checkpoint is complete before any rank goes on
         bar.epoch_done(
@@ -316,7 +328,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         writer.close()
     if best["test_acc"] is None:  # --test-every skipped the best epoch: score its saved weights
         best["test_acc"] = evaluate_saved(model, out / "best_model.pt", test_data, cfg.eval_batch_size, amp, sync)
-    metrics = final_metrics(cfg, history, best, prep.noise_rate)
+    metrics = final_metrics(cfg, history, best, prep.noise_rate, setup_seconds)
     if main_rank:
         with open(out / "metrics.json", "w") as fh:
             json.dump(finite_json(metrics), fh, indent=2, allow_nan=False)
