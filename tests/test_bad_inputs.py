@@ -280,3 +280,27 @@ def test_a_meta_method_that_diverges_names_epoch_and_step(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "diverged at epoch 1, step" in err and "no checkpoint was written" in err
     assert json.loads((out / "metrics.json").read_text())["diverged"]["epoch"] == 0
+
+
+def test_preparing_a_run_directory_never_removes_a_parallel_workers_run(tmp_path, monkeypatch):
+    """Two grid workers start runs below the same new directory at once: the first one's clean-up
+    of the directories it created must leave the second one's run alone."""
+    from pathlib import Path
+
+    from l2b.rundir import prepare_out
+
+    grid = tmp_path / "grid"
+    other = grid / "mwnet" / "symmetric_0.2" / "seed1"
+    real_write = Path.write_text
+
+    def write_and_race(self, text, *a, **kw):  # the other worker creates its run meanwhile
+        if self.name == ".l2b-write-test":
+            other.mkdir(parents=True, exist_ok=True)
+            real_write(other / "config.json", "{}")
+        return real_write(self, text, *a, **kw)
+
+    monkeypatch.setattr(Path, "write_text", write_and_race)
+    mine = grid / "mwnet" / "symmetric_0.2" / "seed0"
+    prepare_out(mine, {}, resume=False, overwrite=False)
+    assert (other / "config.json").is_file()  # the other worker's run survives
+    assert not mine.exists()  # what this call created for itself is gone again

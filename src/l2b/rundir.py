@@ -106,7 +106,15 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
     except OSError as err:
         raise ValueError(f"--out {out}: cannot write there ({err.strerror or err}); choose a writable directory") from None
     if created is not None:  # made again when the run writes its config: a run that fails early leaves nothing
-        shutil.rmtree(created)
+        # remove only the directories made here, deepest first, and only while empty: a parallel
+        # grid worker may meanwhile have created its own run below the same new parent
+        for path in [out, *out.parents]:
+            try:
+                path.rmdir()
+            except OSError:
+                break
+            if path == created:
+                break
 
 
 def finite_json(obj):
