@@ -32,7 +32,7 @@ def weight_stats(run: Path, batches: int, normalize: str | None) -> list[str]:
     cfg, prep, (train, val, _), model = load_run(run, device="cpu")
     noisy = torch.as_tensor(prep.y_noisy != prep.y_true)
     x_clean, y_clean, _, _ = next(iter(val.epoch(len(val), 0, augment=False)))
-    norm = normalize or cfg.normalize or "sum"
+    norm = normalize or cfg.method_options().get("normalize") or "sum"
     gen = torch.Generator().manual_seed(0)
     lines = []
     for m in sorted({cfg.val_batch_size or cfg.batch_size, len(val)}):

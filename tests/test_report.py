@@ -112,9 +112,9 @@ def test_report_draws_normalisation_and_bootstrap_beta_sweeps_when_present(tmp_p
 
     base = dict(data="digits", model="mlp", width=16, epochs=1, val_per_class=5, progress="none")
     for norm in ("sum", "softmax"):
-        train(TrainConfig(**base, method="l2b", normalize=norm, temperature=0.1, out=str(tmp_path / f"l2b-{norm}")))
+        train(TrainConfig(**base, method="l2b", method_args={"normalize": norm, "temperature": 0.1}, out=str(tmp_path / f"l2b-{norm}")))
     for beta in (0.6, 0.8):
-        train(TrainConfig(**base, method="bootstrap", bootstrap_beta=beta, out=str(tmp_path / f"boot-{beta}")))
+        train(TrainConfig(**base, method="bootstrap", method_args={"beta": beta}, out=str(tmp_path / f"boot-{beta}")))
     assert cli_main(["report", str(tmp_path)]) == 0
     for name in ("normalisations.png", "bootstrap_beta.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

@@ -164,11 +164,16 @@ def test_config_file_then_flags_precedence(tmp_path, monkeypatch):
     from l2b.cli import build_parser, config_from_args
 
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("epochs: 3\nlr: 0.05\nmethod: bootstrap\nbootstrap-beta: 0.6\n")
-    args = build_parser().parse_args(["train", "--config", str(cfg_file), "--lr", "0.2", "--batch-size", "32"])
+    cfg_file.write_text("epochs: 3\nlr: 0.05\nmethod: bootstrap\nbeta: 0.6\nmode: soft\n")
+    args = build_parser().parse_args(["train", "--config", str(cfg_file), "--lr", "0.2", "--batch-size", "32",
+                                      "--mode", "hard"])
     cfg = config_from_args(args)
-    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.method, cfg.bootstrap_beta) == (3, 0.2, 32, "bootstrap", 0.6)
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.method) == (3, 0.2, 32, "bootstrap")
+    assert cfg.method_options() == {"beta": 0.6, "mode": "hard"}  # the YAML's option, the flag's over the YAML's
     assert cfg.momentum == 0.9  # untouched: the default
+    # a config.json of an earlier version (options as settings) still reads
+    old = TrainConfig.from_dict({"method": "bootstrap", "bootstrap_beta": 0.7, "normalize": None, "engine": None})
+    assert old.method_args == {"bootstrap.beta": 0.7} and old.method_options() == {"beta": 0.7}
     cfg_file.write_text("epochs: 3\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['learning_rate'\]"):
         config_from_args(build_parser().parse_args(["train", "--config", str(cfg_file)]))
@@ -178,9 +183,14 @@ def test_config_file_then_flags_precedence(tmp_path, monkeypatch):
     "kw, message",
     [
         (dict(method="l2b", val_per_class=None), "needs a clean validation set: give --val-per-class"),
-        (dict(method="ce", constraint="beta=0"), "--constraint applies to meta methods"),
-        (dict(method="l2rw", constraint="alpha=0"), "--constraint applies to"),
-        (dict(method="ce", bootstrap_beta=0.5), "--bootstrap-beta applies to method 'bootstrap'"),
+        (dict(method="ce", method_args={"constraint": "beta=0"}), "--constraint is an option of l2b, not of method 'ce'"),
+        (dict(method="l2rw", method_args={"constraint": "alpha=0"}), "--constraint is an option of l2b, not of method 'l2rw'"),
+        (dict(method="ce", method_args={"beta": 0.5}), "--beta is an option of bootstrap, not of method 'ce'"),
+        (dict(method="l2b", method_args={"l2b.engine": "jpv"}), "engine='jpv' is not one of 'jvp', 'jvp-lean', 'unroll'"),
+        (dict(method="ce", method_args={"mwnet.normalize": "maybe"}), "normalize='maybe' is not a bool"),
+        (dict(method="ce", method_args={"mwnt.normalize": True}), "no method 'mwnt'"),
+        (dict(method="bootstrap", method_args={"beta": 1.5}), r"beta=1.5 must be in \[0, 1\]"),
+        (dict(method="coteaching", method_args={"forget_rate": 1.0}), r"forget_rate=1.0 must be in \[0, 1\)"),
         (dict(method="mystery"), "unknown method 'mystery'; valid methods: bootstrap, ce"),
         (dict(model="vgg"), "unknown model 'vgg'; valid models:"),
         (dict(noise="gauss:0.1"), "unknown noise 'gauss:0.1'"),
@@ -201,15 +211,17 @@ def test_cli_train_runs_and_reports(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "epoch 1/1" in out and json.loads(out.strip().splitlines()[-1])["method"] == "l2b"
-    saved = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
-    assert saved["normalize"] == "softmax" and saved["temperature"] == 0.1
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["config"]["method_args"] == {"normalize": "softmax", "temperature": "0.1"}  # as given
+    resolved = saved["resolved"]["method_options"]  # as the method runs with them, typed
+    assert resolved["normalize"] == "softmax" and resolved["temperature"] == 0.1 and resolved["engine"] == "jvp"
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     rc = cli_main(["train", "--method", "ce", "--constraint", "beta=0", "--out", str(tmp_path / "r")])
     assert rc == 2
     assert capsys.readouterr().err.strip() == (
-        "l2b train: error: --constraint applies to meta methods (l2b, l2rw), not to method 'ce'")
+        "l2b train: error: --constraint is an option of l2b, not of method 'ce'")
 
 
 def test_cli_help_documents_the_flags(capsys):
@@ -219,6 +231,14 @@ def test_cli_help_documents_the_flags(capsys):
     for flag in ("--data", "--model", "--method", "--noise", "--val-per-class", "--epochs", "--batch-size",
                  "--lr", "--seed", "--out", "--resume", "--config", "--normalize", "--engine", "--warmup-epochs"):
         assert flag in text, flag
+    # every declared option of every method has a flag whose help gives its values and default
+    from l2b.methods import declared_options
+
+    flat = "".join(text.split())  # argparse wraps lines (also at hyphens)
+    for name, owners in declared_options().items():
+        assert "--" + name.replace("_", "-") in text, name
+        for method, spec in owners.items():
+            assert "".join(spec.help.split()) in flat and "".join(spec.values.split()) in flat, (method, name)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS.glob("*.yaml")), ids=lambda p: p.name)
@@ -237,7 +257,24 @@ def test_paper_presets_parse_and_build(preset):
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     method = create_method(cfg.method, model, opt, **cfg.method_options())
     for key, value in cfg.method_options().items():  # the preset's options reach the method, typed
-        assert method.opts[key] == value and type(method.opts[key]) is type(method.coerce({key: value})[key]), key
+        declared = METHODS[cfg.method].option_specs()[key].type
+        assert method.opts[key] == value and type(value).__name__ in declared, (key, declared)
+
+
+def test_docs_list_every_declared_option():
+    from l2b.cli import options_table
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    begin = text.index("\n", text.index("<!-- options:begin")) + 1
+    assert text[begin:text.index("<!-- options:end -->")] == options_table(), "run `l2b options` into docs/methods.md"
+
+
+def test_no_method_option_shadows_a_setting():
+    from dataclasses import fields
+
+    from l2b.methods import declared_options
+
+    assert not set(declared_options()) & {f.name for f in fields(TrainConfig)}
 
 
 def test_presets_cover_the_paper_tables():
@@ -344,8 +381,10 @@ def test_method_args_flag(tmp_path):
     assert scoped.method_options() == {}
     assert TrainConfig(method="coteaching", method_args={"coteaching.forget_rate": 0.4}).method_options() == {
         "forget_rate": 0.4}
-    with pytest.raises(ValueError, match="method 'ce' has no option"):
+    with pytest.raises(ValueError, match="--lam is an option of distill, not of method 'ce'"):
         train(tiny(tmp_path, method="ce", method_args={"lam": 0.3}))
+    with pytest.raises(ValueError, match=r"method 'ce' has no option\(s\) \['lamda'\]; its options: none"):
+        train(tiny(tmp_path, method="ce", method_args={"lamda": 0.3}))
 
 
 def test_mixup_loss_is_the_convex_combination_of_two_cross_entropies():
@@ -574,3 +613,15 @@ def _tensors(state):
     if isinstance(state, (list, tuple)):
         return [t for v in state for t in _tensors(v)]
     return [torch.tensor(float(state))] if isinstance(state, (int, float)) and not isinstance(state, bool) else []
+
+
+def test_compare_gives_an_option_flag_to_the_methods_that_declare_it(tmp_path):
+    out = tmp_path / "grid"
+    assert cli_main(["compare", "--methods", "ce,l2b", "--noise", "symmetric:0.4", "--data", "digits", "--model", "mlp",
+                     "--width", "16", "--epochs", "1", "--val-per-class", "5", "--normalize", "softmax",
+                     "--temperature", "0.5", "--out", str(out)]) == 0
+    l2b_run = json.loads((out / "l2b" / "symmetric_0.4" / "seed0" / "config.json").read_text())
+    ce_run = json.loads((out / "ce" / "symmetric_0.4" / "seed0" / "config.json").read_text())
+    assert l2b_run["resolved"]["method_options"]["normalize"] == "softmax"
+    assert l2b_run["resolved"]["method_options"]["temperature"] == 0.5
+    assert ce_run["resolved"]["method_options"] == {}

@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .methods import METHODS
+from .methods import METHODS, declared_options
 from .config import TrainConfig, load_yaml
 from .rundir import NOT_RESULTS
 from .train import train
@@ -35,14 +35,6 @@ HELP = {
     "width": "model width (base channels / hidden units)",
     "pretrained": "local state-dict file to initialise the model from (e.g. ImageNet weights)",
     "method": "training method: " + ", ".join(sorted(METHODS)),
-    "normalize": "meta methods: sum (Eq. 9) | softmax (Eq. 14) | sigmoid (Eq. 13) | hard",
-    "temperature": "meta methods: softmax/hard temperature",
-    "threshold": "meta methods: hard-normalisation threshold",
-    "constraint": "l2b: alpha=0 | beta=0 | alpha+beta=1 (Table 7 ablations)",
-    "virtual_step": "meta methods: optimizer (authors' code) | sgd (paper Eq. 5)",
-    "engine": "meta methods: jvp (exact, fast) | unroll (second-order reference)",
-    "bootstrap_beta": "bootstrap: weight of the observed label",
-    "bootstrap_mode": "bootstrap: soft | hard",
     "epochs": "training epochs",
     "batch_size": "training batch size",
     "val_batch_size": "clean batch size of meta methods (default: --batch-size)",
@@ -124,6 +116,57 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
                                 type=lambda t, f=f: _parse_value(f, t), metavar=f.name.upper(), help=help_text)
 
 
+OPTION_DEST = "option:"  # argparse dest prefix of the methods' option flags
+
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per option name that any method declares (l2b.methods.options), with each
+    declaring method's values, default and help; the value is converted to the type the run's
+    method declares."""
+    group = parser.add_argument_group(
+        "method options", "declared by each method (docs/methods.md); also --method-arg KEY=VALUE or a "
+                          "METHOD.KEY entry under method_args: in a YAML file")
+    for name, owners in sorted(declared_options().items()):
+        same: dict[tuple, list[str]] = {}  # methods that declare the option alike share one entry
+        for method, spec in owners.items():
+            default = "none" if spec.default is None else spec.default
+            same.setdefault((spec.help, spec.values, str(default)), []).append(method)
+        parts = [f"{', '.join(ms)}: {h} [{v}; default {d}]" for (h, v, d), ms in same.items()]
+        kinds = {spec.type for spec in owners.values()}
+        boolean = kinds <= {"bool", "bool | None"}
+        parser_kw = dict(nargs="?", const="true") if boolean else dict(metavar="VALUE")
+        group.add_argument("--" + name.replace("_", "-"), dest=OPTION_DEST + name, default=argparse.SUPPRESS,
+                           help="; ".join(parts).replace("%", "%%"), **parser_kw)
+
+
+def option_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options given as flags, by option name."""
+    return {k[len(OPTION_DEST):]: v for k, v in vars(args).items() if k.startswith(OPTION_DEST)}
+
+
+def options_table(methods: list[str] | None = None) -> str:
+    """A Markdown table of every method's declared options (docs/methods.md holds this table)."""
+    lines = ["| method | option | values | default | what it does |", "|---|---|---|---|---|"]
+    for method in methods or sorted(METHODS):
+        declared = METHODS[method].option_specs()
+        if not declared:
+            lines.append(f"| `{method}` | — | | | takes no options |")
+        for name, spec in declared.items():
+            default = "none" if spec.default is None else spec.default
+            values, text = (t.replace("|", "\\|") for t in (spec.values, spec.help))
+            lines.append(f"| `{method}` | `--{name.replace('_', '-')}` | {values} | `{default}` | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_options(args: argparse.Namespace) -> int:
+    methods = args.methods.split(",") if args.methods else None
+    for m in methods or []:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; valid methods: {', '.join(sorted(METHODS))}")
+    print(options_table(methods), end="")
+    return 0
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults, then the YAML file, then the flags (flags win)."""
     settings: dict[str, Any] = {}
@@ -134,9 +177,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         where = "config"
     names = {f.name for f in fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names}
-    if "method_args" in flags:  # a list of one-entry dicts from the repeated flag
-        flags["method_args"] = {**settings.get("method_args", {}), **{k: v for d in flags["method_args"] for k, v in d.items()}}
+    given = {k: v for d in flags.pop("method_args", []) for k, v in d.items()}  # the repeated flag
+    given.update(option_flags(args))
     settings.update(flags)
+    if given:  # YAML's method options (top-level or under method_args), then the flags'
+        settings = TrainConfig.from_dict(settings, where).__dict__
+        settings["method_args"] = {**settings["method_args"], **given}
     return TrainConfig.from_dict(settings, where)
 
 
@@ -148,8 +194,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict(json.loads(saved.read_text())["config"], str(saved))
         cfg.out = args.resume  # the directory given, even when the run was moved or copied
         given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(TrainConfig)}}
+        given.update(option_flags(args))
         if getattr(args, "config", None):
             given = {**load_yaml(args.config), **given}
+        if isinstance(given.get("method_args"), list):
+            given["method_args"] = {k: v for d in given["method_args"] for k, v in d.items()}
         changed = {k: v for k, v in TrainConfig.from_dict(given, "flags").__dict__.items()
                    if k in given and getattr(cfg, k) != v}
         unsafe = sorted(set(changed) - set(NOT_RESULTS))
@@ -220,6 +269,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings.update({k: v for k, v in vars(args).items() if k in names})
     if "method_args" in settings and isinstance(settings["method_args"], list):
         settings["method_args"] = {k: v for d in settings["method_args"] for k, v in d.items()}
+    for name, value in option_flags(args).items():  # an option flag applies to the grid's methods that declare it
+        owners = [m for m in methods if m in declared_options()[name]]
+        if not owners:
+            raise ValueError(f"--{name.replace('_', '-')} is an option of {', '.join(declared_options()[name])}, "
+                             f"none of which is in this grid ({', '.join(methods)})")
+        settings["method_args"] = {**settings.get("method_args", {}), **{f"{m}.{name}": value for m in owners}}
     base = TrainConfig.from_dict(settings, args.grid or "compare")
     out = Path(args.out)
     cfgs = grid_configs(base, methods, noises, seeds, out)
@@ -277,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "may be given anew)")
     p.add_argument("--overwrite", action="store_true", help="clear --out first if it holds another run")
     add_config_flags(p)
+    add_option_flags(p)
     p.set_defaults(func=cmd_train)
     c = sub.add_parser("compare", allow_abbrev=False, help="run a grid of methods × noise × seeds and summarise it", description=(
         "Run every (method, noise, seed) into OUT/<method>/<noise>/seed<k>/ (finished runs are skipped, "
@@ -291,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="grid directory")
     c.add_argument("--overwrite", action="store_true", help="run again the cells that hold runs with other settings")
     add_config_flags(c, skip=("method", "noise", "seed", "out", "progress"))
+    add_option_flags(c)
     c.set_defaults(func=cmd_compare)
     r = sub.add_parser("report", allow_abbrev=False, help="figures and report.html for a run or a grid directory")
     r.add_argument("dir", metavar="RUN_DIR|GRID_DIR")
@@ -300,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--threshold", type=_unit_interval, default=0.5,
                     help="flag a label when its trust alpha/(alpha+beta) (or model probability) is below this")
     li.set_defaults(func=cmd_label_issues)
+    o = sub.add_parser("options", allow_abbrev=False, help="every method's options: values, default, help")
+    o.add_argument("methods", nargs="?", metavar="METHOD[,METHOD]", help="only these methods")
+    o.set_defaults(func=cmd_options)
     d = sub.add_parser("demo", allow_abbrev=False, help="CE vs L2RW vs L2B on the bundled digits, 40%% symmetric noise")
     d.add_argument("--methods", default="ce,l2rw,l2b")
     d.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method")

@@ -103,17 +103,19 @@ def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None =
 
 
 def collect(out: Path, finished_only: bool = True) -> list[dict[str, Any]]:
-    """Every finished run below ``out``: its metrics.json plus its resolved config (with
-    ``finished_only=False`` also the runs that diverged, marked by their "diverged" entry)."""
+    """Every finished run below ``out``: its metrics.json plus its config and the options its
+    method ran with (with ``finished_only=False`` also the runs that diverged, marked by their
+    "diverged" entry)."""
     runs = []
     for metrics_path in sorted(out.rglob("metrics.json")):
-        config = json.loads((metrics_path.parent / "config.json").read_text())["config"]
+        saved = json.loads((metrics_path.parent / "config.json").read_text())
+        config, options = saved["config"], saved.get("resolved", {}).get("method_options", {})
         metrics = json.loads(metrics_path.read_text())
         if "diverged" in metrics:
             if finished_only:
                 continue
             metrics = {**metrics, "method": config["method"], "noise": config["noise"], "seed": config["seed"]}
-        runs.append({"dir": metrics_path.parent, "config": config, **metrics})
+        runs.append({"dir": metrics_path.parent, "config": config, "options": options, **metrics})
     return runs
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .coerce import coerce_field
-from .methods import METHODS
-from .methods.l2b import META_OPTIONS
+from .methods import METHODS, declared_options
+
+# settings of earlier versions that are now options of one method
+RENAMED_OPTIONS = {"bootstrap_beta": "bootstrap.beta", "bootstrap_mode": "bootstrap.mode"}
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
@@ -46,6 +48,18 @@ def check_device(name: str) -> None:
                          f"use --device cpu (or auto)")
     if index and int(index) >= torch.cuda.device_count():
         raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+
+
+def check_method_options(method: str, given: dict[str, Any]) -> None:
+    """``method``'s options built from ``given``: an option that belongs to other methods is
+    named with them, and a bad value fails with the option's declared type or choices."""
+    cls = METHODS[method]
+    foreign = sorted(set(given) - set(cls.option_specs()))
+    owners = declared_options()
+    for name in foreign:
+        if name in owners:
+            raise ValueError(f"--{_flag(name)} is an option of {', '.join(owners[name])}, not of method {method!r}")
+    cls.build_options(given)
 
 
 def check_noise_spec(spec: str) -> None:
@@ -95,15 +109,9 @@ class TrainConfig:
     pretrained: str | None = None  # local path of a state dict (e.g. ImageNet weights)
     # --- method
     method: str = "l2b"  # l2b.methods.METHODS
-    normalize: str | None = None  # meta methods: sum | softmax | sigmoid | hard
-    temperature: float | None = None
-    threshold: float | None = None
-    constraint: str | None = None  # l2b only: alpha=0 | beta=0 | alpha+beta=1
-    virtual_step: str | None = None  # optimizer (authors' code, default) | sgd (paper Eq. 5)
-    engine: str | None = None  # jvp | unroll
-    bootstrap_beta: float | None = None  # bootstrap: weight of the observed label (0.8)
-    bootstrap_mode: str | None = None  # bootstrap: soft | hard
-    method_args: dict = field(default_factory=dict)  # other options of the method ("key" or "method.key")
+    # the method's options (declared by each method: l2b.methods.options): "key" applies to the
+    # run's method, "method.key" to that method only (a compare grid mixes methods)
+    method_args: dict = field(default_factory=dict)
     # --- optimisation (paper Sec. 4.2: SGD, momentum 0.9, weight decay 5e-4)
     epochs: int = 20
     batch_size: int = 128
@@ -135,19 +143,11 @@ class TrainConfig:
     # bit-identical for a fixed thread count, not across thread counts)
 
     def method_options(self) -> dict[str, Any]:
-        """The options the method takes, from the config fields that are set."""
-        cls = METHODS[self.method]
-        given = {
-            "normalize": self.normalize, "temperature": self.temperature,
-            "threshold": self.threshold, "constraint": self.constraint,
-            "virtual_step": self.virtual_step, "engine": self.engine,
-            "beta": self.bootstrap_beta, "mode": self.bootstrap_mode,
-        }
-        options = {k: v for k, v in given.items() if v is not None and k in cls.options}
-        # "METHOD.key" entries apply to that method only (a compare grid mixes methods)
+        """The options given to the run's method: the plain ``method_args`` entries, then the
+        ones scoped to this method ("METHOD.key")."""
         plain = {k: v for k, v in self.method_args.items() if "." not in k}
         scoped = {k.split(".", 1)[1]: v for k, v in self.method_args.items() if k.startswith(self.method + ".")}
-        return {**options, **plain, **scoped}
+        return {**plain, **scoped}
 
     def validate(self) -> None:
         """Wrong types, bad values and contradictions fail here, before any data is read."""
@@ -155,14 +155,18 @@ class TrainConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(sorted(METHODS))}")
         cls = METHODS[self.method]
-        for name in ("normalize", "temperature", "threshold", "constraint", "virtual_step", "engine"):
-            if getattr(self, name) is not None and name not in cls.options:
-                kind = "meta methods (l2b, l2rw)" if name in META_OPTIONS else "other methods"
-                raise ValueError(f"--{name.replace('_', '-')} applies to {kind}, not to method {self.method!r}")
-        for name, opt in (("bootstrap_beta", "beta"), ("bootstrap_mode", "mode")):
-            if getattr(self, name) is not None and opt not in cls.options:
-                raise ValueError(f"--{name.replace('_', '-')} applies to method 'bootstrap', not {self.method!r}")
-        cls.coerce(self.method_options())  # unknown options, wrong types and values fail here
+        check_method_options(self.method, self.method_options())
+        scoped: dict[str, dict[str, Any]] = {}  # options for the other methods of a grid
+        for key, value in self.method_args.items():
+            if "." in key:
+                scope, name = key.split(".", 1)
+                if scope not in METHODS:
+                    raise ValueError(f"method option {key!r}: no method {scope!r}; valid methods: "
+                                     f"{', '.join(sorted(METHODS))}")
+                scoped.setdefault(scope, {})[name] = value
+        for scope, given in scoped.items():
+            if scope != self.method:
+                check_method_options(scope, given)
         if self.val_per_class is not None and self.val_total is not None:
             raise ValueError("give --val-per-class or --val-total, not both")
         if self.schedule not in ("cosine", "step", "constant"):
@@ -219,12 +223,25 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> "TrainConfig":
         """A config from a mapping (YAML, config.json, flags), each value converted to its
-        field's type: ``nesterov: "no"`` is False, ``epochs: "two"`` is an error naming it."""
+        field's type: ``nesterov: "no"`` is False, ``epochs: "two"`` is an error naming it.
+        Top-level method options (``normalize: softmax``) join ``method_args``."""
         names = {f.name for f in fields(cls)}
+        options = declared_options()
+        d = dict(d)
+        moved = {}
+        for key in [k for k in d if k not in names]:
+            value = d.pop(key)
+            if key in options or key in RENAMED_OPTIONS:
+                if value is not None:  # None: the method's default (what earlier config.json files hold)
+                    moved[RENAMED_OPTIONS.get(key, key)] = value
+            else:
+                d[key] = value
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"{where}: unknown setting(s) {unknown}; valid: {', '.join(sorted(names))}")
+            raise ValueError(f"{where}: unknown setting(s) {unknown}; valid: {', '.join(sorted(names))} "
+                             f"and the methods' options: {', '.join(sorted(options))}")
         kinds = {f.name: f.type for f in fields(cls)}
-        return cls(**{k: coerce_field(k, kinds[k], v, where) for k, v in d.items()})
-
-
+        values = {k: coerce_field(k, kinds[k], v, where) for k, v in d.items()}
+        if moved:
+            values["method_args"] = {**moved, **values.get("method_args", {})}
+        return cls(**values)

@@ -169,9 +169,7 @@ def option_figure(runs, key: str, path: Path, title: str, method: str | None = N
     for r in runs:
         if method and r["method"] != method:
             continue
-        value = r["config"].get(key)
-        if key == "bootstrap_beta" and value is None and r["method"] == "bootstrap":
-            value = r["config"].get("method_args", {}).get("beta", 0.8)
+        value = r["options"].get(key)  # the option the method ran with
         if value is None:
             continue
         by[(r["noise"], value)].append(r["test_acc_at_best_val"])
@@ -231,8 +229,8 @@ def write_report(target: str | Path) -> Path:
                         weights_figure(w, target / "weights.png")))
         fig, extra = alpha_minus_beta_figure(w, target / "alpha_minus_beta.png")
         figures.append(("alpha − beta against pseudo-label correctness", fig))
-    for key, name, title, method in (("normalize", "normalisations.png", "Normalisation of the weights (Fig. 4)", None),
-                                     ("bootstrap_beta", "bootstrap_beta.png", "Bootstrapping's beta (Fig. 1a)", "bootstrap")):
+    for key, name, title, method in (("normalize", "normalisations.png", "Normalisation of the weights (Fig. 4)", "l2b"),
+                                     ("beta", "bootstrap_beta.png", "Bootstrapping's beta (Fig. 1a)", "bootstrap")):
         fig = option_figure(runs, key, target / name, title, method)
         if fig is not None:
             figures.append((title, fig))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..coerce import coerce_field
+from .options import NoOptions, OptionSpec, as_dict, build, specs
 
 
 @dataclass
@@ -87,8 +86,9 @@ class Method:
     """A training method: builds the loss of one step; the trainer does backward and the step.
 
     Subclasses set ``needs_clean`` when they read the clean batch, ``meta`` when they take the
-    meta-weight options (normalisation, constraint, ...), and implement ``loss``. ``options``
-    documents the method's own keyword options with their defaults.
+    meta-weight options (normalisation, constraint, ...), and implement ``loss``. ``Options`` is
+    the dataclass that declares the method's options (``l2b.methods.options``); an instance's
+    ``options`` holds the values it runs with.
     """
 
     name: str = ""
@@ -100,21 +100,16 @@ class Method:
     batch_size: int | None = None  # the run's nominal batch size, set by the trainer
     meta: bool = False
     meta_like: bool = False  # a meta-gradient method (l2b, l2rw, mwnet, mlc): clipped by default
-    options: dict[str, Any] = {}
+    Options: type = NoOptions
     # True when ``loss`` is a sum over the GLOBAL batch (weights normalised across ranks), False
     # for a mean over this rank's samples; the trainer reduces gradients accordingly.
     loss_is_global_sum: bool = False
     distributed: bool = False  # set by the trainer when several ranks train together
 
-    # The type of each option whose default is None (others take their default's type), and
-    # the allowed values of options with a fixed set of them.
-    option_types: dict[str, type] = {}
-    choices: dict[str, tuple] = {}
-
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, num_classes: int | None = None,
                  **options: Any) -> None:
         self.model, self.optimizer = model, optimizer
-        self.opts = {**self.options, **self.coerce(options)}
+        self.options = self.build_options(options)
         if num_classes is None:  # the classifier head's outputs, when the model has a known head
             from ..models import head
 
@@ -125,26 +120,20 @@ class Method:
         self.num_classes = None if num_classes is None else int(num_classes)
 
     @classmethod
-    def coerce(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """The options turned into their declared types (from YAML, ``--method-arg`` or flags),
-        checked against the allowed values; a ValueError names the option and the fix."""
-        unknown = set(options) - set(cls.options)
-        if unknown:
-            valid = ", ".join(sorted(cls.options)) or "none"
-            raise ValueError(f"method {cls.name!r} has no option(s) {sorted(unknown)}; its options: {valid}")
-        out = {}
-        for key, value in options.items():
-            kind = cls.option_types.get(key) or (type(cls.options[key]) if cls.options[key] is not None else None)
-            if value is not None and kind is not None:
-                value = coerce_field(key, kind.__name__, value, f"method {cls.name!r} option")
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise ValueError(f"method {cls.name!r} option {key}={value!r} is not a finite number")
-            out[key] = value
-            allowed = cls.choices.get(key)
-            if allowed is not None and out[key] not in allowed:
-                raise ValueError(f"method {cls.name!r}: {key}={value!r} is not one of "
-                                 f"{', '.join(repr(a) for a in allowed)}")
-        return out
+    def build_options(cls, given: dict[str, Any]):
+        """The method's options from ``given`` (YAML, ``--method-arg``, flags, keyword arguments),
+        each converted to its declared type and checked; a ValueError names the option and the fix."""
+        return build(cls.name, cls.Options, given)
+
+    @classmethod
+    def option_specs(cls) -> dict[str, OptionSpec]:
+        """The declared options: type, default, one-line help, allowed values."""
+        return specs(cls.Options)
+
+    @property
+    def opts(self) -> dict[str, Any]:
+        """The option values by name."""
+        return as_dict(self.options)
 
     # Methods that fit something before the main training (a teacher, a corruption matrix)
     # override ``setup`` and keep what they fitted in ``state_dict`` so that --resume skips it.
@@ -205,6 +194,15 @@ METHODS: dict[str, type[Method]] = {}
 def register(cls: type[Method]) -> type[Method]:
     METHODS[cls.name] = cls
     return cls
+
+
+def declared_options() -> dict[str, dict[str, OptionSpec]]:
+    """Every option name any registered method declares -> {method: its declaration}."""
+    out: dict[str, dict[str, OptionSpec]] = {}
+    for name in sorted(METHODS):
+        for opt, spec in METHODS[name].option_specs().items():
+            out.setdefault(opt, {})[name] = spec
+    return out
 
 
 def create_method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, num_classes: int | None = None,

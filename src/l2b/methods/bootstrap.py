@@ -15,7 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dataclasses import dataclass
+
 from .base import Batch, Method, StepOutput, register, soft_cross_entropy
+from .options import option
 
 
 def bootstrap_target(logits: torch.Tensor, y: torch.Tensor, beta: float, mode: str) -> torch.Tensor:
@@ -25,25 +28,25 @@ def bootstrap_target(logits: torch.Tensor, y: torch.Tensor, beta: float, mode: s
     return beta * F.one_hot(y, logits.shape[1]).to(p) + (1.0 - beta) * p
 
 
+@dataclass
+class BootstrapOptions:
+    beta: float = option(0.8, "weight of the observed label in the target (Reed et al.'s soft form: 0.95)",
+                         check=lambda v: 0.0 <= v <= 1.0 or "must be in [0, 1]")
+    mode: str = option("hard", "hard: the prediction's argmax in the target (paper Eq. 2) | soft: the prediction",
+                       choices=("hard", "soft"))
+
+
 @register
 class Bootstrap(Method):
     name = "bootstrap"
-    options = {"beta": 0.8, "mode": "hard"}
-    choices = {"mode": ("hard", "soft")}
-
-    def __init__(self, model, optimizer, **options) -> None:
-        super().__init__(model, optimizer, **options)
-        if self.opts["mode"] not in ("soft", "hard"):
-            raise ValueError(f"bootstrap mode must be 'soft' or 'hard', got {self.opts['mode']!r}")
-        if not 0.0 <= float(self.opts["beta"]) <= 1.0:
-            raise ValueError(f"bootstrap beta must be in [0, 1], got {self.opts['beta']}")
+    Options = BootstrapOptions
 
     def loss(self, batch: Batch) -> StepOutput:
         logits = self.model(batch.x)
-        target = bootstrap_target(logits, batch.y, float(self.opts["beta"]), self.opts["mode"])
+        beta = self.options.beta
+        target = bootstrap_target(logits, batch.y, beta, self.options.mode)
         loss = soft_cross_entropy(logits, target).mean()
         n = len(batch.y)
-        beta = float(self.opts["beta"])
         return StepOutput(
             loss,
             alpha=torch.full((n,), beta / n, device=logits.device),

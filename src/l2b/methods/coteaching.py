@@ -18,19 +18,28 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from dataclasses import dataclass
+
 from .base import Batch, Method, StepOutput, register
+from .options import option
+
+
+@dataclass
+class CoTeachingOptions:
+    forget_rate: float = option(0.2, "share of each batch dropped as probably noisy (tau; ideally the noise rate)",
+                                check=lambda v: 0.0 <= v < 1.0 or "must be in [0, 1)")
+    num_gradual: int = option(10, "epochs over which the dropped share grows from 0 to forget_rate (T_k)",
+                              check=lambda v: v >= 0 or "must be >= 0")
 
 
 @register
 class CoTeaching(Method):
     name = "coteaching"
-    options = {"forget_rate": 0.2, "num_gradual": 10}
+    Options = CoTeachingOptions
     checkpointed = ("peer", "peer_opt")
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
-        if not 0.0 <= float(self.opts["forget_rate"]) < 1.0:
-            raise ValueError(f"coteaching forget_rate must be in [0, 1), got {self.opts['forget_rate']}")
         self.peer = copy.deepcopy(model)
         for p in self.peer.parameters():  # a differently initialised peer
             if p.dim() > 1:
@@ -38,7 +47,7 @@ class CoTeaching(Method):
         self.peer_opt = type(optimizer)(self.peer.parameters(), **optimizer.defaults)
 
     def keep_ratio(self, epoch: float) -> float:
-        tau, tk = float(self.opts["forget_rate"]), max(float(self.opts["num_gradual"]), 1e-12)
+        tau, tk = self.options.forget_rate, max(float(self.options.num_gradual), 1e-12)
         return 1.0 - tau * min(int(epoch) / tk, 1.0)
 
     def loss(self, batch: Batch) -> StepOutput:

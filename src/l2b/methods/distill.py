@@ -14,7 +14,19 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from dataclasses import dataclass
+
 from .base import Batch, Method, SetupContext, StepOutput, fit, register, soft_cross_entropy
+from .options import option
+
+
+@dataclass
+class DistillOptions:
+    lam: float = option(0.5, "weight of the observed label; 1 - lam goes to the teacher's prediction",
+                        check=lambda v: 0.0 <= v <= 1.0 or "must be in [0, 1]")
+    temperature: float = option(1.0, "softmax temperature of the teacher", check=lambda v: v > 0 or "must be > 0")
+    teacher_epochs: int | None = option(None, "epochs of the teacher on the clean set (none: the run's epochs)",
+                                        check=lambda v: v >= 1 or "must be at least 1")
 
 
 @register
@@ -23,28 +35,25 @@ class Distill(Method):
     needs_clean = True
     clean_per_step = False
     has_setup = True
-    options = {"lam": 0.5, "temperature": 1.0, "teacher_epochs": None}
-    option_types = {"teacher_epochs": int}
+    Options = DistillOptions
     checkpointed = ("teacher",)
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
-        if not 0.0 <= float(self.opts["lam"]) <= 1.0:
-            raise ValueError(f"distill lam must be in [0, 1], got {self.opts['lam']}")
         # the teacher has the model's architecture; setup() trains it, a checkpoint restores it
         self.teacher = copy.deepcopy(model).eval()
 
     def setup(self, ctx: SetupContext) -> None:
         self.teacher = ctx.new_model()
-        epochs = int(self.opts["teacher_epochs"] or ctx.epochs)
+        epochs = self.options.teacher_epochs or ctx.epochs
         fit(self.teacher, ctx.new_optimizer(self.teacher), ctx.clean_batches, epochs, ctx.clean_steps,
             ctx.lr_at, ctx.log, what="distill teacher (clean set)")
         self.teacher.eval()
 
     def soft_targets(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            teacher = torch.softmax(self.teacher(x).float() / float(self.opts["temperature"]), dim=1)
-        lam = float(self.opts["lam"])
+            teacher = torch.softmax(self.teacher(x).float() / self.options.temperature, dim=1)
+        lam = self.options.lam
         return lam * F.one_hot(y, self.num_classes).to(teacher) + (1.0 - lam) * teacher
 
     def loss(self, batch: Batch) -> StepOutput:

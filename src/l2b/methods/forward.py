@@ -16,8 +16,20 @@ import torch
 
 from ..noise import read_matrix
 from ..models import eval_mode
+from dataclasses import dataclass
+
 from .base import Batch, Method, SetupContext, StepOutput, fit, register
 from .glc import forward_corrected_nll
+from .options import option
+
+
+@dataclass
+class ForwardOptions:
+    matrix: str | None = option(None, "a known transition matrix (.npy/.csv/.txt, rows: true class); none: estimate it")
+    estimate_epochs: int | None = option(None, "epochs of the estimator on the noisy labels (none: the run's epochs)",
+                                         check=lambda v: v >= 1 or "must be at least 1")
+    quantile: float = option(0.97, "anchor of each class: the sample at this quantile of its probability "
+                                   "(Patrini et al.: 0.97)", check=lambda v: 0.0 <= v <= 1.0 or "must be in [0, 1]")
 
 
 @torch.no_grad()
@@ -39,8 +51,7 @@ def anchor_transition(model: torch.nn.Module, batches, num_classes: int, quantil
 class Forward(Method):
     name = "forward"
     has_setup = True
-    options = {"matrix": None, "estimate_epochs": None, "quantile": 0.97}
-    option_types = {"matrix": str, "estimate_epochs": int}
+    Options = ForwardOptions
     checkpointed = ("transition",)
 
     def __init__(self, model, optimizer, **options) -> None:
@@ -48,15 +59,15 @@ class Forward(Method):
         self.transition: torch.Tensor | None = None
 
     def setup(self, ctx: SetupContext) -> None:
-        if self.opts["matrix"]:
-            self.transition = torch.as_tensor(read_matrix(self.opts["matrix"], ctx.num_classes), dtype=torch.float64)
+        if self.options.matrix:
+            self.transition = torch.as_tensor(read_matrix(self.options.matrix, ctx.num_classes), dtype=torch.float64)
             return
         estimator = ctx.new_model()
-        epochs = int(self.opts["estimate_epochs"] or ctx.epochs)
+        epochs = self.options.estimate_epochs or ctx.epochs
         fit(estimator, ctx.new_optimizer(estimator), ctx.train_batches, epochs, ctx.train_steps,
             ctx.lr_at, ctx.log, what="forward: estimator (noisy labels)")
         self.transition = anchor_transition(estimator, ctx.train_batches(0), ctx.num_classes,
-                                            float(self.opts["quantile"]))
+                                            self.options.quantile)
         ctx.log("forward: estimated T diagonal " + np.array2string(self.transition.diagonal().numpy(), precision=2))
 
     def loss(self, batch: Batch) -> StepOutput:

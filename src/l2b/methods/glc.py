@@ -26,7 +26,16 @@ import torch
 import torch.nn.functional as F
 
 from ..models import eval_mode
+from dataclasses import dataclass
+
 from .base import Batch, Method, SetupContext, StepOutput, fit, register
+from .options import option
+
+
+@dataclass
+class GLCOptions:
+    estimate_epochs: int | None = option(None, "epochs of phase 1 on the noisy labels (none: the run's epochs)",
+                                         check=lambda v: v >= 1 or "must be at least 1")
 
 
 @torch.no_grad()
@@ -60,8 +69,7 @@ class GLC(Method):
     trains_on_clean = True
     has_setup = True
     loss_is_global_sum = True  # sums over this rank's samples / the nominal global batch size
-    options = {"estimate_epochs": None}
-    option_types = {"estimate_epochs": int}
+    Options = GLCOptions
     checkpointed = ("corruption",)
 
     def __init__(self, model, optimizer, **options) -> None:
@@ -71,7 +79,7 @@ class GLC(Method):
     def setup(self, ctx: SetupContext) -> None:
         estimator = copy.deepcopy(self.model)  # the run's initial weights (phase 2 restarts from them)
         est_opt = ctx.new_optimizer(estimator)
-        epochs = int(self.opts["estimate_epochs"] or ctx.epochs)
+        epochs = self.options.estimate_epochs or ctx.epochs
         fit(estimator, est_opt, ctx.train_batches, epochs, ctx.train_steps, ctx.lr_at, ctx.log,
             what="GLC phase 1 (noisy labels)")
         clean = ctx.clean_eval_batches() if ctx.clean_eval_batches is not None else ctx.clean_batches(0)

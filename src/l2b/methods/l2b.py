@@ -9,33 +9,41 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dataclasses import dataclass
+
 from ..meta import bootstrap_loss, meta_weights
 from ..step import virtual_step_source
 from .base import Batch, Method, StepOutput, register
+from .options import as_dict, option
 
-META_OPTIONS = {
-    "normalize": "sum",  # sum (Eq. 9) | softmax (Eq. 14) | sigmoid (Eq. 13) | hard
-    "temperature": 1.0,  # softmax / hard temperature (the paper uses 10 on ISIC)
-    "threshold": None,  # hard: entries <= threshold are dropped (None: 1/2n)
-    "constraint": None,  # None | alpha=0 | beta=0 | alpha+beta=1 (Table 7)
-    "virtual_step": "optimizer",  # optimizer (authors' code) | sgd (paper Eq. 5)
-    "engine": "jvp",  # jvp (exact first-order identity) | unroll (second-order reference)
-    "mixup_alpha": 0.0,  # > 0: mixup inside L2B (the authors' --mixup option), lam ~ Beta(a, a)
-    # mixup: the pseudo-label loss g on the mixed input against its own argmax, unmixed (authors'
-    # main.py: cost2 = criterion(y_f_hat, pesudo_labels)), or "mixed" like f
-    "mixup_pseudo": "plain",
-    # clean batches: "cycle" through the clean set, reshuffled each pass; "random": a fresh random
-    # batch each step (the authors' next(iter(metaloader)))
-    "meta_sampling": "cycle",
-}
-META_CHOICES = {
-    "normalize": ("sum", "softmax", "sigmoid", "hard", "isic"),
-    "constraint": (None, "alpha=0", "beta=0", "alpha+beta=1"),
-    "virtual_step": ("optimizer", "sgd"),
-    "engine": ("jvp", "jvp-lean", "unroll"),
-    "mixup_pseudo": ("plain", "mixed"),
-    "meta_sampling": ("cycle", "random"),
-}
+@dataclass
+class MetaOptions:
+    """The options of the meta-learned reweighting methods (L2RW's; L2B adds ``constraint``)."""
+
+    normalize: str = option("sum", "raw weights to weights: sum (Eq. 9) | softmax (Eq. 14) | sigmoid (Eq. 13) | "
+                                   "hard | isic (the authors' ISIC branch)",
+                            choices=("sum", "softmax", "sigmoid", "hard", "isic"))
+    temperature: float = option(1.0, "softmax / hard temperature (the paper: 10 on ISIC)",
+                                check=lambda v: v > 0 or "must be > 0")
+    threshold: float | None = option(None, "hard: entries <= threshold are dropped (none: 1/2n)")
+    virtual_step: str = option("optimizer", "the look-ahead step: optimizer (replays SGD with momentum, the "
+                                            "authors' code) | sgd (plain SGD, paper Eq. 5)",
+                               choices=("optimizer", "sgd"))
+    engine: str = option("jvp", "meta-gradient engine: jvp (exact) | jvp-lean (exact, less memory) | "
+                                "unroll (second-order reference)", choices=("jvp", "jvp-lean", "unroll"))
+    mixup_alpha: float = option(0.0, "> 0: mixup inside the method, lam ~ Beta(a, a) (the authors' --mixup)",
+                                check=lambda v: v >= 0 or "must be >= 0")
+    mixup_pseudo: str = option("plain", "with mixup, the pseudo-label loss g: plain (unmixed, the authors' "
+                                        "main.py) | mixed (like f)", choices=("plain", "mixed"))
+    meta_sampling: str = option("cycle", "clean batches: cycle through the clean set, reshuffled each pass | "
+                                         "random: a fresh random batch each step (the authors')",
+                                choices=("cycle", "random"))
+
+
+@dataclass
+class L2BOptions(MetaOptions):
+    constraint: str | None = option(None, "Table 7 ablations: alpha=0 | beta=0 (L2RW) | alpha+beta=1",
+                                    choices=(None, "alpha=0", "beta=0", "alpha+beta=1"))
 
 
 def mixup_loss_fn(lam: float, perm: torch.Tensor):
@@ -57,19 +65,17 @@ class L2BMethod(Method):
     meta = True
     meta_like = True
     loss_is_global_sum = True
-    options = dict(META_OPTIONS)
-    option_types = {"threshold": float, "constraint": str}
-    choices = META_CHOICES
+    Options = L2BOptions
 
     def meta_options(self) -> dict:
         """The options of ``l2b.meta_weights`` (the virtual step is passed separately)."""
         skip = ("mixup_alpha", "mixup_pseudo", "meta_sampling", "virtual_step")
-        return {k: v for k, v in self.opts.items() if k not in skip}
+        return {k: v for k, v in as_dict(self.options).items() if k not in skip}
 
     def warmup_loss(self, batch: Batch) -> torch.Tensor:
         """Warm-up is plain mean cross-entropy; with mixup, on mixed inputs against mixed labels
         (the authors' warm-up applies their --mixup too)."""
-        alpha = float(self.opts["mixup_alpha"])
+        alpha = self.options.mixup_alpha
         if alpha <= 0:
             return super().warmup_loss(batch)
         lam = float(torch.distributions.Beta(alpha, alpha).sample())
@@ -79,17 +85,17 @@ class L2BMethod(Method):
 
     def loss(self, batch: Batch) -> StepOutput:
         x, loss_fn = batch.x, None
-        alpha = float(self.opts["mixup_alpha"])
+        alpha = self.options.mixup_alpha
         if alpha > 0:  # mixed inputs; f and g both mix their two targets with the same lam
             # (under torchrun every rank draws the same lam and mixes within its shard)
             lam = float(torch.distributions.Beta(alpha, alpha).sample())
             perm = torch.randperm(len(batch.y), device=x.device)
             x = lam * x + (1.0 - lam) * x[perm]
             loss_fn = mixup_loss_fn(lam, perm)
-            if self.opts["mixup_pseudo"] == "plain":  # authors: g = CE(z, argmax z), unmixed
+            if self.options.mixup_pseudo == "plain":  # authors: g = CE(z, argmax z), unmixed
                 loss_fn = (loss_fn, None)
         mw = meta_weights(self.model, x, batch.y, batch.x_val, batch.y_val,
-                          **virtual_step_source(self.optimizer, self.opts["virtual_step"]),
+                          **virtual_step_source(self.optimizer, self.options.virtual_step),
                           **self.meta_options(), loss_fn=loss_fn, distributed=self.distributed)
         return StepOutput(
             bootstrap_loss(mw, batch.y, loss_fn), alpha=mw.alpha, beta=mw.beta,
@@ -100,7 +106,7 @@ class L2BMethod(Method):
 @register
 class L2RWMethod(L2BMethod):
     name = "l2rw"
-    options = {k: v for k, v in META_OPTIONS.items() if k != "constraint"}
+    Options = MetaOptions
 
     def meta_options(self) -> dict:
         return {**super().meta_options(), "constraint": "beta=0"}

@@ -10,19 +10,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dataclasses import dataclass
+
 from .base import Batch, Method, StepOutput, register
+from .options import option
+
+
+@dataclass
+class MixupOptions:
+    alpha: float = option(1.0, "lam ~ Beta(alpha, alpha), one lam per batch", check=lambda v: v > 0 or "must be > 0")
 
 
 @register
 class Mixup(Method):
     name = "mixup"
-    options = {"alpha": 1.0}
+    Options = MixupOptions
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
-        if float(self.opts["alpha"]) <= 0:
-            raise ValueError(f"mixup alpha must be > 0, got {self.opts['alpha']}")
-        self.beta = torch.distributions.Beta(float(self.opts["alpha"]), float(self.opts["alpha"]))
+        self.beta = torch.distributions.Beta(self.options.alpha, self.options.alpha)
 
     def loss(self, batch: Batch) -> StepOutput:
         lam = float(self.beta.sample())

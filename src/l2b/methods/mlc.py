@@ -33,7 +33,25 @@ from torch import nn
 from ..engines import lookahead_tangents, rng_snapshot
 from ..models import features, head, num_features
 from ..virtual_step import optimizer_step
+from dataclasses import dataclass
+
 from .base import Batch, Method, StepOutput, meta_optimizer, register, soft_cross_entropy
+from .options import option
+
+
+@dataclass
+class MLCOptions:
+    mode: str = option("mix", "mix: half of each clean batch is trained on (hmlc_K_mix) | plain: none is (hmlc_K)",
+                       choices=("mix", "plain"))
+    emb_dim: int = option(64, "size of the meta net's noisy-label embedding", check=lambda v: v >= 1 or "must be >= 1")
+    hidden: int = option(128, "hidden units of the meta net's two tanh layers", check=lambda v: v >= 1 or "must be >= 1")
+    # 3e-4, not main.py's argparse default 3e-5, which in a 20-epoch Fashion-MNIST run leaves the
+    # corrected labels near their random start (70.1% vs 85.4% at 40% symmetric noise, RESULTS.md)
+    meta_lr: float = option(3e-4, "learning rate of the meta net (main.py's default: 3e-5)",
+                            check=lambda v: v > 0 or "must be > 0")
+    meta_weight_decay: float = option(0.0, "weight decay of the meta net", check=lambda v: v >= 0 or "must be >= 0")
+    meta_optimizer: str = option("adam", "optimizer of the meta net", choices=("adam", "sgd"))
+    amsgrad: bool = option(True, "AMSGrad variant of Adam (the reference's)")
 
 
 class MetaNet(nn.Module):
@@ -59,21 +77,17 @@ class MLC(Method):
     needs_clean = True
     meta_like = True
     loss_is_global_sum = True  # sums over this rank's samples / the global count
-    # meta_lr 3e-4, not main.py's argparse default 3e-5, which in a
-    # 20-epoch Fashion-MNIST run leaves the corrected labels near their random start (70.1% vs
-    # 85.4% at 40% symmetric noise, benchmarks/RESULTS.md)
-    options = {"mode": "mix", "emb_dim": 64, "hidden": 128, "meta_lr": 3e-4, "meta_weight_decay": 0.0,
-               "meta_optimizer": "adam", "amsgrad": True}
-    choices = {"mode": ("mix", "plain"), "meta_optimizer": ("adam", "sgd")}
+    Options = MLCOptions
     checkpointed = ("lcn", "meta_opt")
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
         param = next(model.parameters())
-        self.lcn = MetaNet(num_features(model), self.num_classes, int(self.opts["emb_dim"]),
-                           int(self.opts["hidden"])).to(device=param.device, dtype=param.dtype)
-        self.meta_opt = meta_optimizer(self.lcn.parameters(), self.opts["meta_optimizer"], self.opts["meta_lr"],
-                                       self.opts["meta_weight_decay"], amsgrad=self.opts["amsgrad"])
+        o = self.options
+        self.lcn = MetaNet(num_features(model), self.num_classes, o.emb_dim, o.hidden).to(
+            device=param.device, dtype=param.dtype)
+        self.meta_opt = meta_optimizer(self.lcn.parameters(), o.meta_optimizer, o.meta_lr, o.meta_weight_decay,
+                                       amsgrad=o.amsgrad)
 
     def _count(self, n: int, device) -> float:
         sync = self.sync()
@@ -81,7 +95,7 @@ class MLC(Method):
 
     def loss(self, batch: Batch) -> StepOutput:
         x_meta, y_meta, x_c, y_c = batch.x_val, batch.y_val, None, None
-        if self.opts["mode"] == "mix":  # first half: meta batch; second half: trained on
+        if self.options.mode == "mix":  # first half: meta batch; second half: trained on
             half = len(batch.y_val) // 2
             x_meta, y_meta, x_c, y_c = batch.x_val[:half], batch.y_val[:half], batch.x_val[half:], batch.y_val[half:]
         rng_state = rng_snapshot(batch.x.device)

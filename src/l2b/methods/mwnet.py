@@ -37,7 +37,29 @@ from torch import nn
 
 from ..engines import lookahead_tangents, loss_grad_wrt_logits, rng_snapshot
 from ..virtual_step import plain_sgd_step
+from dataclasses import dataclass, replace
+
 from .base import Batch, Method, StepOutput, meta_optimizer, register
+from .options import option
+
+_POSITIVE = dict(check=lambda v: v > 0 or "must be > 0")
+_NON_NEGATIVE = dict(check=lambda v: v >= 0 or "must be >= 0")
+
+
+@dataclass
+class MWNetOptions:
+    variant: str = option("current", "reference version: current (MW-Net.py) | original "
+                                     "(train_WRN-28-10_Meta_PGC.py); sets the defaults below",
+                          choices=("current", "original"))
+    hidden: int = option(100, "hidden units of the weight net V (1-hidden-1 MLP)", **_POSITIVE)
+    normalize: bool | None = option(None, "weights divided by their sum (true) or by n (false); none: the variant's")
+    meta_optimizer: str | None = option(None, "optimizer of V; none: the variant's (adam | sgd)",
+                                        choices=(None, "adam", "sgd"))
+    meta_lr: float | None = option(None, "learning rate of V; none: the variant's (1e-3)", **_POSITIVE)
+    meta_weight_decay: float | None = option(None, "weight decay of V; none: the variant's", **_NON_NEGATIVE)
+    meta_momentum: float | None = option(None, "momentum of V's SGD; none: the variant's",
+                                         check=lambda v: 0 <= v < 1 or "must be in [0, 1)")
+    meta_nesterov: bool | None = option(None, "Nesterov momentum for V's SGD; none: the variant's")
 
 
 class WeightNet(nn.Module):
@@ -56,11 +78,7 @@ class MWNet(Method):
     name = "mwnet"
     needs_clean = True
     meta_like = True
-    options = {"variant": "current", "hidden": 100, "normalize": None, "meta_optimizer": None, "meta_lr": None,
-               "meta_weight_decay": None, "meta_momentum": None, "meta_nesterov": None}
-    option_types = {"normalize": bool, "meta_optimizer": str, "meta_lr": float, "meta_weight_decay": float,
-                    "meta_momentum": float, "meta_nesterov": bool}
-    choices = {"variant": ("current", "original"), "meta_optimizer": (None, "adam", "sgd")}
+    Options = MWNetOptions
     VARIANTS = {
         "current": {"normalize": False, "meta_optimizer": "adam", "meta_lr": 1e-3, "meta_weight_decay": 1e-4,
                     "meta_momentum": 0.0, "meta_nesterov": False},
@@ -71,13 +89,13 @@ class MWNet(Method):
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
-        variant = self.VARIANTS[self.opts["variant"]]
-        self.opts = {**self.opts, **{k: v for k, v in variant.items() if self.opts[k] is None}}
+        variant = self.VARIANTS[self.options.variant]
+        self.options = replace(self.options, **{k: v for k, v in variant.items() if getattr(self.options, k) is None})
         param = next(model.parameters())
-        self.vnet = WeightNet(int(self.opts["hidden"])).to(param.device)
-        self.meta_opt = meta_optimizer(self.vnet.parameters(), self.opts["meta_optimizer"], self.opts["meta_lr"],
-                                       self.opts["meta_weight_decay"], self.opts["meta_momentum"],
-                                       self.opts["meta_nesterov"])
+        o = self.options
+        self.vnet = WeightNet(o.hidden).to(param.device)
+        self.meta_opt = meta_optimizer(self.vnet.parameters(), o.meta_optimizer, o.meta_lr, o.meta_weight_decay,
+                                       o.meta_momentum, o.meta_nesterov)
 
     loss_is_global_sum = True  # sum_i c_i l_i with c normalised over the global batch
 
@@ -90,7 +108,7 @@ class MWNet(Method):
         """The (detached) divisor of c = w / divisor over the global batch, and whether it is
         sum(w) (``normalize``, when non-zero) rather than the batch size n."""
         sync = self.sync()
-        if self.opts["normalize"]:
+        if self.options.normalize:
             total = w.detach().sum()
             total = total if sync is None else sync.allsum(total)
             if bool(total != 0):
