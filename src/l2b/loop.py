@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -164,6 +165,13 @@ class EpochLog:
             self.loss_sum = sync.allsum(self.loss_sum)
             self.seen = int(sync.allsum(torch.tensor(float(self.seen), device=self.loss_sum.device)))
             self.first_bad = sync.allmax(self.first_bad)
+
+    def save_weights(self, path: Path, is_noisy: torch.Tensor, prep) -> None:
+        """weights.npz: every training sample's last alpha, beta and pseudo-label, with its noisy
+        and true label (what ``l2b label-issues`` and the report read)."""
+        np.savez(path, alpha=self.alpha.cpu().numpy(), beta=self.beta.cpu().numpy(),
+                 pseudo_labels=self.pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
+                 noisy=prep.y_noisy, true=prep.y_true, train_index=prep.train_idx)
 
     def mean_loss(self) -> float:
         return self.loss_sum.item() / max(self.seen, 1)

@@ -117,6 +117,22 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
                 break
 
 
+def append_row(out: Path, row: dict, writer=None) -> None:
+    """One epoch's row: a line of metrics.jsonl, and its numbers as TensorBoard scalars."""
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(finite_json(row)) + "\n")
+    if writer is not None:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                writer.add_scalar(k, v, row["epoch"])
+
+
+def rewrite_rows(out: Path, rows: list[dict]) -> None:
+    """metrics.jsonl holding exactly ``rows`` (a resumed run's checkpointed epochs)."""
+    with open(out / "metrics.jsonl", "w") as fh:
+        fh.writelines(json.dumps(finite_json(row)) + "\n" for row in rows)
+
+
 def finite_json(obj):
     """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
     if isinstance(obj, float):

@@ -30,7 +30,8 @@ from .methods.base import SetupContext
 from .models import create_model
 from .run_data import build_splits, prepare_data
 from .loop import EpochLog, Run, check_finite, evaluate, evaluate_saved, lr_at, train_step
-from .rundir import Progress, atomic_save, environment, finite_json, load_checkpoint, prepare_out, tensorboard
+from .rundir import (Progress, append_row, atomic_save, environment, finite_json, load_checkpoint, prepare_out,
+                     rewrite_rows, tensorboard)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -258,10 +259,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         setup_seconds = time.perf_counter() - t0
     if resume:
         history, best, start_epoch, setup_seconds = restore_checkpoint(ckpt_path, device, model, optimizer, method, clean)
-        if main_rank:  # the epochs of the checkpoint, no more: a kill after the log line and
-            # before the checkpoint would otherwise leave a duplicate line
-            with open(out / "metrics.jsonl", "w") as fh:
-                fh.writelines(json.dumps(finite_json(row)) + "\n" for row in history)
+        if main_rank:  # the epochs of the checkpoint, no more (a kill between log line and checkpoint)
+            rewrite_rows(out, history)
     elif main_rank:
         write_run_header(out, cfg, prep, (train_data, val_data, test_data), clip, world, method.opts)
 
@@ -302,16 +301,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
                **log.weight_summary(is_noisy)}
         history.append(row)
         if main_rank:
-            with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(finite_json(row)) + "\n")
-        if writer is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    writer.add_scalar(k, v, epoch)
+            append_row(out, row, writer)
         if epoch == cfg.epochs - 1 and log.weighted and main_rank:
-            np.savez(out / "weights.npz", alpha=log.alpha.cpu().numpy(), beta=log.beta.cpu().numpy(),
-                     pseudo_labels=log.pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
-                     noisy=prep.y_noisy, true=prep.y_true, train_index=prep.train_idx)
+            log.save_weights(out / "weights.npz", is_noisy, prep)
         if main_rank:
             atomic_save(checkpoint_state(model, optimizer, method, clean, epoch, history, best, world, setup_seconds), ckpt_path)
         if sync is not None:
@@ -330,8 +322,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         best["test_acc"] = evaluate_saved(model, out / "best_model.pt", test_data, cfg.eval_batch_size, amp, sync)
     metrics = final_metrics(cfg, history, best, prep.noise_rate, setup_seconds)
     if main_rank:
-        with open(out / "metrics.json", "w") as fh:
-            json.dump(finite_json(metrics), fh, indent=2, allow_nan=False)
+        (out / "metrics.json").write_text(json.dumps(finite_json(metrics), indent=2, allow_nan=False))
     if sync is not None:
         torch.distributed.barrier()  # every rank returns after the run is complete on disk
     return metrics
