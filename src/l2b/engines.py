@@ -1,5 +1,5 @@
-"""Three engines for the raw L2B weights ``w = -dG/d eps`` at eps = 0, and the look-ahead core of
-MW-Net and MLC (``lookahead_tangents``).
+"""Four engines for the raw L2B weights ``w = -dG/d eps`` at eps = 0 (three exact, one
+approximate), and the look-ahead core of MW-Net and MLC (``lookahead_tangents``).
 
 ``jvp`` (default; the first-order identity of docs/methods.md, the paper's Eq. 7-8): with v = grad G(theta_hat(0)) from one validation forward+backward,
 ``-dG/d eps_i = scale * <v, grad f_i(theta)>``, and all n dot products come from ONE forward-mode
@@ -14,7 +14,11 @@ plain forward of the training batch (see ``raw_weights_jvp``).
 validation loss at theta_hat(eps), then autograd back to eps. It is the test oracle of ``jvp`` and
 the fallback for modules whose ops lack forward-mode AD.
 
-All three return ``(raw_alpha, raw_beta, logits, val_loss)``. All run the training forward through the
+``last-layer`` (approximate): the same dot products restricted to the classifier layer, in
+closed form from the training forward and one clean forward without backward, at about CE's cost
+(see ``raw_weights_last_layer``). Exact when the classifier is the only parameter that moves.
+
+All four return ``(raw_alpha, raw_beta, logits, val_loss)``. All run the training forward through the
 module's own buffers exactly once (so BatchNorm running statistics move exactly as in one ordinary
 training forward) and the validation forward on clones of the buffers (so they never move there).
 """
@@ -252,4 +256,91 @@ def raw_weights_unroll(
     return -d_alpha.detach(), -d_beta.detach(), logits, val_loss.detach()
 
 
-ENGINES = {"jvp": raw_weights_jvp, "jvp-lean": raw_weights_jvp_lean, "unroll": raw_weights_unroll}
+def classifier_layer(model: nn.Module) -> tuple[nn.Linear, str]:
+    """The model's final ``nn.Linear`` and its name: ``model.head`` (timm's convention; set it on
+    your own model to point at the classifier), ``model.fc`` (torchvision), or the last module
+    when it is an ``nn.Linear``."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    prefix = "module." if inner is not model else ""
+    candidates = [getattr(inner, "head", None), getattr(inner, "fc", None), list(inner.modules())[-1]]
+    layer = next((c for c in candidates if isinstance(c, nn.Linear)), None)
+    if layer is None:
+        raise ValueError(f"engine='last-layer' needs the classifier to be an nn.Linear: {type(inner).__name__} has "
+                         f"no `head` or `fc` nn.Linear and its last module is not one; set `model.head` to the "
+                         f"final nn.Linear (whose output must be the logits), or use engine='jvp'")
+    name = next(n for n, m in inner.named_modules() if m is layer)
+    return layer, prefix + name
+
+
+def raw_weights_last_layer(
+    model: nn.Module,
+    step: VirtualStep,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    loss_fn: LossFn | None,
+    sync=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The raw weights restricted to the classifier layer (W, b): an APPROXIMATION of the exact
+    engines on a full model, and equal to them when W and b are the only moved parameters.
+
+    For logits z = W h + b, the tangent of z_i along the scaled clean gradient restricted to
+    (W, b) is closed-form: zdot_i = c_W (V_W h_i) + c_b v_b, with V_W = sum_j d_j h'_j^T and
+    v_b = sum_j d_j the clean gradient, d_j = (softmax(z'_j) - onehot(y'_j)) / m, at the
+    virtual-step point theta_hat(0) (z', h': the clean batch's logits and features there). So
+    raw_alpha_i = <df_i/dz_i, zdot_i> = c (1/m) sum_j <p_i - e_(y_i), p'_j - e_(y'_j)> (<h_i, h'_j> + 1)
+    for a common scale c. Cost: the training forward (which the real step needs anyway) and ONE
+    clean forward without backward; no backward through the body for the meta step.
+
+    The clean forward runs at theta_hat(0) for every parameter, body included: that is where the
+    exact engines take the clean gradient, so the only approximation left is dropping the body's
+    parameters from the dot products <grad G, grad f_i>.
+    """
+    layer, name = classifier_layer(model)
+    names = {n: i for i, n in enumerate(step.names)}
+    if name + ".weight" not in names:
+        raise ValueError(f"engine='last-layer': the classifier {name!r} is not moved by the virtual step "
+                         f"(no gradient, or not held by the optimizer); use engine='jvp'")
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(_module, inputs, output):
+        seen["h"], seen["z"] = inputs[0], output
+
+    shifts, scales = step.shift_and_scale()
+    handle = layer.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = model(x)  # the one training forward; its graph also serves the real step
+        if seen.get("z") is not logits:
+            raise ValueError(f"engine='last-layer': the model's output is not the output of its classifier "
+                             f"{name!r}; point `model.head` at the final nn.Linear, or use engine='jvp'")
+        h = seen["h"].detach()
+        with torch.no_grad():
+            z_val = functional_call(model, {**dict(zip(step.names, shifts)), **_cloned_buffers(model)}, (x_val,))
+        h_val = seen["h"].detach()
+    finally:
+        handle.remove()
+    d = torch.softmax(z_val.float() if z_val.dtype == torch.bfloat16 else z_val, dim=1)
+    d = d.scatter_add(1, y_val[:, None], -torch.ones_like(d[:, :1]))  # m * dG/dz'_j
+    v_w = d.T @ h_val.to(d.dtype)
+    v_b = d.sum(dim=0)
+    loss_sum = F.cross_entropy(z_val, y_val, reduction="sum")
+    if sync is None:
+        v_w, v_b, val_loss = v_w / len(y_val), v_b / len(y_val), loss_sum / len(y_val)
+    else:  # the mean over all ranks' clean samples
+        (v_w, v_b), val_loss = sync.mean_gradient([v_w, v_b], loss_sum, len(y_val))
+    c_w = scales[names[name + ".weight"]]
+    zdot = c_w * (h.to(v_w.dtype) @ v_w.T)
+    if name + ".bias" in names:
+        zdot = zdot + scales[names[name + ".bias"]] * v_b
+    zdot = zdot.to(logits.dtype)
+    pseudo = logits.detach().argmax(dim=1)
+    f_fn, g_fn = split_loss_fn(loss_fn)
+    raw_alpha = (loss_grad_wrt_logits(logits, y, f_fn) * zdot).sum(dim=1)
+    raw_beta = (loss_grad_wrt_logits(logits, pseudo, g_fn) * zdot).sum(dim=1)
+    return raw_alpha, raw_beta, logits, val_loss.detach()
+
+
+ENGINES = {"jvp": raw_weights_jvp, "jvp-lean": raw_weights_jvp_lean, "unroll": raw_weights_unroll,
+           "last-layer": raw_weights_last_layer}

@@ -88,8 +88,10 @@ def meta_weights(
         temperature, threshold: for ``"softmax"`` / ``"hard"``.
         constraint: ``None`` (L2B), ``"beta=0"`` (L2RW), ``"alpha=0"``, ``"alpha+beta=1"``.
         engine: ``"jvp"`` (exact first-order identity, default), ``"jvp-lean"`` (the same weights
-            with about CE's peak memory, one more plain forward) or ``"unroll"`` (second-order
-            reference).
+            with about CE's peak memory, one more plain forward), ``"unroll"`` (second-order
+            reference) or ``"last-layer"`` (an approximation from the classifier layer alone, at
+            about CE's cost: the model's output must be its final ``nn.Linear``'s, found as
+            ``model.head``, ``model.fc`` or the last module; exact when only that layer trains).
         loss_fn: per-sample training loss ``loss_fn(logits, targets) -> (n,)``; cross-entropy by
             default; or a pair ``(f, g)``: f against the observed labels, g against the
             pseudo-labels (None in the pair: cross-entropy). Use the same one in ``bootstrap_loss``.

@@ -30,7 +30,8 @@ class MetaOptions:
                                             "authors' code) | sgd (plain SGD, paper Eq. 5)",
                                choices=("optimizer", "sgd"))
     engine: str = option("jvp", "meta-gradient engine: jvp (exact) | jvp-lean (exact, less memory) | "
-                                "unroll (second-order reference)", choices=("jvp", "jvp-lean", "unroll"))
+                                "unroll (second-order reference) | last-layer (approximate, about CE's cost)",
+                         choices=("jvp", "jvp-lean", "unroll", "last-layer"))
     mixup_alpha: float = option(0.0, "> 0: mixup inside the method, lam ~ Beta(a, a) (the authors' --mixup)",
                                 check=lambda v: v >= 0 or "must be >= 0")
     mixup_pseudo: str = option("plain", "with mixup, the pseudo-label loss g: plain (unmixed, the authors' "
