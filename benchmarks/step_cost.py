@@ -1,4 +1,4 @@
-"""Cost of one full training step of CE, L2RW, L2B-jvp and L2B-unroll (issue 2's targets).
+"""Cost of one full training step of CE, L2RW and every L2B engine, against the authors' own step.
 
 A full step = meta weights (if any) + weighted loss + backward + optimizer step, PreActResNet-18
 at 32x32x3, float32, on the CPU. Each (setting, method) runs in its own subprocess so that its
@@ -12,7 +12,11 @@ model, optimizer and data were built (the working memory of the steps, momentum 
 Targets (issue 2): L2B-jvp <= 3.5x CE at n = m = 128, <= 3.0x at n = 512 / m = 100, and
 >= 2.5x faster than L2B-unroll. "L2B-unroll" is our second-order engine, which shares the
 training forward with the real step; "L2B-unroll-authors" adds the separate real forward of the
-authors' `higher`-based step.
+authors' `higher`-based step. "authors" runs the public code's step itself through `higher`
+(yuyinzhou/L2B main.py with --reweight_label: innerloop_ctx, eps on the 2 x n costs, the meta
+optimizer's step, the clean loss, autograd to eps, clamp and normalise, the real forward and
+weighted loss, backward, clipping at 0.8, step); it needs `pip install higher==0.2.1` and is
+skipped with a note without it. "L2B-last-layer" is the approximate engine.
 """
 
 from __future__ import annotations
@@ -36,10 +40,44 @@ METHODS = {  # name -> meta_weights options (None: plain cross-entropy)
     "L2B-jvp": dict(engine="jvp"),
     "L2B-jvp-lean": dict(engine="jvp-lean"),
     "L2B-unroll": dict(engine="unroll"),
+    "L2B-last-layer": dict(engine="last-layer"),
     # The authors' step (`higher`): the meta model's own forward for the unroll, then a separate
     # forward of the real model for the real step.
     "L2B-unroll-authors": dict(engine="unroll", separate_forward=True),
+    # The public code's own step, run through `higher` (an optional benchmark dependency)
+    "authors": dict(authors=True),
 }
+
+
+def authors_step(model, opt, x, y, x_val, y_val, clip: float = 0.8):
+    """yuyinzhou/L2B main.py's training step with --reweight_label (norm_type org), written out:
+    `higher.innerloop_ctx(net, optimizer)`, eps on the 2 x n costs (observed and pseudo-label),
+    `meta_optimizer.step`, the clean loss, autograd to eps, clamp and normalise, then the real
+    forward, the weighted loss, backward, clipping and the optimizer step."""
+    import higher
+    import torch
+    import torch.nn.functional as F
+
+    with higher.innerloop_ctx(model, opt) as (meta_net, meta_opt):
+        logits = meta_net(x)
+        pseudo = logits.argmax(1)
+        cost = torch.stack([F.cross_entropy(logits, y, reduction="none"),
+                            F.cross_entropy(logits, pseudo, reduction="none")])
+        eps = torch.zeros_like(cost, requires_grad=True)
+        meta_opt.step((cost * eps).sum())
+        val_loss = F.cross_entropy(meta_net(x_val), y_val)
+        grad_eps = torch.autograd.grad(val_loss, eps)[0].detach()
+    w = torch.clamp(-grad_eps, min=0)
+    norm = w.sum() + 1e-10
+    w = w / norm if norm != 0 else w
+    logits = model(x)
+    pseudo = logits.argmax(1)
+    cost = torch.stack([F.cross_entropy(logits, y, reduction="none"), F.cross_entropy(logits, pseudo, reduction="none")])
+    loss = (cost * w).sum()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
 
 
 def _rss_mib() -> float:
@@ -76,6 +114,9 @@ def measure(method: str, width: int, n: int, m: int, repeats: int, threads: int)
     separate_forward = options.pop("separate_forward", False)
 
     def step() -> None:
+        if options.get("authors"):
+            authors_step(model, opt, x, y, x_val, y_val)
+            return
         if method == "CE":
             loss = F.cross_entropy(model(x), y)
         else:
@@ -255,8 +296,16 @@ def main() -> None:
     )
     lines, summary = [header], []
     print(header, flush=True)
+    import importlib.util
+
+    methods = list(METHODS)
+    notes = []
+    if importlib.util.find_spec("higher") is None:
+        methods.remove("authors")
+        notes.append("the `authors` row needs `higher` (pip install higher==0.2.1); it was not installed, so it is skipped")
+        print(notes[-1], flush=True)
     for width, n, m in settings:
-        res = {meth: run_child(meth, width, n, m, repeats, args.threads) for meth in METHODS}
+        res = {meth: run_child(meth, width, n, m, repeats, args.threads) for meth in methods}
         ce = res["CE"]
         for meth, r in res.items():
             line = (
@@ -266,13 +315,14 @@ def main() -> None:
             )
             lines.append(line)
             print(line, flush=True)
-        jvp, lean = res["L2B-jvp"], res["L2B-jvp-lean"]
+        ref = res.get("authors", res["L2B-unroll-authors"])
+        ref_name = "the authors' step (higher)" if "authors" in res else "our replay of the authors' unroll"
         summary.append(
-            f"width {width}, n={n}/m={m}: L2B-jvp = {jvp['seconds'] / ce['seconds']:.2f}× CE in time, "
-            f"{jvp['peak_mib'] / ce['peak_mib']:.2f}× in memory; L2B-jvp-lean = "
-            f"{lean['seconds'] / ce['seconds']:.2f}× / {lean['peak_mib'] / ce['peak_mib']:.2f}×; "
-            f"L2B-jvp is {res['L2B-unroll']['seconds'] / jvp['seconds']:.2f}× faster than our unroll, "
-            f"{res['L2B-unroll-authors']['seconds'] / jvp['seconds']:.2f}× faster than the authors' step"
+            f"width {width}, n={n}/m={m}: " + "; ".join(
+                f"{e} = {res[e]['seconds'] / ce['seconds']:.2f}× CE in time, "
+                f"{res[e]['peak_mib'] / max(ce['peak_mib'], 1e-9):.2f}× in memory, "
+                f"{ref['seconds'] / res[e]['seconds']:.2f}× faster than {ref_name}"
+                for e in ("L2B-jvp", "L2B-jvp-lean", "L2B-last-layer"))
         )
     print("\n".join(summary))
     if args.quick:
@@ -291,6 +341,7 @@ def main() -> None:
         *lines,
         "",
         *[f"- {s}" for s in summary],
+        *[f"- {s}" for s in notes],
         "",
     ]
     with open(HERE / "RESULTS.md", "a") as fh:

@@ -38,3 +38,25 @@ def test_fashion_mnist_benchmark_quick_mode_writes_every_row(tmp_path):
             assert row["noise_auc"] is None
     # the committed results are only rewritten by a full run
     assert "symmetric:0.4" in (out / "results.md").read_text()
+
+
+def test_the_step_cost_authors_row_runs_the_same_step_as_ours(float64):
+    """benchmarks/step_cost.py times the public code's step through `higher`; it must compute what
+    our L2B step computes (parameters equal after two steps), or its timing compares unlike work."""
+    pytest.importorskip("higher")
+    import torch
+
+    import l2b
+    from reference import assert_same_parameters, digit_batches, model_pair
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from step_cost import authors_step
+
+    ours, theirs = model_pair()
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    step = l2b.L2B(ours, opt_ours, clip_grad_norm=0.8)
+    for x, y, x_val, y_val in digit_batches(steps=2):
+        step.step(x, y, x_val, y_val)
+        authors_step(theirs, opt_theirs, x, y, x_val, y_val, clip=0.8)
+    assert_same_parameters(ours, theirs, rtol=1e-7)  # theirs divides by sum(w) + 1e-10
