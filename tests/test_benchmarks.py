@@ -40,6 +40,32 @@ def test_fashion_mnist_benchmark_quick_mode_writes_every_row(tmp_path):
     assert "symmetric:0.4" in (out / "results.md").read_text()
 
 
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_memorisation_benchmark_quick_mode_writes_every_row_and_the_paired_differences(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memorisation.py"), "--quick",
+                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    from l2b.methods import METHODS
+
+    rows = {(r["method"], r["noise"]): r for r in result["rows"]}
+    assert set(rows) == {(m, "symmetric:0.4") for m in METHODS} | {("ce", "none")}
+    l2b_row = rows[("l2b", "symmetric:0.4")]
+    for (method, noise), row in rows.items():
+        assert ROW_FIELDS <= set(row) and row["total_seconds"] > 0
+        if method != "l2b" and noise != "none":  # L2B minus the method on the same seed, exactly
+            d = row["l2b_minus_last"]
+            assert d["mean"] == pytest.approx(l2b_row["seed_last"]["0"] - row["seed_last"]["0"], abs=1e-3)
+    assert result["regime"]["noise"] == "symmetric:0.4" and "gap" in result["regime"]
+    (variant,) = result["variants"]  # L2B with the last-layer engine beside exact L2B
+    assert variant["method"] == "l2b-last-layer" and variant["minus_exact_last"]["seeds"] == 1
+    table = (out / "results.md").read_text()
+    assert "Does L2B beat every other method" in table and "paired by seed" in table
+    for png in ("accuracy.png", "separation.png"):
+        assert (out / "figures" / png).read_bytes()[:4] == b"\x89PNG"
+
+
 def test_the_step_cost_authors_row_runs_the_same_step_as_ours(float64):
     """benchmarks/step_cost.py times the public code's step through `higher`; it must compute what
     our L2B step computes (parameters equal after two steps), or its timing compares unlike work."""

@@ -66,7 +66,7 @@ def meta_weights(
     temperature: float = 1.0,
     threshold: float | None = None,
     constraint: str | None = None,
-    engine: str = "jvp",
+    engine: str = "jvp-lean",
     loss_fn: LossFn | None = None,
     distributed: bool = False,
 ) -> MetaWeights:
@@ -87,8 +87,9 @@ def meta_weights(
             ``"hard"`` or ``"isic"`` (the authors' ISIC L2RW branch), applied jointly to the 2n entries [alpha, beta] (see ``l2b.normalize``).
         temperature, threshold: for ``"softmax"`` / ``"hard"``.
         constraint: ``None`` (L2B), ``"beta=0"`` (L2RW), ``"alpha=0"``, ``"alpha+beta=1"``.
-        engine: ``"jvp"`` (exact first-order identity, default), ``"jvp-lean"`` (the same weights
-            with about CE's peak memory, one more plain forward), ``"unroll"`` (second-order
+        engine: ``"jvp-lean"`` (default: exact first-order identity, about CE's peak memory, one
+            more plain forward), ``"jvp"`` (the same weights from one forward that carries both the
+            tangent and the reverse graph: 3-4x CE's memory), ``"unroll"`` (second-order
             reference) or ``"last-layer"`` (an approximation from the classifier layer alone, at
             about CE's cost: the model's output must be its final ``nn.Linear``'s, found as
             ``model.head``, ``model.fc`` or the last module; exact when only that layer trains).

@@ -71,7 +71,7 @@ class L2B:
         temperature: float = 1.0,
         threshold: float | None = None,
         constraint: str | None = None,
-        engine: str = "jvp",
+        engine: str = "jvp-lean",
         loss_fn: LossFn | None = None,
         distributed: bool = False,
     ) -> None:

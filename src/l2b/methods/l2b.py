@@ -29,8 +29,11 @@ class MetaOptions:
     virtual_step: str = option("optimizer", "the look-ahead step: optimizer (replays SGD with momentum, the "
                                             "authors' code) | sgd (plain SGD, paper Eq. 5)",
                                choices=("optimizer", "sgd"))
-    engine: str = option("jvp", "meta-gradient engine: jvp (exact) | jvp-lean (exact, less memory) | "
-                                "unroll (second-order reference) | last-layer (approximate, about CE's cost)",
+    # jvp-lean: the faster exact engine on average over benchmarks/step_cost.py's CPU runs
+    # (2.51-2.88x CE vs jvp's 2.59-2.82x) at a third of its memory (RESULTS.md, issue 13)
+    engine: str = option("jvp-lean", "meta-gradient engine: jvp-lean (exact, about CE's memory) | jvp (exact, "
+                                     "one forward fewer, 3-4x the memory) | unroll (second-order reference) | "
+                                     "last-layer (approximate, about CE's cost)",
                          choices=("jvp", "jvp-lean", "unroll", "last-layer"))
     mixup_alpha: float = option(0.0, "> 0: mixup inside the method, lam ~ Beta(a, a) (the authors' --mixup)",
                                 check=lambda v: v >= 0 or "must be >= 0")
