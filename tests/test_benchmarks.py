@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,3 +87,25 @@ def test_the_step_cost_authors_row_runs_the_same_step_as_ours(float64):
         step.step(x, y, x_val, y_val)
         authors_step(theirs, opt_theirs, x, y, x_val, y_val, clip=0.8)
     assert_same_parameters(ours, theirs, rtol=1e-7)  # theirs divides by sum(w) + 1e-10
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_label_issue_benchmark_quick_mode_scores_every_source(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "label_issues.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    methods = [r["method"] for r in result["rows"]]
+    assert methods[:5] == ["l2b:trust", "l2b:trust-mean", "l2b:weights-mean", "l2b:model", "ce:model"]
+    try:
+        import cleanlab  # noqa: F401
+        assert methods[5].startswith("cleanlab") and len(methods) == 6
+    except ImportError:
+        assert len(methods) == 5 and "cleanlab is not installed" in result["notes"][0]
+    labels = np.load(out / "symmetric_0.4" / "l2b" / "labels.npz")
+    corrupted = int((labels["noisy"] != labels["true"]).sum())
+    for r in result["rows"]:
+        assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["auc"] <= 1 and r["train_seconds"] > 0
+        if r["flagged"]:  # precision and recall agree with the counts they come from
+            assert round(r["precision"] * r["flagged"]) == round(r["recall"] * corrupted)

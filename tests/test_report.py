@@ -82,9 +82,11 @@ def test_label_issues_ranks_suspects_and_scores_against_the_truth(grid, capsys):
     assert cli_main(["label-issues", str(run)]) == 0
     out = capsys.readouterr().out
     rows = list(csv.DictReader(open(run / "label_issues.csv")))
-    assert list(rows[0]) == ["index", "given_label", "suggested_label", "score"]
+    assert list(rows[0]) == ["index", "given_label", "suggested_label", "confidence", "score"]
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and all(s > 0.5 for s in scores)
+    assert all(r["suggested_label"] != r["given_label"] for r in rows)  # a fix, never the label itself
+    assert "score trust-mean" in out  # the run keeps its last epochs' weights (weights.npz)
     labels = np.load(run / "labels.npz")
     truth = dict(zip(labels["train_index"].tolist(), (labels["noisy"] != labels["true"]).tolist()))
     precision = np.mean([truth[int(r["index"])] for r in rows])
@@ -133,6 +135,33 @@ def test_find_label_issues_on_arrays_ranks_the_suspect_labels():
     assert l2b.find_label_issues(labels=np.array([0, 0, 1]), pred_probs=probs).tolist() == [1, 2]
     with pytest.raises(ValueError, match="threshold must be in"):
         l2b.find_label_issues(alpha, beta, threshold=2.0)
+
+
+def test_rank_label_issues_aggregates_epochs_breaks_ties_and_suggests_other_labels():
+    from l2b.detect import rank_label_issues
+
+    labels = np.array([0, 1, 2, 0])
+    # three epochs of weights; sample 3 was not weighted in the first epoch (seen False)
+    alpha = np.array([[0.0, 0.2, 0.0, 0.0], [0.0, 0.2, 0.05, 0.3], [0.1, 0.2, 0.0, 0.3]])
+    beta = np.array([[0.3, 0.0, 0.3, 0.0], [0.3, 0.0, 0.05, 0.1], [0.1, 0.0, 0.3, 0.1]])
+    pseudo = np.array([[1, 1, 0, -1], [1, 1, 2, 0], [0, 1, 1, 0]])
+    seen = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=bool)
+    r = rank_label_issues(labels, alpha, beta, pseudo_labels=pseudo, seen=seen)
+    # mean trust over the weighted epochs: s0 (0+0+.5)/3, s1 1, s2 (0+.5+0)/3, s3 (.75+.75)/2
+    np.testing.assert_allclose(r.score, 1 - np.array([0.5 / 3, 1.0, 0.5 / 3, 0.75]))
+    assert r.source == "trust-mean"
+    assert r.indices.tolist() == [2, 0]  # s0 and s2 tie; s2 has the lower mean alpha
+    # the most frequent OTHER pseudo-label; confidence = its share of the weighted epochs; -1: the
+    # pseudo-label never differed from the given label (and no model probabilities were given)
+    assert r.suggested.tolist()[:3] == [1, -1, 0]
+    np.testing.assert_allclose(r.confidence[:3], [2 / 3, 0.0, 1 / 3])
+    last = rank_label_issues(labels, alpha[-1], beta[-1], score="trust")
+    np.testing.assert_allclose(last.score, 1 - np.array([0.5, 1.0, 0.0, 0.75]))
+    probs = np.array([[0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4], [0.9, 0.05, 0.05]])
+    m = rank_label_issues(labels, pred_probs=probs)
+    assert m.source == "model" and m.indices.tolist() == [0, 2] and m.suggested.tolist() == [1, 0, 0, 1]
+    with pytest.raises(ValueError, match="needs the weights"):
+        rank_label_issues(labels, pred_probs=probs, score="trust-mean")
 
 
 def test_roc_auc_with_many_ties_is_vectorised_and_exact():

@@ -600,6 +600,11 @@ def test_every_registered_method_trains_checkpoints_and_resumes_bit_identically(
                        torch.cat([torch.as_tensor(v).flatten().float() for v in _tensors(b["method"])] or [torch.zeros(1)]))
     assert [h["train_loss"] for h in straight["history"]] == [h["train_loss"] for h in resumed["history"]]
     assert straight["test_acc_last"] == resumed["test_acc_last"]
+    for t, u in zip(_tensors(a["weights"]), _tensors(b["weights"])):  # the label-issue history too
+        assert torch.equal(t, u)
+    if (tmp_path / "run" / "weights.npz").is_file():
+        wa, wb = np.load(tmp_path / "run" / "weights.npz"), np.load(tmp_path / "interrupted" / "weights.npz")
+        assert wa.files == wb.files and all(np.array_equal(wa[k], wb[k]) for k in wa.files)
 
 
 def _tensors(state):

@@ -13,6 +13,7 @@ from typing import Any
 from .methods import METHODS, declared_options
 from .config import TrainConfig, load_yaml
 from .rundir import NOT_RESULTS
+from .detect import SCORES
 from .train import train
 
 # flag help, by config field; the defaults shown come from TrainConfig itself
@@ -54,6 +55,7 @@ HELP = {
     "seed": "random seed (data order, augmentation, init, noise, split)",
     "device": "auto | cpu | cuda | cuda:N",
     "eval_batch_size": "evaluation batch size",
+    "weight_epochs": "epochs of per-sample weights kept in weights.npz for `l2b label-issues` (k x n x 11 bytes)",
     "test_every": "evaluate the test set every N epochs (and at the last epoch and each new best validation "
                   "accuracy, so the reported test accuracies are exact)",
     "out": "run directory",
@@ -223,35 +225,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO = dict(data="digits", noise="symmetric:0.4", model="mlp", width=256, val_per_class=10,
-            epochs=30, batch_size=64, lr=0.1, warmup_epochs=0)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """CE, L2RW and L2B on the bundled real digits with 40% symmetric noise: a results table."""
-    import statistics
+    from .demo import run_demo
 
-    def mean_std(v: list[float]) -> str:
-        return f"{statistics.mean(v):.1f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.1f}"
-
-    rows = []
-    for method in args.methods.split(","):
-        runs = []
-        for seed in range(args.seeds):
-            cfg = TrainConfig(**{**DEMO, "method": method, "seed": seed,
-                                 "out": str(Path(args.out) / f"{method}-seed{seed}"), "progress": "none"})
-            runs.append(train(cfg))
-            print(f"{method} seed {seed}: test acc {runs[-1]['test_acc_last']:.1f}% (last), "
-                  f"{runs[-1]['test_acc_at_best_val']:.1f}% (best val)", flush=True)
-        rows.append((method, [r["test_acc_last"] for r in runs], [r["test_acc_at_best_val"] for r in runs],
-                     statistics.mean(r["epoch_seconds"] for r in runs) * DEMO["epochs"]))
-    rate = statistics.mean(r["noise_rate"] for r in runs)
-    print(f"\ndigits: 1,197 noisy train + 100 clean val (10/class) / 500 test; {DEMO['noise']} "
-          f"(realised flip rate {rate:.1%}); MLP; {DEMO['epochs']} epochs; {args.seeds} seeds\n")
-    print("| method | test acc %, last epoch | test acc %, best-val epoch | train s / run |")
-    print("|---|---|---|---|")
-    for method, last, best, secs in rows:
-        print(f"| {method} | {mean_std(last)} | {mean_std(best)} | {secs:.1f} |")
+    run_demo(args.methods.split(","), args.seeds, args.out)
     return 0
 
 
@@ -300,12 +277,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_label_issues(args: argparse.Namespace) -> int:
     from .detect import write_label_issues
 
-    s = write_label_issues(args.dir, threshold=args.threshold)
+    s = write_label_issues(args.dir, threshold=args.threshold, score=args.score)
     print(f"wrote {Path(args.dir) / 'label_issues.csv'}: {s['issues']} suspected label issues "
-          f"(scored by the {s['source']})")
+          f"(score {s['score']}: {s['source']})")
     if s["corrupted"]:
         print(f"against the injected noise ({s['corrupted']} corrupted labels): precision {s['precision']:.3f}, "
-              f"recall {s['recall']:.3f}, ROC-AUC {s['auc']:.3f}")
+              f"recall {s['recall']:.3f}, F1 {s['f1']:.3f}, ROC-AUC {s['auc']:.3f}; the suggested label is the "
+              f"true one for {100 * s['fix_accuracy']:.1f}% of the corrupted samples")
     return 0
 
 
@@ -356,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("dir", metavar="RUN_DIR")
     li.add_argument("--threshold", type=_unit_interval, default=0.5,
                     help="flag a label when its trust alpha/(alpha+beta) (or model probability) is below this")
+    li.add_argument("--score", default="auto", choices=["auto", *SCORES],
+                    help="how a label is scored: " + "; ".join(f"{k}: {v}" for k, v in SCORES.items())
+                         + " (auto: trust-mean with per-sample weights, model without)")
     li.set_defaults(func=cmd_label_issues)
     o = sub.add_parser("options", allow_abbrev=False, help="every method's options: values, default, help")
     o.add_argument("methods", nargs="?", metavar="METHOD[,METHOD]", help="only these methods")

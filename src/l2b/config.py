@@ -134,6 +134,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_batch_size: int = 1024
+    # epochs of per-sample weights kept for ``l2b label-issues`` (weights.npz: k x n x 11 bytes)
+    weight_epochs: int = 5
     # the test set is evaluated every N epochs, at the last epoch and whenever the clean
     # validation accuracy improves (so the last-epoch and best-val test accuracies stay exact)
     test_every: int = 1
@@ -192,6 +194,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{_flag(name)} must be at least 1, got {value}")
+        if self.weight_epochs < 0:
+            raise ValueError(f"--weight-epochs must be 0 or more, got {self.weight_epochs}")
         if self.workers < 0:
             raise ValueError(f"--workers must be 0 or more, got {self.workers}")
         if not (math.isfinite(self.lr) and self.lr > 0):

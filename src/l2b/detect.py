@@ -9,6 +9,7 @@ per-sample weights fall back to the final model's probability of the given label
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,36 +55,159 @@ def detection_metrics(alpha, beta, is_noisy, threshold: float = DEFAULT_THRESHOL
             **flag_metrics(trust < threshold, is_noisy), "threshold": threshold}
 
 
+# How a label's suspicion is scored (``l2b label-issues --score``); "auto" picks by what is given.
+SCORES = {
+    "trust": "1 - alpha/(alpha+beta) of the last epoch",
+    "trust-mean": "1 - the mean over the kept epochs of alpha/(alpha+beta) (epochs where the sample was weighted)",
+    "weights-mean": "1 - mean alpha / (mean alpha + mean beta) over the kept epochs",
+    "model": "1 - the final model's probability of the given label",
+}
+
+
+@dataclass
+class LabelIssues:
+    """Every sample's suspicion and suggested label, and the flagged ones ranked.
+
+    ``indices``: positions of the flagged samples (score > 1 - threshold), most suspect first
+    (ties broken by the secondary score: lower mean alpha, or lower model probability);
+    ``score``: (n,) suspicion in [0, 1]; ``suggested``: (n,) a label other than the given one;
+    ``confidence``: (n,) the share of kept epochs whose pseudo-label was ``suggested`` (or the
+    model's probability of it); ``source``: the score used (a key of ``SCORES``)."""
+
+    indices: np.ndarray
+    score: np.ndarray
+    suggested: np.ndarray
+    confidence: np.ndarray
+    source: str
+
+
+def _as_history(values, name: str) -> np.ndarray | None:
+    if values is None:
+        return None
+    v = np.asarray(values)
+    if v.ndim == 1:
+        v = v[None]
+    if v.ndim != 2:
+        raise ValueError(f"{name} must be (n,) or (epochs, n), got shape {v.shape}")
+    return v
+
+
+def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen=None, pred_probs=None,
+                      score: str = "auto", threshold: float = DEFAULT_THRESHOLD,
+                      num_classes: int | None = None) -> LabelIssues:
+    """Label issues from a meta method's weights and/or a model's predicted probabilities.
+
+    ``alpha``, ``beta``, ``pseudo_labels`` and ``seen`` are (n,) for one epoch or (epochs, n) for
+    the last epochs (weights.npz's ``*_history``); ``seen`` marks the epochs where a sample was
+    weighted (default: all). ``pred_probs`` is (n, classes) as cleanlab takes it. ``score``:
+    a key of ``SCORES`` or "auto" (``trust-mean`` with weights, ``model`` without)."""
+    labels = np.asarray(labels)
+    a, b = _as_history(alpha, "alpha"), _as_history(beta, "beta")
+    if (a is None) != (b is None):
+        raise ValueError("give alpha and beta together")
+    if a is not None and (a.shape != b.shape or a.shape[1] != len(labels)):
+        raise ValueError(f"alpha and beta must have the same shape, n = len(labels) = {len(labels)} columns; "
+                         f"got {a.shape} and {b.shape}")
+    probs = None if pred_probs is None else np.asarray(pred_probs, dtype=np.float64)
+    if probs is not None and (probs.ndim != 2 or len(probs) != len(labels)):
+        raise ValueError(f"pred_probs must be (n, classes) with n = len(labels) = {len(labels)}, got {probs.shape}")
+    if score == "auto":
+        score = "trust-mean" if a is not None else "model"
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; choose auto or one of {', '.join(SCORES)}")
+    if score != "model" and a is None:
+        raise ValueError(f"score {score!r} needs the weights (alpha, beta); give them, or score='model'")
+    if score == "model" and probs is None:
+        raise ValueError("score 'model' needs pred_probs")
+    n = len(labels)
+    k = num_classes or int(max(labels.max(initial=0), probs.shape[1] - 1 if probs is not None else 0,
+                               np.asarray(pseudo_labels).max(initial=0) if pseudo_labels is not None else 0)) + 1
+    seen_h = np.ones_like(a, dtype=bool) if a is not None and seen is None else _as_history(seen, "seen")
+    p_given = None if probs is None else probs[np.arange(n), labels]
+    if a is not None:
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        epochs = np.maximum(seen_h.sum(axis=0), 1)
+        mean_a, mean_b = (a * seen_h).sum(axis=0) / epochs, (b * seen_h).sum(axis=0) / epochs
+        values = {"trust": 1.0 - label_trust(a[-1], b[-1]),
+                  "trust-mean": 1.0 - (label_trust(a, b) * seen_h).sum(axis=0) / epochs,
+                  "weights-mean": 1.0 - label_trust(mean_a, mean_b)}
+    else:
+        values, mean_a = {}, None
+    if p_given is not None:
+        values["model"] = 1.0 - p_given
+    main = values[score]
+    # ties (e.g. every sample whose alpha is 0 scores 1) are broken by a second suspicion: a lower
+    # mean alpha, or for the model score the weights' mean distrust when there are weights
+    secondary = -mean_a if score != "model" else values.get("trust-mean", np.zeros(n))
+    flagged = np.flatnonzero(main > 1.0 - _check_threshold(threshold))
+    order = np.lexsort((-secondary[flagged], -main[flagged]))  # most suspect first
+    suggested, confidence = _suggestions(labels, k, pseudo_labels, seen_h, probs)
+    return LabelIssues(flagged[order], main, suggested, confidence, score)
+
+
+def _suggestions(labels, k, pseudo_labels, seen, probs) -> tuple[np.ndarray, np.ndarray]:
+    """A label other than the given one for every sample: the pseudo-label most often chosen over
+    the kept epochs (confidence: its share of them), else the model's most probable other class
+    (confidence: its probability)."""
+    n = len(labels)
+    rows = np.arange(n)
+    suggested, confidence = np.full(n, -1, dtype=np.int64), np.zeros(n)
+    if probs is not None:
+        other = probs.copy()
+        other[rows, labels] = -1.0
+        suggested, confidence = other.argmax(axis=1), other.max(axis=1)
+    if pseudo_labels is not None:
+        pseudo = _as_history(pseudo_labels, "pseudo_labels").astype(np.int64)
+        ok = (pseudo >= 0) & (seen if seen is not None and seen.shape == pseudo.shape else True)
+        counts = np.zeros((n, k))
+        cols = np.broadcast_to(rows, pseudo.shape)
+        np.add.at(counts, (cols[ok], pseudo[ok]), 1.0)
+        epochs = np.maximum(ok.sum(axis=0), 1)
+        counts[rows, labels] = -1.0  # never suggest the given label
+        votes = counts.max(axis=1)
+        use = votes > 0
+        suggested = np.where(use, counts.argmax(axis=1), suggested)
+        confidence = np.where(use, votes / epochs, confidence)
+    return suggested, confidence
+
+
+def _check_threshold(threshold: float) -> float:
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return threshold
+
+
 def label_issue_scores(alpha=None, beta=None, *, labels=None, pred_probs=None) -> np.ndarray:
     """How suspect each given label is, in [0, 1]: 1 - alpha/(alpha+beta) from a meta method's
-    weights, or 1 - p(given label) from a model's predicted probabilities (``labels`` and
-    ``pred_probs``, as cleanlab takes them)."""
+    weights (one epoch; for (epochs, n) histories the mean trust), or 1 - p(given label) from a
+    model's predicted probabilities (``labels`` and ``pred_probs``, as cleanlab takes them)."""
     if alpha is not None and beta is not None:
-        return 1.0 - label_trust(np.asarray(alpha, float), np.asarray(beta, float))
+        n = np.shape(alpha)[-1]
+        return rank_label_issues(np.zeros(n, dtype=np.int64), alpha, beta, num_classes=1).score
     if labels is None or pred_probs is None:
         raise ValueError("give alpha and beta (a meta method's weights), or labels and pred_probs")
-    labels, pred_probs = np.asarray(labels), np.asarray(pred_probs, dtype=np.float64)
-    if pred_probs.ndim != 2 or len(pred_probs) != len(labels):
-        raise ValueError(f"pred_probs must be (n, classes) with n = len(labels) = {len(labels)}, got {pred_probs.shape}")
-    return 1.0 - pred_probs[np.arange(len(labels)), labels]
+    return rank_label_issues(labels, pred_probs=pred_probs, score="model").score
 
 
 def find_label_issues(alpha=None, beta=None, *, labels=None, pred_probs=None,
-                      threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """The positions of the samples whose label looks wrong, most suspect first: trust (or the
-    model's probability of the given label) below ``threshold``.
+                      threshold: float = DEFAULT_THRESHOLD, score: str = "auto") -> np.ndarray:
+    """The positions of the samples whose label looks wrong, most suspect first (cleanlab's
+    ``find_label_issues`` with ``return_indices_ranked_by``): suspicion above 1 - ``threshold``.
+    ``alpha``/``beta`` may be one epoch's (n,) weights or the last epochs' (epochs, n);
+    :func:`rank_label_issues` also returns the scores and the suggested labels.
 
-    >>> issues = l2b.find_label_issues(w["alpha"], w["beta"])          # from a run's weights.npz
-    >>> issues = l2b.find_label_issues(labels=y, pred_probs=probs)      # from any model
+    >>> w = np.load("runs/x/weights.npz")
+    >>> issues = l2b.find_label_issues(w["alpha_history"], w["beta_history"])   # from a run
+    >>> issues = l2b.find_label_issues(labels=y, pred_probs=probs)               # from any model
     """
-    return rank_issues(label_issue_scores(alpha, beta, labels=labels, pred_probs=pred_probs), threshold)
+    n = np.shape(alpha)[-1] if alpha is not None else len(labels) if labels is not None else 0
+    given = np.zeros(n, dtype=np.int64) if labels is None else labels
+    return rank_label_issues(given, alpha, beta, pred_probs=pred_probs, score=score, threshold=threshold).indices
 
 
 def rank_issues(score: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Positions whose score exceeds 1 - ``threshold`` (trust below it), most suspect first."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    flagged = np.flatnonzero(score > 1.0 - threshold)
+    flagged = np.flatnonzero(score > 1.0 - _check_threshold(threshold))
     return flagged[np.argsort(-score[flagged], kind="mergesort")]
 
 
@@ -102,36 +226,51 @@ def _model_scores(run: Path):
     return probs.numpy()
 
 
-def write_label_issues(run: str | Path, threshold: float = DEFAULT_THRESHOLD) -> dict:
+def write_label_issues(run: str | Path, threshold: float = DEFAULT_THRESHOLD, score: str = "auto") -> dict:
     """``l2b label-issues RUN``: write ``RUN/label_issues.csv`` (index, given_label,
-    suggested_label, score), most suspect first; ``index`` is the sample's position in the
-    dataset's training set. Returns a summary with precision / recall against the injected noise."""
+    suggested_label, confidence, score), most suspect first; ``index`` is the sample's position in
+    the dataset's training set. The score (``SCORES``; "auto": the kept epochs' mean trust when the
+    run has per-sample weights, else the final model's probability of the given label) and the
+    suggestions come from :func:`rank_label_issues`. Returns a summary with precision, recall, F1
+    and ROC-AUC against the injected noise."""
     run = Path(run)
     labels_path = run / "labels.npz"
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path}: not found; is {run} a run directory of l2b train?")
+    if score != "auto" and score not in SCORES:
+        raise ValueError(f"--score {score!r}: choose auto or one of {', '.join(SCORES)}")
     labels = np.load(labels_path)
     given, true, train_index = labels["noisy"], labels["true"], labels["train_index"]
-    if (run / "weights.npz").is_file():
-        w = np.load(run / "weights.npz")
-        score = label_issue_scores(w["alpha"], w["beta"])
-        suggested = w["pseudo_labels"]
-        source = "last-epoch weights alpha/(alpha+beta)"
-    else:
+    w = np.load(run / "weights.npz") if (run / "weights.npz").is_file() else None
+    weights = {}
+    if w is not None and score != "model":
+        hist = "alpha_history" in w.files and score != "trust"
+        weights = {"alpha": w["alpha_history"] if hist else w["alpha"], "beta": w["beta_history"] if hist else w["beta"],
+                   "pseudo_labels": w["pseudo_history"] if hist else w["pseudo_labels"],
+                   "seen": w["seen_history"] if hist else None}
+        if not hist and score in ("trust-mean", "weights-mean"):
+            score = "trust"  # a run of an earlier version: one epoch's weights only
+    probs = None
+    if w is None or score == "model":
         if not (run / "checkpoint.pt").is_file():
             raise FileNotFoundError(f"{run}: neither weights.npz nor checkpoint.pt to score the labels with")
         probs = _model_scores(run)
-        score = label_issue_scores(labels=given, pred_probs=probs)
-        suggested = probs.argmax(axis=1)
-        source = "final model's probability of the given label"
-    flagged = rank_issues(score, threshold)
+    n_given = len(given)
+    for name, value in weights.items():  # GLC's weights also cover its clean samples: keep the noisy ones
+        if value is not None:
+            weights[name] = value[..., :n_given]
+    issues = rank_label_issues(given, **weights, pred_probs=probs, score=score, threshold=threshold)
     with open(run / "label_issues.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["index", "given_label", "suggested_label", "score"])
-        writer.writerows([int(train_index[i]), int(given[i]), int(suggested[i]), f"{score[i]:.6f}"] for i in flagged)
+        writer.writerow(["index", "given_label", "suggested_label", "confidence", "score"])
+        writer.writerows([int(train_index[i]), int(given[i]), int(issues.suggested[i]),
+                          f"{issues.confidence[i]:.4f}", f"{issues.score[i]:.6f}"] for i in issues.indices)
     is_noisy = given != true
-    mask = np.zeros(len(given), dtype=bool)
-    mask[flagged] = True
+    mask = np.zeros(n_given, dtype=bool)
+    mask[issues.indices] = True
     m = flag_metrics(mask, is_noisy)
-    return {"issues": len(flagged), "source": source, "corrupted": m["corrupted"],
-            "precision": m["precision"], "recall": m["recall"], "auc": roc_auc(score, is_noisy)}
+    f1 = 2 * m["precision"] * m["recall"] / max(m["precision"] + m["recall"], 1e-12)
+    return {"issues": len(issues.indices), "source": SCORES[issues.source], "score": issues.source,
+            "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": f1,
+            "auc": roc_auc(issues.score, is_noisy),
+            "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}

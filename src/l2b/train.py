@@ -29,7 +29,7 @@ from .methods import METHODS, create_method
 from .methods.base import SetupContext
 from .models import create_model
 from .run_data import build_splits, prepare_data
-from .loop import EpochLog, Run, check_finite, evaluate, evaluate_saved, lr_at, train_step
+from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, lr_at, train_step
 from .rundir import (Progress, append_row, atomic_save, environment, finite_json, load_checkpoint, prepare_out,
                      rewrite_rows, tensorboard)
 
@@ -154,10 +154,11 @@ def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | No
              transition=prep.transition)
 
 
-def run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank: bool) -> None:
-    """A method's fit before training (GLC's phase 1, forward's estimator, distill's teacher).
-    Under torchrun rank 0 fits on the whole data and broadcasts what it fitted, with the
-    optimizer state it may leave (GLC keeps phase 1's)."""
+def run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank: bool) -> float:
+    """A method's fit before training (GLC's phase 1, forward's estimator, distill's teacher);
+    returns its seconds. Under torchrun rank 0 fits on the whole data and broadcasts what it
+    fitted, with the optimizer state it may leave (GLC keeps phase 1's)."""
+    start = time.perf_counter()
     if main_rank:
         val_bs = cfg.val_batch_size or cfg.batch_size
         method.setup(SetupContext(
@@ -178,21 +179,22 @@ def run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, ma
         torch.distributed.broadcast_object_list(state, src=0)
         method.load_state_dict(state[0][0])
         optimizer.load_state_dict(state[0][1])
+    return time.perf_counter() - start
 
 
-def checkpoint_state(model, optimizer, method, clean, epoch: int, history, best, world: int,
+def checkpoint_state(model, optimizer, method, clean, weights, epoch: int, history, best, world: int,
                      setup_seconds: float = 0.0) -> dict:
     """Everything a resumed run needs, in tensors and plain containers (weights_only loading)."""
     return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict(),
-        "clean": clean.state_dict() if clean is not None else None,
+        "clean": clean.state_dict() if clean is not None else None, "weights": weights.state_dict(),
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "epoch": epoch, "history": history, "best": best, "world_size": world, "setup_seconds": setup_seconds,
     }
 
 
-def restore_checkpoint(path: Path, device, model, optimizer, method, clean) -> tuple[list, dict, int, float]:
+def restore_checkpoint(path: Path, device, model, optimizer, method, clean, weights) -> tuple[list, dict, int, float]:
     """Load a checkpoint into the run's objects and RNGs; returns (history, best, next epoch,
     seconds of the method's setup)."""
     ck = load_checkpoint(path, device)
@@ -201,6 +203,7 @@ def restore_checkpoint(path: Path, device, model, optimizer, method, clean) -> t
     method.load_state_dict(ck.get("method"))
     if clean is not None:
         clean.load_state_dict(ck["clean"])
+    weights.load_state_dict(ck.get("weights"))
     torch.set_rng_state(ck["rng"]["torch"])
     if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
@@ -249,16 +252,15 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     clean = (CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed,
                           method.opts.get("meta_sampling", "cycle"), augment=getattr(ds, "meta_augment", True))
              if method.needs_clean and method.clean_per_step else None)
+    weights = WeightHistory(cfg.weight_epochs, len(train_data), device)  # for l2b label-issues
 
-    history: list[dict] = []
-    best = {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
+    history, best = [], {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
     start_epoch, setup_seconds = 0, 0.0
     if method.has_setup and not resume:
-        t0 = time.perf_counter()
-        run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank)
-        setup_seconds = time.perf_counter() - t0
+        setup_seconds = run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank)
     if resume:
-        history, best, start_epoch, setup_seconds = restore_checkpoint(ckpt_path, device, model, optimizer, method, clean)
+        history, best, start_epoch, setup_seconds = restore_checkpoint(ckpt_path, device, model, optimizer, method,
+                                                                       clean, weights)
         if main_rank:  # the epochs of the checkpoint, no more (a kill between log line and checkpoint)
             rewrite_rows(out, history)
     elif main_rank:
@@ -285,6 +287,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             bar.update()
         train_time = time.perf_counter() - t0
         log.reduce(sync)
+        weights.push(log)
         check_finite(model, log.first_bad, epoch, out, main_rank)
         t0 = time.perf_counter()
         val_acc, val_loss = evaluate(model, val_data, cfg.eval_batch_size, amp, sync)
@@ -303,9 +306,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         if main_rank:
             append_row(out, row, writer)
         if epoch == cfg.epochs - 1 and log.weighted and main_rank:
-            log.save_weights(out / "weights.npz", is_noisy, prep)
+            log.save_weights(out / "weights.npz", is_noisy, prep, weights)
         if main_rank:
-            atomic_save(checkpoint_state(model, optimizer, method, clean, epoch, history, best, world, setup_seconds), ckpt_path)
+            atomic_save(checkpoint_state(model, optimizer, method, clean, weights, epoch, history, best, world,
+                                                    setup_seconds), ckpt_path)
         if sync is not None:
             torch.distributed.barrier()  # the checkpoint is complete before any rank goes on
         bar.epoch_done(

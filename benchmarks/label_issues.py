@@ -1,0 +1,209 @@
+"""Finding mislabelled samples: l2b's scores from one L2B run against cleanlab's confident learning.
+
+Same data, split, model and schedule as the memorisation benchmark (``memorisation.RECIPE``):
+Fashion-MNIST, 800 noisy training images, 1,000 clean validation images, small CNN, 60 epochs.
+For each noise setting (40% symmetric, 40% asymmetric, ``instance:0.4``), seed 0:
+
+- ``l2b:<score>``: one L2B run; its kept epochs of per-sample weights scored four ways (``trust``:
+  the last epoch's alpha/(alpha+beta), ``trust-mean`` and ``weights-mean``: aggregates of the last
+  ``weight_epochs`` epochs, ``model``: its final model's probability of the given label);
+- ``ce:model``: one CE run and the final model's probability of the given label (l2b's fallback
+  for runs without weights);
+- ``cleanlab``: cleanlab 2.x ``find_label_issues`` (ranked by self-confidence) on 5-fold
+  cross-validated predicted probabilities: five CE models, each trained with l2b's own trainer and
+  the same recipe on 4/5 of the noisy samples (the same clean validation set), predict the fifth.
+  cleanlab is optional (``pip install cleanlab``); without it that row is skipped with a note.
+
+Reported: precision, recall and F1 of the flagged set (l2b: trust below 0.5; cleanlab: its own
+set), ROC-AUC of the ranking, the share of corrupted samples whose suggested label is the true
+one, and the total training seconds behind each row.
+
+    python benchmarks/label_issues.py          # writes results/label_issues.json and a RESULTS.md block
+    python benchmarks/label_issues.py --quick  # 1 noise, 300 samples, 1 epoch, 2 folds: not recorded
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS_JSON = HERE / "results" / "label_issues.json"
+RESULTS_MD = HERE / "RESULTS.md"
+BEGIN, END = "<!-- label-issues:begin -->", "<!-- label-issues:end -->"
+NOISES = ["symmetric:0.4", "asymmetric:0.4", "instance:0.4"]
+L2B_SCORES = ("trust", "trust-mean", "weights-mean", "model")
+
+
+def run(cfg) -> dict:
+    """Train (or resume, or reuse) one run; its metrics."""
+    from l2b.compare import run_one
+
+    run_one(cfg.__dict__)
+    return json.loads((Path(cfg.out) / "metrics.json").read_text())
+
+
+def model_probs(run_dir: Path, split: str) -> np.ndarray:
+    """The final model's softmax on a split of its run ("train": the noisy samples, "test")."""
+    import torch
+
+    from l2b.train import load_run
+
+    cfg, prep, (train, _, test), model = load_run(run_dir, device="cpu")
+    data = train if split == "train" else test
+    probs = torch.zeros(len(data), prep.ds.num_classes)
+    model.eval()
+    with torch.no_grad():
+        for x, _, idx, _ in data.epoch(256, seed=0, augment=False):
+            probs[idx] = torch.softmax(model(x).float(), dim=1)
+    return probs.numpy()
+
+
+def metrics(flagged: np.ndarray, score: np.ndarray, suggested: np.ndarray | None, noisy: np.ndarray,
+            true: np.ndarray, seconds: float) -> dict:
+    from l2b.detect import flag_metrics, roc_auc
+
+    mask = np.zeros(len(noisy), dtype=bool)
+    mask[flagged] = True
+    is_noisy = noisy != true
+    m = flag_metrics(mask, is_noisy)
+    f1 = 2 * m["precision"] * m["recall"] / max(m["precision"] + m["recall"], 1e-12)
+    fix = None if suggested is None else float((suggested[is_noisy] == true[is_noisy]).mean())
+    return {"flagged": int(mask.sum()), "precision": round(m["precision"], 4), "recall": round(m["recall"], 4),
+            "f1": round(f1, 4), "auc": round(roc_auc(score, is_noisy), 4), "fix_accuracy": fix,
+            "train_seconds": round(seconds, 1)}
+
+
+def cross_validated_probs(base, ce_dir: Path, out: Path, folds: int) -> tuple[np.ndarray, float]:
+    """Out-of-fold probabilities for the run's noisy samples from ``folds`` CE models trained with
+    l2b's trainer (an npz dataset per fold: 4/5 of the noisy samples as training data, the run's
+    clean set as the given clean set, the held-out fifth as its "test" set)."""
+    from l2b.data import load_dataset
+
+    labels = np.load(ce_dir / "labels.npz")
+    ds = load_dataset(base.data)
+    x = ds.x_train.numpy()[:, 0]  # N x 28 x 28 uint8
+    train_idx, noisy, val_idx = labels["train_index"], labels["noisy"], labels["val_index"].astype(int)
+    order = np.random.default_rng(0).permutation(len(train_idx))
+    probs = np.zeros((len(train_idx), ds.num_classes))
+    seconds = 0.0
+    for f, held in enumerate(np.array_split(order, folds)):
+        keep = np.setdiff1d(order, held)
+        fold_dir = out / f"fold{f}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        data = fold_dir / "data.npz"
+        if not data.is_file():
+            np.savez(data, x_train=x[train_idx[keep]], y_train=noisy[keep], x_val=x[val_idx],
+                     y_val=ds.y_train.numpy()[val_idx], x_test=x[train_idx[held]], y_test=noisy[held],
+                     classes=np.array(ds.classes))
+        cfg = replace(base, data=f"npz:{data}", noise="none", val_per_class=None, train_subset=None,
+                      method="ce", out=str(fold_dir / "run"))
+        seconds += run(cfg)["total_seconds"]
+        probs[held] = model_probs(fold_dir / "run", "test")
+    return probs, seconds
+
+
+def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str]) -> list[dict]:
+    from l2b.detect import rank_label_issues
+
+    rows = []
+    l2b_cfg = replace(base, method="l2b", noise=noise, out=str(out / "l2b"))
+    l2b_m = run(l2b_cfg)
+    w = np.load(out / "l2b" / "weights.npz")
+    noisy, true = w["noisy"], w["true"]
+    probs = model_probs(out / "l2b", "train")
+    for score in L2B_SCORES:
+        hist = score in ("trust-mean", "weights-mean")
+        r = rank_label_issues(noisy, w["alpha_history"] if hist else w["alpha"],
+                              w["beta_history"] if hist else w["beta"],
+                              pseudo_labels=w["pseudo_history"], seen=w["seen_history"],
+                              pred_probs=probs if score == "model" else None, score=score)
+        rows.append({"noise": noise, "method": f"l2b:{score}",
+                     **metrics(r.indices, r.score, r.suggested, noisy, true, l2b_m["total_seconds"])})
+    ce_m = run(replace(base, method="ce", noise=noise, out=str(out / "ce")))
+    ce_probs = model_probs(out / "ce", "train")
+    r = rank_label_issues(noisy, pred_probs=ce_probs, score="model")
+    rows.append({"noise": noise, "method": "ce:model", **metrics(r.indices, r.score, r.suggested, noisy, true,
+                                                                ce_m["total_seconds"])})
+    try:
+        import cleanlab
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError:
+        notes.append("cleanlab is not installed (pip install cleanlab): its rows are skipped")
+        return rows
+    cv_probs, seconds = cross_validated_probs(replace(base, noise=noise), out / "ce", out / "cleanlab", folds)
+    ranked = find_label_issues(labels=noisy, pred_probs=cv_probs, return_indices_ranked_by="self_confidence")
+    quality = get_label_quality_scores(noisy, cv_probs)
+    other = cv_probs.copy()
+    other[np.arange(len(noisy)), noisy] = -1
+    rows.append({"noise": noise, "method": f"cleanlab {cleanlab.__version__} ({folds}-fold CE)",
+                 **metrics(ranked, 1.0 - quality, other.argmax(1), noisy, true, seconds)})
+    return rows
+
+
+def markdown(rows: list[dict], command: str, minutes: float, notes: list[str]) -> str:
+    lines = [f"Command: `{command}`  ", f"Machine: {platform.machine()}, {os.cpu_count()} cores; {minutes:.0f} min.", "",
+             "| noise | scored by | flagged | precision | recall | F1 | ROC-AUC | suggested = true label | training s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fix = "—" if r["fix_accuracy"] is None else f"{100 * r['fix_accuracy']:.1f}%"
+        lines.append(f"| {r['noise']} | {r['method']} | {r['flagged']} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['f1']:.3f} | {r['auc']:.3f} | {fix} | {r['train_seconds']:.0f} |")
+    lines += [""] + [f"- {n}" for n in dict.fromkeys(notes)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 noise, 300 samples, 1 epoch, 2 folds; not recorded")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(HERE))
+    from memorisation import RECIPE
+
+    from l2b.config import TrainConfig
+
+    recipe = dict(RECIPE)
+    noises, folds = NOISES, args.folds
+    if args.quick:
+        recipe.update(epochs=2, train_subset=300, warmup_epochs=0, width=8, weight_epochs=2)
+        noises, folds = NOISES[:1], 2
+    out = Path(args.out or ("runs/bench-label-issues" + ("-quick" if args.quick else "")))
+    base = TrainConfig(**recipe, seed=0, progress="none", threads=1)
+    start, rows, notes = time.perf_counter(), [], []
+    for noise in noises:
+        rows += bench_noise(base, noise, out / noise.replace(":", "_"), folds, notes)
+    minutes = (time.perf_counter() - start) / 60
+    command = ("python benchmarks/label_issues.py " + " ".join(sys.argv[1:])).strip()
+    table = markdown(rows, command, minutes, notes)
+    print(table)
+    result = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "recipe": recipe,
+              "folds": folds, "rows": rows, "notes": notes}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.quick:
+        return
+    RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
+    text = RESULTS_MD.read_text()
+    block = f"{BEGIN}\n{table}{END}"
+    text = (text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):] if BEGIN in text else
+            text.rstrip() + "\n\n## Label issues: l2b against cleanlab (issue 15)\n\n" + block + "\n")
+    RESULTS_MD.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
