@@ -4,7 +4,7 @@ The core is :func:`meta_weights`: per-sample weights alpha (trust the observed l
 (trust the model's pseudo-label) from one meta-gradient step on a small clean validation batch.
 """
 
-from .detect import find_label_issues
+from .detect import LabelIssues, find_label_issues, rank_label_issues
 from .engines import ForwardADUnsupported
 from .meta import MetaWeights, bootstrap_loss, meta_weights
 from .normalize import normalize_weights
@@ -21,5 +21,7 @@ __all__ = [
     "normalize_weights",
     "ForwardADUnsupported",
     "find_label_issues",
+    "rank_label_issues",
+    "LabelIssues",
     "__version__",
 ]
