@@ -43,10 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
+from results_md import write_block
+
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "fashion_mnist.json"
 RESULTS_MD = HERE / "RESULTS.md"
-BEGIN, END = "<!-- fashion-mnist:begin -->", "<!-- fashion-mnist:end -->"
 
 RECIPE = dict(
     data="fashion-mnist", model="mlp", width=256, val_per_class=100,
@@ -163,16 +164,6 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def replace_block(path: Path, block: str) -> None:
-    text = path.read_text() if path.is_file() else ""
-    new = f"{BEGIN}\n{block}{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + new + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## Fashion-MNIST benchmark (issue 7)\n\n" + new + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 40%% symmetric, 5k subset, 2 epochs")
@@ -208,7 +199,7 @@ def main() -> None:
     if not args.quick:
         RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
         RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
-        replace_block(RESULTS_MD, table)
+        write_block(RESULTS_MD, "fashion-mnist", table, "## Fashion-MNIST benchmark (issue 7)")
         print(f"wrote {RESULTS_JSON} and the table in {RESULTS_MD}")
 
 

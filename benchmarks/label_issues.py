@@ -36,10 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+from results_md import write_block
+
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "label_issues.json"
 RESULTS_MD = HERE / "RESULTS.md"
-BEGIN, END = "<!-- label-issues:begin -->", "<!-- label-issues:end -->"
 NOISES = ["symmetric:0.4", "asymmetric:0.4", "instance:0.4"]
 L2B_SCORES = ("trust", "trust-mean", "weights-mean", "model")
 
@@ -198,12 +199,7 @@ def main() -> None:
     if args.quick:
         return
     RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
-    text = RESULTS_MD.read_text()
-    block = f"{BEGIN}\n{table}{END}"
-    text = (text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):] if BEGIN in text else
-            text.rstrip() + "\n\n## Label issues: l2b against cleanlab (issue 15)\n\n" + block + "\n")
-    RESULTS_MD.write_text(text)
-
+    write_block(RESULTS_MD, "label-issues", table, "## Label issues: l2b against cleanlab (issue 15)")
 
 if __name__ == "__main__":
     main()

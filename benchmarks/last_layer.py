@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from results_md import write_block
+
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "last_layer.json"
 RESULTS_MD = HERE / "RESULTS.md"
-BEGIN, END = "<!-- last-layer:begin -->", "<!-- last-layer:end -->"
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -137,14 +138,8 @@ def main() -> None:
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps({"command": command.strip(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                                         "recipe": recipe, "noise": args.noise, "rows": rows}, indent=2) + "\n")
-    text = RESULTS_MD.read_text()
-    block = f"{BEGIN}\n{table}{END}"
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## The last-layer engine against the exact one along training (issue 13)\n\n" + block + "\n"
-    RESULTS_MD.write_text(text)
-
+    write_block(RESULTS_MD, "last-layer", table,
+                "## The last-layer engine against the exact one along training (issue 13)")
 
 if __name__ == "__main__":
     main()

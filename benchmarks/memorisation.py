@@ -51,13 +51,14 @@ from pathlib import Path
 
 import numpy as np
 
+from results_md import write_block
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS_JSON = HERE / "results" / "memorisation.json"
 FIGURES = HERE / "results" / "memorisation"
 RESULTS_MD = HERE / "RESULTS.md"
 README = ROOT / "README.md"
-BEGIN, END = "<!-- memorisation:begin -->", "<!-- memorisation:end -->"
 
 RECIPE = dict(
     data="fashion-mnist", model="small-cnn", width=16, val_per_class=100, train_subset=800,
@@ -307,16 +308,6 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def replace_block(path: Path, block: str, heading: str) -> None:
-    text = path.read_text() if path.is_file() else ""
-    new = f"{BEGIN}\n{block}{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + new + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + f"\n\n{heading}\n\n" + new + "\n"
-    path.write_text(text)
-
-
 def figures(out: Path, dest: Path) -> list[Path]:
     """``l2b report`` on the grid; the accuracy and weight figures copied next to the results."""
     from l2b.report import write_report
@@ -370,9 +361,9 @@ def main() -> None:
     if not args.quick:
         RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
         RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
-        replace_block(RESULTS_MD, table, "## Memorisation benchmark (issue 12)")
+        write_block(RESULTS_MD, "memorisation", table, "## Memorisation benchmark (issue 12)")
         links = " ".join(f"![{p.stem}]({p.relative_to(ROOT)})" for p in pngs)
-        replace_block(README, table + "\n" + links + "\n", "## Headline: the memorisation benchmark")
+        write_block(README, "memorisation", table + "\n" + links + "\n", "## Headline: the memorisation benchmark")
         print(f"wrote {RESULTS_JSON}, the tables in {RESULTS_MD} and {README}, and {', '.join(map(str, pngs))}")
 
 
