@@ -46,7 +46,7 @@ def _save(fig, path: Path) -> Path:
 
 # One look per method, the same in every figure: 11 distinct colours (Okabe-Ito and tab20 picks)
 # times four line styles; L2B is drawn thick and black on top of the others.
-_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#7f7f7f",
+_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#332288", "#7f7f7f",
             "#8c564b", "#bcbd22", "#17becf", "#9467bd"]
 _STYLES = ["-", "--", "-.", ":"]
 
@@ -70,60 +70,79 @@ def _mean_curve(seeds: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarr
 
 
 def _legend_outside(fig, axes) -> None:
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    """One legend for every panel, right of the figure (each label once)."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False)
+
+
+def _panels(count: int, width: float, height: float, columns: int = 3):
+    """A grid of ``count`` panels, at most ``columns`` wide; the unused ones hidden."""
+    plt = _plt()
+    cols = min(count, columns)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
 
 
 def accuracy_figure(runs, path: Path) -> Path:
     """Test accuracy against epoch, one panel per noise setting, mean over seeds; with
     ``--test-every`` the points are the epochs where the test set was scored."""
-    plt = _plt()
     curves = defaultdict(list)
     for r in runs:
         curves[(r["method"], r["noise"])].append(r["history"])
     noises = sorted({n for _, n in curves})
     methods = sorted({m for m, _ in curves})
-    fig, axes = plt.subplots(1, len(noises), figsize=(4.6 * len(noises), 3.6), squeeze=False)
-    for ax, noise in zip(axes[0], noises):
+    fig, axes = _panels(len(noises), 4.6, 3.6)
+    for ax, noise in zip(axes, noises):
+        seeds_here = sorted({len(curves[(m, noise)]) for m in methods if (m, noise) in curves})
         for method in methods:
             if (method, noise) not in curves:
                 continue
-            seeds = curves[(method, noise)]
-            x, y = _mean_curve(seeds, "test_acc")
-            ax.plot(x, y, label=f"{method} (n={len(seeds)})", **method_style(method, methods))
-        ax.set(title=f"noise {noise}", xlabel="epoch", ylabel="test accuracy (%)")
+            x, y = _mean_curve(curves[(method, noise)], "test_acc")
+            ax.plot(x, y, label=method, marker="o", markersize=2.5, **method_style(method, methods))
+        seeds = "/".join(map(str, seeds_here))
+        ax.set(title=f"noise {noise} (mean of {seeds} seed{'s' if seeds != '1' else ''})", xlabel="epoch",
+               ylabel="test accuracy (%)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    _legend_outside(fig, axes[0])
+    _legend_outside(fig, axes)
     return _save(fig, path)
 
 
 def separation_figure(runs, path: Path) -> Path | None:
     """The meta-learned weights over epochs: mean alpha and beta on clean vs corrupted samples
-    (one panel per method with weights, at the noise setting most runs share); None without."""
-    plt = _plt()
+    (one panel per method with weights, at 40% symmetric noise, else the setting most runs share);
+    None without."""
     weighted = [r for r in runs if any(h.get("alpha_clean") is not None and h.get("alpha_noisy") is not None
                                        for h in r["history"])]
     if not weighted:
         return None
-    noise = max({r["noise"] for r in weighted}, key=lambda n: (sum(r["noise"] == n for r in weighted), n))
+    noises = {r["noise"] for r in weighted}  # 40% symmetric, the paper's headline setting, when present
+    noise = "symmetric:0.4" if "symmetric:0.4" in noises else max(
+        noises, key=lambda n: (sum(r["noise"] == n for r in weighted), n))
     by = defaultdict(list)
     for r in weighted:
         if r["noise"] == noise:
             by[r["method"]].append(r["history"])
     methods = sorted(by, key=lambda m: (m != "l2b", m))
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.4), squeeze=False)
-    for ax, method in zip(axes[0], methods):
+    fig, axes = _panels(len(methods), 4.2, 3.4)
+    for ax, method in zip(axes, methods):
         for key, colour, style in (("alpha_clean", "#0072B2", "-"), ("alpha_noisy", "#0072B2", "--"),
                                    ("beta_clean", "#D55E00", "-"), ("beta_noisy", "#D55E00", "--")):
             x, y = _mean_curve(by[method], key)
             if len(x):
                 label = key.replace("_clean", " (clean)").replace("_noisy", " (corrupted)").replace("alpha", "α").replace("beta", "β")
-                ax.plot(x, y, color=colour, linestyle=style, label=label)
+                ax.plot(x, y, color=colour, linestyle=style, label=label, marker="o", markersize=2)
         ax.set(title=f"{method}, {noise} (n={len(by[method])})", xlabel="epoch", ylabel="mean weight")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    _legend_outside(fig, axes[0])
+    _legend_outside(fig, axes)
     return _save(fig, path)
 
 
