@@ -321,3 +321,21 @@ def test_preparing_a_run_directory_never_removes_a_parallel_workers_run(tmp_path
     prepare_out(mine, {}, resume=False, overwrite=False)
     assert (other / "config.json").is_file()  # the other worker's run survives
     assert not mine.exists()  # what this call created for itself is gone again
+
+
+def test_a_grid_cell_of_an_earlier_version_counts_missing_settings_as_their_defaults(tmp_path, capsys):
+    """Settings added later (test_every, weight_epochs) are absent from an older config.json: the
+    cell is the same run when the new settings are at their defaults, and another one otherwise."""
+    import json
+
+    argv = ["compare", "--methods", "ce", "--noise", "symmetric:0.4", "--data", "digits", "--model", "mlp",
+            "--width", "8", "--epochs", "1", "--val-per-class", "3", "--out", str(tmp_path / "grid")]
+    assert cli_main(argv) == 0
+    saved = tmp_path / "grid" / "ce" / "symmetric_0.4" / "seed0" / "config.json"
+    old = json.loads(saved.read_text())
+    for name in ("test_every", "weight_epochs"):
+        del old["config"][name]
+    saved.write_text(json.dumps(old))
+    assert cli_main(argv) == 0 and "skip" in capsys.readouterr().out  # the same run: finished, skipped
+    assert cli_main(argv + ["--test-every", "2"]) == 2
+    assert "(test_every=1, now 2)" in capsys.readouterr().err

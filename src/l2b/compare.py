@@ -57,7 +57,7 @@ def check_cells(cfgs: list[TrainConfig], overwrite: bool = False) -> None:
         saved = Path(cfg.out) / "config.json"
         if not saved.is_file():
             continue
-        diff = config_differences(json.loads(saved.read_text()).get("config", {}), asdict(cfg))
+        diff = config_differences(json.loads(saved.read_text()).get("config", {}), asdict(cfg), asdict(TrainConfig()))
         if diff and overwrite:
             shutil.rmtree(cfg.out)
         elif diff:

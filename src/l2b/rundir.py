@@ -64,13 +64,18 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
 NOT_RESULTS = ("progress", "workers", "eval_batch_size", "device", "threads", "out")
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{setting: (saved value, current value)} for the settings that change a run's results."""
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       defaults: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+    """{setting: (saved value, current value)} for the settings that change a run's results. A
+    setting that a run of an earlier version did not record counts as its default (``defaults``)."""
+    defaults = defaults or {}
     keys = sorted((set(saved) | set(current)) - set(NOT_RESULTS))
-    return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
+    old = {k: saved.get(k, defaults.get(k)) for k in keys}
+    return {k: (old[k], current.get(k)) for k in keys if old[k] != current.get(k)}
 
 
-def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> None:
+def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool,
+                defaults: dict[str, Any] | None = None) -> None:
     """Make ``out`` ready before any data are read: writable, and not holding another run.
 
     A directory with files of a DIFFERENT run (or files that are not a run's) is refused
@@ -85,7 +90,7 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
         same = False
         if saved.is_file():
             try:
-                same = not config_differences(json.loads(saved.read_text()).get("config", {}), config)
+                same = not config_differences(json.loads(saved.read_text()).get("config", {}), config, defaults)
             except (ValueError, AttributeError):
                 same = False
         if overwrite:

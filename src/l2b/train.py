@@ -227,7 +227,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     if resume and not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
     if int(os.environ.get("RANK", "0")) == 0:
-        prepare_out(out, asdict(cfg), resume, overwrite)  # before any data are read or models fitted
+        prepare_out(out, asdict(cfg), resume, overwrite, asdict(TrainConfig()))  # before any data or fits
     device, rank, world = start_ranks(cfg)
     sync = current_sync()
     main_rank = rank == 0
