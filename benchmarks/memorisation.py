@@ -350,24 +350,33 @@ def main() -> None:
     rows = summarize(out)
     variants = summarize_variants(out)
     if args.summarize:  # the grid's own wall time: the sum of its runs' times over the workers
-        minutes = sum(r["total_seconds"] * r["seeds"] for r in rows) / 60.0 / args.jobs
+        minutes = sum(r["total_seconds"] * r["seeds"] for r in rows + variants) / 60.0 / args.jobs
+    finished = sum((Path(c.out) / "metrics.json").is_file() for c in cfgs)
     command = "python benchmarks/memorisation.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     table = markdown(rows, {**rates, "none": 0.0}, command.strip(), minutes, args.jobs, recipe, variants)
+    if finished < len(cfgs):  # an interrupted grid: say so above everything it shows
+        done = sorted({c.noise for c in cfgs} - {c.noise for c in cfgs if not (Path(c.out) / "metrics.json").is_file()})
+        table = (f"**PARTIAL: {finished} of {len(cfgs)} runs finished** (complete settings: "
+                 f"{', '.join(done) or 'none'}); the verdicts cover only what is shown. Run the same command "
+                 f"again to finish the grid.\n\n" + table)
     print(table)
     (out / "results.md").write_text(table)
     result = {"command": command.strip(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "recipe": recipe, "seeds": args.seeds, "jobs": args.jobs, "realised_flip_rates": rates,
               "minutes": round(minutes, 1), "regime": regime(rows), "rows": rows,
-              "variants": variants}
+              "variants": variants, "finished_runs": finished, "planned_runs": len(cfgs)}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     pngs = figures(out, FIGURES if not args.quick else out / "figures")
     if not args.quick:
         RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
         RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
         write_block(RESULTS_MD, "memorisation", table, "## Memorisation benchmark (issue 12)")
-        links = " ".join(f"![{p.stem}]({p.relative_to(ROOT)})" for p in pngs)
-        write_block(README, "memorisation", table + "\n" + links + "\n", "## Headline: the memorisation benchmark")
-        print(f"wrote {RESULTS_JSON}, the tables in {RESULTS_MD} and {README}, and {', '.join(map(str, pngs))}")
+        if finished == len(cfgs):  # the README's headline only from a whole grid
+            links = " ".join(f"![{p.stem}]({p.relative_to(ROOT)})" for p in pngs)
+            write_block(README, "memorisation", table + "\n" + links + "\n", "## Headline: the memorisation benchmark")
+        print(f"wrote {RESULTS_JSON}, the table in {RESULTS_MD}"
+              + (f" and {README}" if finished == len(cfgs) else " (partial: not in the README)")
+              + f", and {', '.join(map(str, pngs))}")
 
 
 if __name__ == "__main__":
