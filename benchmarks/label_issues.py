@@ -4,9 +4,10 @@ Same data, split, model and schedule as the memorisation benchmark (``memorisati
 Fashion-MNIST, 800 noisy training images, 1,000 clean validation images, small CNN, 60 epochs.
 For each noise setting (40% symmetric, 40% asymmetric, ``instance:0.4``), seed 0:
 
-- ``l2b:<score>``: one L2B run; its kept epochs of per-sample weights scored four ways (``trust``:
+- ``l2b:<score>``: one L2B run; its kept epochs of per-sample weights scored five ways (``trust``:
   the last epoch's alpha/(alpha+beta), ``trust-mean`` and ``weights-mean``: aggregates of the last
-  ``weight_epochs`` epochs, ``model``: its final model's probability of the given label);
+  ``weight_epochs`` epochs, ``model``: its final model's probability of the given label,
+  ``combined``: the mean of trust-mean and model);
 - ``ce:model``: one CE run and the final model's probability of the given label (l2b's fallback
   for runs without weights);
 - ``cleanlab``: cleanlab 2.x ``find_label_issues`` (ranked by self-confidence) on 5-fold
@@ -42,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "label_issues.json"
 RESULTS_MD = HERE / "RESULTS.md"
 NOISES = ["symmetric:0.4", "asymmetric:0.4", "instance:0.4"]
-L2B_SCORES = ("trust", "trust-mean", "weights-mean", "model")
+L2B_SCORES = ("trust", "trust-mean", "weights-mean", "model", "combined")
 
 
 def run(cfg) -> dict:
@@ -127,7 +128,7 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str]) -> li
         r = rank_label_issues(noisy, w["alpha_history"] if hist else w["alpha"],
                               w["beta_history"] if hist else w["beta"],
                               pseudo_labels=w["pseudo_history"], seen=w["seen_history"],
-                              pred_probs=probs if score == "model" else None, score=score)
+                              pred_probs=probs if score in ("model", "combined") else None, score=score)
         rows.append({"noise": noise, "method": f"l2b:{score}",
                      **metrics(r.indices, r.score, r.suggested, noisy, true, l2b_m["total_seconds"])})
     ce_m = run(replace(base, method="ce", noise=noise, out=str(out / "ce")))

@@ -97,12 +97,12 @@ def test_label_issue_benchmark_quick_mode_scores_every_source(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in result["rows"]]
-    assert methods[:5] == ["l2b:trust", "l2b:trust-mean", "l2b:weights-mean", "l2b:model", "ce:model"]
+    assert methods[:6] == ["l2b:trust", "l2b:trust-mean", "l2b:weights-mean", "l2b:model", "l2b:combined", "ce:model"]
     try:
         import cleanlab  # noqa: F401
-        assert methods[5].startswith("cleanlab") and len(methods) == 6
+        assert methods[6].startswith("cleanlab") and len(methods) == 7
     except ImportError:
-        assert len(methods) == 5 and "cleanlab is not installed" in result["notes"][0]
+        assert len(methods) == 6 and "cleanlab is not installed" in result["notes"][0]
     labels = np.load(out / "symmetric_0.4" / "l2b" / "labels.npz")
     corrupted = int((labels["noisy"] != labels["true"]).sum())
     for r in result["rows"]:

@@ -160,6 +160,8 @@ def test_rank_label_issues_aggregates_epochs_breaks_ties_and_suggests_other_labe
     probs = np.array([[0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4], [0.9, 0.05, 0.05]])
     m = rank_label_issues(labels, pred_probs=probs)
     assert m.source == "model" and m.indices.tolist() == [0, 2] and m.suggested.tolist() == [1, 0, 0, 1]
+    c = rank_label_issues(labels, alpha, beta, pseudo_labels=pseudo, seen=seen, pred_probs=probs, score="combined")
+    np.testing.assert_allclose(c.score, 0.5 * (r.score + m.score))
     with pytest.raises(ValueError, match="needs the weights"):
         rank_label_issues(labels, pred_probs=probs, score="trust-mean")
 

@@ -61,6 +61,7 @@ SCORES = {
     "trust-mean": "1 - the mean over the kept epochs of alpha/(alpha+beta) (epochs where the sample was weighted)",
     "weights-mean": "1 - mean alpha / (mean alpha + mean beta) over the kept epochs",
     "model": "1 - the final model's probability of the given label",
+    "combined": "the mean of trust-mean and model",
 }
 
 
@@ -117,8 +118,8 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
         raise ValueError(f"unknown score {score!r}; choose auto or one of {', '.join(SCORES)}")
     if score != "model" and a is None:
         raise ValueError(f"score {score!r} needs the weights (alpha, beta); give them, or score='model'")
-    if score == "model" and probs is None:
-        raise ValueError("score 'model' needs pred_probs")
+    if score in ("model", "combined") and probs is None:
+        raise ValueError(f"score {score!r} needs pred_probs")
     n = len(labels)
     k = num_classes or int(max(labels.max(initial=0), probs.shape[1] - 1 if probs is not None else 0,
                                np.asarray(pseudo_labels).max(initial=0) if pseudo_labels is not None else 0)) + 1
@@ -135,6 +136,8 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
         values, mean_a = {}, None
     if p_given is not None:
         values["model"] = 1.0 - p_given
+        if a is not None:
+            values["combined"] = 0.5 * (values["trust-mean"] + values["model"])
     main = values[score]
     # ties (e.g. every sample whose alpha is 0 scores 1) are broken by a second suspicion: a lower
     # mean alpha, or for the model score the weights' mean distrust when there are weights
@@ -251,7 +254,7 @@ def write_label_issues(run: str | Path, threshold: float = DEFAULT_THRESHOLD, sc
         if not hist and score in ("trust-mean", "weights-mean"):
             score = "trust"  # a run of an earlier version: one epoch's weights only
     probs = None
-    if w is None or score == "model":
+    if w is None or score in ("model", "combined"):
         if not (run / "checkpoint.pt").is_file():
             raise FileNotFoundError(f"{run}: neither weights.npz nor checkpoint.pt to score the labels with")
         probs = _model_scores(run)
