@@ -26,7 +26,8 @@ from l2b.data import augment_batch, normalize_batch
 from l2b.models import PreActResNet18
 
 HERE = Path(__file__).resolve().parent
-METHODS = {"CE": None, "L2RW": dict(constraint="beta=0"), "L2B": dict()}
+METHODS = {"CE": None, "L2RW": dict(constraint="beta=0"), "L2B": dict(),
+           "L2B-last-layer": dict(engine="last-layer")}  # the approximate engine (docs/methods.md)
 
 
 def load_images(args, device):
@@ -63,7 +64,7 @@ def run(method: str, args, device, x, y) -> dict:
                 loss = F.cross_entropy(model(xb), yb)
             else:
                 xv, yv = batch(val_idx[torch.randint(0, 1000, (args.batch,), device=device, generator=gen)])
-                mw = l2b.meta_weights(model, xb, yb, xv, yv, optimizer=opt, engine=args.engine, **METHODS[method])
+                mw = l2b.meta_weights(model, xb, yb, xv, yv, optimizer=opt, **{"engine": args.engine, **METHODS[method]})
                 loss = l2b.bootstrap_loss(mw, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,7 +96,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--steps", type=int, default=0, help="timed steps (0: one epoch)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--engine", default="jvp", choices=["jvp", "jvp-lean", "unroll"])
+    p.add_argument("--engine", default="jvp-lean", choices=["jvp", "jvp-lean", "unroll"],
+                   help="the exact engine of the L2RW and L2B rows (default: the library's)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-record", action="store_true", help="print only")
