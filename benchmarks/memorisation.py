@@ -139,6 +139,7 @@ def summarize_variants(out: Path) -> list[dict]:
             by_noise.setdefault(run["noise"], []).append(run)
         for noise, runs in sorted(by_noise.items()):
             row = {**summary_row(name, noise, runs),
+                   "total_seconds": round(statistics.mean(r.get("total_seconds", float("nan")) for r in runs), 1),
                    "noise_auc": (lambda a: round(float(np.mean(a)), 3) if a else None)(
                        [v for v in (noise_auc(r["dir"]) for r in runs) if v is not None])}
             for key, short in (("test_acc_last", "last"), ("test_acc_at_best_val", "best")):
@@ -157,6 +158,27 @@ def noise_auc(run_dir: Path) -> float | None:
         return None
     w = np.load(path)
     return roc_auc(-w["alpha"], w["is_noisy"]) if w["is_noisy"].any() else None
+
+
+def weight_use(run_dir: Path) -> dict | None:
+    """How a run spent its last epoch's per-sample weights (None without weights): the share of all
+    weight on the pseudo-labels (beta), the share of the observed-label weight (alpha) that went
+    to corrupted labels, the corrupted share of the samples, and the accuracy of the pseudo-labels
+    on the corrupted samples (where following them repairs the label)."""
+    path = run_dir / "weights.npz"
+    if not path.is_file():
+        return None
+    w = np.load(path)
+    a, b, bad = w["alpha"].astype(float), w["beta"].astype(float), w["is_noisy"].astype(bool)
+    n = len(bad)
+    a, b = a[:n], b[:n]
+    total = a.sum() + b.sum()
+    pseudo = w["pseudo_labels"][:n]
+    return {"beta_share": float(b.sum() / total) if total > 0 else None,
+            "alpha_on_corrupted": float(a[bad].sum() / a.sum()) if a.sum() > 0 else None,
+            "corrupted_share": float(bad.mean()),
+            "pseudo_right_on_corrupted": float((pseudo[bad] == w["true"][:n][bad]).mean())
+            if bad.any() and (pseudo >= 0).any() else None}
 
 
 def paired(l2b_runs: list[dict], runs: list[dict], key: str) -> dict | None:
@@ -187,6 +209,10 @@ def summarize(out: Path) -> list[dict]:
         row = summary_row(method, noise, runs)
         aucs = [a for a in (noise_auc(r["dir"]) for r in runs) if a is not None]
         auc = [round(v, 3) for v in mean_std(aucs)] if aucs else [None, None]
+        uses = [u for u in (weight_use(r["dir"]) for r in runs) if u is not None]
+        if uses:
+            row["weight_use"] = {k: (None if any(u[k] is None for u in uses) else round(statistics.mean(u[k] for u in uses), 3))
+                                 for k in uses[0]}
         row.update(noise_auc=auc[0], noise_auc_std=auc[1],
                    total_seconds=round(statistics.mean(r.get("total_seconds", float("nan")) for r in runs), 1),
                    seed_last={r["seed"]: r["test_acc_last"] for r in runs},
@@ -287,6 +313,19 @@ def markdown(rows: list[dict], rates: dict[str, float], command: str, minutes: f
             vals = [fmt(cell[(m, n)]["noise_auc"], cell[(m, n)]["noise_auc_std"], 3) if (m, n) in cell else "—"
                     for n in noises]
             lines.append(f"| {m} | " + " | ".join(vals) + " |")
+    used = [r for r in rows if r.get("weight_use") and r["noise"] in noises]
+    if used:
+        lines += ["", "#### How the per-sample weights were spent at the last epoch (mean over seeds)", "",
+                  "β share: the share of all weight on pseudo-labels; α on corrupted: the share of the "
+                  "observed-label weight that went to corrupted labels (against the corrupted share of the "
+                  "samples); pseudo right: how often the pseudo-label is the TRUE label on corrupted samples.", "",
+                  "| method | noise | β share | α on corrupted (corrupted share) | pseudo right on corrupted |",
+                  "|---|---|---|---|---|"]
+        for r in sorted(used, key=lambda r: (noises.index(r["noise"]), r["method"] != "l2b", r["method"])):
+            u = r["weight_use"]
+            pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+            lines.append(f"| {r['method']} | {r['noise']} | {pct(u['beta_share'])} | {pct(u['alpha_on_corrupted'])} "
+                         f"({pct(u['corrupted_share'])}) | {pct(u['pseudo_right_on_corrupted'])} |")
     if variants:
         exact = {r["noise"]: r for r in rows if r["method"] == "l2b"}
         lines += ["", "#### L2B with the approximate last-layer engine, beside exact L2B (same seeds)", "",
