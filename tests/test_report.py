@@ -82,11 +82,15 @@ def test_label_issues_ranks_suspects_and_scores_against_the_truth(grid, capsys):
     assert cli_main(["label-issues", str(run)]) == 0
     out = capsys.readouterr().out
     rows = list(csv.DictReader(open(run / "label_issues.csv")))
-    assert list(rows[0]) == ["index", "given_label", "suggested_label", "confidence", "score"]
+    assert list(rows[0]) == ["index", "given_label", "suggested_label", "confidence", "pseudo_agreement", "score"]
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and all(s > 0.5 for s in scores)
     assert all(r["suggested_label"] != r["given_label"] for r in rows)  # a fix, never the label itself
-    assert "score trust-mean" in out  # the run keeps its last epochs' weights (weights.npz)
+    assert "score model" in out  # the default, chosen by benchmarks/label_issues.py
+    assert all(0 <= float(r["pseudo_agreement"]) <= 1 for r in rows)  # the run kept its epochs' pseudo-labels
+    for score in ("trust", "trust-mean", "weights-mean", "combined"):
+        assert cli_main(["label-issues", str(run), "--score", score]) == 0
+        assert f"score {score}" in capsys.readouterr().out
     labels = np.load(run / "labels.npz")
     truth = dict(zip(labels["train_index"].tolist(), (labels["noisy"] != labels["true"]).tolist()))
     precision = np.mean([truth[int(r["index"])] for r in rows])
@@ -146,7 +150,8 @@ def test_rank_label_issues_aggregates_epochs_breaks_ties_and_suggests_other_labe
     beta = np.array([[0.3, 0.0, 0.3, 0.0], [0.3, 0.0, 0.05, 0.1], [0.1, 0.0, 0.3, 0.1]])
     pseudo = np.array([[1, 1, 0, -1], [1, 1, 2, 0], [0, 1, 1, 0]])
     seen = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=bool)
-    r = rank_label_issues(labels, alpha, beta, pseudo_labels=pseudo, seen=seen)
+    assert rank_label_issues(labels, alpha, beta).source == "trust"  # auto, weights only (measured best)
+    r = rank_label_issues(labels, alpha, beta, pseudo_labels=pseudo, seen=seen, score="trust-mean")
     # mean trust over the weighted epochs: s0 (0+0+.5)/3, s1 1, s2 (0+.5+0)/3, s3 (.75+.75)/2
     np.testing.assert_allclose(r.score, 1 - np.array([0.5 / 3, 1.0, 0.5 / 3, 0.75]))
     assert r.source == "trust-mean"
@@ -160,6 +165,9 @@ def test_rank_label_issues_aggregates_epochs_breaks_ties_and_suggests_other_labe
     probs = np.array([[0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4], [0.9, 0.05, 0.05]])
     m = rank_label_issues(labels, pred_probs=probs)
     assert m.source == "model" and m.indices.tolist() == [0, 2] and m.suggested.tolist() == [1, 0, 0, 1]
+    both = rank_label_issues(labels, alpha, beta, pseudo_labels=pseudo, seen=seen, pred_probs=probs)
+    assert both.source == "model" and both.suggested.tolist() == [1, 0, 0, 1]  # auto; the model's suggestion
+    np.testing.assert_allclose(both.agreement[:3], [2 / 3, 0.0, 1 / 3])  # s2: pseudo 0 in 1 of 3 epochs
     c = rank_label_issues(labels, alpha, beta, pseudo_labels=pseudo, seen=seen, pred_probs=probs, score="combined")
     np.testing.assert_allclose(c.score, 0.5 * (r.score + m.score))
     with pytest.raises(ValueError, match="needs the weights"):

@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="flag a label when its trust alpha/(alpha+beta) (or model probability) is below this")
     li.add_argument("--score", default="auto", choices=["auto", *SCORES],
                     help="how a label is scored: " + "; ".join(f"{k}: {v}" for k, v in SCORES.items())
-                         + " (auto: trust-mean with per-sample weights, model without)")
+                         + " (auto: model, the best ranking in benchmarks/label_issues.py)")
     li.set_defaults(func=cmd_label_issues)
     o = sub.add_parser("options", allow_abbrev=False, help="every method's options: values, default, help")
     o.add_argument("methods", nargs="?", metavar="METHOD[,METHOD]", help="only these methods")

@@ -72,14 +72,17 @@ class LabelIssues:
     ``indices``: positions of the flagged samples (score > 1 - threshold), most suspect first
     (ties broken by the secondary score: lower mean alpha, or lower model probability);
     ``score``: (n,) suspicion in [0, 1]; ``suggested``: (n,) a label other than the given one;
-    ``confidence``: (n,) the share of kept epochs whose pseudo-label was ``suggested`` (or the
-    model's probability of it); ``source``: the score used (a key of ``SCORES``)."""
+    ``confidence``: (n,) the model's probability of ``suggested`` (model scores), or the share of
+    kept epochs whose pseudo-label was ``suggested`` (weight scores); ``source``: the score used (a
+    key of ``SCORES``); ``agreement``: (n,) the share of kept epochs whose pseudo-label was
+    ``suggested`` (None without pseudo-labels)."""
 
     indices: np.ndarray
     score: np.ndarray
     suggested: np.ndarray
     confidence: np.ndarray
     source: str
+    agreement: np.ndarray | None = None
 
 
 def _as_history(values, name: str) -> np.ndarray | None:
@@ -101,7 +104,7 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     ``alpha``, ``beta``, ``pseudo_labels`` and ``seen`` are (n,) for one epoch or (epochs, n) for
     the last epochs (weights.npz's ``*_history``); ``seen`` marks the epochs where a sample was
     weighted (default: all). ``pred_probs`` is (n, classes) as cleanlab takes it. ``score``:
-    a key of ``SCORES`` or "auto" (``trust-mean`` with weights, ``model`` without)."""
+    a key of ``SCORES`` or "auto" (``model`` with ``pred_probs``, else ``trust``)."""
     labels = np.asarray(labels)
     a, b = _as_history(alpha, "alpha"), _as_history(beta, "beta")
     if (a is None) != (b is None):
@@ -112,8 +115,9 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     probs = None if pred_probs is None else np.asarray(pred_probs, dtype=np.float64)
     if probs is not None and (probs.ndim != 2 or len(probs) != len(labels)):
         raise ValueError(f"pred_probs must be (n, classes) with n = len(labels) = {len(labels)}, got {probs.shape}")
-    if score == "auto":
-        score = "trust-mean" if a is not None else "model"
+    if score == "auto":  # by measurement (benchmarks/label_issues.py): the model's probability ranks
+        # corrupted labels far better than the weights; of the weight scores, the last epoch's trust
+        score = "model" if probs is not None else "trust"
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; choose auto or one of {', '.join(SCORES)}")
     if score != "model" and a is None:
@@ -144,14 +148,18 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     secondary = -mean_a if score != "model" else values.get("trust-mean", np.zeros(n))
     flagged = np.flatnonzero(main > 1.0 - _check_threshold(threshold))
     order = np.lexsort((-secondary[flagged], -main[flagged]))  # most suspect first
-    suggested, confidence = _suggestions(labels, k, pseudo_labels, seen_h, probs)
-    return LabelIssues(flagged[order], main, suggested, confidence, score)
+    suggested, confidence, agreement = _suggestions(labels, k, pseudo_labels, seen_h, probs,
+                                                    prefer_model=score in ("model", "combined"))
+    return LabelIssues(flagged[order], main, suggested, confidence, score, agreement)
 
 
-def _suggestions(labels, k, pseudo_labels, seen, probs) -> tuple[np.ndarray, np.ndarray]:
-    """A label other than the given one for every sample: the pseudo-label most often chosen over
-    the kept epochs (confidence: its share of them), else the model's most probable other class
-    (confidence: its probability)."""
+def _suggestions(labels, k, pseudo_labels, seen, probs, prefer_model: bool):
+    """A label other than the given one for every sample, its confidence, and the pseudo-labels'
+    agreement with it (the share of kept epochs whose pseudo-label was that label; None without
+    pseudo-labels). With ``prefer_model`` (and probabilities) the model's most probable other class
+    (confidence: its probability); else the pseudo-label most often chosen over the kept epochs
+    (confidence: its share of them), falling back to the model where the pseudo-label never
+    differed from the given label (-1: no other label at all)."""
     n = len(labels)
     rows = np.arange(n)
     suggested, confidence = np.full(n, -1, dtype=np.int64), np.zeros(n)
@@ -159,19 +167,21 @@ def _suggestions(labels, k, pseudo_labels, seen, probs) -> tuple[np.ndarray, np.
         other = probs.copy()
         other[rows, labels] = -1.0
         suggested, confidence = other.argmax(axis=1), other.max(axis=1)
-    if pseudo_labels is not None:
-        pseudo = _as_history(pseudo_labels, "pseudo_labels").astype(np.int64)
-        ok = (pseudo >= 0) & (seen if seen is not None and seen.shape == pseudo.shape else True)
-        counts = np.zeros((n, k))
-        cols = np.broadcast_to(rows, pseudo.shape)
-        np.add.at(counts, (cols[ok], pseudo[ok]), 1.0)
-        epochs = np.maximum(ok.sum(axis=0), 1)
-        counts[rows, labels] = -1.0  # never suggest the given label
-        votes = counts.max(axis=1)
+    if pseudo_labels is None:
+        return suggested, confidence, None
+    pseudo = _as_history(pseudo_labels, "pseudo_labels").astype(np.int64)
+    ok = (pseudo >= 0) & (seen if seen is not None and seen.shape == pseudo.shape else True)
+    counts = np.zeros((n, k))
+    np.add.at(counts, (np.broadcast_to(rows, pseudo.shape)[ok], pseudo[ok]), 1.0)
+    epochs = np.maximum(ok.sum(axis=0), 1)
+    counts[rows, labels] = -1.0  # never suggest the given label
+    votes = counts.max(axis=1)
+    if not (prefer_model and probs is not None):
         use = votes > 0
         suggested = np.where(use, counts.argmax(axis=1), suggested)
         confidence = np.where(use, votes / epochs, confidence)
-    return suggested, confidence
+    agreement = np.where(suggested >= 0, counts[rows, np.maximum(suggested, 0)] / epochs, 0.0)
+    return suggested, confidence, np.maximum(agreement, 0.0)
 
 
 def _check_threshold(threshold: float) -> float:
@@ -231,11 +241,12 @@ def _model_scores(run: Path):
 
 def write_label_issues(run: str | Path, threshold: float = DEFAULT_THRESHOLD, score: str = "auto") -> dict:
     """``l2b label-issues RUN``: write ``RUN/label_issues.csv`` (index, given_label,
-    suggested_label, confidence, score), most suspect first; ``index`` is the sample's position in
-    the dataset's training set. The score (``SCORES``; "auto": the kept epochs' mean trust when the
-    run has per-sample weights, else the final model's probability of the given label) and the
-    suggestions come from :func:`rank_label_issues`. Returns a summary with precision, recall, F1
-    and ROC-AUC against the injected noise."""
+    suggested_label, confidence, pseudo_agreement, score), most suspect first; ``index`` is the
+    sample's position in the dataset's training set. ``score``: a key of ``SCORES``, or "auto":
+    the final model's probability of the given label (the best ranking in
+    benchmarks/label_issues.py, with and without per-sample weights). The scores and suggestions
+    come from :func:`rank_label_issues`. Returns a summary with precision, recall, F1 and ROC-AUC
+    against the injected noise, and how often the suggestion is the true label."""
     run = Path(run)
     labels_path = run / "labels.npz"
     if not labels_path.is_file():
@@ -244,30 +255,36 @@ def write_label_issues(run: str | Path, threshold: float = DEFAULT_THRESHOLD, sc
         raise ValueError(f"--score {score!r}: choose auto or one of {', '.join(SCORES)}")
     labels = np.load(labels_path)
     given, true, train_index = labels["noisy"], labels["true"], labels["train_index"]
+    n_given = len(given)
     w = np.load(run / "weights.npz") if (run / "weights.npz").is_file() else None
+    has_model = (run / "checkpoint.pt").is_file()
+    if score == "auto":
+        score = "model" if has_model or w is None else "trust"
     weights = {}
-    if w is not None and score != "model":
+    if w is not None:
         hist = "alpha_history" in w.files and score != "trust"
-        weights = {"alpha": w["alpha_history"] if hist else w["alpha"], "beta": w["beta_history"] if hist else w["beta"],
-                   "pseudo_labels": w["pseudo_history"] if hist else w["pseudo_labels"],
-                   "seen": w["seen_history"] if hist else None}
         if not hist and score in ("trust-mean", "weights-mean"):
             score = "trust"  # a run of an earlier version: one epoch's weights only
+        weights = {"alpha": w["alpha_history"] if hist else w["alpha"], "beta": w["beta_history"] if hist else w["beta"],
+                   "pseudo_labels": w["pseudo_history"] if "pseudo_history" in w.files else w["pseudo_labels"],
+                   "seen": w["seen_history"] if hist else None}
+        # GLC's weights also cover its clean samples: keep the noisy ones
+        weights = {k: None if v is None else v[..., :n_given] for k, v in weights.items()}
+    elif score != "model":
+        raise FileNotFoundError(f"{run}: no weights.npz (method without per-sample weights); use --score model")
     probs = None
-    if w is None or score in ("model", "combined"):
-        if not (run / "checkpoint.pt").is_file():
-            raise FileNotFoundError(f"{run}: neither weights.npz nor checkpoint.pt to score the labels with")
+    if score in ("model", "combined"):
+        if not has_model:
+            raise FileNotFoundError(f"{run}: no checkpoint.pt to score the labels with; use a weight score")
         probs = _model_scores(run)
-    n_given = len(given)
-    for name, value in weights.items():  # GLC's weights also cover its clean samples: keep the noisy ones
-        if value is not None:
-            weights[name] = value[..., :n_given]
     issues = rank_label_issues(given, **weights, pred_probs=probs, score=score, threshold=threshold)
+    agreement = issues.agreement
     with open(run / "label_issues.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["index", "given_label", "suggested_label", "confidence", "score"])
-        writer.writerows([int(train_index[i]), int(given[i]), int(issues.suggested[i]),
-                          f"{issues.confidence[i]:.4f}", f"{issues.score[i]:.6f}"] for i in issues.indices)
+        writer.writerow(["index", "given_label", "suggested_label", "confidence", "pseudo_agreement", "score"])
+        writer.writerows([int(train_index[i]), int(given[i]), int(issues.suggested[i]), f"{issues.confidence[i]:.4f}",
+                          "" if agreement is None else f"{agreement[i]:.2f}", f"{issues.score[i]:.6f}"]
+                         for i in issues.indices)
     is_noisy = given != true
     mask = np.zeros(n_given, dtype=bool)
     mask[issues.indices] = True
