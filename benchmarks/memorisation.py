@@ -93,6 +93,7 @@ def build_grid(args, out: Path):
     if args.quick:
         recipe.update({k: QUICK[k] for k in ("train_subset", "epochs", "warmup_epochs", "width")})
     base = TrainConfig(**recipe, progress="none")
+    build_grid.base = base  # the recipe as a config, for the clean-only reference
     noises = QUICK["noises"] if args.quick else NOISES
     seeds = QUICK["seeds"] if args.quick else args.seeds
     rates = realised_rates(base, noises)
@@ -147,6 +148,35 @@ def summarize_variants(out: Path) -> list[dict]:
                 row[f"minus_exact_{short}"] = diff
             rows.append(row)
     return rows
+
+
+def clean_only(out: Path, base, seeds: int) -> dict | None:
+    """CE trained on the clean validation images ALONE (each seed's own clean split, the same
+    recipe, last epoch): what the clean set is worth as training data in this regime, the bound
+    for methods that train on it (GLC, MLC's mix, distill's teacher). Run once, then reused."""
+    from l2b.compare import run_one
+    from l2b.data import load_dataset
+
+    ds, accs = None, []
+    for seed in range(seeds):
+        src = out / "l2b" / base.noise.replace(":", "_") / f"seed{seed}" / "labels.npz"
+        if not src.is_file():
+            src = next(iter(sorted(out.glob(f"*/*/seed{seed}/labels.npz"))), None)
+        if src is None:
+            return None
+        run = variants_dir(out) / "ce-clean-only" / f"seed{seed}"
+        if not (run / "metrics.json").is_file():
+            ds = ds or load_dataset(base.data)
+            val = np.load(src)["val_index"].astype(int)
+            run.mkdir(parents=True, exist_ok=True)
+            data = run.parent / f"seed{seed}.npz"
+            np.savez(data, x_train=ds.x_train.numpy()[val][:, 0], y_train=ds.y_train.numpy()[val],
+                     x_test=ds.x_test.numpy()[:, 0], y_test=ds.y_test.numpy(), classes=np.array(ds.classes))
+            run_one(replace(base, data=f"npz:{data}", noise="none", method="ce", seed=seed, train_subset=None,
+                            val_per_class=None, val_total=None, out=str(run)).__dict__)
+        accs.append(json.loads((run / "metrics.json").read_text())["test_acc_last"])
+    return {"seeds": len(accs), "test_acc_last_mean": round(statistics.mean(accs), 3),
+            "test_acc_last_std": round(statistics.stdev(accs), 3) if len(accs) > 1 else 0.0}
 
 
 def noise_auc(run_dir: Path) -> float | None:
@@ -258,7 +288,7 @@ def verdict(rows: list[dict], noises: list[str], name: str) -> str:
 
 
 def markdown(rows: list[dict], rates: dict[str, float], command: str, minutes: float, jobs: int,
-             recipe: dict, variants: list[dict] = ()) -> str:
+             recipe: dict, variants: list[dict] = (), clean: dict | None = None) -> str:
     noises = [n for n in NOISES if any(r["noise"] == n for r in rows)]
     methods = sorted({r["method"] for r in rows if r["noise"] != "none"}, key=lambda m: (m != "l2b", m))
     cell = {(r["method"], r["noise"]): r for r in rows}
@@ -277,6 +307,15 @@ def markdown(rows: list[dict], rates: dict[str, float], command: str, minutes: f
         lines += [f"Clean labels (CE ceiling, {ceiling['seeds']} seeds): last epoch "
                   f"{fmt(ceiling['test_acc_last_mean'], ceiling['test_acc_last_std'])}, best-val epoch "
                   f"{fmt(ceiling['test_acc_at_best_val_mean'], ceiling['test_acc_at_best_val_std'])}.", ""]
+    l2b_here = cell.get(("l2b", REGIME_NOISE))
+    if clean and l2b_here:
+        above = clean["test_acc_last_mean"] > l2b_here["test_acc_last_mean"]
+        lines += [f"CE trained on the clean validation images ALONE ({clean['seeds']} seeds, last epoch): "
+                  f"{fmt(clean['test_acc_last_mean'], clean['test_acc_last_std'])}, "
+                  f"{'above' if above else 'below'} L2B's {l2b_here['test_acc_last_mean']:.2f} at {REGIME_NOISE}"
+                  + (": here the clean set is worth more as training data than all the noisy samples, which "
+                     "favours the methods that train on it (glc; mlc's mix; distill's teacher), while L2B and "
+                     "L2RW only use it to weight the noisy samples." if above else "."), ""]
     lines += ["**Does L2B beat every other method at every noise setting, by more than the seeds' spread?** "
               "(ahead on every seed, and on average by more than the larger seed standard deviation)  ",
               f"Last epoch: {verdict(rows, noises, 'last')}  ",
@@ -388,11 +427,12 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60.0
     rows = summarize(out)
     variants = summarize_variants(out)
+    clean = clean_only(out, replace(build_grid.base, noise="symmetric:0.4"), 1 if args.quick else args.seeds)
     if args.summarize:  # the grid's own wall time: the sum of its runs' times over the workers
         minutes = sum(r["total_seconds"] * r["seeds"] for r in rows + variants) / 60.0 / args.jobs
     finished = sum((Path(c.out) / "metrics.json").is_file() for c in cfgs)
     command = "python benchmarks/memorisation.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    table = markdown(rows, {**rates, "none": 0.0}, command.strip(), minutes, args.jobs, recipe, variants)
+    table = markdown(rows, {**rates, "none": 0.0}, command.strip(), minutes, args.jobs, recipe, variants, clean)
     if finished < len(cfgs):  # an interrupted grid: say so above everything it shows
         done = sorted({c.noise for c in cfgs} - {c.noise for c in cfgs if not (Path(c.out) / "metrics.json").is_file()})
         table = (f"**PARTIAL: {finished} of {len(cfgs)} runs finished** (complete settings: "
@@ -403,7 +443,7 @@ def main() -> None:
     result = {"command": command.strip(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "recipe": recipe, "seeds": args.seeds, "jobs": args.jobs, "realised_flip_rates": rates,
               "minutes": round(minutes, 1), "regime": regime(rows), "rows": rows,
-              "variants": variants, "finished_runs": finished, "planned_runs": len(cfgs)}
+              "variants": variants, "clean_only_ce": clean, "finished_runs": finished, "planned_runs": len(cfgs)}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     pngs = figures(out, FIGURES if not args.quick else out / "figures")
     if not args.quick:
