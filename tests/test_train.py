@@ -214,7 +214,7 @@ def test_cli_train_runs_and_reports(tmp_path, capsys):
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["config"]["method_args"] == {"normalize": "softmax", "temperature": "0.1"}  # as given
     resolved = saved["resolved"]["method_options"]  # as the method runs with them, typed
-    assert resolved["normalize"] == "softmax" and resolved["temperature"] == 0.1 and resolved["engine"] == "jvp"
+    assert resolved["normalize"] == "softmax" and resolved["temperature"] == 0.1 and resolved["engine"] == "jvp-lean"
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
