@@ -47,9 +47,11 @@ L2B_SCORES = ("trust", "trust-mean", "weights-mean", "model", "combined")
 
 
 def run(cfg) -> dict:
-    """Train (or resume, or reuse) one run; its metrics."""
-    from l2b.compare import run_one
+    """Train (or resume, or reuse) one run; its metrics. A directory holding a run of another
+    recipe is refused (give another --out), never reused as this one."""
+    from l2b.compare import check_cells, run_one
 
+    check_cells([cfg])
     run_one(cfg.__dict__)
     return json.loads((Path(cfg.out) / "metrics.json").read_text())
 

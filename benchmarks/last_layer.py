@@ -111,6 +111,9 @@ def main() -> None:
     out = Path(args.out or ("runs/last-layer" + ("-quick" if args.quick else "")))
     cfg = TrainConfig(**recipe, method="l2b", noise=args.noise, seed=args.seed, out=str(out), progress="none",
                       threads=1)
+    from l2b.compare import check_cells
+
+    check_cells([cfg])  # a directory with a run of another recipe is refused, never continued
     start = time.perf_counter()
     rows = []
     stops = list(range(args.every, cfg.epochs + 1, args.every))
