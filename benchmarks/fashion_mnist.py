@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from results_md import write_block
+from results_md import fmt, noise_auc, write_block
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "fashion_mnist.json"
@@ -100,17 +100,6 @@ def build_grid(args, out: Path):
     return cfgs, rates
 
 
-def noise_auc(run_dir: Path) -> float | None:
-    """ROC-AUC of -alpha (last epoch) for "this label is corrupted"; None without weights."""
-    from l2b.detect import roc_auc
-
-    path = run_dir / "weights.npz"
-    if not path.is_file():
-        return None
-    w = np.load(path)
-    return roc_auc(-w["alpha"], w["is_noisy"])
-
-
 def summarize(out: Path) -> list[dict]:
     """``l2b compare``'s summary rows, plus the meta methods' mean noise-detection AUC."""
     from l2b.compare import mean_std, group_runs, summary_row
@@ -121,10 +110,6 @@ def summarize(out: Path) -> list[dict]:
         auc = [round(v, 3) for v in mean_std(aucs)] if aucs else [None, None]
         rows.append({**summary_row(method, noise, runs), "noise_auc": auc[0], "noise_auc_std": auc[1]})
     return rows
-
-
-def fmt(mean, std, digits=2):
-    return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def markdown(rows: list[dict], rates: dict[str, float], command: str, minutes: float) -> str:

@@ -80,10 +80,9 @@ def metrics(flagged: np.ndarray, score: np.ndarray, suggested: np.ndarray | None
     mask[flagged] = True
     is_noisy = noisy != true
     m = flag_metrics(mask, is_noisy)
-    f1 = 2 * m["precision"] * m["recall"] / max(m["precision"] + m["recall"], 1e-12)
     fix = None if suggested is None else float((suggested[is_noisy] == true[is_noisy]).mean())
     return {"flagged": int(mask.sum()), "precision": round(m["precision"], 4), "recall": round(m["recall"], 4),
-            "f1": round(f1, 4), "auc": round(roc_auc(score, is_noisy), 4), "fix_accuracy": fix,
+            "f1": round(m["f1"], 4), "auc": round(roc_auc(score, is_noisy), 4), "fix_accuracy": fix,
             "train_seconds": round(seconds, 1)}
 
 

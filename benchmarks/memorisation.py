@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from results_md import write_block
+from results_md import fmt, noise_auc, write_block
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -97,7 +97,6 @@ def build_grid(args, out: Path):
         recipe.update({k: QUICK[k] for k in ("train_subset", "epochs", "warmup_epochs", "width")})
     recipe.update({k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None})
     base = TrainConfig(**recipe, progress="none")
-    build_grid.base = base  # the recipe as a config, for the clean-only reference
     noises = QUICK["noises"] if args.quick else NOISES
     seeds = QUICK["seeds"] if args.quick else args.seeds
     rates = realised_rates(base, noises)
@@ -183,17 +182,6 @@ def clean_only(out: Path, base, seeds: int) -> dict | None:
             "test_acc_last_std": round(statistics.stdev(accs), 3) if len(accs) > 1 else 0.0}
 
 
-def noise_auc(run_dir: Path) -> float | None:
-    """ROC-AUC of -alpha (last epoch) for "this label is corrupted"; None without weights."""
-    from l2b.detect import roc_auc
-
-    path = run_dir / "weights.npz"
-    if not path.is_file():
-        return None
-    w = np.load(path)
-    return roc_auc(-w["alpha"], w["is_noisy"]) if w["is_noisy"].any() else None
-
-
 def weight_use(run_dir: Path) -> dict | None:
     """How a run spent its last epoch's per-sample weights (None without weights): the share of all
     weight on the pseudo-labels (beta), the share of the observed-label weight (alpha) that went
@@ -272,10 +260,6 @@ def regime(rows: list[dict]) -> dict | None:
     gap = ce["test_acc_at_best_val_mean"] - ce["test_acc_last_mean"]
     return {"noise": REGIME_NOISE, "ce_last": ce["test_acc_last_mean"], "ce_best_val": ce["test_acc_at_best_val_mean"],
             "gap": round(gap, 2), "memorises": gap >= REGIME_GAP}
-
-
-def fmt(mean, std, digits=2):
-    return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def verdict(rows: list[dict], noises: list[str], name: str) -> str:
@@ -447,7 +431,9 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60.0
     rows = summarize(out)
     variants = summarize_variants(out)
-    clean = clean_only(out, replace(build_grid.base, noise="symmetric:0.4"), 1 if args.quick else args.seeds)
+    from l2b.config import TrainConfig
+
+    clean = clean_only(out, TrainConfig(**recipe, noise=REGIME_NOISE, progress="none"), 1 if args.quick else args.seeds)
     if args.summarize:  # the grid's own wall time: the sum of its runs' times over the workers
         minutes = sum(r["total_seconds"] * r["seeds"] for r in rows + variants) / 60.0 / args.jobs
     finished = sum((Path(c.out) / "metrics.json").is_file() for c in cfgs)

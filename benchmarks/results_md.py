@@ -1,8 +1,26 @@
-"""Writing a benchmark's table into a Markdown file (RESULTS.md, README.md) between its markers."""
+"""What the benchmarks' tables share: a cell "mean ± std", the noise-detection AUC of a run, and
+writing a table into a Markdown file (RESULTS.md, README.md) between its markers."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
+
+
+def fmt(mean, std, digits=2) -> str:
+    return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def noise_auc(run_dir: Path) -> float | None:
+    """ROC-AUC of -alpha (last epoch) for "this label is corrupted"; None without weights."""
+    from l2b.detect import roc_auc
+
+    path = run_dir / "weights.npz"
+    if not path.is_file():
+        return None
+    w = np.load(path)
+    return roc_auc(-w["alpha"], w["is_noisy"]) if w["is_noisy"].any() else None
 
 
 def write_block(path: Path, name: str, block: str, heading: str) -> None:

@@ -37,9 +37,10 @@ def label_trust(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
 
 
 def flag_metrics(flagged: np.ndarray, is_noisy: np.ndarray) -> dict[str, float]:
-    """Precision and recall of a boolean mask of flagged samples against the corrupted ones."""
+    """Precision, recall and F1 of a boolean mask of flagged samples against the corrupted ones."""
     tp = int((flagged & is_noisy).sum())
-    return {"precision": tp / max(int(flagged.sum()), 1), "recall": tp / max(int(is_noisy.sum()), 1),
+    precision, recall = tp / max(int(flagged.sum()), 1), tp / max(int(is_noisy.sum()), 1)
+    return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(precision + recall, 1e-12),
             "flagged": int(flagged.sum()), "corrupted": int(is_noisy.sum())}
 
 
@@ -190,18 +191,6 @@ def _check_threshold(threshold: float) -> float:
     return threshold
 
 
-def label_issue_scores(alpha=None, beta=None, *, labels=None, pred_probs=None) -> np.ndarray:
-    """How suspect each given label is, in [0, 1]: 1 - alpha/(alpha+beta) from a meta method's
-    weights (one epoch; for (epochs, n) histories the mean trust), or 1 - p(given label) from a
-    model's predicted probabilities (``labels`` and ``pred_probs``, as cleanlab takes them)."""
-    if alpha is not None and beta is not None:
-        n = np.shape(alpha)[-1]
-        return rank_label_issues(np.zeros(n, dtype=np.int64), alpha, beta, num_classes=1).score
-    if labels is None or pred_probs is None:
-        raise ValueError("give alpha and beta (a meta method's weights), or labels and pred_probs")
-    return rank_label_issues(labels, pred_probs=pred_probs, score="model").score
-
-
 def find_label_issues(alpha=None, beta=None, *, labels=None, pred_probs=None,
                       threshold: float = DEFAULT_THRESHOLD, score: str = "auto") -> np.ndarray:
     """The positions of the samples whose label looks wrong, most suspect first (cleanlab's
@@ -216,12 +205,6 @@ def find_label_issues(alpha=None, beta=None, *, labels=None, pred_probs=None,
     n = np.shape(alpha)[-1] if alpha is not None else len(labels) if labels is not None else 0
     given = np.zeros(n, dtype=np.int64) if labels is None else labels
     return rank_label_issues(given, alpha, beta, pred_probs=pred_probs, score=score, threshold=threshold).indices
-
-
-def rank_issues(score: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Positions whose score exceeds 1 - ``threshold`` (trust below it), most suspect first."""
-    flagged = np.flatnonzero(score > 1.0 - _check_threshold(threshold))
-    return flagged[np.argsort(-score[flagged], kind="mergesort")]
 
 
 def _model_scores(run: Path):
@@ -289,8 +272,7 @@ def write_label_issues(run: str | Path, threshold: float = DEFAULT_THRESHOLD, sc
     mask = np.zeros(n_given, dtype=bool)
     mask[issues.indices] = True
     m = flag_metrics(mask, is_noisy)
-    f1 = 2 * m["precision"] * m["recall"] / max(m["precision"] + m["recall"], 1e-12)
     return {"issues": len(issues.indices), "source": SCORES[issues.source], "score": issues.source,
-            "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": f1,
+            "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
             "auc": roc_auc(issues.score, is_noisy),
             "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
