@@ -124,6 +124,18 @@ def build_grid(args, out: Path):
     return cfgs, rates, recipe
 
 
+def part(cfgs: list, noises: str | None, grid_noises: list[str]) -> list:
+    """The cells of the settings in ``noises`` (comma-separated; "none" is the clean ceiling), to
+    run a part of the grid, e.g. one machine per part; the summary still counts the whole grid."""
+    if not noises:
+        return cfgs
+    wanted = set(noises.split(","))
+    unknown = wanted - set(grid_noises) - {"none"}
+    if unknown:
+        raise SystemExit(f"--noises {noises}: {sorted(unknown)} not in the grid ({', '.join(grid_noises)}, none)")
+    return [c for c in cfgs if c.noise in wanted]
+
+
 def variants_dir(out: Path) -> Path:
     return out.with_name(out.name + "-variants")
 
@@ -400,6 +412,9 @@ def main() -> None:
     parser.add_argument("--summarize", action="store_true", help="only summarise the finished runs (no training)")
     parser.add_argument("--regime", action="store_true",
                         help="only the regime check: CE at 40%% symmetric noise, every seed, and its memorisation gap")
+    parser.add_argument("--noises", help="comma-separated part of the grid to run (e.g. symmetric:0.4,none); "
+                        "the summary always covers every finished run")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N for the runs (default cpu)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (a regime search)")
     parser.add_argument("--train-subset", type=int, help="override the recipe's noisy subset (a regime search)")
     args = parser.parse_args()
@@ -414,7 +429,7 @@ def main() -> None:
     check_cells(cfgs)  # a cell that holds a run of another recipe is refused, never reported as this one
     if args.regime:  # CE at the regime noise, every seed: how much memorising costs it
         cells = [c for c in cfgs if c.method == "ce" and c.noise == REGIME_NOISE]
-        run_grid(cells, jobs=args.jobs, log=lambda text: print(text, flush=True))
+        run_grid(cells, jobs=args.jobs, devices=[args.device], log=lambda text: print(text, flush=True))
         gaps = []
         for c in cells:
             m = json.loads((Path(c.out) / "metrics.json").read_text())
@@ -427,7 +442,7 @@ def main() -> None:
           + ", ".join(f"{n} {100 * r:.1f}%" for n, r in rates.items()), flush=True)
     start = time.perf_counter()
     if not args.summarize:
-        run_grid(cfgs, jobs=args.jobs, log=lambda text: print(text, flush=True))
+        run_grid(part(cfgs, args.noises, NOISES), jobs=args.jobs, devices=[args.device], log=lambda text: print(text, flush=True))
     minutes = (time.perf_counter() - start) / 60.0
     rows = summarize(out)
     variants = summarize_variants(out)

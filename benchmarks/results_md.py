@@ -1,5 +1,6 @@
-"""What the benchmarks' tables share: a cell "mean ± std", the noise-detection AUC of a run, and
-writing a table into a Markdown file (RESULTS.md, README.md) between its markers."""
+"""What the benchmarks' tables share: a cell "mean ± std", the noise-detection AUC of a run,
+Spearman's rho, and writing a table into a Markdown file (RESULTS.md, README.md) between its
+markers."""
 
 from __future__ import annotations
 
@@ -21,6 +22,22 @@ def noise_auc(run_dir: Path) -> float | None:
         return None
     w = np.load(path)
     return roc_auc(-w["alpha"], w["is_noisy"]) if w["is_noisy"].any() else None
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho: the Pearson correlation of the ranks (ties get their mean rank)."""
+    def ranks(v):
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+        sums = np.bincount(inverse, weights=r)
+        return (sums / counts)[inverse]
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")  # nan: a constant vector
 
 
 def write_block(path: Path, name: str, block: str, heading: str) -> None:

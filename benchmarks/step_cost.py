@@ -84,20 +84,24 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def time_calls(fn, repeats: int) -> tuple[float, list[float]]:
+def time_calls(fn, repeats: int, sync=lambda: None) -> tuple[float, list[float]]:
     """One warm-up call (allocator, momentum buffers, forward-AD decompositions), then the median
-    seconds of ``repeats`` timed calls, and all of them."""
+    seconds of ``repeats`` timed calls, and all of them (``sync`` waits for a GPU's queue)."""
     fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
 
 
-def measure(method: str, width: int, n: int, m: int, repeats: int, threads: int) -> dict:
-    """Runs in a child process: median seconds per step and peak RSS growth of one method."""
+def measure(method: str, width: int, n: int, m: int, repeats: int, threads: int, device: str = "cpu") -> dict:
+    """Median seconds per step and peak working memory of one method: on the CPU in a child
+    process (the growth of its peak RSS); on CUDA in this process (the peak of allocated memory
+    over what model, optimizer state, gradients and data hold after one untimed step)."""
     import torch
     import torch.nn.functional as F
 
@@ -106,10 +110,10 @@ def measure(method: str, width: int, n: int, m: int, repeats: int, threads: int)
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = PreActResNet18(num_classes=10, width=width)
+    model = PreActResNet18(num_classes=10, width=width).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
-    x, y = torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
-    x_val, y_val = torch.randn(m, 3, 32, 32), torch.randint(0, 10, (m,))
+    x, y = torch.randn(n, 3, 32, 32, device=device), torch.randint(0, 10, (n,), device=device)
+    x_val, y_val = torch.randn(m, 3, 32, 32, device=device), torch.randint(0, 10, (m,), device=device)
     options = dict(METHODS[method] or {})
     separate_forward = options.pop("separate_forward", False)
 
@@ -128,6 +132,13 @@ def measure(method: str, width: int, n: int, m: int, repeats: int, threads: int)
         loss.backward()
         opt.step()
 
+    if device.startswith("cuda"):
+        step()  # cudnn.benchmark's autotuning allocates workspaces on a shape's first call: not the step's
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        seconds, times = time_calls(step, repeats, torch.cuda.synchronize)
+        return {"seconds": seconds, "peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20, "times": times}
     base = _rss_mib()  # model, optimizer and data built; no step taken yet
     seconds, times = time_calls(step, repeats)
     return {"seconds": seconds, "peak_mib": _rss_mib() - base, "times": times}
@@ -265,6 +276,8 @@ def main() -> None:
                         help="time the parts of an L2B-jvp step at width 32, n = m = 128, and record them")
     parser.add_argument("--all-methods", action="store_true",
                         help="every registered method's training step vs CE (width 32, n = m = 128), recorded")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: every row in this process, memory = "
+                        "peak allocated GPU memory of a step over what is held after one untimed step")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -291,7 +304,7 @@ def main() -> None:
     import torch
 
     header = (
-        "| width | n / m | method | s / step | × CE | peak MiB (Δ RSS) | × CE mem |\n"
+        f"| width | n / m | method | s / step | × CE | peak MiB ({'Δ allocated' if args.device.startswith('cuda') else 'Δ RSS'}) | × CE mem |\n"
         "|---|---|---|---|---|---|---|"
     )
     lines, summary = [header], []
@@ -304,8 +317,14 @@ def main() -> None:
         methods.remove("authors")
         notes.append("the `authors` row needs `higher` (pip install higher==0.2.1); it was not installed, so it is skipped")
         print(notes[-1], flush=True)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        import torch.backends.cudnn
+
+        torch.backends.cudnn.benchmark = True
     for width, n, m in settings:
-        res = {meth: run_child(meth, width, n, m, repeats, args.threads) for meth in methods}
+        res = {meth: (measure(meth, width, n, m, repeats, args.threads, args.device) if cuda
+                      else run_child(meth, width, n, m, repeats, args.threads)) for meth in methods}
         ce = res["CE"]
         for meth, r in res.items():
             line = (
@@ -328,13 +347,15 @@ def main() -> None:
     if args.quick:
         return
     cmd = ("python benchmarks/step_cost.py" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
-           + (f" --widths {args.widths}" if args.widths != "32,64" else ""))
+           + (f" --widths {args.widths}" if args.widths != "32,64" else "")
+           + (f" --device {args.device}" if cuda else ""))
     machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        (f"{torch.cuda.get_device_name(args.device)}, " if cuda else "")
+        + f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
     )
     block = [
-        f"\n## Step cost, CPU ({datetime.now(timezone.utc):%Y-%m-%d})\n",
+        f"\n## Step cost, {'GPU' if cuda else 'CPU'} ({datetime.now(timezone.utc):%Y-%m-%d})\n",
         f"Command: `{cmd}` — median of {repeats} steps after one warm-up; PreActResNet-18, "
         f"32×32×3, float32, SGD momentum 0.9 / wd 5e-4 replayed as the virtual step.  ",
         f"Machine: {machine}.\n",

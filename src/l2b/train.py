@@ -204,9 +204,10 @@ def restore_checkpoint(path: Path, device, model, optimizer, method, clean, weig
     if clean is not None:
         clean.load_state_dict(ck["clean"])
     weights.load_state_dict(ck.get("weights"))
-    torch.set_rng_state(ck["rng"]["torch"])
+    # RNG states are CPU byte tensors; map_location=device moved them with everything else
+    torch.set_rng_state(ck["rng"]["torch"].cpu())
     if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
     return ck["history"], ck["best"], ck["epoch"] + 1, float(ck.get("setup_seconds", 0.0))
 
 
