@@ -1,8 +1,8 @@
 """Finding mislabelled samples: l2b's scores from one L2B run against cleanlab's confident learning.
 
 Same data, split, model and schedule as the memorisation benchmark (``memorisation.RECIPE``):
-Fashion-MNIST, 800 noisy training images, 1,000 clean validation images, small CNN, 60 epochs.
-For each noise setting (40% symmetric, 40% asymmetric, ``instance:0.4``), seed 0:
+Fashion-MNIST, 800 noisy training images, 1,000 clean validation images, small CNN, 80 epochs.
+For each noise setting (40% symmetric, 40% asymmetric, ``instance:0.4``) and seed (``--seeds``):
 
 - ``l2b:<score>``: one L2B run; its kept epochs of per-sample weights scored five ways (``trust``:
   the last epoch's alpha/(alpha+beta), ``trust-mean`` and ``weights-mean``: aggregates of the last
@@ -20,6 +20,7 @@ set), ROC-AUC of the ranking, the share of corrupted samples whose suggested lab
 one, and the total training seconds behind each row.
 
     python benchmarks/label_issues.py          # writes results/label_issues.json and a RESULTS.md block
+    python benchmarks/label_issues.py --seeds 3 --grid runs/bench-memorisation   # reuse the grid's runs
     python benchmarks/label_issues.py --quick  # 1 noise, 300 samples, 1 epoch, 2 folds: not recorded
 """
 
@@ -115,27 +116,45 @@ def cross_validated_probs(base, ce_dir: Path, out: Path, folds: int) -> tuple[np
     return probs, seconds
 
 
-def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str]) -> list[dict]:
+def cell_dir(out: Path, grid: Path | None, method: str, noise: str, seed: int) -> Path:
+    """Where the run of ``method`` lives: the memorisation grid's cell (same recipe, checked
+    before it is used) when ``grid`` is given, else this benchmark's own directory."""
+    if grid is not None:
+        from l2b.compare import run_dir
+
+        return Path(run_dir(grid, method, noise, seed))
+    return out / method
+
+
+def device_of(run: Path) -> str:
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    return "cuda" if str(cfg.get("device", "")).startswith("cuda") else "cpu"
+
+
+def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid: Path | None = None) -> list[dict]:
     from l2b.detect import rank_label_issues
 
     rows = []
-    l2b_cfg = replace(base, method="l2b", noise=noise, out=str(out / "l2b"))
-    l2b_m = run(l2b_cfg)
-    w = np.load(out / "l2b" / "weights.npz")
+    l2b_dir, ce_dir = (cell_dir(out, grid, m, noise, base.seed) for m in ("l2b", "ce"))
+    l2b_m = run(replace(base, method="l2b", noise=noise, out=str(l2b_dir)))
+    w = np.load(l2b_dir / "weights.npz")
     noisy, true = w["noisy"], w["true"]
-    probs = model_probs(out / "l2b", "train")
+    probs = model_probs(l2b_dir, "train")
+    if device_of(l2b_dir) != "cpu":
+        notes.append(f"{noise} seed {base.seed}: the L2B and CE runs were trained on a GPU (the grid's), "
+                     f"so their 'training s' is GPU time; cleanlab's folds ran on this CPU")
     for score in L2B_SCORES:
         hist = score in ("trust-mean", "weights-mean")
         r = rank_label_issues(noisy, w["alpha_history"] if hist else w["alpha"],
                               w["beta_history"] if hist else w["beta"],
                               pseudo_labels=w["pseudo_history"], seen=w["seen_history"],
                               pred_probs=probs if score in ("model", "combined") else None, score=score)
-        rows.append({"noise": noise, "method": f"l2b:{score}",
+        rows.append({"noise": noise, "seed": base.seed, "method": f"l2b:{score}",
                      **metrics(r.indices, r.score, r.suggested, noisy, true, l2b_m["total_seconds"])})
-    ce_m = run(replace(base, method="ce", noise=noise, out=str(out / "ce")))
-    ce_probs = model_probs(out / "ce", "train")
+    ce_m = run(replace(base, method="ce", noise=noise, out=str(ce_dir)))
+    ce_probs = model_probs(ce_dir, "train")
     r = rank_label_issues(noisy, pred_probs=ce_probs, score="model")
-    rows.append({"noise": noise, "method": "ce:model", **metrics(r.indices, r.score, r.suggested, noisy, true,
+    rows.append({"noise": noise, "seed": base.seed, "method": "ce:model", **metrics(r.indices, r.score, r.suggested, noisy, true,
                                                                 ce_m["total_seconds"])})
     try:
         import cleanlab
@@ -144,14 +163,34 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str]) -> li
     except ImportError:
         notes.append("cleanlab is not installed (pip install cleanlab): its rows are skipped")
         return rows
-    cv_probs, seconds = cross_validated_probs(replace(base, noise=noise), out / "ce", out / "cleanlab", folds)
+    cv_probs, seconds = cross_validated_probs(replace(base, noise=noise), ce_dir, out / "cleanlab", folds)
     ranked = find_label_issues(labels=noisy, pred_probs=cv_probs, return_indices_ranked_by="self_confidence")
     quality = get_label_quality_scores(noisy, cv_probs)
     other = cv_probs.copy()
     other[np.arange(len(noisy)), noisy] = -1
-    rows.append({"noise": noise, "method": f"cleanlab {cleanlab.__version__} ({folds}-fold CE)",
+    rows.append({"noise": noise, "seed": base.seed, "method": f"cleanlab {cleanlab.__version__} ({folds}-fold CE)",
                  **metrics(ranked, 1.0 - quality, other.argmax(1), noisy, true, seconds)})
     return rows
+
+
+STATS = ("flagged", "precision", "recall", "f1", "auc", "fix_accuracy", "train_seconds")
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (noise, scorer): the mean over seeds of each statistic, its std as ``<k>_std``,
+    and ``seeds``; the per-seed rows stay in results.json."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["noise"], r["method"]), []).append(r)
+    out = []
+    for (noise, method), rs in groups.items():
+        row = {"noise": noise, "method": method, "seeds": len(rs)}
+        for k in STATS:
+            vals = [r[k] for r in rs if r[k] is not None]
+            row[k] = float(np.mean(vals)) if vals else None
+            row[k + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        out.append(row)
+    return out
 
 
 def answer(rows: list[dict]) -> list[str]:
@@ -183,10 +222,15 @@ def markdown(rows: list[dict], command: str, minutes: float, notes: list[str]) -
              *answer(rows),
              "| noise | scored by | flagged | precision | recall | F1 | ROC-AUC | suggested = true label | training s |",
              "|---|---|---|---|---|---|---|---|---|"]
+    def cell(r, k, digits=3, scale=1.0):
+        if r[k] is None:
+            return "—"
+        return f"{scale * r[k]:.{digits}f}" + (f" ± {scale * r[k + '_std']:.{digits}f}" if r["seeds"] > 1 else "")
+
     for r in rows:
-        fix = "—" if r["fix_accuracy"] is None else f"{100 * r['fix_accuracy']:.1f}%"
-        lines.append(f"| {r['noise']} | {r['method']} | {r['flagged']} | {r['precision']:.3f} | {r['recall']:.3f} | "
-                     f"{r['f1']:.3f} | {r['auc']:.3f} | {fix} | {r['train_seconds']:.0f} |")
+        lines.append(f"| {r['noise']} | {r['method']} | {cell(r, 'flagged', 0)} | {cell(r, 'precision')} | "
+                     f"{cell(r, 'recall')} | {cell(r, 'f1')} | {cell(r, 'auc')} | {cell(r, 'fix_accuracy', 1, 100)}% | "
+                     f"{cell(r, 'train_seconds', 0)} |")
     lines += [""] + [f"- {n}" for n in dict.fromkeys(notes)]
     return "\n".join(lines) + "\n"
 
@@ -196,6 +240,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 noise, 300 samples, 1 epoch, 2 folds; not recorded")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (mean ± std over them)")
+    parser.add_argument("--grid", help="take the L2B and CE runs from this memorisation grid (e.g. "
+                        "runs/bench-memorisation: the same recipe, checked) instead of training them again")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -212,16 +259,19 @@ def main() -> None:
         recipe.update(epochs=2, train_subset=300, warmup_epochs=0, width=8, weight_epochs=2)
         noises, folds = NOISES[:1], 2
     out = Path(args.out or ("runs/bench-label-issues" + ("-quick" if args.quick else "")))
+    grid = Path(args.grid) if args.grid else None
     base = TrainConfig(**recipe, seed=0, progress="none", threads=1)
     start, rows, notes = time.perf_counter(), [], []
-    for noise in noises:
-        rows += bench_noise(base, noise, out / noise.replace(":", "_"), folds, notes)
+    for seed in range(args.seeds):
+        for noise in noises:
+            rows += bench_noise(replace(base, seed=seed), noise, out / noise.replace(":", "_") / f"seed{seed}",
+                                folds, notes, grid)
     minutes = (time.perf_counter() - start) / 60
     command = ("python benchmarks/label_issues.py " + " ".join(sys.argv[1:])).strip()
-    table = markdown(rows, command, minutes, notes)
+    table = markdown(aggregate(rows), command, minutes, notes)
     print(table)
     result = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "recipe": recipe,
-              "folds": folds, "rows": rows, "notes": notes}
+              "folds": folds, "seeds": args.seeds, "rows": aggregate(rows), "per_seed": rows, "notes": notes}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.quick:
         return

@@ -103,9 +103,32 @@ def test_label_issue_benchmark_quick_mode_scores_every_source(tmp_path):
         assert methods[6].startswith("cleanlab") and len(methods) == 7
     except ImportError:
         assert len(methods) == 6 and "cleanlab is not installed" in result["notes"][0]
-    labels = np.load(out / "symmetric_0.4" / "l2b" / "labels.npz")
+    labels = np.load(out / "symmetric_0.4" / "seed0" / "l2b" / "labels.npz")
+    assert result["seeds"] == 1 and all(r["seeds"] == 1 for r in result["rows"])
     corrupted = int((labels["noisy"] != labels["true"]).sum())
     for r in result["rows"]:
         assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["auc"] <= 1 and r["train_seconds"] > 0
         if r["flagged"]:  # precision and recall agree with the counts they come from
             assert round(r["precision"] * r["flagged"]) == round(r["recall"] * corrupted)
+
+
+def test_bf16_meta_weights_agree_with_float32_on_the_cpu():
+    """The agreement check of benchmarks/bf16_agreement.py, tiny: bf16 autocast weights rank and
+    weigh the samples as float32 ones do, and the model state is left as it was."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+
+    from bf16_agreement import compare, make_data
+    from l2b.models import PreActResNet18
+
+    gen = torch.Generator().manual_seed(0)
+    protos = torch.randn(10, 3, 32, 32, generator=gen)
+    x, y_true, y = make_data(protos, 48, 0.4, gen, "cpu")
+    xv, yv, _ = make_data(protos, 32, 0.0, gen, "cpu")
+    torch.manual_seed(0)
+    model = PreActResNet18(10, width=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = compare(model, opt, [(x, y, y != y_true, xv, yv)], "jvp-lean")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert r["rho_alpha"] > 0.95 and r["tv"] < 0.05 and r["zero_agree"] > 0.95 and r["pseudo_agree"] > 0.9
