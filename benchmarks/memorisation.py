@@ -154,8 +154,7 @@ def summarize_variants(out: Path) -> list[dict]:
         for run in collect(root):
             by_noise.setdefault(run["noise"], []).append(run)
         for noise, runs in sorted(by_noise.items()):
-            row = {**summary_row(name, noise, runs),
-                   "total_seconds": round(statistics.mean(r.get("total_seconds", float("nan")) for r in runs), 1),
+            row = {**summary_row(name, noise, runs), **timing(runs),
                    "noise_auc": (lambda a: round(float(np.mean(a)), 3) if a else None)(
                        [v for v in (noise_auc(r["dir"]) for r in runs) if v is not None])}
             for key, short in (("test_acc_last", "last"), ("test_acc_at_best_val", "best")):
@@ -165,7 +164,7 @@ def summarize_variants(out: Path) -> list[dict]:
     return rows
 
 
-def clean_only(out: Path, base, seeds: int) -> dict | None:
+def clean_only(out: Path, base, seeds: int, train: bool = True) -> dict | None:
     """CE trained on the clean validation images ALONE (each seed's own clean split, the same
     recipe, last epoch): what the clean set is worth as training data in this regime, the bound
     for methods that train on it (GLC, MLC's mix, distill's teacher). Run once, then reused."""
@@ -180,6 +179,8 @@ def clean_only(out: Path, base, seeds: int) -> dict | None:
         if src is None:
             return None
         run = variants_dir(out) / "ce-clean-only" / f"seed{seed}"
+        if not (run / "metrics.json").is_file() and not train:  # --summarize trains nothing
+            continue
         if not (run / "metrics.json").is_file():
             ds = ds or load_dataset(base.data)
             val = np.load(src)["val_index"].astype(int)
@@ -190,6 +191,8 @@ def clean_only(out: Path, base, seeds: int) -> dict | None:
             run_one(replace(base, data=f"npz:{data}", noise="none", method="ce", seed=seed, train_subset=None,
                             val_per_class=None, val_total=None, out=str(run)).__dict__)
         accs.append(json.loads((run / "metrics.json").read_text())["test_acc_last"])
+    if not accs:
+        return None
     return {"seeds": len(accs), "test_acc_last_mean": round(statistics.mean(accs), 3),
             "test_acc_last_std": round(statistics.stdev(accs), 3) if len(accs) > 1 else 0.0}
 
@@ -234,6 +237,43 @@ def l2b_wins(diff: dict | None, l2b_row: dict, row: dict, key: str) -> bool | No
     return diff["min"] > 0 and diff["mean"] > spread
 
 
+def on_gpu(run: dict) -> bool:
+    return str(run["config"].get("device", "")).startswith("cuda")
+
+
+def timing(runs: list[dict]) -> dict:
+    """Mean seconds of a cell's runs; s / epoch and s / run also over its CPU runs alone (timings
+    only from runs on this kind of machine), and how many ran on a GPU."""
+    cpu = [r for r in runs if not on_gpu(r)]
+    return {"gpu_runs": len(runs) - len(cpu),
+            "total_seconds": round(statistics.mean(r.get("total_seconds", float("nan")) for r in runs), 1),
+            "cpu_epoch_seconds": round(statistics.mean(r["epoch_seconds"] for r in cpu), 3) if cpu else None,
+            "cpu_total_seconds": round(statistics.mean(r["total_seconds"] for r in cpu), 1) if cpu else None}
+
+
+def cpu_seconds(rows: list[dict], method: str) -> tuple[float | None, float | None]:
+    """A method's s / epoch and s / run over its CPU runs at every noise setting (None: none ran
+    on the CPU); runs that a GPU trained (``--device cuda``) count for accuracy, not for time."""
+    cells = [r for r in rows if r["method"] == method and r.get("cpu_total_seconds") is not None]
+    if not cells:
+        return None, None
+    n = sum(r["seeds"] - r["gpu_runs"] for r in cells)
+    epoch = sum(r["cpu_epoch_seconds"] * (r["seeds"] - r["gpu_runs"]) for r in cells) / n
+    return epoch, sum(r["cpu_total_seconds"] * (r["seeds"] - r["gpu_runs"]) for r in cells) / n
+
+
+def cpu_grid_minutes(rows: list[dict], variants: list[dict], jobs: int) -> float | None:
+    """What the whole grid costs on this CPU with ``jobs`` workers: every cell's seeds times its
+    method's mean CPU seconds per run (measured on the runs this CPU trained), over the workers."""
+    total = 0.0
+    for r in list(rows) + list(variants):
+        sec = r.get("cpu_total_seconds") or cpu_seconds(rows, r["method"])[1]
+        if sec is None:
+            return None
+        total += sec * r["seeds"]
+    return total / 60.0 / jobs
+
+
 def summarize(out: Path) -> list[dict]:
     from l2b.compare import group_runs, mean_std, summary_row
 
@@ -247,8 +287,7 @@ def summarize(out: Path) -> list[dict]:
         if uses:
             row["weight_use"] = {k: (None if any(u[k] is None for u in uses) else round(statistics.mean(u[k] for u in uses), 3))
                                  for k in uses[0]}
-        row.update(noise_auc=auc[0], noise_auc_std=auc[1],
-                   total_seconds=round(statistics.mean(r.get("total_seconds", float("nan")) for r in runs), 1),
+        row.update(noise_auc=auc[0], noise_auc_std=auc[1], **timing(runs),
                    seed_last={r["seed"]: r["test_acc_last"] for r in runs},
                    seed_best={r["seed"]: r["test_acc_at_best_val"] for r in runs})
         rows.append(row)
@@ -287,7 +326,7 @@ def verdict(rows: list[dict], noises: list[str], name: str) -> str:
         f"{', '.join(sorted(ms))} at {n}" for n, ms in by_noise.items()) + "."
 
 
-def markdown(rows: list[dict], rates: dict[str, float], command: str, minutes: float, jobs: int,
+def markdown(rows: list[dict], rates: dict[str, float], command: str, minutes: float | None, jobs: int,
              recipe: dict, variants: list[dict] = (), clean: dict | None = None) -> str:
     noises = [n for n in NOISES if any(r["noise"] == n for r in rows)]
     methods = sorted({r["method"] for r in rows if r["noise"] != "none"}, key=lambda m: (m != "l2b", m))
@@ -297,7 +336,9 @@ def markdown(rows: list[dict], rates: dict[str, float], command: str, minutes: f
     head = "| method | " + " | ".join(f"{n} ({100 * rates[n]:.1f}% flipped)" for n in noises)
     lines = [f"Command: `{command}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {_torch_version()}, Python "
-             f"{platform.python_version()}; {jobs} runs at a time, one thread each; whole grid {minutes:.0f} min.  ",
+             f"{platform.python_version()}; {jobs} runs at a time, one thread each"
+             + ("" if minutes is None else f"; this invocation {minutes:.0f} min") + ".  ",
+             *gpu_note(rows, variants, jobs),
              f"Recipe: {', '.join(f'{k}={v}' for k, v in recipe.items())}.", ""]
     if reg:
         lines += [f"**Regime** (CE at {reg['noise']}): last epoch {reg['ce_last']:.2f}%, best-val epoch "
@@ -310,7 +351,7 @@ def markdown(rows: list[dict], rates: dict[str, float], command: str, minutes: f
     l2b_here = cell.get(("l2b", REGIME_NOISE))
     if clean and l2b_here:
         above = clean["test_acc_last_mean"] > l2b_here["test_acc_last_mean"]
-        lines += [f"CE trained on the clean validation images ALONE ({clean['seeds']} seeds, last epoch): "
+        lines += [f"CE trained on the clean validation images ALONE ({clean['seeds']} seed{'s' if clean['seeds'] > 1 else ''}, last epoch): "
                   f"{fmt(clean['test_acc_last_mean'], clean['test_acc_last_std'])}, "
                   f"{'above' if above else 'below'} L2B's {l2b_here['test_acc_last_mean']:.2f} at {REGIME_NOISE}"
                   + (": here the clean set is worth more as training data than all the noisy samples, which "
@@ -326,11 +367,10 @@ def markdown(rows: list[dict], rates: dict[str, float], command: str, minutes: f
         for m in methods:
             vals = [fmt(cell[(m, n)][key + "_mean"], cell[(m, n)][key + "_std"]) if (m, n) in cell else "—"
                     for n in noises]
-            present = [cell[(m, n)] for n in noises if (m, n) in cell]
-            secs = statistics.mean(r["epoch_seconds"] for r in present)
-            total = statistics.mean(r["total_seconds"] for r in present)
+            secs, total = cpu_seconds(rows, m)
             name = f"**{m}**" if m == "l2b" else m
-            lines.append(f"| {name} | " + " | ".join(vals) + f" | {secs:.2f} | {total:.0f} |")
+            lines.append(f"| {name} | " + " | ".join(vals)
+                         + (" | — | — |" if secs is None else f" | {secs:.2f} | {total:.0f} |"))
         lines.append("")
     for title, name in (("last epoch", "last"), ("best-validation epoch", "best")):
         lines += [f"#### L2B − method, paired by seed ({title}): mean [min, max]; ✓ = L2B ahead by more than the spread",
@@ -367,6 +407,7 @@ def markdown(rows: list[dict], rates: dict[str, float], command: str, minutes: f
                          f"({pct(u['corrupted_share'])}) | {pct(u['pseudo_right_on_corrupted'])} |")
     if variants:
         exact = {r["noise"]: r for r in rows if r["method"] == "l2b"}
+        secs = lambda r: "GPU" if r.get("cpu_epoch_seconds") is None else f"{r['cpu_epoch_seconds']:.2f}"  # noqa: E731
         lines += ["", "#### L2B with the approximate last-layer engine, beside exact L2B (same seeds)", "",
                   "| variant | noise | last epoch | best-val epoch | − exact L2B, last: mean [min, max] | "
                   "− exact L2B, best-val | AUC −α | s / epoch (exact L2B) |", "|---|---|---|---|---|---|---|---|"]
@@ -379,8 +420,25 @@ def markdown(rows: list[dict], rates: dict[str, float], command: str, minutes: f
                 + ("—" if d is None else f"{d['mean']:+.2f} [{d['min']:+.2f}, {d['max']:+.2f}]") + " | "
                 + ("—" if b is None else f"{b['mean']:+.2f} [{b['min']:+.2f}, {b['max']:+.2f}]") + " | "
                 + ("—" if v["noise_auc"] is None else f"{v['noise_auc']:.3f}") + " | "
-                f"{v['epoch_seconds']:.2f} ({e.get('epoch_seconds', float('nan')):.2f}) |")
+                + f"{secs(v)} ({secs(e)}) |")
     return "\n".join(lines) + "\n"
+
+
+def gpu_note(rows: list[dict], variants: list[dict], jobs: int) -> list[str]:
+    """Where the runs were trained, and what the whole grid costs on this CPU."""
+    runs = sum(r["seeds"] for r in list(rows) + list(variants))
+    gpu = sum(r.get("gpu_runs", 0) for r in list(rows) + list(variants))
+    cost = cpu_grid_minutes(rows, variants, jobs)
+    out = []
+    if gpu:
+        out.append(f"{gpu} of these {runs} runs were trained on a lent GPU (`--device cuda --noises ...`, the same "
+                   f"recipe and seeds; GPU kernels are not bit-identical to the CPU's, so those runs are other "
+                   f"draws of the same experiment); accuracies include them, timings (s / epoch, s / run) come "
+                   f"from the CPU runs alone.  ")
+    if cost is not None:
+        out.append(f"The whole grid on this CPU, {jobs} workers: {cost:.0f} min (each cell's seeds × its method's "
+                   f"mean CPU seconds per run, measured here).  ")
+    return out
 
 
 def _torch_version() -> str:
@@ -448,9 +506,10 @@ def main() -> None:
     variants = summarize_variants(out)
     from l2b.config import TrainConfig
 
-    clean = clean_only(out, TrainConfig(**recipe, noise=REGIME_NOISE, progress="none"), 1 if args.quick else args.seeds)
-    if args.summarize:  # the grid's own wall time: the sum of its runs' times over the workers
-        minutes = sum(r["total_seconds"] * r["seeds"] for r in rows + variants) / 60.0 / args.jobs
+    clean = clean_only(out, TrainConfig(**recipe, noise=REGIME_NOISE, progress="none"), 1 if args.quick else args.seeds,
+                       train=not args.summarize)
+    if args.summarize:  # no training here: the grid's cost is the CPU estimate in the table
+        minutes = None
     finished = sum((Path(c.out) / "metrics.json").is_file() for c in cfgs)
     command = "python benchmarks/memorisation.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     table = markdown(rows, {**rates, "none": 0.0}, command.strip(), minutes, args.jobs, recipe, variants, clean)
@@ -463,7 +522,7 @@ def main() -> None:
     (out / "results.md").write_text(table)
     result = {"command": command.strip(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "recipe": recipe, "seeds": args.seeds, "jobs": args.jobs, "realised_flip_rates": rates,
-              "minutes": round(minutes, 1), "regime": regime(rows), "rows": rows,
+              "minutes": None if minutes is None else round(minutes, 1), "regime": regime(rows), "rows": rows,
               "variants": variants, "clean_only_ce": clean, "finished_runs": finished, "planned_runs": len(cfgs)}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     pngs = figures(out, FIGURES if not args.quick else out / "figures")
