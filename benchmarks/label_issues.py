@@ -19,7 +19,7 @@ Reported: precision, recall and F1 of the flagged set (l2b: trust below 0.5; cle
 set), ROC-AUC of the ranking, the share of corrupted samples whose suggested label is the true
 one, and the total training seconds behind each row.
 
-    python benchmarks/label_issues.py          # writes results/label_issues.json and a RESULTS.md block
+    python benchmarks/label_issues.py          # writes results/label_issues.json, a RESULTS.md and a README block
     python benchmarks/label_issues.py --seeds 3 --grid runs/bench-memorisation   # reuse the grid's runs
     python benchmarks/label_issues.py --quick  # 1 noise, 300 samples, 1 epoch, 2 folds: not recorded
 """
@@ -277,6 +277,7 @@ def main() -> None:
         return
     RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
     write_block(RESULTS_MD, "label-issues", table, "## Label issues: l2b against cleanlab (issue 15)")
+    write_block(HERE.parent / "README.md", "label-issues", table, "## Label issues against cleanlab")
 
 if __name__ == "__main__":
     main()
