@@ -118,11 +118,14 @@ def cross_validated_probs(base, ce_dir: Path, out: Path, folds: int) -> tuple[np
 
 def cell_dir(out: Path, grid: Path | None, method: str, noise: str, seed: int) -> Path:
     """Where the run of ``method`` lives: the memorisation grid's cell (same recipe, checked
-    before it is used) when ``grid`` is given, else this benchmark's own directory."""
+    before it is used) when ``grid`` is given and that cell holds a CPU run with its final model,
+    else this benchmark's own directory (trained here, so that every timing is this CPU's)."""
     if grid is not None:
         from l2b.compare import run_dir
 
-        return Path(run_dir(grid, method, noise, seed))
+        cell = Path(run_dir(grid, method, noise, seed))
+        if (cell / "checkpoint.pt").is_file() and device_of(cell) == "cpu":
+            return cell
     return out / method
 
 
@@ -140,9 +143,6 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid:
     w = np.load(l2b_dir / "weights.npz")
     noisy, true = w["noisy"], w["true"]
     probs = model_probs(l2b_dir, "train")
-    if device_of(l2b_dir) != "cpu":
-        notes.append(f"{noise} seed {base.seed}: the L2B and CE runs were trained on a GPU (the grid's), "
-                     f"so their 'training s' is GPU time; cleanlab's folds ran on this CPU")
     for score in L2B_SCORES:
         hist = score in ("trust-mean", "weights-mean")
         r = rank_label_issues(noisy, w["alpha_history"] if hist else w["alpha"],
