@@ -1,6 +1,6 @@
 """Finding mislabelled samples: l2b's scores from one L2B run against cleanlab's confident learning.
 
-Same data, split, model and schedule as the memorisation benchmark (``memorisation.RECIPE``):
+Same data, split, model and schedule as the memorisation benchmark (``memorisation_grid.RECIPE``):
 Fashion-MNIST, 800 noisy training images, 1,000 clean validation images, small CNN, 80 epochs.
 For each noise setting (40% symmetric, 40% asymmetric, ``instance:0.4``) and seed (``--seeds``):
 
@@ -249,7 +249,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(HERE))
-    from memorisation import RECIPE
+    from memorisation_grid import RECIPE
 
     from l2b.config import TrainConfig
 

@@ -83,7 +83,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(HERE))
-    from memorisation import RECIPE
+    from memorisation_grid import RECIPE
 
     from l2b.config import TrainConfig
     from l2b.train import train
