@@ -107,9 +107,9 @@ def cpu_seconds(rows: list[dict], method: str) -> tuple[float | None, float | No
 def cpu_grid_minutes(rows: list[dict], variants: list[dict], jobs: int) -> float | None:
     """What the whole grid costs on this CPU with ``jobs`` workers: every cell's seeds times its
     method's mean CPU seconds per run (measured on the runs this CPU trained), over the workers."""
-    total = 0.0
-    for r in list(rows) + list(variants):
-        sec = r.get("cpu_total_seconds") or cpu_seconds(rows, r["method"])[1]
+    total, cells = 0.0, list(rows) + list(variants)
+    for r in cells:
+        sec = r.get("cpu_total_seconds") or cpu_seconds(cells, r["method"])[1]
         if sec is None:
             return None
         total += sec * r["seeds"]
