@@ -69,7 +69,7 @@ def flip_rate(noise: str, labels: np.ndarray, seed: int, ds) -> float:
 
 
 def build_grid(args, out: Path):
-    from l2b.compare import run_dir
+    from l2b.compare import grid_configs, run_dir
     from l2b.data import load_dataset
     from l2b.methods import METHODS
     from l2b.train import TrainConfig
@@ -85,13 +85,9 @@ def build_grid(args, out: Path):
     # the realised flip rate of each setting (on the whole training label set, seed 0): co-teaching's
     # forget rate, and a column of the table
     rates = {n: flip_rate(n, ds.y_train.numpy(), 0, ds) for n in noises}
-    cfgs = []
-    for noise in noises:
-        for method in methods:
-            args_ = {"forget_rate": round(rates[noise], 4)} if method == "coteaching" else {}
-            for seed in range(seeds):
-                cfgs.append(replace(base, method=method, noise=noise, seed=seed, method_args=args_,
-                                    out=str(run_dir(out, method, noise, seed))))
+    cfgs = grid_configs(base, methods, noises, seeds, out, options=lambda method, noise: (
+        {"forget_rate": round(rates[noise], 4)} if method == "coteaching" else {}))
+    cfgs.sort(key=lambda c: noises.index(c.noise))  # noise by noise: an interrupted grid has whole settings
     for seed in range(seeds):  # the clean-label ceiling
         cfgs.append(replace(base, method="ce", noise="none", seed=seed, out=str(run_dir(out, "ce", "none", seed))))
     for cfg in cfgs:

@@ -35,7 +35,7 @@ def realised_rates(base, noises: list[str]) -> dict[str, float]:
 
 
 def build_grid(args, out: Path):
-    from l2b.compare import run_dir
+    from l2b.compare import grid_configs, run_dir
     from l2b.config import TrainConfig
     from l2b.methods import METHODS
 
@@ -47,13 +47,8 @@ def build_grid(args, out: Path):
     noises = QUICK["noises"] if args.quick else NOISES
     seeds = QUICK["seeds"] if args.quick else args.seeds
     rates = realised_rates(base, noises)
-    cfgs = []
-    for noise in noises:
-        for method in sorted(METHODS):
-            options = {"forget_rate": round(rates[noise], 4)} if method == "coteaching" else {}
-            for seed in range(seeds):
-                cfgs.append(replace(base, method=method, noise=noise, seed=seed, method_args=options,
-                                    out=str(run_dir(out, method, noise, seed))))
+    cfgs = grid_configs(base, sorted(METHODS), noises, seeds, out, options=lambda method, noise: (
+        {"forget_rate": round(rates[noise], 4)} if method == "coteaching" else {}))
     for seed in range(seeds):  # the clean-label ceiling
         cfgs.append(replace(base, method="ce", noise="none", seed=seed, out=str(run_dir(out, "ce", "none", seed))))
     for name, variant in VARIANTS.items():

@@ -34,14 +34,18 @@ def run_dir(out: Path, method: str, noise: str, seed: int) -> Path:
     return out / safe(method) / safe(noise) / f"seed{seed}"
 
 
-def grid_configs(base: TrainConfig, methods: list[str], noises: list[str], seeds: int, out: Path) -> list[TrainConfig]:
+def grid_configs(base: TrainConfig, methods: list[str], noises: list[str], seeds: int, out: Path,
+                 options=None) -> list[TrainConfig]:
+    """One validated config per (method, noise, seed) cell; ``options(method, noise)``, when
+    given, is that cell's ``method_args`` (e.g. co-teaching's forget rate per noise setting)."""
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     cfgs = []
     for method in methods:
         for noise in noises:
+            args = base.method_args if options is None else options(method, noise)
             for seed in range(seeds):
-                cfg = replace(base, method=method, noise=noise, seed=seed,
+                cfg = replace(base, method=method, noise=noise, seed=seed, method_args=args,
                               out=str(run_dir(out, method, noise, seed)), progress="none")
                 cfg.validate()  # contradictions fail before any run starts
                 cfgs.append(cfg)
