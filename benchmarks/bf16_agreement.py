@@ -17,7 +17,6 @@ pseudo-labels agree, and the noise-detection AUC of alpha in each precision.
 from __future__ import annotations
 
 import argparse
-import copy
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def make_data(protos: torch.Tensor, n: int, noise: float, gen: torch.Generator, 
 
 def weights(model, opt, xb, yb, xv, yv, engine: str, bf16: bool):
     """Meta weights at the model's current state, which is left as it was (BN buffers too)."""
-    buffers = copy.deepcopy({k: v for k, v in model.state_dict().items() if not k.endswith("weight") and not k.endswith("bias")})
+    buffers = {k: b.clone() for k, b in model.named_buffers()}  # the training forward moves BN's
     with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=bf16):
         mw = l2b.meta_weights(model, xb, yb, xv, yv, optimizer=opt, engine=engine)
     model.load_state_dict(buffers, strict=False)

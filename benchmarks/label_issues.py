@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from results_md import write_block
+from results_md import on_gpu, write_block
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "label_issues.json"
@@ -124,14 +124,9 @@ def cell_dir(out: Path, grid: Path | None, method: str, noise: str, seed: int) -
         from l2b.compare import run_dir
 
         cell = Path(run_dir(grid, method, noise, seed))
-        if (cell / "checkpoint.pt").is_file() and device_of(cell) == "cpu":
+        if (cell / "checkpoint.pt").is_file() and not on_gpu(json.loads((cell / "config.json").read_text())["config"]):
             return cell
     return out / method
-
-
-def device_of(run: Path) -> str:
-    cfg = json.loads((run / "config.json").read_text())["config"]
-    return "cuda" if str(cfg.get("device", "")).startswith("cuda") else "cpu"
 
 
 def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid: Path | None = None) -> list[dict]:
@@ -182,13 +177,14 @@ def aggregate(rows: list[dict]) -> list[dict]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["noise"], r["method"]), []).append(r)
+    from l2b.compare import mean_std
+
     out = []
     for (noise, method), rs in groups.items():
         row = {"noise": noise, "method": method, "seeds": len(rs)}
         for k in STATS:
             vals = [r[k] for r in rs if r[k] is not None]
-            row[k] = float(np.mean(vals)) if vals else None
-            row[k + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            row[k], row[k + "_std"] = mean_std(vals) if vals else (None, 0.0)
         out.append(row)
     return out
 
@@ -268,10 +264,11 @@ def main() -> None:
                                 folds, notes, grid)
     minutes = (time.perf_counter() - start) / 60
     command = ("python benchmarks/label_issues.py " + " ".join(sys.argv[1:])).strip()
-    table = markdown(aggregate(rows), command, minutes, notes)
+    summary = aggregate(rows)
+    table = markdown(summary, command, minutes, notes)
     print(table)
     result = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "recipe": recipe,
-              "folds": folds, "seeds": args.seeds, "rows": aggregate(rows), "per_seed": rows, "notes": notes}
+              "folds": folds, "seeds": args.seeds, "rows": summary, "per_seed": rows, "notes": notes}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.quick:
         return

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from memorisation_grid import NOISES, REGIME_GAP, REGIME_NOISE, VARIANTS, variants_dir
-from results_md import fmt, noise_auc
+from results_md import fmt, noise_auc, on_gpu
 
 
 def summarize_variants(out: Path) -> list[dict]:
@@ -79,14 +79,10 @@ def l2b_wins(diff: dict | None, l2b_row: dict, row: dict, key: str) -> bool | No
     return diff["min"] > 0 and diff["mean"] > spread
 
 
-def on_gpu(run: dict) -> bool:
-    return str(run["config"].get("device", "")).startswith("cuda")
-
-
 def timing(runs: list[dict]) -> dict:
     """Mean seconds of a cell's runs; s / epoch and s / run also over its CPU runs alone (timings
     only from runs on this kind of machine), and how many ran on a GPU."""
-    cpu = [r for r in runs if not on_gpu(r)]
+    cpu = [r for r in runs if not on_gpu(r["config"])]
     return {"gpu_runs": len(runs) - len(cpu),
             "total_seconds": round(statistics.mean(r.get("total_seconds", float("nan")) for r in runs), 1),
             "cpu_epoch_seconds": round(statistics.mean(r["epoch_seconds"] for r in cpu), 3) if cpu else None,

@@ -24,6 +24,11 @@ def noise_auc(run_dir: Path) -> float | None:
     return roc_auc(-w["alpha"], w["is_noisy"]) if w["is_noisy"].any() else None
 
 
+def on_gpu(config: dict) -> bool:
+    """Whether a run (its config.json "config") was trained on a GPU: its time is not this CPU's."""
+    return str(config.get("device", "")).startswith("cuda")
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rho: the Pearson correlation of the ranks (ties get their mean rank)."""
     def ranks(v):

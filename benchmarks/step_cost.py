@@ -303,8 +303,9 @@ def main() -> None:
     settings = [(w, n, m) for w in widths for (n, m) in ((128, 128), (512, 100))]
     import torch
 
+    cuda = args.device.startswith("cuda")
     header = (
-        f"| width | n / m | method | s / step | × CE | peak MiB ({'Δ allocated' if args.device.startswith('cuda') else 'Δ RSS'}) | × CE mem |\n"
+        f"| width | n / m | method | s / step | × CE | peak MiB ({'Δ allocated' if cuda else 'Δ RSS'}) | × CE mem |\n"
         "|---|---|---|---|---|---|---|"
     )
     lines, summary = [header], []
@@ -317,7 +318,6 @@ def main() -> None:
         methods.remove("authors")
         notes.append("the `authors` row needs `higher` (pip install higher==0.2.1); it was not installed, so it is skipped")
         print(notes[-1], flush=True)
-    cuda = args.device.startswith("cuda")
     if cuda:
         import torch.backends.cudnn
 

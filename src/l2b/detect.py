@@ -181,8 +181,9 @@ def _suggestions(labels, k, pseudo_labels, seen, probs, prefer_model: bool):
         use = votes > 0
         suggested = np.where(use, counts.argmax(axis=1), suggested)
         confidence = np.where(use, votes / epochs, confidence)
+    # a suggestion is never the given label, so its count is a real one (>= 0); -1: no suggestion
     agreement = np.where(suggested >= 0, counts[rows, np.maximum(suggested, 0)] / epochs, 0.0)
-    return suggested, confidence, np.maximum(agreement, 0.0)
+    return suggested, confidence, agreement
 
 
 def _check_threshold(threshold: float) -> float:
