@@ -26,7 +26,7 @@ import torch
 import l2b
 from l2b.detect import roc_auc
 from l2b.models import PreActResNet18
-from results_md import spearman
+from results_md import check_device_arg, spearman
 
 HERE = Path(__file__).resolve().parent
 ENGINES = ("jvp-lean", "jvp", "last-layer")
@@ -78,6 +78,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=4, help="batches compared at each point")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
+    check_device_arg(p, args.device)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -240,6 +240,9 @@ def main() -> None:
     parser.add_argument("--grid", help="take the L2B and CE runs from this memorisation grid (e.g. "
                         "runs/bench-memorisation: the same recipe, checked) instead of training them again")
     args = parser.parse_args()
+    if args.grid and not Path(args.grid).is_dir():
+        parser.error(f"--grid {args.grid}: not a directory; give the memorisation grid's --out "
+                     f"(default runs/bench-memorisation), or leave --grid out to train the runs here")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

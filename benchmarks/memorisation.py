@@ -32,6 +32,9 @@ exact; the clean validation set is scored every epoch.
                                                  # writes only under runs/
     python benchmarks/memorisation.py --regime --epochs 60 --out runs/regime-60
                                                  # only CE at 40% symmetric, every seed: the gap
+    python benchmarks/memorisation.py --device cuda --jobs 12 --noises asymmetric:0.4,instance:0.4
+                                                 # a part of the grid on another machine (copy its
+                                                 # cells into runs/ here; --summarize counts them)
 
 Finished runs are skipped and interrupted ones resumed (``l2b compare``'s machinery): run the
 same command again after an interruption.
@@ -51,7 +54,7 @@ from pathlib import Path
 
 from memorisation_grid import NOISES, REGIME_GAP, REGIME_NOISE, build_grid, clean_only, part
 from memorisation_tables import figures, markdown, regime, summarize, summarize_variants
-from results_md import write_block
+from results_md import check_device_arg, write_block
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -77,6 +80,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (a regime search)")
     parser.add_argument("--train-subset", type=int, help="override the recipe's noisy subset (a regime search)")
     args = parser.parse_args()
+    check_device_arg(parser, args.device)
+    if args.noises and set(args.noises.split(",")) - set(NOISES) - {"none"}:
+        parser.error(f"--noises {args.noises}: choose among {', '.join(NOISES)}, none")
     out = Path(args.out or ("runs/bench-memorisation" + ("-quick" if args.quick else "")))
     os.environ["OMP_NUM_THREADS"] = "1"  # spawned workers read this before importing torch
     import torch
@@ -101,7 +107,7 @@ def main() -> None:
           + ", ".join(f"{n} {100 * r:.1f}%" for n, r in rates.items()), flush=True)
     start = time.perf_counter()
     if not args.summarize:
-        run_grid(part(cfgs, args.noises, NOISES), jobs=args.jobs, devices=[args.device], log=lambda text: print(text, flush=True))
+        run_grid(part(cfgs, args.noises), jobs=args.jobs, devices=[args.device], log=lambda text: print(text, flush=True))
     minutes = (time.perf_counter() - start) / 60.0
     rows = summarize(out)
     variants = summarize_variants(out)

@@ -24,6 +24,16 @@ def noise_auc(run_dir: Path) -> float | None:
     return roc_auc(-w["alpha"], w["is_noisy"]) if w["is_noisy"].any() else None
 
 
+def check_device_arg(parser, name: str) -> None:
+    """A benchmark's --device, checked as `l2b train` checks it: a one-line usage error (exit 2)."""
+    from l2b.config import check_device
+
+    try:
+        check_device(name)
+    except ValueError as err:
+        parser.error(str(err))
+
+
 def on_gpu(config: dict) -> bool:
     """Whether a run (its config.json "config") was trained on a GPU: its time is not this CPU's."""
     return str(config.get("device", "")).startswith("cuda")

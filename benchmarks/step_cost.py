@@ -280,6 +280,10 @@ def main() -> None:
                         "peak allocated GPU memory of a step over what is held after one untimed step")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
+    from results_md import check_device_arg
+
+    check_device_arg(parser, args.device)
     if args.child:
         kind, *rest = json.loads(args.child)
         print(json.dumps((measure_method if kind == "method" else measure)(*rest)))

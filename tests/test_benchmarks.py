@@ -132,3 +132,17 @@ def test_bf16_meta_weights_agree_with_float32_on_the_cpu():
     r = compare(model, opt, [(x, y, y != y_true, xv, yv)], "jvp-lean")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert r["rho_alpha"] > 0.95 and r["tv"] < 0.05 and r["zero_agree"] > 0.95 and r["pseudo_agree"] > 0.9
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("memorisation.py", ["--noises", "symmetric:0.5"], "--noises symmetric:0.5: choose among"),
+    ("memorisation.py", ["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
+    ("step_cost.py", ["--device", "tpu"], "--device 'tpu': choose auto, cpu, cuda or cuda:N"),
+    ("bf16_agreement.py", ["--device", "cuda:x"], "--device 'cuda:x': choose auto, cpu, cuda or cuda:N"),
+    ("label_issues.py", ["--grid", "no-such-grid"], "--grid no-such-grid: not a directory"),
+], ids=["memorisation --noises", "memorisation --device", "step_cost --device", "bf16_agreement --device",
+        "label_issues --grid"])
+def test_benchmark_scripts_refuse_bad_arguments_in_one_line(tmp_path, script, args, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-800:]
