@@ -112,10 +112,15 @@ def cpu_grid_minutes(rows: list[dict], variants: list[dict], jobs: int) -> float
     return total / 60.0 / jobs
 
 
-def summarize(out: Path) -> list[dict]:
+def summarize(out: Path, extra: dict[str, Path] | None = None) -> list[dict]:
+    """One row per (method, noise) of the runs below ``out``, with L2B's paired differences;
+    ``extra`` maps a row name to another directory whose runs join the table under that name
+    (e.g. "ce+clean": CE runs trained on the clean set as well)."""
     from l2b.compare import group_runs, mean_std, summary_row
 
     groups = group_runs(out)
+    for name, root in (extra or {}).items():
+        groups.update({(name, noise): runs for (_, noise), runs in group_runs(root).items()})
     rows = []
     for (method, noise), runs in sorted(groups.items()):
         row = summary_row(method, noise, runs)

@@ -67,6 +67,41 @@ def test_memorisation_benchmark_quick_mode_writes_every_row_and_the_paired_diffe
         assert (out / "figures" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_paper_regime_benchmark_quick_mode_covers_grid_ablations_and_sweep(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper_regime.py"), "--quick",
+                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    from l2b.methods import METHODS
+
+    recipe = result["recipe"]
+    assert recipe["val_batch_size"] == recipe["batch_size"]  # a clean batch as large as the training batch
+    assert {r["method"] for r in result["rows"]} == set(METHODS) | {"ce+clean"}
+    for row in result["rows"]:
+        assert {"method", "noise", "last_mean", "last_std", "best_val_mean", "seeds"} <= set(row)
+    # CE on noisy + clean trained on more samples than CE alone: the clean set joined its stream
+    grid_ce = json.loads((out / "grid/ce/symmetric_0.4/seed0/config.json").read_text())["data"]
+    plus = json.loads((out / "ce-plus-clean/ce/symmetric_0.4/seed0/config.json").read_text())["data"]
+    assert plus["train"] == grid_ce["train"] + grid_ce["clean_val"]
+    variants = {a["variant"] for a in result["ablations"]}
+    assert {"alpha=0", "beta=0", "alpha+beta=1", "sigmoid", "softmax-t10", "bootstrap-beta0.2",
+            "l2b (alpha,beta>=0; sum)"} <= variants
+    sweep = result["clean_sweep"]
+    assert {(s["method"], s["clean_fraction"]) for s in sweep} == {
+        (m, f) for m in ("l2b", "l2rw", "glc", "mlc", "distill", "ce-clean-only", "ce+clean") for f in (0.1, 0.2)}
+    # the sweep keeps the grid's noisy set and nests its clean sets; the 2%-like point is the grid's split
+    small, large = (np.load(out / f"sweep/data/seed0-clean{k}.npz") for k in (3, 6))
+    assert np.array_equal(small["y_train"], large["y_train"]) and np.array_equal(small["x_train"], large["x_train"])
+    assert {a.tobytes() for a in small["x_val"]} <= {a.tobytes() for a in large["x_val"]}
+    labels = np.load(out / "grid/ce/symmetric_0.4/seed0/labels.npz")
+    assert np.array_equal(small["y_train"], labels["noisy"])
+    assert set(result["curves"]) >= {"ce|symmetric:0.4", "l2b|symmetric:0.4", "l2rw|symmetric:0.4"}
+    for png in ("fig1a_bootstrap_beta.png", "fig2_test_accuracy_by_epoch.png", "clean_fraction_sweep.png"):
+        assert (out / "figures" / png).read_bytes()[:4] == b"\x89PNG"
+
+
 def test_the_step_cost_authors_row_runs_the_same_step_as_ours(float64):
     """benchmarks/step_cost.py times the public code's step through `higher`; it must compute what
     our L2B step computes (parameters equal after two steps), or its timing compares unlike work."""

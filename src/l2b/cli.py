@@ -26,6 +26,8 @@ HELP = {
     "val_per_class": "clean validation images per class taken from train ('none': the dataset's own clean set)",
     "val_total": "clean validation images in total (a multiple of the class count)",
     "train_subset": "keep only this many random noisy training samples",
+    "train_on_clean": "also train on the clean set, with its clean labels (it stays the validation set, so the "
+                      "best-val epoch is then chosen on training data)",
     "batches_per_epoch": "batches per epoch (default: one pass over the training set)",
     "balance_classes": "draw each epoch equally from every noisy class (Clothing1M: with --batches-per-epoch 250)",
     "augment": "auto (dataset default) | none | crop-flip",

@@ -96,6 +96,9 @@ class TrainConfig:
     val_per_class: int | None = 10  # clean validation images per class, taken from train
     val_total: int | None = None  # ... or a total (a multiple of the class count)
     train_subset: int | None = None  # keep only this many (random) noisy training samples
+    # the clean set joins the training stream with its clean labels (it stays the validation set,
+    # so selecting the epoch on it is then biased): "CE on the noisy plus the clean samples"
+    train_on_clean: bool = False
     batches_per_epoch: int | None = None  # None: one pass over the data; else this many batches
     balance_classes: bool = False  # draw each epoch's samples equally from every (noisy) class
     # (Clothing1M in the paper: 250 class-balanced batches per epoch)

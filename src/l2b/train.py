@@ -248,7 +248,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     method.distributed = sync is not None
     method.batch_size = cfg.batch_size
     noisy_data = train_data
-    if method.trains_on_clean:  # one shuffled stream over the noisy and the clean samples
+    if method.trains_on_clean or cfg.train_on_clean:  # one shuffled stream over the noisy and the clean samples
+        if len(val_data) == 0:
+            raise ValueError("--train-on-clean needs a clean set: give --val-per-class K or --val-total M, "
+                             "or use a dataset with its own clean set")
         train_data = union(noisy_data, val_data)
     clean = (CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed,
                           method.opts.get("meta_sampling", "cycle"), augment=getattr(ds, "meta_augment", True))
