@@ -20,10 +20,12 @@ from .train import train
 HELP = {
     "data": "dataset: NAME or NAME:PATH (digits, mnist:DIR, fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, "
             "npz:FILE, folder:DIR, isic2019:DIR, clothing1m:DIR)",
-    "noise": "noise spec (symmetric:R, symmetric-exclusive:R, asymmetric:R[:FILE], asymmetric-cifar10:R, "
+    "noise": "noise to inject; auto: symmetric:0.4 on the research datasets, none on your own data (npz, folder, "
+             "isic2019, clothing1m). A spec (symmetric:R, symmetric-exclusive:R, asymmetric:R[:FILE], asymmetric-cifar10:R, "
              "asymmetric-cifar100:R, pairflip:R, matrix:FILE, instance:R, cifar10n:TYPE, cifar100n:noisy, none)",
     "noise_seed": "seed of the noise (default: --seed)",
-    "val_per_class": "clean validation images per class taken from train ('none': the dataset's own clean set)",
+    "val_per_class": "clean validation images per class drawn from train ('none': the dataset's own clean set; "
+                     "auto: 10 on the research datasets, your data's own clean set on npz/folder data)",
     "val_total": "clean validation images in total (a multiple of the class count)",
     "train_subset": "keep only this many random noisy training samples",
     "train_on_clean": "also train on the clean set, with its clean labels (it stays the validation set, so the "
@@ -104,7 +106,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
+        default = f.default if f.default == "auto" else getattr(defaults, f.name)
         help_text = f"{HELP.get(f.name, '')} (default: {default})"
         if f.name == "method_args":
             parser.add_argument("--method-arg", dest=f.name, action="append", default=argparse.SUPPRESS,

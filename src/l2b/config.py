@@ -19,6 +19,15 @@ from .methods import METHODS, declared_options
 # settings of earlier versions that are now options of one method
 RENAMED_OPTIONS = {"bootstrap_beta": "bootstrap.beta", "bootstrap_mode": "bootstrap.mode"}
 
+# datasets whose labels are the user's own (not a benchmark's true labels): no noise is injected
+# and no clean set is drawn from their labels unless asked for by name
+OWN_LABEL_DATA = ("folder", "npz", "isic2019", "clothing1m")
+
+
+def own_labels(data: str) -> bool:
+    return data.partition(":")[0] in OWN_LABEL_DATA
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
@@ -91,9 +100,14 @@ def load_yaml(path: str) -> dict[str, Any]:
 class TrainConfig:
     # --- data and noise
     data: str = "digits"  # NAME or NAME:PATH (l2b.data.DATASETS)
-    noise: str = "symmetric:0.4"  # l2b.noise spec, or "none"
+    # l2b.noise spec, or "none"; "auto" (the default) is resolved on construction: "none" for a
+    # dataset of the user's own labels (OWN_LABEL_DATA), "symmetric:0.4" for a research dataset
+    noise: str = "auto"
     noise_seed: int | None = None  # None: the run's seed
-    val_per_class: int | None = 10  # clean validation images per class, taken from train
+    # clean validation images per class, taken from train on their true labels; None: the
+    # dataset's own clean set, if any. "auto" (the default) is resolved on construction: 10 for
+    # a research dataset, None (its own clean set) for the user's own data or with val_total
+    val_per_class: int | None = "auto"  # type: ignore[assignment]
     val_total: int | None = None  # ... or a total (a multiple of the class count)
     train_subset: int | None = None  # keep only this many (random) noisy training samples
     # the clean set joins the training stream with its clean labels (it stays the validation set,
@@ -146,6 +160,15 @@ class TrainConfig:
     progress: str = "auto"  # auto (a bar on a TTY) | bar | lines | none
     threads: int | None = None  # torch CPU threads; None: what torch picks (results are
     # bit-identical for a fixed thread count, not across thread counts)
+
+    def __post_init__(self) -> None:
+        """Resolve the data-dependent defaults, so that a config always holds what runs: a
+        dataset of the user's own labels gets no injected noise and its own clean set."""
+        own = own_labels(self.data)
+        if self.noise == "auto":
+            self.noise = "none" if own else "symmetric:0.4"
+        if self.val_per_class == "auto":
+            self.val_per_class = None if own or self.val_total is not None else 10
 
     def method_options(self) -> dict[str, Any]:
         """The options given to the run's method: the plain ``method_args`` entries, then the

@@ -3,12 +3,13 @@ and the three splits (noisy train, clean validation, test) ready to batch on the
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, own_labels
 from .data import ArrayDataset, FileDataset, clean_val_split, load_dataset
 from .data.batches import FileData, TensorData
 from .noise import apply_noise, transition_matrix
@@ -25,6 +26,7 @@ class Prepared:
     y_noisy: np.ndarray  # their noisy labels
     noise_rate: float
     transition: np.ndarray
+    clean_source: str = ""  # where the clean set comes from, in words
 
 
 def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
@@ -32,18 +34,36 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
     name = cfg.data.partition(":")[0]
     ds = load_dataset(cfg.data, **(options if name in ("folder", "isic2019", "clothing1m") else {}))
     y_all = ds.y_train.numpy()
-    own_val = (isinstance(ds, ArrayDataset) and ds.x_val is not None) or (isinstance(ds, FileDataset) and ds.val)
+    own_val = bool((isinstance(ds, ArrayDataset) and ds.x_val is not None) or (isinstance(ds, FileDataset) and ds.val))
+    own = own_labels(cfg.data)
+    where = "npz: x_val and y_val" if name == "npz" else "a val/ folder"
     if cfg.val_per_class is not None or cfg.val_total is not None:
         train_idx, val_idx = clean_val_split(y_all, per_class=cfg.val_per_class, total=cfg.val_total, seed=cfg.seed)
+        size = f"{cfg.val_per_class} per class" if cfg.val_per_class is not None else f"{cfg.val_total} in all"
+        if own and cfg.noise == "none":
+            source = f"drawn from your training labels, {size}, unverified"
+            warn(f"the clean set is drawn from your own training labels ({size}), which nobody has verified: it "
+                 f"inherits their errors. Give a verified clean set ({where}) if you have one; `l2b label-issues` "
+                 f"scores these samples too")
+        else:
+            source = f"drawn from the training set on its true labels, {size}"
+        if own_val:
+            warn(f"the dataset's own clean set ({where}) is NOT used: --val-per-class/--val-total draws one from the "
+                 f"training labels instead; leave both out to use the dataset's own")
     elif own_val:
-        train_idx, val_idx = np.arange(len(y_all)), None
+        train_idx, val_idx, source = np.arange(len(y_all)), None, "the dataset's own clean set"
+    elif needs_clean and own:
+        raise ValueError(
+            f"method {cfg.method!r} needs a clean (verified) set and {cfg.data} has none of its own: add one "
+            f"({where}), or draw one from your training labels with --val-per-class K or --val-total M (it then "
+            f"inherits their errors)")
     elif needs_clean:
         raise ValueError(
             f"method {cfg.method!r} needs a clean validation set: give --val-per-class K "
             f"(or --val-total M), or use a dataset with its own clean set"
         )
     else:
-        train_idx, val_idx = np.arange(len(y_all)), np.array([], dtype=np.int64)
+        train_idx, val_idx, source = np.arange(len(y_all)), np.array([], dtype=np.int64), "no clean set"
     # Noise is applied to the whole training set (a pure function of it, so CIFAR-N files line
     # up), then the clean validation samples keep their true labels.
     features = None
@@ -64,7 +84,28 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
         train_idx = np.sort(rng.choice(train_idx, cfg.train_subset, replace=False))
     y_true, y_noisy = y_all[train_idx], noisy.labels[train_idx]
     return Prepared(ds, train_idx, val_idx, y_true, y_noisy, float((y_true != y_noisy).mean()),
-                    transition_matrix(y_true, y_noisy, ds.num_classes))
+                    transition_matrix(y_true, y_noisy, ds.num_classes), source)
+
+
+def warn(text: str) -> None:
+    """A warning on stderr, one line, that the run goes on after."""
+    print(f"l2b: warning: {text}", file=sys.stderr, flush=True)
+
+
+def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) -> str:
+    """What is done to the data, in one line (printed as a run starts): the dataset, the sizes of
+    the three splits, where the clean set comes from, the injected noise, and a resumed epoch."""
+    train, val, test = splits
+    if cfg.noise == "none":
+        noise = "no noise injected" + (" (your own labels as given)" if own_labels(cfg.data) else "")
+    else:
+        noise = (f"noise {cfg.noise} injected" + (" on top of your own labels" if own_labels(cfg.data) else "")
+                 + f" ({100 * prep.noise_rate:.1f}% of the training labels changed)")
+    text = (f"data {cfg.data}: train {len(train)}, clean {len(val)} ({prep.clean_source}), test {len(test)}; "
+            f"{noise}")
+    if cfg.train_on_clean:
+        text += "; the clean set also trains"
+    return text + (f"; resuming at epoch {start_epoch + 1}/{cfg.epochs}" if start_epoch else "")
 
 
 def build_splits(cfg: TrainConfig, prep: Prepared, device: torch.device, shard=(0, 1)):

@@ -28,7 +28,7 @@ from .distributed import current_sync, init_from_env
 from .methods import METHODS, create_method
 from .methods.base import SetupContext
 from .models import create_model
-from .run_data import build_splits, prepare_data
+from .run_data import build_splits, data_line, prepare_data
 from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, lr_at, train_step
 from .rundir import (Progress, append_row, atomic_save, environment, finite_json, load_checkpoint, prepare_out,
                      rewrite_rows, tensorboard)
@@ -270,6 +270,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     elif main_rank:
         write_run_header(out, cfg, prep, (train_data, val_data, test_data), clip, world, method.opts)
 
+    if main_rank and cfg.progress != "none":
+        print(data_line(cfg, prep, (noisy_data, val_data, test_data), start_epoch), flush=True)
     is_noisy = torch.as_tensor(prep.y_noisy != prep.y_true, device=device)
     n_train = len(train_data)
     n_epoch = n_train if cfg.batches_per_epoch is None else cfg.batches_per_epoch * cfg.batch_size
