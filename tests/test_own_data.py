@@ -4,6 +4,7 @@ default, a clean set drawn from unverified labels warned about, and one line tha
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,108 @@ def test_folder_val_is_used_by_default(tmp_path, capsys):
                          "--image-size", "8", "--workers", "0")
     assert code == 0, err
     assert "train 12, clean 4 (the dataset's own clean set), test 4; no noise injected" in out
+
+
+# ---------------------------------------------------------------- label issues on one's own labels
+
+@pytest.mark.parametrize("labels, probs, expected", [
+    ([0, -1, 1], [[0.9, 0.1]] * 3, r"labels\[1\] = -1: labels must be class indices 0..K-1, not negative"),
+    ([0, 2, 1], [[0.9, 0.1]] * 3, r"labels\[1\] = 2 but pred_probs has 2 columns"),
+    ([0, 1, 1], [[2.0, -1.0]] * 3, r"row 0 has negative entries: these look like logits"),
+    ([0, 1, 1], [[3.0, 1.0]] * 3, r"row 0 sums to 4, not 1 .*apply a softmax"),
+    ([0, 1, 1], [[0.9, 0.1], [np.nan, 0.5], [0.2, 0.8]], r"row 1 holds NaN or inf"),
+    ([0.5, 1, 1], [[0.9, 0.1]] * 3, r"labels\[0\] = 0.5 is not a class index"),
+    ([[0, 1]], [[0.9, 0.1]], r"labels must be 1-D"),
+    ([0, 1], [[0.9, 0.1]] * 3, r"pred_probs must be \(n, classes\) with n = len\(labels\) = 2"),
+], ids=["label -1", "label >= K", "logits", "rows not summing to 1", "NaN row", "float label", "2-D labels",
+        "length mismatch"])
+def test_find_label_issues_refuses_what_is_not_labels_and_probabilities(labels, probs, expected):
+    import l2b
+
+    with pytest.raises(ValueError, match=expected):
+        l2b.find_label_issues(np.array(labels), np.array(probs))
+
+
+def test_the_calibrated_cut_follows_the_estimated_number_when_the_model_is_unsure():
+    """A model that is right but unsure (0.4 on the true class of 10) fails a fixed 0.5 cut on
+    every sample; confident learning's per-class thresholds still find the 30 wrong labels."""
+    import l2b
+    from l2b.calibrate import estimated_issues
+
+    rng = np.random.Generator(np.random.PCG64(0))
+    k, n = 10, 300
+    true = np.arange(n) % k
+    given = true.copy()
+    wrong = rng.choice(n, 30, replace=False)
+    given[wrong] = (true[wrong] + 1 + rng.integers(0, k - 1, 30)) % k
+    probs = np.full((n, k), 0.6 / (k - 1))
+    probs[np.arange(n), true] = 0.4
+    probs += rng.uniform(0, 0.01, probs.shape)
+    probs /= probs.sum(axis=1, keepdims=True)
+    assert len(l2b.find_label_issues(given, probs, threshold=0.5)) == n  # the fixed cut flags everything
+    assert estimated_issues(given, probs).sum() == 30
+    flagged = l2b.find_label_issues(given, probs)
+    assert sorted(flagged.tolist()) == sorted(wrong.tolist())
+    for cut in ("per-class", "confident"):
+        assert sorted(l2b.find_label_issues(given, probs, cut=cut).tolist()) == sorted(wrong.tolist())
+
+
+def test_label_issues_on_own_npz_score_the_drawn_clean_set_too(tmp_path, capsys):
+    f = digits_npz(tmp_path / "mine.npz", with_val=False, flip=60)
+    code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "l2b", "--val-per-class", "5",
+                       "--epochs", "8")
+    assert code == 0, err
+    run_dir = tmp_path / "run"
+    assert main(["label-issues", str(run_dir), "--show", "12", "--out", str(tmp_path / "issues")]) == 0
+    out = capsys.readouterr().out
+    assert "50 clean samples drawn from your labels scored too" in out
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "issues" / "label_issues.csv")))
+    assert {r["split"] for r in rows} <= {"train", "clean"}
+    assert (tmp_path / "issues" / "label_issues.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (run_dir / "label_issues.csv").exists()  # --out: nothing written into the run
+    # the report shows the picture when it sits in the run directory
+    assert main(["label-issues", str(run_dir), "--show", "4"]) == 0
+    assert main(["report", str(run_dir)]) == 0
+    assert "data-file='label_issues.png'" in (run_dir / "report.html").read_text()
+
+
+def test_label_issues_into_a_read_only_run_names_the_out_flag(tmp_path, capsys, monkeypatch):
+    f = digits_npz(tmp_path / "mine.npz")
+    assert run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "ce")[0] == 0
+    run_dir = tmp_path / "run"
+    (tmp_path / "file").write_text("x")
+    assert main(["label-issues", str(run_dir), "--out", str(tmp_path / "file" / "sub")]) == 2
+    assert "write elsewhere with --out DIR" in capsys.readouterr().err.splitlines()[-1]
+    import l2b.label_issues
+
+    # a read-only run directory (simulated: tests may run as root, who can write anywhere)
+    monkeypatch.setattr(l2b.label_issues.os, "access", lambda path, mode: Path(path) != run_dir)
+    assert main(["label-issues", str(run_dir)]) == 2
+    assert f"{run_dir} is not writable; write elsewhere with --out DIR" in capsys.readouterr().err
+    assert main(["label-issues", str(run_dir), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "label_issues.csv").is_file()
+
+
+def test_label_issues_csv_of_an_image_folder_has_paths_and_class_names(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    colors = {"10": (255, 0, 0), "2": (0, 0, 255)}  # folder names that sort unlike numbers
+    for split, n in (("train", 12), ("val", 4), ("test", 4)):
+        for c, color in colors.items():
+            for i in range(n):
+                (tmp_path / "imgs" / split / c).mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (12, 12), color).save(tmp_path / "imgs" / split / c / f"{i}.png")
+    moved = tmp_path / "imgs" / "train" / "2" / "from-10.png"
+    Image.new("RGB", (12, 12), colors["10"]).save(moved)  # a red image filed under "2"
+    code, _, err = run(tmp_path, capsys, "--data", f"folder:{tmp_path / 'imgs'}", "--method", "ce",
+                       "--image-size", "8", "--workers", "0", "--epochs", "15", "--lr", "0.05")
+    assert code == 0, err
+    assert main(["label-issues", str(tmp_path / "run"), "--show", "3"]) == 0
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "run" / "label_issues.csv")))
+    assert rows and rows[0]["path"] == str(moved)
+    assert rows[0]["given_class"] == "2" and rows[0]["suggested_class"] == "10"

@@ -82,9 +82,13 @@ def test_label_issues_ranks_suspects_and_scores_against_the_truth(grid, capsys):
     assert cli_main(["label-issues", str(run)]) == 0
     out = capsys.readouterr().out
     rows = list(csv.DictReader(open(run / "label_issues.csv")))
-    assert list(rows[0]) == ["index", "given_label", "suggested_label", "confidence", "pseudo_agreement", "score"]
+    assert list(rows[0]) == ["index", "split", "given_label", "given_class", "suggested_label", "suggested_class",
+                             "confidence", "pseudo_agreement", "score"]
+    assert all(r["given_class"] == r["given_label"] and r["split"] == "train" for r in rows)
     scores = [float(r["score"]) for r in rows]
-    assert scores == sorted(scores, reverse=True) and all(s > 0.5 for s in scores)
+    assert scores == sorted(scores, reverse=True)
+    # the default cut flags the number of issues confident learning estimates, not a fixed 0.5
+    assert f"{len(rows)} suspected label issues flagged (the estimated number of issues, {len(rows)};" in out
     assert all(r["suggested_label"] != r["given_label"] for r in rows)  # a fix, never the label itself
     assert "score model" in out  # the default, chosen by benchmarks/label_issues.py
     assert all(0 <= float(r["pseudo_agreement"]) <= 1 for r in rows)  # the run kept its epochs' pseudo-labels
@@ -133,12 +137,17 @@ def test_find_label_issues_on_arrays_ranks_the_suspect_labels():
     alpha = np.array([0.5, 0.0, 0.1, 0.9, 0.0])
     beta = np.array([0.5, 0.8, 0.9, 0.1, 0.0])
     # trust alpha/(alpha+beta): 0.5, 0.0, 0.1, 0.9, 0 (no weight at all) -> scores 0.5, 1, 0.9, 0.1, 1
-    assert l2b.find_label_issues(alpha, beta).tolist() == [1, 4, 2]
-    assert l2b.find_label_issues(alpha, beta, threshold=0.95).tolist() == [1, 4, 2, 0, 3]
+    labels = np.zeros(5, dtype=np.int64)
+    assert l2b.find_label_issues(labels, alpha=alpha, beta=beta).tolist() == [1, 4, 2]
+    assert l2b.find_label_issues(labels, alpha=alpha, beta=beta, threshold=0.95).tolist() == [1, 4, 2, 0, 3]
+    with pytest.warns(DeprecationWarning, match="old order"):  # the old positional (alpha, beta) still works
+        assert l2b.find_label_issues(alpha, beta).tolist() == [1, 4, 2]
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    # cleanlab's order, positional and by keyword; the count (2) is estimated by confident learning
+    assert l2b.find_label_issues(np.array([0, 0, 1]), probs).tolist() == [1, 2]
     assert l2b.find_label_issues(labels=np.array([0, 0, 1]), pred_probs=probs).tolist() == [1, 2]
     with pytest.raises(ValueError, match="threshold must be in"):
-        l2b.find_label_issues(alpha, beta, threshold=2.0)
+        l2b.find_label_issues(labels, alpha=alpha, beta=beta, threshold=2.0)
 
 
 def test_rank_label_issues_aggregates_epochs_breaks_ties_and_suggests_other_labels():
@@ -163,8 +172,12 @@ def test_rank_label_issues_aggregates_epochs_breaks_ties_and_suggests_other_labe
     last = rank_label_issues(labels, alpha[-1], beta[-1], score="trust")
     np.testing.assert_allclose(last.score, 1 - np.array([0.5, 1.0, 0.0, 0.75]))
     probs = np.array([[0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4], [0.9, 0.05, 0.05]])
-    m = rank_label_issues(labels, pred_probs=probs)
-    assert m.source == "model" and m.indices.tolist() == [0, 2] and m.suggested.tolist() == [1, 0, 0, 1]
+    m = rank_label_issues(labels, pred_probs=probs, threshold=0.5)  # a fixed cut, asked for
+    assert m.source == "model" and m.cut == "threshold"
+    assert m.indices.tolist() == [0, 2] and m.suggested.tolist() == [1, 0, 0, 1]
+    # the default cut: no sample is confidently of another class (s0 reaches no class's threshold)
+    calibrated = rank_label_issues(labels, pred_probs=probs)
+    assert calibrated.cut == "count" and calibrated.estimated == 0 and calibrated.indices.tolist() == []
     both = rank_label_issues(labels, alpha, beta, pseudo_labels=pseudo, seen=seen, pred_probs=probs)
     assert both.source == "model" and both.suggested.tolist() == [1, 0, 0, 1]  # auto; the model's suggestion
     np.testing.assert_allclose(both.agreement[:3], [2 / 3, 0.0, 1 / 3])  # s2: pseudo 0 in 1 of 3 epochs

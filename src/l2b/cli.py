@@ -13,6 +13,7 @@ from typing import Any
 from .methods import METHODS, declared_options
 from .config import TrainConfig, load_yaml
 from .rundir import NOT_RESULTS
+from .calibrate import CUTS, DEFAULT_CUT
 from .detect import SCORES
 from .train import train
 
@@ -279,11 +280,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_label_issues(args: argparse.Namespace) -> int:
-    from .detect import write_label_issues
+    from .label_issues import write_label_issues
 
-    s = write_label_issues(args.dir, threshold=args.threshold, score=args.score)
-    print(f"wrote {Path(args.dir) / 'label_issues.csv'}: {s['issues']} suspected label issues "
-          f"(score {s['score']}: {s['source']})")
+    s = write_label_issues(args.dir, threshold=args.threshold, score=args.score, cut=args.cut, out=args.out,
+                           show=args.show)
+    how = (f"the estimated number of issues, {s['estimated']}" if s["cut"] == "count" else
+           f"cut {s['cut']}" + (f" (estimated issues: {s['estimated']})" if s["estimated"] is not None else ""))
+    print(f"wrote {s['csv']}: {s['issues']} suspected label issues flagged ({how}; score {s['score']}: "
+          f"{s['source']})" + (f"; {s['clean_scored']} clean samples drawn from your labels scored too"
+                                if s["clean_scored"] else ""))
+    if s["picture"]:
+        print(f"wrote {s['picture']}: the top {args.show} suspects")
     if s["corrupted"]:
         print(f"against the injected noise ({s['corrupted']} corrupted labels): precision {s['precision']:.3f}, "
               f"recall {s['recall']:.3f}, F1 {s['f1']:.3f}, ROC-AUC {s['auc']:.3f}; the suggested label is the "
@@ -336,8 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
     li = sub.add_parser("label-issues", allow_abbrev=False, help="write RUN_DIR/label_issues.csv, the labels the run believes wrong")
     li.add_argument("dir", metavar="RUN_DIR")
-    li.add_argument("--threshold", type=_unit_interval, default=0.5,
-                    help="flag a label when its trust alpha/(alpha+beta) (or model probability) is below this")
+    li.add_argument("--threshold", type=_unit_interval, default=None,
+                    help="a fixed cut instead: flag a label when its trust alpha/(alpha+beta) (or model probability) "
+                         "is below this")
+    li.add_argument("--cut", default="auto", choices=["auto", *CUTS],
+                    help="how many to flag: " + "; ".join(f"{k}: {v}" for k, v in CUTS.items())
+                         + f" (auto: {DEFAULT_CUT}, or threshold when --threshold is given)")
+    li.add_argument("--out", help="write label_issues.csv (and .png) here instead of the run directory")
+    li.add_argument("--show", type=int, default=0, metavar="N", help="also draw the top N suspects into label_issues.png")
     li.add_argument("--score", default="auto", choices=["auto", *SCORES],
                     help="how a label is scored: " + "; ".join(f"{k}: {v}" for k, v in SCORES.items())
                          + " (auto: model, the best ranking in benchmarks/label_issues.py)")

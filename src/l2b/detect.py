@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-# A sample is flagged when its label trust is below this (beta outweighs alpha).
+from .calibrate import CUTS, DEFAULT_CUT, check_labels, check_pred_probs, estimated_issues, flag
+
+# A fixed cut (cut="threshold"): a sample is flagged when its label trust is below this (beta outweighs alpha).
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -84,6 +86,8 @@ class LabelIssues:
     confidence: np.ndarray
     source: str
     agreement: np.ndarray | None = None
+    cut: str = "threshold"  # how many were flagged (a key of l2b.calibrate.CUTS)
+    estimated: int | None = None  # the estimated number of label issues (with probabilities)
 
 
 def _as_history(values, name: str) -> np.ndarray | None:
@@ -98,24 +102,31 @@ def _as_history(values, name: str) -> np.ndarray | None:
 
 
 def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen=None, pred_probs=None,
-                      score: str = "auto", threshold: float = DEFAULT_THRESHOLD,
+                      score: str = "auto", threshold: float | None = None, cut: str = "auto",
                       num_classes: int | None = None) -> LabelIssues:
     """Label issues from a meta method's weights and/or a model's predicted probabilities.
 
     ``alpha``, ``beta``, ``pseudo_labels`` and ``seen`` are (n,) for one epoch or (epochs, n) for
     the last epochs (weights.npz's ``*_history``); ``seen`` marks the epochs where a sample was
     weighted (default: all). ``pred_probs`` is (n, classes) as cleanlab takes it. ``score``:
-    a key of ``SCORES`` or "auto" (``model`` with ``pred_probs``, else ``trust``)."""
-    labels = np.asarray(labels)
+    a key of ``SCORES`` or "auto" (``model`` with ``pred_probs``, else ``trust``). ``cut``: how
+    many to flag, a key of ``l2b.calibrate.CUTS`` or "auto": the estimated number of issues
+    (``count``) with ``pred_probs``, a fixed ``threshold`` when one is given or without them."""
+    probs = None if pred_probs is None else np.asarray(pred_probs)
+    labels = check_labels(labels, None if probs is None else probs.shape[1] if probs.ndim == 2 else None)
     a, b = _as_history(alpha, "alpha"), _as_history(beta, "beta")
     if (a is None) != (b is None):
         raise ValueError("give alpha and beta together")
     if a is not None and (a.shape != b.shape or a.shape[1] != len(labels)):
         raise ValueError(f"alpha and beta must have the same shape, n = len(labels) = {len(labels)} columns; "
                          f"got {a.shape} and {b.shape}")
-    probs = None if pred_probs is None else np.asarray(pred_probs, dtype=np.float64)
-    if probs is not None and (probs.ndim != 2 or len(probs) != len(labels)):
-        raise ValueError(f"pred_probs must be (n, classes) with n = len(labels) = {len(labels)}, got {probs.shape}")
+    if probs is not None:
+        probs = check_pred_probs(probs, len(labels))
+    if cut == "auto":
+        cut = "threshold" if threshold is not None or probs is None else DEFAULT_CUT
+    if cut not in CUTS:
+        raise ValueError(f"unknown cut {cut!r}; choose auto or one of {', '.join(CUTS)}")
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     if score == "auto":  # by measurement (benchmarks/label_issues.py): the model's probability ranks
         # corrupted labels far better than the weights; of the weight scores, the last epoch's trust
         score = "model" if probs is not None else "trust"
@@ -147,11 +158,15 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     # ties (e.g. every sample whose alpha is 0 scores 1) are broken by a second suspicion: a lower
     # mean alpha, or for the model score the weights' mean distrust when there are weights
     secondary = -mean_a if score != "model" else values.get("trust-mean", np.zeros(n))
-    flagged = np.flatnonzero(main > 1.0 - _check_threshold(threshold))
-    order = np.lexsort((-secondary[flagged], -main[flagged]))  # most suspect first
+    ranked = np.lexsort((-secondary, -main))  # most suspect first
+    rank = np.empty(n, dtype=np.int64)
+    rank[ranked] = np.arange(n)
+    mask = flag(cut, labels, probs, -rank.astype(np.float64) if cut == "count" else main, _check_threshold(threshold))
+    flagged = ranked[mask[ranked]]
     suggested, confidence, agreement = _suggestions(labels, k, pseudo_labels, seen_h, probs,
                                                     prefer_model=score in ("model", "combined"))
-    return LabelIssues(flagged[order], main, suggested, confidence, score, agreement)
+    estimate = None if probs is None else int(estimated_issues(labels, probs).sum())
+    return LabelIssues(flagged, main, suggested, confidence, score, agreement, cut, estimate)
 
 
 def _suggestions(labels, k, pseudo_labels, seen, probs, prefer_model: bool):
@@ -192,88 +207,36 @@ def _check_threshold(threshold: float) -> float:
     return threshold
 
 
-def find_label_issues(alpha=None, beta=None, *, labels=None, pred_probs=None,
-                      threshold: float = DEFAULT_THRESHOLD, score: str = "auto") -> np.ndarray:
-    """The positions of the samples whose label looks wrong, most suspect first (cleanlab's
-    ``find_label_issues`` with ``return_indices_ranked_by``): suspicion above 1 - ``threshold``.
+def find_label_issues(labels=None, pred_probs=None, *, alpha=None, beta=None, threshold: float | None = None,
+                      score: str = "auto", cut: str = "auto") -> np.ndarray:
+    """The positions of the samples whose label looks wrong, most suspect first, in cleanlab's
+    order of arguments (``find_label_issues(labels, pred_probs)``, as with
+    ``return_indices_ranked_by``). With probabilities the number flagged is estimated from the
+    data (confident learning, ``cut="count"``); ``threshold=`` gives a fixed cut instead.
     ``alpha``/``beta`` may be one epoch's (n,) weights or the last epochs' (epochs, n);
     :func:`rank_label_issues` also returns the scores and the suggested labels.
 
+    >>> issues = l2b.find_label_issues(y, probs)                                     # any model
     >>> w = np.load("runs/x/weights.npz")
-    >>> issues = l2b.find_label_issues(w["alpha_history"], w["beta_history"])   # from a run
-    >>> issues = l2b.find_label_issues(labels=y, pred_probs=probs)               # from any model
+    >>> issues = l2b.find_label_issues(w["noisy"], alpha=w["alpha_history"], beta=w["beta_history"])
     """
-    n = np.shape(alpha)[-1] if alpha is not None else len(labels) if labels is not None else 0
-    given = np.zeros(n, dtype=np.int64) if labels is None else labels
-    return rank_label_issues(given, alpha, beta, pred_probs=pred_probs, score=score, threshold=threshold).indices
+    if labels is not None and pred_probs is not None and alpha is None and _looks_like_weights(labels, pred_probs):
+        import warnings
+
+        warnings.warn("find_label_issues(alpha, beta) is the old order; call find_label_issues(labels, "
+                      "alpha=..., beta=...) (the positional order is now cleanlab's: labels, pred_probs)",
+                      DeprecationWarning, stacklevel=2)
+        labels, pred_probs, alpha, beta = None, None, labels, pred_probs
+    if labels is None:
+        if alpha is None:
+            raise ValueError("give labels and pred_probs (cleanlab's order), or labels with alpha= and beta=")
+        labels = np.zeros(np.shape(alpha)[-1], dtype=np.int64)  # weight scores do not read the labels
+    return rank_label_issues(labels, alpha, beta, pred_probs=pred_probs, score=score, threshold=threshold,
+                             cut=cut).indices
 
 
-def _model_scores(run: Path):
-    """Probabilities of the final model on the run's training samples (for runs without weights)."""
-    import torch
-
-    from .train import load_run
-
-    cfg, prep, (train_data, _, _), model = load_run(run)
-    model.eval()
-    probs = torch.zeros(len(train_data), prep.ds.num_classes)
-    with torch.no_grad():
-        for x, _, idx, _ in train_data.epoch(cfg.eval_batch_size, seed=0, augment=False):
-            probs[idx.cpu()] = torch.softmax(model(x).float(), dim=1).cpu()
-    return probs.numpy()
-
-
-def write_label_issues(run: str | Path, threshold: float = DEFAULT_THRESHOLD, score: str = "auto") -> dict:
-    """``l2b label-issues RUN``: write ``RUN/label_issues.csv`` (index, given_label,
-    suggested_label, confidence, pseudo_agreement, score), most suspect first; ``index`` is the
-    sample's position in the dataset's training set. ``score``: a key of ``SCORES``, or "auto":
-    the final model's probability of the given label (the best ranking in
-    benchmarks/label_issues.py, with and without per-sample weights). The scores and suggestions
-    come from :func:`rank_label_issues`. Returns a summary with precision, recall, F1 and ROC-AUC
-    against the injected noise, and how often the suggestion is the true label."""
-    run = Path(run)
-    labels_path = run / "labels.npz"
-    if not labels_path.is_file():
-        raise FileNotFoundError(f"{labels_path}: not found; is {run} a run directory of l2b train?")
-    if score != "auto" and score not in SCORES:
-        raise ValueError(f"--score {score!r}: choose auto or one of {', '.join(SCORES)}")
-    labels = np.load(labels_path)
-    given, true, train_index = labels["noisy"], labels["true"], labels["train_index"]
-    n_given = len(given)
-    w = np.load(run / "weights.npz") if (run / "weights.npz").is_file() else None
-    has_model = (run / "checkpoint.pt").is_file()
-    if score == "auto":
-        score = "model" if has_model or w is None else "trust"
-    weights = {}
-    if w is not None:
-        hist = "alpha_history" in w.files and score != "trust"
-        if not hist and score in ("trust-mean", "weights-mean"):
-            score = "trust"  # a run of an earlier version: one epoch's weights only
-        weights = {"alpha": w["alpha_history"] if hist else w["alpha"], "beta": w["beta_history"] if hist else w["beta"],
-                   "pseudo_labels": w["pseudo_history"] if "pseudo_history" in w.files else w["pseudo_labels"],
-                   "seen": w["seen_history"] if hist else None}
-        # GLC's weights also cover its clean samples: keep the noisy ones
-        weights = {k: None if v is None else v[..., :n_given] for k, v in weights.items()}
-    elif score != "model":
-        raise FileNotFoundError(f"{run}: no weights.npz (method without per-sample weights); use --score model")
-    probs = None
-    if score in ("model", "combined"):
-        if not has_model:
-            raise FileNotFoundError(f"{run}: no checkpoint.pt to score the labels with; use a weight score")
-        probs = _model_scores(run)
-    issues = rank_label_issues(given, **weights, pred_probs=probs, score=score, threshold=threshold)
-    agreement = issues.agreement
-    with open(run / "label_issues.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["index", "given_label", "suggested_label", "confidence", "pseudo_agreement", "score"])
-        writer.writerows([int(train_index[i]), int(given[i]), int(issues.suggested[i]), f"{issues.confidence[i]:.4f}",
-                          "" if agreement is None else f"{agreement[i]:.2f}", f"{issues.score[i]:.6f}"]
-                         for i in issues.indices)
-    is_noisy = given != true
-    mask = np.zeros(n_given, dtype=bool)
-    mask[issues.indices] = True
-    m = flag_metrics(mask, is_noisy)
-    return {"issues": len(issues.indices), "source": SCORES[issues.source], "score": issues.source,
-            "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
-            "auc": roc_auc(issues.score, is_noisy),
-            "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
+def _looks_like_weights(first, second) -> bool:
+    """The old call ``find_label_issues(alpha, beta)``: two float arrays of one shape, the first
+    not a label vector."""
+    a, b = np.asarray(first), np.asarray(second)
+    return a.dtype.kind == "f" and a.shape == b.shape and (a.ndim == 2 or not np.all(a == np.round(a)))

@@ -258,6 +258,8 @@ def write_report(target: str | Path) -> Path:
         t = np.load(labels)["transition"]
         figures.append((f"Realised noise ({runs[0]['noise']})",
                         transition_figure(t, target / "transition.png", f"realised transition, {runs[0]['noise']}")))
+    if (target / "label_issues.png").is_file():  # written by `l2b label-issues --show N`
+        figures.append(("Top suspected label issues (given → suggested)", target / "label_issues.png"))
     (target / "report.html").write_text(_html(target, runs, figures, detection_rows, extra, diverged))
     return target / "report.html"
 

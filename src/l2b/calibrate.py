@@ -1,0 +1,140 @@
+"""How many labels to flag, from the data: confident-learning thresholds (Northcutt et al., 2021)
+and the estimated number of label issues; and the checks every (labels, pred_probs) input passes.
+
+A fixed cut on the model's probability of the given label flags most of the data when the model is
+unsure (short runs, hard classes). The cuts here adapt to how confident the model is, class by
+class:
+
+- ``t_j``: the mean probability of class j over the samples labelled j (the per-class threshold);
+- the confident joint ``C[i, j]``: samples labelled i whose probability of class j reaches ``t_j``
+  (the most probable such class when several do);
+- calibrated so that each row sums to the count of label i, its off-diagonal mass is the estimated
+  number of label issues.
+
+The cuts (``CUTS``): ``count`` flags that many samples, the most suspect first by the ranking
+score; ``per-class`` flags, within each given class, its row's off-diagonal count, ranked by the
+margin of the best other class over the given one; ``confident`` flags the samples whose confident
+class is not the given one; ``threshold`` is a fixed cut on the score.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CUTS = {
+    "count": "the estimated number of issues (confident learning), most suspect first",
+    "per-class": "per given class, its estimated number of issues, ranked by margin",
+    "confident": "samples whose confident class (per-class thresholds) is not the given one",
+    "threshold": "score above 1 - threshold (a fixed cut)",
+}
+DEFAULT_CUT = "count"  # by measurement: benchmarks/RESULTS.md "Label issues: the calibrated cut"
+
+
+def check_labels(labels, num_classes: int | None = None, name: str = "labels") -> np.ndarray:
+    """A 1-D array of integer class labels in [0, num_classes); one-line errors naming the first
+    bad entry (a label of -1 would silently read the last class)."""
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one label per sample), got shape {y.shape}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            bad = int(np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0])
+            raise ValueError(f"{name}[{bad}] = {y[bad].item()!r} is not a class index; labels must be integers")
+        y = y.astype(np.int64)
+    elif y.dtype.kind not in "iub":
+        raise ValueError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if len(y) and y.min() < 0:
+        bad = int(np.argmin(y))
+        raise ValueError(f"{name}[{bad}] = {y[bad]}: labels must be class indices 0..K-1, not negative")
+    if num_classes is not None and len(y) and y.max() >= num_classes:
+        bad = int(np.argmax(y))
+        raise ValueError(f"{name}[{bad}] = {y[bad]} but pred_probs has {num_classes} columns (classes 0.."
+                         f"{num_classes - 1}); give probabilities for every class")
+    return y
+
+
+def check_pred_probs(pred_probs, n: int) -> np.ndarray:
+    """An (n, K) array of probabilities: finite, non-negative, rows summing to 1 (logits or
+    scores are refused with the fix: a softmax)."""
+    p = np.asarray(pred_probs, dtype=np.float64)
+    if p.ndim != 2 or len(p) != n:
+        raise ValueError(f"pred_probs must be (n, classes) with n = len(labels) = {n}, got shape {p.shape}")
+    bad = ~np.isfinite(p).all(axis=1)
+    if bad.any():
+        raise ValueError(f"pred_probs row {int(np.flatnonzero(bad)[0])} holds NaN or inf ({int(bad.sum())} row(s)); "
+                         f"score those samples again or drop them")
+    if (p < 0).any():
+        row = int(np.flatnonzero((p < 0).any(axis=1))[0])
+        raise ValueError(f"pred_probs row {row} has negative entries: these look like logits, not probabilities; "
+                         f"apply a softmax first (scipy.special.softmax(x, axis=1))")
+    sums = p.sum(axis=1)
+    off = np.abs(sums - 1.0) > 1e-3
+    if off.any():
+        row = int(np.flatnonzero(off)[0])
+        raise ValueError(f"pred_probs row {row} sums to {sums[row]:.4g}, not 1 ({int(off.sum())} row(s)): these are "
+                         f"not probabilities; apply a softmax to logits (scipy.special.softmax(x, axis=1))")
+    return p
+
+
+def per_class_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``t_j``: the mean probability of class j over the samples labelled j (inf for a class no
+    sample carries, so that no sample is confidently of it)."""
+    k = probs.shape[1]
+    counts = np.bincount(labels, minlength=k)
+    sums = np.bincount(labels, weights=probs[np.arange(len(labels)), labels], minlength=k)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+
+
+def confident_classes(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each sample's confident class: the most probable class whose probability reaches its
+    threshold; -1 where none does."""
+    above = probs >= per_class_thresholds(labels, probs)[None, :] - 1e-12
+    masked = np.where(above, probs, -1.0)
+    best = masked.argmax(axis=1)
+    return np.where(above.any(axis=1), best, -1)
+
+
+def calibrated_joint(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """The confident joint (rows: given label, columns: confident class), each row rescaled to
+    the number of samples with that given label."""
+    k = probs.shape[1]
+    conf = confident_classes(labels, probs)
+    ok = conf >= 0
+    joint = np.zeros((k, k))
+    np.add.at(joint, (labels[ok], conf[ok]), 1.0)
+    counts = np.bincount(labels, minlength=k).astype(float)
+    rows = joint.sum(axis=1)
+    return joint * np.divide(counts, rows, out=np.zeros(k), where=rows > 0)[:, None]
+
+
+def estimated_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per given class, the estimated number of its samples whose label is wrong."""
+    joint = calibrated_joint(labels, probs)
+    return np.rint(joint.sum(axis=1) - np.diag(joint)).astype(np.int64)
+
+
+def flag(cut: str, labels: np.ndarray, probs: np.ndarray | None, score: np.ndarray, threshold: float) -> np.ndarray:
+    """A boolean mask of the flagged samples under ``cut`` (a key of CUTS)."""
+    n = len(labels)
+    if cut == "threshold":
+        return score > 1.0 - threshold
+    if probs is None:
+        raise ValueError(f"cut {cut!r} needs pred_probs (a model's probabilities); give them, or cut='threshold'")
+    mask = np.zeros(n, dtype=bool)
+    if cut == "count":
+        m = int(estimated_issues(labels, probs).sum())
+        mask[np.argsort(-score, kind="stable")[:m]] = True
+    elif cut == "per-class":
+        other = probs.copy()
+        other[np.arange(n), labels] = -np.inf
+        margin = other.max(axis=1) - probs[np.arange(n), labels]
+        for c, m in enumerate(estimated_issues(labels, probs)):
+            members = np.flatnonzero(labels == c)
+            mask[members[np.argsort(-margin[members], kind="stable")[:m]]] = True
+    elif cut == "confident":
+        conf = confident_classes(labels, probs)
+        mask = (conf >= 0) & (conf != labels)
+    else:
+        raise ValueError(f"unknown cut {cut!r}; choose one of {', '.join(CUTS)}")
+    return mask

@@ -1,0 +1,215 @@
+"""``l2b label-issues RUN``: the labels a finished run believes wrong, as a CSV a person can act on
+(file paths and class names for image folders), and a picture of the top suspects.
+
+The scores and suggestions come from :func:`l2b.detect.rank_label_issues`; how many are flagged
+from :mod:`l2b.calibrate` (by default the estimated number of issues). A clean set drawn from
+the user's own (unverified) training labels is scored too, so that no sample goes unexamined.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
+
+
+def _probs(model, data, num_classes: int, batch_size: int) -> np.ndarray:
+    import torch
+
+    model.eval()
+    probs = torch.zeros(len(data), num_classes)
+    with torch.no_grad():
+        for x, _, idx, _ in data.epoch(batch_size, seed=0, augment=False):
+            probs[idx.cpu()] = torch.softmax(model(x).float(), dim=1).cpu()
+    return probs.numpy()
+
+
+def _model_scores(run: Path, with_clean: bool):
+    """The final model's probabilities on the run's training samples (and on its clean samples
+    when ``with_clean``), and the run's prepared data."""
+    from .train import load_run
+
+    cfg, prep, (train_data, val_data, _), model = load_run(run)
+    k = prep.ds.num_classes
+    probs = _probs(model, train_data, k, cfg.eval_batch_size)
+    clean = _probs(model, val_data, k, cfg.eval_batch_size) if with_clean else None
+    return probs, clean, prep
+
+
+def _writable(out: Path) -> Path:
+    """``out`` created and writable, or a one-line error that names ``--out``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create {out} ({err.strerror}); write elsewhere with --out DIR") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"{out} is not writable; write elsewhere with --out DIR")
+    return out
+
+
+def write_label_issues(run: str | Path, threshold: float | None = None, score: str = "auto", cut: str = "auto",
+                       out: str | Path | None = None, show: int = 0) -> dict:
+    """Write ``label_issues.csv`` (into ``out``, default the run directory), most suspect first:
+    ``index`` (position in the dataset's training set), ``split`` (train, or clean for a clean
+    sample drawn from unverified labels), ``given_label`` / ``given_class``,
+    ``suggested_label`` / ``suggested_class``, ``confidence``, ``pseudo_agreement``, ``score`` and,
+    for image-file datasets, ``path``. ``show`` > 0 also writes ``label_issues.png`` with the top
+    ``show`` suspects. Returns a summary: how many were flagged and estimated, and precision,
+    recall, F1 and ROC-AUC against the injected noise where there is any."""
+    import json
+
+    run = Path(run)
+    labels_path = run / "labels.npz"
+    if not labels_path.is_file():
+        raise FileNotFoundError(f"{labels_path}: not found; is {run} a run directory of l2b train?")
+    if score != "auto" and score not in SCORES:
+        raise ValueError(f"--score {score!r}: choose auto or one of {', '.join(SCORES)}")
+    out = _writable(Path(out) if out is not None else run)
+    labels = np.load(labels_path)
+    given, true, train_index = labels["noisy"], labels["true"], labels["train_index"]
+    n_given = len(given)
+    w = np.load(run / "weights.npz") if (run / "weights.npz").is_file() else None
+    has_model = (run / "checkpoint.pt").is_file()
+    if score == "auto":
+        score = "model" if has_model or w is None else "trust"
+    weights = {}
+    if w is not None:
+        hist = "alpha_history" in w.files and score != "trust"
+        if not hist and score in ("trust-mean", "weights-mean"):
+            score = "trust"  # a run of an earlier version: one epoch's weights only
+        weights = {"alpha": w["alpha_history"] if hist else w["alpha"], "beta": w["beta_history"] if hist else w["beta"],
+                   "pseudo_labels": w["pseudo_history"] if "pseudo_history" in w.files else w["pseudo_labels"],
+                   "seen": w["seen_history"] if hist else None}
+        # GLC's weights also cover its clean samples: keep the noisy ones
+        weights = {k: None if v is None else v[..., :n_given] for k, v in weights.items()}
+    elif score != "model":
+        raise FileNotFoundError(f"{run}: no weights.npz (method without per-sample weights); use --score model")
+    config = json.loads((run / "config.json").read_text())["config"] if (run / "config.json").is_file() else {}
+    from .config import own_labels
+
+    val_index = labels["val_index"].astype(np.int64)
+    # a clean set drawn from the user's own training labels is as unverified as the rest: score it
+    with_clean = bool(len(val_index)) and own_labels(config.get("data", "")) and config.get("noise") == "none"
+    probs = clean_probs = prep = None
+    if has_model and (score in ("model", "combined") or cut != "threshold"):
+        probs, clean_probs, prep = _model_scores(run, with_clean)
+    elif score in ("model", "combined"):
+        raise FileNotFoundError(f"{run}: no checkpoint.pt to score the labels with; use a weight score")
+    split = np.array(["train"] * n_given)
+    index = train_index
+    if clean_probs is not None:  # the clean samples join as samples without weights
+        clean_labels = prep.ds.y_train.numpy()[val_index]
+        given = np.concatenate([given, clean_labels])
+        true = np.concatenate([true, clean_labels])
+        probs = np.concatenate([probs, clean_probs])
+        split = np.concatenate([split, np.array(["clean"] * len(val_index))])
+        index = np.concatenate([train_index, val_index])
+        weights = {k: None if v is None else _pad(v, len(val_index), k) for k, v in weights.items()}
+    issues = rank_label_issues(given, **weights, pred_probs=probs if score in ("model", "combined") or cut != "threshold" else None,
+                               score=score, threshold=threshold, cut=cut)
+    classes = _classes(run, config, prep)
+    paths = _paths(prep, index, split)
+    _write_csv(out / "label_issues.csv", issues, index, split, given, classes, paths)
+    picture = None
+    if show > 0:
+        picture = _show(out / "label_issues.png", issues, index, split, given, classes, show, run, prep)
+    is_noisy = given != true
+    mask = np.zeros(len(given), dtype=bool)
+    mask[issues.indices] = True
+    m = flag_metrics(mask, is_noisy)
+    return {"issues": len(issues.indices), "estimated": issues.estimated, "cut": issues.cut,
+            "source": SCORES[issues.source], "score": issues.source, "csv": out / "label_issues.csv",
+            "picture": picture, "clean_scored": int((split == "clean").sum()),
+            "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+            "auc": roc_auc(issues.score, is_noisy),
+            "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
+
+
+def _pad(v: np.ndarray, extra: int, name: str) -> np.ndarray:
+    """Weights of the training samples, extended to the clean samples (never weighted)."""
+    fill = -1 if name == "pseudo_labels" else 0
+    pad = np.full(v.shape[:-1] + (extra,), fill, dtype=v.dtype)
+    return np.concatenate([v, pad], axis=-1)
+
+
+def _classes(run: Path, config: dict, prep) -> list[str]:
+    import json
+
+    if prep is not None:
+        return [str(c) for c in prep.ds.classes]
+    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    return [str(c) for c in saved.get("data", {}).get("classes", [])]
+
+
+def _paths(prep, index: np.ndarray, split: np.ndarray) -> list[str] | None:
+    """The image file of every scored sample (image-file datasets; None for arrays)."""
+    from .data import FileDataset
+
+    if prep is None or not isinstance(prep.ds, FileDataset):
+        return None
+    return [str(prep.ds.train[int(i)][0]) for i in index]
+
+
+def _write_csv(path: Path, issues, index, split, given, classes: list[str], paths) -> None:
+    name = lambda c: classes[c] if 0 <= c < len(classes) else ""  # noqa: E731
+    agreement = issues.agreement
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["index", "split", "given_label", "given_class", "suggested_label", "suggested_class",
+                         "confidence", "pseudo_agreement", "score"] + (["path"] if paths else []))
+        for i in issues.indices:
+            g, s = int(given[i]), int(issues.suggested[i])
+            writer.writerow([int(index[i]), split[i], g, name(g), s, name(s), f"{issues.confidence[i]:.4f}",
+                             "" if agreement is None or i >= len(agreement) else f"{agreement[i]:.2f}",
+                             f"{issues.score[i]:.6f}"] + ([paths[i]] if paths else []))
+
+
+def _image(prep, i: int) -> np.ndarray:
+    """Training image ``i`` of the dataset as H x W (x 3) for display."""
+    from .data import FileDataset
+
+    if isinstance(prep.ds, FileDataset):
+        from PIL import Image
+
+        with Image.open(prep.ds.train[i][0]) as im:
+            return np.asarray(im.convert("RGB"))
+    x = prep.ds.x_train[i].numpy()
+    return x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)
+
+
+def _show(path: Path, issues, index, split, given, classes, top: int, run: Path, prep) -> Path:
+    """label_issues.png: the top suspects, each with given -> suggested label and its score."""
+    if prep is None:
+        from .train import load_run
+
+        prep = load_run(run)[1]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("--show needs matplotlib: pip install 'l2b[report]'") from None
+    chosen = issues.indices[:top]
+    if not len(chosen):
+        chosen = np.argsort(-issues.score, kind="stable")[:top]  # nothing flagged: the most suspect anyway
+    name = lambda c: classes[c] if 0 <= c < len(classes) else str(c)  # noqa: E731
+    cols = min(8, len(chosen))
+    rows = -(-len(chosen) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, chosen):
+        img = _image(prep, int(index[i]))
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+        ax.set_title(f"{name(int(given[i]))} → {name(int(issues.suggested[i]))}\nscore {issues.score[i]:.2f}"
+                     + (" (clean)" if split[i] == "clean" else ""), fontsize=7)
+    fig.suptitle(f"top {len(chosen)} suspected label issues: given → suggested", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
