@@ -102,6 +102,22 @@ def test_paper_regime_benchmark_quick_mode_covers_grid_ablations_and_sweep(tmp_p
         assert (out / "figures" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_label_issue_cut_benchmark_quick_mode_meets_the_targets_on_unsure_models(tmp_path):
+    """The 3-epoch digits runs of the README's example: the fixed 0.5 cut flags far too many
+    labels; the default cut flags within 25% of the corrupted count, at precision >= 0.8."""
+    out = tmp_path / "cut"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "label_issue_cut.py"), "--quick",
+                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    from l2b.calibrate import DEFAULT_CUT
+
+    assert len(result["rows"]) == 3
+    for row in result["rows"]:
+        assert abs(row[DEFAULT_CUT]["count_ratio"] - 1) <= 0.25 and row[DEFAULT_CUT]["precision"] >= 0.8
+        assert row["threshold"]["count_ratio"] > 1.5  # the fixed cut over-flags these unsure models
+
+
 def test_the_step_cost_authors_row_runs_the_same_step_as_ours(float64):
     """benchmarks/step_cost.py times the public code's step through `higher`; it must compute what
     our L2B step computes (parameters equal after two steps), or its timing compares unlike work."""

@@ -384,11 +384,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"\nl2b {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, OSError, ImportError) as err:  # bad input, or a fault of the environment
         if os.environ.get("L2B_DEBUG"):
             raise
-        print(f"l2b {args.command}: error: {err}", file=sys.stderr)
+        print(f"l2b {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """An error as one line: an OSError as its message and file (no "[Errno N]")."""
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:
+        return err.strerror + (f": {err.filename}" if err.filename else "")
+    return " ".join(str(err).split("\n"))
 
 
 if __name__ == "__main__":

@@ -133,3 +133,34 @@ def build_splits(cfg: TrainConfig, prep: Prepared, device: torch.device, shard=(
                            device, cfg.workers, shard)
         test = FileData(ds, ds.test, [y for _, y in ds.test], device, cfg.workers, shard)
     return train, val, test
+
+
+def data_fingerprint(cfg: TrainConfig, prep: Prepared, splits) -> dict:
+    """What a run's checkpoint is bound to: the sizes of its splits, a hash of its labels (the
+    given and the true training labels, the clean and test labels, and which samples are which)
+    and the noise. ``--resume`` refuses other data."""
+    import hashlib
+
+    _, val, test = splits
+    h = hashlib.sha256()
+    for a in (prep.train_idx, prep.y_noisy, prep.y_true, np.array([]) if prep.val_idx is None else prep.val_idx,
+              np.asarray(val.y.cpu() if hasattr(val.y, "cpu") else val.y),
+              np.asarray(test.y.cpu() if hasattr(test.y, "cpu") else test.y)):
+        h.update(np.ascontiguousarray(np.asarray(a, dtype=np.int64)).tobytes())
+    return {"train": len(prep.y_noisy), "clean": len(val), "test": len(test), "classes": int(prep.ds.num_classes),
+            "labels_sha256": h.hexdigest()[:16], "noise": cfg.noise}
+
+
+def check_same_data(out, fingerprint: dict) -> None:
+    """``--resume``: the data must be what the run started on (its config.json's fingerprint)."""
+    import json
+    from pathlib import Path
+
+    saved = json.loads((Path(out) / "config.json").read_text()).get("data", {}).get("fingerprint")
+    if saved is None:  # a run of an earlier version: nothing to compare
+        return
+    changed = [f"{k} {saved[k]} -> {fingerprint.get(k)}" if k != "labels_sha256" else "the labels (their hash differs)"
+               for k in saved if saved[k] != fingerprint.get(k)]
+    if changed:
+        raise ValueError(f"--resume {out}: the data changed since the run started ({'; '.join(changed)}); its "
+                         f"checkpoint belongs to the old data. Restore that data, or start a new run with another --out")

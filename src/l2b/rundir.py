@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .runlock import LOCK_NAME, SPACE_ERRNOS, atomic_write, state_bytes
 from .version import __version__
 
 
@@ -85,7 +86,7 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
         return
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         saved = out / "config.json"
         same = False
         if saved.is_file():
@@ -94,7 +95,7 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
             except (ValueError, AttributeError):
                 same = False
         if overwrite:
-            for child in out.iterdir():
+            for child in (p for p in out.iterdir() if p.name != LOCK_NAME):
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         elif not same:
             what = "an earlier run with other settings" if saved.is_file() else "files that are not an l2b run"
@@ -124,8 +125,15 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
 
 def append_row(out: Path, row: dict, writer=None) -> None:
     """One epoch's row: a line of metrics.jsonl, and its numbers as TensorBoard scalars."""
-    with open(out / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps(finite_json(row)) + "\n")
+    line = json.dumps(finite_json(row)) + "\n"
+    try:
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(line)
+    except OSError as err:
+        if err.errno not in SPACE_ERRNOS:
+            raise
+        raise OSError(err.errno, f"{out}: no space left to append to metrics.jsonl ({len(line)} bytes); free some "
+                                 f"space or choose another --out") from None
     if writer is not None:
         for k, v in row.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -150,10 +158,21 @@ def finite_json(obj):
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write with torch.save to a temporary file, then rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write with torch.save to a temporary file, then rename: a reader never sees half a file;
+    out of space, the previous file stays and the error is one line (l2b.runlock.atomic_write)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), needed=state_bytes(obj))
+
+
+def atomic_json(path: Path, obj: Any, **kwargs) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, **kwargs)))
+
+
+def atomic_npz(path: Path, **arrays) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to a path
+            np.savez(fh, **arrays)
+
+    atomic_write(path, write, needed=sum(np.asarray(a).nbytes for a in arrays.values()))
 
 
 def environment() -> dict[str, Any]:

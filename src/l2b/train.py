@@ -28,10 +28,11 @@ from .distributed import current_sync, init_from_env
 from .methods import METHODS, create_method
 from .methods.base import SetupContext
 from .models import create_model
-from .run_data import build_splits, data_line, prepare_data
+from .run_data import build_splits, check_same_data, data_fingerprint, data_line, prepare_data
 from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, lr_at, train_step
-from .rundir import (Progress, append_row, atomic_save, environment, finite_json, load_checkpoint, prepare_out,
-                     rewrite_rows, tensorboard)
+from .rundir import (Progress, append_row, atomic_json, atomic_npz, atomic_save, environment, finite_json,
+                     load_checkpoint, prepare_out, rewrite_rows, tensorboard)
+from .runlock import RunLock
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -142,16 +143,16 @@ def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | No
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").write_text("")
     train_data, val_data, test_data = splits
-    with open(out / "config.json", "w") as fh:
-        json.dump({"config": asdict(cfg), "environment": environment(),
-                   "data": {"train": len(train_data), "clean_val": len(val_data), "test": len(test_data),
-                            "noise_rate": prep.noise_rate, "classes": list(prep.ds.classes)},
-                   "resolved": {"clip_grad_norm": clip, "threads": torch.get_num_threads(),
-                                "method_options": method_options or {}},
-                   "world_size": world}, fh, indent=2)
-    np.savez(out / "labels.npz", train_index=prep.train_idx, noisy=prep.y_noisy, true=prep.y_true,
-             is_noisy=prep.y_noisy != prep.y_true, val_index=np.array([]) if prep.val_idx is None else prep.val_idx,
-             transition=prep.transition)
+    atomic_json(out / "config.json", {
+        "config": asdict(cfg), "environment": environment(),
+        "data": {"train": len(train_data), "clean_val": len(val_data), "test": len(test_data),
+                 "noise_rate": prep.noise_rate, "classes": list(prep.ds.classes),
+                 "fingerprint": data_fingerprint(cfg, prep, splits)},
+        "resolved": {"clip_grad_norm": clip, "threads": torch.get_num_threads(), "method_options": method_options or {}},
+        "world_size": world}, indent=2)
+    atomic_npz(out / "labels.npz", train_index=prep.train_idx, noisy=prep.y_noisy, true=prep.y_true,
+               is_noisy=prep.y_noisy != prep.y_true, val_index=np.array([]) if prep.val_idx is None else prep.val_idx,
+               transition=prep.transition)
 
 
 def run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank: bool) -> float:
@@ -219,28 +220,50 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     checkpoint is written, ``metrics.json`` is not; ``resume=True`` later finishes it.
     """
     cfg.validate()
-    method_cls = METHODS[cfg.method]
-    clip = cfg.resolved_clip()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     if resume and not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
+    lock = RunLock(out)
     if int(os.environ.get("RANK", "0")) == 0:
-        prepare_out(out, asdict(cfg), resume, overwrite, asdict(TrainConfig()))  # before any data or fits
-    device, rank, world = start_ranks(cfg)
-    sync = current_sync()
-    main_rank = rank == 0
-    amp = cfg.amp and device.type == "cuda"
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+        lock.acquire()  # one run per directory, before anything in it is touched
+        try:
+            prepare_out(out, asdict(cfg), resume, overwrite, asdict(TrainConfig()))  # before any data or fits
+        except BaseException:
+            lock.abandon()
+            raise
+    try:
+        return _train_locked(cfg, resume, stop_after_epoch, lock)
+    finally:
+        lock.release()
 
-    prep = prepare_data(cfg, method_cls.needs_clean)
-    ds = prep.ds
-    train_data, val_data, test_data = build_splits(cfg, prep, device, shard=(rank, world))
-    if method_cls.needs_clean and len(val_data) == 0:
-        raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
+
+def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, lock: RunLock) -> dict[str, Any]:
+    method_cls = METHODS[cfg.method]
+    clip = cfg.resolved_clip()
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    try:
+        device, rank, world = start_ranks(cfg)
+        sync = current_sync()
+        main_rank = rank == 0
+        amp = cfg.amp and device.type == "cuda"
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+
+        prep = prepare_data(cfg, method_cls.needs_clean)
+        ds = prep.ds
+        train_data, val_data, test_data = build_splits(cfg, prep, device, shard=(rank, world))
+        if method_cls.needs_clean and len(val_data) == 0:
+            raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
+        if resume:
+            check_same_data(out, data_fingerprint(cfg, prep, (train_data, val_data, test_data)))
+    except BaseException:
+        if not resume:
+            lock.abandon()  # failed before writing anything: leave no directory behind
+        raise
 
     model = training_model(cfg, ds, device, world)
     optimizer = build_optimizer(cfg, model)
@@ -295,6 +318,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         log.reduce(sync)
         weights.push(log)
         check_finite(model, log.first_bad, epoch, out, main_rank)
+        if not warm and log.weighted and log.steps and log.zero_steps.item() == log.steps:
+            raise ValueError(
+                f"epoch {epoch + 1}: every step's per-sample weights were all zero, so the model did not train "
+                f"(method {cfg.method}, options {method.opts}); loosen the setting that zeroes them (e.g. a lower "
+                f"--threshold with --normalize hard) or use another --normalize")
         t0 = time.perf_counter()
         val_acc, val_loss = evaluate(model, val_data, cfg.eval_batch_size, amp, sync)
         test_acc = test_loss = None
@@ -332,7 +360,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         best["test_acc"] = evaluate_saved(model, out / "best_model.pt", test_data, cfg.eval_batch_size, amp, sync)
     metrics = final_metrics(cfg, history, best, prep.noise_rate, setup_seconds)
     if main_rank:
-        (out / "metrics.json").write_text(json.dumps(finite_json(metrics), indent=2, allow_nan=False))
+        atomic_json(out / "metrics.json", finite_json(metrics), indent=2, allow_nan=False)
     if sync is not None:
         torch.distributed.barrier()  # every rank returns after the run is complete on disk
     return metrics

@@ -1,0 +1,146 @@
+"""How many labels to flag: every cut of ``l2b.calibrate`` on short and long runs, against the true
+number of corrupted labels (which the default must match within 25%) and with precision >= 0.8
+wherever the ranking is good (ROC-AUC >= 0.95).
+
+Runs (one thread each, seed 0, trained here unless finished):
+- digits, the library's defaults (MLP, 40% symmetric, 10 clean per class), 3 and 30 epochs, for
+  l2b, coteaching and ce (the 3-epoch l2b run is a model that is still unsure);
+- the memorisation recipe (small-cnn w16, 800 noisy Fashion-MNIST images) at 10 epochs, l2b, at
+  40% symmetric and 40% asymmetric;
+- the paper-regime grid's finished runs (50 epochs) of l2b, ce and coteaching, when present.
+
+Each run's final model scores its training samples (the probability of the given label); each cut
+flags from those probabilities.
+
+    python benchmarks/label_issue_cut.py            # trains what is missing, then the table
+    python benchmarks/label_issue_cut.py --quick    # digits at 3 epochs only (tested)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS_JSON = HERE / "results" / "label_issue_cut.json"
+RESULTS_MD = HERE / "RESULTS.md"
+
+
+def runs_to_train(out: Path, quick: bool):
+    from l2b.config import TrainConfig
+
+    digits = TrainConfig(data="digits", threads=1, progress="none")
+    cells = [(f"digits {e} ep {m}", replace(digits, method=m, epochs=e, out=str(out / f"digits-{e}ep-{m}")))
+             for e in ((3,) if quick else (3, 30)) for m in ("l2b", "coteaching", "ce")]
+    if not quick:
+        sys.path.insert(0, str(HERE))
+        from memorisation_grid import RECIPE
+
+        mem = TrainConfig(**{**RECIPE, "epochs": 10, "test_every": 10}, threads=1, progress="none")
+        cells += [(f"memorisation 10 ep l2b {n}", replace(mem, method="l2b", noise=n, out=str(out / f"mem-10ep-{n.replace(':', '_')}")))
+                  for n in ("symmetric:0.4", "asymmetric:0.4")]
+    return cells
+
+
+def grid_runs(grid: Path):
+    """The paper-regime grid's finished runs of l2b, ce and coteaching (seed 0)."""
+    found = []
+    for method in ("l2b", "ce", "coteaching"):
+        for run in sorted((grid / "grid" / method).glob("*/seed0")):
+            if (run / "metrics.json").is_file() and (run / "checkpoint.pt").is_file():
+                found.append((f"paper regime 50 ep {method} {run.parent.name.replace('_', ':')}", run))
+    return found
+
+
+def measure(name: str, run: Path) -> dict:
+    from l2b.calibrate import CUTS, estimated_issues, flag
+    from l2b.detect import flag_metrics, roc_auc
+    from l2b.label_issues import _model_scores
+
+    labels = np.load(run / "labels.npz")
+    given, true = labels["noisy"].astype(np.int64), labels["true"]
+    probs, _, _ = _model_scores(run, with_clean=False)
+    score = 1.0 - probs[np.arange(len(given)), given]
+    noisy = given != true
+    row = {"run": name, "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),
+           "estimated": int(estimated_issues(given, probs).sum())}
+    for cut in CUTS:
+        m = flag_metrics(flag(cut, given, probs, score, 0.5), noisy)
+        row[cut] = {"flagged": m["flagged"], "precision": round(m["precision"], 3), "recall": round(m["recall"], 3),
+                    "f1": round(m["f1"], 3), "count_ratio": round(m["flagged"] / max(m["corrupted"], 1), 3)}
+    return row
+
+
+def verdicts(rows: list[dict]) -> dict:
+    """Per cut: how many runs meet the two targets (count within 25%; precision >= 0.8 where AUC >= 0.95)."""
+    from l2b.calibrate import CUTS
+
+    out = {}
+    for cut in CUTS:
+        within = sum(abs(r[cut]["count_ratio"] - 1) <= 0.25 for r in rows)
+        good = [r for r in rows if r["auc"] >= 0.95]
+        precise = sum(r[cut]["precision"] >= 0.8 for r in good)
+        out[cut] = {"count_within_25pct": f"{within}/{len(rows)}", "precision_0.8_where_auc_0.95": f"{precise}/{len(good)}",
+                    "mean_f1": round(float(np.mean([r[cut]["f1"] for r in rows])), 3)}
+    return out
+
+
+def markdown(rows: list[dict], summary: dict, command: str) -> str:
+    from l2b.calibrate import CUTS
+
+    lines = [f"Command: `{command}`  ", "Each cell: flagged (flagged / corrupted), precision, recall.", "",
+             "| run | corrupted | ROC-AUC | estimated | " + " | ".join(CUTS) + " |",
+             "|---|---|---|---|" + "---|" * len(CUTS)]
+    for r in rows:
+        cells = [f"{r[c]['flagged']} ({r[c]['count_ratio']:.2f}), P {r[c]['precision']:.2f}, R {r[c]['recall']:.2f}"
+                 for c in CUTS]
+        lines.append(f"| {r['run']} | {r['corrupted']} | {r['auc']:.3f} | {r['estimated']} | " + " | ".join(cells) + " |")
+    lines += ["", "| cut | flagged within ±25% of corrupted | precision ≥ 0.8 where AUC ≥ 0.95 | mean F1 |",
+              "|---|---|---|---|"]
+    for cut, v in summary.items():
+        lines.append(f"| {cut} | {v['count_within_25pct']} | {v['precision_0.8_where_auc_0.95']} | {v['mean_f1']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None, help="where the runs go (default runs/bench-label-cut[-quick])")
+    parser.add_argument("--grid", default="runs/bench-paper-regime", help="the paper-regime grid to reuse")
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    from l2b.compare import run_one
+
+    out = Path(args.out or ("runs/bench-label-cut" + ("-quick" if args.quick else "")))
+    targets = []
+    for name, cfg in runs_to_train(out, args.quick):
+        print(run_one(cfg.__dict__), flush=True)
+        targets.append((name, Path(cfg.out)))
+    if not args.quick:
+        targets += grid_runs(Path(args.grid))
+    rows = [measure(name, run) for name, run in targets]
+    summary = verdicts(rows)
+    command = "python benchmarks/label_issue_cut.py " + " ".join(sys.argv[1:])
+    table = markdown(rows, summary, command.strip())
+    print(table)
+    result = {"command": command.strip(), "rows": rows, "summary": summary}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not args.quick:
+        from results_md import write_block
+
+        RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
+        write_block(RESULTS_MD, "label-issue-cut", table, "## Label issues: the calibrated cut")
+        print(f"wrote {RESULTS_JSON} and the table in {RESULTS_MD}")
+
+
+if __name__ == "__main__":
+    main()

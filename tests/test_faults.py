@@ -1,0 +1,140 @@
+"""Faults of the environment: a run directory held by another run, data changed under a resumed
+run, a full disk, and a setting that stops the model from training. Each is one line, exit 2,
+and nothing the user had is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from l2b.cli import main
+
+TINY = ["--data", "digits", "--model", "mlp", "--width", "16", "--epochs", "1", "--progress", "none"]
+
+
+def test_a_second_run_into_a_locked_directory_names_the_holder(tmp_path, capsys):
+    from l2b.runlock import RunLock
+
+    out = tmp_path / "run"
+    lock = RunLock(out).acquire()  # what a training run holds
+    try:
+        assert main(["train", *TINY, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert f"another l2b run (pid {os.getpid()}) is training in it" in err
+        assert main(["train", *TINY, "--out", str(out), "--overwrite"]) == 2  # --overwrite cannot clear it either
+    finally:
+        lock.release()
+    assert main(["train", *TINY, "--out", str(out)]) == 0  # released: the run goes ahead
+
+
+def test_the_lock_dies_with_its_process_even_on_kill_9(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from l2b.runlock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+                               "print('locked', flush=True); time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["train", *TINY, "--out", str(out)]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+
+
+def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path):
+    out = tmp_path / "new" / "run"
+    assert main(["train", *TINY, "--method", "l2b", "--val-per-class", "none", "--out", str(out)]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def _npz(path: Path, n: int, relabel: bool = False) -> Path:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.images * 16).clip(0, 255).astype(np.uint8), d.target.astype(np.int64)
+    y_train = y[300:300 + n].copy()
+    if relabel:
+        y_train = (y_train + 1) % 10
+    np.savez(path, x_train=x[300:300 + n], y_train=y_train, x_test=x[:300], y_test=y[:300])
+    return path
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda f: _npz(f, 900), r"train 1000 -> 900"),
+    (lambda f: _npz(f, 1000, relabel=True), r"the labels \(their hash differs\)"),
+], ids=["fewer samples", "same size, relabelled"])
+def test_resume_refuses_data_that_changed(tmp_path, capsys, change, expected):
+    import re
+
+    from l2b.config import TrainConfig
+    from l2b.train import train
+
+    f = _npz(tmp_path / "mine.npz", 1000)
+    cfg = TrainConfig(data=f"npz:{f}", model="mlp", width=16, epochs=3, method="ce", out=str(tmp_path / "run"),
+                      progress="none")
+    train(cfg, stop_after_epoch=0)
+    change(f)
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the data changed since the run started" in err and re.search(expected, err)
+    _npz(f, 1000)  # the data restored: the run continues
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+
+
+def test_a_full_disk_is_one_line_keeps_no_tmp_file_and_the_last_good_checkpoint(tmp_path):
+    """A file-size limit makes every write past it fail as a full disk does (EFBIG)."""
+    out = tmp_path / "run"
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "from l2b.cli import main; main(['train', '--data', 'digits', '--model', 'mlp', '--width', '16', "
+            f"'--epochs', '1', '--method', 'ce', '--progress', 'none', '--out', {str(out)!r}]); "
+            "size = __import__('os').path.getsize(sys.argv[1]); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, resource.RLIM_INFINITY)); "
+            "sys.exit(main(['train', '--data', 'digits', '--model', 'mlp', '--width', '256', '--epochs', '2', "
+            f"'--method', 'ce', '--progress', 'none', '--out', {str(tmp_path / 'big')!r}]))")
+    first = out / "checkpoint.pt"
+    proc = subprocess.run([sys.executable, "-c", code, str(first)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "no space left to write" in err and "choose another --out" in err, err
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind
+
+
+def test_a_checkpoint_write_that_runs_out_of_space_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from l2b.rundir import atomic_save
+
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"w": torch.ones(3)}, path)
+
+    def full(obj, f):
+        Path(f).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"no space left to write checkpoint.pt \(needs about"):
+        atomic_save({"w": torch.ones(1000)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["w"], torch.ones(3)) and not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+def test_an_epoch_of_all_zero_weights_stops_the_run_naming_the_setting(tmp_path, capsys):
+    argv = ["train", *TINY, "--epochs", "3", "--method", "l2b", "--normalize", "hard", "--threshold", "2",
+            "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "epoch 1: every step's per-sample weights were all zero" in err and "'threshold': 2.0" in err
