@@ -9,8 +9,9 @@ Runs (one thread each, seed 0, trained here unless finished):
   40% symmetric and 40% asymmetric;
 - the paper-regime grid's finished runs (50 epochs) of l2b, ce and coteaching, when present.
 
-Each run's final model scores its training samples (the probability of the given label); each cut
-flags from those probabilities.
+Each run's final model scores its training samples (the probability of the given label) and its
+held-out clean samples (the probability of their true label, the reference of ``clean-quantile``);
+each cut flags from those probabilities.
 
     python benchmarks/label_issue_cut.py            # trains what is missing, then the table
     python benchmarks/label_issue_cut.py --quick    # digits at 3 epochs only (tested)
@@ -65,13 +66,14 @@ def measure(name: str, run: Path) -> dict:
 
     labels = np.load(run / "labels.npz")
     given, true = labels["noisy"].astype(np.int64), labels["true"]
-    probs, _, _ = _model_scores(run, with_clean=False)
+    probs, clean_probs, prep = _model_scores(run, with_clean=True)  # these methods never train on the clean set
+    clean_true = clean_probs[np.arange(len(prep.val_idx)), prep.ds.y_train.numpy()[prep.val_idx]]
     score = 1.0 - probs[np.arange(len(given)), given]
     noisy = given != true
     row = {"run": name, "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),
            "estimated": int(estimated_issues(given, probs).sum())}
     for cut in CUTS:
-        m = flag_metrics(flag(cut, given, probs, score, 0.5), noisy)
+        m = flag_metrics(flag(cut, given, probs, score, 0.5, clean_true), noisy)
         row[cut] = {"flagged": m["flagged"], "precision": round(m["precision"], 3), "recall": round(m["recall"], 3),
                     "f1": round(m["f1"], 3), "count_ratio": round(m["flagged"] / max(m["corrupted"], 1), 3)}
     return row

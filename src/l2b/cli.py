@@ -285,7 +285,10 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     s = write_label_issues(args.dir, threshold=args.threshold, score=args.score, cut=args.cut, out=args.out,
                            show=args.show)
     how = (f"the estimated number of issues, {s['estimated']}" if s["cut"] == "count" else
-           f"cut {s['cut']}" + (f" (estimated issues: {s['estimated']})" if s["estimated"] is not None else ""))
+           "labels less probable than the true label of 90% of the held-out clean samples"
+           if s["cut"] == "clean-quantile" else f"cut {s['cut']}")
+    if s["cut"] != "count" and s["estimated"] is not None:
+        how += f"; confident learning estimates {s['estimated']}"
     print(f"wrote {s['csv']}: {s['issues']} suspected label issues flagged ({how}; score {s['score']}: "
           f"{s['source']})" + (f"; {s['clean_scored']} clean samples drawn from your labels scored too"
                                 if s["clean_scored"] else ""))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibrate import CUTS, DEFAULT_CUT, check_labels, check_pred_probs, estimated_issues, flag
+from .calibrate import CLEAN_CUT, CUTS, DEFAULT_CUT, check_labels, clean_reference, check_pred_probs, estimated_issues, flag
 
 # A fixed cut (cut="threshold"): a sample is flagged when its label trust is below this (beta outweighs alpha).
 DEFAULT_THRESHOLD = 0.5
@@ -103,14 +103,16 @@ def _as_history(values, name: str) -> np.ndarray | None:
 
 def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen=None, pred_probs=None,
                       score: str = "auto", threshold: float | None = None, cut: str = "auto",
-                      num_classes: int | None = None) -> LabelIssues:
+                      num_classes: int | None = None, clean_labels=None, clean_pred_probs=None) -> LabelIssues:
     """Label issues from a meta method's weights and/or a model's predicted probabilities.
 
     ``alpha``, ``beta``, ``pseudo_labels`` and ``seen`` are (n,) for one epoch or (epochs, n) for
     the last epochs (weights.npz's ``*_history``); ``seen`` marks the epochs where a sample was
     weighted (default: all). ``pred_probs`` is (n, classes) as cleanlab takes it. ``score``:
     a key of ``SCORES`` or "auto" (``model`` with ``pred_probs``, else ``trust``). ``cut``: how
-    many to flag, a key of ``l2b.calibrate.CUTS`` or "auto": the estimated number of issues
+    many to flag, a key of ``l2b.calibrate.CUTS`` or "auto": with ``clean_labels`` and
+    ``clean_pred_probs`` (held-out clean samples the model never trained on) the labels less
+    probable than 90% of the clean ones' (``clean-quantile``), else the estimated number of issues
     (``count``) with ``pred_probs``, a fixed ``threshold`` when one is given or without them."""
     probs = None if pred_probs is None else np.asarray(pred_probs)
     labels = check_labels(labels, None if probs is None else probs.shape[1] if probs.ndim == 2 else None)
@@ -122,8 +124,12 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
                          f"got {a.shape} and {b.shape}")
     if probs is not None:
         probs = check_pred_probs(probs, len(labels))
+    if (clean_labels is None) != (clean_pred_probs is None):
+        raise ValueError("give clean_labels and clean_pred_probs together")
+    reference = None if clean_labels is None else clean_reference(clean_labels, clean_pred_probs)
     if cut == "auto":
-        cut = "threshold" if threshold is not None or probs is None else DEFAULT_CUT
+        cut = ("threshold" if threshold is not None or probs is None else
+               CLEAN_CUT if reference is not None else DEFAULT_CUT)
     if cut not in CUTS:
         raise ValueError(f"unknown cut {cut!r}; choose auto or one of {', '.join(CUTS)}")
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
@@ -161,7 +167,8 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     ranked = np.lexsort((-secondary, -main))  # most suspect first
     rank = np.empty(n, dtype=np.int64)
     rank[ranked] = np.arange(n)
-    mask = flag(cut, labels, probs, -rank.astype(np.float64) if cut == "count" else main, _check_threshold(threshold))
+    mask = flag(cut, labels, probs, -rank.astype(np.float64) if cut == "count" else main, _check_threshold(threshold),
+                reference)
     flagged = ranked[mask[ranked]]
     suggested, confidence, agreement = _suggestions(labels, k, pseudo_labels, seen_h, probs,
                                                     prefer_model=score in ("model", "combined"))
@@ -208,11 +215,13 @@ def _check_threshold(threshold: float) -> float:
 
 
 def find_label_issues(labels=None, pred_probs=None, *, alpha=None, beta=None, threshold: float | None = None,
-                      score: str = "auto", cut: str = "auto") -> np.ndarray:
+                      score: str = "auto", cut: str = "auto", clean_labels=None, clean_pred_probs=None) -> np.ndarray:
     """The positions of the samples whose label looks wrong, most suspect first, in cleanlab's
     order of arguments (``find_label_issues(labels, pred_probs)``, as with
     ``return_indices_ranked_by``). With probabilities the number flagged is estimated from the
-    data (confident learning, ``cut="count"``); ``threshold=`` gives a fixed cut instead.
+    data (confident learning, ``cut="count"``), or, given held-out clean samples
+    (``clean_labels=, clean_pred_probs=``), as the labels less probable than 90% of theirs;
+    ``threshold=`` gives a fixed cut instead.
     ``alpha``/``beta`` may be one epoch's (n,) weights or the last epochs' (epochs, n);
     :func:`rank_label_issues` also returns the scores and the suggested labels.
 
@@ -232,7 +241,7 @@ def find_label_issues(labels=None, pred_probs=None, *, alpha=None, beta=None, th
             raise ValueError("give labels and pred_probs (cleanlab's order), or labels with alpha= and beta=")
         labels = np.zeros(np.shape(alpha)[-1], dtype=np.int64)  # weight scores do not read the labels
     return rank_label_issues(labels, alpha, beta, pred_probs=pred_probs, score=score, threshold=threshold,
-                             cut=cut).indices
+                             cut=cut, clean_labels=clean_labels, clean_pred_probs=clean_pred_probs).indices
 
 
 def _looks_like_weights(first, second) -> bool:

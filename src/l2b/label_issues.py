@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
+from .methods import METHODS
 
 
 def _probs(model, data, num_classes: int, batch_size: int) -> np.ndarray:
@@ -94,9 +95,20 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     val_index = labels["val_index"].astype(np.int64)
     # a clean set drawn from the user's own training labels is as unverified as the rest: score it
     with_clean = bool(len(val_index)) and own_labels(config.get("data", "")) and config.get("noise") == "none"
+    # a verified clean set the model never learned from is the reference of the default cut
+    reference = not with_clean and not config.get("train_on_clean") and \
+        config.get("method") in METHODS and not METHODS[config["method"]].sees_clean_labels(
+            config.get("method_args", {}) | _resolved_options(run))
     probs = clean_probs = prep = None
+    clean_ref = {}
     if has_model and (score in ("model", "combined") or cut != "threshold"):
-        probs, clean_probs, prep = _model_scores(run, with_clean)
+        probs, clean_probs, prep = _model_scores(run, True)
+        if reference and len(clean_probs) and (cut in ("auto", "clean-quantile")) and threshold is None:
+            val_y = (prep.ds.y_train.numpy()[prep.val_idx] if prep.val_idx is not None else
+                     np.asarray(_split_labels(prep.ds)))
+            clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs}
+        if not with_clean:
+            clean_probs = None
     elif score in ("model", "combined"):
         raise FileNotFoundError(f"{run}: no checkpoint.pt to score the labels with; use a weight score")
     split = np.array(["train"] * n_given)
@@ -109,8 +121,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
         split = np.concatenate([split, np.array(["clean"] * len(val_index))])
         index = np.concatenate([train_index, val_index])
         weights = {k: None if v is None else _pad(v, len(val_index), k) for k, v in weights.items()}
-    issues = rank_label_issues(given, **weights, pred_probs=probs if score in ("model", "combined") or cut != "threshold" else None,
-                               score=score, threshold=threshold, cut=cut)
+    issues = rank_label_issues(given, **weights, pred_probs=probs, score=score, threshold=threshold, cut=cut,
+                               **clean_ref)
     classes = _classes(run, config, prep)
     paths = _paths(prep, index, split)
     _write_csv(out / "label_issues.csv", issues, index, split, given, classes, paths)
@@ -127,6 +139,20 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
             "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
             "auc": roc_auc(issues.score, is_noisy),
             "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
+
+
+def _resolved_options(run: Path) -> dict:
+    import json
+
+    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    return saved.get("resolved", {}).get("method_options", {})
+
+
+def _split_labels(ds) -> list[int]:
+    """The labels of a dataset's own clean set (arrays or files)."""
+    if getattr(ds, "y_val", None) is not None:
+        return ds.y_val.numpy().tolist()
+    return [y for _, y in ds.val]
 
 
 def _pad(v: np.ndarray, extra: int, name: str) -> np.ndarray:

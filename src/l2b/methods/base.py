@@ -106,6 +106,13 @@ class Method:
     loss_is_global_sum: bool = False
     distributed: bool = False  # set by the trainer when several ranks train together
 
+    @classmethod
+    def sees_clean_labels(cls, options: dict) -> bool:
+        """Whether the final model has learned from the clean labels (trained on them, or from a
+        teacher that was): then its clean accuracy is biased, for model selection and as the
+        held-out reference of ``l2b label-issues``."""
+        return cls.trains_on_clean
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, num_classes: int | None = None,
                  **options: Any) -> None:
         self.model, self.optimizer = model, optimizer

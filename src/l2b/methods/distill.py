@@ -34,6 +34,10 @@ class Distill(Method):
     name = "distill"
     needs_clean = True
     clean_per_step = False
+
+    @classmethod
+    def sees_clean_labels(cls, options: dict) -> bool:
+        return True  # the teacher was trained on the clean set
     has_setup = True
     Options = DistillOptions
     checkpointed = ("teacher",)

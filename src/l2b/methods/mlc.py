@@ -75,6 +75,10 @@ class MetaNet(nn.Module):
 class MLC(Method):
     name = "mlc"
     needs_clean = True
+
+    @classmethod
+    def sees_clean_labels(cls, options: dict) -> bool:
+        return options.get("mode", "mix") == "mix"  # hmlc_K_mix trains on half of each clean batch
     meta_like = True
     loss_is_global_sum = True  # sums over this rank's samples / the global count
     Options = MLCOptions
