@@ -153,6 +153,17 @@ def test_the_calibrated_cut_follows_the_estimated_number_when_the_model_is_unsur
     assert sorted(flagged.tolist()) == sorted(wrong.tolist())
     for cut in ("per-class", "confident"):
         assert sorted(l2b.find_label_issues(given, probs, cut=cut).tolist()) == sorted(wrong.tolist())
+    # held-out clean samples scored by the same model (exchangeable with the correct training labels):
+    # every wrong label falls below 90% of their true-label probabilities, and about 10% of the
+    # correct ones do (the conformal guarantee); the clean reference is then the default cut
+    right = np.setdiff1d(np.arange(n), wrong)
+    held = rng.choice(right, 100, replace=False)
+    r = l2b.rank_label_issues(given, pred_probs=probs, clean_labels=true[held], clean_pred_probs=probs[held])
+    assert r.cut == "clean-quantile" and set(wrong.tolist()) <= set(r.indices.tolist())
+    false_flags = len(set(r.indices.tolist()) - set(wrong.tolist()))
+    assert 0 < false_flags <= 0.2 * len(right)
+    with pytest.raises(ValueError, match="give clean_labels and clean_pred_probs together"):
+        l2b.find_label_issues(given, probs, clean_labels=clean_y)
 
 
 def test_label_issues_on_own_npz_score_the_drawn_clean_set_too(tmp_path, capsys):
