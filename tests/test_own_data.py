@@ -163,7 +163,7 @@ def test_the_calibrated_cut_follows_the_estimated_number_when_the_model_is_unsur
     false_flags = len(set(r.indices.tolist()) - set(wrong.tolist()))
     assert 0 < false_flags <= 0.2 * len(right)
     with pytest.raises(ValueError, match="give clean_labels and clean_pred_probs together"):
-        l2b.find_label_issues(given, probs, clean_labels=clean_y)
+        l2b.find_label_issues(given, probs, clean_labels=true[held])
 
 
 def test_label_issues_on_own_npz_score_the_drawn_clean_set_too(tmp_path, capsys):
