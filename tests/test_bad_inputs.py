@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,7 +173,41 @@ CASES = [
      r"--normalize is an option of l2b, l2rw, mwnet, none of which is in this grid"),
     ("compare flag typed per method", lambda t: ["compare", "--methods", "l2b,mwnet", "--noise", "symmetric:0.2",
                                                  "--normalize", "softmax", "--out", str(t / "out")],
-     r"method 'mwnet' option: normalize='softmax' is not a bool"),
+     r"--normalize means different things to l2b, mwnet in this grid; give it to one method: "
+     r"--method-arg l2b.normalize=softmax or --method-arg mwnet.normalize=softmax"),
+    ("compare flag of two meanings", lambda t: ["compare", "--methods", "l2b,distill", "--noise", "symmetric:0.2",
+                                                "--temperature", "10", "--out", str(t / "out")],
+     r"--temperature means different things to l2b, distill"),
+    ("compare option of a method not in the grid", lambda t: ["compare", "--methods", "ce,l2b", "--noise", "symmetric:0.2",
+                                                             "--method-arg", "mwnet.variant=reference", "--out", str(t / "out")],
+     r"--method-arg mwnet.variant: 'mwnet' is not in this grid \(ce, l2b\)"),
+    ("amp on the cpu", lambda t: ["train", *TINY, "--amp", "--device", "cpu", "--out", str(t / "out")],
+     r"--amp is bf16 autocast on CUDA, and this run is on the CPU"),
+    ("milestones with cosine", lambda t: ["train", *TINY, "--milestones", "5,10", "--out", str(t / "out")],
+     r"--milestones \[5, 10\] apply to --schedule step only, not cosine"),
+    ("npz splits of other sizes", lambda t: ["train", "--data", f"npz:{_arrays(t, x_test=np.zeros((4, 16, 16), np.uint8))}",
+                                             "--out", str(t / "out")],
+     r"x_test images are 16×16 with 1 channel but x_train's are 8×8 with 1 channel"),
+    ("npz gray train, rgb test", lambda t: ["train", "--data", f"npz:{_arrays(t, x_test=np.zeros((4, 8, 8, 3), np.uint8))}",
+                                            "--out", str(t / "out")],
+     r"x_test images are 8×8 with 3 channels but x_train's are 8×8 with 1 channel"),
+    ("npz stored N×C×H×W", lambda t: ["train", "--data", f"npz:{_arrays(t, x_train=np.zeros((20, 3, 8, 8), np.uint8))}",
+                                      "--out", str(t / "out")],
+     r"looks like N×C×H×W \(PyTorch's order\); store N×H×W×C: x_train = x_train.transpose\(0, 2, 3, 1\)"),
+    ("npz float images in [0, 1]", lambda t: ["train", "--data", f"npz:{_arrays(t, x_train=np.full((20, 8, 8), 0.5, np.float32))}",
+                                              "--out", str(t / "out")],
+     r"x_train = \(x \* 255\).round\(\).astype\(np.uint8\)"),
+    ("npz truncated", lambda t: ["train", "--data", f"npz:{_truncated(t)}", "--out", str(t / "out")],
+     r"mine.npz: not a readable .npz \(truncated or not written by np.savez"),
+    ("npz object arrays", lambda t: ["train", "--data", f"npz:{_arrays(t, x_train=np.array([np.zeros((8, 8)), np.zeros((4, 4))], dtype=object))}",
+                                     "--out", str(t / "out")],
+     r"x_train is an object array"),
+    ("npz empty test set", lambda t: ["train", "--data", f"npz:{_arrays(t, x_test=np.zeros((0, 8, 8), np.uint8), y_test=np.zeros(0, np.int64))}",
+                                      "--out", str(t / "out")],
+     r"x_test is empty"),
+    ("npz label 99", lambda t: ["train", "--data", f"npz:{_arrays(t, y_train=np.array([99] + [i % 10 for i in range(19)]))}",
+                                "--out", str(t / "out")],
+     r"11 distinct values, but the largest, 99, would make 100 classes"),
     ("glc with lr nan fits nothing", lambda t: ["train", *TINY, "--method", "glc", "--lr", "nan", "--out", str(t / "out")],
      r"--lr must be a finite number"),
     ("unwritable out", lambda t: (t.joinpath("file").write_text("x"), ["train", *TINY, "--method", "glc", "--val-per-class", "3",
@@ -183,6 +218,23 @@ CASES = [
     ("one-class dataset", lambda t: ["train", "--data", f"npz:{_npz(t, [0] * 20, [0] * 5)}", "--method", "ce",
                                      "--val-per-class", "none", "--out", str(t / "out")], r"1 class\(es\); a classifier needs at least 2"),
 ]
+
+
+def _arrays(t: Path, **given) -> Path:
+    """An npz of 20 gray 8x8 training and 4 test images, with ``given`` arrays replaced."""
+    import numpy as np
+
+    arrays = dict(x_train=np.zeros((20, 8, 8), np.uint8), y_train=np.arange(20) % 10,
+                  x_test=np.zeros((4, 8, 8), np.uint8), y_test=np.arange(4))
+    arrays.update(given)
+    np.savez(t / "mine.npz", **arrays)
+    return t / "mine.npz"
+
+
+def _truncated(t: Path) -> Path:
+    f = _arrays(t)
+    f.write_bytes(f.read_bytes()[:300])
+    return f
 
 
 @pytest.mark.parametrize("case, build, expected", CASES, ids=[c[0] for c in CASES])

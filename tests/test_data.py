@@ -159,7 +159,7 @@ def test_npz_with_and_without_a_given_clean_set(tmp_path):
     np.savez(f, **arrays, x_val=arrays["x_test"], y_val=arrays["y_test"])
     assert load_dataset(f"npz:{f}").x_val.shape == (8, 3, 12, 12)
     np.savez(f, **{**arrays, "x_train": arrays["x_train"].astype(np.float32)})
-    with pytest.raises(ValueError, match="x_train has dtype float32; store images as uint8"):
+    with pytest.raises(ValueError, match=r"x_train has dtype float32 \(values up to 255\); store images as uint8 \(0-255\): x_train = x.round\(\).clip"):
         load_dataset(f"npz:{f}")
     np.savez(f, x_train=arrays["x_train"], y_train=arrays["y_train"])
     with pytest.raises(ValueError, match=r"missing arrays \['x_test', 'y_test'\]"):

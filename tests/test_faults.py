@@ -138,3 +138,27 @@ def test_an_epoch_of_all_zero_weights_stops_the_run_naming_the_setting(tmp_path,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "epoch 1: every step's per-sample weights were all zero" in err and "'threshold': 2.0" in err
+
+
+def test_a_run_without_a_clean_set_prints_no_nan_and_no_epoch_minus_one(tmp_path, capsys):
+    assert main(["train", *TINY, "--method", "ce", "--val-per-class", "none", "--out", str(tmp_path / "run")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(line)
+    assert "NaN" not in line and "best_epoch" not in result and result["test_acc_last"] > 0
+
+
+def test_folder_data_says_what_it_cannot_train_on_and_how_it_is_scaled(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from l2b.data import load_dataset
+
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            Image.new("RGB", (16, 16), (200, 0, 0)).save(tmp_path / "imgs" / split / c / "0.png")
+    (tmp_path / "imgs" / "train" / "bird").mkdir()  # a class folder with no image
+    load_dataset(f"folder:{tmp_path / 'imgs'}", image_size=224)
+    err = capsys.readouterr().err
+    assert "class folder(s) 'bird' hold no image" in err
+    assert "images are about 16 px" in err and "upscales them 14x; give --image-size 16" in err

@@ -225,8 +225,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0  # under torchrun only rank 0 reports
-    print(json.dumps({k: metrics[k] for k in ("method", "noise", "test_acc_last", "test_acc_at_best_val",
-                                                "best_val_acc", "best_epoch", "epoch_seconds")}))
+    keys = ["method", "noise", "test_acc_last", "test_acc_at_best_val", "best_val_acc", "best_epoch", "epoch_seconds"]
+    if metrics["best_epoch"] < 0:  # no clean set: nothing selected an epoch
+        keys = [k for k in keys if k not in ("test_acc_at_best_val", "best_val_acc", "best_epoch")]
+    print(json.dumps({k: metrics[k] for k in keys}))
     return 0
 
 
@@ -251,11 +253,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings.update({k: v for k, v in vars(args).items() if k in names})
     if "method_args" in settings and isinstance(settings["method_args"], list):
         settings["method_args"] = {k: v for d in settings["method_args"] for k, v in d.items()}
+    for key in settings.get("method_args", {}):  # a scoped option for a method the grid does not run
+        scope = key.split(".", 1)[0] if "." in key else None
+        if scope is not None and scope not in methods:
+            raise ValueError(f"--method-arg {key}: {scope!r} is not in this grid ({', '.join(methods)}); "
+                             f"add it to --methods or drop the option")
     for name, value in option_flags(args).items():  # an option flag applies to the grid's methods that declare it
         owners = [m for m in methods if m in declared_options()[name]]
+        flag = "--" + name.replace("_", "-")
         if not owners:
-            raise ValueError(f"--{name.replace('_', '-')} is an option of {', '.join(declared_options()[name])}, "
+            raise ValueError(f"{flag} is an option of {', '.join(declared_options()[name])}, "
                              f"none of which is in this grid ({', '.join(methods)})")
+        meanings = {(declared_options()[name][m].help, declared_options()[name][m].type) for m in owners}
+        if len(meanings) > 1:
+            raise ValueError(f"{flag} means different things to {', '.join(owners)} in this grid; give it to one "
+                             f"method: " + " or ".join(f"--method-arg {m}.{name}={value}" for m in owners))
         settings["method_args"] = {**settings.get("method_args", {}), **{f"{m}.{name}": value for m in owners}}
     base = TrainConfig.from_dict(settings, args.grid or "compare")
     out = Path(args.out)

@@ -59,6 +59,14 @@ def check_device(name: str) -> None:
         raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
 
 
+def _cuda_device(name: str) -> bool:
+    if name == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return name.startswith("cuda")
+
+
 def check_method_options(method: str, given: dict[str, Any]) -> None:
     """``method``'s options built from ``given``: an option that belongs to other methods is
     named with them, and a bad value fails with the option's declared type or choices."""
@@ -236,6 +244,12 @@ class TrainConfig:
             raise ValueError(f"--clip-grad-norm must be a finite number > 0 (0: no clipping), got {self.clip_grad_norm}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("--nesterov needs --momentum > 0 (torch.optim.SGD)")
+        if self.milestones and self.schedule != "step":
+            raise ValueError(f"--milestones {self.milestones} apply to --schedule step only, not {self.schedule}; "
+                             f"drop them or give --schedule step")
+        if self.amp and not _cuda_device(self.device):
+            raise ValueError(f"--amp is bf16 autocast on CUDA, and this run is on the CPU (--device {self.device}); "
+                             f"drop --amp")
         if any(m < 0 for m in self.milestones):
             raise ValueError(f"--milestones must be epochs >= 0, got {self.milestones}")
         if self.on_bad_images not in ("error", "skip"):

@@ -6,6 +6,7 @@ import gzip
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+import zipfile
 
 import numpy as np
 import torch
@@ -235,15 +236,40 @@ def load_cifar100(path: str | None) -> ArrayDataset:
 
 
 def _nchw(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
+    """Images stored N×H×W or N×H×W×C (C in 1, 3, 4) as an N×C×H×W uint8 tensor; anything else is
+    a one-line error that names the array and the conversion to make."""
+    if x.dtype.kind == "f":
+        finite = x[np.isfinite(x)]
+        top = float(finite.max()) if finite.size else 0.0
+        fix = "(x * 255).round().astype(np.uint8)" if top <= 1.0 else "x.round().clip(0, 255).astype(np.uint8)"
+        raise ValueError(f"{path}: {key} has dtype {x.dtype} (values up to {top:g}); store images as uint8 (0-255): "
+                         f"{key} = {fix}")
     if x.dtype != np.uint8:
         raise ValueError(f"{path}: {key} has dtype {x.dtype}; store images as uint8 (0-255)")
+    if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+        raise ValueError(f"{path}: {key} has shape {x.shape}, which looks like N×C×H×W (PyTorch's order); store "
+                         f"N×H×W×C: {key} = {key}.transpose(0, 2, 3, 1)")
     if x.ndim == 3:
         x = x[:, None]
-    elif x.ndim == 4:
+    elif x.ndim == 4 and x.shape[3] in (1, 3, 4):
         x = x.transpose(0, 3, 1, 2)  # N×H×W×C -> N×C×H×W
     else:
-        raise ValueError(f"{path}: {key} has shape {x.shape}; expected N×H×W or N×H×W×C")
+        raise ValueError(f"{path}: {key} has shape {x.shape}; expected N×H×W or N×H×W×C with C = 1, 3 or 4")
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _array(z, p: Path, key: str) -> np.ndarray:
+    """One array of an npz, with a one-line error for object arrays and unreadable members."""
+    try:
+        return z[key]
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise ValueError(f"{p}: {key} is an object array (e.g. a list of images of different sizes, or "
+                             f"strings); store a numeric array (uint8 images N×H×W(×C), integer labels)") from None
+        raise ValueError(f"{p}: {key} cannot be read ({err})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{p}: {key} is truncated or corrupted ({type(err).__name__}); write the file again "
+                         f"with np.savez") from None
 
 
 def load_npz(path: str | None) -> ArrayDataset:
@@ -255,23 +281,53 @@ def load_npz(path: str | None) -> ArrayDataset:
         raise FileNotFoundError(f"{p}: file not found")
     try:
         z = np.load(p, allow_pickle=False)
-    except ValueError as err:
-        raise ValueError(f"{p}: not a readable .npz ({err})") from None
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+        files = z.files
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{p}: not a readable .npz (truncated or not written by np.savez: "
+                         f"{type(err).__name__}); write it again with np.savez") from None
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in files]
     if missing:
         raise ValueError(f"{p}: missing arrays {missing}; an npz dataset needs x_train, y_train, x_test, y_test")
-    if ("x_val" in z.files) != ("y_val" in z.files):
+    if ("x_val" in files) != ("y_val" in files):
         raise ValueError(f"{p}: give both x_val and y_val, or neither")
-    labels = [z[k] for k in ("y_train", "y_test", "y_val") if k in z.files]
-    for k, y in zip(("y_train", "y_test", "y_val"), labels):
+    keys = [k for k in ("y_train", "y_test", "y_val") if k in files]
+    labels = {k: _array(z, p, k) for k in keys}
+    for k, y in labels.items():
         if not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"{p}: {k} must hold integer labels, got dtype {y.dtype}")
-    k = int(max(int(y.max()) for y in labels if len(y))) + 1
-    classes = tuple(str(c) for c in z["classes"]) if "classes" in z.files else tuple(str(c) for c in range(k))
-    has_val = "x_val" in z.files
+    images = {k: _nchw(_array(z, p, k), p, k) for k in ("x_train", "x_test", "x_val") if k in files}
+    for k in images:
+        if len(images[k]) == 0:
+            raise ValueError(f"{p}: {k} is empty; an npz dataset needs training and test images"
+                             + (" (leave x_val/y_val out when there is no clean set)" if k == "x_val" else ""))
+    shape = tuple(images["x_train"].shape[1:])
+    for k, x in images.items():
+        if tuple(x.shape[1:]) != shape:
+            raise ValueError(f"{p}: {k} images are {_describe(x)} but x_train's are {_describe(images['x_train'])}; "
+                             f"every split needs the same size and channels")
+    if "classes" in files:
+        classes = tuple(str(c) for c in _array(z, p, "classes"))
+    else:
+        used = np.unique(np.concatenate([y for y in labels.values() if len(y)]))
+        k = int(used.max()) + 1
+        if len(used) < k and k > 2 * len(used):  # e.g. labels 0..9 and one 99: not 100 classes
+            raise ValueError(f"{p}: the labels are {_few(used)}: {len(used)} distinct values, but the largest, "
+                             f"{int(used.max())}, would make {k} classes. Number the classes 0..K-1 "
+                             f"(np.unique(y, return_inverse=True)) or give their names as 'classes'")
+        classes = tuple(str(c) for c in range(k))
+    has_val = "x_val" in files
     return ArrayDataset(
-        p.stem, _nchw(z["x_train"], p, "x_train"), _labels(z["y_train"]),
-        _nchw(z["x_test"], p, "x_test"), _labels(z["y_test"]), classes,
-        x_val=_nchw(z["x_val"], p, "x_val") if has_val else None,
-        y_val=_labels(z["y_val"]) if has_val else None, root=p.parent,
+        p.stem, images["x_train"], _labels(labels["y_train"]), images["x_test"], _labels(labels["y_test"]), classes,
+        x_val=images["x_val"] if has_val else None,
+        y_val=_labels(labels["y_val"]) if has_val else None, root=p.parent,
     ).check()
+
+
+def _describe(x: torch.Tensor) -> str:
+    c, h, w = x.shape[1:]
+    return f"{h}×{w} with {c} channel{'s' if c > 1 else ''}"
+
+
+def _few(values: np.ndarray) -> str:
+    v = [int(x) for x in values]
+    return ", ".join(map(str, v)) if len(v) <= 12 else ", ".join(map(str, v[:10])) + f", ..., {v[-1]}"

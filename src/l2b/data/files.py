@@ -215,9 +215,35 @@ def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: i
             out += [(f, label) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
         return check_images(out, on_bad_images, f"{root / split}")
 
+    empty = [c for c in classes if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (root / "train" / c).iterdir())]
+    if empty:
+        warn_data(f"{root / 'train'}: class folder(s) {', '.join(map(repr, empty[:5]))}"
+                  f"{' ...' if len(empty) > 5 else ''} hold no image; they stay classes the model can predict, with no "
+                  f"training sample (remove the folders if they are not classes)")
     val = items("val") if (root / "val").is_dir() else None
-    return FileDataset("folder", items("train"), items("test"), classes, val=val,
-                       image_size=image_size, root=root)
+    train = items("train")
+    _warn_upscaling(train, image_size, root)
+    return FileDataset("folder", train, items("test"), classes, val=val, image_size=image_size, root=root)
+
+
+def warn_data(text: str) -> None:
+    import sys
+
+    print(f"l2b: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _warn_upscaling(items, image_size: int, root: Path) -> None:
+    """Say so when --image-size blows the images up more than 2x (e.g. 16-px icons to 224)."""
+    if not items:
+        return
+    from PIL import Image
+
+    with Image.open(items[0][0]) as im:
+        side = min(im.size)
+    if image_size > 2 * side:
+        warn_data(f"{root}: images are about {side} px (e.g. {items[0][0].name}) and --image-size {image_size} "
+                  f"upscales them {image_size / side:.0f}x; give --image-size {max(8, side)} (or a small model) unless "
+                  f"the upscaling is meant (e.g. for ImageNet-pretrained weights)")
 
 
 def _read_list(path: Path) -> list[str]:
