@@ -293,7 +293,7 @@ def test_clean_val_split_is_balanced_disjoint_reproducible():
 
 def test_clean_val_split_errors():
     y = np.r_[np.zeros(50, int), np.ones(5, int)]
-    with pytest.raises(ValueError, match="class 1 has only 5 samples, fewer than the 10 per class"):
+    with pytest.raises(ValueError, match="class '1' has only 5 samples, fewer than the 10 per class"):
         clean_val_split(y, per_class=10)
     with pytest.raises(ValueError, match="total=15 cannot be split evenly over 2 classes"):
         clean_val_split(y, total=15)

@@ -162,3 +162,39 @@ def test_folder_data_says_what_it_cannot_train_on_and_how_it_is_scaled(tmp_path,
     err = capsys.readouterr().err
     assert "class folder(s) 'bird' hold no image" in err
     assert "images are about 16 px" in err and "upscales them 14x; give --image-size 16" in err
+
+
+def test_a_truncated_config_json_is_named(tmp_path, capsys):
+    from l2b.config import TrainConfig
+    from l2b.train import train
+
+    train(TrainConfig(data="digits", model="mlp", width=16, epochs=2, method="ce", out=str(tmp_path / "run"),
+                      progress="none"), stop_after_epoch=0)
+    saved = tmp_path / "run" / "config.json"
+    saved.write_text(saved.read_text()[:40])
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{saved}: not valid JSON" in err
+
+
+def test_demo_with_no_seeds_is_one_line(capsys):
+    assert main(["demo", "--seeds", "0"]) == 2
+    assert "--seeds must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_label_issues_on_a_diverged_run_says_why_and_what_to_do(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out).mkdir()
+    (out / "labels.npz").write_bytes(b"")
+    np.savez(out / "labels.npz", noisy=np.zeros(3), true=np.zeros(3), train_index=np.arange(3), val_index=np.arange(0))
+    (out / "metrics.json").write_text(json.dumps({"diverged": {"epoch": 2, "step": 5, "what": "the loss"}}))
+    assert main(["label-issues", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "diverged (the loss became NaN/inf at epoch 3)" in err and "lower --lr" in err
+
+
+def test_a_closed_pipe_under_compare_ends_quietly(tmp_path):
+    cmd = (f"{sys.executable} -m l2b compare --methods ce --noise symmetric:0.4,symmetric:0.2 --seeds 2 "
+           f"--data digits --model mlp --width 8 --epochs 1 --out {tmp_path / 'grid'} | head -c 1")
+    proc = subprocess.run(["bash", "-c", cmd + "; exit ${PIPESTATUS[0]}"], capture_output=True, text=True)
+    assert "Traceback" not in proc.stderr and proc.returncode in (0, 141), proc.stderr

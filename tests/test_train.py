@@ -194,7 +194,7 @@ def test_config_file_then_flags_precedence(tmp_path, monkeypatch):
         (dict(method="mystery"), "unknown method 'mystery'; valid methods: bootstrap, ce"),
         (dict(model="vgg"), "unknown model 'vgg'; valid models:"),
         (dict(noise="gauss:0.1"), "unknown noise 'gauss:0.1'"),
-        (dict(data="digits", val_per_class=200), "class 0 has only"),
+        (dict(data="digits", val_per_class=200), "class '0' has only"),
         (dict(method="l2b", sync_bn=True), "--sync-bn cannot be used with method 'l2b'"),
     ],
 )

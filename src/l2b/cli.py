@@ -12,7 +12,7 @@ from typing import Any
 
 from .methods import METHODS, declared_options
 from .config import TrainConfig, load_yaml
-from .rundir import NOT_RESULTS
+from .rundir import NOT_RESULTS, read_json
 from .calibrate import CUTS, DEFAULT_CUT
 from .detect import SCORES
 from .train import train
@@ -36,7 +36,7 @@ HELP = {
     "augment": "auto (dataset default) | none | crop-flip",
     "image_size": "crop size of image-file datasets",
     "on_bad_images": "image-file datasets: error | skip unreadable images",
-    "workers": "DataLoader workers for image-file datasets",
+    "workers": "DataLoader workers for image-file datasets (default: the machine's cores, at most 8)",
     "model": "preact-resnet18 | small-cnn | mlp | resnet18 | resnet50",
     "width": "model width (base channels / hidden units)",
     "pretrained": "local state-dict file to initialise the model from (e.g. ImageNet weights)",
@@ -65,7 +65,8 @@ HELP = {
                   "accuracy, so the reported test accuracies are exact)",
     "out": "run directory",
     "progress": "auto | bar | lines | none",
-    "threads": "torch CPU threads (default: what torch picks); results are bit-identical for a fixed count",
+    "threads": "torch CPU threads (default: 1 on a machine of 2 cores or fewer, else what torch picks); results are "
+               "bit-identical for a fixed count",
 }
 
 
@@ -198,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = Path(args.resume) / "config.json"
         if not saved.is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no config.json; is it a run directory?")
-        cfg = TrainConfig.from_dict(json.loads(saved.read_text())["config"], str(saved))
+        cfg = TrainConfig.from_dict(read_json(saved)["config"], str(saved))
         cfg.out = args.resume  # the directory given, even when the run was moved or copied
         given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(TrainConfig)}}
         given.update(option_flags(args))
@@ -235,7 +236,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.methods.split(","), args.seeds, args.out)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    run_demo(args.methods.split(","), args.seeds, args.out, threads=args.threads)
     return 0
 
 
@@ -377,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--methods", default="ce,l2rw,l2b")
     d.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method")
     d.add_argument("--out", default="runs/demo")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: as l2b train)")
     d.set_defaults(func=cmd_demo)
     return parser
 
@@ -399,10 +405,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"\nl2b {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `l2b compare ... | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        if args.command == "compare":
+            print("l2b compare: output closed; the grid stopped (run the same command to resume)", file=sys.stderr)
+        return 141
     except (ValueError, OSError, ImportError) as err:  # bad input, or a fault of the environment
         if os.environ.get("L2B_DEBUG"):
             raise
-        print(f"l2b {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: said once, by rank 0
+            print(f"l2b {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, load_yaml
-from .rundir import config_differences
+from .rundir import config_differences, read_json
 from .train import train
 
 SUMMARY_COLUMNS = ["method", "noise", "seeds", "test_acc_last_mean", "test_acc_last_std",
@@ -61,7 +61,7 @@ def check_cells(cfgs: list[TrainConfig], overwrite: bool = False) -> None:
         saved = Path(cfg.out) / "config.json"
         if not saved.is_file():
             continue
-        diff = config_differences(json.loads(saved.read_text()).get("config", {}), asdict(cfg), asdict(TrainConfig()))
+        diff = config_differences(read_json(saved).get("config", {}), asdict(cfg), asdict(TrainConfig()))
         if diff and overwrite:
             shutil.rmtree(cfg.out)
         elif diff:
@@ -78,7 +78,7 @@ def run_one(cfg_dict: dict[str, Any]) -> str:
     cfg = TrainConfig(**cfg_dict)
     out = Path(cfg.out)
     if (out / "metrics.json").is_file():
-        if "diverged" in json.loads((out / "metrics.json").read_text()):
+        if "diverged" in read_json(out / "metrics.json"):
             return f"skip   {out} (diverged)"
         return f"skip   {out} (finished)"
     if (out / "checkpoint.pt").is_file():
@@ -112,9 +112,9 @@ def collect(out: Path, finished_only: bool = True) -> list[dict[str, Any]]:
     "diverged" entry)."""
     runs = []
     for metrics_path in sorted(out.rglob("metrics.json")):
-        saved = json.loads((metrics_path.parent / "config.json").read_text())
+        saved = read_json(metrics_path.parent / "config.json")
         config, options = saved["config"], saved.get("resolved", {}).get("method_options", {})
-        metrics = json.loads(metrics_path.read_text())
+        metrics = read_json(metrics_path)
         if "diverged" in metrics:
             if finished_only:
                 continue

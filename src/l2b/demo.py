@@ -11,7 +11,7 @@ DEMO = dict(data="digits", noise="symmetric:0.4", model="mlp", width=256, val_pe
             epochs=30, batch_size=64, lr=0.1, warmup_epochs=0)
 
 
-def run_demo(methods: list[str], seeds: int, out: str) -> None:
+def run_demo(methods: list[str], seeds: int, out: str, threads: int | None = None) -> None:
     """CE, L2RW and L2B on the bundled real digits with 40% symmetric noise: a results table."""
     import statistics
 
@@ -23,7 +23,8 @@ def run_demo(methods: list[str], seeds: int, out: str) -> None:
         runs = []
         for seed in range(seeds):
             cfg = TrainConfig(**{**DEMO, "method": method, "seed": seed,
-                                 "out": str(Path(out) / f"{method}-seed{seed}"), "progress": "none"})
+                                 "out": str(Path(out) / f"{method}-seed{seed}"), "progress": "none",
+                                 "threads": threads})
             runs.append(train(cfg))
             print(f"{method} seed {seed}: test acc {runs[-1]['test_acc_last']:.1f}% (last), "
                   f"{runs[-1]['test_acc_at_best_val']:.1f}% (best val)", flush=True)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
 from .methods import METHODS
+from .rundir import read_json
 
 
 def _probs(model, data, num_classes: int, batch_size: int) -> np.ndarray:
@@ -61,14 +62,17 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     for image-file datasets, ``path``. ``show`` > 0 also writes ``label_issues.png`` with the top
     ``show`` suspects. Returns a summary: how many were flagged and estimated, and precision,
     recall, F1 and ROC-AUC against the injected noise where there is any."""
-    import json
-
     run = Path(run)
     labels_path = run / "labels.npz"
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path}: not found; is {run} a run directory of l2b train?")
     if score != "auto" and score not in SCORES:
         raise ValueError(f"--score {score!r}: choose auto or one of {', '.join(SCORES)}")
+    diverged = read_json(run / "metrics.json").get("diverged") if (run / "metrics.json").is_file() else None
+    if diverged:
+        raise ValueError(f"{run}: this run diverged ({diverged['what']} became NaN/inf at epoch {diverged['epoch'] + 1}) "
+                         f"and has no trained model to judge labels with; train it again with a lower --lr or "
+                         f"--clip-grad-norm, then run label-issues on that run")
     out = _writable(Path(out) if out is not None else run)
     labels = np.load(labels_path)
     given, true, train_index = labels["noisy"], labels["true"], labels["train_index"]
@@ -89,7 +93,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
         weights = {k: None if v is None else v[..., :n_given] for k, v in weights.items()}
     elif score != "model":
         raise FileNotFoundError(f"{run}: no weights.npz (method without per-sample weights); use --score model")
-    config = json.loads((run / "config.json").read_text())["config"] if (run / "config.json").is_file() else {}
+    config = read_json(run / "config.json")["config"] if (run / "config.json").is_file() else {}
     from .config import own_labels
 
     val_index = labels["val_index"].astype(np.int64)
@@ -142,9 +146,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
 
 
 def _resolved_options(run: Path) -> dict:
-    import json
-
-    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    saved = read_json(run / "config.json") if (run / "config.json").is_file() else {}
     return saved.get("resolved", {}).get("method_options", {})
 
 
@@ -163,11 +165,9 @@ def _pad(v: np.ndarray, extra: int, name: str) -> np.ndarray:
 
 
 def _classes(run: Path, config: dict, prep) -> list[str]:
-    import json
-
     if prep is not None:
         return [str(c) for c in prep.ds.classes]
-    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    saved = read_json(run / "config.json") if (run / "config.json").is_file() else {}
     return [str(c) for c in saved.get("data", {}).get("classes", [])]
 
 

@@ -13,6 +13,7 @@ from .config import TrainConfig, own_labels
 from .data import ArrayDataset, FileDataset, clean_val_split, load_dataset
 from .data.batches import FileData, TensorData
 from .noise import apply_noise, transition_matrix
+from .rundir import read_json
 
 
 @dataclass
@@ -38,7 +39,8 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
     own = own_labels(cfg.data)
     where = "npz: x_val and y_val" if name == "npz" else "a val/ folder"
     if cfg.val_per_class is not None or cfg.val_total is not None:
-        train_idx, val_idx = clean_val_split(y_all, per_class=cfg.val_per_class, total=cfg.val_total, seed=cfg.seed)
+        train_idx, val_idx = clean_val_split(y_all, per_class=cfg.val_per_class, total=cfg.val_total, seed=cfg.seed,
+                                             class_names=list(ds.classes))
         size = f"{cfg.val_per_class} per class" if cfg.val_per_class is not None else f"{cfg.val_total} in all"
         if own and cfg.noise == "none":
             source = f"drawn from your training labels, {size}, unverified"
@@ -125,13 +127,13 @@ def build_splits(cfg: TrainConfig, prep: Prepared, device: torch.device, shard=(
             val = split(ds.x_train[prep.val_idx], ds.y_train.numpy()[prep.val_idx])
         test = split(ds.x_test, ds.y_test.numpy())
     else:
-        train = FileData(ds, [ds.train[i] for i in prep.train_idx], prep.y_noisy, device, cfg.workers, shard)
+        train = FileData(ds, [ds.train[i] for i in prep.train_idx], prep.y_noisy, device, cfg.resolved_workers(), shard)
         if prep.val_idx is None:
-            val = FileData(ds, ds.val, [y for _, y in ds.val], device, cfg.workers, shard)
+            val = FileData(ds, ds.val, [y for _, y in ds.val], device, cfg.resolved_workers(), shard)
         else:
             val = FileData(ds, [ds.train[i] for i in prep.val_idx], ds.y_train.numpy()[prep.val_idx],
-                           device, cfg.workers, shard)
-        test = FileData(ds, ds.test, [y for _, y in ds.test], device, cfg.workers, shard)
+                           device, cfg.resolved_workers(), shard)
+        test = FileData(ds, ds.test, [y for _, y in ds.test], device, cfg.resolved_workers(), shard)
     return train, val, test
 
 
@@ -153,10 +155,9 @@ def data_fingerprint(cfg: TrainConfig, prep: Prepared, splits) -> dict:
 
 def check_same_data(out, fingerprint: dict) -> None:
     """``--resume``: the data must be what the run started on (its config.json's fingerprint)."""
-    import json
     from pathlib import Path
 
-    saved = json.loads((Path(out) / "config.json").read_text()).get("data", {}).get("fingerprint")
+    saved = read_json(Path(out) / "config.json").get("data", {}).get("fingerprint")
     if saved is None:  # a run of an earlier version: nothing to compare
         return
     changed = [f"{k} {saved[k]} -> {fingerprint.get(k)}" if k != "labels_sha256" else "the labels (their hash differs)"

@@ -60,6 +60,18 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
         ) from None
 
 
+def read_json(path: str | Path) -> Any:
+    """A run file's JSON, or a one-line error naming the file (truncated, edited, not JSON)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); it was "
+                         f"truncated or edited: restore it, or start the run again with --overwrite") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; restore it, or start the run again with --overwrite") from None
+
+
 # Settings that may differ between a run and its resumption (or a grid cell and its rerun)
 # without changing its results.
 NOT_RESULTS = ("progress", "workers", "eval_batch_size", "device", "threads", "out")
@@ -91,7 +103,7 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
         same = False
         if saved.is_file():
             try:
-                same = not config_differences(json.loads(saved.read_text()).get("config", {}), config, defaults)
+                same = not config_differences(read_json(saved).get("config", {}), config, defaults)
             except (ValueError, AttributeError):
                 same = False
         if overwrite:

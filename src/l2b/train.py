@@ -31,7 +31,7 @@ from .models import create_model
 from .run_data import build_splits, check_same_data, data_fingerprint, data_line, prepare_data
 from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, lr_at, train_step
 from .rundir import (Progress, append_row, atomic_json, atomic_npz, atomic_save, environment, finite_json,
-                     load_checkpoint, prepare_out, rewrite_rows, tensorboard)
+                     load_checkpoint, prepare_out, read_json, rewrite_rows, tensorboard)
 from .runlock import RunLock
 
 
@@ -113,7 +113,7 @@ def load_run(run: str | Path, device: str | torch.device | None = None):
     for name in ("config.json", "checkpoint.pt"):
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run}: no {name}; give the directory of an l2b run (its --out)")
-    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text())["config"], str(run / "config.json"))
+    cfg = TrainConfig.from_dict(read_json(run / "config.json")["config"], str(run / "config.json"))
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     prep = prepare_data(cfg, METHODS[cfg.method].needs_clean)
     splits = build_splits(cfg, prep, device)
@@ -220,8 +220,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     checkpoint is written, ``metrics.json`` is not; ``resume=True`` later finishes it.
     """
     cfg.validate()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.resolved_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     if resume and not ckpt_path.is_file():

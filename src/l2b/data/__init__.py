@@ -44,7 +44,7 @@ def load_dataset(spec: str, **options) -> ArrayDataset | FileDataset:
 
 
 def clean_val_split(labels, *, per_class: int | None = None, total: int | None = None,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                    seed: int = 0, class_names=None) -> tuple[np.ndarray, np.ndarray]:
     """Split sample indices into (train, clean validation), exactly class-balanced.
 
     Give ``per_class`` (samples of every class) or ``total`` (a multiple of the class count).
@@ -70,9 +70,11 @@ def clean_val_split(labels, *, per_class: int | None = None, total: int | None =
     short = counts < per_class
     if short.any():
         c = int(classes[short][0])
+        name = str(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
         raise ValueError(
-            f"class {c} has only {int(counts[short][0])} samples, fewer than the {per_class} per "
-            "class requested for the clean validation set; lower per_class/total"
+            f"class {name!r} has only {int(counts[short][0])} samples, fewer than the {per_class} per "
+            "class requested for the clean validation set; lower --val-per-class / --val-total (per_class= / "
+            "total= in Python)"
         )
     rng = np.random.Generator(np.random.PCG64(seed))
     val = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in classes])

@@ -100,7 +100,7 @@ class ImageFiles(torch.utils.data.Dataset):
             with Image.open(path) as im:
                 im = im.convert("RGB")
         except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: unreadable image ({err}); remove it or load the dataset with on_bad_images='skip'") from None
+            raise ValueError(f"{path}: unreadable image ({err}); remove it, or give --on-bad-images skip (on_bad_images='skip' in Python)") from None
         if self.transform == "isic":
             return self._normalised(isic_transform(im, self.size, self.train)), label, i
         short = round(self.size * 8 / 7)
@@ -186,7 +186,7 @@ def check_images(items, on_bad_images: str, where: str):
         if on_bad_images == "error":
             raise ValueError(
                 f"{where}: {len(bad)} unreadable image(s): {listing}. Fix or remove them, or "
-                "pass on_bad_images='skip' to leave them out"
+                "give --on-bad-images skip to leave them out (on_bad_images='skip' in Python)"
             )
         warnings.warn(f"{where}: skipped {len(bad)} unreadable image(s): {listing}", stacklevel=3)
     return good
