@@ -194,14 +194,18 @@ def test_label_issues_into_a_read_only_run_names_the_out_flag(tmp_path, capsys, 
     (tmp_path / "file").write_text("x")
     assert main(["label-issues", str(run_dir), "--out", str(tmp_path / "file" / "sub")]) == 2
     assert "write elsewhere with --out DIR" in capsys.readouterr().err.splitlines()[-1]
-    import l2b.label_issues
+    import l2b.rundir
 
     # a read-only run directory (simulated: tests may run as root, who can write anywhere)
-    monkeypatch.setattr(l2b.label_issues.os, "access", lambda path, mode: Path(path) != run_dir)
+    monkeypatch.setattr(l2b.rundir.os, "access", lambda path, mode: Path(path) != run_dir)
     assert main(["label-issues", str(run_dir)]) == 2
     assert f"{run_dir} is not writable; write elsewhere with --out DIR" in capsys.readouterr().err
     assert main(["label-issues", str(run_dir), "--out", str(tmp_path / "elsewhere")]) == 0
     assert (tmp_path / "elsewhere" / "label_issues.csv").is_file()
+    assert main(["report", str(run_dir)]) == 2  # the report too names its --out
+    assert f"{run_dir} is not writable; write elsewhere with --out DIR" in capsys.readouterr().err
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "report.html").is_file() and not (run_dir / "report.html").exists()
 
 
 def test_label_issues_csv_of_an_image_folder_has_paths_and_class_names(tmp_path, capsys):

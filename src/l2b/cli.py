@@ -291,7 +291,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    path = write_report(args.dir)
+    path = write_report(args.dir, out=args.out)
     print(f"wrote {path} and its figures")
     return 0
 
@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
     r = sub.add_parser("report", allow_abbrev=False, help="figures and report.html for a run or a grid directory")
     r.add_argument("dir", metavar="RUN_DIR|GRID_DIR")
+    r.add_argument("--out", help="write report.html and its figures here instead of RUN_DIR|GRID_DIR")
     r.set_defaults(func=cmd_report)
     li = sub.add_parser("label-issues", allow_abbrev=False, help="write RUN_DIR/label_issues.csv, the labels the run believes wrong")
     li.add_argument("dir", metavar="RUN_DIR")

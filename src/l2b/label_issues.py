@@ -9,14 +9,13 @@ the user's own (unverified) training labels is scored too, so that no sample goe
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
 from .methods import METHODS
-from .rundir import read_json
+from .rundir import read_json, writable_dir
 
 
 def _probs(model, data, num_classes: int, batch_size: int) -> np.ndarray:
@@ -42,17 +41,6 @@ def _model_scores(run: Path, with_clean: bool):
     return probs, clean, prep
 
 
-def _writable(out: Path) -> Path:
-    """``out`` created and writable, or a one-line error that names ``--out``."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create {out} ({err.strerror}); write elsewhere with --out DIR") from None
-    if not os.access(out, os.W_OK):
-        raise ValueError(f"{out} is not writable; write elsewhere with --out DIR")
-    return out
-
-
 def write_label_issues(run: str | Path, threshold: float | None = None, score: str = "auto", cut: str = "auto",
                        out: str | Path | None = None, show: int = 0) -> dict:
     """Write ``label_issues.csv`` (into ``out``, default the run directory), most suspect first:
@@ -73,7 +61,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
         raise ValueError(f"{run}: this run diverged ({diverged['what']} became NaN/inf at epoch {diverged['epoch'] + 1}) "
                          f"and has no trained model to judge labels with; train it again with a lower --lr or "
                          f"--clip-grad-norm, then run label-issues on that run")
-    out = _writable(Path(out) if out is not None else run)
+    out = writable_dir(Path(out) if out is not None else run)
     labels = np.load(labels_path)
     given, true, train_index = labels["noisy"], labels["true"], labels["train_index"]
     n_given = len(given)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .compare import collect
+from .rundir import writable_dir
 from .detect import detection_metrics, roc_auc
 
 
@@ -219,8 +220,9 @@ def transition_figure(transition: np.ndarray, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def write_report(target: str | Path) -> Path:
-    """Write the PNGs and report.html into ``target`` (a run or a grid directory)."""
+def write_report(target: str | Path, out: str | Path | None = None) -> Path:
+    """Write the PNGs and report.html of ``target`` (a run or a grid directory) into ``out``
+    (default: ``target`` itself)."""
     target = Path(target)
     runs = collect(target)
     diverged = [r for r in collect(target, finished_only=False) if "diverged" in r]
@@ -230,8 +232,9 @@ def write_report(target: str | Path) -> Path:
                                      for r in diverged[:3]) + "); nothing to plot")
     if not runs:
         raise FileNotFoundError(f"{target}: no finished run (metrics.json) below it")
-    figures: list[tuple[str, Path]] = [("Test accuracy per epoch", accuracy_figure(runs, target / "accuracy.png"))]
-    separation = separation_figure(runs, target / "separation.png")
+    dest = writable_dir(Path(out) if out is not None else target)
+    figures: list[tuple[str, Path]] = [("Test accuracy per epoch", accuracy_figure(runs, dest / "accuracy.png"))]
+    separation = separation_figure(runs, dest / "separation.png")
     if separation is not None:
         figures.append(("α and β on clean vs corrupted samples over epochs", separation))
     detection_rows, extra = [], {}
@@ -245,23 +248,25 @@ def write_report(target: str | Path) -> Path:
         pick = max(meta, key=lambda r: (r["method"] == "l2b", r["noise"]))
         w = np.load(pick["dir"] / "weights.npz")
         figures.append((f"Weights of {pick['method']} ({pick['noise']}, seed {pick['seed']})",
-                        weights_figure(w, target / "weights.png")))
-        fig, extra = alpha_minus_beta_figure(w, target / "alpha_minus_beta.png")
+                        weights_figure(w, dest / "weights.png")))
+        fig, extra = alpha_minus_beta_figure(w, dest / "alpha_minus_beta.png")
         figures.append(("alpha − beta against pseudo-label correctness", fig))
     for key, name, title, method in (("normalize", "normalisations.png", "Normalisation of the weights (Fig. 4)", "l2b"),
                                      ("beta", "bootstrap_beta.png", "Bootstrapping's beta (Fig. 1a)", "bootstrap")):
-        fig = option_figure(runs, key, target / name, title, method)
+        fig = option_figure(runs, key, dest / name, title, method)
         if fig is not None:
             figures.append((title, fig))
     labels = runs[0]["dir"] / "labels.npz"
     if labels.is_file():
         t = np.load(labels)["transition"]
         figures.append((f"Realised noise ({runs[0]['noise']})",
-                        transition_figure(t, target / "transition.png", f"realised transition, {runs[0]['noise']}")))
-    if (target / "label_issues.png").is_file():  # written by `l2b label-issues --show N`
-        figures.append(("Top suspected label issues (given → suggested)", target / "label_issues.png"))
-    (target / "report.html").write_text(_html(target, runs, figures, detection_rows, extra, diverged))
-    return target / "report.html"
+                        transition_figure(t, dest / "transition.png", f"realised transition, {runs[0]['noise']}")))
+    for where in dict.fromkeys([dest, target]):  # written by `l2b label-issues --show N [--out]`
+        if (where / "label_issues.png").is_file():
+            figures.append(("Top suspected label issues (given → suggested)", where / "label_issues.png"))
+            break
+    (dest / "report.html").write_text(_html(target, runs, figures, detection_rows, extra, diverged))
+    return dest / "report.html"
 
 
 def _num(value) -> str:

@@ -72,6 +72,17 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path}: not a text file; restore it, or start the run again with --overwrite") from None
 
 
+def writable_dir(out: Path) -> Path:
+    """``out`` created and writable, or a one-line error that names ``--out``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create {out} ({err.strerror}); write elsewhere with --out DIR") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"{out} is not writable; write elsewhere with --out DIR")
+    return out
+
+
 # Settings that may differ between a run and its resumption (or a grid cell and its rerun)
 # without changing its results.
 NOT_RESULTS = ("progress", "workers", "eval_batch_size", "device", "threads", "out")
