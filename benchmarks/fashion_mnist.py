@@ -180,7 +180,7 @@ def main() -> None:
     if not args.quick:
         RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
         RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
-        write_block(RESULTS_MD, "fashion-mnist", table, "## Fashion-MNIST benchmark (issue 7)")
+        write_block(RESULTS_MD, "fashion-mnist", table, "## Fashion-MNIST benchmark")
         print(f"wrote {RESULTS_JSON} and the table in {RESULTS_MD}")
 
 

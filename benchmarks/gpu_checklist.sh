@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# The GPU checklist, as one command on a lent CUDA machine (see README "Performance"):
+# The GPU checklist, as one command on a CUDA machine (see README "Performance"):
 #   epoch time of CE / L2RW / L2B (fp32 and bf16), bf16-vs-fp32 meta-weight agreement, step cost.
-# Each step appends its table to benchmarks/RESULTS.md there; the file and the logs are copied to
-# $OUT (or ./gpu-out). With GRID_SECONDS > 0 it then spends what is left of that many seconds on
-# the memorisation grid's settings in $GRID_NOISES on the GPU and packs the runs into grid.tgz.
-# Needs Fashion-MNIST at /usr/share/datasets/fashion-mnist (or in .fm/) for the grid, and
-# `higher` (wheel in .whl/) for the authors' row of step_cost.
+# Each step appends its table to benchmarks/RESULTS.md in this checkout; that file and the logs
+# are copied to $OUT (default ./gpu-out).
+#
+# What it needs, all optional:
+#   WHEELS=DIR      wheels to install first (e.g. `higher`, for the authors' row of step_cost),
+#                   installed into a temporary directory of this script's own, never site-wide;
+#   GRID_SECONDS=N  after the checklist, spend what is left of N seconds on the memorisation
+#                   grid's settings in $GRID_NOISES (--device cuda, $GRID_JOBS workers) and pack
+#                   the runs into $OUT/grid.tgz;
+#   FM_DIR=DIR      Fashion-MNIST's IDX files for the grid (default: the Debian package's path).
+# It writes only under this checkout, $OUT and its temporary directory (removed at exit), and
+# stops only the processes it started.
+set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
+if [ -n "${WHEELS:-}" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$TMP/site" "$WHEELS"/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:$TMP/site
 fi
 nvidia-smi -L; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
 step() { local t=$1; shift; echo "== $* (limit ${t}s)"; local s=$SECONDS; timeout "$t" "$@" 2>&1 | tee -a "$OUT/checklist.log"; echo "== took $((SECONDS - s))s"; }
@@ -20,10 +30,15 @@ step 130 python3 benchmarks/step_cost.py --device cuda --widths 64
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 left=$(( ${GRID_SECONDS:-0} - SECONDS ))
 if [ "$left" -gt 60 ]; then
-  if [ -d .fm ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then mkdir -p /usr/share/datasets && cp -r .fm /usr/share/datasets/fashion-mnist; fi
-  echo "== grid for ${left}s: $GRID_NOISES"
-  timeout -k 5 "$left" python3 benchmarks/memorisation.py --device cuda --jobs "${GRID_JOBS:-12}" --noises "$GRID_NOISES" > "$OUT/grid.log" 2>&1
-  pkill -9 -f memorisation.py; pkill -9 -f multiprocessing; sleep 1
+  data=fashion-mnist${FM_DIR:+:$FM_DIR}
+  echo "== grid for ${left}s: ${GRID_NOISES:-all noise settings} ($data)"
+  # its own process group, so that the pool's workers stop with it, and nothing else does
+  setsid python3 benchmarks/memorisation.py --device cuda --data "$data" --jobs "${GRID_JOBS:-12}" \
+    ${GRID_NOISES:+--noises "$GRID_NOISES"} > "$OUT/grid.log" 2>&1 &
+  pid=$!
+  sleep "$left" & waiter=$!
+  while kill -0 "$pid" 2>/dev/null && kill -0 "$waiter" 2>/dev/null; do sleep 2; done
+  kill -- -"$pid" 2>/dev/null; kill "$waiter" 2>/dev/null; wait 2>/dev/null
   tar czf "$OUT/grid.tgz" --exclude='*ce-clean-only*' runs/bench-memorisation runs/bench-memorisation-variants 2>/dev/null
   grep -c "^\[" "$OUT/grid.log"; tail -3 "$OUT/grid.log"
 fi

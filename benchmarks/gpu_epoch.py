@@ -1,4 +1,4 @@
-"""Epoch time of CE, L2RW and L2B at the CIFAR-10 settings on a GPU (issue 6).
+"""Epoch time of CE, L2RW and L2B at the CIFAR-10 settings on a GPU.
 
 PreActResNet-18, batch 512 (clean batch 512, as the authors' code), SGD momentum 0.9 / wd 5e-4,
 crop+flip augmentation on the device. CIFAR-10 is read from --cifar DIR when given, else

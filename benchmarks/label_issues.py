@@ -276,7 +276,7 @@ def main() -> None:
     if args.quick:
         return
     RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
-    write_block(RESULTS_MD, "label-issues", table, "## Label issues: l2b against cleanlab (issue 15)")
+    write_block(RESULTS_MD, "label-issues", table, "## Label issues: l2b against cleanlab")
     write_block(HERE.parent / "README.md", "label-issues", table, "## Label issues against cleanlab")
 
 if __name__ == "__main__":

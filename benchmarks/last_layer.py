@@ -126,7 +126,7 @@ def main() -> None:
     RESULTS_JSON.write_text(json.dumps({"command": command.strip(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                                         "recipe": recipe, "noise": args.noise, "rows": rows}, indent=2) + "\n")
     write_block(RESULTS_MD, "last-layer", table,
-                "## The last-layer engine against the exact one along training (issue 13)")
+                "## The last-layer engine against the exact one along training")
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ REGIME_NOISE = "symmetric:0.4"
 REGIME_GAP = 5.0  # CE's best-val minus last-epoch test accuracy that defines the regime
 QUICK = dict(noises=["symmetric:0.4"], seeds=1, train_subset=200, epochs=1, warmup_epochs=0, width=8)
 # Variants run beside the grid, each in its own directory (OUT-variants/NAME/...): L2B with the
-# approximate last-layer engine (issue 13), compared seed by seed with exact L2B.
+# approximate last-layer engine, compared seed by seed with exact L2B.
 VARIANTS = {"l2b-last-layer": dict(method="l2b", method_args={"engine": "last-layer"},
                                    noises=["symmetric:0.4", "asymmetric:0.4"])}
 # Rough cost of a run relative to CE, to start the slow runs first (the pool's tail is shorter).

@@ -274,7 +274,7 @@ def gpu_note(rows: list[dict], variants: list[dict], jobs: int) -> list[str]:
     cost = cpu_grid_minutes(rows, variants, jobs)
     out = []
     if gpu:
-        out.append(f"{gpu} of these {runs} runs were trained on a lent GPU (`--device cuda --noises ...`, the same "
+        out.append(f"{gpu} of these {runs} runs were trained on a GPU machine (`--device cuda --noises ...`, the same "
                    f"recipe and seeds; GPU kernels are not bit-identical to the CPU's, so those runs are other "
                    f"draws of the same experiment); accuracies include them, timings (s / epoch, s / run) come "
                    f"from the CPU runs alone.  ")

@@ -9,7 +9,7 @@ model, optimizer and data were built (the working memory of the steps, momentum 
     python benchmarks/step_cost.py --quick    # width 16, few repeats: a smoke run, not recorded
     python benchmarks/step_cost.py --all-methods   # every registered method's step vs CE, recorded
 
-Targets (issue 2): L2B-jvp <= 3.5x CE at n = m = 128, <= 3.0x at n = 512 / m = 100, and
+Targets: L2B-jvp <= 3.5x CE at n = m = 128, <= 3.0x at n = 512 / m = 100, and
 >= 2.5x faster than L2B-unroll. "L2B-unroll" is our second-order engine, which shares the
 training forward with the real step; "L2B-unroll-authors" adds the separate real forward of the
 authors' `higher`-based step. "authors" runs the public code's step itself through `higher`
@@ -235,7 +235,7 @@ def run_child(method: str, width: int, n: int, m: int, repeats: int, threads: in
 
 
 def all_methods(args) -> None:
-    """Every registered method's step relative to CE: the published table of issue 7."""
+    """Every registered method's step relative to CE: the published table."""
     import torch
 
     from l2b.methods import METHODS

@@ -195,7 +195,9 @@ def test_config_file_then_flags_precedence(tmp_path, monkeypatch):
         (dict(model="vgg"), "unknown model 'vgg'; valid models:"),
         (dict(noise="gauss:0.1"), "unknown noise 'gauss:0.1'"),
         (dict(data="digits", val_per_class=200), "class '0' has only"),
-        (dict(method="l2b", sync_bn=True), "--sync-bn cannot be used with method 'l2b'"),
+        (dict(method="l2b", sync_bn=True), "--sync-bn cannot be used with method 'l2b'.*--engine unroll"),
+        (dict(method="mwnet", sync_bn=True), "--sync-bn cannot be used with method 'mwnet'.*drop --sync-bn"),
+        (dict(method="mlc", sync_bn=True), "--sync-bn cannot be used with method 'mlc'"),
     ],
 )
 def test_contradictions_fail_before_training(tmp_path, kw, message):

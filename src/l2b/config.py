@@ -216,11 +216,12 @@ class TrainConfig:
             raise ValueError(f"batches_per_epoch must be at least 1, got {self.batches_per_epoch}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}]")
-        if self.sync_bn and cls.meta:
+        options = vars(cls.build_options(self.method_options()))
+        if self.sync_bn and cls.uses_forward_ad(options):
             raise ValueError(
                 f"--sync-bn cannot be used with method {self.method!r}: SyncBatchNorm has no "
-                "forward-mode AD, which the meta-gradient needs; each rank's BatchNorm uses its "
-                "shard's statistics instead (docs/distributed.md)"
+                "forward-mode AD, which its meta-gradient needs; " + cls.forward_ad_remedy(options)
+                + " (each rank's BatchNorm then uses its shard's statistics: docs/distributed.md)"
             )
         if self.progress not in ("auto", "bar", "lines", "none"):
             raise ValueError(f"unknown progress {self.progress!r}; choose auto, bar, lines or none")

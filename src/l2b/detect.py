@@ -1,9 +1,11 @@
 """What the learned weights say about the labels: noise-detection metrics and label issues.
 
-A meta method's last-epoch weights give every training sample a trust score for its given label,
-``alpha / (alpha + beta)`` (0 when both are 0: the meta-gradient wanted neither). Low trust means
-the run believes the label is wrong, and the pseudo-label is the suggested fix. Runs without
-per-sample weights fall back to the final model's probability of the given label.
+Every training sample gets a suspicion score for its given label (``SCORES``): by default 1 − the
+final model's probability of it (``model``, the best ranking measured in
+benchmarks/label_issues.py); from a meta method's weights, 1 − ``alpha / (alpha + beta)`` of the
+last epoch or the mean over the kept epochs (0 trust when both are 0: the meta-gradient wanted
+neither). How many are flagged comes from ``l2b.calibrate``; the suggested label is the model's
+most probable other class, or the pseudo-label chosen most often.
 """
 
 from __future__ import annotations

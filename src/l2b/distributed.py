@@ -33,10 +33,6 @@ class Sync:
 
     group: object | None = None
 
-    @property
-    def world_size(self) -> int:
-        return dist.get_world_size(self.group)
-
     def allsum(self, t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)

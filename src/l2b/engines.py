@@ -1,14 +1,14 @@
 """Four engines for the raw L2B weights ``w = -dG/d eps`` at eps = 0 (three exact, one
 approximate), and the look-ahead core of MW-Net and MLC (``lookahead_tangents``).
 
-``jvp`` (default; the first-order identity of docs/methods.md, the paper's Eq. 7-8): with v = grad G(theta_hat(0)) from one validation forward+backward,
+``jvp`` (the first-order identity of docs/methods.md, the paper's Eq. 7-8): with v = grad G(theta_hat(0)) from one validation forward+backward,
 ``-dG/d eps_i = scale * <v, grad f_i(theta)>``, and all n dot products come from ONE forward-mode
 JVP of the training logits z along ``scale * v``:  <v, grad f_i> = (df_i/dz_i) . zdot_i.
 For cross-entropy df_i/dz_i = softmax(z_i) - onehot(y_i). The primal logits of that forward carry
 the reverse graph for the real step, so the training batch is forwarded once.
 
-``jvp-lean``: the same numbers with about a quarter of ``jvp``'s peak memory, for one more
-plain forward of the training batch (see ``raw_weights_jvp``).
+``jvp-lean`` (the default of ``l2b.L2B`` and the trainer): the same numbers with about a quarter
+of ``jvp``'s peak memory, for one more plain forward of the training batch (see ``raw_weights_jvp``).
 
 ``unroll`` (the second-order reference): differentiable virtual step with ``create_graph=True``,
 validation loss at theta_hat(eps), then autograd back to eps. It is the test oracle of ``jvp`` and

@@ -16,6 +16,7 @@ import numpy as np
 from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
 from .methods import METHODS
 from .rundir import read_json, writable_dir
+from .runlock import atomic_write
 
 
 def _probs(model, data, num_classes: int, batch_size: int) -> np.ndarray:
@@ -169,6 +170,10 @@ def _paths(prep, index: np.ndarray, split: np.ndarray) -> list[str] | None:
 
 
 def _write_csv(path: Path, issues, index, split, given, classes: list[str], paths) -> None:
+    atomic_write(path, lambda tmp: _csv_rows(tmp, issues, index, split, given, classes, paths))
+
+
+def _csv_rows(path: Path, issues, index, split, given, classes: list[str], paths) -> None:
     name = lambda c: classes[c] if 0 <= c < len(classes) else ""  # noqa: E731
     agreement = issues.agreement
     with open(path, "w", newline="", encoding="utf-8") as fh:

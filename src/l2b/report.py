@@ -24,6 +24,7 @@ import numpy as np
 
 from .compare import collect
 from .rundir import writable_dir
+from .runlock import atomic_write
 from .detect import detection_metrics, roc_auc
 
 
@@ -265,7 +266,8 @@ def write_report(target: str | Path, out: str | Path | None = None) -> Path:
         if (where / "label_issues.png").is_file():
             figures.append(("Top suspected label issues (given → suggested)", where / "label_issues.png"))
             break
-    (dest / "report.html").write_text(_html(target, runs, figures, detection_rows, extra, diverged))
+    page = _html(target, runs, figures, detection_rows, extra, diverged)
+    atomic_write(dest / "report.html", lambda tmp: tmp.write_text(page))
     return dest / "report.html"
 
 

@@ -4,9 +4,10 @@ Read top to bottom: ``train(cfg)`` runs one experiment (``l2b.config.TrainConfig
 ``cfg.out`` and returns its final metrics. A method (``l2b.methods``) only builds
 the loss of a step; it never touches this loop.
 
-Model selection uses the CLEAN VALIDATION set only; the test set is evaluated every epoch and
-reported twice: at the last epoch and at the best-validation epoch (the authors' code selected
-on the test set; docs/methods.md).
+Model selection uses the CLEAN VALIDATION set only, scored every epoch; the test set is scored
+every ``test_every`` epochs, at the last epoch and (from its saved weights) at the best-validation
+epoch, and reported twice: at the last epoch and at the best-validation epoch (the authors' code
+selected on the test set; docs/methods.md).
 """
 
 from __future__ import annotations

@@ -107,6 +107,17 @@ class Method:
     distributed: bool = False  # set by the trainer when several ranks train together
 
     @classmethod
+    def uses_forward_ad(cls, options: dict) -> bool:
+        """Whether a step runs forward-mode AD through the model (meta-gradients by jvp): then every
+        module must support it (SyncBatchNorm does not), checked before any data are read."""
+        return False
+
+    @classmethod
+    def forward_ad_remedy(cls, options: dict) -> str:
+        """What to do when a module lacks forward-mode AD (an option that avoids it, if any)."""
+        return "drop --sync-bn"
+
+    @classmethod
     def sees_clean_labels(cls, options: dict) -> bool:
         """Whether the final model has learned from the clean labels (trained on them, or from a
         teacher that was): then its clean accuracy is biased, for model selection and as the

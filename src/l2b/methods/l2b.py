@@ -30,7 +30,7 @@ class MetaOptions:
                                             "authors' code) | sgd (plain SGD, paper Eq. 5)",
                                choices=("optimizer", "sgd"))
     # jvp-lean: the faster exact engine on average over benchmarks/step_cost.py's CPU runs
-    # (2.51-2.88x CE vs jvp's 2.59-2.82x) at a third of its memory (RESULTS.md, issue 13)
+    # (2.51-2.88x CE vs jvp's 2.59-2.82x) at a third of its memory (benchmarks/RESULTS.md)
     engine: str = option("jvp-lean", "meta-gradient engine: jvp-lean (exact, about CE's memory) | jvp (exact, "
                                      "one forward fewer, 3-4x the memory) | unroll (second-order reference) | "
                                      "last-layer (approximate, about CE's cost)",
@@ -68,6 +68,14 @@ class L2BMethod(Method):
     needs_clean = True
     meta = True
     meta_like = True
+
+    @classmethod
+    def uses_forward_ad(cls, options: dict) -> bool:
+        return options.get("engine", "jvp-lean") in ("jvp", "jvp-lean")
+
+    @classmethod
+    def forward_ad_remedy(cls, options: dict) -> str:
+        return "use --engine unroll (second-order, no forward-mode AD), or drop --sync-bn"
     loss_is_global_sum = True
     Options = L2BOptions
 

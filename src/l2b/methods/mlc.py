@@ -80,6 +80,10 @@ class MLC(Method):
     def sees_clean_labels(cls, options: dict) -> bool:
         return options.get("mode", "mix") == "mix"  # hmlc_K_mix trains on half of each clean batch
     meta_like = True
+
+    @classmethod
+    def uses_forward_ad(cls, options: dict) -> bool:
+        return True  # the look-ahead's tangents (engines.lookahead_tangents)
     loss_is_global_sum = True  # sums over this rank's samples / the global count
     Options = MLCOptions
     checkpointed = ("lcn", "meta_opt")

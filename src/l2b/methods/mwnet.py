@@ -78,6 +78,10 @@ class MWNet(Method):
     name = "mwnet"
     needs_clean = True
     meta_like = True
+
+    @classmethod
+    def uses_forward_ad(cls, options: dict) -> bool:
+        return True  # the look-ahead's tangents (engines.lookahead_tangents)
     Options = MWNetOptions
     VARIANTS = {
         "current": {"normalize": False, "meta_optimizer": "adam", "meta_lr": 1e-3, "meta_weight_decay": 1e-4,

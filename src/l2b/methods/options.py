@@ -68,10 +68,6 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def defaults(options_cls: type) -> dict[str, Any]:
-    return {name: spec.default for name, spec in specs(options_cls).items()}
-
-
 def build(method: str, options_cls: type, given: dict[str, Any]):
     """The options dataclass of ``method`` from ``given`` (any of YAML, --method-arg, flags, the
     Python API): unknown names, unreadable values, values outside the choices and values that
