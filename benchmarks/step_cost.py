@@ -149,7 +149,7 @@ def measure_method(method: str, width: int, n: int, m: int, repeats: int, thread
     (the method's loss, backward, optimizer step), after the method's setup on two small batches."""
     import torch
 
-    from l2b.methods import METHODS, create_method
+    from l2b.methods import create_method, needs_of
     from l2b.methods.base import Batch, SetupContext
     from l2b.models import PreActResNet18
 
@@ -168,13 +168,13 @@ def measure_method(method: str, width: int, n: int, m: int, repeats: int, thread
     x_val, y_val = torch.randn(m, 3, 32, 32), torch.randint(0, 10, (m,))
     idx = torch.arange(n)
     meth = create_method(method, model, opt)
-    if meth.has_setup:  # fit the auxiliary model/matrix on tiny data: only the step is timed
-        small = lambda xs, ys: (lambda epoch: iter([(xs[:16], ys[:16], idx[:16], 16)]))  # noqa: E731
-        meth.setup(SetupContext(new_model=new_model, new_optimizer=new_optimizer,
-                                train_batches=small(x, y), clean_batches=small(x_val, y_val),
-                                lr_at=lambda e, s, k: 0.02, epochs=1, num_classes=10,
-                                train_steps=1, clean_steps=1, log=lambda msg: None))
-    needs_clean = METHODS[method].needs_clean and METHODS[method].clean_per_step
+    # the method's setup (an auxiliary model or matrix) on tiny data: only the step is timed
+    small = lambda xs, ys: (lambda epoch: iter([(xs[:16], ys[:16], idx[:16], 16)]))  # noqa: E731
+    meth.setup(SetupContext(new_model=new_model, new_optimizer=new_optimizer,
+                            train_batches=small(x, y), clean_batches=small(x_val, y_val),
+                            lr_at=lambda e, s, k: 0.02, epochs=1, num_classes=10,
+                            train_steps=1, clean_steps=1, log=lambda msg: None, load_optimizer_state=opt.load_state_dict))
+    needs_clean = needs_of(method, {}).clean_per_step
 
     def step() -> None:
         batch = Batch(x, y, idx, x_val if needs_clean else None, y_val if needs_clean else None, epoch=1.0)

@@ -170,8 +170,8 @@ def _peer_worker(rank: int, port: int, queue) -> None:
     try:
         torch.manual_seed(0)  # same initial networks on both ranks, as under torchrun
         model = torch.nn.Linear(6, 3)
-        method = create_method("coteaching", model, torch.optim.SGD(model.parameters(), lr=0.5), forget_rate=0.5)
-        method.distributed = True
+        method = create_method("coteaching", model, torch.optim.SGD(model.parameters(), lr=0.5), forget_rate=0.5,
+                               distributed=True)
         g = torch.Generator().manual_seed(100 + rank)  # different shards
         x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
         method.loss(Batch(x, y, torch.arange(8), epoch=5.0))
@@ -203,10 +203,10 @@ def _mwnet_worker(rank: int, port: int, method_name: str, queue) -> None:
                 torch.manual_seed(7)
                 # MLC's mix mode splits each rank's shard of the clean batch (docs/distributed.md)
                 kw = {"normalize": normalize} if method_name == "mwnet" else {"mode": "plain"}
-                method = create_method(method_name, model, opt, meta_optimizer="sgd", meta_lr=0.5, **kw)
+                method = create_method(method_name, model, opt, meta_optimizer="sgd", meta_lr=0.5,
+                                       distributed=distributed, **kw)
                 if method_name == "mwnet":
                     method.vnet.double()
-                method.distributed = distributed
                 b = (Batch(x[sl], y[sl], torch.arange(4), xv[vl], yv[vl]) if distributed
                      else Batch(x, y, torch.arange(10), xv, yv))
                 out = method.loss(b)

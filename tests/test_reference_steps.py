@@ -299,8 +299,7 @@ def test_glc_equals_train_ours_phase_1_estimate_and_phase_2():
         optimizer.step()
 
     # --- ours
-    method = create_method("glc", ours, opt_ours)
-    method.batch_size = batch_size
+    method = create_method("glc", ours, opt_ours, batch_size=batch_size)
     ctx = SetupContext(
         new_model=lambda: pytest.fail("GLC must start phase 1 from the run's initial weights"),
         new_optimizer=lambda m: torch.optim.SGD(m.parameters(), **sgd),
@@ -308,7 +307,7 @@ def test_glc_equals_train_ours_phase_1_estimate_and_phase_2():
         clean_batches=lambda e: pytest.fail("C is estimated with the test transform"),
         clean_eval_batches=lambda: iter([(gold[0], gold[1], None, len(gold[1]))]),
         lr_at=lambda e, s, n: 0.1, epochs=1, num_classes=10, train_steps=len(silver), clean_steps=1,
-        log=lambda text: None)
+        log=lambda text: None, load_optimizer_state=opt_ours.load_state_dict)
     before = {n: p.detach().clone() for n, p in ours.named_parameters()}
     method.setup(ctx)
     assert not changed(ours, before)  # phase 2 starts from the initial weights

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .coerce import coerce_field
-from .methods import METHODS, declared_options
+from .methods import METHODS, declared_options, options_of
 
 # settings of earlier versions that are now options of one method
 RENAMED_OPTIONS = {"bootstrap_beta": "bootstrap.beta", "bootstrap_mode": "bootstrap.mode"}
@@ -216,7 +216,7 @@ class TrainConfig:
             raise ValueError(f"batches_per_epoch must be at least 1, got {self.batches_per_epoch}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}]")
-        options = vars(cls.build_options(self.method_options()))
+        options = options_of(self.method, self.method_options())
         if self.sync_bn and cls.uses_forward_ad(options):
             raise ValueError(
                 f"--sync-bn cannot be used with method {self.method!r}: SyncBatchNorm has no "
@@ -278,7 +278,7 @@ class TrainConfig:
         """The gradient-norm clip this run uses: the given one (0: none), else 0.8 for the meta
         methods and none for the others."""
         if self.clip_grad_norm is None:
-            return 0.8 if METHODS[self.method].meta_like else None
+            return METHODS[self.method].default_clip(options_of(self.method, self.method_options()))
         return self.clip_grad_norm or None
 
     @classmethod

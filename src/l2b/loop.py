@@ -81,8 +81,9 @@ class Run:
     amp: bool
     out: Path
     main_rank: bool
-    n_noisy: int  # training positions >= this are clean samples (methods with trains_on_clean)
+    n_noisy: int  # training positions >= this are clean samples (with clean_in_stream)
     steps_per_epoch: int
+    clean_in_stream: bool = False  # the method's needs(): Batch.trusted marks the clean samples
 
 
 def train_step(run: Run, x, y, idx, n_global: int, epoch: int, step: int, warm: bool):
@@ -97,7 +98,7 @@ def train_step(run: Run, x, y, idx, n_global: int, epoch: int, step: int, warm: 
         group["lr"] = lr_at(cfg, epoch, step, run.steps_per_epoch)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=run.amp):
         progress = epoch + step / run.steps_per_epoch
-        if method.trains_on_clean:
+        if run.clean_in_stream:
             batch = Batch(x, y, idx, epoch=progress, trusted=idx >= run.n_noisy)
         elif warm or run.clean is None:
             batch = Batch(x, y, idx, epoch=progress)
@@ -115,7 +116,7 @@ def train_step(run: Run, x, y, idx, n_global: int, epoch: int, step: int, warm: 
     optimizer.zero_grad(set_to_none=True)
     # the global loss is the SUM over ranks of a global-sum loss (meta methods), or of each rank's
     # mean weighted by its share of the global batch
-    global_sum = run.sync is not None and result is not None and method.loss_is_global_sum
+    global_sum = run.sync is not None and result is not None and result.reduction == "global_sum"
     if run.sync is None:
         loss.backward()
     else:

@@ -26,8 +26,8 @@ import torch
 from .config import TrainConfig
 from .data.batches import CleanBatches, global_batches, union
 from .distributed import current_sync, init_from_env
-from .methods import METHODS, create_method
-from .methods.base import SetupContext
+from .methods import create_method, needs_of
+from .methods.base import EpochContext, SetupContext
 from .models import create_model
 from .run_data import build_splits, check_same_data, data_fingerprint, data_line, prepare_data
 from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, lr_at, train_step
@@ -67,6 +67,7 @@ def resolve_device(name: str) -> torch.device:
 EPOCH_ORDER_SALT = 100003  # the training batches of epoch e: seed * salt + e
 SETUP_NOISY_SALT = 15485863  # a setup's fit on the noisy samples (GLC, forward)
 SETUP_CLEAN_SALT = 32452843  # a setup's fit on the clean samples (distill)
+EPOCH_CLEAN_SALT = 49979687  # the clean batches of a clean set a method sets at epoch e: seed * salt + e
 
 
 def build_model(cfg: TrainConfig, ds, device: torch.device) -> torch.nn.Module:
@@ -116,7 +117,7 @@ def load_run(run: str | Path, device: str | torch.device | None = None):
             raise FileNotFoundError(f"{run}: no {name}; give the directory of an l2b run (its --out)")
     cfg = TrainConfig.from_dict(read_json(run / "config.json")["config"], str(run / "config.json"))
     device = resolve_device(cfg.device) if device is None else torch.device(device)
-    prep = prepare_data(cfg, METHODS[cfg.method].needs_clean)
+    prep = prepare_data(cfg, needs_of(cfg.method, cfg.method_options()).clean)
     splits = build_splits(cfg, prep, device)
     model = build_model(cfg, prep.ds, device)
     model.load_state_dict(load_checkpoint(run / "checkpoint.pt", device)["model"])
@@ -156,6 +157,23 @@ def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | No
                transition=prep.transition)
 
 
+def epoch_context(cfg: TrainConfig, run: Run, epoch: int, warm: bool, noisy_data, val_data, meta_augment: bool):
+    """The ``EpochContext`` of a method's ``on_epoch_start``: ``set_clean`` gives the steps that
+    follow fresh clean batches of another split, shuffled by the run's seed and the epoch."""
+
+    def set_clean(data) -> None:
+        if len(data) == 0:
+            raise ValueError(f"epoch {epoch + 1}: the method set an empty clean set")
+        sampling = run.clean.sampling if run.clean is not None else "cycle"
+        run.clean = CleanBatches(data, cfg.val_batch_size or cfg.batch_size, cfg.seed * EPOCH_CLEAN_SALT + epoch,
+                                 sampling, augment=meta_augment)
+
+    return EpochContext(epoch=epoch, warm=warm, model=run.model, train=noisy_data,
+                        clean=run.clean.data if run.clean is not None else val_data, take=noisy_data.take,
+                        set_clean=set_clean,
+                        log=(lambda text: print(text, flush=True)) if cfg.progress != "none" else (lambda text: None))
+
+
 def run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank: bool) -> float:
     """A method's fit before training (GLC's phase 1, forward's estimator, distill's teacher);
     returns its seconds. Under torchrun rank 0 fits on the whole data and broadcasts what it
@@ -175,6 +193,7 @@ def run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, ma
             train_steps=len(global_batches(torch.arange(len(noisy_data)), cfg.batch_size)),
             clean_steps=len(global_batches(torch.arange(len(val_data)), val_bs)),
             log=(lambda text: print(text, flush=True)) if cfg.progress != "none" else (lambda text: None),
+            load_optimizer_state=optimizer.load_state_dict,
         ))
     if sync is not None:
         state = [(method.state_dict(), optimizer.state_dict()) if main_rank else None]
@@ -243,7 +262,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
 
 
 def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, lock: RunLock) -> dict[str, Any]:
-    method_cls = METHODS[cfg.method]
     clip = cfg.resolved_clip()
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
@@ -255,10 +273,11 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
 
-        prep = prepare_data(cfg, method_cls.needs_clean)
+        needs = needs_of(cfg.method, cfg.method_options())
+        prep = prepare_data(cfg, needs.clean)
         ds = prep.ds
         train_data, val_data, test_data = build_splits(cfg, prep, device, shard=(rank, world))
-        if method_cls.needs_clean and len(val_data) == 0:
+        if needs.clean and len(val_data) == 0:
             raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
         if resume:
             check_same_data(out, data_fingerprint(cfg, prep, (train_data, val_data, test_data)))
@@ -269,23 +288,22 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
 
     model = training_model(cfg, ds, device, world)
     optimizer = build_optimizer(cfg, model)
-    method = create_method(cfg.method, model, optimizer, num_classes=ds.num_classes, **cfg.method_options())
-    method.distributed = sync is not None
-    method.batch_size = cfg.batch_size
+    method = create_method(cfg.method, model, optimizer, num_classes=ds.num_classes, batch_size=cfg.batch_size,
+                           distributed=sync is not None, **cfg.method_options())
     noisy_data = train_data
-    if method.trains_on_clean or cfg.train_on_clean:  # one shuffled stream over the noisy and the clean samples
+    if needs.clean_in_stream or cfg.train_on_clean:  # one shuffled stream over the noisy and the clean samples
         if len(val_data) == 0:
             raise ValueError("--train-on-clean needs a clean set: give --val-per-class K or --val-total M, "
                              "or use a dataset with its own clean set")
         train_data = union(noisy_data, val_data)
-    clean = (CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed,
-                          method.opts.get("meta_sampling", "cycle"), augment=getattr(ds, "meta_augment", True))
-             if method.needs_clean and method.clean_per_step else None)
+    meta_augment = getattr(ds, "meta_augment", True)
+    clean = (CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed, needs.clean_sampling,
+                          augment=meta_augment) if needs.clean_per_step else None)
     weights = WeightHistory(cfg.weight_epochs, len(train_data), device)  # for l2b label-issues
 
     history, best = [], {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
     start_epoch, setup_seconds = 0, 0.0
-    if method.has_setup and not resume:
+    if not resume:
         setup_seconds = run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank)
     if resume:
         history, best, start_epoch, setup_seconds = restore_checkpoint(ckpt_path, device, model, optimizer, method,
@@ -305,10 +323,12 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
     bar = Progress(cfg.progress if main_rank else "none", (cfg.epochs - start_epoch) * steps_per_epoch,
                    f"{cfg.method} {cfg.noise}")
     model.train()
-    run = Run(cfg, model, optimizer, method, clean, sync, clip, amp, out, main_rank, len(noisy_data), steps_per_epoch)
+    run = Run(cfg, model, optimizer, method, clean, sync, clip, amp, out, main_rank, len(noisy_data), steps_per_epoch,
+              needs.clean_in_stream)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         warm = epoch < cfg.warmup_epochs
+        method.on_epoch_start(epoch, epoch_context(cfg, run, epoch, warm, noisy_data, val_data, meta_augment))
         log = EpochLog(n_train, device)
         batches = train_data.epoch(cfg.batch_size, cfg.seed * EPOCH_ORDER_SALT + epoch, augment=True,
                                    batches=cfg.batches_per_epoch, balanced=cfg.balance_classes)

@@ -67,6 +67,13 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.y)
 
+    def take(self, indices, labels=None) -> "TensorData":
+        """A split of these samples at ``indices`` (positions), with ``labels`` (default: theirs)."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64, device=self.x.device)
+        y = self.y[idx] if labels is None else labels
+        return TensorData(self.x[idx], np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y), self.x.device,
+                          self.mean, self.std, self.augment, self.shard)
+
     def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
               balanced: bool = False, whole: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
         """(x, y, positions, global batch size) of this rank, in the order ``seed`` fixes;
@@ -102,6 +109,12 @@ class FileData:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def take(self, indices, labels=None) -> "FileData":
+        """A split of these samples at ``indices`` (positions), with ``labels`` (default: theirs)."""
+        items = [self.items[int(i)] for i in indices]
+        y = [label for _, label in items] if labels is None else [int(v) for v in np.asarray(labels)]
+        return FileData(self.ds, items, y, self.device, self.workers, self.shard)
 
     def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
               balanced: bool = False, whole: bool = False):

@@ -15,7 +15,7 @@ from .options import NoOptions, OptionSpec, as_dict, build, specs
 class Batch:
     """One training step's data, already augmented and on the training device.
 
-    ``x_val``/``y_val`` are a clean batch, present only for methods with ``needs_clean``.
+    ``x_val``/``y_val`` are a clean batch, present only for methods whose ``needs`` ask for one per step.
     ``index`` are the positions of the samples in the training set (for per-sample logging).
     """
 
@@ -25,7 +25,7 @@ class Batch:
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
     epoch: float = 0.0  # training progress in epochs (e.g. 2.5: half-way through the third)
-    trusted: torch.Tensor | None = None  # methods with trains_on_clean: which samples are clean
+    trusted: torch.Tensor | None = None  # with needs().clean_in_stream: which samples are clean
 
 
 @dataclass
@@ -37,6 +37,47 @@ class StepOutput:
     beta: torch.Tensor | None = None  # weight on the pseudo-label, shape (n,)
     pseudo_labels: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # "mean": a mean over this rank's samples; "global_sum": a sum over the GLOBAL batch (weights
+    # normalised across ranks). Under torchrun the trainer reduces the gradients accordingly.
+    reduction: str = "mean"
+
+
+# the gradient-norm clip of the meta-gradient methods when none is given (the paper's CIFAR-100 /
+# ISIC value; without it they can diverge at the default lr: README "Training from the command line")
+META_CLIP = 0.8
+
+
+@dataclass(frozen=True)
+class DataNeeds:
+    """The data a method's steps read, declared by the method (``Method.needs``); the trainer
+    builds exactly this and reads nothing else about the method."""
+
+    clean: bool = False  # the run needs a clean set (for its setup or its steps)
+    clean_per_step: bool = False  # every Batch carries a clean batch (x_val, y_val)
+    clean_sampling: str = "cycle"  # cycle: through the clean set, reshuffled each pass | random
+    # the training stream is the noisy AND the clean samples, shuffled together; Batch.trusted
+    # marks the clean ones (GLC)
+    clean_in_stream: bool = False
+
+
+@dataclass
+class EpochContext:
+    """What ``Method.on_epoch_start`` may read and change as an epoch begins.
+
+    ``train`` / ``clean`` are the run's splits (``l2b.data.batches``: ``.y`` holds the labels the
+    run trains on, ``len()`` their count); ``take(indices, labels)`` builds a split of training
+    samples with the given labels (default: as given), and ``set_clean(split)`` makes it the clean
+    set of the steps that follow (fresh batches, shuffled by the run's seed and the epoch), e.g. a
+    meta set selected from the noisy data."""
+
+    epoch: int
+    warm: bool  # a warm-up epoch of plain cross-entropy
+    model: nn.Module
+    train: Any
+    clean: Any
+    take: Callable[..., Any]
+    set_clean: Callable[[Any], None]
+    log: Callable[[str], None] = print
 
 
 @dataclass
@@ -60,6 +101,9 @@ class SetupContext:
     clean_steps: int  # batches per epoch of clean_batches
     log: Callable[[str], None] = print
     clean_eval_batches: Callable[[], Any] | None = None  # the clean set without augmentation
+    # a method that fitted with the run's own optimizer settings may hand their state over to the
+    # trainer's optimizer (GLC: one optimizer for both phases); the trainer loads it
+    load_optimizer_state: Callable[[dict], None] | None = None
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[int], Any], epochs: int,
@@ -83,28 +127,37 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[i
 
 
 class Method:
-    """A training method: builds the loss of one step; the trainer does backward and the step.
+    """A training method: hooks the trainer calls, and nothing else it reads.
 
-    Subclasses set ``needs_clean`` when they read the clean batch, ``meta`` when they take the
-    meta-weight options (normalisation, constraint, ...), and implement ``loss``. ``Options`` is
-    the dataclass that declares the method's options (``l2b.methods.options``); an instance's
-    ``options`` holds the values it runs with.
+    - ``needs(options)``: the data its steps read (``DataNeeds``);
+    - ``setup(ctx)``: a fit before training (a teacher, a corruption matrix), skipped on resume
+      (keep what it fitted in ``state_dict``);
+    - ``on_epoch_start(epoch, ctx)``: as each epoch begins (``EpochContext``: e.g. re-select data);
+    - ``loss(batch)``: the step's loss and per-sample weights (``StepOutput``, with its reduction);
+      ``warmup_loss(batch)`` during warm-up epochs;
+    - ``state_dict`` / ``load_state_dict``: what a checkpoint keeps (default: ``checkpointed``);
+    - ``default_clip(options)``, ``uses_forward_ad(options)``, ``sees_clean_labels(options)``:
+      what the run's checks and defaults need to know;
+    - ``owned_optimizers()``: optimizers the method steps itself (meta nets, co-teaching's peer);
+      the trainer steps the model's.
+
+    ``Options`` is the dataclass that declares the method's options (``l2b.methods.options``); an
+    instance's ``options`` holds the values it runs with. The run's batch size and whether it is
+    distributed are given at construction.
     """
 
     name: str = ""
-    needs_clean: bool = False  # requires a clean set (for setup or for every step)
-    clean_per_step: bool = True  # with needs_clean: every Batch carries a clean batch
-    # the training stream is the noisy AND the clean samples, shuffled together; Batch.trusted
-    # marks the clean ones (GLC)
-    trains_on_clean: bool = False
-    batch_size: int | None = None  # the run's nominal batch size, set by the trainer
-    meta: bool = False
-    meta_like: bool = False  # a meta-gradient method (l2b, l2rw, mwnet, mlc): clipped by default
     Options: type = NoOptions
-    # True when ``loss`` is a sum over the GLOBAL batch (weights normalised across ranks), False
-    # for a mean over this rank's samples; the trainer reduces gradients accordingly.
-    loss_is_global_sum: bool = False
-    distributed: bool = False  # set by the trainer when several ranks train together
+
+    @classmethod
+    def needs(cls, options: dict) -> DataNeeds:
+        """The data this method reads with these options (a dict of option values)."""
+        return DataNeeds()
+
+    @classmethod
+    def default_clip(cls, options: dict) -> float | None:
+        """The gradient-norm clip of the run when --clip-grad-norm is not given."""
+        return None
 
     @classmethod
     def uses_forward_ad(cls, options: dict) -> bool:
@@ -122,11 +175,13 @@ class Method:
         """Whether the final model has learned from the clean labels (trained on them, or from a
         teacher that was): then its clean accuracy is biased, for model selection and as the
         held-out reference of ``l2b label-issues``."""
-        return cls.trains_on_clean
+        return cls.needs(options).clean_in_stream
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, num_classes: int | None = None,
-                 **options: Any) -> None:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, num_classes: int | None = None, *,
+                 batch_size: int | None = None, distributed: bool = False, **options: Any) -> None:
         self.model, self.optimizer = model, optimizer
+        self.batch_size = batch_size  # the run's nominal (global) batch size
+        self.distributed = distributed  # several ranks train together (torchrun)
         self.options = self.build_options(options)
         if num_classes is None:  # the classifier head's outputs, when the model has a known head
             from ..models import head
@@ -153,12 +208,18 @@ class Method:
         """The option values by name."""
         return as_dict(self.options)
 
-    # Methods that fit something before the main training (a teacher, a corruption matrix)
-    # override ``setup`` and keep what they fitted in ``state_dict`` so that --resume skips it.
-    has_setup: bool = False
-
     def setup(self, ctx: SetupContext) -> None:
-        pass
+        """A fit before the main training (a teacher, a corruption matrix); keep what it fitted in
+        ``state_dict`` so that --resume skips it. Default: nothing."""
+
+    def on_epoch_start(self, epoch: int, ctx: EpochContext) -> None:
+        """Called as each epoch begins (warm-up epochs included), before its first step. Default:
+        nothing."""
+
+    def owned_optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers this method steps inside ``loss`` (never the model's: the trainer steps
+        that one after ``loss``)."""
+        return []
 
     def sync(self):
         """The all-reduce helpers when the trainer runs this method on several ranks, else None."""
@@ -223,13 +284,24 @@ def declared_options() -> dict[str, dict[str, OptionSpec]]:
     return out
 
 
+def options_of(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The option values method ``name`` runs with, from the ones given (defaults filled in)."""
+    return vars(METHODS[name].build_options(given))
+
+
+def needs_of(name: str, given: dict[str, Any]) -> DataNeeds:
+    """The data method ``name`` reads with the given options."""
+    return METHODS[name].needs(options_of(name, given))
+
+
 def create_method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, num_classes: int | None = None,
-                  **options) -> Method:
+                  *, batch_size: int | None = None, distributed: bool = False, **options) -> Method:
     """The registered method ``name`` for this model and optimizer; ``num_classes`` defaults to
     the outputs of the model's classifier head."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
-    return METHODS[name](model, optimizer, num_classes=num_classes, **options)
+    return METHODS[name](model, optimizer, num_classes=num_classes, batch_size=batch_size, distributed=distributed,
+                         **options)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,9 @@ class CoTeaching(Method):
     Options = CoTeachingOptions
     checkpointed = ("peer", "peer_opt")
 
+    def owned_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.peer_opt]  # the peer network's, stepped in loss()
+
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
         self.peer = copy.deepcopy(model)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from dataclasses import dataclass
 
-from .base import Batch, Method, SetupContext, StepOutput, fit, register, soft_cross_entropy
+from .base import Batch, DataNeeds, Method, SetupContext, StepOutput, fit, register, soft_cross_entropy
 from .options import option
 
 
@@ -32,15 +32,16 @@ class DistillOptions:
 @register
 class Distill(Method):
     name = "distill"
-    needs_clean = True
-    clean_per_step = False
+    Options = DistillOptions
+    checkpointed = ("teacher",)
+
+    @classmethod
+    def needs(cls, options: dict) -> DataNeeds:
+        return DataNeeds(clean=True)  # for the teacher's setup only
 
     @classmethod
     def sees_clean_labels(cls, options: dict) -> bool:
         return True  # the teacher was trained on the clean set
-    has_setup = True
-    Options = DistillOptions
-    checkpointed = ("teacher",)
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)

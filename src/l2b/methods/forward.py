@@ -50,7 +50,6 @@ def anchor_transition(model: torch.nn.Module, batches, num_classes: int, quantil
 @register
 class Forward(Method):
     name = "forward"
-    has_setup = True
     Options = ForwardOptions
     checkpointed = ("transition",)
 

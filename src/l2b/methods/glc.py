@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..models import eval_mode
 from dataclasses import dataclass
 
-from .base import Batch, Method, SetupContext, StepOutput, fit, register
+from .base import Batch, DataNeeds, Method, SetupContext, StepOutput, fit, register
 from .options import option
 
 
@@ -64,13 +64,12 @@ def forward_corrected_nll(logits: torch.Tensor, y: torch.Tensor, c: torch.Tensor
 @register
 class GLC(Method):
     name = "glc"
-    needs_clean = True
-    clean_per_step = False
-    trains_on_clean = True
-    has_setup = True
-    loss_is_global_sum = True  # sums over this rank's samples / the nominal global batch size
     Options = GLCOptions
     checkpointed = ("corruption",)
+
+    @classmethod
+    def needs(cls, options: dict) -> DataNeeds:
+        return DataNeeds(clean=True, clean_in_stream=True)  # one stream over the silver and gold samples
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
@@ -84,7 +83,7 @@ class GLC(Method):
             what="GLC phase 1 (noisy labels)")
         clean = ctx.clean_eval_batches() if ctx.clean_eval_batches is not None else ctx.clean_batches(0)
         self.corruption = estimate_corruption(estimator, clean, ctx.num_classes)
-        self.optimizer.load_state_dict(est_opt.state_dict())  # one optimizer for both phases
+        ctx.load_optimizer_state(est_opt.state_dict())  # one optimizer for both phases
 
     def loss(self, batch: Batch) -> StepOutput:
         if self.corruption is None:
@@ -97,4 +96,5 @@ class GLC(Method):
         if gold.any():
             total = total + F.cross_entropy(self.model(batch.x[gold]), batch.y[gold], reduction="sum")
         # the nominal global batch size (under torchrun too: the ranks' sums add up)
-        return StepOutput(total / (self.batch_size or len(batch.y)))
+        # sums over this rank's samples / the nominal global batch size
+        return StepOutput(total / (self.batch_size or len(batch.y)), reduction="global_sum")

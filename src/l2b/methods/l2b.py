@@ -6,14 +6,15 @@ beta = 0 (Ren et al., "Learning to Reweight Examples for Robust Deep Learning", 
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from dataclasses import dataclass
-
 from ..meta import bootstrap_loss, meta_weights
 from ..step import virtual_step_source
-from .base import Batch, Method, StepOutput, register
+from .base import META_CLIP, Batch, DataNeeds, Method, StepOutput, register
 from .options import as_dict, option
 
 @dataclass
@@ -65,9 +66,15 @@ def mixup_loss_fn(lam: float, perm: torch.Tensor):
 @register
 class L2BMethod(Method):
     name = "l2b"
-    needs_clean = True
-    meta = True
-    meta_like = True
+    Options = L2BOptions
+
+    @classmethod
+    def needs(cls, options: dict) -> DataNeeds:
+        return DataNeeds(clean=True, clean_per_step=True, clean_sampling=options.get("meta_sampling", "cycle"))
+
+    @classmethod
+    def default_clip(cls, options: dict) -> float | None:
+        return META_CLIP
 
     @classmethod
     def uses_forward_ad(cls, options: dict) -> bool:
@@ -76,13 +83,12 @@ class L2BMethod(Method):
     @classmethod
     def forward_ad_remedy(cls, options: dict) -> str:
         return "use --engine unroll (second-order, no forward-mode AD), or drop --sync-bn"
-    loss_is_global_sum = True
-    Options = L2BOptions
 
     def meta_options(self) -> dict:
-        """The options of ``l2b.meta_weights`` (the virtual step is passed separately)."""
-        skip = ("mixup_alpha", "mixup_pseudo", "meta_sampling", "virtual_step")
-        return {k: v for k, v in as_dict(self.options).items() if k not in skip}
+        """The options that ``l2b.meta_weights`` takes (read from its signature: a new option of the
+        method that is not one of its parameters never reaches it)."""
+        accepted = inspect.signature(meta_weights).parameters
+        return {k: v for k, v in as_dict(self.options).items() if k in accepted and k != "virtual_step"}
 
     def warmup_loss(self, batch: Batch) -> torch.Tensor:
         """Warm-up is plain mean cross-entropy; with mixup, on mixed inputs against mixed labels
@@ -111,7 +117,7 @@ class L2BMethod(Method):
                           **self.meta_options(), loss_fn=loss_fn, distributed=self.distributed)
         return StepOutput(
             bootstrap_loss(mw, batch.y, loss_fn), alpha=mw.alpha, beta=mw.beta,
-            pseudo_labels=mw.pseudo_labels,
+            pseudo_labels=mw.pseudo_labels, reduction="global_sum",
         )
 
 

@@ -35,7 +35,7 @@ from ..models import features, head, num_features
 from ..virtual_step import optimizer_step
 from dataclasses import dataclass
 
-from .base import Batch, Method, StepOutput, meta_optimizer, register, soft_cross_entropy
+from .base import META_CLIP, Batch, DataNeeds, Method, StepOutput, meta_optimizer, register, soft_cross_entropy
 from .options import option
 
 
@@ -74,19 +74,27 @@ class MetaNet(nn.Module):
 @register
 class MLC(Method):
     name = "mlc"
-    needs_clean = True
+    Options = MLCOptions
+    checkpointed = ("lcn", "meta_opt")
 
     @classmethod
-    def sees_clean_labels(cls, options: dict) -> bool:
-        return options.get("mode", "mix") == "mix"  # hmlc_K_mix trains on half of each clean batch
-    meta_like = True
+    def needs(cls, options: dict) -> DataNeeds:
+        return DataNeeds(clean=True, clean_per_step=True)
+
+    @classmethod
+    def default_clip(cls, options: dict) -> float | None:
+        return META_CLIP
 
     @classmethod
     def uses_forward_ad(cls, options: dict) -> bool:
         return True  # the look-ahead's tangents (engines.lookahead_tangents)
-    loss_is_global_sum = True  # sums over this rank's samples / the global count
-    Options = MLCOptions
-    checkpointed = ("lcn", "meta_opt")
+
+    def owned_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.meta_opt]  # stepped in loss(), before the trainer's step of the model
+
+    @classmethod
+    def sees_clean_labels(cls, options: dict) -> bool:
+        return options.get("mode", "mix") == "mix"  # hmlc_K_mix trains on half of each clean batch
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
@@ -125,4 +133,5 @@ class MLC(Method):
         self.meta_opt.step()
         conf = target.detach().gather(1, batch.y[:, None]).squeeze(1).to(logits.dtype)  # label kept
         return StepOutput(loss, alpha=conf / total, beta=(1 - conf) / total,
-                          pseudo_labels=target.detach().argmax(dim=1), extra={"val_loss": val_loss})
+                          pseudo_labels=target.detach().argmax(dim=1), extra={"val_loss": val_loss},
+                          reduction="global_sum")  # sums over this rank's samples / the global count

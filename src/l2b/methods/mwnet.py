@@ -39,7 +39,7 @@ from ..engines import lookahead_tangents, loss_grad_wrt_logits, rng_snapshot
 from ..virtual_step import plain_sgd_step
 from dataclasses import dataclass, replace
 
-from .base import Batch, Method, StepOutput, meta_optimizer, register
+from .base import META_CLIP, Batch, DataNeeds, Method, StepOutput, meta_optimizer, register
 from .options import option
 
 _POSITIVE = dict(check=lambda v: v > 0 or "must be > 0")
@@ -76,12 +76,6 @@ class WeightNet(nn.Module):
 @register
 class MWNet(Method):
     name = "mwnet"
-    needs_clean = True
-    meta_like = True
-
-    @classmethod
-    def uses_forward_ad(cls, options: dict) -> bool:
-        return True  # the look-ahead's tangents (engines.lookahead_tangents)
     Options = MWNetOptions
     VARIANTS = {
         "current": {"normalize": False, "meta_optimizer": "adam", "meta_lr": 1e-3, "meta_weight_decay": 1e-4,
@@ -90,6 +84,21 @@ class MWNet(Method):
                      "meta_momentum": 0.9, "meta_nesterov": True},
     }
     checkpointed = ("vnet", "meta_opt")
+
+    @classmethod
+    def needs(cls, options: dict) -> DataNeeds:
+        return DataNeeds(clean=True, clean_per_step=True)
+
+    @classmethod
+    def default_clip(cls, options: dict) -> float | None:
+        return META_CLIP
+
+    @classmethod
+    def uses_forward_ad(cls, options: dict) -> bool:
+        return True  # the look-ahead's tangents (engines.lookahead_tangents)
+
+    def owned_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.meta_opt]  # stepped in loss(), before the trainer's step of the model
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
@@ -100,8 +109,6 @@ class MWNet(Method):
         self.vnet = WeightNet(o.hidden).to(param.device)
         self.meta_opt = meta_optimizer(self.vnet.parameters(), o.meta_optimizer, o.meta_lr, o.meta_weight_decay,
                                        o.meta_momentum, o.meta_nesterov)
-
-    loss_is_global_sum = True  # sum_i c_i l_i with c normalised over the global batch
 
     def raw_weights(self, losses: torch.Tensor) -> torch.Tensor:
         """w_i = V(l_i; phi), differentiable with respect to phi."""
@@ -155,4 +162,5 @@ class MWNet(Method):
         with torch.no_grad():
             c = self.coefficients(losses)
         return StepOutput((c * losses).sum(), alpha=c.detach(), beta=torch.zeros_like(c),
-                          extra={"val_loss": val_loss})
+                          extra={"val_loss": val_loss},
+                          reduction="global_sum")  # sum_i c_i l_i with c normalised over the global batch
