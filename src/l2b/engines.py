@@ -260,11 +260,15 @@ def classifier_layer(model: nn.Module) -> tuple[nn.Linear, str]:
     """The model's final ``nn.Linear`` and its name: ``model.head`` (timm's convention; set it on
     your own model to point at the classifier), ``model.fc`` (torchvision), or the last module
     when it is an ``nn.Linear``."""
+    from .models import head
+
     inner = getattr(model, "module", model)  # DistributedDataParallel
     prefix = "module." if inner is not model else ""
-    candidates = [getattr(inner, "head", None), getattr(inner, "fc", None), list(inner.modules())[-1]]
-    layer = next((c for c in candidates if isinstance(c, nn.Linear)), None)
-    if layer is None:
+    try:
+        layer = head(model)
+    except TypeError:
+        layer = None
+    if not isinstance(layer, nn.Linear):
         raise ValueError(f"engine='last-layer' needs the classifier to be an nn.Linear: {type(inner).__name__} has "
                          f"no `head` or `fc` nn.Linear and its last module is not one; set `model.head` to the "
                          f"final nn.Linear (whose output must be the logits), or use engine='jvp'")

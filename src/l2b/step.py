@@ -11,6 +11,9 @@ from .engines import LossFn
 from .meta import MetaWeights, bootstrap_loss, meta_weights
 
 
+VIRTUAL_STEPS = ("optimizer", "sgd")  # replay the run's optimizer step (the authors') | plain SGD (paper Eq. 5)
+
+
 def virtual_step_source(optimizer: torch.optim.Optimizer, virtual_step: str) -> dict:
     """``meta_weights``' ``optimizer=`` (replay its SGD step: the authors' code) or ``lr=`` (paper
     Eq. 5: plain SGD at the optimizer's one current learning rate)."""
@@ -75,8 +78,8 @@ class L2B:
         loss_fn: LossFn | None = None,
         distributed: bool = False,
     ) -> None:
-        if virtual_step not in ("optimizer", "sgd"):
-            raise ValueError(f"virtual_step must be 'optimizer' or 'sgd', got {virtual_step!r}")
+        if virtual_step not in VIRTUAL_STEPS:
+            raise ValueError(f"virtual_step must be one of {', '.join(map(repr, VIRTUAL_STEPS))}, got {virtual_step!r}")
         self.model, self.optimizer = model, optimizer
         self.virtual_step, self.clip_grad_norm = virtual_step, clip_grad_norm
         self.loss_fn = loss_fn

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..engines import ENGINES
 from ..meta import bootstrap_loss, meta_weights
-from ..step import virtual_step_source
+from ..normalize import CONSTRAINTS, NORMALIZERS
+from ..step import VIRTUAL_STEPS, virtual_step_source
 from .base import META_CLIP, Batch, DataNeeds, Method, StepOutput, register
 from .options import as_dict, option
 
@@ -23,19 +25,19 @@ class MetaOptions:
 
     normalize: str = option("sum", "raw weights to weights: sum (Eq. 9) | softmax (Eq. 14) | sigmoid (Eq. 13) | "
                                    "hard | isic (the authors' ISIC branch)",
-                            choices=("sum", "softmax", "sigmoid", "hard", "isic"))
+                            choices=tuple(NORMALIZERS))
     temperature: float = option(1.0, "softmax / hard temperature (the paper: 10 on ISIC)",
                                 check=lambda v: v > 0 or "must be > 0")
     threshold: float | None = option(None, "hard: entries <= threshold are dropped (none: 1/2n)")
     virtual_step: str = option("optimizer", "the look-ahead step: optimizer (replays SGD with momentum, the "
                                             "authors' code) | sgd (plain SGD, paper Eq. 5)",
-                               choices=("optimizer", "sgd"))
+                               choices=VIRTUAL_STEPS)
     # jvp-lean: the faster exact engine on average over benchmarks/step_cost.py's CPU runs
     # (2.51-2.88x CE vs jvp's 2.59-2.82x) at a third of its memory (benchmarks/RESULTS.md)
     engine: str = option("jvp-lean", "meta-gradient engine: jvp-lean (exact, about CE's memory) | jvp (exact, "
                                      "one forward fewer, 3-4x the memory) | unroll (second-order reference) | "
                                      "last-layer (approximate, about CE's cost)",
-                         choices=("jvp", "jvp-lean", "unroll", "last-layer"))
+                         choices=tuple(ENGINES))
     mixup_alpha: float = option(0.0, "> 0: mixup inside the method, lam ~ Beta(a, a) (the authors' --mixup)",
                                 check=lambda v: v >= 0 or "must be >= 0")
     mixup_pseudo: str = option("plain", "with mixup, the pseudo-label loss g: plain (unmixed, the authors' "
@@ -48,7 +50,7 @@ class MetaOptions:
 @dataclass
 class L2BOptions(MetaOptions):
     constraint: str | None = option(None, "Table 7 ablations: alpha=0 | beta=0 (L2RW) | alpha+beta=1",
-                                    choices=(None, "alpha=0", "beta=0", "alpha+beta=1"))
+                                    choices=CONSTRAINTS)
 
 
 def mixup_loss_fn(lam: float, perm: torch.Tensor):

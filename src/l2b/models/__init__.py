@@ -19,20 +19,22 @@ from .preact_resnet import PreActResNet18
 from .small import MLP, SmallCNN
 
 
-def _preact_resnet18(num_classes, in_channels, image_size, width):
-    return PreActResNet18(num_classes, in_channels, width=width or 64)
+def _preact_resnet18(num_classes, in_channels, image_size, width, **extra):
+    return PreActResNet18(num_classes, in_channels, width=width or 64, **extra)
 
 
-def _small_cnn(num_classes, in_channels, image_size, width):
-    return SmallCNN(num_classes, in_channels, width=width or 32)
+def _small_cnn(num_classes, in_channels, image_size, width, **extra):
+    return SmallCNN(num_classes, in_channels, width=width or 32, **extra)
 
 
-def _mlp(num_classes, in_channels, image_size, width):
-    return MLP(num_classes, in_channels, image_size=image_size, hidden=width or 128)
+def _mlp(num_classes, in_channels, image_size, width, **extra):
+    return MLP(num_classes, in_channels, image_size=image_size, hidden=width or 128, **extra)
 
 
 def _torchvision(arch: str):
-    def build(num_classes, in_channels, image_size, width):
+    def build(num_classes, in_channels, image_size, width, **extra):
+        if extra:
+            raise ValueError(f"{arch} takes no other arguments, got {sorted(extra)}")
         try:
             import torchvision
         except ImportError:
@@ -72,16 +74,18 @@ def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def head(model: nn.Module) -> nn.Module:
-    """The classifier that maps ``features(model, x)`` to logits."""
-    if hasattr(model, "head"):
-        return model.head
-    if isinstance(model, nn.Linear):
-        return model
-    if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear):
-        return model[-1]
-    if hasattr(model, "fc"):
-        return model.fc
-    raise TypeError(f"{type(model).__name__} has no head; give it one (and forward_features) to use it here")
+    """The classifier that maps ``features(model, x)`` to logits, the one lookup every part of
+    l2b uses: ``model.head`` (timm's convention; set it on your own model), ``model.fc``
+    (torchvision), or the last module when it is an ``nn.Linear`` (a Sequential's, or the model
+    itself); through a DistributedDataParallel wrapper."""
+    inner = getattr(model, "module", model)
+    for candidate in (getattr(inner, "head", None), getattr(inner, "fc", None)):
+        if isinstance(candidate, nn.Module):
+            return candidate
+    last = list(inner.modules())[-1]
+    if isinstance(last, nn.Linear):
+        return last
+    raise TypeError(f"{type(inner).__name__} has no head; give it one (and forward_features) to use it here")
 
 
 @contextmanager
@@ -100,11 +104,17 @@ def num_features(model: nn.Module) -> int:
 
 
 def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32,
-                 width: int | None = None) -> nn.Module:
-    """Build a registered model by name."""
+                 width: int | None = None, **extra) -> nn.Module:
+    """Build a registered model by name; ``extra`` goes to its constructor (e.g. the MLP's
+    ``depth``), and an argument it does not take is a one-line error."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
-    return MODELS[name](num_classes, in_channels, image_size, width)
+    try:
+        return MODELS[name](num_classes, in_channels, image_size, width, **extra)
+    except TypeError as err:
+        if extra and "unexpected keyword" in str(err):
+            raise ValueError(f"model {name!r} does not take {sorted(extra)} ({err})") from None
+        raise
 
 
 __all__ = ["MODELS", "create_model", "features", "head", "num_features", "eval_mode", "PreActResNet18", "MLP", "SmallCNN"]
