@@ -17,57 +17,6 @@ from .calibrate import CUTS, DEFAULT_CUT
 from .detect import SCORES
 from .train import train
 
-# flag help, by config field; the defaults shown come from TrainConfig itself
-HELP = {
-    "data": "dataset: NAME or NAME:PATH (digits, mnist:DIR, fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, "
-            "npz:FILE, folder:DIR, isic2019:DIR, clothing1m:DIR)",
-    "noise": "noise to inject; auto: symmetric:0.4 on the research datasets, none on your own data (npz, folder, "
-             "isic2019, clothing1m). A spec (symmetric:R, symmetric-exclusive:R, asymmetric:R[:FILE], asymmetric-cifar10:R, "
-             "asymmetric-cifar100:R, pairflip:R, matrix:FILE, instance:R, cifar10n:TYPE, cifar100n:noisy, none)",
-    "noise_seed": "seed of the noise (default: --seed)",
-    "val_per_class": "clean validation images per class drawn from train ('none': the dataset's own clean set; "
-                     "auto: 10 on the research datasets, your data's own clean set on npz/folder data)",
-    "val_total": "clean validation images in total (a multiple of the class count)",
-    "train_subset": "keep only this many random noisy training samples",
-    "train_on_clean": "also train on the clean set, with its clean labels (it stays the validation set, so the "
-                      "best-val epoch is then chosen on training data)",
-    "batches_per_epoch": "batches per epoch (default: one pass over the training set)",
-    "balance_classes": "draw each epoch equally from every noisy class (Clothing1M: with --batches-per-epoch 250)",
-    "augment": "auto (dataset default) | none | crop-flip",
-    "image_size": "crop size of image-file datasets",
-    "on_bad_images": "image-file datasets: error | skip unreadable images",
-    "workers": "DataLoader workers for image-file datasets (default: the machine's cores, at most 8)",
-    "model": "preact-resnet18 | small-cnn | mlp | resnet18 | resnet50",
-    "width": "model width (base channels / hidden units)",
-    "pretrained": "local state-dict file to initialise the model from (e.g. ImageNet weights)",
-    "method": "training method: " + ", ".join(sorted(METHODS)),
-    "epochs": "training epochs",
-    "batch_size": "training batch size",
-    "val_batch_size": "clean batch size of meta methods (default: --batch-size)",
-    "lr": "learning rate",
-    "momentum": "SGD momentum",
-    "weight_decay": "SGD weight decay",
-    "nesterov": "Nesterov momentum",
-    "schedule": "cosine | step | constant (per iteration)",
-    "milestones": "step schedule: epochs at which lr *= gamma (comma-separated)",
-    "gamma": "step schedule factor",
-    "warmup_epochs": "epochs of plain cross-entropy before the method starts",
-    "clip_grad_norm": "clip the gradient norm to this value; 0: no clipping (default: 0.8 for l2b, l2rw, mwnet, mlc, "
-                      "none for the others)",
-    "amp": "bf16 autocast (CUDA only)",
-    "channels_last": "NHWC memory format for convolutions (helps on recent GPUs)",
-    "sync_bn": "under torchrun on CUDA: synchronise BatchNorm statistics across ranks (non-meta methods)",
-    "seed": "random seed (data order, augmentation, init, noise, split)",
-    "device": "auto | cpu | cuda | cuda:N",
-    "eval_batch_size": "evaluation batch size",
-    "weight_epochs": "epochs of per-sample weights kept in weights.npz for `l2b label-issues` (k x n x 11 bytes)",
-    "test_every": "evaluate the test set every N epochs (and at the last epoch and each new best validation "
-                  "accuracy, so the reported test accuracies are exact)",
-    "out": "run directory",
-    "progress": "auto | bar | lines | none",
-    "threads": "torch CPU threads (default: 1 on a machine of 2 cores or fewer, else what torch picks); results are "
-               "bit-identical for a fixed count",
-}
 
 
 def _parse_value(f, text: str) -> Any:
@@ -109,7 +58,10 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default == "auto" else getattr(defaults, f.name)
-        help_text = f"{HELP.get(f.name, '')} (default: {default})"
+        text = f.metadata.get("help", "")
+        if f.name == "method":
+            text += ": " + ", ".join(sorted(METHODS))
+        help_text = text if "default" in text else f"{text} (default: {default})"
         if f.name == "method_args":
             parser.add_argument("--method-arg", dest=f.name, action="append", default=argparse.SUPPRESS,
                                 type=lambda t, f=f: _parse_value(f, t), metavar="KEY=VALUE",

@@ -9,7 +9,7 @@ naming the setting); ``validate()`` then checks ranges and contradictions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,71 +104,81 @@ def load_yaml(path: str) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
+def setting(default: Any = MISSING, help: str = "", factory: Any = MISSING):
+    """A TrainConfig field with its one-line help (the CLI's ``--help`` reads it from here)."""
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # --- data and noise
-    data: str = "digits"  # NAME or NAME:PATH (l2b.data.DATASETS)
-    # l2b.noise spec, or "none"; "auto" (the default) is resolved on construction: "none" for a
-    # dataset of the user's own labels (OWN_LABEL_DATA), "symmetric:0.4" for a research dataset
-    noise: str = "auto"
-    noise_seed: int | None = None  # None: the run's seed
-    # clean validation images per class, taken from train on their true labels; None: the
-    # dataset's own clean set, if any. "auto" (the default) is resolved on construction: 10 for
-    # a research dataset, None (its own clean set) for the user's own data or with val_total
-    val_per_class: int | None = "auto"  # type: ignore[assignment]
-    val_total: int | None = None  # ... or a total (a multiple of the class count)
-    train_subset: int | None = None  # keep only this many (random) noisy training samples
-    # the clean set joins the training stream with its clean labels (it stays the validation set,
-    # so selecting the epoch on it is then biased): "CE on the noisy plus the clean samples"
-    train_on_clean: bool = False
-    batches_per_epoch: int | None = None  # None: one pass over the data; else this many batches
-    balance_classes: bool = False  # draw each epoch's samples equally from every (noisy) class
-    # (Clothing1M in the paper: 250 class-balanced batches per epoch)
-    augment: str = "auto"  # auto (the dataset's default) | none | crop-flip
-    image_size: int = 224  # crop size for image-file datasets
-    on_bad_images: str = "error"  # image-file datasets: error | skip
-    workers: int | None = None  # DataLoader workers for image-file datasets; None: the machine's cores (<= 8)
+    data: str = setting("digits", "dataset: NAME or NAME:PATH (digits, mnist:DIR, fashion-mnist[:DIR], cifar10:DIR, "
+                        "cifar100:DIR, npz:FILE, folder:DIR, isic2019:DIR, clothing1m:DIR)")
+    # "auto" (noise, val_per_class) is resolved on construction: see __post_init__
+    noise: str = setting("auto", "noise to inject; auto: symmetric:0.4 on the research datasets, none on your own "
+                         "data (npz, folder, isic2019, clothing1m). A spec (symmetric:R, symmetric-exclusive:R, "
+                         "asymmetric:R[:FILE], asymmetric-cifar10:R, asymmetric-cifar100:R, pairflip:R, matrix:FILE, "
+                         "instance:R, cifar10n:TYPE, cifar100n:noisy, none)")
+    noise_seed: int | None = setting(None, "seed of the noise (default: --seed)")
+    val_per_class: int | None = setting("auto", "clean validation images per class drawn from train ('none': the "
+                                        "dataset's own clean set; auto: 10 on the research datasets, your data's own "
+                                        "clean set on npz/folder data)")  # type: ignore[assignment]
+    val_total: int | None = setting(None, "clean validation images in total (a multiple of the class count)")
+    train_subset: int | None = setting(None, "keep only this many random noisy training samples")
+    train_on_clean: bool = setting(False, "also train on the clean set, with its clean labels (it stays the "
+                                          "validation set, so the best-val epoch is then chosen on training data)")
+    batches_per_epoch: int | None = setting(None, "batches per epoch (default: one pass over the training set)")
+    balance_classes: bool = setting(False, "draw each epoch equally from every noisy class (Clothing1M: with "
+                                           "--batches-per-epoch 250)")
+    augment: str = setting("auto", "auto (dataset default) | none | crop-flip")
+    image_size: int = setting(224, "crop size of image-file datasets")
+    on_bad_images: str = setting("error", "image-file datasets: error | skip unreadable images")
+    workers: int | None = setting(None, "DataLoader workers for image-file datasets (default: the machine's cores, at"
+                                        " most 8)")
     # --- model
-    model: str = "mlp"  # l2b.models.MODELS
-    width: int | None = None  # model width (channels / hidden units); None: the model's default
-    pretrained: str | None = None  # local path of a state dict (e.g. ImageNet weights)
+    model: str = setting("mlp", "preact-resnet18 | small-cnn | mlp | resnet18 | resnet50")
+    width: int | None = setting(None, "model width (base channels / hidden units)")
+    pretrained: str | None = setting(None, "local state-dict file to initialise the model from (e.g. ImageNet "
+                                           "weights)")
     # --- method
-    method: str = "l2b"  # l2b.methods.METHODS
+    method: str = setting("l2b", "training method (l2b options lists them)")
     # the method's options (declared by each method: l2b.methods.options): "key" applies to the
     # run's method, "method.key" to that method only (a compare grid mixes methods)
     method_args: dict = field(default_factory=dict)
     # --- optimisation (paper Sec. 4.2: SGD, momentum 0.9, weight decay 5e-4)
-    epochs: int = 20
-    batch_size: int = 128
-    val_batch_size: int | None = None  # None: the training batch size (authors' code)
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "cosine"  # cosine | step | constant (per iteration)
-    milestones: list[int] = field(default_factory=lambda: [])  # step: epochs where lr *= gamma
-    gamma: float = 0.1
-    warmup_epochs: int = 0  # epochs of plain mean cross-entropy before the method starts
-    # None: 0.8 for the meta methods (the paper's CIFAR-100/ISIC value; without clipping they can
-    # diverge at the default lr), no clipping otherwise; 0: no clipping
-    clip_grad_norm: float | None = None
-    amp: bool = False  # bf16 autocast (CUDA only)
-    sync_bn: bool = False  # under torchrun on CUDA: SyncBatchNorm (non-meta methods only)
-    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
+    epochs: int = setting(20, "training epochs")
+    batch_size: int = setting(128, "training batch size")
+    val_batch_size: int | None = setting(None, "clean batch size of meta methods (default: --batch-size)")
+    lr: float = setting(0.1, "learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "SGD weight decay")
+    nesterov: bool = setting(False, "Nesterov momentum")
+    schedule: str = setting("cosine", "cosine | step | constant (per iteration)")
+    milestones: list[int] = setting(factory=lambda: [], help="step schedule: epochs at which lr *= gamma (comma-separated)")
+    gamma: float = setting(0.1, "step schedule factor")
+    warmup_epochs: int = setting(0, "epochs of plain cross-entropy before the method starts")
+    # the meta methods' default (their default_clip) is the paper's CIFAR-100/ISIC value; without
+    # clipping they can diverge at the default lr
+    clip_grad_norm: float | None = setting(None, "clip the gradient norm to this value; 0: no clipping (default: the "
+                                                 "method's: 0.8 for l2b, l2rw, mwnet, mlc, none for the others)")
+    amp: bool = setting(False, "bf16 autocast (CUDA only)")
+    sync_bn: bool = setting(False, "under torchrun on CUDA: synchronise BatchNorm statistics across ranks (methods "
+                                   "without forward-mode AD)")
+    channels_last: bool = setting(False, "NHWC memory format for convolutions (helps on recent GPUs)")
     # --- bookkeeping
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_batch_size: int = 1024
-    # epochs of per-sample weights kept for ``l2b label-issues`` (weights.npz: k x n x 11 bytes)
-    weight_epochs: int = 5
-    # the test set is evaluated every N epochs, at the last epoch and whenever the clean
-    # validation accuracy improves (so the last-epoch and best-val test accuracies stay exact)
-    test_every: int = 1
-    out: str = "runs/run"
-    progress: str = "auto"  # auto (a bar on a TTY) | bar | lines | none
-    threads: int | None = None  # torch CPU threads; None: 1 on a machine of 2 cores or fewer (measured:
-    # README "Threads"), else what torch picks (results are
-    # bit-identical for a fixed thread count, not across thread counts)
+    seed: int = setting(0, "random seed (data order, augmentation, init, noise, split)")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    eval_batch_size: int = setting(1024, "evaluation batch size")
+    weight_epochs: int = setting(5, "epochs of per-sample weights kept in weights.npz for `l2b label-issues` (k x n x"
+                                    " 11 bytes)")
+    test_every: int = setting(1, "evaluate the test set every N epochs (and at the last epoch and each new best "
+                                 "validation accuracy, so the reported test accuracies are exact)")
+    out: str = setting("runs/run", "run directory")
+    progress: str = setting("auto", "auto | bar | lines | none")
+    threads: int | None = setting(None, "torch CPU threads (default: 1 on a machine of 2 cores or fewer, else what "
+                                        "torch picks); results are bit-identical for a fixed count")
 
     def __post_init__(self) -> None:
         """Resolve the data-dependent defaults, so that a config always holds what runs: a
