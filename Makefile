@@ -20,8 +20,16 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m l2b demo
 
+# every benchmark in its --quick smoke mode (each writes only under runs/; the full commands are
+# in benchmarks/RESULTS.md beside their results)
 bench: $(VENV)/.installed
-	$(PY) benchmarks/step_cost.py
+	$(PY) benchmarks/step_cost.py --quick
+	$(PY) benchmarks/paper_regime.py --quick
+	$(PY) benchmarks/memorisation.py --quick
+	$(PY) benchmarks/fashion_mnist.py --quick
+	$(PY) benchmarks/label_issue_cut.py --quick
+	$(PY) benchmarks/label_issues.py --quick
+	$(PY) benchmarks/last_layer.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache src/*.egg-info

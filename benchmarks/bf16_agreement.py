@@ -17,7 +17,6 @@ pseudo-labels agree, and the noise-detection AUC of alpha in each precision.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -119,12 +118,15 @@ def main() -> None:
         opt.step()
     if not args.no_record:
         card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-        with open(HERE / "RESULTS.md", "a") as fh:
-            fh.write(f"\n## bf16 vs float32 meta weights ({datetime.now(timezone.utc):%Y-%m-%d}, {card}, torch {torch.__version__})\n\n"
-                     f"Command: `python benchmarks/bf16_agreement.py` — PreActResNet-18 width {args.width}, batch "
-                     f"{args.batch} + clean {args.batch}, {args.n} CIFAR-shaped images with a class signal, 40% symmetric "
-                     f"noise, float32 L2B training; at each step listed the same state's weights in float32 and under "
-                     f"bf16 autocast, mean over {args.batches} batches (ρ β over the batches where beta is not all zero).\n\n" + "\n".join(lines) + "\n")
+        from results_md import record
+
+        record("bf16-agreement", "## bf16 vs float32 meta weights",
+               f"Command: `python benchmarks/bf16_agreement.py` on {card}, torch {torch.__version__} — PreActResNet-18 "
+               f"width {args.width}, batch {args.batch} + clean {args.batch}, {args.n} CIFAR-shaped images with a class "
+               f"signal, 40% symmetric noise, float32 L2B training; at each step listed the same state's weights in "
+               f"float32 and under bf16 autocast, mean over {args.batches} batches (ρ β over the batches where beta is "
+               f"not all zero).\n\n" + "\n".join(lines) + "\n", {"rows": lines[2:]},
+               "python benchmarks/bf16_agreement.py", device=card)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -114,12 +113,15 @@ def main() -> None:
         print(lines[-1], flush=True)
     if not args.no_record:
         flags = " ".join(f for f, on in (("--bf16", args.bf16), ("--channels-last", args.channels_last)) if on)
-        with open(HERE / "RESULTS.md", "a") as fh:
-            fh.write(f"\n## GPU epoch time ({datetime.now(timezone.utc):%Y-%m-%d}, {card}, torch {torch.__version__})\n\n"
-                     f"Command: `python benchmarks/gpu_epoch.py {flags} --engine {args.engine}"
-                     f"{' --steps ' + str(args.steps) if args.steps else ''}` "
-                     f"({'CIFAR-10' if args.cifar else 'synthetic CIFAR-shaped data'}, batch {args.batch})\n\n"
-                     + "\n".join(lines) + "\n")
+        from results_md import record
+
+        cmd = (f"python benchmarks/gpu_epoch.py {flags} --engine {args.engine}"
+               f"{' --steps ' + str(args.steps) if args.steps else ''}").replace("  ", " ")
+        precision = "bf16" if args.bf16 else "float32"
+        record(f"gpu-epoch-{precision}", f"## GPU epoch time, {precision}",
+               f"Command: `{cmd}` on {card}, torch {torch.__version__} "
+               f"({'CIFAR-10' if args.cifar else 'synthetic CIFAR-shaped data'}, batch {args.batch})\n\n"
+               + "\n".join(lines) + "\n", {"rows": lines[2:]}, cmd, device=card)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,16 @@ markers."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+HERE = Path(__file__).resolve().parent
 
 
 def fmt(mean, std, digits=2) -> str:
@@ -66,3 +73,34 @@ def write_block(path: Path, name: str, block: str, heading: str) -> None:
     else:
         text = text.rstrip() + f"\n\n{heading}\n\n" + new + "\n"
     path.write_text(text)
+
+
+def provenance(command: str, device: str | None = None) -> dict:
+    """What a result needs to be compared with a later run: the command, the date, the commit
+    (with "+dirty" when the tree had changes) and the machine."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    import torch
+
+    return {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "commit": commit,
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+                        "device": device or "cpu"}}
+
+
+def record(key: str, heading: str, block: str, data: dict, command: str, device: str | None = None) -> Path:
+    """A benchmark's latest result: its section of RESULTS.md (between ``key``'s markers, under
+    ``heading`` the first time), and ``results/KEY.json`` with its provenance and ``data``."""
+    meta = provenance(command, device)
+    write_block(HERE / "RESULTS.md", key, f"Measured {meta['date']} (commit {meta['commit'][:12]}).  \n" + block, heading)
+    path = HERE / "results" / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**meta, **data}, indent=2) + "\n")
+    return path

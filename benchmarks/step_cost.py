@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -256,14 +255,15 @@ def all_methods(args) -> None:
     if args.quick:
         return
     cmd = "python benchmarks/step_cost.py --all-methods" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
-    with open(HERE / "RESULTS.md", "a") as fh:
-        fh.write(f"\n## Step cost of every method, CPU ({datetime.now(timezone.utc):%Y-%m-%d})\n\n"
-                 f"Command: `{cmd}` — one training step as the trainer takes it (the method's loss, "
-                 f"backward, SGD step; setup fits excluded), median of {repeats} after one warm-up; "
-                 f"PreActResNet-18 width {width}, 32×32×3, n = {n} noisy + m = {m} clean samples, float32.  \n"
-                 f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                 f"{args.threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}.\n\n"
-                 + "\n".join(lines) + "\n")
+    from results_md import record
+
+    record("step-cost-all-methods", "## Step cost of every method, CPU",
+           f"Command: `{cmd}` — one training step as the trainer takes it (the method's loss, "
+           f"backward, SGD step; setup fits excluded), median of {repeats} after one warm-up; "
+           f"PreActResNet-18 width {width}, 32×32×3, n = {n} noisy + m = {m} clean samples, float32.  \n"
+           f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+           f"{args.threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}.\n\n"
+           + "\n".join(lines) + "\n", {"width": width, "n": n, "m": m, "repeats": repeats, "rows": res}, cmd)
 
 
 def main() -> None:
@@ -296,10 +296,11 @@ def main() -> None:
         lines = ["| part (PreActResNet-18 width 32, n = m = 128) | s |", "|---|---|"]
         lines += [f"| {name} | {sec:.3f} |" for name, sec in parts]
         print("\n".join(lines))
-        with open(HERE / "RESULTS.md", "a") as fh:
-            fh.write(f"\n### Where the time of an L2B-jvp step goes ({datetime.now(timezone.utc):%Y-%m-%d})\n\n"
-                     f"Command: `python benchmarks/step_cost.py --breakdown` (CPU, {args.threads} threads)\n\n"
-                     + "\n".join(lines) + "\n")
+        from results_md import record
+
+        record("step-cost-breakdown", "## Where the time of an L2B-jvp step goes, CPU",
+               f"Command: `python benchmarks/step_cost.py --breakdown` (CPU, {args.threads} threads)\n\n"
+               + "\n".join(lines) + "\n", {"parts": dict(parts)}, "python benchmarks/step_cost.py --breakdown")
         return
 
     widths = [16] if args.quick else [int(w) for w in args.widths.split(",")]
@@ -358,8 +359,9 @@ def main() -> None:
         + f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
     )
+    from results_md import record
+
     block = [
-        f"\n## Step cost, {'GPU' if cuda else 'CPU'} ({datetime.now(timezone.utc):%Y-%m-%d})\n",
         f"Command: `{cmd}` — median of {repeats} steps after one warm-up; PreActResNet-18, "
         f"32×32×3, float32, SGD momentum 0.9 / wd 5e-4 replayed as the virtual step.  ",
         f"Machine: {machine}.\n",
@@ -369,8 +371,9 @@ def main() -> None:
         *[f"- {s}" for s in notes],
         "",
     ]
-    with open(HERE / "RESULTS.md", "a") as fh:
-        fh.write("\n".join(block))
+    kind = "gpu" if cuda else "cpu"
+    record(f"step-cost-{kind}", f"## Step cost, {kind.upper()}", "\n".join(block), {"summary": summary}, cmd,
+           device=torch.cuda.get_device_name(args.device) if cuda else None)
 
 
 if __name__ == "__main__":

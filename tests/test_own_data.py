@@ -4,7 +4,6 @@ default, a clean set drawn from unverified labels warned about, and one line tha
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

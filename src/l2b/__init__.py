@@ -7,6 +7,7 @@ The core is :func:`meta_weights`: per-sample weights alpha (trust the observed l
 from .detect import LabelIssues, find_label_issues, rank_label_issues
 from .engines import ForwardADUnsupported
 from .meta import MetaWeights, bootstrap_loss, meta_weights
+from .metaset import select_meta_set
 from .normalize import normalize_weights
 from .step import L2B, StepResult
 
@@ -21,6 +22,7 @@ __all__ = [
     "normalize_weights",
     "ForwardADUnsupported",
     "find_label_issues",
+    "select_meta_set",
     "rank_label_issues",
     "LabelIssues",
     "__version__",

@@ -10,7 +10,6 @@ host). ``summary.csv`` has one row per (method, noise) with the columns of ``SUM
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import statistics
 from concurrent.futures import ProcessPoolExecutor

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .coerce import coerce_field
-from .methods import METHODS, declared_options, options_of
+from .methods import METHODS, declared_options, needs_of, options_of
 
 # settings of earlier versions that are now options of one method
 RENAMED_OPTIONS = {"bootstrap_beta": "bootstrap.beta", "bootstrap_mode": "bootstrap.mode"}
@@ -137,6 +137,13 @@ class TrainConfig:
     on_bad_images: str = setting("error", "image-file datasets: error | skip unreadable images")
     workers: int | None = setting(None, "DataLoader workers for image-file datasets (default: the machine's cores, at"
                                         " most 8)")
+    meta_set: str = setting("clean", "the meta steps' clean set: clean (the verified clean set) | select:KIND, selected "
+                             "from the noisy training data after the warm-up (small-loss | confident | pseudo)")
+    meta_set_size: int | None = setting(None, "with --meta-set select: samples per class (default: 2% of the training "
+                                              "set, spread over the classes)")
+    meta_refresh: int = setting(0, "with --meta-set select: select again every R epochs (0: once, after the warm-up)")
+    meta_set_leaves: bool = setting(False, "with --meta-set select: the selected samples leave the noisy training "
+                                           "stream (default: they stay in it)")
     # --- model
     model: str = setting("mlp", "preact-resnet18 | small-cnn | mlp | resnet18 | resnet50")
     width: int | None = setting(None, "model width (base channels / hidden units)")
@@ -233,6 +240,7 @@ class TrainConfig:
                 "forward-mode AD, which its meta-gradient needs; " + cls.forward_ad_remedy(options)
                 + " (each rank's BatchNorm then uses its shard's statistics: docs/distributed.md)"
             )
+        self._check_meta_set()
         if self.progress not in ("auto", "bar", "lines", "none"):
             raise ValueError(f"unknown progress {self.progress!r}; choose auto, bar, lines or none")
         for name in ("width", "val_batch_size", "eval_batch_size", "image_size", "val_per_class", "val_total",
@@ -268,6 +276,27 @@ class TrainConfig:
             raise ValueError(f"unknown on_bad_images {self.on_bad_images!r}; choose error or skip")
         check_device(self.device)
         check_noise_spec(self.noise)
+
+    def _check_meta_set(self) -> None:
+        from .metaset import parse_meta_set
+
+        kind = parse_meta_set(self.meta_set)
+        if self.meta_refresh < 0:
+            raise ValueError(f"--meta-refresh must be 0 or more, got {self.meta_refresh}")
+        if self.meta_set_size is not None and self.meta_set_size < 1:
+            raise ValueError(f"--meta-set-size must be at least 1, got {self.meta_set_size}")
+        if kind is None:
+            if self.meta_set_size is not None or self.meta_refresh or self.meta_set_leaves:
+                raise ValueError("--meta-set-size, --meta-refresh and --meta-set-leaves apply to --meta-set select:KIND")
+            return
+        if not needs_of(self.method, self.method_options()).clean_per_step:
+            raise ValueError(f"--meta-set {self.meta_set}: method {self.method!r} takes no clean batch per step; the "
+                             f"selected meta set feeds the meta steps of l2b, l2rw, mwnet or mlc")
+        if self.warmup_epochs < 1:
+            raise ValueError(f"--meta-set {self.meta_set} selects with the model of the warm-up epochs: give "
+                             f"--warmup-epochs 1 or more")
+        if self.train_on_clean:
+            raise ValueError("--train-on-clean trains on the verified clean set, which --meta-set select replaces")
 
     def resolved_workers(self) -> int:
         import os

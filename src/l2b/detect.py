@@ -10,9 +10,7 @@ most probable other class, or the pseudo-label chosen most often.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 

@@ -84,6 +84,7 @@ class Run:
     n_noisy: int  # training positions >= this are clean samples (with clean_in_stream)
     steps_per_epoch: int
     clean_in_stream: bool = False  # the method's needs(): Batch.trusted marks the clean samples
+    resume_clean: dict | None = None  # a resumed run's saved clean-batch position, for the set it belongs to
 
 
 def train_step(run: Run, x, y, idx, n_global: int, epoch: int, step: int, warm: bool):

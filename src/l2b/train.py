@@ -12,7 +12,6 @@ selected on the test set; docs/methods.md).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -24,12 +23,13 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
-from .data.batches import CleanBatches, global_batches, union
+from .data.batches import CleanBatches, exclude, global_batches, union
 from .distributed import current_sync, init_from_env
 from .methods import create_method, needs_of
 from .methods.base import EpochContext, SetupContext
 from .models import create_model
-from .run_data import build_splits, check_same_data, data_fingerprint, data_line, prepare_data
+from .metaset import MetaSetSelector, parse_meta_set
+from .run_data import build_splits, check_same_data, data_fingerprint, data_line, prepare_data, warn
 from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, lr_at, train_step
 from .rundir import (Progress, append_row, atomic_json, atomic_npz, atomic_save, environment, finite_json,
                      load_checkpoint, prepare_out, read_json, rewrite_rows, tensorboard)
@@ -157,20 +157,28 @@ def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | No
                transition=prep.transition)
 
 
-def epoch_context(cfg: TrainConfig, run: Run, epoch: int, warm: bool, noisy_data, val_data, meta_augment: bool):
+def epoch_context(cfg: TrainConfig, run: Run, epoch: int, warm: bool, noisy_data, val_data, meta_augment: bool,
+                  needs_sampling: str = "cycle"):
     """The ``EpochContext`` of a method's ``on_epoch_start``: ``set_clean`` gives the steps that
     follow fresh clean batches of another split, shuffled by the run's seed and the epoch."""
 
-    def set_clean(data) -> None:
+    def set_clean(data, since_epoch: int | None = None) -> None:
+        """``since_epoch``: the epoch this set was first made at (a set kept across epochs keeps
+        its batches' order, and a resumed run continues it where the checkpoint left it)."""
         if len(data) == 0:
             raise ValueError(f"epoch {epoch + 1}: the method set an empty clean set")
-        sampling = run.clean.sampling if run.clean is not None else "cycle"
-        run.clean = CleanBatches(data, cfg.val_batch_size or cfg.batch_size, cfg.seed * EPOCH_CLEAN_SALT + epoch,
-                                 sampling, augment=meta_augment)
+        seed = cfg.seed * EPOCH_CLEAN_SALT + (epoch if since_epoch is None else since_epoch)
+        if run.clean is not None and run.clean.seed == seed and run.clean.data is data:
+            return  # the same set, already in use
+        run.clean = CleanBatches(data, cfg.val_batch_size or cfg.batch_size, seed, needs_sampling,
+                                 augment=meta_augment)
+        if run.resume_clean is not None and run.resume_clean.get("seed") == seed:
+            run.clean.load_state_dict(run.resume_clean)  # resumed mid-way through this set's batches
+        run.resume_clean = None
 
     return EpochContext(epoch=epoch, warm=warm, model=run.model, train=noisy_data,
                         clean=run.clean.data if run.clean is not None else val_data, take=noisy_data.take,
-                        set_clean=set_clean,
+                        set_clean=set_clean, exclude=lambda indices: exclude(noisy_data, indices),
                         log=(lambda text: print(text, flush=True)) if cfg.progress != "none" else (lambda text: None))
 
 
@@ -204,9 +212,10 @@ def run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, ma
 
 
 def checkpoint_state(model, optimizer, method, clean, weights, epoch: int, history, best, world: int,
-                     setup_seconds: float = 0.0) -> dict:
-    """Everything a resumed run needs, in tensors and plain containers (weights_only loading)."""
-    return {
+                     setup_seconds: float = 0.0, others: dict | None = None) -> dict:
+    """Everything a resumed run needs, in tensors and plain containers (weights_only loading);
+    ``others``: more objects with a state (name -> object), e.g. the meta-set selector."""
+    return {**{name: obj.state_dict() for name, obj in (others or {}).items()},
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict(),
         "clean": clean.state_dict() if clean is not None else None, "weights": weights.state_dict(),
         "rng": {"torch": torch.get_rng_state(),
@@ -215,21 +224,25 @@ def checkpoint_state(model, optimizer, method, clean, weights, epoch: int, histo
     }
 
 
-def restore_checkpoint(path: Path, device, model, optimizer, method, clean, weights) -> tuple[list, dict, int, float]:
+def restore_checkpoint(path: Path, device, model, optimizer, method, clean, weights,
+                       others: dict | None = None) -> tuple[list, dict, int, float, dict | None]:
     """Load a checkpoint into the run's objects and RNGs; returns (history, best, next epoch,
-    seconds of the method's setup)."""
+    seconds of the method's setup, the saved clean batches' state)."""
     ck = load_checkpoint(path, device)
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     method.load_state_dict(ck.get("method"))
-    if clean is not None:
-        clean.load_state_dict(ck["clean"])
+    for name, obj in (others or {}).items():
+        obj.load_state_dict(ck.get(name))
+    saved_clean = ck.get("clean")
+    if clean is not None and saved_clean is not None and saved_clean.get("seed", clean.seed) == clean.seed:
+        clean.load_state_dict(saved_clean)
     weights.load_state_dict(ck.get("weights"))
     # RNG states are CPU byte tensors; map_location=device moved them with everything else
     torch.set_rng_state(ck["rng"]["torch"].cpu())
     if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
-    return ck["history"], ck["best"], ck["epoch"] + 1, float(ck.get("setup_seconds", 0.0))
+    return ck["history"], ck["best"], ck["epoch"] + 1, float(ck.get("setup_seconds", 0.0)), saved_clean
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None = None,
@@ -274,10 +287,11 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
         np.random.seed(cfg.seed)
 
         needs = needs_of(cfg.method, cfg.method_options())
-        prep = prepare_data(cfg, needs.clean)
+        select_kind = parse_meta_set(cfg.meta_set)  # None: the verified clean set feeds the meta steps
+        prep = prepare_data(cfg, needs.clean and select_kind is None)
         ds = prep.ds
         train_data, val_data, test_data = build_splits(cfg, prep, device, shard=(rank, world))
-        if needs.clean and len(val_data) == 0:
+        if needs.clean and select_kind is None and len(val_data) == 0:
             raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
         if resume:
             check_same_data(out, data_fingerprint(cfg, prep, (train_data, val_data, test_data)))
@@ -298,16 +312,24 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
         train_data = union(noisy_data, val_data)
     meta_augment = getattr(ds, "meta_augment", True)
     clean = (CleanBatches(val_data, cfg.val_batch_size or cfg.batch_size, cfg.seed, needs.clean_sampling,
-                          augment=meta_augment) if needs.clean_per_step else None)
+                          augment=meta_augment) if needs.clean_per_step and select_kind is None else None)
+    selector = None
+    if select_kind is not None:
+        if len(val_data) and main_rank:
+            warn(f"a clean set of {len(val_data)} ({prep.clean_source}) is given, and --meta-set {cfg.meta_set} "
+                 f"replaces it: it is used for nothing, neither the meta steps nor model selection")
+        selector = MetaSetSelector(select_kind, cfg.meta_set_size, cfg.meta_refresh, cfg.warmup_epochs, out,
+                                   prep.y_true, list(ds.classes), cfg.eval_batch_size, main_rank, cfg.meta_set_leaves)
+    others = {"meta_set": selector} if selector is not None else {}
     weights = WeightHistory(cfg.weight_epochs, len(train_data), device)  # for l2b label-issues
 
     history, best = [], {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
-    start_epoch, setup_seconds = 0, 0.0
+    start_epoch, setup_seconds, saved_clean = 0, 0.0, None
     if not resume:
         setup_seconds = run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank)
     if resume:
-        history, best, start_epoch, setup_seconds = restore_checkpoint(ckpt_path, device, model, optimizer, method,
-                                                                       clean, weights)
+        history, best, start_epoch, setup_seconds, saved_clean = restore_checkpoint(
+            ckpt_path, device, model, optimizer, method, clean, weights, others)
         if main_rank:  # the epochs of the checkpoint, no more (a kill between log line and checkpoint)
             rewrite_rows(out, history)
     elif main_rank:
@@ -324,11 +346,14 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
                    f"{cfg.method} {cfg.noise}")
     model.train()
     run = Run(cfg, model, optimizer, method, clean, sync, clip, amp, out, main_rank, len(noisy_data), steps_per_epoch,
-              needs.clean_in_stream)
+              needs.clean_in_stream, saved_clean if resume else None)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         warm = epoch < cfg.warmup_epochs
-        method.on_epoch_start(epoch, epoch_context(cfg, run, epoch, warm, noisy_data, val_data, meta_augment))
+        ctx = epoch_context(cfg, run, epoch, warm, noisy_data, val_data, meta_augment, needs.clean_sampling)
+        method.on_epoch_start(epoch, ctx)
+        if selector is not None:  # --meta-set select: the meta set from the noisy data
+            selector.on_epoch_start(epoch, ctx)
         log = EpochLog(n_train, device)
         batches = train_data.epoch(cfg.batch_size, cfg.seed * EPOCH_ORDER_SALT + epoch, augment=True,
                                    batches=cfg.batches_per_epoch, balanced=cfg.balance_classes)
@@ -346,7 +371,11 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
                 f"(method {cfg.method}, options {method.opts}); loosen the setting that zeroes them (e.g. a lower "
                 f"--threshold with --normalize hard) or use another --normalize")
         t0 = time.perf_counter()
-        val_acc, val_loss = evaluate(model, val_data, cfg.eval_batch_size, amp, sync)
+        # model selection: the clean set, or with --meta-set select the selected set (biased: the
+        # model chose it), nothing before the selection
+        selection_data = val_data if selector is None else selector.selected
+        val_acc, val_loss = (evaluate(model, selection_data, cfg.eval_batch_size, amp, sync)
+                             if selection_data is not None else (float("nan"), float("nan")))
         test_acc = test_loss = None
         if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.test_every == 0:
             test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp, sync)
@@ -364,8 +393,8 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
         if epoch == cfg.epochs - 1 and log.weighted and main_rank:
             log.save_weights(out / "weights.npz", is_noisy, prep, weights)
         if main_rank:
-            atomic_save(checkpoint_state(model, optimizer, method, clean, weights, epoch, history, best, world,
-                                                    setup_seconds), ckpt_path)
+            atomic_save(checkpoint_state(model, optimizer, method, run.clean, weights, epoch, history, best, world,
+                                         setup_seconds, others), ckpt_path)
         if sync is not None:
             torch.distributed.barrier()  # the checkpoint is complete before any rank goes on
         bar.epoch_done(
@@ -381,6 +410,10 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
     if best["test_acc"] is None:  # --test-every skipped the best epoch: score its saved weights
         best["test_acc"] = evaluate_saved(model, out / "best_model.pt", test_data, cfg.eval_batch_size, amp, sync)
     metrics = final_metrics(cfg, history, best, prep.noise_rate, setup_seconds)
+    if selector is not None:  # no verified clean set: the last epoch is the number to report
+        metrics["model_selection"] = "selected meta set (biased: the model chose it); report test_acc_last"
+        metrics["meta_set"] = [{k: r[k] for k in ("epoch", "kind", "per_class", "size", "purity", "per_class_found")}
+                               for r in selector.records]
     if main_rank:
         atomic_json(out / "metrics.json", finite_json(metrics), indent=2, allow_nan=False)
     if sync is not None:

@@ -42,6 +42,22 @@ def epoch_order(labels: torch.Tensor, batch_size: int, seed: int, batches: int |
     return order[torch.randperm(len(order), generator=g)][:n]
 
 
+def skip_excluded(order: torch.Tensor, data) -> torch.Tensor:
+    """A training epoch's order without the positions the split excludes (``exclude``): their
+    logged weights stay where they are, they just take no step."""
+    excluded = getattr(data, "excluded", None)
+    if excluded is None:
+        return order
+    return order[~excluded[order.cpu()]]
+
+
+def exclude(data, indices) -> None:
+    """Leave these positions out of ``data``'s training epochs from now on (all others stay)."""
+    mask = torch.zeros(len(data), dtype=torch.bool)
+    mask[torch.as_tensor(np.asarray(indices), dtype=torch.int64)] = True
+    data.excluded = mask
+
+
 def global_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Split an epoch's order into global batches; a final batch of one is dropped (BatchNorm
     cannot train on it)."""
@@ -80,7 +96,8 @@ class TensorData:
         ``whole``: the whole global batches, whatever the rank."""
         dev = self.x.device
         rank, world = (0, 1) if whole else self.shard
-        order = epoch_order(self.y, batch_size, seed, batches, balanced).to(dev)
+        order = epoch_order(self.y, batch_size, seed, batches, balanced)
+        order = (skip_excluded(order, self) if augment else order).to(dev)  # scoring sees every sample
         g = torch.Generator(device=dev).manual_seed(seed)
         for idx in global_batches(order, batch_size):
             x = self.x[idx]
@@ -119,7 +136,8 @@ class FileData:
     def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
               balanced: bool = False, whole: bool = False):
         rank, world = (0, 1) if whole else self.shard
-        order = epoch_order(self.y, batch_size, seed, batches, balanced) if augment else torch.arange(len(self))
+        order = (skip_excluded(epoch_order(self.y, batch_size, seed, batches, balanced), self) if augment
+                 else torch.arange(len(self)))
         plan = [(torch.tensor_split(b, world)[rank].tolist(), len(b)) for b in global_batches(order, batch_size)]
         loader = self.ds.loader(self.items, train=augment, workers=self.workers, seed=seed,
                                 batches=[b for b, _ in plan])
@@ -163,7 +181,7 @@ class CleanBatches:
         return x, y
 
     def state_dict(self) -> dict:
-        return {"passes": self.passes, "position": self.position}
+        return {"passes": self.passes, "position": self.position, "seed": self.seed}
 
     def load_state_dict(self, d: dict) -> None:
         self.passes, self.position, self._it = d["passes"], d["position"], None

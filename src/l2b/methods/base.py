@@ -66,9 +66,11 @@ class EpochContext:
 
     ``train`` / ``clean`` are the run's splits (``l2b.data.batches``: ``.y`` holds the labels the
     run trains on, ``len()`` their count); ``take(indices, labels)`` builds a split of training
-    samples with the given labels (default: as given), and ``set_clean(split)`` makes it the clean
-    set of the steps that follow (fresh batches, shuffled by the run's seed and the epoch), e.g. a
-    meta set selected from the noisy data."""
+    samples with the given labels (default: as given), and ``set_clean(split, since_epoch=None)``
+    makes it the clean set of the steps that follow (fresh batches, shuffled by the run's seed and
+    the epoch the set was made at: give ``since_epoch`` when setting a kept set again after a
+    resume), e.g. a meta set selected from the noisy data; ``exclude(indices)`` takes training
+    samples out of the noisy stream."""
 
     epoch: int
     warm: bool  # a warm-up epoch of plain cross-entropy
@@ -76,8 +78,9 @@ class EpochContext:
     train: Any
     clean: Any
     take: Callable[..., Any]
-    set_clean: Callable[[Any], None]
+    set_clean: Callable[..., None]
     log: Callable[[str], None] = print
+    exclude: Callable[[Any], None] | None = None  # exclude(indices): these training samples take no step
 
 
 @dataclass

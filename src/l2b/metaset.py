@@ -1,0 +1,203 @@
+"""No clean set at hand: a meta set selected from the noisy training data (the paper's future
+work, Sec. 4.5: "a subset of pseudo-labeled training data as the validation data").
+
+``select_meta_set`` picks K samples per class from a model's view of the noisy data:
+
+- ``small-loss``: the lowest cross-entropy on the given label, per given class;
+- ``confident``: the given label's probability above its class's confident-learning threshold
+  (the mean probability of the class over the samples labelled with it), highest first;
+- ``pseudo``: the most confident predictions, per predicted class, relabelled with the prediction.
+
+``MetaSetSelector`` is the trainer's per-epoch hook for ``--meta-set select:KIND``: after the
+warm-up epochs it scores the training set with the model, selects, makes the selection the
+clean set of the meta steps (``EpochContext.set_clean``), and again every ``refresh`` epochs.
+It records each selection (size, class balance, and purity against the true labels where these
+are known) in ``meta_set.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .calibrate import check_labels, check_pred_probs, per_class_thresholds
+
+KINDS = {
+    "small-loss": "the lowest-loss samples of each given class",
+    "confident": "samples whose given label the model agrees with above its class's threshold",
+    "pseudo": "the most confident predictions of each predicted class, relabelled with them",
+}
+DEFAULT_FRACTION = 0.02  # the paper's clean set: 1,000 of 50,000 images
+
+
+@dataclass
+class Selection:
+    """The indices chosen (positions in the scored data), the labels the meta set uses, and per
+    class how many were asked and found."""
+
+    indices: np.ndarray
+    labels: np.ndarray
+    asked: int
+    found: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def short(self) -> dict[int, int]:
+        """The classes with fewer than ``asked`` samples: class -> how many were found."""
+        return {c: n for c, n in self.found.items() if n < self.asked}
+
+
+def select_meta_set(labels, pred_probs=None, *, losses=None, per_class: int, kind: str = "small-loss",
+                    class_names=None) -> Selection:
+    """K = ``per_class`` samples per class chosen from a model's view of noisy data.
+
+    ``labels`` are the given (noisy) labels; ``pred_probs`` (n, K) the model's probabilities
+    (needed for ``confident`` and ``pseudo``); ``losses`` (n,) per-sample losses for
+    ``small-loss`` (default: cross-entropy from ``pred_probs``). A class with fewer selectable
+    samples gives what it has (``Selection.short`` says which); a class with none is an error
+    naming it and the remedy."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown meta-set kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    probs = None if pred_probs is None else np.asarray(pred_probs)
+    y = check_labels(labels, None if probs is None else probs.shape[1])
+    if probs is not None:
+        probs = check_pred_probs(probs, len(y))
+    k = probs.shape[1] if probs is not None else int(y.max()) + 1
+    name = (lambda c: repr(str(class_names[c]))) if class_names is not None else (lambda c: str(c))  # noqa: E731
+    if kind == "small-loss":
+        if losses is None:
+            if probs is None:
+                raise ValueError("small-loss needs losses= or pred_probs=")
+            losses = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))
+        score, group, candidates = -np.asarray(losses, dtype=np.float64), y, np.ones(len(y), dtype=bool)
+        new_labels = y
+    elif probs is None:
+        raise ValueError(f"{kind} needs pred_probs=")
+    elif kind == "confident":
+        p_given = probs[np.arange(len(y)), y]
+        score, group = p_given, y
+        candidates = p_given >= per_class_thresholds(y, probs)[y] - 1e-12
+        new_labels = y
+    else:  # pseudo
+        pred = probs.argmax(axis=1)
+        score, group, candidates, new_labels = probs.max(axis=1), pred, np.ones(len(y), dtype=bool), pred
+    chosen, found = [], {}
+    for c in range(k):
+        members = np.flatnonzero((group == c) & candidates)
+        found[c] = min(len(members), per_class)
+        if not len(members):
+            raise ValueError(f"meta set ({kind}): class {name(c)} has no selectable sample; give a smaller per-class "
+                             f"size (--meta-set-size), another kind, or a verified clean set (--meta-set clean)")
+        order = members[np.argsort(-score[members], kind="stable")]
+        chosen.append(order[:per_class])
+    idx = np.concatenate(chosen)
+    return Selection(idx, new_labels[idx], per_class, found)
+
+
+def parse_meta_set(spec: str) -> str | None:
+    """``clean`` -> None; ``select:KIND`` -> KIND; anything else is a one-line error."""
+    if spec == "clean":
+        return None
+    kind = spec.partition(":")[2] if spec.startswith("select:") else None
+    if kind not in KINDS:
+        raise ValueError(f"--meta-set {spec!r}: choose clean or select:KIND with KIND one of {', '.join(KINDS)}")
+    return kind
+
+
+class MetaSetSelector:
+    """The per-epoch hook behind ``--meta-set select:KIND`` (see the module's docstring)."""
+
+    def __init__(self, kind: str, per_class: int | None, refresh: int, warmup_epochs: int, out: Path | None,
+                 y_true: np.ndarray, class_names, eval_batch_size: int, main_rank: bool = True,
+                 leaves: bool = False) -> None:
+        self.kind, self.per_class, self.refresh, self.warmup = kind, per_class, refresh, warmup_epochs
+        self.leaves = leaves
+        self.out, self.y_true, self.class_names = out, y_true, class_names
+        self.eval_batch_size, self.main_rank = eval_batch_size, main_rank
+        self.records: list[dict] = []
+        self.selected = None  # the current meta set's split (model selection reads it)
+
+    def due(self, epoch: int) -> bool:
+        if epoch < self.warmup:
+            return False
+        return epoch == self.warmup or (self.refresh > 0 and (epoch - self.warmup) % self.refresh == 0)
+
+    def on_epoch_start(self, epoch: int, ctx) -> None:
+        """Select (or reselect) when due; otherwise keep the current selection, rebuilt after a
+        resume from the recorded indices."""
+        if epoch < self.warmup:
+            return
+        if not self.due(epoch) and self.records:
+            if self.selected is None:  # resumed between refreshes: the last selection again
+                last = self.records[-1]
+                self._use(ctx, np.asarray(last["indices"]), np.asarray(last["labels"]), since_epoch=last["epoch"])
+            return
+        if not self.due(epoch):
+            return
+        train = ctx.train
+        probs = _scores(ctx.model, train, self.eval_batch_size)
+        given = train.y.cpu().numpy()
+        k = probs.shape[1]
+        per_class = self.per_class or max(1, int(round(DEFAULT_FRACTION * len(given) / k)))
+        sel = select_meta_set(given, probs, per_class=per_class, kind=self.kind, class_names=self.class_names)
+        if sel.short:
+            ctx.log("l2b: warning: meta set: class(es) " + ", ".join(
+                f"{self._name(c)} ({n} of {per_class})" for c, n in sel.short.items()) + " had fewer selectable "
+                "samples than asked; using what there is")
+        purity = float((sel.labels == self.y_true[sel.indices]).mean())
+        record = {"epoch": epoch, "kind": self.kind, "per_class": per_class, "size": int(len(sel.indices)),
+                  "purity": round(purity, 4), "per_class_found": {self._name(c, quote=False): n
+                                                                  for c, n in sel.found.items()},
+                  "indices": sel.indices.tolist(), "labels": sel.labels.tolist()}
+        self.records.append(record)
+        self._use(ctx, sel.indices, sel.labels, since_epoch=epoch)
+        ctx.log(f"meta set at epoch {epoch + 1}: {len(sel.indices)} samples ({self.kind}, {per_class} per class), "
+                f"purity {100 * purity:.1f}% against the true labels")
+        self._write()
+
+    def _use(self, ctx, indices: np.ndarray, labels: np.ndarray, since_epoch: int) -> None:
+        """Make this selection the meta steps' clean set (and, with ``leaves``, take it out of the
+        noisy stream); its batches are seeded by the epoch it was selected at, so that a resumed
+        run continues them."""
+        self.selected = ctx.take(indices, labels=labels)
+        ctx.set_clean(self.selected, since_epoch=since_epoch)
+        if self.leaves:
+            ctx.exclude(indices)
+
+    def _name(self, c: int, quote: bool = True) -> str:
+        name = str(self.class_names[c]) if self.class_names is not None and c < len(self.class_names) else str(c)
+        return repr(name) if quote else name
+
+    def _write(self) -> None:
+        if self.out is not None and self.main_rank:
+            from .runlock import atomic_write
+
+            text = json.dumps({"selections": self.records}, indent=1)
+            atomic_write(self.out / "meta_set.json", lambda tmp: tmp.write_text(text))
+
+    def state_dict(self) -> dict:
+        return {"records": json.dumps(self.records)}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state:
+            self.records = json.loads(state["records"])
+            self.selected = None
+
+
+def _scores(model, data, batch_size: int) -> np.ndarray:
+    """The model's probabilities on every sample of ``data`` (eval mode, no augmentation)."""
+    from .models import eval_mode
+
+    probs = None
+    with torch.no_grad(), eval_mode(model):
+        for x, _, idx, _ in data.epoch(batch_size, seed=0, augment=False, whole=True):
+            p = torch.softmax(model(x).float(), dim=1).cpu()
+            if probs is None:
+                probs = torch.zeros(len(data), p.shape[1])
+            probs[idx.cpu()] = p
+    return probs.double().numpy()
