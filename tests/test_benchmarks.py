@@ -118,6 +118,21 @@ def test_label_issue_cut_benchmark_quick_mode_meets_the_targets_on_unsure_models
         assert row["threshold"]["count_ratio"] > 1.5  # the fixed cut over-flags these unsure models
 
 
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_no_clean_set_benchmark_quick_mode_writes_rows_with_purity(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "no_clean_set.py"), "--quick", "--out", str(out),
+                           "--grid", str(tmp_path / "no-grid")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["meta_set"] for r in rows} == {"select-small-loss", "select-confident", "select-small-loss-leaves",
+                                             "select-confident-leaves"}
+    for r in rows:
+        assert r["noise"] == "symmetric:0.4" and 0 < r["last_mean"] <= 100 and 0 < r["purity"] <= 1
+    meta = json.loads((out / "select-small-loss" / "l2b" / "symmetric_0.4" / "seed0" / "meta_set.json").read_text())
+    assert meta["selections"][0]["size"] == 30  # 3 per class, as the quick recipe's clean set
+
+
 def test_the_step_cost_authors_row_runs_the_same_step_as_ours(float64):
     """benchmarks/step_cost.py times the public code's step through `higher`; it must compute what
     our L2B step computes (parameters equal after two steps), or its timing compares unlike work."""
