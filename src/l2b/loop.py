@@ -1,6 +1,6 @@
 """One training step and one epoch's bookkeeping: the learning-rate schedule, the step (loss,
 backward, clipping, optimizer), what an epoch accumulates, evaluation, and stopping a run that
-diverged. ``l2b.train.train`` strings these together."""
+diverged. ``l2b.train.train`` strings these together; ``l2b.run_state`` holds what the hooks and checkpoints carry."""
 
 from __future__ import annotations
 

@@ -270,6 +270,26 @@ class Method:
         raise NotImplementedError
 
 
+class LookaheadMethod(Method):
+    """A method whose meta net (``self.meta_opt``'s parameters) learns from a look-ahead step on
+    every clean batch (MW-Net, MLC): its hooks."""
+
+    @classmethod
+    def needs(cls, options: dict) -> DataNeeds:
+        return DataNeeds(clean=True, clean_per_step=True)
+
+    @classmethod
+    def default_clip(cls, options: dict) -> float | None:
+        return META_CLIP
+
+    @classmethod
+    def uses_forward_ad(cls, options: dict) -> bool:
+        return True  # the look-ahead's tangents (engines.lookahead_tangents)
+
+    def owned_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.meta_opt]  # stepped in loss(), before the trainer's step of the model
+
+
 METHODS: dict[str, type[Method]] = {}
 
 

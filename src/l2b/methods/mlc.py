@@ -35,7 +35,7 @@ from ..models import features, head, num_features
 from ..virtual_step import optimizer_step
 from dataclasses import dataclass
 
-from .base import META_CLIP, Batch, DataNeeds, Method, StepOutput, meta_optimizer, register, soft_cross_entropy
+from .base import Batch, LookaheadMethod, StepOutput, meta_optimizer, register, soft_cross_entropy
 from .options import option
 
 
@@ -72,25 +72,10 @@ class MetaNet(nn.Module):
 
 
 @register
-class MLC(Method):
+class MLC(LookaheadMethod):
     name = "mlc"
     Options = MLCOptions
     checkpointed = ("lcn", "meta_opt")
-
-    @classmethod
-    def needs(cls, options: dict) -> DataNeeds:
-        return DataNeeds(clean=True, clean_per_step=True)
-
-    @classmethod
-    def default_clip(cls, options: dict) -> float | None:
-        return META_CLIP
-
-    @classmethod
-    def uses_forward_ad(cls, options: dict) -> bool:
-        return True  # the look-ahead's tangents (engines.lookahead_tangents)
-
-    def owned_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.meta_opt]  # stepped in loss(), before the trainer's step of the model
 
     @classmethod
     def sees_clean_labels(cls, options: dict) -> bool:

@@ -39,7 +39,7 @@ from ..engines import lookahead_tangents, loss_grad_wrt_logits, rng_snapshot
 from ..virtual_step import plain_sgd_step
 from dataclasses import dataclass, replace
 
-from .base import META_CLIP, Batch, DataNeeds, Method, StepOutput, meta_optimizer, register
+from .base import Batch, LookaheadMethod, StepOutput, meta_optimizer, register
 from .options import option
 
 _POSITIVE = dict(check=lambda v: v > 0 or "must be > 0")
@@ -74,7 +74,7 @@ class WeightNet(nn.Module):
 
 
 @register
-class MWNet(Method):
+class MWNet(LookaheadMethod):
     name = "mwnet"
     Options = MWNetOptions
     VARIANTS = {
@@ -84,21 +84,6 @@ class MWNet(Method):
                      "meta_momentum": 0.9, "meta_nesterov": True},
     }
     checkpointed = ("vnet", "meta_opt")
-
-    @classmethod
-    def needs(cls, options: dict) -> DataNeeds:
-        return DataNeeds(clean=True, clean_per_step=True)
-
-    @classmethod
-    def default_clip(cls, options: dict) -> float | None:
-        return META_CLIP
-
-    @classmethod
-    def uses_forward_ad(cls, options: dict) -> bool:
-        return True  # the look-ahead's tangents (engines.lookahead_tangents)
-
-    def owned_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.meta_opt]  # stepped in loss(), before the trainer's step of the model
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
