@@ -58,19 +58,28 @@ def run(cfg) -> dict:
 
 
 def model_probs(run_dir: Path, split: str) -> np.ndarray:
-    """The final model's softmax on a split of its run ("train": the noisy samples, "test")."""
+    """The final model's softmax on a split of its run ("train": the noisy samples, "clean": the
+    held-out clean set, "test")."""
     import torch
 
     from l2b.train import load_run
 
-    cfg, prep, (train, _, test), model = load_run(run_dir, device="cpu")
-    data = train if split == "train" else test
+    cfg, prep, (train, clean, test), model = load_run(run_dir, device="cpu")
+    data = {"train": train, "clean": clean, "test": test}[split]
     probs = torch.zeros(len(data), prep.ds.num_classes)
     model.eval()
     with torch.no_grad():
         for x, _, idx, _ in data.epoch(256, seed=0, augment=False):
             probs[idx] = torch.softmax(model(x).float(), dim=1)
     return probs.numpy()
+
+
+def clean_labels(run_dir: Path) -> np.ndarray:
+    """The labels of a run's clean set, in the order ``model_probs(run_dir, "clean")`` scores it."""
+    from l2b.train import load_run
+
+    _, _, (_, clean, _), _ = load_run(run_dir, device="cpu")
+    return clean.y.cpu().numpy()
 
 
 def metrics(flagged: np.ndarray, score: np.ndarray, suggested: np.ndarray | None, noisy: np.ndarray,
@@ -138,17 +147,21 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid:
     w = np.load(l2b_dir / "weights.npz")
     noisy, true = w["noisy"], w["true"]
     probs = model_probs(l2b_dir, "train")
+    # the default cut of `l2b label-issues`: calibrated on the run's held-out clean set
+    reference = {"clean_labels": clean_labels(l2b_dir), "clean_pred_probs": model_probs(l2b_dir, "clean")}
     for score in L2B_SCORES:
         hist = score in ("trust-mean", "weights-mean")
         r = rank_label_issues(noisy, w["alpha_history"] if hist else w["alpha"],
                               w["beta_history"] if hist else w["beta"],
                               pseudo_labels=w["pseudo_history"], seen=w["seen_history"],
-                              pred_probs=probs if score in ("model", "combined") else None, score=score)
+                              pred_probs=probs if score in ("model", "combined") else None, score=score,
+                              **(reference if score in ("model", "combined") else {}))
         rows.append({"noise": noise, "seed": base.seed, "method": f"l2b:{score}",
                      **metrics(r.indices, r.score, r.suggested, noisy, true, l2b_m["total_seconds"])})
     ce_m = run(replace(base, method="ce", noise=noise, out=str(ce_dir)))
     ce_probs = model_probs(ce_dir, "train")
-    r = rank_label_issues(noisy, pred_probs=ce_probs, score="model")
+    r = rank_label_issues(noisy, pred_probs=ce_probs, score="model", clean_labels=clean_labels(ce_dir),
+                          clean_pred_probs=model_probs(ce_dir, "clean"))
     rows.append({"noise": noise, "seed": base.seed, "method": "ce:model", **metrics(r.indices, r.score, r.suggested, noisy, true,
                                                                 ce_m["total_seconds"])})
     try:

@@ -61,7 +61,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         text = f.metadata.get("help", "")
         if f.name == "method":
             text += ": " + ", ".join(sorted(METHODS))
-        help_text = text if "default" in text else f"{text} (default: {default})"
+        help_text = (text if "default" in text else f"{text} (default: {default})").replace("%", "%%")
         if f.name == "method_args":
             parser.add_argument("--method-arg", dest=f.name, action="append", default=argparse.SUPPRESS,
                                 type=lambda t, f=f: _parse_value(f, t), metavar="KEY=VALUE",
