@@ -38,12 +38,11 @@ import statistics
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from results_md import fmt, noise_auc, write_block
+from results_md import fmt, noise_auc, provenance, write_block
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "fashion_mnist.json"
@@ -173,7 +172,7 @@ def main() -> None:
     table = markdown(rows, {**rates, "none": 0.0}, command.strip(), minutes)
     print(table)
     (out / "results.md").write_text(table)
-    result = {"command": command.strip(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+    result = {**provenance(command.strip()),
               "recipe": RECIPE, "seeds": args.seeds, "realised_flip_rates": rates,
               "minutes": round(minutes, 1), "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

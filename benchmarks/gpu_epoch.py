@@ -121,7 +121,7 @@ def main() -> None:
         record(f"gpu-epoch-{precision}", f"## GPU epoch time, {precision}",
                f"Command: `{cmd}` on {card}, torch {torch.__version__} "
                f"({'CIFAR-10' if args.cifar else 'synthetic CIFAR-shaped data'}, batch {args.batch})\n\n"
-               + "\n".join(lines) + "\n", {"rows": lines[2:]}, cmd, device=card)
+               + "\n".join(lines) + "\n", {"rows": lines[2:]}, cmd, device=card, readme=True)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,9 @@ def main() -> None:
     command = "python benchmarks/label_issue_cut.py " + " ".join(sys.argv[1:])
     table = markdown(rows, summary, command.strip())
     print(table)
-    result = {"command": command.strip(), "rows": rows, "summary": summary}
+    from results_md import provenance
+
+    result = {**provenance(command.strip()), "rows": rows, "summary": summary}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.quick:
         from results_md import write_block

@@ -33,12 +33,11 @@ import platform
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from results_md import on_gpu, write_block
+from results_md import on_gpu, provenance, write_block
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "label_issues.json"
@@ -283,7 +282,7 @@ def main() -> None:
     summary = aggregate(rows)
     table = markdown(summary, command, minutes, notes)
     print(table)
-    result = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "recipe": recipe,
+    result = {**provenance(command), "recipe": recipe,
               "folds": folds, "seeds": args.seeds, "rows": summary, "per_seed": rows, "notes": notes}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.quick:

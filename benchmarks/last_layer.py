@@ -22,12 +22,11 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from results_md import spearman, write_block
+from results_md import provenance, spearman, write_block
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "last_layer.json"
@@ -123,7 +122,7 @@ def main() -> None:
     if args.quick:
         return
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_JSON.write_text(json.dumps({"command": command.strip(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+    RESULTS_JSON.write_text(json.dumps({**provenance(command.strip()),
                                         "recipe": recipe, "noise": args.noise, "rows": rows}, indent=2) + "\n")
     write_block(RESULTS_MD, "last-layer", table,
                 "## The last-layer engine against the exact one along training")

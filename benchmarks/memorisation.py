@@ -49,12 +49,11 @@ import shlex
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from memorisation_grid import NOISES, REGIME_GAP, REGIME_NOISE, build_grid, clean_only, part
 from memorisation_tables import figures, markdown, regime, summarize, summarize_variants
-from results_md import check_device_arg, write_block
+from results_md import check_device_arg, provenance, write_block
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -126,7 +125,7 @@ def main() -> None:
                  f"again to finish the grid.\n\n" + table)
     print(table)
     (out / "results.md").write_text(table)
-    result = {"command": command.strip(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+    result = {**provenance(command.strip()),
               "recipe": recipe, "seeds": args.seeds, "jobs": args.jobs, "realised_flip_rates": rates,
               "minutes": None if minutes is None else round(minutes, 1), "regime": regime(rows), "rows": rows,
               "variants": variants, "clean_only_ce": clean, "finished_runs": finished, "planned_runs": len(cfgs)}

@@ -40,14 +40,13 @@ import statistics
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 from memorisation_tables import markdown, regime, summarize
 from paper_regime_grid import (ABLATION_NOISES, NOISES, QUICK_SWEEP, REGIME_NOISE, SWEEP_PER_CLASS, ablation_cells,
                                base_config, main_cells, realised_rates, sweep_cells)
 from paper_regime_tables import ablation_rows, curves, figures, markdown_extra, sweep_rows
-from results_md import check_device_arg, write_block
+from results_md import check_device_arg, provenance, write_block
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -150,7 +149,7 @@ def write_results(args, out: Path, recipe: dict, rates: dict, planned: dict, per
                  f"command again to finish.\n\n" + table)
     curve = curves(out)
     print(table)
-    result = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "recipe": recipe,
+    result = {**provenance(command), "recipe": recipe,
               "seeds": 1 if args.quick else args.seeds, "jobs": args.jobs, "realised_flip_rates": rates,
               "minutes": None if minutes is None else round(minutes, 1), "regime": regime(rows),
               "finished_runs": finished, "planned_runs": total,

@@ -95,11 +95,16 @@ def provenance(command: str, device: str | None = None) -> dict:
                         "device": device or "cpu"}}
 
 
-def record(key: str, heading: str, block: str, data: dict, command: str, device: str | None = None) -> Path:
+def record(key: str, heading: str, block: str, data: dict, command: str, device: str | None = None,
+           readme: bool = False) -> Path:
     """A benchmark's latest result: its section of RESULTS.md (between ``key``'s markers, under
-    ``heading`` the first time), and ``results/KEY.json`` with its provenance and ``data``."""
+    ``heading`` the first time), ``results/KEY.json`` with its provenance and ``data``, and with
+    ``readme`` the same block in README.md (between the same markers)."""
     meta = provenance(command, device)
-    write_block(HERE / "RESULTS.md", key, f"Measured {meta['date']} (commit {meta['commit'][:12]}).  \n" + block, heading)
+    text = f"Measured {meta['date']} (commit {meta['commit'][:12]}).  \n" + block
+    write_block(HERE / "RESULTS.md", key, text, heading)
+    if readme:
+        write_block(HERE.parent / "README.md", key, text, heading)
     path = HERE / "results" / f"{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**meta, **data}, indent=2) + "\n")

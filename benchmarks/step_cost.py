@@ -263,7 +263,8 @@ def all_methods(args) -> None:
            f"PreActResNet-18 width {width}, 32×32×3, n = {n} noisy + m = {m} clean samples, float32.  \n"
            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
            f"{args.threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}.\n\n"
-           + "\n".join(lines) + "\n", {"width": width, "n": n, "m": m, "repeats": repeats, "rows": res}, cmd)
+           + "\n".join(lines) + "\n", {"width": width, "n": n, "m": m, "repeats": repeats, "rows": res}, cmd,
+           readme=True)
 
 
 def main() -> None:
@@ -373,7 +374,7 @@ def main() -> None:
     ]
     kind = "gpu" if cuda else "cpu"
     record(f"step-cost-{kind}", f"## Step cost, {kind.upper()}", "\n".join(block), {"summary": summary}, cmd,
-           device=torch.cuda.get_device_name(args.device) if cuda else None)
+           device=torch.cuda.get_device_name(args.device) if cuda else None, readme=True)
 
 
 if __name__ == "__main__":
