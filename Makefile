@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/label_issue_cut.py --quick
 	$(PY) benchmarks/label_issues.py --quick
 	$(PY) benchmarks/last_layer.py --quick
+	$(PY) benchmarks/no_clean_set.py --quick --grid runs/bench-paper-regime-quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache src/*.egg-info

@@ -306,7 +306,7 @@ class TrainConfig:
     def resolved_threads(self) -> int | None:
         """The torch CPU threads of this run: the given count, else 1 on a machine of 2 cores or
         fewer (there one thread lost <= 9% when the machine was quiet and won 1.3-6.7x when it was
-        busy: README "Threads"), else None (torch's own choice)."""
+        busy: docs/reliability.md "Threads and reproducibility"), else None (torch's own choice)."""
         import os
 
         if self.threads is not None:

@@ -11,7 +11,7 @@ DEMO = dict(data="digits", noise="symmetric:0.4", model="mlp", width=256, val_pe
             epochs=30, batch_size=64, lr=0.1, warmup_epochs=0)
 
 
-def run_demo(methods: list[str], seeds: int, out: str, threads: int | None = None) -> None:
+def run_demo(methods: list[str], seeds: int, out: str, threads: int | None = None) -> str:
     """CE, L2RW and L2B on the bundled real digits with 40% symmetric noise: a results table."""
     import statistics
 
@@ -33,7 +33,7 @@ def run_demo(methods: list[str], seeds: int, out: str, threads: int | None = Non
     rate = statistics.mean(r["noise_rate"] for r in runs)
     print(f"\ndigits: 1,197 noisy train + 100 clean val (10/class) / 500 test; {DEMO['noise']} "
           f"(realised flip rate {rate:.1%}); MLP; {DEMO['epochs']} epochs; {seeds} seeds\n")
-    print("| method | test acc %, last epoch | test acc %, best-val epoch | train s / run |")
-    print("|---|---|---|---|")
-    for method, last, best, secs in rows:
-        print(f"| {method} | {mean_std(last)} | {mean_std(best)} | {secs:.1f} |")
+    table = ["| method | test acc %, last epoch | test acc %, best-val epoch | train s / run |", "|---|---|---|---|"]
+    table += [f"| {method} | {mean_std(last)} | {mean_std(best)} | {secs:.1f} |" for method, last, best, secs in rows]
+    print("\n".join(table))
+    return "\n".join(table) + "\n"
