@@ -59,6 +59,8 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default == "auto" else getattr(defaults, f.name)
         text = f.metadata.get("help", "")
+        if f.metadata.get("choices"):
+            text += " [" + " | ".join(f.metadata["choices"]) + "]"
         if f.name == "method":
             text += ": " + ", ".join(sorted(METHODS))
         help_text = (text if "default" in text else f"{text} (default: {default})").replace("%", "%%")

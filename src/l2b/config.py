@@ -104,11 +104,22 @@ def load_yaml(path: str) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def setting(default: Any = MISSING, help: str = "", factory: Any = MISSING):
-    """A TrainConfig field with its one-line help (the CLI's ``--help`` reads it from here)."""
+def setting(default: Any = MISSING, help: str = "", factory: Any = MISSING, choices: tuple | None = None):
+    """A TrainConfig field with its one-line help and, for a choice, its allowed values: the CLI's
+    ``--help`` and ``validate()`` read both from here, so each choice is typed once."""
+    meta = {"help": help, "choices": choices}
     if factory is not MISSING:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def check_choices(cfg) -> None:
+    """Every field declared with ``choices`` holds one of them."""
+    for f in fields(cfg):
+        allowed = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if allowed and value not in allowed:
+            raise ValueError(f"unknown {f.name} {value!r}; choose {', '.join(allowed[:-1])} or {allowed[-1]}")
 
 
 @dataclass
@@ -132,9 +143,10 @@ class TrainConfig:
     batches_per_epoch: int | None = setting(None, "batches per epoch (default: one pass over the training set)")
     balance_classes: bool = setting(False, "draw each epoch equally from every noisy class (Clothing1M: with "
                                            "--batches-per-epoch 250)")
-    augment: str = setting("auto", "auto (dataset default) | none | crop-flip")
+    augment: str = setting("auto", "training augmentation; auto: the dataset's default", choices=("auto", "none", "crop-flip"))
     image_size: int = setting(224, "crop size of image-file datasets")
-    on_bad_images: str = setting("error", "image-file datasets: error | skip unreadable images")
+    on_bad_images: str = setting("error", "image-file datasets: what to do with unreadable images",
+                                 choices=("error", "skip"))
     workers: int | None = setting(None, "DataLoader workers for image-file datasets (default: the machine's cores, at"
                                         " most 8)")
     meta_set: str = setting("clean", "the meta steps' clean set: clean (the verified clean set) | select:KIND, selected "
@@ -162,7 +174,7 @@ class TrainConfig:
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(5e-4, "SGD weight decay")
     nesterov: bool = setting(False, "Nesterov momentum")
-    schedule: str = setting("cosine", "cosine | step | constant (per iteration)")
+    schedule: str = setting("cosine", "learning-rate schedule (per iteration)", choices=("cosine", "step", "constant"))
     milestones: list[int] = setting(factory=lambda: [], help="step schedule: epochs at which lr *= gamma (comma-separated)")
     gamma: float = setting(0.1, "step schedule factor")
     warmup_epochs: int = setting(0, "epochs of plain cross-entropy before the method starts")
@@ -183,7 +195,8 @@ class TrainConfig:
     test_every: int = setting(1, "evaluate the test set every N epochs (and at the last epoch and each new best "
                                  "validation accuracy, so the reported test accuracies are exact)")
     out: str = setting("runs/run", "run directory")
-    progress: str = setting("auto", "auto | bar | lines | none")
+    progress: str = setting("auto", "progress display; auto: a bar on a terminal, lines otherwise",
+                            choices=("auto", "bar", "lines", "none"))
     threads: int | None = setting(None, "torch CPU threads (default: 1 on a machine of 2 cores or fewer, else what "
                                         "torch picks); results are bit-identical for a fixed count")
 
@@ -223,10 +236,7 @@ class TrainConfig:
                 check_method_options(scope, given)
         if self.val_per_class is not None and self.val_total is not None:
             raise ValueError("give --val-per-class or --val-total, not both")
-        if self.schedule not in ("cosine", "step", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine, step or constant")
-        if self.augment not in ("auto", "none", "crop-flip"):
-            raise ValueError(f"unknown augment {self.augment!r}; choose auto, none or crop-flip")
+        check_choices(self)
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be at least 1")
         if self.batches_per_epoch is not None and self.batches_per_epoch < 1:
@@ -241,8 +251,6 @@ class TrainConfig:
                 + " (each rank's BatchNorm then uses its shard's statistics: docs/distributed.md)"
             )
         self._check_meta_set()
-        if self.progress not in ("auto", "bar", "lines", "none"):
-            raise ValueError(f"unknown progress {self.progress!r}; choose auto, bar, lines or none")
         for name in ("width", "val_batch_size", "eval_batch_size", "image_size", "val_per_class", "val_total",
                      "train_subset", "threads", "test_every"):
             value = getattr(self, name)
@@ -272,8 +280,6 @@ class TrainConfig:
                              f"drop --amp")
         if any(m < 0 for m in self.milestones):
             raise ValueError(f"--milestones must be epochs >= 0, got {self.milestones}")
-        if self.on_bad_images not in ("error", "skip"):
-            raise ValueError(f"unknown on_bad_images {self.on_bad_images!r}; choose error or skip")
         check_device(self.device)
         check_noise_spec(self.noise)
 

@@ -1,8 +1,9 @@
 """The training loop: data, noise, model, method, schedule, evaluation, logging, checkpoints.
 
 Read top to bottom: ``train(cfg)`` runs one experiment (``l2b.config.TrainConfig``) into
-``cfg.out`` and returns its final metrics. A method (``l2b.methods``) only builds
-the loss of a step; it never touches this loop.
+``cfg.out`` and returns its final metrics. A method (``l2b.methods``) is called through its
+hooks (``needs``, ``setup``, ``on_epoch_start``, ``loss``, ``state_dict``); it never touches this
+loop, and the loop reads nothing else about it.
 
 Model selection uses the CLEAN VALIDATION set only, scored every epoch; the test set is scored
 every ``test_every`` epochs, at the last epoch and (from its saved weights) at the best-validation
