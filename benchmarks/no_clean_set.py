@@ -128,6 +128,11 @@ def main() -> None:
     seeds = 1 if args.quick else args.seeds
     noises = [REGIME_NOISE] if args.quick else NOISES
     # the quick model (1 warm-up epoch on 300 images) predicts too few classes for `pseudo`
+    archive = HERE / "results" / "no_clean_set_cells.tar.xz"
+    if not args.quick and archive.is_file():
+        from cells import unpack
+
+        print(f"{unpack(archive, out)} finished cells from {archive.relative_to(ROOT)}", flush=True)
     cfgs = cells(base, out, seeds, noises, recipe["val_per_class"], KINDS[:2] if args.quick else KINDS)
     check_cells(cfgs)
     planned = list(cfgs)
@@ -150,6 +155,9 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.quick:
         record("no_clean_set", "## No clean set at hand: a meta set selected from the noisy data", text, result, command)
+        from cells import pack
+
+        pack(out, archive)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ batch as large as the training batch (512 on CIFAR-10). This benchmark keeps bot
     python benchmarks/paper_regime.py --quick          # a tiny smoke run of all three parts
     python benchmarks/paper_regime.py --regime --epochs 100   # CE at 40% symmetric only: the gap
 
-Finished runs are skipped and interrupted ones resumed: run the same command again.
+Finished runs are skipped and interrupted ones resumed: run the same command again. The finished
+cells are packed into results/paper_regime_cells.tar.xz (what the tables read, not the models), and
+unpacked by the next run, so that the grid resumes in a fresh checkout.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from results_md import check_device_arg, provenance, write_block
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS_JSON = HERE / "results" / "paper_regime.json"
+# the finished cells, committed so that the grid resumes on another machine or in another session
+CELLS = HERE / "results" / "paper_regime_cells.tar.xz"
 FIGURES = HERE / "results" / "paper_regime"
 RESULTS_MD = HERE / "RESULTS.md"
 README = ROOT / "README.md"
@@ -91,6 +95,10 @@ def main() -> None:
     torch.set_num_threads(1)
     from l2b.compare import check_cells, run_grid
 
+    if not args.quick and args.epochs is None and CELLS.is_file():
+        from cells import unpack
+
+        print(f"{unpack(CELLS, out)} finished cells from {CELLS.relative_to(ROOT)}", flush=True)
     base, recipe = base_config(args.quick, {"epochs": args.epochs} if args.epochs else None)
     base = replace(base, device=args.device)
     seeds = 1 if args.quick else args.seeds
@@ -165,6 +173,9 @@ def write_results(args, out: Path, recipe: dict, rates: dict, planned: dict, per
         return
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
+    from cells import pack
+
+    pack(out, CELLS)
     links = " ".join(f"![{p.stem}]({p.relative_to(ROOT)})" for p in pngs)
     write_block(RESULTS_MD, "paper-regime", table + "\n" + links + "\n",
                 "## Paper regime: 2% clean set, clean batch = training batch")

@@ -212,3 +212,26 @@ def test_benchmark_scripts_refuse_bad_arguments_in_one_line(tmp_path, script, ar
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-800:]
+
+
+def test_cells_carry_a_grid_between_checkouts_without_overwriting_local_runs(tmp_path):
+    """What a grid's tables read is packed and unpacked; a cell begun locally is left alone."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from cells import pack, unpack
+
+    grid = tmp_path / "grid"
+    for name in ("a/seed0", "b/seed0"):
+        cell = grid / name
+        cell.mkdir(parents=True)
+        (cell / "config.json").write_text('{"config": {}}')
+        (cell / "metrics.json").write_text('{"test_acc_last": 1.0}')
+        np.savez(cell / "weights.npz", alpha=np.ones(3), beta=np.zeros(3), alpha_history=np.ones((5, 3)))
+    (grid / "a/seed0/checkpoint.pt").write_bytes(b"model")
+    assert pack(grid, tmp_path / "cells.tar.xz") == 2
+    other = tmp_path / "other"
+    (other / "b/seed0").mkdir(parents=True)  # begun here: not overwritten
+    assert unpack(tmp_path / "cells.tar.xz", other) == 1
+    assert (other / "a/seed0/metrics.json").read_text() == '{"test_acc_last": 1.0}'
+    assert not (other / "a/seed0/checkpoint.pt").exists() and not (other / "b/seed0/metrics.json").exists()
+    w = np.load(other / "a/seed0/weights.npz")
+    assert set(w.files) == {"alpha", "beta"}  # the last epoch only
