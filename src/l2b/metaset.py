@@ -4,8 +4,10 @@ work, Sec. 4.5: "a subset of pseudo-labeled training data as the validation data
 ``select_meta_set`` picks K samples per class from a model's view of the noisy data:
 
 - ``small-loss``: the lowest cross-entropy on the given label, per given class;
-- ``confident``: the given label's probability above its class's confident-learning threshold
-  (the mean probability of the class over the samples labelled with it), highest first;
+- ``confident``: a seeded random draw, per given class, from the samples whose confident class is
+  their given label (confident learning: the most probable class among those whose probability
+  reaches the class's threshold, the mean probability of the class over the samples labelled with
+  it) — not only the easiest ones, as ``small-loss`` takes;
 - ``pseudo``: the most confident predictions, per predicted class, relabelled with the prediction.
 
 ``MetaSetSelector`` is the trainer's per-epoch hook for ``--meta-set select:KIND``: after the
@@ -28,7 +30,7 @@ from .calibrate import check_labels, check_pred_probs, per_class_thresholds
 
 KINDS = {
     "small-loss": "the lowest-loss samples of each given class",
-    "confident": "samples whose given label the model agrees with above its class's threshold",
+    "confident": "a random draw from the samples whose confident class (per-class thresholds) is their given label",
     "pseudo": "the most confident predictions of each predicted class, relabelled with them",
 }
 DEFAULT_FRACTION = 0.02  # the paper's clean set: 1,000 of 50,000 images
@@ -51,12 +53,12 @@ class Selection:
 
 
 def select_meta_set(labels, pred_probs=None, *, losses=None, per_class: int, kind: str = "small-loss",
-                    class_names=None) -> Selection:
+                    class_names=None, seed: int = 0) -> Selection:
     """K = ``per_class`` samples per class chosen from a model's view of noisy data.
 
     ``labels`` are the given (noisy) labels; ``pred_probs`` (n, K) the model's probabilities
     (needed for ``confident`` and ``pseudo``); ``losses`` (n,) per-sample losses for
-    ``small-loss`` (default: cross-entropy from ``pred_probs``). A class with fewer selectable
+    ``small-loss`` (default: cross-entropy from ``pred_probs``); ``seed`` fixes ``confident``'s draw. A class with fewer selectable
     samples gives what it has (``Selection.short`` says which); a class with none is an error
     naming it and the remedy."""
     if kind not in KINDS:
@@ -79,10 +81,10 @@ def select_meta_set(labels, pred_probs=None, *, losses=None, per_class: int, kin
     elif probs is None:
         raise ValueError(f"{kind} needs pred_probs=")
     elif kind == "confident":
-        p_given = probs[np.arange(len(y)), y]
-        score, group = p_given, y
-        candidates = p_given >= per_class_thresholds(y, probs)[y] - 1e-12
-        new_labels = y
+        from .calibrate import confident_classes
+
+        score = np.random.Generator(np.random.PCG64(seed)).random(len(y))  # a random order ``seed`` fixes
+        group, candidates, new_labels = y, confident_classes(y, probs) == y, y
     else:  # pseudo
         pred = probs.argmax(axis=1)
         score, group, candidates, new_labels = probs.max(axis=1), pred, np.ones(len(y), dtype=bool), pred
@@ -114,9 +116,9 @@ class MetaSetSelector:
 
     def __init__(self, kind: str, per_class: int | None, refresh: int, warmup_epochs: int, out: Path | None,
                  y_true: np.ndarray, class_names, eval_batch_size: int, main_rank: bool = True,
-                 leaves: bool = False) -> None:
+                 leaves: bool = False, seed: int = 0) -> None:
         self.kind, self.per_class, self.refresh, self.warmup = kind, per_class, refresh, warmup_epochs
-        self.leaves = leaves
+        self.leaves, self.seed = leaves, seed
         self.out, self.y_true, self.class_names = out, y_true, class_names
         self.eval_batch_size, self.main_rank = eval_batch_size, main_rank
         self.records: list[dict] = []
@@ -144,7 +146,8 @@ class MetaSetSelector:
         given = train.y.cpu().numpy()
         k = probs.shape[1]
         per_class = self.per_class or max(1, int(round(DEFAULT_FRACTION * len(given) / k)))
-        sel = select_meta_set(given, probs, per_class=per_class, kind=self.kind, class_names=self.class_names)
+        sel = select_meta_set(given, probs, per_class=per_class, kind=self.kind, class_names=self.class_names,
+                              seed=self.seed * 1000003 + epoch)
         if sel.short:
             ctx.log("l2b: warning: meta set: class(es) " + ", ".join(
                 f"{self._name(c)} ({n} of {per_class})" for c, n in sel.short.items()) + " had fewer selectable "
