@@ -4,7 +4,6 @@ diverged. ``l2b.train.train`` strings these together; ``l2b.run_state`` holds wh
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from .distributed import all_reduce_grads
 from .meta import NonFiniteWeights
 from .methods import Batch
 from .models import eval_mode
-from .rundir import load_checkpoint
+from .rundir import atomic_json, atomic_npz, load_checkpoint
 
 
 def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -175,9 +174,9 @@ class EpochLog:
         """weights.npz: every training sample's last alpha, beta and pseudo-label, with its noisy
         and true label, and the last epochs' (``history``): what ``l2b label-issues`` and the
         report read."""
-        np.savez(path, alpha=self.alpha.cpu().numpy(), beta=self.beta.cpu().numpy(),
-                 pseudo_labels=self.pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
-                 noisy=prep.y_noisy, true=prep.y_true, train_index=prep.train_idx, **history.arrays())
+        atomic_npz(path, alpha=self.alpha.cpu().numpy(), beta=self.beta.cpu().numpy(),
+                   pseudo_labels=self.pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
+                   noisy=prep.y_noisy, true=prep.y_true, train_index=prep.train_idx, **history.arrays())
 
     def mean_loss(self) -> float:
         return self.loss_sum.item() / max(self.seen, 1)
@@ -253,8 +252,7 @@ def diverged(out: Path, epoch: int, step: int | None, main_rank: bool, what: str
     """Record in metrics.json where the run diverged and raise ``TrainingDiverged``: ``what``
     became non-finite, or (``detail``) a meta step met NaN/inf, as ``detail`` says."""
     if main_rank:
-        with open(out / "metrics.json", "w") as fh:
-            json.dump({"diverged": {"epoch": epoch, "step": step, "what": what}}, fh, indent=2)
+        atomic_json(out / "metrics.json", {"diverged": {"epoch": epoch, "step": step, "what": what}}, indent=2)
     where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
     kept = (f"{out / 'checkpoint.pt'} keeps epoch {epoch}" if epoch > 0 and (out / "checkpoint.pt").is_file()
             else "no checkpoint was written")
