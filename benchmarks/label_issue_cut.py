@@ -66,8 +66,8 @@ def measure(name: str, run: Path) -> dict:
 
     labels = np.load(run / "labels.npz")
     given, true = labels["noisy"].astype(np.int64), labels["true"]
-    probs, clean_probs, prep = _model_scores(run, with_clean=True)  # these methods never train on the clean set
-    clean_true = clean_probs[np.arange(len(prep.val_idx)), prep.ds.y_train.numpy()[prep.val_idx]]
+    probs, (clean_probs, clean_y), _ = _model_scores(run, with_clean=True)  # these methods never train on the clean set
+    clean_true = clean_probs[np.arange(len(clean_y)), clean_y]
     score = 1.0 - probs[np.arange(len(given)), given]
     noisy = given != true
     row = {"run": name, "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),

@@ -19,26 +19,15 @@ from .rundir import read_json, writable_dir
 from .runlock import atomic_write
 
 
-def _probs(model, data, num_classes: int, batch_size: int) -> np.ndarray:
-    import torch
-
-    model.eval()
-    probs = torch.zeros(len(data), num_classes)
-    with torch.no_grad():
-        for x, _, idx, _ in data.epoch(batch_size, seed=0, augment=False):
-            probs[idx.cpu()] = torch.softmax(model(x).float(), dim=1).cpu()
-    return probs.numpy()
-
-
 def _model_scores(run: Path, with_clean: bool):
-    """The final model's probabilities on the run's training samples (and on its clean samples
-    when ``with_clean``), and the run's prepared data."""
+    """The final model's probabilities on the run's training samples (and on its clean samples,
+    with their labels, when ``with_clean``), and the run's prepared data."""
+    from .models import predict_probs
     from .train import load_run
 
     cfg, prep, (train_data, val_data, _), model = load_run(run)
-    k = prep.ds.num_classes
-    probs = _probs(model, train_data, k, cfg.eval_batch_size)
-    clean = _probs(model, val_data, k, cfg.eval_batch_size) if with_clean else None
+    probs = predict_probs(model, train_data, cfg.eval_batch_size)
+    clean = (predict_probs(model, val_data, cfg.eval_batch_size), val_data.y.cpu().numpy()) if with_clean else None
     return probs, clean, prep
 
 
@@ -95,10 +84,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     probs = clean_probs = prep = None
     clean_ref = {}
     if has_model and (score in ("model", "combined") or cut != "threshold"):
-        probs, clean_probs, prep = _model_scores(run, True)
+        probs, (clean_probs, val_y), prep = _model_scores(run, True)
         if reference and len(clean_probs) and (cut in ("auto", "clean-quantile")) and threshold is None:
-            val_y = (prep.ds.y_train.numpy()[prep.val_idx] if prep.val_idx is not None else
-                     np.asarray(_split_labels(prep.ds)))
             clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs}
         if not with_clean:
             clean_probs = None
@@ -137,13 +124,6 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
 def _resolved_options(run: Path) -> dict:
     saved = read_json(run / "config.json") if (run / "config.json").is_file() else {}
     return saved.get("resolved", {}).get("method_options", {})
-
-
-def _split_labels(ds) -> list[int]:
-    """The labels of a dataset's own clean set (arrays or files)."""
-    if getattr(ds, "y_val", None) is not None:
-        return ds.y_val.numpy().tolist()
-    return [y for _, y in ds.val]
 
 
 def _pad(v: np.ndarray, extra: int, name: str) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .calibrate import check_labels, check_pred_probs, per_class_thresholds
+from .models import predict_probs
 
 KINDS = {
     "small-loss": "the lowest-loss samples of each given class",
@@ -142,7 +143,7 @@ class MetaSetSelector:
         if not self.due(epoch):
             return
         train = ctx.train
-        probs = _scores(ctx.model, train, self.eval_batch_size)
+        probs = predict_probs(ctx.model, train, self.eval_batch_size).astype(np.float64)
         given = train.y.cpu().numpy()
         k = probs.shape[1]
         per_class = self.per_class or max(1, int(round(DEFAULT_FRACTION * len(given) / k)))
@@ -190,17 +191,3 @@ class MetaSetSelector:
         if state:
             self.records = json.loads(state["records"])
             self.selected = None
-
-
-def _scores(model, data, batch_size: int) -> np.ndarray:
-    """The model's probabilities on every sample of ``data`` (eval mode, no augmentation)."""
-    from .models import eval_mode
-
-    probs = None
-    with torch.no_grad(), eval_mode(model):
-        for x, _, idx, _ in data.epoch(batch_size, seed=0, augment=False, whole=True):
-            p = torch.softmax(model(x).float(), dim=1).cpu()
-            if probs is None:
-                probs = torch.zeros(len(data), p.shape[1])
-            probs[idx.cpu()] = p
-    return probs.double().numpy()

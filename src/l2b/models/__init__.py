@@ -88,6 +88,19 @@ def head(model: nn.Module) -> nn.Module:
     raise TypeError(f"{type(inner).__name__} has no head; give it one (and forward_features) to use it here")
 
 
+def predict_probs(model: nn.Module, data, batch_size: int):
+    """The model's softmax (float32 numpy, n x classes) on every sample of a split
+    (``l2b.data.batches``), in eval mode, without augmentation, in the split's own order."""
+    probs = None
+    with torch.no_grad(), eval_mode(model):
+        for x, _, idx, _ in data.epoch(batch_size, seed=0, augment=False, whole=True):
+            p = torch.softmax(model(x).float(), dim=1).cpu()
+            if probs is None:
+                probs = torch.zeros(len(data), p.shape[1])
+            probs[idx.cpu()] = p
+    return probs.numpy()
+
+
 @contextmanager
 def eval_mode(model: nn.Module):
     """Run a block with ``model`` in eval mode, then restore its mode (train or eval)."""
