@@ -1,7 +1,13 @@
 """Finding mislabelled samples: l2b's scores from one L2B run against cleanlab's confident learning.
 
-Same data, split, model and schedule as the memorisation benchmark (``memorisation_grid.RECIPE``):
-Fashion-MNIST, 800 noisy training images, 1,000 clean validation images, small CNN, 80 epochs.
+Two recipes (``--regime``):
+
+- ``paper`` (default): the paper-regime benchmark's (``paper_regime_grid.RECIPE``): Fashion-MNIST,
+  10,000 noisy training images, 200 clean (2%), MLP w512, 50 epochs. Its grid's L2B and CE runs
+  are reused (``--grid``, default runs/bench-paper-regime/grid) where they hold their final model;
+- ``memorisation``: the memorisation benchmark's (``memorisation_grid.RECIPE``): 800 noisy
+  training images beside 1,000 clean ones, small CNN, 80 epochs.
+
 For each noise setting (40% symmetric, 40% asymmetric, ``instance:0.4``) and seed (``--seeds``):
 
 - ``l2b:<score>``: one L2B run; its kept epochs of per-sample weights scored five ways (``trust``:
@@ -15,13 +21,14 @@ For each noise setting (40% symmetric, 40% asymmetric, ``instance:0.4``) and see
   the same recipe on 4/5 of the noisy samples (the same clean validation set), predict the fifth.
   cleanlab is optional (``pip install cleanlab``); without it that row is skipped with a note.
 
-Reported: precision, recall and F1 of the flagged set (l2b: trust below 0.5; cleanlab: its own
-set), ROC-AUC of the ranking, the share of corrupted samples whose suggested label is the true
+Reported: the flagged count against the number of corrupted labels, precision, recall and F1 of the
+flagged set (l2b: the cut of ``l2b label-issues``, calibrated on the run's clean set; cleanlab: its
+own set), ROC-AUC of the ranking, the share of corrupted samples whose suggested label is the true
 one, and the total training seconds behind each row.
 
-    python benchmarks/label_issues.py          # writes results/label_issues.json, a RESULTS.md and a README block
-    python benchmarks/label_issues.py --seeds 3 --grid runs/bench-memorisation   # reuse the grid's runs
-    python benchmarks/label_issues.py --quick  # 1 noise, 300 samples, 1 epoch, 2 folds: not recorded
+    python benchmarks/label_issues.py --seeds 3  # paper regime; writes results/label_issues.json, RESULTS.md, README
+    python benchmarks/label_issues.py --regime memorisation --grid runs/bench-memorisation/grid
+    python benchmarks/label_issues.py --quick    # 1 noise, 300 samples, 1 epoch, 2 folds: not recorded
 """
 
 from __future__ import annotations
@@ -43,6 +50,22 @@ HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "label_issues.json"
 RESULTS_MD = HERE / "RESULTS.md"
 NOISES = ["symmetric:0.4", "asymmetric:0.4", "instance:0.4"]
+PAPER_GRID = HERE.parent / "runs" / "bench-paper-regime" / "grid"
+
+
+def _paper_recipe() -> dict:
+    from paper_regime_grid import RECIPE
+
+    return RECIPE
+
+
+def _memorisation_recipe() -> dict:
+    from memorisation_grid import RECIPE
+
+    return RECIPE
+
+
+REGIMES = {"paper": _paper_recipe, "memorisation": _memorisation_recipe}
 L2B_SCORES = ("trust", "trust-mean", "weights-mean", "model", "combined")
 
 
@@ -90,9 +113,9 @@ def metrics(flagged: np.ndarray, score: np.ndarray, suggested: np.ndarray | None
     is_noisy = noisy != true
     m = flag_metrics(mask, is_noisy)
     fix = None if suggested is None else float((suggested[is_noisy] == true[is_noisy]).mean())
-    return {"flagged": int(mask.sum()), "precision": round(m["precision"], 4), "recall": round(m["recall"], 4),
+    return {"flagged": int(mask.sum()), "corrupted": int(is_noisy.sum()), "precision": round(m["precision"], 4), "recall": round(m["recall"], 4),
             "f1": round(m["f1"], 4), "auc": round(roc_auc(score, is_noisy), 4), "fix_accuracy": fix,
-            "train_seconds": round(seconds, 1)}
+            "train_seconds": round(seconds, 2)}
 
 
 def cross_validated_probs(base, ce_dir: Path, out: Path, folds: int) -> tuple[np.ndarray, float]:
@@ -180,7 +203,7 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid:
     return rows
 
 
-STATS = ("flagged", "precision", "recall", "f1", "auc", "fix_accuracy", "train_seconds")
+STATS = ("flagged", "corrupted", "precision", "recall", "f1", "auc", "fix_accuracy", "train_seconds")
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -214,8 +237,9 @@ def answer(rows: list[dict]) -> list[str]:
             continue
         better = ours["f1"] >= theirs["f1"] and ours["auc"] >= theirs["auc"]
         wins += better
-        out.append(f"- {noise}: l2b F1 {ours['f1']:.3f} / ROC-AUC {ours['auc']:.3f} in {ours['train_seconds']:.0f} s of "
-                   f"training, cleanlab F1 {theirs['f1']:.3f} / ROC-AUC {theirs['auc']:.3f} in "
+        out.append(f"- {noise} ({ours['corrupted']:.0f} corrupted labels): l2b flags {ours['flagged']:.0f}, F1 {ours['f1']:.3f} / "
+                   f"ROC-AUC {ours['auc']:.3f} in {ours['train_seconds']:.0f} s of training; cleanlab flags "
+                   f"{theirs['flagged']:.0f}, F1 {theirs['f1']:.3f} / ROC-AUC {theirs['auc']:.3f} in "
                    f"{theirs['train_seconds']:.0f} s: {'l2b at least as good on both' if better else 'cleanlab better on one or both'}.")
     if not out:
         return []
@@ -224,19 +248,22 @@ def answer(rows: list[dict]) -> list[str]:
             f"least as good on F1 and ROC-AUC.", *out, ""]
 
 
-def markdown(rows: list[dict], command: str, minutes: float, notes: list[str]) -> str:
-    lines = [f"Command: `{command}`  ", f"Machine: {platform.machine()}, {os.cpu_count()} cores; this invocation "
+def markdown(rows: list[dict], command: str, minutes: float, notes: list[str], recipe: dict) -> str:
+    clean = recipe.get("val_per_class", 0) * 10 if recipe.get("val_per_class") else recipe.get("val_total")
+    lines = [f"Command: `{command}`  ",
+             f"Recipe: {recipe['data']}, {recipe['train_subset']:,} noisy training images, {clean:,} clean, "
+             f"{recipe['model']} w{recipe['width']}, {recipe['epochs']} epochs, batch {recipe['batch_size']}.  ", f"Machine: {platform.machine()}, {os.cpu_count()} cores; this invocation "
              f"{minutes:.0f} min (finished runs are reused; 'training s' is what each row's runs took).", "",
              *answer(rows),
-             "| noise | scored by | flagged | precision | recall | F1 | ROC-AUC | suggested = true label | training s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| noise | scored by | flagged | corrupted | precision | recall | F1 | ROC-AUC | suggested = true label | training s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     def cell(r, k, digits=3, scale=1.0):
         if r[k] is None:
             return "—"
         return f"{scale * r[k]:.{digits}f}" + (f" ± {scale * r[k + '_std']:.{digits}f}" if r["seeds"] > 1 else "")
 
     for r in rows:
-        lines.append(f"| {r['noise']} | {r['method']} | {cell(r, 'flagged', 0)} | {cell(r, 'precision')} | "
+        lines.append(f"| {r['noise']} | {r['method']} | {cell(r, 'flagged', 0)} | {cell(r, 'corrupted', 0)} | {cell(r, 'precision')} | "
                      f"{cell(r, 'recall')} | {cell(r, 'f1')} | {cell(r, 'auc')} | {cell(r, 'fix_accuracy', 1, 100)}% | "
                      f"{cell(r, 'train_seconds', 0)} |")
     lines += [""] + [f"- {n}" for n in dict.fromkeys(notes)]
@@ -249,29 +276,32 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--out", default=None)
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (mean ± std over them)")
-    parser.add_argument("--grid", help="take the L2B and CE runs from this memorisation grid (e.g. "
-                        "runs/bench-memorisation: the same recipe, checked) instead of training them again")
+    parser.add_argument("--regime", choices=sorted(REGIMES), default="paper",
+                        help="the recipe: the paper-regime benchmark's (2%% clean) or the memorisation benchmark's")
+    parser.add_argument("--grid", help="take the L2B and CE runs from this grid of the same recipe (checked) "
+                        "instead of training them again (default with --regime paper: runs/bench-paper-regime/grid "
+                        "where it exists)")
     args = parser.parse_args()
     if args.grid and not Path(args.grid).is_dir():
-        parser.error(f"--grid {args.grid}: not a directory; give the memorisation grid's --out "
-                     f"(default runs/bench-memorisation), or leave --grid out to train the runs here")
+        parser.error(f"--grid {args.grid}: not a directory; give the grid of the {args.regime} benchmark, "
+                     f"or leave --grid out to train the runs here")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(HERE))
-    from memorisation_grid import RECIPE
-
     from l2b.config import TrainConfig
 
-    recipe = dict(RECIPE)
+    recipe = dict(REGIMES[args.regime]())
     noises, folds = NOISES, args.folds
     if args.quick:
         recipe.update(epochs=2, train_subset=300, warmup_epochs=0, width=8, weight_epochs=2)
         noises, folds = NOISES[:1], 2
-    out = Path(args.out or ("runs/bench-label-issues" + ("-quick" if args.quick else "")))
+    out = Path(args.out or (f"runs/bench-label-issues-{args.regime}" + ("-quick" if args.quick else "")))
     grid = Path(args.grid) if args.grid else None
-    base = TrainConfig(**recipe, seed=0, progress="none", threads=1)
+    if grid is None and args.regime == "paper" and not args.quick and PAPER_GRID.is_dir():
+        grid = PAPER_GRID
+    base = TrainConfig(**{**recipe, "threads": 1}, seed=0, progress="none")
     start, rows, notes = time.perf_counter(), [], []
     for seed in range(args.seeds):
         for noise in noises:
@@ -280,9 +310,9 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60
     command = ("python benchmarks/label_issues.py " + " ".join(sys.argv[1:])).strip()
     summary = aggregate(rows)
-    table = markdown(summary, command, minutes, notes)
+    table = markdown(summary, command, minutes, notes, recipe)
     print(table)
-    result = {**provenance(command), "recipe": recipe,
+    result = {**provenance(command), "regime": args.regime, "recipe": recipe,
               "folds": folds, "seeds": args.seeds, "rows": summary, "per_seed": rows, "notes": notes}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.quick:

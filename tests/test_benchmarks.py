@@ -174,6 +174,7 @@ def test_label_issue_benchmark_quick_mode_scores_every_source(tmp_path):
     corrupted = int((labels["noisy"] != labels["true"]).sum())
     for r in result["rows"]:
         assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["auc"] <= 1 and r["train_seconds"] > 0
+        assert r["corrupted"] == corrupted  # the count the flagged count is judged against
         if r["flagged"]:  # precision and recall agree with the counts they come from
             assert round(r["precision"] * r["flagged"]) == round(r["recall"] * corrupted)
 
