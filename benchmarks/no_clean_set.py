@@ -6,7 +6,8 @@ clean set of the same size, in the paper's regime (benchmarks/paper_regime.py's 
   recipe's 2 warm-up epochs and kept; the noisy set is the paper-regime grid's (its clean split is
   drawn and left unused, so that both see the same noisy images);
 - the selected samples staying in the noisy stream (the default) or leaving it
-  (``--meta-set-leaves``), at 40% symmetric noise;
+  (``--meta-set-leaves``), at 40% symmetric noise; ``confident`` also selected again every 10
+  epochs (``--meta-refresh 10``), its purity recorded at each selection;
 - L2B with the true clean set, CE and co-teaching: the paper-regime grid's own runs (same seeds).
 
 Noise symmetric 20/40/60%, asymmetric 40%, instance 40%; 3 seeds. Every selection's purity (the
@@ -35,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 KINDS = ["small-loss", "confident", "pseudo"]
 LEAVE_NOISES = [REGIME_NOISE]
+REFRESH = {"confident": 10}  # kind -> R: selected again every R epochs, at the regime's noise
 REFERENCES = {"clean": "l2b", "ce": "ce", "coteaching": "coteaching"}  # row name -> paper-regime grid method
 
 
@@ -47,6 +49,10 @@ def cells(base, out: Path, seeds: int, noises: list[str], per_class: int, kinds=
         cfgs += grid_configs(sel, ["l2b"], noises, seeds, out / f"select-{kind}")
         cfgs += grid_configs(replace(sel, meta_set_leaves=True), ["l2b"], [n for n in LEAVE_NOISES if n in noises],
                              seeds, out / f"select-{kind}-leaves")
+        if kind in REFRESH:
+            cfgs += grid_configs(replace(sel, meta_refresh=REFRESH[kind]), ["l2b"],
+                                 [n for n in LEAVE_NOISES if n in noises], seeds,
+                                 out / f"select-{kind}-refresh{REFRESH[kind]}")
     return sorted(cfgs, key=lambda c: (c.noise != REGIME_NOISE, c.noise))
 
 
@@ -64,9 +70,13 @@ def rows(out: Path, grid: Path) -> list[dict]:
     for (name, noise), runs in sorted(found.items()):
         last = [r["test_acc_last"] for r in runs]
         sel = [s for r in runs for s in r.get("meta_set", [])]
+        by_epoch: dict[int, list[float]] = {}  # purity at the first selection and at each refresh
+        for s in sel:
+            by_epoch.setdefault(s["epoch"], []).append(s["purity"])
         table.append({"meta_set": name, "noise": noise, "seeds": len(runs), "last_mean": round(statistics.mean(last), 3),
                       "last_std": round(statistics.stdev(last), 3) if len(last) > 1 else 0.0,
                       "purity": round(statistics.mean(s["purity"] for s in sel), 4) if sel else None,
+                      "purity_by_epoch": {e + 1: round(statistics.mean(v), 4) for e, v in sorted(by_epoch.items())},
                       "class_balance": (min(min(s["per_class_found"].values()) / s["per_class"] for s in sel)
                                         if sel else None)})
     return table
@@ -91,6 +101,15 @@ def kept_gain(table: list[dict]) -> str | None:
             + ", ".join(parts) + ".")
 
 
+def purity_text(row: dict) -> str:
+    """ " (purity 98.2%)", or at each selection " (purity 98.2% → 99.0%)" for a refreshed meta set."""
+    if row["purity"] is None:
+        return ""
+    steps = list(row.get("purity_by_epoch", {}).values())
+    shown = " → ".join(f"{100 * p:.1f}%" for p in steps) if len(steps) > 1 else f"{100 * row['purity']:.1f}%"
+    return f" (purity {shown})"
+
+
 def markdown(table: list[dict], command: str) -> str:
     noises = [n for n in NOISES if any(r["noise"] == n for r in table)]
     names = list(dict.fromkeys(r["meta_set"] for r in sorted(table, key=lambda r: (not r["meta_set"].startswith("select"), r["meta_set"]))))
@@ -101,7 +120,7 @@ def markdown(table: list[dict], command: str) -> str:
         for n in noises:
             r = cell.get((name, n))
             vals.append("—" if r is None else fmt(r["last_mean"], r["last_std"])
-                        + ("" if r["purity"] is None else f" (purity {100 * r['purity']:.1f}%)"))
+                        + purity_text(r))
         lines.append(f"| {name} | " + " | ".join(vals) + " |")
     sentence = kept_gain(table)
     if sentence:

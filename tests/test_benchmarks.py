@@ -126,7 +126,7 @@ def test_no_clean_set_benchmark_quick_mode_writes_rows_with_purity(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["meta_set"] for r in rows} == {"select-small-loss", "select-confident", "select-small-loss-leaves",
-                                             "select-confident-leaves"}
+                                             "select-confident-leaves", "select-confident-refresh10"}
     for r in rows:
         assert r["noise"] == "symmetric:0.4" and 0 < r["last_mean"] <= 100 and 0 < r["purity"] <= 1
     meta = json.loads((out / "select-small-loss" / "l2b" / "symmetric_0.4" / "seed0" / "meta_set.json").read_text())
