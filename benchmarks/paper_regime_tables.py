@@ -56,32 +56,48 @@ def sweep_rows(out: Path, per_classes: list[int], n_noisy: int, num_classes: int
 
 
 def crossover(rows: list[dict]) -> str | None:
-    """One sentence: from which clean fraction on does training on the clean set (CE on it alone,
-    or CE on noisy + clean) beat L2B's use of it, at the last epoch?"""
-    by = {(r["method"], r["clean_fraction"]): r["last_mean"] for r in rows}
-    fractions = sorted({r["clean_fraction"] for r in rows if ("l2b", r["clean_fraction"]) in by})
+    """One sentence a practitioner can act on: up to which clean fraction is the clean set better
+    spent on L2B's meta-gradient, and from which on is a method that trains on the clean labels
+    ahead of L2B by more than the seeds' spread (last epoch); where plain CE on the clean labels
+    (alone, or beside the noisy set) overtakes L2B, if it does."""
+    mean = {(r["method"], r["clean_fraction"]): r["last_mean"] for r in rows}
+    std = {(r["method"], r["clean_fraction"]): r["last_std"] for r in rows}
+    fractions = sorted({f for m, f in mean if m == "l2b"})
     if not fractions:
         return None
-    plain = ["ce-clean-only", "ce+clean"]
-    ahead = []
-    for f in fractions:
-        best = max((m for m in plain if (m, f) in by), key=lambda m: by[(m, f)], default=None)
-        ahead.append((f, best, best is not None and by[(best, f)] > by[("l2b", f)]))
     pct = lambda f: f"{100 * f:g}%"  # noqa: E731
-    if not any(a for _, _, a in ahead):
-        return (f"L2B beat plain training on the clean set at every clean-set size measured "
-                f"({pct(fractions[0])} to {pct(fractions[-1])} of the noisy set): spend the clean set on L2B's "
-                f"meta-gradient.")
-    first = next(i for i, (_, _, a) in enumerate(ahead) if a)
-    f, best, _ = ahead[first]
-    steady = all(a for _, _, a in ahead[first:])
-    if first == 0:
-        return (f"Training on the clean labels ({best}: {by[(best, f)]:.2f}% vs L2B's {by[('l2b', f)]:.2f}% at "
-                f"{pct(f)}) beat L2B's use of the clean set from the smallest size measured on"
-                f"{'' if steady else ' (not at every larger size)'}.")
-    return (f"With a clean set below {pct(f)} of the noisy data, L2B used more out of it than training on it; "
-            f"from {pct(f)} on{'' if steady else ' (not at every larger size)'}, {best} "
-            f"({by[(best, f)]:.2f}% vs L2B's {by[('l2b', f)]:.2f}%) was better: there, train on the clean labels.")
+
+    def first_ahead(methods: list[str]) -> tuple[float, str] | None:
+        for f in fractions:
+            present = [m for m in methods if (m, f) in mean]
+            if not present:
+                continue
+            best = max(present, key=lambda m: mean[(m, f)])
+            if mean[(best, f)] - mean[("l2b", f)] > max(std[(best, f)], std[("l2b", f)]):
+                return f, best
+        return None
+
+    trainers = [m for m in SWEEP_ROWS if m in TRAINS_ON_CLEAN or m == "ce-clean-only"]
+    plain = ["ce-clean-only", "ce+clean"]
+    any_ahead, plain_ahead = first_ahead(trainers), first_ahead(plain)
+    span = f"{pct(fractions[0])} to {pct(fractions[-1])} of the noisy set"
+    if any_ahead is None:
+        return (f"At every clean-set size measured ({span}) no method that trains on the clean labels beat L2B by "
+                f"more than the seeds' spread: spend the clean set on L2B's meta-gradient.")
+    f, best = any_ahead
+    below = [g for g in fractions if g < f]
+    text = (f"{'Up to ' + pct(below[-1]) + ' of the noisy set' if below else 'Even at ' + pct(f)}, "
+            + ("spend the clean set on L2B's meta-gradient; from " + pct(f) + " on, " if below else "")
+            + f"{best}, which trains on the clean labels, was ahead ({mean[(best, f)]:.2f}% vs L2B's "
+            f"{mean[('l2b', f)]:.2f}% at {pct(f)})")
+    if plain_ahead == any_ahead:
+        text += "."
+    elif plain_ahead is None:
+        text += f"; plain CE on the clean labels (alone or with the noisy set) never overtook L2B up to {pct(fractions[-1])}."
+    else:
+        g, m = plain_ahead
+        text += f"; plain CE overtook L2B from {pct(g)} ({m}: {mean[(m, g)]:.2f}% vs {mean[('l2b', g)]:.2f}%)."
+    return text
 
 
 def markdown_extra(rows: list[dict], ablations: list[dict], sweep: list[dict]) -> str:
