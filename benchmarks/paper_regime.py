@@ -147,9 +147,15 @@ def write_results(args, out: Path, recipe: dict, rates: dict, planned: dict, per
     sweep = sweep_rows(out, per_classes, recipe["train_subset"])
     finished = {part: sum((Path(c.out) / "metrics.json").is_file() for c in cells) for part, cells in planned.items()}
     total = {part: len(cells) for part, cells in planned.items()}
+    cost = {part: round(sum(json.loads((Path(c.out) / "metrics.json").read_text())["total_seconds"] for c in cells
+                            if (Path(c.out) / "metrics.json").is_file()) / 60.0 / args.jobs, 1)
+            for part, cells in planned.items()}
     command = ("python benchmarks/paper_regime.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
     recipe_md = {k: v for k, v in recipe.items() if k != "threads"}
     table = markdown(rows, rates, command, minutes, args.jobs, recipe_md) + "\n" + markdown_extra(rows, abl, sweep)
+    table += ("\nWhat each part cost, measured: the training seconds of its finished runs summed, over "
+              f"{args.jobs} workers: " + ", ".join(f"{p} {cost[p]:.0f} min ({finished[p]} runs)" for p in PARTS)
+              + " (timed while other work shared the cores at times).\n")
     status = ", ".join(f"{p} {finished[p]}/{total[p]}" for p in PARTS)
     whole = all(finished[p] == total[p] for p in PARTS)
     if not whole:
@@ -160,7 +166,7 @@ def write_results(args, out: Path, recipe: dict, rates: dict, planned: dict, per
     result = {**provenance(command), "recipe": recipe,
               "seeds": 1 if args.quick else args.seeds, "jobs": args.jobs, "realised_flip_rates": rates,
               "minutes": None if minutes is None else round(minutes, 1), "regime": regime(rows),
-              "finished_runs": finished, "planned_runs": total,
+              "finished_runs": finished, "planned_runs": total, "part_minutes": cost,
               "rows": [dict(r, last_mean=r["test_acc_last_mean"], last_std=r["test_acc_last_std"],
                             best_val_mean=r["test_acc_at_best_val_mean"]) for r in rows],
               "ablations": abl, "clean_sweep": sweep, "curves": curve}

@@ -82,8 +82,12 @@ def crossover(rows: list[dict]) -> str | None:
     any_ahead, plain_ahead = first_ahead(trainers), first_ahead(plain)
     span = f"{pct(fractions[0])} to {pct(fractions[-1])} of the noisy set"
     if any_ahead is None:
+        last = fractions[-1]
+        closest = max((m for m in trainers if (m, last) in mean), key=lambda m: mean[(m, last)], default=None)
+        gap = ("" if closest is None else f" (at {pct(last)} the closest, {closest}, had {mean[(closest, last)]:.2f}% "
+               f"against L2B's {mean[('l2b', last)]:.2f}%)")
         return (f"At every clean-set size measured ({span}) no method that trains on the clean labels beat L2B by "
-                f"more than the seeds' spread: spend the clean set on L2B's meta-gradient.")
+                f"more than the seeds' spread{gap}: spend the clean set on L2B's meta-gradient.")
     f, best = any_ahead
     below = [g for g in fractions if g < f]
     text = (f"{'Up to ' + pct(below[-1]) + ' of the noisy set' if below else 'Even at ' + pct(f)}, "
