@@ -82,23 +82,42 @@ def rows(out: Path, grid: Path) -> list[dict]:
     return table
 
 
+def shares(table: list[dict]) -> dict[str, dict[str, float]]:
+    """Per selection kind and noise: the share of the true clean set's gain over CE (last epoch)
+    that L2B with the selected meta set keeps, (selected − CE) / (clean − CE)."""
+    cell = {(r["meta_set"], r["noise"]): r["last_mean"] for r in table}
+    out: dict[str, dict[str, float]] = {}
+    for kind in KINDS:
+        for noise in NOISES:
+            clean, ce, sel = (cell.get((n, noise)) for n in ("clean", "ce", f"select-{kind}"))
+            if None not in (clean, ce, sel) and clean > ce:
+                out.setdefault(kind, {})[noise] = (sel - ce) / (clean - ce)
+    return out
+
+
 def kept_gain(table: list[dict]) -> str | None:
-    """How much of the true clean set's gain over CE the best selection keeps, and where it fails."""
-    cell = {(r["meta_set"], r["noise"]): r for r in table}
-    parts, worst = [], None
-    for noise in NOISES:
-        clean, ce = cell.get(("clean", noise)), cell.get(("ce", noise))
-        sels = [cell[(f"select-{k}", noise)] for k in KINDS if (f"select-{k}", noise) in cell]
-        if not (clean and ce and sels) or clean["last_mean"] <= ce["last_mean"]:
-            continue
-        best = max(sels, key=lambda r: r["last_mean"])
-        share = (best["last_mean"] - ce["last_mean"]) / (clean["last_mean"] - ce["last_mean"])
-        parts.append(f"{noise} {100 * share:.0f}% ({best['meta_set'][7:]})")
-        worst = share if worst is None else min(worst, share)
-    if not parts:
+    """One sentence: how much of the true clean set's gain the best selection keeps, and where
+    the selections fail (keep less than half of it)."""
+    kept = shares(table)
+    if not kept:
         return None
-    return ("The best selected meta set keeps this share of the true clean set's gain over CE (last epoch): "
-            + ", ".join(parts) + ".")
+    pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+    mean = {k: statistics.mean(v.values()) for k, v in kept.items()}
+    best = max(mean, key=mean.get)
+    lo, hi = min(kept[best].values()), max(kept[best].values())
+    where = ", ".join(f"{n} {pct(v)}" for n, v in kept[best].items())
+    span = pct(lo) if round(100 * lo) == round(100 * hi) else f"{pct(lo)}–{pct(hi)}"
+    text = (f"A `{best}` meta set keeps {span} of the true clean set's gain over CE ({where}; "
+            f"last epoch, {len(kept[best])} noise setting{'s' if len(kept[best]) > 1 else ''})")
+    fails = [f"`{best}` at {n} ({pct(v)})" for n, v in kept[best].items() if v < 0.5]
+    fails += [f"`{k}` everywhere ({pct(mean[k])} on average)" for k in kept if k != best and
+              all(v < 0.5 for v in kept[k].values())]
+    partial = [f"`{k}` keeps {pct(mean[k])} on average" for k in kept if k != best and
+               not all(v < 0.5 for v in kept[k].values())]
+    if partial:
+        text += "; " + "; ".join(partial)
+    text += ("; it fails (keeps under half) with " + " and ".join(fails) if fails else "") + "."
+    return text
 
 
 def purity_text(row: dict) -> str:

@@ -257,3 +257,22 @@ def test_the_crossover_sentence_names_where_training_on_the_clean_labels_overtak
     assert level.startswith("At every clean-set size measured (0.5% to 20% of the noisy set) no method")
     first = crossover(_sweep({"l2b": l2b, "mlc": [v + 2 for v in l2b]}))
     assert first.startswith("Even at 0.5%, mlc") and "never overtook L2B up to 20%" in first
+
+
+def test_the_no_clean_set_sentence_says_what_share_of_the_gain_is_kept_and_where_it_fails():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from no_clean_set import kept_gain
+
+    def row(name, noise, value):
+        return {"meta_set": name, "noise": noise, "last_mean": value}
+
+    table = [row("ce", "symmetric:0.4", 70), row("clean", "symmetric:0.4", 80),
+             row("ce", "asymmetric:0.4", 60), row("clean", "asymmetric:0.4", 80),
+             row("select-confident", "symmetric:0.4", 79), row("select-confident", "asymmetric:0.4", 64),
+             row("select-small-loss", "symmetric:0.4", 71), row("select-small-loss", "asymmetric:0.4", 62),
+             row("select-pseudo", "symmetric:0.4", 76), row("select-pseudo", "asymmetric:0.4", 76)]
+    sentence = kept_gain(table)
+    # pseudo: 60% and 80% (mean 70%); confident: 90% and 20% (mean 55%); small-loss: 10% and 10%
+    assert sentence.startswith("A `pseudo` meta set keeps 60%–80% of the true clean set's gain over CE")
+    assert "`confident` keeps 55% on average" in sentence
+    assert sentence.endswith("it fails (keeps under half) with `small-loss` everywhere (10% on average).")
