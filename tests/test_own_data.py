@@ -228,3 +228,19 @@ def test_label_issues_csv_of_an_image_folder_has_paths_and_class_names(tmp_path,
     rows = list(csv.DictReader(open(tmp_path / "run" / "label_issues.csv")))
     assert rows and rows[0]["path"] == str(moved)
     assert rows[0]["given_class"] == "2" and rows[0]["suggested_class"] == "10"
+
+
+def test_label_issues_warns_when_the_model_has_memorised_its_labels(tmp_path, capsys):
+    """CE trained long without weight decay fits every noisy label; the probability of the given
+    label then finds few issues, and label-issues says so and what to score instead. L2B's model
+    of the same data (a few epochs, not memorised) gets no warning."""
+    common = ["--data", "digits", "--noise", "symmetric:0.4", "--weight-decay", "0", "--progress", "none"]
+    assert main(["train", *common, "--method", "ce", "--epochs", "100", "--out", str(tmp_path / "ce")]) == 0
+    assert main(["train", *common, "--method", "l2b", "--epochs", "3", "--out", str(tmp_path / "l2b")]) == 0
+    capsys.readouterr()
+    assert main(["label-issues", str(tmp_path / "ce")]) == 0
+    err = capsys.readouterr().err
+    assert "l2b: warning: the model agrees with 100.0% of its training labels" in err
+    assert "it has memorised its labels" in err and "score an L2B run of the same data" in err
+    assert main(["label-issues", str(tmp_path / "l2b")]) == 0
+    assert "memorised" not in capsys.readouterr().err

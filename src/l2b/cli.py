@@ -265,6 +265,8 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
                                 if s["clean_scored"] else ""))
     if s["picture"]:
         print(f"wrote {s['picture']}: the top {args.show} suspects")
+    if s["warning"]:
+        print(f"l2b: warning: {s['warning']}", file=sys.stderr)
     if s["corrupted"]:
         print(f"against the injected noise ({s['corrupted']} corrupted labels): precision {s['precision']:.3f}, "
               f"recall {s['recall']:.3f}, F1 {s['f1']:.3f}, ROC-AUC {s['auc']:.3f}; the suggested label is the "

@@ -81,10 +81,12 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     reference = not with_clean and not config.get("train_on_clean") and \
         config.get("method") in METHODS and not METHODS[config["method"]].sees_clean_labels(
             config.get("method_args", {}) | _resolved_options(run))
-    probs = clean_probs = prep = None
+    probs = clean_probs = prep = warning = None
     clean_ref = {}
     if has_model and (score in ("model", "combined") or cut != "threshold"):
         probs, (clean_probs, val_y), prep = _model_scores(run, True)
+        if reference and len(val_y):
+            warning = _memorised(probs, given, clean_probs, val_y)
         if reference and len(clean_probs) and (cut in ("auto", "clean-quantile")) and threshold is None:
             clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs}
         if not with_clean:
@@ -115,10 +117,27 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     m = flag_metrics(mask, is_noisy)
     return {"issues": len(issues.indices), "estimated": issues.estimated, "cut": issues.cut,
             "source": SCORES[issues.source], "score": issues.source, "csv": out / "label_issues.csv",
-            "picture": picture, "clean_scored": int((split == "clean").sum()),
+            "picture": picture, "clean_scored": int((split == "clean").sum()), "warning": warning,
             "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
             "auc": roc_auc(issues.score, is_noisy),
             "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
+
+
+MEMORISED_GAP = 0.10  # training-label agreement above held-out clean accuracy by this much: memorised
+
+
+def _memorised(probs: np.ndarray, given: np.ndarray, clean_probs: np.ndarray, clean_y: np.ndarray) -> str | None:
+    """A warning when the model agrees with its training labels far more often than it is right on
+    the held-out clean set: it has memorised its labels, wrong ones included, and the probability
+    of the given label no longer tells them apart."""
+    fit = float((probs.argmax(1) == given).mean())
+    held = float((clean_probs.argmax(1) == clean_y).mean())
+    if fit - held < MEMORISED_GAP:
+        return None
+    return (f"the model agrees with {100 * fit:.1f}% of its training labels but is right on only {100 * held:.1f}% of "
+            f"the held-out clean set: it has memorised its labels, wrong ones included, so its probabilities find "
+            f"few of the label issues and the flagged count runs low; score an L2B run of the same data (its model "
+            f"does not fit the labels it distrusts), or a run stopped before it memorised (fewer --epochs)")
 
 
 def _resolved_options(run: Path) -> dict:
