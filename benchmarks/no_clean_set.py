@@ -126,14 +126,20 @@ def purity_text(row: dict) -> str:
         return ""
     steps = list(row.get("purity_by_epoch", {}).values())
     shown = " → ".join(f"{100 * p:.1f}%" for p in steps) if len(steps) > 1 else f"{100 * row['purity']:.1f}%"
-    return f" (purity {shown})"
+    balance = row.get("class_balance")
+    short = "" if balance is None or balance >= 1 else f", smallest class {100 * balance:.0f}% of K"
+    return f" (purity {shown}{short})"
 
 
 def markdown(table: list[dict], command: str) -> str:
     noises = [n for n in NOISES if any(r["noise"] == n for r in table)]
     names = list(dict.fromkeys(r["meta_set"] for r in sorted(table, key=lambda r: (not r["meta_set"].startswith("select"), r["meta_set"]))))
     cell = {(r["meta_set"], r["noise"]): r for r in table}
-    lines = [f"Command: `{command}`", "", "| meta set | " + " | ".join(noises) + " |", "|---|" + "---|" * len(noises)]
+    lines = [f"Command: `{command}`", "",
+             "L2B's last-epoch test accuracy (%), mean ± std over seeds; in brackets the selected set's purity (its "
+             "share of correct labels; at each selection for a refreshed set) and, where a class had fewer selectable "
+             "samples than K, its share of K (every selection here is class-balanced unless said). clean: L2B with the "
+             "true clean set of the same size; ce and coteaching use no clean set.", "", "| meta set | " + " | ".join(noises) + " |", "|---|" + "---|" * len(noises)]
     for name in names:
         vals = []
         for n in noises:
