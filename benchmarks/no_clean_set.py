@@ -45,7 +45,7 @@ def cells(base, out: Path, seeds: int, noises: list[str], per_class: int, kinds=
 
     cfgs = []
     for kind in kinds:
-        sel = replace(base, meta_set=f"select:{kind}", meta_set_size=per_class)
+        sel = replace(base, meta_set=f"select:{kind}", meta_set_size=per_class, meta_set_leaves=False)
         cfgs += grid_configs(sel, ["l2b"], noises, seeds, out / f"select-{kind}")
         cfgs += grid_configs(replace(sel, meta_set_leaves=True), ["l2b"], [n for n in LEAVE_NOISES if n in noises],
                              seeds, out / f"select-{kind}-leaves")
@@ -107,7 +107,8 @@ def kept_gain(table: list[dict]) -> str | None:
     lo, hi = min(kept[best].values()), max(kept[best].values())
     where = ", ".join(f"{n} {pct(v)}" for n, v in kept[best].items())
     span = pct(lo) if round(100 * lo) == round(100 * hi) else f"{pct(lo)}–{pct(hi)}"
-    text = (f"A `{best}` meta set keeps {span} of the true clean set's gain over CE ({where}; "
+    text = (f"A `{best}` meta set (its samples staying in the stream) keeps {span} of the true clean set's gain "
+            f"over CE ({where}; "
             f"last epoch, {len(kept[best])} noise setting{'s' if len(kept[best]) > 1 else ''})")
     fails = [f"`{best}` at {n} ({pct(v)})" for n, v in kept[best].items() if v < 0.5]
     fails += [f"`{k}` everywhere ({pct(mean[k])} on average)" for k in kept if k != best and
@@ -131,6 +132,21 @@ def purity_text(row: dict) -> str:
     return f" (purity {shown}{short})"
 
 
+def display(name: str) -> str:
+    """A row's name in the table: the run directory's, said in the CLI's words."""
+    if not name.startswith("select-"):
+        return {"clean": "true clean set (L2B)", "ce": "CE", "coteaching": "co-teaching"}.get(name, name)
+    rest = name[len("select-"):]
+    for kind in sorted(KINDS, key=len, reverse=True):
+        if rest.startswith(kind):
+            variant = rest[len(kind):].lstrip("-")
+            how = ("leaves the stream (default)" if variant == "leaves" else
+                   f"stays, refreshed every {variant[len('refresh'):]} epochs" if variant.startswith("refresh") else
+                   "stays in the stream")
+            return f"select:{kind}, {how}"
+    return name
+
+
 def markdown(table: list[dict], command: str) -> str:
     noises = [n for n in NOISES if any(r["noise"] == n for r in table)]
     names = list(dict.fromkeys(r["meta_set"] for r in sorted(table, key=lambda r: (not r["meta_set"].startswith("select"), r["meta_set"]))))
@@ -146,7 +162,7 @@ def markdown(table: list[dict], command: str) -> str:
             r = cell.get((name, n))
             vals.append("—" if r is None else fmt(r["last_mean"], r["last_std"])
                         + purity_text(r))
-        lines.append(f"| {name} | " + " | ".join(vals) + " |")
+        lines.append(f"| {display(name)} | " + " | ".join(vals) + " |")
     sentence = kept_gain(table)
     if sentence:
         lines += ["", sentence]

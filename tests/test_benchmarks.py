@@ -273,6 +273,7 @@ def test_the_no_clean_set_sentence_says_what_share_of_the_gain_is_kept_and_where
              row("select-pseudo", "symmetric:0.4", 76), row("select-pseudo", "asymmetric:0.4", 76)]
     sentence = kept_gain(table)
     # pseudo: 60% and 80% (mean 70%); confident: 90% and 20% (mean 55%); small-loss: 10% and 10%
-    assert sentence.startswith("A `pseudo` meta set keeps 60%–80% of the true clean set's gain over CE")
+    assert sentence.startswith("A `pseudo` meta set (its samples staying in the stream) keeps 60%–80% of the true "
+                               "clean set's gain over CE")
     assert "`confident` keeps 55% on average" in sentence
     assert sentence.endswith("it fails (keeps under half) with `small-loss` everywhere (10% on average).")

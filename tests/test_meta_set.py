@@ -92,3 +92,22 @@ def test_a_given_clean_set_is_said_to_be_unused_and_bad_settings_are_one_line(tm
                             (["--meta-set", "select:biggest"], "choose clean or select:KIND")):
         assert main(argv + extra + ["--overwrite"]) == 2
         assert expected in capsys.readouterr().err
+
+
+def test_the_selected_samples_leave_the_noisy_stream_by_default_and_stay_when_asked(tmp_path, capsys):
+    """Leaving measured a little better (benchmarks/no_clean_set.py), so it is the default;
+    ``--meta-set-leaves no`` keeps them in; the option means nothing with the verified clean set."""
+    seen = {}
+    for name, extra in (("default", []), ("stays", ["--meta-set-leaves", "no"])):
+        out = tmp_path / name
+        assert main(["train", "--data", "digits", "--model", "mlp", "--width", "16", "--epochs", "2",
+                     "--warmup-epochs", "1", "--meta-set", "select:small-loss", "--meta-set-size", "5",
+                     "--progress", "none", "--out", str(out), *extra]) == 0
+        record = json.loads((out / "meta_set.json").read_text())["selections"][-1]
+        seen[name] = np.load(out / "weights.npz")["seen_history"][-1][record["indices"]]
+        assert record["leaves_stream"] == (name == "default")
+    assert not seen["default"].any() and seen["stays"].all()
+    capsys.readouterr()
+    assert main(["train", "--data", "digits", "--epochs", "1", "--meta-set-leaves", "no",
+                 "--out", str(tmp_path / "clean")]) == 2
+    assert "apply to --meta-set select:KIND" in capsys.readouterr().err

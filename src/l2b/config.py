@@ -154,8 +154,9 @@ class TrainConfig:
     meta_set_size: int | None = setting(None, "with --meta-set select: samples per class (default: 2% of the training "
                                               "set, spread over the classes)")
     meta_refresh: int = setting(0, "with --meta-set select: select again every R epochs (0: once, after the warm-up)")
-    meta_set_leaves: bool = setting(False, "with --meta-set select: the selected samples leave the noisy training "
-                                           "stream (default: they stay in it)")
+    meta_set_leaves: bool | None = setting(None, "with --meta-set select: the selected samples leave the noisy "
+                                                 "training stream (default: yes, measured a little better; "
+                                                 "--meta-set-leaves no keeps them in it)")
     # --- model
     model: str = setting("mlp", "preact-resnet18 | small-cnn | mlp | resnet18 | resnet50")
     width: int | None = setting(None, "model width (base channels / hidden units)")
@@ -292,7 +293,7 @@ class TrainConfig:
         if self.meta_set_size is not None and self.meta_set_size < 1:
             raise ValueError(f"--meta-set-size must be at least 1, got {self.meta_set_size}")
         if kind is None:
-            if self.meta_set_size is not None or self.meta_refresh or self.meta_set_leaves:
+            if self.meta_set_size is not None or self.meta_refresh or self.meta_set_leaves is not None:
                 raise ValueError("--meta-set-size, --meta-refresh and --meta-set-leaves apply to --meta-set select:KIND")
             return
         if not needs_of(self.method, self.method_options()).clean_per_step:

@@ -155,6 +155,7 @@ class MetaSetSelector:
                 "samples than asked; using what there is")
         purity = float((sel.labels == self.y_true[sel.indices]).mean())
         record = {"epoch": epoch, "kind": self.kind, "per_class": per_class, "size": int(len(sel.indices)),
+                  "leaves_stream": self.leaves,
                   "purity": round(purity, 4), "per_class_found": {self._name(c, quote=False): n
                                                                   for c, n in sel.found.items()},
                   "indices": sel.indices.tolist(), "labels": sel.labels.tolist()}
