@@ -96,29 +96,33 @@ def shares(table: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def kept_gain(table: list[dict]) -> str | None:
-    """One sentence: how much of the true clean set's gain the best selection keeps, and where
-    the selections fail (keep less than half of it)."""
+    """One sentence: how much of the true clean set's gain the best selection keeps, where it
+    fails (keeps under half of it) and how pure its set was there, and how often the others fail."""
     kept = shares(table)
     if not kept:
         return None
     pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+    purity = {(r["meta_set"], r["noise"]): r["purity"] for r in table}
     mean = {k: statistics.mean(v.values()) for k, v in kept.items()}
     best = max(mean, key=mean.get)
-    lo, hi = min(kept[best].values()), max(kept[best].values())
-    where = ", ".join(f"{n} {pct(v)}" for n, v in kept[best].items())
-    span = pct(lo) if round(100 * lo) == round(100 * hi) else f"{pct(lo)}–{pct(hi)}"
-    text = (f"A `{best}` meta set (its samples staying in the stream) keeps {span} of the true clean set's gain "
-            f"over CE ({where}; "
-            f"last epoch, {len(kept[best])} noise setting{'s' if len(kept[best]) > 1 else ''})")
-    fails = [f"`{best}` at {n} ({pct(v)})" for n, v in kept[best].items() if v < 0.5]
-    fails += [f"`{k}` everywhere ({pct(mean[k])} on average)" for k in kept if k != best and
-              all(v < 0.5 for v in kept[k].values())]
-    partial = [f"`{k}` keeps {pct(mean[k])} on average" for k in kept if k != best and
-               not all(v < 0.5 for v in kept[k].values())]
-    if partial:
-        text += "; " + "; ".join(partial)
-    text += ("; it fails (keeps under half) with " + " and ".join(fails) if fails else "") + "."
-    return text
+    ok = {n: v for n, v in kept[best].items() if v >= 0.5}
+    fail = {n: v for n, v in kept[best].items() if v < 0.5}
+    text = f"A `{best}` meta set (its samples staying in the stream, last epoch)"
+    if ok:
+        lo, hi = min(ok.values()), max(ok.values())
+        span = pct(lo) if round(100 * lo) == round(100 * hi) else f"{pct(lo)}–{pct(hi)}"
+        text += (f" keeps {span} of the true clean set's gain over CE ("
+                 + ", ".join(f"{n} {pct(v)}" for n, v in ok.items()) + ")")
+    if fail:
+        text += (" and" if ok else "") + " fails at " + ", ".join(
+            f"{n} ({pct(v)} of the gain; the set {100 * purity[(f'select-{best}', n)]:.0f}% pure)"
+            for n, v in fail.items())
+    for k in kept:
+        if k != best:
+            under = sum(v < 0.5 for v in kept[k].values())
+            text += (f"; `{k}` keeps under half of the gain at {under} of {len(kept[k])} settings "
+                     f"({pct(mean[k])} on average)")
+    return text + "."
 
 
 def purity_text(row: dict) -> str:
