@@ -7,7 +7,7 @@ clean set of the same size, in the paper's regime (benchmarks/paper_regime.py's 
   drawn and left unused, so that both see the same noisy images);
 - the selected samples staying in the noisy stream (the default) or leaving it
   (``--meta-set-leaves``), at 40% symmetric noise; ``confident`` also selected again every 10
-  epochs (``--meta-refresh 10``), its purity recorded at each selection;
+  epochs (``--meta-refresh 10``) at every noise setting, its purity recorded at each selection;
 - L2B with the true clean set, CE and co-teaching: the paper-regime grid's own runs (same seeds).
 
 Noise symmetric 20/40/60%, asymmetric 40%, instance 40%; 3 seeds. Every selection's purity (the
@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 KINDS = ["small-loss", "confident", "pseudo"]
 LEAVE_NOISES = [REGIME_NOISE]
-REFRESH = {"confident": 10}  # kind -> R: selected again every R epochs, at the regime's noise
+REFRESH = {"confident": 10}  # kind -> R: selected again every R epochs, at every noise setting
 REFERENCES = {"clean": "l2b", "ce": "ce", "coteaching": "coteaching"}  # row name -> paper-regime grid method
 
 
@@ -50,8 +50,7 @@ def cells(base, out: Path, seeds: int, noises: list[str], per_class: int, kinds=
         cfgs += grid_configs(replace(sel, meta_set_leaves=True), ["l2b"], [n for n in LEAVE_NOISES if n in noises],
                              seeds, out / f"select-{kind}-leaves")
         if kind in REFRESH:
-            cfgs += grid_configs(replace(sel, meta_refresh=REFRESH[kind]), ["l2b"],
-                                 [n for n in LEAVE_NOISES if n in noises], seeds,
+            cfgs += grid_configs(replace(sel, meta_refresh=REFRESH[kind]), ["l2b"], noises, seeds,
                                  out / f"select-{kind}-refresh{REFRESH[kind]}")
     return sorted(cfgs, key=lambda c: (c.noise != REGIME_NOISE, c.noise))
 
