@@ -45,13 +45,16 @@ def cells(base, out: Path, seeds: int, noises: list[str], per_class: int, kinds=
 
     cfgs = []
     for kind in kinds:
-        sel = replace(base, meta_set=f"select:{kind}", meta_set_size=per_class, meta_set_leaves=False)
+        sel = replace(base, meta_set=f"select:{kind}", meta_set_size=per_class, meta_set_leaves=False, meta_refresh=0)
         cfgs += grid_configs(sel, ["l2b"], noises, seeds, out / f"select-{kind}")
         cfgs += grid_configs(replace(sel, meta_set_leaves=True), ["l2b"], [n for n in LEAVE_NOISES if n in noises],
                              seeds, out / f"select-{kind}-leaves")
         if kind in REFRESH:
             cfgs += grid_configs(replace(sel, meta_refresh=REFRESH[kind]), ["l2b"], noises, seeds,
                                  out / f"select-{kind}-refresh{REFRESH[kind]}")
+            # the defaults of --meta-set select: leaving the stream, selected again every epochs // 5
+            cfgs += grid_configs(replace(sel, meta_set_leaves=None, meta_refresh=None), ["l2b"], noises, seeds,
+                                 out / f"select-{kind}-defaults")
     return sorted(cfgs, key=lambda c: (c.noise != REGIME_NOISE, c.noise))
 
 
@@ -82,31 +85,34 @@ def rows(out: Path, grid: Path) -> list[dict]:
 
 
 def shares(table: list[dict]) -> dict[str, dict[str, float]]:
-    """Per selection kind and noise: the share of the true clean set's gain over CE (last epoch)
-    that L2B with the selected meta set keeps, (selected − CE) / (clean − CE)."""
+    """Per selected meta set (a ``select-*`` row) and noise: the share of the true clean set's gain
+    over CE (last epoch) that L2B with it keeps, (selected − CE) / (clean − CE)."""
     cell = {(r["meta_set"], r["noise"]): r["last_mean"] for r in table}
     out: dict[str, dict[str, float]] = {}
-    for kind in KINDS:
+    for name in dict.fromkeys(r["meta_set"] for r in table if r["meta_set"].startswith("select-")):
         for noise in NOISES:
-            clean, ce, sel = (cell.get((n, noise)) for n in ("clean", "ce", f"select-{kind}"))
+            clean, ce, sel = (cell.get((n, noise)) for n in ("clean", "ce", name))
             if None not in (clean, ce, sel) and clean > ce:
-                out.setdefault(kind, {})[noise] = (sel - ce) / (clean - ce)
+                out.setdefault(name, {})[noise] = (sel - ce) / (clean - ce)
     return out
 
 
 def kept_gain(table: list[dict]) -> str | None:
-    """One sentence: how much of the true clean set's gain the best selection keeps, where it
-    fails (keeps under half of it) and how pure its set was there, and how often the others fail."""
+    """One sentence: how much of the true clean set's gain the best selected meta set keeps (among
+    those measured at the most noise settings), where it fails (keeps under half of it) and how pure
+    its set was there, and how often the others fail."""
     kept = shares(table)
     if not kept:
         return None
+    widest = max(len(v) for v in kept.values())
+    kept = {k: v for k, v in kept.items() if len(v) == widest}
     pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
     purity = {(r["meta_set"], r["noise"]): r["purity"] for r in table}
     mean = {k: statistics.mean(v.values()) for k, v in kept.items()}
     best = max(mean, key=mean.get)
     ok = {n: v for n, v in kept[best].items() if v >= 0.5}
     fail = {n: v for n, v in kept[best].items() if v < 0.5}
-    text = f"A `{best}` meta set (its samples staying in the stream, last epoch)"
+    text = f"L2B with a selected meta set, {display(best)}, (last epoch)"
     if ok:
         lo, hi = min(ok.values()), max(ok.values())
         span = pct(lo) if round(100 * lo) == round(100 * hi) else f"{pct(lo)}–{pct(hi)}"
@@ -114,13 +120,11 @@ def kept_gain(table: list[dict]) -> str | None:
                  + ", ".join(f"{n} {pct(v)}" for n, v in ok.items()) + ")")
     if fail:
         text += (" and" if ok else "") + " fails at " + ", ".join(
-            f"{n} ({pct(v)} of the gain; the set {100 * purity[(f'select-{best}', n)]:.0f}% pure)"
-            for n, v in fail.items())
+            f"{n} ({pct(v)} of the gain; the set {100 * purity[(best, n)]:.0f}% pure)" for n, v in fail.items())
     for k in kept:
         if k != best:
             under = sum(v < 0.5 for v in kept[k].values())
-            text += (f"; `{k}` keeps under half of the gain at {under} of {len(kept[k])} settings "
-                     f"({pct(mean[k])} on average)")
+            text += f"; {display(k)}: under half of the gain at {under} of {len(kept[k])} ({pct(mean[k])} on average)"
     return text + "."
 
 
@@ -143,9 +147,10 @@ def display(name: str) -> str:
     for kind in sorted(KINDS, key=len, reverse=True):
         if rest.startswith(kind):
             variant = rest[len(kind):].lstrip("-")
-            how = ("leaves the stream (default)" if variant == "leaves" else
+            how = ("leaves the stream, selected once" if variant == "leaves" else
+                   "the defaults: leaves the stream, selected every epochs // 5" if variant == "defaults" else
                    f"stays, refreshed every {variant[len('refresh'):]} epochs" if variant.startswith("refresh") else
-                   "stays in the stream")
+                   "stays in the stream, selected once")
             return f"select:{kind}, {how}"
     return name
 

@@ -273,10 +273,11 @@ def test_the_no_clean_set_sentence_says_what_share_of_the_gain_is_kept_and_where
              row("select-pseudo", "symmetric:0.4", 76), row("select-pseudo", "asymmetric:0.4", 76)]
     sentence = kept_gain(table)
     # pseudo: 60% and 80% (mean 70%); confident: 90% and 20% (mean 55%); small-loss: 10% and 10%
-    assert sentence.startswith("A `pseudo` meta set (its samples staying in the stream, last epoch) keeps 60%–80% "
-                               "of the true clean set's gain over CE (symmetric:0.4 60%, asymmetric:0.4 80%)")
-    assert "`confident` keeps under half of the gain at 1 of 2 settings (55% on average)" in sentence
-    assert "`small-loss` keeps under half of the gain at 2 of 2 settings (10% on average)" in sentence
+    assert sentence.startswith("L2B with a selected meta set, select:pseudo, stays in the stream, selected once, "
+                               "(last epoch) keeps 60%–80% of the true clean set's gain over CE (symmetric:0.4 60%, "
+                               "asymmetric:0.4 80%)")
+    assert "select:confident, stays in the stream, selected once: under half of the gain at 1 of 2 (55%" in sentence
+    assert "select:small-loss, stays in the stream, selected once: under half of the gain at 2 of 2 (10%" in sentence
     table = [r for r in table if not r["meta_set"].startswith(("select-confident", "select-small-loss"))]
     table += [{"meta_set": "select-pseudo", "noise": "instance:0.4", "last_mean": 61, "purity": 0.7},
               row("ce", "instance:0.4", 60), row("clean", "instance:0.4", 80)]

@@ -111,3 +111,13 @@ def test_the_selected_samples_leave_the_noisy_stream_by_default_and_stay_when_as
     assert main(["train", "--data", "digits", "--epochs", "1", "--meta-set-leaves", "no",
                  "--out", str(tmp_path / "clean")]) == 2
     assert "apply to --meta-set select:KIND" in capsys.readouterr().err
+
+
+def test_a_selected_meta_set_is_selected_again_every_fifth_of_the_run_by_default():
+    """Refreshed every 10 of 50 epochs beat one selection at every noise setting
+    (benchmarks/no_clean_set.py), so a fifth of the epochs is the default; 0 selects once."""
+    assert TrainConfig(meta_set="select:confident", epochs=50).meta_refresh_epochs == 10
+    assert TrainConfig(meta_set="select:confident", epochs=3).meta_refresh_epochs == 1
+    assert TrainConfig(meta_set="select:confident", epochs=50, meta_refresh=0).meta_refresh_epochs == 0
+    with pytest.raises(ValueError, match="apply to --meta-set select:KIND"):
+        TrainConfig(meta_refresh=0).validate()

@@ -153,7 +153,8 @@ class TrainConfig:
                              "from the noisy training data after the warm-up (small-loss | confident | pseudo)")
     meta_set_size: int | None = setting(None, "with --meta-set select: samples per class (default: 2% of the training "
                                               "set, spread over the classes)")
-    meta_refresh: int = setting(0, "with --meta-set select: select again every R epochs (0: once, after the warm-up)")
+    meta_refresh: int | None = setting(None, "with --meta-set select: select again every R epochs (0: once, after the "
+                                             "warm-up; default: epochs // 5, five selections, measured better than one)")
     meta_set_leaves: bool | None = setting(None, "with --meta-set select: the selected samples leave the noisy "
                                                  "training stream (default: yes, measured a little better; "
                                                  "--meta-set-leaves no keeps them in it)")
@@ -284,16 +285,23 @@ class TrainConfig:
         check_device(self.device)
         check_noise_spec(self.noise)
 
+    @property
+    def meta_refresh_epochs(self) -> int:
+        """How often a selected meta set is selected again (0: once): ``--meta-refresh``, or by
+        default a fifth of the epochs (benchmarks/no_clean_set.py: refreshed every 10 of 50
+        epochs beat one selection at every noise setting)."""
+        return self.meta_refresh if self.meta_refresh is not None else max(1, self.epochs // 5)
+
     def _check_meta_set(self) -> None:
         from .metaset import parse_meta_set
 
         kind = parse_meta_set(self.meta_set)
-        if self.meta_refresh < 0:
+        if self.meta_refresh is not None and self.meta_refresh < 0:
             raise ValueError(f"--meta-refresh must be 0 or more, got {self.meta_refresh}")
         if self.meta_set_size is not None and self.meta_set_size < 1:
             raise ValueError(f"--meta-set-size must be at least 1, got {self.meta_set_size}")
         if kind is None:
-            if self.meta_set_size is not None or self.meta_refresh or self.meta_set_leaves is not None:
+            if self.meta_set_size is not None or self.meta_refresh is not None or self.meta_set_leaves is not None:
                 raise ValueError("--meta-set-size, --meta-refresh and --meta-set-leaves apply to --meta-set select:KIND")
             return
         if not needs_of(self.method, self.method_options()).clean_per_step:
