@@ -112,7 +112,7 @@ def kept_gain(table: list[dict]) -> str | None:
     best = max(mean, key=mean.get)
     ok = {n: v for n, v in kept[best].items() if v >= 0.5}
     fail = {n: v for n, v in kept[best].items() if v < 0.5}
-    text = f"L2B with a selected meta set, {display(best)}, (last epoch)"
+    text = f"L2B with a selected meta set ({display(best)}; last epoch)"
     if ok:
         lo, hi = min(ok.values()), max(ok.values())
         span = pct(lo) if round(100 * lo) == round(100 * hi) else f"{pct(lo)}–{pct(hi)}"

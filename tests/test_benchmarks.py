@@ -126,7 +126,8 @@ def test_no_clean_set_benchmark_quick_mode_writes_rows_with_purity(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["meta_set"] for r in rows} == {"select-small-loss", "select-confident", "select-small-loss-leaves",
-                                             "select-confident-leaves", "select-confident-refresh10"}
+                                             "select-confident-leaves", "select-confident-refresh10",
+                                             "select-confident-defaults"}
     for r in rows:
         assert r["noise"] == "symmetric:0.4" and 0 < r["last_mean"] <= 100 and 0 < r["purity"] <= 1
     meta = json.loads((out / "select-small-loss" / "l2b" / "symmetric_0.4" / "seed0" / "meta_set.json").read_text())
@@ -273,8 +274,8 @@ def test_the_no_clean_set_sentence_says_what_share_of_the_gain_is_kept_and_where
              row("select-pseudo", "symmetric:0.4", 76), row("select-pseudo", "asymmetric:0.4", 76)]
     sentence = kept_gain(table)
     # pseudo: 60% and 80% (mean 70%); confident: 90% and 20% (mean 55%); small-loss: 10% and 10%
-    assert sentence.startswith("L2B with a selected meta set, select:pseudo, stays in the stream, selected once, "
-                               "(last epoch) keeps 60%–80% of the true clean set's gain over CE (symmetric:0.4 60%, "
+    assert sentence.startswith("L2B with a selected meta set (select:pseudo, stays in the stream, selected once; "
+                               "last epoch) keeps 60%–80% of the true clean set's gain over CE (symmetric:0.4 60%, "
                                "asymmetric:0.4 80%)")
     assert "select:confident, stays in the stream, selected once: under half of the gain at 1 of 2 (55%" in sentence
     assert "select:small-loss, stays in the stream, selected once: under half of the gain at 2 of 2 (10%" in sentence
