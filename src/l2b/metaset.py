@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .calibrate import check_labels, check_pred_probs, per_class_thresholds
+from .calibrate import check_labels, check_pred_probs, confident_classes
 from .models import predict_probs
+from .rundir import atomic_json
 
 KINDS = {
     "small-loss": "the lowest-loss samples of each given class",
@@ -59,8 +60,8 @@ def select_meta_set(labels, pred_probs=None, *, losses=None, per_class: int, kin
 
     ``labels`` are the given (noisy) labels; ``pred_probs`` (n, K) the model's probabilities
     (needed for ``confident`` and ``pseudo``); ``losses`` (n,) per-sample losses for
-    ``small-loss`` (default: cross-entropy from ``pred_probs``); ``seed`` fixes ``confident``'s draw. A class with fewer selectable
-    samples gives what it has (``Selection.short`` says which); a class with none is an error
+    ``small-loss`` (default: cross-entropy from ``pred_probs``); ``seed`` fixes ``confident``'s draw.
+    A class with fewer selectable samples gives what it has (``Selection.short`` says which); a class with none is an error
     naming it and the remedy."""
     if kind not in KINDS:
         raise ValueError(f"unknown meta-set kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -71,7 +72,6 @@ def select_meta_set(labels, pred_probs=None, *, losses=None, per_class: int, kin
     if probs is not None:
         probs = check_pred_probs(probs, len(y))
     k = probs.shape[1] if probs is not None else int(y.max()) + 1
-    name = (lambda c: repr(str(class_names[c]))) if class_names is not None else (lambda c: str(c))  # noqa: E731
     if kind == "small-loss":
         if losses is None:
             if probs is None:
@@ -82,8 +82,6 @@ def select_meta_set(labels, pred_probs=None, *, losses=None, per_class: int, kin
     elif probs is None:
         raise ValueError(f"{kind} needs pred_probs=")
     elif kind == "confident":
-        from .calibrate import confident_classes
-
         score = np.random.Generator(np.random.PCG64(seed)).random(len(y))  # a random order ``seed`` fixes
         group, candidates, new_labels = y, confident_classes(y, probs) == y, y
     else:  # pseudo
@@ -94,12 +92,19 @@ def select_meta_set(labels, pred_probs=None, *, losses=None, per_class: int, kin
         members = np.flatnonzero((group == c) & candidates)
         found[c] = min(len(members), per_class)
         if not len(members):
-            raise ValueError(f"meta set ({kind}): class {name(c)} has no selectable sample; give a smaller per-class "
-                             f"size (--meta-set-size), another kind, or a verified clean set (--meta-set clean)")
+            raise ValueError(f"meta set ({kind}): class {class_name(class_names, c)} has no selectable sample; give "
+                             f"a smaller per-class size (--meta-set-size), another kind, or a verified clean set "
+                             f"(--meta-set clean)")
         order = members[np.argsort(-score[members], kind="stable")]
         chosen.append(order[:per_class])
     idx = np.concatenate(chosen)
     return Selection(idx, new_labels[idx], per_class, found)
+
+
+def class_name(class_names, c: int, quote: bool = True) -> str:
+    """Class ``c`` by its name where the dataset has names (quoted), else by its index."""
+    name = str(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
+    return repr(name) if quote and class_names is not None else name
 
 
 def parse_meta_set(spec: str) -> str | None:
@@ -133,14 +138,10 @@ class MetaSetSelector:
     def on_epoch_start(self, epoch: int, ctx) -> None:
         """Select (or reselect) when due; otherwise keep the current selection, rebuilt after a
         resume from the recorded indices."""
-        if epoch < self.warmup:
-            return
-        if not self.due(epoch) and self.records:
-            if self.selected is None:  # resumed between refreshes: the last selection again
+        if not self.due(epoch):
+            if self.records and self.selected is None:  # resumed between refreshes: the last selection again
                 last = self.records[-1]
                 self._use(ctx, np.asarray(last["indices"]), np.asarray(last["labels"]), since_epoch=last["epoch"])
-            return
-        if not self.due(epoch):
             return
         train = ctx.train
         probs = predict_probs(ctx.model, train, self.eval_batch_size).astype(np.float64)
@@ -151,12 +152,12 @@ class MetaSetSelector:
                               seed=self.seed * 1000003 + epoch)
         if sel.short:
             ctx.log("l2b: warning: meta set: class(es) " + ", ".join(
-                f"{self._name(c)} ({n} of {per_class})" for c, n in sel.short.items()) + " had fewer selectable "
-                "samples than asked; using what there is")
+                f"{class_name(self.class_names, c)} ({n} of {per_class})" for c, n in sel.short.items())
+                + " had fewer selectable samples than asked; using what there is")
         purity = float((sel.labels == self.y_true[sel.indices]).mean())
         record = {"epoch": epoch, "kind": self.kind, "per_class": per_class, "size": int(len(sel.indices)),
                   "leaves_stream": self.leaves,
-                  "purity": round(purity, 4), "per_class_found": {self._name(c, quote=False): n
+                  "purity": round(purity, 4), "per_class_found": {class_name(self.class_names, c, quote=False): n
                                                                   for c, n in sel.found.items()},
                   "indices": sel.indices.tolist(), "labels": sel.labels.tolist()}
         self.records.append(record)
@@ -174,16 +175,9 @@ class MetaSetSelector:
         if self.leaves:
             ctx.exclude(indices)
 
-    def _name(self, c: int, quote: bool = True) -> str:
-        name = str(self.class_names[c]) if self.class_names is not None and c < len(self.class_names) else str(c)
-        return repr(name) if quote else name
-
     def _write(self) -> None:
         if self.out is not None and self.main_rank:
-            from .runlock import atomic_write
-
-            text = json.dumps({"selections": self.records}, indent=1)
-            atomic_write(self.out / "meta_set.json", lambda tmp: tmp.write_text(text))
+            atomic_json(self.out / "meta_set.json", {"selections": self.records}, indent=1)
 
     def state_dict(self) -> dict:
         return {"records": json.dumps(self.records)}
