@@ -61,8 +61,8 @@ def select_meta_set(labels, pred_probs=None, *, losses=None, per_class: int, kin
     ``labels`` are the given (noisy) labels; ``pred_probs`` (n, K) the model's probabilities
     (needed for ``confident`` and ``pseudo``); ``losses`` (n,) per-sample losses for
     ``small-loss`` (default: cross-entropy from ``pred_probs``); ``seed`` fixes ``confident``'s draw.
-    A class with fewer selectable samples gives what it has (``Selection.short`` says which); a class with none is an error
-    naming it and the remedy."""
+    A class with fewer selectable samples gives what it has (``Selection.short`` says which); a
+    class with none is an error naming it and the remedy."""
     if kind not in KINDS:
         raise ValueError(f"unknown meta-set kind {kind!r}; choose one of {', '.join(KINDS)}")
     if per_class < 1:
