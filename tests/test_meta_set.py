@@ -96,7 +96,7 @@ def test_a_given_clean_set_is_said_to_be_unused_and_bad_settings_are_one_line(tm
 
 def test_the_selected_samples_leave_the_noisy_stream_by_default_and_stay_when_asked(tmp_path, capsys):
     """Leaving measured a little better (benchmarks/no_clean_set.py), so it is the default;
-    ``--meta-set-leaves no`` keeps them in; the option means nothing with the verified clean set."""
+    ``--meta-set-leaves no`` keeps them in; asking for it with the verified clean set is an error."""
     seen = {}
     for name, extra in (("default", []), ("stays", ["--meta-set-leaves", "no"])):
         out = tmp_path / name
@@ -108,7 +108,7 @@ def test_the_selected_samples_leave_the_noisy_stream_by_default_and_stay_when_as
         assert record["leaves_stream"] == (name == "default")
     assert not seen["default"].any() and seen["stays"].all()
     capsys.readouterr()
-    assert main(["train", "--data", "digits", "--epochs", "1", "--meta-set-leaves", "no",
+    assert main(["train", "--data", "digits", "--epochs", "1", "--meta-set-leaves",
                  "--out", str(tmp_path / "clean")]) == 2
     assert "apply to --meta-set select:KIND" in capsys.readouterr().err
 
@@ -116,8 +116,16 @@ def test_the_selected_samples_leave_the_noisy_stream_by_default_and_stay_when_as
 def test_a_selected_meta_set_is_selected_again_every_fifth_of_the_run_by_default():
     """Refreshed every 10 of 50 epochs beat one selection at every noise setting
     (benchmarks/no_clean_set.py), so a fifth of the epochs is the default; 0 selects once."""
-    assert TrainConfig(meta_set="select:confident", epochs=50).meta_refresh_epochs == 10
-    assert TrainConfig(meta_set="select:confident", epochs=3).meta_refresh_epochs == 1
-    assert TrainConfig(meta_set="select:confident", epochs=50, meta_refresh=0).meta_refresh_epochs == 0
+    assert TrainConfig(meta_set="select:confident", epochs=50).meta_refresh == 10
+    assert TrainConfig(meta_set="select:confident", epochs=3).meta_refresh == 1
+    assert TrainConfig(meta_set="select:confident", epochs=50, meta_refresh=0).meta_refresh == 0
     with pytest.raises(ValueError, match="apply to --meta-set select:KIND"):
-        TrainConfig(meta_refresh=0).validate()
+        TrainConfig(meta_refresh=3).validate()
+    # without a selected meta set they hold 0 / False, what every run has recorded: the cells and
+    # run directories of earlier versions still compare equal (resume, grid cells)
+    from dataclasses import asdict
+
+    from l2b.rundir import config_differences
+
+    earlier = dict(asdict(TrainConfig()), meta_refresh=0, meta_set_leaves=False)
+    assert not config_differences(earlier, asdict(TrainConfig()), asdict(TrainConfig()))

@@ -70,7 +70,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
                                 help="an option of the method, e.g. --method-arg lam=0.5, or of one method of a grid: "
                                      "--method-arg coteaching.forget_rate=0.36 (repeatable)")
             continue
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool, "bool | None"):
             parser.add_argument(flag, dest=f.name, nargs="?", const="true", default=argparse.SUPPRESS,
                                 type=lambda t, f=f: _parse_value(f, t), help=help_text)
         else:

@@ -210,6 +210,13 @@ class TrainConfig:
             self.noise = "none" if own else "symmetric:0.4"
         if self.val_per_class == "auto":
             self.val_per_class = None if own or self.val_total is not None else 10
+        # a selected meta set leaves the noisy stream and is selected again every fifth of the run
+        # (benchmarks/no_clean_set.py); without one these are 0 / False, as every run has recorded
+        select = self.meta_set != "clean"
+        if self.meta_refresh is None:
+            self.meta_refresh = max(1, self.epochs // 5) if select else 0
+        if self.meta_set_leaves is None:
+            self.meta_set_leaves = select
 
     def method_options(self) -> dict[str, Any]:
         """The options given to the run's method: the plain ``method_args`` entries, then the
@@ -285,23 +292,16 @@ class TrainConfig:
         check_device(self.device)
         check_noise_spec(self.noise)
 
-    @property
-    def meta_refresh_epochs(self) -> int:
-        """How often a selected meta set is selected again (0: once): ``--meta-refresh``, or by
-        default a fifth of the epochs (benchmarks/no_clean_set.py: refreshed every 10 of 50
-        epochs beat one selection at every noise setting)."""
-        return self.meta_refresh if self.meta_refresh is not None else max(1, self.epochs // 5)
-
     def _check_meta_set(self) -> None:
         from .metaset import parse_meta_set
 
         kind = parse_meta_set(self.meta_set)
-        if self.meta_refresh is not None and self.meta_refresh < 0:
+        if self.meta_refresh < 0:
             raise ValueError(f"--meta-refresh must be 0 or more, got {self.meta_refresh}")
         if self.meta_set_size is not None and self.meta_set_size < 1:
             raise ValueError(f"--meta-set-size must be at least 1, got {self.meta_set_size}")
         if kind is None:
-            if self.meta_set_size is not None or self.meta_refresh is not None or self.meta_set_leaves is not None:
+            if self.meta_set_size is not None or self.meta_refresh or self.meta_set_leaves:
                 raise ValueError("--meta-set-size, --meta-refresh and --meta-set-leaves apply to --meta-set select:KIND")
             return
         if not needs_of(self.method, self.method_options()).clean_per_step:

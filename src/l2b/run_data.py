@@ -109,7 +109,7 @@ def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) ->
         text += "; the clean set also trains"
     if cfg.meta_set != "clean":
         text += (f"; meta set {cfg.meta_set} from the noisy data after {cfg.warmup_epochs} warm-up epoch(s)"
-                 + (f", again every {cfg.meta_refresh_epochs}" if cfg.meta_refresh_epochs else ""))
+                 + (f", again every {cfg.meta_refresh}" if cfg.meta_refresh else ""))
     return text + (f"; resuming at epoch {start_epoch + 1}/{cfg.epochs}" if start_epoch else "")
 
 

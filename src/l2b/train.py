@@ -223,9 +223,9 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
         if len(val_data) and main_rank:
             warn(f"a clean set of {len(val_data)} ({prep.clean_source}) is given, and --meta-set {cfg.meta_set} "
                  f"replaces it: it is used for nothing, neither the meta steps nor model selection")
-        selector = MetaSetSelector(select_kind, cfg.meta_set_size, cfg.meta_refresh_epochs, cfg.warmup_epochs, out,
+        selector = MetaSetSelector(select_kind, cfg.meta_set_size, cfg.meta_refresh, cfg.warmup_epochs, out,
                                    prep.y_true, list(ds.classes), cfg.eval_batch_size, main_rank,
-                                   leaves=cfg.meta_set_leaves is not False, seed=cfg.seed)
+                                   leaves=cfg.meta_set_leaves, seed=cfg.seed)
     others = {"meta_set": selector} if selector is not None else {}
     weights = WeightHistory(cfg.weight_epochs, len(train_data), device)  # for l2b label-issues
 
