@@ -34,6 +34,7 @@ one, and the total training seconds behind each row.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -53,19 +54,7 @@ NOISES = ["symmetric:0.4", "asymmetric:0.4", "instance:0.4"]
 PAPER_GRID = HERE.parent / "runs" / "bench-paper-regime" / "grid"
 
 
-def _paper_recipe() -> dict:
-    from paper_regime_grid import RECIPE
-
-    return RECIPE
-
-
-def _memorisation_recipe() -> dict:
-    from memorisation_grid import RECIPE
-
-    return RECIPE
-
-
-REGIMES = {"paper": _paper_recipe, "memorisation": _memorisation_recipe}
+REGIMES = {"paper": "paper_regime_grid", "memorisation": "memorisation_grid"}  # the module holding its RECIPE
 L2B_SCORES = ("trust", "trust-mean", "weights-mean", "model", "combined")
 
 
@@ -79,29 +68,19 @@ def run(cfg) -> dict:
     return json.loads((Path(cfg.out) / "metrics.json").read_text())
 
 
-def model_probs(run_dir: Path, split: str) -> np.ndarray:
-    """The final model's softmax on a split of its run ("train": the noisy samples, "clean": the
-    held-out clean set, "test")."""
-    import torch
-
+def model_probs(run_dir: Path, *splits: str) -> dict[str, np.ndarray]:
+    """The final model's softmax on splits of its run ("train": the noisy samples, "clean": the
+    held-out clean set, "test"), the run loaded once; with "clean", also "clean_labels" (its
+    labels, in the same order)."""
+    from l2b.models import predict_probs
     from l2b.train import load_run
 
-    cfg, prep, (train, clean, test), model = load_run(run_dir, device="cpu")
-    data = {"train": train, "clean": clean, "test": test}[split]
-    probs = torch.zeros(len(data), prep.ds.num_classes)
-    model.eval()
-    with torch.no_grad():
-        for x, _, idx, _ in data.epoch(256, seed=0, augment=False):
-            probs[idx] = torch.softmax(model(x).float(), dim=1)
-    return probs.numpy()
-
-
-def clean_labels(run_dir: Path) -> np.ndarray:
-    """The labels of a run's clean set, in the order ``model_probs(run_dir, "clean")`` scores it."""
-    from l2b.train import load_run
-
-    _, _, (_, clean, _), _ = load_run(run_dir, device="cpu")
-    return clean.y.cpu().numpy()
+    _, _, (train, clean, test), model = load_run(run_dir, device="cpu")
+    data = {"train": train, "clean": clean, "test": test}
+    out = {split: predict_probs(model, data[split], 256) for split in splits}
+    if "clean" in splits:
+        out["clean_labels"] = clean.y.cpu().numpy()
+    return out
 
 
 def metrics(flagged: np.ndarray, score: np.ndarray, suggested: np.ndarray | None, noisy: np.ndarray,
@@ -143,7 +122,7 @@ def cross_validated_probs(base, ce_dir: Path, out: Path, folds: int) -> tuple[np
         cfg = replace(base, data=f"npz:{data}", noise="none", val_per_class=None, train_subset=None,
                       method="ce", out=str(fold_dir / "run"))
         seconds += run(cfg)["total_seconds"]
-        probs[held] = model_probs(fold_dir / "run", "test")
+        probs[held] = model_probs(fold_dir / "run", "test")["test"]
     return probs, seconds
 
 
@@ -168,9 +147,10 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid:
     l2b_m = run(replace(base, method="l2b", noise=noise, out=str(l2b_dir)))
     w = np.load(l2b_dir / "weights.npz")
     noisy, true = w["noisy"], w["true"]
-    probs = model_probs(l2b_dir, "train")
+    scored = model_probs(l2b_dir, "train", "clean")
+    probs = scored["train"]
     # the default cut of `l2b label-issues`: calibrated on the run's held-out clean set
-    reference = {"clean_labels": clean_labels(l2b_dir), "clean_pred_probs": model_probs(l2b_dir, "clean")}
+    reference = {"clean_labels": scored["clean_labels"], "clean_pred_probs": scored["clean"]}
     for score in L2B_SCORES:
         hist = score in ("trust-mean", "weights-mean")
         r = rank_label_issues(noisy, w["alpha_history"] if hist else w["alpha"],
@@ -181,9 +161,9 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid:
         rows.append({"noise": noise, "seed": base.seed, "method": f"l2b:{score}",
                      **metrics(r.indices, r.score, r.suggested, noisy, true, l2b_m["total_seconds"])})
     ce_m = run(replace(base, method="ce", noise=noise, out=str(ce_dir)))
-    ce_probs = model_probs(ce_dir, "train")
-    r = rank_label_issues(noisy, pred_probs=ce_probs, score="model", clean_labels=clean_labels(ce_dir),
-                          clean_pred_probs=model_probs(ce_dir, "clean"))
+    ce = model_probs(ce_dir, "train", "clean")
+    r = rank_label_issues(noisy, pred_probs=ce["train"], score="model", clean_labels=ce["clean_labels"],
+                          clean_pred_probs=ce["clean"])
     rows.append({"noise": noise, "seed": base.seed, "method": "ce:model", **metrics(r.indices, r.score, r.suggested, noisy, true,
                                                                 ce_m["total_seconds"])})
     try:
@@ -292,7 +272,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from l2b.config import TrainConfig
 
-    recipe = dict(REGIMES[args.regime]())
+    recipe = dict(importlib.import_module(REGIMES[args.regime]).RECIPE)
     noises, folds = NOISES, args.folds
     if args.quick:
         recipe.update(epochs=2, train_subset=300, warmup_epochs=0, width=8, weight_epochs=2)
