@@ -9,9 +9,10 @@ Runs (one thread each, seed 0, trained here unless finished):
   40% symmetric and 40% asymmetric;
 - the paper-regime grid's finished runs (50 epochs) of l2b, ce and coteaching, when present.
 
-Each run's final model scores its training samples (the probability of the given label) and its
-held-out clean samples (the probability of their true label, the reference of ``clean-quantile``);
-each cut flags from those probabilities.
+Each run is scored by the model ``l2b label-issues`` takes by default (the final one, or the best
+clean-validation epoch's when the final one memorised its labels): its probability of the given
+label on the training samples, and of the true label on the held-out clean samples (the reference
+of ``clean-quantile``); each cut flags from those probabilities.
 
     python benchmarks/label_issue_cut.py            # trains what is missing, then the table
     python benchmarks/label_issue_cut.py --quick    # digits at 3 epochs only (tested)
@@ -62,15 +63,17 @@ def grid_runs(grid: Path):
 def measure(name: str, run: Path) -> dict:
     from l2b.calibrate import CUTS, estimated_issues, flag
     from l2b.detect import flag_metrics, roc_auc
-    from l2b.label_issues import _model_scores
+    from l2b.label_issues import run_model_scores
 
     labels = np.load(run / "labels.npz")
     given, true = labels["noisy"].astype(np.int64), labels["true"]
-    probs, (clean_probs, clean_y), _ = _model_scores(run, with_clean=True)  # these methods never train on the clean set
+    # these methods never train on the clean set: it is held out, and l2b label-issues' default
+    # (--model auto) scores with the best-validation epoch's model when the final one memorised
+    probs, (clean_probs, clean_y), _, scored = run_model_scores(run, "auto", reference=True)
     clean_true = clean_probs[np.arange(len(clean_y)), clean_y]
     score = 1.0 - probs[np.arange(len(given)), given]
     noisy = given != true
-    row = {"run": name, "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),
+    row = {"run": name, "model": f"{scored.model} (epoch {scored.epoch + 1})", "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),
            "estimated": int(estimated_issues(given, probs).sum())}
     for cut in CUTS:
         m = flag_metrics(flag(cut, given, probs, score, 0.5, clean_true), noisy)
@@ -85,28 +88,33 @@ def verdicts(rows: list[dict]) -> dict:
 
     out = {}
     for cut in CUTS:
-        within = sum(abs(r[cut]["count_ratio"] - 1) <= 0.25 for r in rows)
-        good = [r for r in rows if r["auc"] >= 0.95]
-        precise = sum(r[cut]["precision"] >= 0.8 for r in good)
-        out[cut] = {"count_within_25pct": f"{within}/{len(rows)}", "precision_0.8_where_auc_0.95": f"{precise}/{len(good)}",
+        within = [abs(r[cut]["count_ratio"] - 1) <= 0.25 for r in rows]
+        precise = [r["auc"] < 0.95 or r[cut]["precision"] >= 0.8 for r in rows]
+        good = sum(r["auc"] >= 0.95 for r in rows)
+        out[cut] = {"count_within_25pct": f"{sum(within)}/{len(rows)}",
+                    "precision_0.8_where_auc_0.95": f"{sum(p for p, r in zip(precise, rows) if r['auc'] >= 0.95)}/{good}",
+                    "both": f"{sum(w and p for w, p in zip(within, precise))}/{len(rows)}",
+                    "missed": [r["run"] for r, w, p in zip(rows, within, precise) if not (w and p)],
                     "mean_f1": round(float(np.mean([r[cut]["f1"] for r in rows])), 3)}
     return out
 
 
 def markdown(rows: list[dict], summary: dict, command: str) -> str:
-    from l2b.calibrate import CUTS
+    from l2b.calibrate import CLEAN_CUT, CUTS
 
     lines = [f"Command: `{command}`  ", "Each cell: flagged (flagged / corrupted), precision, recall.", "",
-             "| run | corrupted | ROC-AUC | estimated | " + " | ".join(CUTS) + " |",
-             "|---|---|---|---|" + "---|" * len(CUTS)]
+             "| run | scored with | corrupted | ROC-AUC | estimated | " + " | ".join(CUTS) + " |",
+             "|---|---|---|---|---|" + "---|" * len(CUTS)]
     for r in rows:
         cells = [f"{r[c]['flagged']} ({r[c]['count_ratio']:.2f}), P {r[c]['precision']:.2f}, R {r[c]['recall']:.2f}"
                  for c in CUTS]
-        lines.append(f"| {r['run']} | {r['corrupted']} | {r['auc']:.3f} | {r['estimated']} | " + " | ".join(cells) + " |")
-    lines += ["", "| cut | flagged within ±25% of corrupted | precision ≥ 0.8 where AUC ≥ 0.95 | mean F1 |",
-              "|---|---|---|---|"]
+        lines.append(f"| {r['run']} | {r['model']} | {r['corrupted']} | {r['auc']:.3f} | {r['estimated']} | " + " | ".join(cells) + " |")
+    lines += ["", "| cut | flagged within ±25% of corrupted | precision ≥ 0.8 where AUC ≥ 0.95 | both | mean F1 |",
+              "|---|---|---|---|---|"]
     for cut, v in summary.items():
-        lines.append(f"| {cut} | {v['count_within_25pct']} | {v['precision_0.8_where_auc_0.95']} | {v['mean_f1']:.3f} |")
+        lines.append(f"| {cut} | {v['count_within_25pct']} | {v['precision_0.8_where_auc_0.95']} | {v['both']} | "
+                     f"{v['mean_f1']:.3f} |")
+    lines += ["", f"The default with a held-out clean set ({CLEAN_CUT}) misses: " + "; ".join(summary[CLEAN_CUT]["missed"]) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -83,6 +83,16 @@ def model_probs(run_dir: Path, *splits: str) -> dict[str, np.ndarray]:
     return out
 
 
+def scored_probs(run_dir: Path) -> dict[str, np.ndarray]:
+    """What ``l2b label-issues`` scores a run with (its default model choice: the final model, or
+    the best clean-validation epoch's when the final one memorised its labels): probabilities on
+    the noisy samples ("train") and the clean set ("clean", with "clean_labels"), and "model"."""
+    from l2b.label_issues import run_model_scores
+
+    train, (clean, clean_labels), _, chosen = run_model_scores(run_dir, "auto", reference=True)
+    return {"train": train, "clean": clean, "clean_labels": clean_labels, "model": f"{chosen.model} (epoch {chosen.epoch + 1})"}
+
+
 def metrics(flagged: np.ndarray, score: np.ndarray, suggested: np.ndarray | None, noisy: np.ndarray,
             true: np.ndarray, seconds: float) -> dict:
     from l2b.detect import flag_metrics, roc_auc
@@ -147,7 +157,7 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid:
     l2b_m = run(replace(base, method="l2b", noise=noise, out=str(l2b_dir)))
     w = np.load(l2b_dir / "weights.npz")
     noisy, true = w["noisy"], w["true"]
-    scored = model_probs(l2b_dir, "train", "clean")
+    scored = scored_probs(l2b_dir)
     probs = scored["train"]
     # the default cut of `l2b label-issues`: calibrated on the run's held-out clean set
     reference = {"clean_labels": scored["clean_labels"], "clean_pred_probs": scored["clean"]}
@@ -158,13 +168,16 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid:
                               pseudo_labels=w["pseudo_history"], seen=w["seen_history"],
                               pred_probs=probs if score in ("model", "combined") else None, score=score,
                               **(reference if score in ("model", "combined") else {}))
-        rows.append({"noise": noise, "seed": base.seed, "method": f"l2b:{score}",
+        rows.append({"noise": noise, "seed": base.seed, "method": f"l2b:{score}", "scored_with": scored["model"],
                      **metrics(r.indices, r.score, r.suggested, noisy, true, l2b_m["total_seconds"])})
     ce_m = run(replace(base, method="ce", noise=noise, out=str(ce_dir)))
-    ce = model_probs(ce_dir, "train", "clean")
+    ce = scored_probs(ce_dir)
     r = rank_label_issues(noisy, pred_probs=ce["train"], score="model", clean_labels=ce["clean_labels"],
                           clean_pred_probs=ce["clean"])
-    rows.append({"noise": noise, "seed": base.seed, "method": "ce:model", **metrics(r.indices, r.score, r.suggested, noisy, true,
+    if ce["model"].startswith("best"):
+        notes.append("ce:model: where the final CE model had memorised its labels, it is scored with its best "
+                     "clean-validation epoch's model, as `l2b label-issues` does by default")
+    rows.append({"noise": noise, "seed": base.seed, "method": "ce:model", "scored_with": ce["model"], **metrics(r.indices, r.score, r.suggested, noisy, true,
                                                                 ce_m["total_seconds"])})
     try:
         import cleanlab
@@ -228,12 +241,13 @@ def answer(rows: list[dict]) -> list[str]:
             f"least as good on F1 and ROC-AUC.", *out, ""]
 
 
-def markdown(rows: list[dict], command: str, minutes: float, notes: list[str], recipe: dict) -> str:
+def markdown(rows: list[dict], command: str, minutes: float, notes: list[str], recipe: dict, load: float) -> str:
     clean = recipe.get("val_per_class", 0) * 10 if recipe.get("val_per_class") else recipe.get("val_total")
     lines = [f"Command: `{command}`  ",
              f"Recipe: {recipe['data']}, {recipe['train_subset']:,} noisy training images, {clean:,} clean, "
-             f"{recipe['model']} w{recipe['width']}, {recipe['epochs']} epochs, batch {recipe['batch_size']}.  ", f"Machine: {platform.machine()}, {os.cpu_count()} cores; this invocation "
-             f"{minutes:.0f} min (finished runs are reused; 'training s' is what each row's runs took).", "",
+             f"{recipe['model']} w{recipe['width']}, {recipe['epochs']} epochs, batch {recipe['batch_size']}.  ", f"Machine: {platform.machine()}, {os.cpu_count()} cores, one run at a time on one thread, load "
+             f"average {load:.1f} when it started; this invocation {minutes:.0f} min (finished runs are reused; "
+             f"'training s' is what each row's runs took when they were trained).", "",
              *answer(rows),
              "| noise | scored by | flagged | corrupted | precision | recall | F1 | ROC-AUC | suggested = true label | training s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -261,6 +275,8 @@ def main() -> None:
     parser.add_argument("--grid", help="take the L2B and CE runs from this grid of the same recipe (checked) "
                         "instead of training them again (default with --regime paper: runs/bench-paper-regime/grid "
                         "where it exists)")
+    parser.add_argument("--train-here", action="store_true",
+                        help="train every run into --out, reusing no grid (to time every row alike on a quiet machine)")
     args = parser.parse_args()
     if args.grid and not Path(args.grid).is_dir():
         parser.error(f"--grid {args.grid}: not a directory; give the grid of the {args.regime} benchmark, "
@@ -279,10 +295,12 @@ def main() -> None:
         noises, folds = NOISES[:1], 2
     out = Path(args.out or (f"runs/bench-label-issues-{args.regime}" + ("-quick" if args.quick else "")))
     grid = Path(args.grid) if args.grid else None
-    if grid is None and args.regime == "paper" and not args.quick and PAPER_GRID.is_dir():
+    if args.train_here and args.grid:
+        parser.error("--train-here trains every run here: leave --grid out")
+    if grid is None and args.regime == "paper" and not args.quick and not args.train_here and PAPER_GRID.is_dir():
         grid = PAPER_GRID
     base = TrainConfig(**{**recipe, "threads": 1}, seed=0, progress="none")
-    start, rows, notes = time.perf_counter(), [], []
+    start, rows, notes, load = time.perf_counter(), [], [], os.getloadavg()[0]
     for seed in range(args.seeds):
         for noise in noises:
             rows += bench_noise(replace(base, seed=seed), noise, out / noise.replace(":", "_") / f"seed{seed}",
@@ -290,7 +308,7 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60
     command = ("python benchmarks/label_issues.py " + " ".join(sys.argv[1:])).strip()
     summary = aggregate(rows)
-    table = markdown(summary, command, minutes, notes, recipe)
+    table = markdown(summary, command, minutes, notes, recipe, load)
     print(table)
     result = {**provenance(command), "regime": args.regime, "recipe": recipe,
               "folds": folds, "seeds": args.seeds, "rows": summary, "per_seed": rows, "notes": notes}

@@ -208,8 +208,9 @@ def test_bf16_meta_weights_agree_with_float32_on_the_cpu():
     ("step_cost.py", ["--device", "tpu"], "--device 'tpu': choose auto, cpu, cuda or cuda:N"),
     ("bf16_agreement.py", ["--device", "cuda:x"], "--device 'cuda:x': choose auto, cpu, cuda or cuda:N"),
     ("label_issues.py", ["--grid", "no-such-grid"], "--grid no-such-grid: not a directory"),
+    ("label_issues.py", ["--train-here", "--grid", "."], "--train-here trains every run here: leave --grid out"),
 ], ids=["memorisation --noises", "memorisation --device", "step_cost --device", "bf16_agreement --device",
-        "label_issues --grid"])
+        "label_issues --grid", "label_issues --train-here --grid"])
 def test_benchmark_scripts_refuse_bad_arguments_in_one_line(tmp_path, script, args, message):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
                           capture_output=True, text=True, cwd=tmp_path)

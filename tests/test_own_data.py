@@ -230,17 +230,45 @@ def test_label_issues_csv_of_an_image_folder_has_paths_and_class_names(tmp_path,
     assert rows[0]["given_class"] == "2" and rows[0]["suggested_class"] == "10"
 
 
-def test_label_issues_warns_when_the_model_has_memorised_its_labels(tmp_path, capsys):
-    """CE trained long without weight decay fits every noisy label; the probability of the given
-    label then finds few issues, and label-issues says so and what to score instead. L2B's model
-    of the same data (a few epochs, not memorised) gets no warning."""
+def test_label_issues_scores_with_the_best_epoch_when_the_final_model_memorised(tmp_path, capsys):
+    """CE trained long without weight decay fits every noisy label, and the probability of the
+    given label then finds few issues. label-issues scores with the best clean-validation epoch's
+    model instead (saying so), which finds most of them; --model final keeps the final model and
+    warns, naming what to score instead. L2B's model of the same data (a few epochs, not memorised)
+    gets neither."""
+    from l2b.label_issues import write_label_issues
+
     common = ["--data", "digits", "--noise", "symmetric:0.4", "--weight-decay", "0", "--progress", "none"]
     assert main(["train", *common, "--method", "ce", "--epochs", "100", "--out", str(tmp_path / "ce")]) == 0
     assert main(["train", *common, "--method", "l2b", "--epochs", "3", "--out", str(tmp_path / "l2b")]) == 0
+    best_epoch = json.loads((tmp_path / "ce" / "metrics.json").read_text())["best_epoch"] + 1
+    assert best_epoch < 100
     capsys.readouterr()
     assert main(["label-issues", str(tmp_path / "ce")]) == 0
-    err = capsys.readouterr().err
-    assert "l2b: warning: the model agrees with 100.0% of its training labels" in err
-    assert "it has memorised its labels" in err and "score an L2B run of the same data" in err
+    captured = capsys.readouterr()
+    assert "l2b: note: the final model agrees with 100.0% of its training labels against" in captured.err
+    assert f"at the best clean-validation epoch ({best_epoch})" in captured.err and "warning" not in captured.err
+    auto = write_label_issues(tmp_path / "ce", out=tmp_path / "auto")
+    final = write_label_issues(tmp_path / "ce", out=tmp_path / "final", model="final")
+    assert (auto["model"], auto["model_epoch"], final["model"]) == ("best", best_epoch, "final")
+    # the memorised model flags almost nothing; the earlier one about as many as were corrupted
+    assert final["issues"] < 0.2 * final["corrupted"] and abs(auto["issues"] / auto["corrupted"] - 1) <= 0.25
+    assert auto["precision"] >= 0.8
+    assert "it has memorised its labels" in final["warning"] and "score an L2B run of the same data" in final["warning"]
+    assert main(["label-issues", str(tmp_path / "ce"), "--model", "final"]) == 0
+    assert "l2b: warning: the model agrees with 100.0% of its training labels" in capsys.readouterr().err
     assert main(["label-issues", str(tmp_path / "l2b")]) == 0
-    assert "memorised" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "memorised" not in err and "note" not in err
+    assert write_label_issues(tmp_path / "l2b", out=tmp_path / "l2b-auto")["model"] == "final"
+
+
+def test_memorised_judges_agreement_against_held_out_accuracy_and_its_rise_since_an_earlier_model():
+    from l2b.label_issues import memorised
+
+    assert memorised((0.95, 0.80))  # agrees with 95% of its labels, right on 80% held out
+    assert not memorised((0.70, 0.88))  # 30% disagreement: the labels it distrusts
+    # agreement up 15 points since the earlier model while held-out accuracy fell 2: memorised since
+    assert memorised((0.70, 0.88), earlier=(0.55, 0.90))
+    assert not memorised((0.60, 0.93), earlier=(0.59, 0.93))
+    assert not memorised((0.70, 0.95), earlier=(0.60, 0.90))  # a rise that held-out accuracy shares

@@ -15,6 +15,7 @@ from .config import TrainConfig, load_yaml
 from .rundir import NOT_RESULTS, read_json
 from .calibrate import CUTS, DEFAULT_CUT
 from .detect import SCORES
+from .label_issues import MODELS
 from .train import train
 
 
@@ -254,7 +255,7 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     from .label_issues import write_label_issues
 
     s = write_label_issues(args.dir, threshold=args.threshold, score=args.score, cut=args.cut, out=args.out,
-                           show=args.show)
+                           show=args.show, model=args.model)
     how = (f"the estimated number of issues, {s['estimated']}" if s["cut"] == "count" else
            "labels less probable than the true label of 90% of the held-out clean samples"
            if s["cut"] == "clean-quantile" else f"cut {s['cut']}")
@@ -265,6 +266,8 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
                                 if s["clean_scored"] else ""))
     if s["picture"]:
         print(f"wrote {s['picture']}: the top {args.show} suspects")
+    if s["note"]:
+        print(f"l2b: note: {s['note']}", file=sys.stderr)
     if s["warning"]:
         print(f"l2b: warning: {s['warning']}", file=sys.stderr)
     if s["corrupted"]:
@@ -328,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
                          + f" (auto: {DEFAULT_CUT}, or threshold when --threshold is given)")
     li.add_argument("--out", help="write label_issues.csv (and .png) here instead of the run directory")
     li.add_argument("--show", type=int, default=0, metavar="N", help="also draw the top N suspects into label_issues.png")
+    li.add_argument("--model", default="auto", choices=MODELS,
+                    help="the model that scores the labels: final (last epoch), best (best_model.pt, the best "
+                         "clean-validation epoch) or auto: final, unless it has memorised its labels since that "
+                         "epoch (judged on a held-out clean set)")
     li.add_argument("--score", default="auto", choices=["auto", *SCORES],
                     help="how a label is scored: " + "; ".join(f"{k}: {v}" for k, v in SCORES.items())
                          + " (auto: model, the best ranking in benchmarks/label_issues.py)")

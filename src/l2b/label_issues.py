@@ -9,6 +9,7 @@ the user's own (unverified) training labels is scored too, so that no sample goe
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,32 +19,72 @@ from .methods import METHODS
 from .rundir import read_json, writable_dir
 from .runlock import atomic_write
 
+MODELS = ("auto", "final", "best")  # which of a run's models scores its labels
+MEMORISED_GAP = 0.10  # agreement with the training labels beyond held-out clean accuracy: memorised
 
-def _model_scores(run: Path, with_clean: bool):
-    """The final model's probabilities on the run's training samples (and on its clean samples,
-    with their labels, when ``with_clean``), and the run's prepared data."""
+
+def run_model_scores(run: Path, which: str = "final", reference: bool = False):
+    """The probabilities a model of the run gives its training samples and its clean samples
+    (with their labels), the run's prepared data, and how that model was chosen (a ``Scored``).
+
+    ``which``: ``final`` (the last checkpoint), ``best`` (best_model.pt, saved at the best
+    clean-validation epoch) or ``auto``: the final model, unless it has memorised its labels
+    (:func:`memorised`, judged on a held-out clean set, so only with ``reference``) and the
+    best-validation epoch's earlier model had not; then that one."""
     from .models import predict_probs
+    from .rundir import load_checkpoint
     from .train import load_run
 
     cfg, prep, (train_data, val_data, _), model = load_run(run)
-    probs = predict_probs(model, train_data, cfg.eval_batch_size)
-    clean = (predict_probs(model, val_data, cfg.eval_batch_size), val_data.y.cpu().numpy()) if with_clean else None
-    return probs, clean, prep
+    clean_y = val_data.y.cpu().numpy()
+
+    def scores():
+        return predict_probs(model, train_data, cfg.eval_batch_size), predict_probs(model, val_data, cfg.eval_batch_size)
+
+    history = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    best_epoch, last_epoch = history.get("best_epoch", -1), len(history.get("history", [])) - 1
+    best_path = run / "best_model.pt"
+    if which == "best" and not best_path.is_file():
+        raise FileNotFoundError(f"{run}: no best_model.pt (written at the best clean-validation epoch of a run "
+                                f"with a clean set); use --model final")
+    out = {"final": scores()}
+    held_out = reference and len(clean_y) > 0  # memorisation is judged against a held-out clean set
+    if which == "best" or (which == "auto" and held_out and 0 <= best_epoch < last_epoch and best_path.is_file()):
+        model.load_state_dict(load_checkpoint(best_path, next(model.parameters()).device))
+        out["best"] = scores()
+    if which == "best":
+        return out["best"][0], (out["best"][1], clean_y), prep, Scored("best", best_epoch, None)
+    fit = {k: _agreement(*v, train_data, clean_y) for k, v in out.items()} if held_out else {}
+    if "best" in fit and memorised(fit["final"], fit["best"]) and not memorised(fit["best"]):
+        final, best = fit["final"], fit["best"]
+        note = (f"the final model agrees with {100 * final[0]:.1f}% of its training labels against "
+                f"{100 * best[0]:.1f}% at the best clean-validation epoch ({best_epoch + 1}), and is right on "
+                f"{100 * final[1]:.1f}% of the held-out clean set against {100 * best[1]:.1f}% then: it has "
+                f"memorised labels since, wrong ones included, so the labels are scored with that epoch's model "
+                f"(best_model.pt); --model final scores the final one")
+        return out["best"][0], (out["best"][1], clean_y), prep, Scored("best", best_epoch, note)
+    note = _memorised_warning(fit["final"]) if fit else None
+    return out["final"][0], (out["final"][1], clean_y), prep, Scored("final", last_epoch, note)
 
 
 def write_label_issues(run: str | Path, threshold: float | None = None, score: str = "auto", cut: str = "auto",
-                       out: str | Path | None = None, show: int = 0) -> dict:
+                       out: str | Path | None = None, show: int = 0, model: str = "auto") -> dict:
     """Write ``label_issues.csv`` (into ``out``, default the run directory), most suspect first:
     ``index`` (position in the dataset's training set), ``split`` (train, or clean for a clean
     sample drawn from unverified labels), ``given_label`` / ``given_class``,
     ``suggested_label`` / ``suggested_class``, ``confidence``, ``pseudo_agreement``, ``score`` and,
     for image-file datasets, ``path``. ``show`` > 0 also writes ``label_issues.png`` with the top
-    ``show`` suspects. Returns a summary: how many were flagged and estimated, and precision,
-    recall, F1 and ROC-AUC against the injected noise where there is any."""
+    ``show`` suspects. ``model``: which of the run's models scores the labels (``final``, ``best``:
+    best_model.pt, or ``auto``: the final one unless it has memorised its labels since the best
+    clean-validation epoch; see :func:`run_model_scores`). Returns a summary: how many were flagged and
+    estimated, the model used, and precision, recall, F1 and ROC-AUC against the injected noise
+    where there is any."""
     run = Path(run)
     labels_path = run / "labels.npz"
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path}: not found; is {run} a run directory of l2b train?")
+    if model not in MODELS:
+        raise ValueError(f"--model {model!r}: choose one of {', '.join(MODELS)}")
     if score != "auto" and score not in SCORES:
         raise ValueError(f"--score {score!r}: choose auto or one of {', '.join(SCORES)}")
     diverged = read_json(run / "metrics.json").get("diverged") if (run / "metrics.json").is_file() else None
@@ -81,12 +122,10 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     reference = not with_clean and not config.get("train_on_clean") and \
         config.get("method") in METHODS and not METHODS[config["method"]].sees_clean_labels(
             config.get("method_args", {}) | _resolved_options(run))
-    probs = clean_probs = prep = warning = None
+    probs = clean_probs = prep = scored = None
     clean_ref = {}
     if has_model and (score in ("model", "combined") or cut != "threshold"):
-        probs, (clean_probs, val_y), prep = _model_scores(run, True)
-        if reference and len(val_y):
-            warning = _memorised(probs, given, clean_probs, val_y)
+        probs, (clean_probs, val_y), prep, scored = run_model_scores(run, model, reference)
         if reference and len(clean_probs) and (cut in ("auto", "clean-quantile")) and threshold is None:
             clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs}
         if not with_clean:
@@ -117,22 +156,48 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     m = flag_metrics(mask, is_noisy)
     return {"issues": len(issues.indices), "estimated": issues.estimated, "cut": issues.cut,
             "source": SCORES[issues.source], "score": issues.source, "csv": out / "label_issues.csv",
-            "picture": picture, "clean_scored": int((split == "clean").sum()), "warning": warning,
+            "picture": picture, "clean_scored": int((split == "clean").sum()),
+            "model": None if scored is None else scored.model, "model_epoch": None if scored is None else scored.epoch + 1,
+            "warning": scored.note if scored is not None and scored.model == "final" else None,
+            "note": scored.note if scored is not None and scored.model == "best" else None,
             "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
             "auc": roc_auc(issues.score, is_noisy),
             "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
 
 
-MEMORISED_GAP = 0.10  # training-label agreement above held-out clean accuracy by this much: memorised
+@dataclass(frozen=True)
+class Scored:
+    """Which model scored the labels: ``final`` or ``best`` (best_model.pt), its 0-based epoch, and
+    a note for the user (why the best-validation model was taken, or that the final one memorised)."""
+    model: str
+    epoch: int
+    note: str | None
 
 
-def _memorised(probs: np.ndarray, given: np.ndarray, clean_probs: np.ndarray, clean_y: np.ndarray) -> str | None:
-    """A warning when the model agrees with its training labels far more often than it is right on
-    the held-out clean set: it has memorised its labels, wrong ones included, and the probability
-    of the given label no longer tells them apart."""
-    fit = float((probs.argmax(1) == given).mean())
-    held = float((clean_probs.argmax(1) == clean_y).mean())
-    if fit - held < MEMORISED_GAP:
+def _agreement(probs: np.ndarray, clean_probs: np.ndarray, train_data, clean_y: np.ndarray) -> tuple[float, float]:
+    """(fit, held): how often the model's top class is the given training label, and how often it
+    is the true label of a held-out clean sample."""
+    given = train_data.y.cpu().numpy()
+    return float((probs.argmax(1) == given).mean()), float((clean_probs.argmax(1) == clean_y).mean())
+
+
+def memorised(model: tuple[float, float], earlier: tuple[float, float] | None = None) -> bool:
+    """Whether a model (its (fit, held) agreement) has memorised its training labels, wrong ones
+    included: it agrees with them ``MEMORISED_GAP`` more often than it is right on the held-out
+    clean set, or (given an ``earlier`` model of the same run) its agreement with them has risen
+    that much more than its held-out accuracy since. Its probability of the given label then finds
+    few of the label issues (benchmarks/RESULTS.md, "Label issues: the calibrated cut")."""
+    fit, held = model
+    if fit - held >= MEMORISED_GAP:
+        return True
+    return earlier is not None and (fit - earlier[0]) - (held - earlier[1]) >= MEMORISED_GAP
+
+
+def _memorised_warning(model: tuple[float, float]) -> str | None:
+    """A warning when the model scoring the labels has memorised them (and no earlier model of the
+    run had not)."""
+    fit, held = model
+    if not memorised(model):
         return None
     return (f"the model agrees with {100 * fit:.1f}% of its training labels but is right on only {100 * held:.1f}% of "
             f"the held-out clean set: it has memorised its labels, wrong ones included, so its probabilities find "
