@@ -272,3 +272,17 @@ def test_memorised_judges_agreement_against_held_out_accuracy_and_its_rise_since
     assert memorised((0.70, 0.88), earlier=(0.55, 0.90))
     assert not memorised((0.60, 0.93), earlier=(0.59, 0.93))
     assert not memorised((0.70, 0.95), earlier=(0.60, 0.90))  # a rise that held-out accuracy shares
+
+
+def test_label_issues_on_a_run_without_any_clean_set(tmp_path, capsys):
+    """Own labels, no clean set, the meta set selected from the training data: label-issues loads
+    the run as it trained (no clean set asked for) and flags by the estimated count."""
+    from l2b.label_issues import write_label_issues
+
+    f = digits_npz(tmp_path / "mine.npz", with_val=False, flip=60)
+    code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "l2b", "--epochs", "2",
+                       "--warmup-epochs", "1", "--meta-set", "select:confident")
+    assert code == 0, err
+    s = write_label_issues(tmp_path / "run")
+    assert s["cut"] == "count" and s["issues"] == s["estimated"] > 0 and s["warning"] is None
+    assert s["model"] == "final" and s["clean_scored"] == 0

@@ -39,7 +39,9 @@ def run_model_scores(run: Path, which: str = "final", reference: bool = False):
     clean_y = val_data.y.cpu().numpy()
 
     def scores():
-        return predict_probs(model, train_data, cfg.eval_batch_size), predict_probs(model, val_data, cfg.eval_batch_size)
+        clean = (predict_probs(model, val_data, cfg.eval_batch_size) if len(val_data) else
+                 np.zeros((0, prep.ds.num_classes), dtype=np.float32))  # a run without a clean set
+        return predict_probs(model, train_data, cfg.eval_batch_size), clean
 
     history = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
     best_epoch, last_epoch = history.get("best_epoch", -1), len(history.get("history", [])) - 1

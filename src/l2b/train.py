@@ -101,6 +101,12 @@ def start_ranks(cfg: TrainConfig) -> tuple[torch.device, int, int]:
     return device, rank, world
 
 
+def needs_clean_set(cfg: TrainConfig) -> bool:
+    """Whether the run needs a verified clean set: its method reads one, and no ``--meta-set
+    select:KIND`` builds the meta set from the training data instead."""
+    return needs_of(cfg.method, cfg.method_options()).clean and parse_meta_set(cfg.meta_set) is None
+
+
 def load_run(run: str | Path, device: str | torch.device | None = None):
     """A run rebuilt from its directory: ``(cfg, prep, (train, val, test), model)`` with the data,
     noise and split of its config.json and the model's weights of its last checkpoint (train mode)."""
@@ -110,7 +116,7 @@ def load_run(run: str | Path, device: str | torch.device | None = None):
             raise FileNotFoundError(f"{run}: no {name}; give the directory of an l2b run (its --out)")
     cfg = TrainConfig.from_dict(read_json(run / "config.json")["config"], str(run / "config.json"))
     device = resolve_device(cfg.device) if device is None else torch.device(device)
-    prep = prepare_data(cfg, needs_of(cfg.method, cfg.method_options()).clean)
+    prep = prepare_data(cfg, needs_clean_set(cfg))
     splits = build_splits(cfg, prep, device)
     model = build_model(cfg, prep.ds, device)
     model.load_state_dict(load_checkpoint(run / "checkpoint.pt", device)["model"])
@@ -193,10 +199,10 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
 
         needs = needs_of(cfg.method, cfg.method_options())
         select_kind = parse_meta_set(cfg.meta_set)  # None: the verified clean set feeds the meta steps
-        prep = prepare_data(cfg, needs.clean and select_kind is None)
+        prep = prepare_data(cfg, needs_clean_set(cfg))
         ds = prep.ds
         train_data, val_data, test_data = build_splits(cfg, prep, device, shard=(rank, world))
-        if needs.clean and select_kind is None and len(val_data) == 0:
+        if needs_clean_set(cfg) and len(val_data) == 0:
             raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
         if resume:
             check_same_data(out, data_fingerprint(cfg, prep, (train_data, val_data, test_data)))
