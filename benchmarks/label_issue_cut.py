@@ -63,7 +63,8 @@ def grid_runs(grid: Path):
 def measure(name: str, run: Path) -> dict:
     from l2b.calibrate import CUTS, estimated_issues, flag
     from l2b.detect import flag_metrics, roc_auc
-    from l2b.label_issues import run_model_scores
+    from l2b.label_issues import clean_steered, run_model_scores
+    from l2b.rundir import read_json
 
     labels = np.load(run / "labels.npz")
     given, true = labels["noisy"].astype(np.int64), labels["true"]
@@ -73,10 +74,15 @@ def measure(name: str, run: Path) -> dict:
     clean_true = clean_probs[np.arange(len(clean_y)), clean_y]
     score = 1.0 - probs[np.arange(len(given)), given]
     noisy = given != true
+    steered = clean_steered(read_json(run / "config.json")["config"], run)
+    # how often a correct training label falls below the clean-quantile line (10% if the clean set
+    # were as new to the model as the correct training labels are familiar)
+    below = score > 1.0 - np.quantile(clean_true, 0.1)
     row = {"run": name, "model": f"{scored.model} (epoch {scored.epoch + 1})", "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),
-           "estimated": int(estimated_issues(given, probs).sum())}
+           "estimated": int(estimated_issues(given, probs).sum()), "clean_steered": steered,
+           "correct_below_line": round(float(below[~noisy].mean()), 3)}
     for cut in CUTS:
-        m = flag_metrics(flag(cut, given, probs, score, 0.5, clean_true), noisy)
+        m = flag_metrics(flag(cut, given, probs, score, 0.5, clean_true, steered), noisy)
         row[cut] = {"flagged": m["flagged"], "precision": round(m["precision"], 3), "recall": round(m["recall"], 3),
                     "f1": round(m["f1"], 3), "count_ratio": round(m["flagged"] / max(m["corrupted"], 1), 3)}
     return row
@@ -102,13 +108,16 @@ def verdicts(rows: list[dict]) -> dict:
 def markdown(rows: list[dict], summary: dict, command: str) -> str:
     from l2b.calibrate import CLEAN_CUT, CUTS
 
-    lines = [f"Command: `{command}`  ", "Each cell: flagged (flagged / corrupted), precision, recall.", "",
-             "| run | scored with | corrupted | ROC-AUC | estimated | " + " | ".join(CUTS) + " |",
-             "|---|---|---|---|---|" + "---|" * len(CUTS)]
+    lines = [f"Command: `{command}`  ", "Each cell: flagged (flagged / corrupted), precision, recall. 'Correct below line': the share of "
+             "correctly labelled training samples less probable than the clean-quantile line ('steered': the "
+             "clean set steered training through a meta step, and the cut takes 10% of them out).", "",
+             "| run | scored with | corrupted | ROC-AUC | estimated | correct below line | " + " | ".join(CUTS) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(CUTS)]
     for r in rows:
         cells = [f"{r[c]['flagged']} ({r[c]['count_ratio']:.2f}), P {r[c]['precision']:.2f}, R {r[c]['recall']:.2f}"
                  for c in CUTS]
-        lines.append(f"| {r['run']} | {r['model']} | {r['corrupted']} | {r['auc']:.3f} | {r['estimated']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['run']} | {r['model']} | {r['corrupted']} | {r['auc']:.3f} | {r['estimated']} | "
+                     f"{100 * r['correct_below_line']:.1f}%{' (steered)' if r['clean_steered'] else ''} | " + " | ".join(cells) + " |")
     lines += ["", "| cut | flagged within ±25% of corrupted | precision ≥ 0.8 where AUC ≥ 0.95 | both | mean F1 |",
               "|---|---|---|---|---|"]
     for cut, v in summary.items():

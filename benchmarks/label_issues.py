@@ -87,10 +87,12 @@ def scored_probs(run_dir: Path) -> dict[str, np.ndarray]:
     """What ``l2b label-issues`` scores a run with (its default model choice: the final model, or
     the best clean-validation epoch's when the final one memorised its labels): probabilities on
     the noisy samples ("train") and the clean set ("clean", with "clean_labels"), and "model"."""
-    from l2b.label_issues import run_model_scores
+    from l2b.label_issues import clean_steered, run_model_scores
 
     train, (clean, clean_labels), _, chosen = run_model_scores(run_dir, "auto", reference=True)
-    return {"train": train, "clean": clean, "clean_labels": clean_labels, "model": f"{chosen.model} (epoch {chosen.epoch + 1})"}
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    return {"train": train, "clean": clean, "clean_labels": clean_labels, "model": f"{chosen.model} (epoch {chosen.epoch + 1})",
+            "steered": clean_steered(config, run_dir)}
 
 
 def metrics(flagged: np.ndarray, score: np.ndarray, suggested: np.ndarray | None, noisy: np.ndarray,
@@ -160,7 +162,8 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid:
     scored = scored_probs(l2b_dir)
     probs = scored["train"]
     # the default cut of `l2b label-issues`: calibrated on the run's held-out clean set
-    reference = {"clean_labels": scored["clean_labels"], "clean_pred_probs": scored["clean"]}
+    reference = {"clean_labels": scored["clean_labels"], "clean_pred_probs": scored["clean"],
+                 "clean_steered": scored["steered"]}
     for score in L2B_SCORES:
         hist = score in ("trust-mean", "weights-mean")
         r = rank_label_issues(noisy, w["alpha_history"] if hist else w["alpha"],
@@ -173,7 +176,7 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid:
     ce_m = run(replace(base, method="ce", noise=noise, out=str(ce_dir)))
     ce = scored_probs(ce_dir)
     r = rank_label_issues(noisy, pred_probs=ce["train"], score="model", clean_labels=ce["clean_labels"],
-                          clean_pred_probs=ce["clean"])
+                          clean_pred_probs=ce["clean"], clean_steered=ce["steered"])
     if ce["model"].startswith("best"):
         notes.append("ce:model: where the final CE model had memorised its labels, it is scored with its best "
                      "clean-validation epoch's model, as `l2b label-issues` does by default")

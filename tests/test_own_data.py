@@ -161,6 +161,14 @@ def test_the_calibrated_cut_follows_the_estimated_number_when_the_model_is_unsur
     assert r.cut == "clean-quantile" and set(wrong.tolist()) <= set(r.indices.tolist())
     false_flags = len(set(r.indices.tolist()) - set(wrong.tolist()))
     assert 0 < false_flags <= 0.2 * len(right)
+    # clean samples that steered training (a meta step) are taken to be as sure as the correct
+    # labels: 10% of those lie below the line too, and that many fewer are flagged, most suspect first
+    below = len(r.indices) / n
+    s = l2b.rank_label_issues(given, pred_probs=probs, clean_labels=true[held], clean_pred_probs=probs[held],
+                              clean_steered=True)
+    assert len(s.indices) == round((below - 0.1) / 0.9 * n) and s.cut == "clean-quantile"
+    assert len(set(s.indices.tolist()) - set(wrong.tolist())) < false_flags
+    assert np.array_equal(s.indices, r.indices[np.argsort(-r.score[r.indices], kind="stable")][:len(s.indices)])
     with pytest.raises(ValueError, match="give clean_labels and clean_pred_probs together"):
         l2b.find_label_issues(given, probs, clean_labels=true[held])
 

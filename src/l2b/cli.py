@@ -258,6 +258,8 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
                            show=args.show, model=args.model)
     how = (f"the estimated number of issues, {s['estimated']}" if s["cut"] == "count" else
            "labels less probable than the true label of 90% of the held-out clean samples"
+           + (", less the 10% of correct labels expected below that line, since that set steered the training"
+              if s["clean_steered"] else "")
            if s["cut"] == "clean-quantile" else f"cut {s['cut']}")
     if s["cut"] != "count" and s["estimated"] is not None:
         how += f"; confident learning estimates {s['estimated']}"

@@ -103,7 +103,8 @@ def _as_history(values, name: str) -> np.ndarray | None:
 
 def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen=None, pred_probs=None,
                       score: str = "auto", threshold: float | None = None, cut: str = "auto",
-                      num_classes: int | None = None, clean_labels=None, clean_pred_probs=None) -> LabelIssues:
+                      num_classes: int | None = None, clean_labels=None, clean_pred_probs=None,
+                      clean_steered: bool = False) -> LabelIssues:
     """Label issues from a meta method's weights and/or a model's predicted probabilities.
 
     ``alpha``, ``beta``, ``pseudo_labels`` and ``seen`` are (n,) for one epoch or (epochs, n) for
@@ -112,7 +113,9 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     a key of ``SCORES`` or "auto" (``model`` with ``pred_probs``, else ``trust``). ``cut``: how
     many to flag, a key of ``l2b.calibrate.CUTS`` or "auto": with ``clean_labels`` and
     ``clean_pred_probs`` (held-out clean samples the model never trained on) the labels less
-    probable than 90% of the clean ones' (``clean-quantile``), else the estimated number of issues
+    probable than 90% of the clean ones' (``clean-quantile``; ``clean_steered``: those clean samples
+    steered the training, as a meta method's meta step does, and 10% of the correct labels are taken
+    to fall below that line too), else the estimated number of issues
     (``count``) with ``pred_probs``, a fixed ``threshold`` when one is given or without them."""
     probs = None if pred_probs is None else np.asarray(pred_probs)
     labels = check_labels(labels, None if probs is None else probs.shape[1] if probs.ndim == 2 else None)
@@ -167,8 +170,9 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     ranked = np.lexsort((-secondary, -main))  # most suspect first
     rank = np.empty(n, dtype=np.int64)
     rank[ranked] = np.arange(n)
-    mask = flag(cut, labels, probs, -rank.astype(np.float64) if cut == "count" else main, _check_threshold(threshold),
-                reference)
+    by_rank = cut == "count" or (cut == CLEAN_CUT and clean_steered)  # flags the top m of the ranking
+    mask = flag(cut, labels, probs, -rank.astype(np.float64) if by_rank else main, _check_threshold(threshold),
+                reference, clean_steered)
     flagged = ranked[mask[ranked]]
     suggested, confidence, agreement = _suggestions(labels, k, pseudo_labels, seen_h, probs,
                                                     prefer_model=score in ("model", "combined"))

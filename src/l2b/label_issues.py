@@ -129,7 +129,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     if has_model and (score in ("model", "combined") or cut != "threshold"):
         probs, (clean_probs, val_y), prep, scored = run_model_scores(run, model, reference)
         if reference and len(clean_probs) and (cut in ("auto", "clean-quantile")) and threshold is None:
-            clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs}
+            clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs,
+                         "clean_steered": clean_steered(config, run)}
         if not with_clean:
             clean_probs = None
     elif score in ("model", "combined"):
@@ -159,6 +160,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     return {"issues": len(issues.indices), "estimated": issues.estimated, "cut": issues.cut,
             "source": SCORES[issues.source], "score": issues.source, "csv": out / "label_issues.csv",
             "picture": picture, "clean_scored": int((split == "clean").sum()),
+            "clean_steered": bool(clean_ref.get("clean_steered")),
             "model": None if scored is None else scored.model, "model_epoch": None if scored is None else scored.epoch + 1,
             "warning": scored.note if scored is not None and scored.model == "final" else None,
             "note": scored.note if scored is not None and scored.model == "best" else None,
@@ -205,6 +207,20 @@ def _memorised_warning(model: tuple[float, float]) -> str | None:
             f"the held-out clean set: it has memorised its labels, wrong ones included, so its probabilities find "
             f"few of the label issues and the flagged count runs low; score an L2B run of the same data (its model "
             f"does not fit the labels it distrusts), or a run stopped before it memorised (fewer --epochs)")
+
+
+def clean_steered(config: dict, run: Path) -> bool:
+    """Whether the run's clean set steered its training without being trained on: a meta step
+    reads a clean batch every step (L2B, L2RW, MW-Net), and no ``--meta-set select:KIND`` replaced
+    that set."""
+    from .metaset import parse_meta_set
+    from .methods import needs_of
+
+    method = config.get("method")
+    if method not in METHODS:
+        return False
+    needs = needs_of(method, config.get("method_args", {}) | _resolved_options(run))
+    return needs.clean_per_step and parse_meta_set(config.get("meta_set", "clean")) is None
 
 
 def _resolved_options(run: Path) -> dict:
