@@ -154,18 +154,20 @@ def test_the_calibrated_cut_follows_the_estimated_number_when_the_model_is_unsur
         assert sorted(l2b.find_label_issues(given, probs, cut=cut).tolist()) == sorted(wrong.tolist())
     # held-out clean samples scored by the same model (exchangeable with the correct training labels):
     # every wrong label falls below 90% of their true-label probabilities, and about 10% of the
-    # correct ones do (the conformal guarantee); the clean reference is then the default cut
+    # correct ones do (the conformal guarantee). A held-out set leaves the default at the count.
     right = np.setdiff1d(np.arange(n), wrong)
     held = rng.choice(right, 100, replace=False)
-    r = l2b.rank_label_issues(given, pred_probs=probs, clean_labels=true[held], clean_pred_probs=probs[held])
+    clean = {"clean_labels": true[held], "clean_pred_probs": probs[held]}
+    assert l2b.rank_label_issues(given, pred_probs=probs, **clean).cut == "count"
+    r = l2b.rank_label_issues(given, pred_probs=probs, cut="clean-quantile", **clean)
     assert r.cut == "clean-quantile" and set(wrong.tolist()) <= set(r.indices.tolist())
     false_flags = len(set(r.indices.tolist()) - set(wrong.tolist()))
     assert 0 < false_flags <= 0.2 * len(right)
     # clean samples that steered training (a meta step) are taken to be as sure as the correct
-    # labels: 10% of those lie below the line too, and that many fewer are flagged, most suspect first
+    # labels: 10% of those lie below the line too, and that many fewer are flagged, most suspect
+    # first; this is then the default cut
     below = len(r.indices) / n
-    s = l2b.rank_label_issues(given, pred_probs=probs, clean_labels=true[held], clean_pred_probs=probs[held],
-                              clean_steered=True)
+    s = l2b.rank_label_issues(given, pred_probs=probs, clean_steered=True, **clean)
     assert len(s.indices) == round((below - 0.1) / 0.9 * n) and s.cut == "clean-quantile"
     assert len(set(s.indices.tolist()) - set(wrong.tolist())) < false_flags
     assert np.array_equal(s.indices, r.indices[np.argsort(-r.score[r.indices], kind="stable")][:len(s.indices)])

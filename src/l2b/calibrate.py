@@ -3,14 +3,15 @@ and the estimated number of label issues; and the checks every (labels, pred_pro
 
 A fixed cut on the model's probability of the given label flags most of the data when the model is
 unsure (short runs, hard classes). The cuts here adapt to how confident the model is, class by
-class:
-
-With held-out clean samples (a verified clean set the model did not train on) the default is the
-``clean-quantile`` cut instead: a label is flagged when the model gives it less probability than it
-gives the true label of 90% of the clean samples. Where that clean set steered the training (the
-meta step of L2B, L2RW, MW-Net), the model is as sure of those samples as of the correct training
-labels, so 10% of the correct labels are taken to fall below that line: the number flagged is the
-number below it less that share, the most suspect first.
+class. The default, chosen by measurement (benchmarks/RESULTS.md, "Label issues: the calibrated
+cut": 53 runs), is the number of issues confident learning estimates (``count``), except where the
+run's clean set steered its training through a meta step (L2B, L2RW, MW-Net): there the
+``clean-quantile`` cut. It draws a line at the probability the model gives the true label of 90%
+of the clean samples; a meta step fits those samples, so the model is about as sure of them as of
+the correct training labels, and 10% of the correct labels are taken to fall below the line too: the
+number flagged is the number below it less that share, the most suspect first. (Where the clean set
+is truly held out, the model is surer of its training labels than of it, and the line flags too few
+when the ranking is weak; with ``clean_steered=False`` the cut is the plain line.)
 
 - ``t_j``: the mean probability of class j over the samples labelled j (the per-class threshold);
 - the confident joint ``C[i, j]``: samples labelled i whose probability of class j reaches ``t_j``
@@ -37,7 +38,7 @@ CUTS = {
     "threshold": "score above 1 - threshold (a fixed cut)",
 }
 # by measurement (benchmarks/RESULTS.md, "Label issues: the calibrated cut"): clean-quantile where
-# a held-out clean set is scored, else the estimated count
+# the clean set steered the training, else the estimated count
 DEFAULT_CUT = "count"
 CLEAN_CUT = "clean-quantile"
 CLEAN_QUANTILE = 0.1

@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "is below this")
     li.add_argument("--cut", default="auto", choices=["auto", *CUTS],
                     help="how many to flag: " + "; ".join(f"{k}: {v}" for k, v in CUTS.items())
-                         + f" (auto: {DEFAULT_CUT}, or threshold when --threshold is given)")
+                         + f" (auto: clean-quantile where the clean set steered training through a meta step, "
+                           f"else {DEFAULT_CUT}; threshold when --threshold is given)")
     li.add_argument("--out", help="write label_issues.csv (and .png) here instead of the run directory")
     li.add_argument("--show", type=int, default=0, metavar="N", help="also draw the top N suspects into label_issues.png")
     li.add_argument("--model", default="auto", choices=MODELS,

@@ -112,11 +112,12 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     weighted (default: all). ``pred_probs`` is (n, classes) as cleanlab takes it. ``score``:
     a key of ``SCORES`` or "auto" (``model`` with ``pred_probs``, else ``trust``). ``cut``: how
     many to flag, a key of ``l2b.calibrate.CUTS`` or "auto": with ``clean_labels`` and
-    ``clean_pred_probs`` (held-out clean samples the model never trained on) the labels less
-    probable than 90% of the clean ones' (``clean-quantile``; ``clean_steered``: those clean samples
-    steered the training, as a meta method's meta step does, and 10% of the correct labels are taken
-    to fall below that line too), else the estimated number of issues
-    (``count``) with ``pred_probs``, a fixed ``threshold`` when one is given or without them."""
+    ``clean_pred_probs`` (clean samples the model never trained on) that steered the training
+    (``clean_steered``: a meta method's meta step read them), the labels less probable than 90% of
+    the clean ones' less the 10% of correct labels expected below that line (``clean-quantile``);
+    else the estimated number of issues (``count``) with ``pred_probs``; a fixed ``threshold`` when
+    one is given or without them. ``cut="clean-quantile"`` with a held-out clean set
+    (``clean_steered=False``) flags every label below the line."""
     probs = None if pred_probs is None else np.asarray(pred_probs)
     labels = check_labels(labels, None if probs is None else probs.shape[1] if probs.ndim == 2 else None)
     a, b = _as_history(alpha, "alpha"), _as_history(beta, "beta")
@@ -132,7 +133,7 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     reference = None if clean_labels is None else clean_reference(clean_labels, clean_pred_probs)
     if cut == "auto":
         cut = ("threshold" if threshold is not None or probs is None else
-               CLEAN_CUT if reference is not None else DEFAULT_CUT)
+               CLEAN_CUT if reference is not None and clean_steered else DEFAULT_CUT)
     if cut not in CUTS:
         raise ValueError(f"unknown cut {cut!r}; choose auto or one of {', '.join(CUTS)}")
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
