@@ -73,7 +73,8 @@ def measure(name: str, run: Path) -> dict:
     given, true = labels["noisy"].astype(np.int64), labels["true"]
     # these methods never train on the clean set: it is held out, and l2b label-issues' default
     # (--model auto) scores with the best-validation epoch's model when the final one memorised
-    probs, (clean_probs, clean_y), _, scored = run_model_scores(run, "auto", reference=True)
+    scored = run_model_scores(run, "auto", reference=True)
+    probs, clean_probs, clean_y = scored.train, scored.clean, scored.clean_labels
     clean_true = clean_probs[np.arange(len(clean_y)), clean_y]
     score = 1.0 - probs[np.arange(len(given)), given]
     noisy = given != true
@@ -81,7 +82,7 @@ def measure(name: str, run: Path) -> dict:
     # how often a correct training label falls below the clean-quantile line (10% if the clean set
     # were as new to the model as the correct training labels are familiar)
     below = score > 1.0 - np.quantile(clean_true, 0.1)
-    row = {"run": name, "model": f"{scored.model} (epoch {scored.epoch + 1})", "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),
+    row = {"run": name, "model": scored.label, "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),
            "estimated": int(estimated_issues(given, probs).sum()), "clean_steered": steered,
            "correct_below_line": round(float(below[~noisy].mean()), 3)}
     # what `l2b label-issues` flags by default (cut "auto") from these probabilities

@@ -89,9 +89,9 @@ def scored_probs(run_dir: Path) -> dict[str, np.ndarray]:
     the noisy samples ("train") and the clean set ("clean", with "clean_labels"), and "model"."""
     from l2b.label_issues import clean_steered, run_model_scores
 
-    train, (clean, clean_labels), _, chosen = run_model_scores(run_dir, "auto", reference=True)
+    s = run_model_scores(run_dir, "auto", reference=True)
     config = json.loads((run_dir / "config.json").read_text())["config"]
-    return {"train": train, "clean": clean, "clean_labels": clean_labels, "model": f"{chosen.model} (epoch {chosen.epoch + 1})",
+    return {"train": s.train, "clean": s.clean, "clean_labels": s.clean_labels, "model": s.label,
             "steered": clean_steered(config, run_dir)}
 
 

@@ -9,8 +9,9 @@ the user's own (unverified) training labels is scored too, so that no sample goe
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,9 +24,29 @@ MODELS = ("auto", "final", "best")  # which of a run's models scores its labels
 MEMORISED_GAP = 0.10  # agreement with the training labels beyond held-out clean accuracy: memorised
 
 
-def run_model_scores(run: Path, which: str = "final", reference: bool = False):
-    """The probabilities a model of the run gives its training samples and its clean samples
-    (with their labels), the run's prepared data, and how that model was chosen (a ``Scored``).
+@dataclass(frozen=True)
+class RunScores:
+    """A model of a run and its probabilities: ``train`` (n x K, the noisy training samples, with
+    the ``labels`` they were trained on), ``clean`` (m x K, the clean set) with ``clean_labels``; the
+    run's prepared data (``prep``); which model it is (``model``: final, or best for best_model.pt)
+    and its 0-based ``epoch``; a ``note`` for the user: why the best-validation model was taken, or
+    that the final one memorised."""
+    train: np.ndarray
+    labels: np.ndarray
+    clean: np.ndarray
+    clean_labels: np.ndarray
+    prep: Any
+    model: str
+    epoch: int
+    note: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} (epoch {self.epoch + 1})"
+
+
+def run_model_scores(run: Path, which: str = "final", reference: bool = False) -> RunScores:
+    """The probabilities a model of the run gives its training samples and its clean samples.
 
     ``which``: ``final`` (the last checkpoint), ``best`` (best_model.pt, saved at the best
     clean-validation epoch) or ``auto``: the final model, unless it has memorised its labels
@@ -38,10 +59,14 @@ def run_model_scores(run: Path, which: str = "final", reference: bool = False):
     cfg, prep, (train_data, val_data, _), model = load_run(run)
     clean_y = val_data.y.cpu().numpy()
 
-    def scores():
+    def scores(name: str, epoch: int) -> RunScores:
         clean = (predict_probs(model, val_data, cfg.eval_batch_size) if len(val_data) else
                  np.zeros((0, prep.ds.num_classes), dtype=np.float32))  # a run without a clean set
-        return predict_probs(model, train_data, cfg.eval_batch_size), clean
+        return RunScores(predict_probs(model, train_data, cfg.eval_batch_size), train_data.y.cpu().numpy(), clean,
+                         clean_y, prep, name, epoch)
+
+    def load_best() -> None:
+        model.load_state_dict(load_checkpoint(best_path, next(model.parameters()).device))
 
     history = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
     best_epoch, last_epoch = history.get("best_epoch", -1), len(history.get("history", [])) - 1
@@ -49,24 +74,23 @@ def run_model_scores(run: Path, which: str = "final", reference: bool = False):
     if which == "best" and not best_path.is_file():
         raise FileNotFoundError(f"{run}: no best_model.pt (written at the best clean-validation epoch of a run "
                                 f"with a clean set); use --model final")
-    out = {"final": scores()}
-    held_out = reference and len(clean_y) > 0  # memorisation is judged against a held-out clean set
-    if which == "best" or (which == "auto" and held_out and 0 <= best_epoch < last_epoch and best_path.is_file()):
-        model.load_state_dict(load_checkpoint(best_path, next(model.parameters()).device))
-        out["best"] = scores()
     if which == "best":
-        return out["best"][0], (out["best"][1], clean_y), prep, Scored("best", best_epoch, None)
-    fit = {k: _agreement(*v, train_data, clean_y) for k, v in out.items()} if held_out else {}
-    if "best" in fit and memorised(fit["final"], fit["best"]) and not memorised(fit["best"]):
-        final, best = fit["final"], fit["best"]
-        note = (f"the final model agrees with {100 * final[0]:.1f}% of its training labels against "
-                f"{100 * best[0]:.1f}% at the best clean-validation epoch ({best_epoch + 1}), and is right on "
-                f"{100 * final[1]:.1f}% of the held-out clean set against {100 * best[1]:.1f}% then: it has "
-                f"memorised labels since, wrong ones included, so the labels are scored with that epoch's model "
-                f"(best_model.pt); --model final scores the final one")
-        return out["best"][0], (out["best"][1], clean_y), prep, Scored("best", best_epoch, note)
-    note = _memorised_warning(fit["final"]) if fit else None
-    return out["final"][0], (out["final"][1], clean_y), prep, Scored("final", last_epoch, note)
+        load_best()
+        return scores("best", best_epoch)
+    final = scores("final", last_epoch)
+    held_out = reference and len(clean_y) > 0  # memorisation is judged against a held-out clean set
+    if not (which == "auto" and held_out and 0 <= best_epoch < last_epoch and best_path.is_file()):
+        return replace(final, note=_memorised_warning(_agreement(final)) if held_out else None)
+    load_best()
+    best = scores("best", best_epoch)
+    f, b = _agreement(final), _agreement(best)
+    if not memorised(f, b) or memorised(b):
+        return replace(final, note=_memorised_warning(f))
+    return replace(best, note=(
+        f"the final model agrees with {100 * f[0]:.1f}% of its training labels against {100 * b[0]:.1f}% at the "
+        f"best clean-validation epoch ({best_epoch + 1}), and is right on {100 * f[1]:.1f}% of the held-out clean set "
+        f"against {100 * b[1]:.1f}% then: it has memorised labels since, wrong ones included, so the labels are "
+        f"scored with that epoch's model (best_model.pt); --model final scores the final one"))
 
 
 def write_label_issues(run: str | Path, threshold: float | None = None, score: str = "auto", cut: str = "auto",
@@ -127,7 +151,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     probs = clean_probs = prep = scored = None
     clean_ref = {}
     if has_model and (score in ("model", "combined") or cut != "threshold"):
-        probs, (clean_probs, val_y), prep, scored = run_model_scores(run, model, reference)
+        scored = run_model_scores(run, model, reference)
+        probs, clean_probs, val_y, prep = scored.train, scored.clean, scored.clean_labels, scored.prep
         if reference and len(clean_probs) and (cut in ("auto", "clean-quantile")) and threshold is None:
             clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs,
                          "clean_steered": clean_steered(config, run)}
@@ -169,20 +194,11 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
             "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
 
 
-@dataclass(frozen=True)
-class Scored:
-    """Which model scored the labels: ``final`` or ``best`` (best_model.pt), its 0-based epoch, and
-    a note for the user (why the best-validation model was taken, or that the final one memorised)."""
-    model: str
-    epoch: int
-    note: str | None
-
-
-def _agreement(probs: np.ndarray, clean_probs: np.ndarray, train_data, clean_y: np.ndarray) -> tuple[float, float]:
+def _agreement(scores: RunScores) -> tuple[float, float]:
     """(fit, held): how often the model's top class is the given training label, and how often it
     is the true label of a held-out clean sample."""
-    given = train_data.y.cpu().numpy()
-    return float((probs.argmax(1) == given).mean()), float((clean_probs.argmax(1) == clean_y).mean())
+    return (float((scores.train.argmax(1) == scores.labels).mean()),
+            float((scores.clean.argmax(1) == scores.clean_labels).mean()))
 
 
 def memorised(model: tuple[float, float], earlier: tuple[float, float] | None = None) -> bool:
