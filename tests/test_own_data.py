@@ -296,3 +296,21 @@ def test_label_issues_on_a_run_without_any_clean_set(tmp_path, capsys):
     s = write_label_issues(tmp_path / "run")
     assert s["cut"] == "count" and s["issues"] == s["estimated"] > 0 and s["warning"] is None
     assert s["model"] == "final" and s["clean_scored"] == 0
+
+
+def test_label_issues_finds_a_relative_data_path_from_another_directory(tmp_path, monkeypatch, capsys):
+    """A run trained on npz:mine.npz (relative to where it was trained) is loaded again from
+    anywhere: the run records where it found its data."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    digits_npz(tmp_path / "work" / "mine.npz", flip=40)
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["train", "--data", "npz:mine.npz", "--method", "l2b", "--model", "mlp", "--width", "16",
+                 "--epochs", "1", "--out", "run", "--progress", "none"]) == 0
+    saved = json.loads((tmp_path / "work" / "run" / "config.json").read_text())
+    assert saved["config"]["data"] == "npz:mine.npz"  # the settings as given
+    assert saved["data"]["located"] == f"npz:{tmp_path / 'work' / 'mine.npz'}"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["label-issues", str(tmp_path / "work" / "run")]) == 0
+    assert "suspected label issues flagged" in capsys.readouterr().out

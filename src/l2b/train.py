@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,23 @@ def needs_clean_set(cfg: TrainConfig) -> bool:
     return needs_of(cfg.method, cfg.method_options()).clean and parse_meta_set(cfg.meta_set) is None
 
 
+def located_spec(spec: str) -> str:
+    """``NAME:PATH`` with PATH made absolute (as the run found it), so that a run directory can be
+    loaded again from another working directory; a spec without a path as it is."""
+    name, sep, path = spec.partition(":")
+    return f"{name}:{Path(path).resolve()}" if sep and path else spec
+
+
+def _found_data(cfg: TrainConfig, saved: dict) -> TrainConfig:
+    """``cfg`` with its data spec as the run located it when a relative path no longer resolves
+    from here (``l2b label-issues`` run from another directory)."""
+    _, sep, path = cfg.data.partition(":")
+    located = saved.get("data", {}).get("located")
+    if not sep or not path or Path(path).exists() or not located:
+        return cfg
+    return replace(cfg, data=located) if Path(located.partition(":")[2]).exists() else cfg
+
+
 def load_run(run: str | Path, device: str | torch.device | None = None):
     """A run rebuilt from its directory: ``(cfg, prep, (train, val, test), model)`` with the data,
     noise and split of its config.json and the model's weights of its last checkpoint (train mode)."""
@@ -114,7 +131,8 @@ def load_run(run: str | Path, device: str | torch.device | None = None):
     for name in ("config.json", "checkpoint.pt"):
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run}: no {name}; give the directory of an l2b run (its --out)")
-    cfg = TrainConfig.from_dict(read_json(run / "config.json")["config"], str(run / "config.json"))
+    saved = read_json(run / "config.json")
+    cfg = _found_data(TrainConfig.from_dict(saved["config"], str(run / "config.json")), saved)
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     prep = prepare_data(cfg, needs_clean_set(cfg))
     splits = build_splits(cfg, prep, device)
@@ -148,7 +166,7 @@ def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | No
         "config": asdict(cfg), "environment": environment(),
         "data": {"train": len(train_data), "clean_val": len(val_data), "test": len(test_data),
                  "noise_rate": prep.noise_rate, "classes": list(prep.ds.classes),
-                 "fingerprint": data_fingerprint(cfg, prep, splits)},
+                 "fingerprint": data_fingerprint(cfg, prep, splits), "located": located_spec(cfg.data)},
         "resolved": {"clip_grad_norm": clip, "threads": torch.get_num_threads(), "method_options": method_options or {}},
         "world_size": world}, indent=2)
     atomic_npz(out / "labels.npz", train_index=prep.train_idx, noisy=prep.y_noisy, true=prep.y_true,
