@@ -314,3 +314,19 @@ def test_label_issues_finds_a_relative_data_path_from_another_directory(tmp_path
     capsys.readouterr()
     assert main(["label-issues", str(tmp_path / "work" / "run")]) == 0
     assert "suspected label issues flagged" in capsys.readouterr().out
+
+
+def test_the_suspects_picture_keeps_every_title_clear_of_the_images():
+    """Two rows of 8: each two-line title (given → suggested, score) sits above its own image and
+    overlaps no image, in particular not the row above."""
+    pytest.importorskip("matplotlib")
+    from l2b.label_issues import suspects_figure
+
+    images = [np.full((28, 28), 40 * (i % 6), dtype=np.uint8) for i in range(16)]
+    fig = suspects_figure(images, [f"pullover → coat\nscore 0.{i:02d}" for i in range(16)], "top 16")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.get_window_extent(renderer) for ax in fig.axes]
+    for ax in fig.axes:
+        title = ax.title.get_window_extent(renderer)
+        assert not any(title.overlaps(box) for box in boxes)

@@ -304,6 +304,23 @@ def _show(path: Path, issues, index, split, given, classes, top: int, run: Path,
         from .train import load_run
 
         prep = load_run(run)[1]
+    chosen = issues.indices[:top]
+    if not len(chosen):
+        chosen = np.argsort(-issues.score, kind="stable")[:top]  # nothing flagged: the most suspect anyway
+    name = lambda c: classes[c] if 0 <= c < len(classes) else str(c)  # noqa: E731
+    titles = [f"{name(int(given[i]))} → {name(int(issues.suggested[i]))}\nscore {issues.score[i]:.2f}"
+              + (" (clean)" if split[i] == "clean" else "") for i in chosen]
+    fig = suspects_figure([_image(prep, int(index[i])) for i in chosen], titles,
+                          f"top {len(chosen)} suspected label issues: given → suggested")
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def suspects_figure(images: list[np.ndarray], titles: list[str], heading: str):
+    """A grid of images (8 a row), each under its (two-line) title."""
     try:
         import matplotlib
 
@@ -311,22 +328,14 @@ def _show(path: Path, issues, index, split, given, classes, top: int, run: Path,
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("--show needs matplotlib: pip install 'l2b[report]'") from None
-    chosen = issues.indices[:top]
-    if not len(chosen):
-        chosen = np.argsort(-issues.score, kind="stable")[:top]  # nothing flagged: the most suspect anyway
-    name = lambda c: classes[c] if 0 <= c < len(classes) else str(c)  # noqa: E731
-    cols = min(8, len(chosen))
-    rows = -(-len(chosen) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.2 * rows), squeeze=False)
+    cols = max(1, min(8, len(images)))
+    rows = max(1, -(-len(images) // cols))
+    # constrained layout keeps each title clear of the row above
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.4 * rows + 0.4), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, chosen):
-        img = _image(prep, int(index[i]))
+    for ax, img, title in zip(axes.flat, images, titles):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-        ax.set_title(f"{name(int(given[i]))} → {name(int(issues.suggested[i]))}\nscore {issues.score[i]:.2f}"
-                     + (" (clean)" if split[i] == "clean" else ""), fontsize=7)
-    fig.suptitle(f"top {len(chosen)} suspected label issues: given → suggested", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        ax.set_title(title, fontsize=7)
+    fig.suptitle(heading, fontsize=9)
+    return fig
