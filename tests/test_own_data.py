@@ -330,3 +330,15 @@ def test_the_suspects_picture_keeps_every_title_clear_of_the_images():
     for ax in fig.axes:
         title = ax.title.get_window_extent(renderer)
         assert not any(title.overlaps(box) for box in boxes)
+
+
+@pytest.mark.parametrize("config, steered", [
+    ({"method": "l2b"}, True), ({"method": "l2rw"}, True), ({"method": "mwnet"}, True),
+    ({"method": "ce"}, False), ({"method": "coteaching"}, False),
+    ({"method": "l2b", "meta_set": "select:confident"}, False),  # the clean set is not read at all
+    ({"method": "no-such-method"}, False),
+])
+def test_clean_steered_names_the_runs_whose_meta_step_read_the_clean_set(tmp_path, config, steered):
+    from l2b.label_issues import clean_steered
+
+    assert clean_steered(config, tmp_path) is steered
