@@ -243,6 +243,14 @@ def test_cli_help_documents_the_flags(capsys):
             assert "".join(spec.help.split()) in flat and "".join(spec.values.split()) in flat, (method, name)
 
 
+@pytest.mark.parametrize("command", ["train", "compare", "report", "label-issues", "options", "demo"])
+def test_every_command_prints_its_help(capsys, command):
+    """A help text holding a bare % (e.g. "10% of") made argparse raise instead of printing."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([command, "--help"])
+    assert exit_.value.code == 0 and "usage: l2b " + command in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS.glob("*.yaml")), ids=lambda p: p.name)
 def test_paper_presets_parse_and_build(preset):
     from l2b.cli import load_yaml

@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a fixed cut instead: flag a label when its trust alpha/(alpha+beta) (or model probability) "
                          "is below this")
     li.add_argument("--cut", default="auto", choices=["auto", *CUTS],
-                    help="how many to flag: " + "; ".join(f"{k}: {v}" for k, v in CUTS.items())
+                    help="how many to flag: " + "; ".join(f"{k}: {v}" for k, v in CUTS.items()).replace("%", "%%")
                          + f" (auto: clean-quantile where the clean set steered training through a meta step, "
                            f"else {DEFAULT_CUT}; threshold when --threshold is given)")
     li.add_argument("--out", help="write label_issues.csv (and .png) here instead of the run directory")
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "clean-validation epoch) or auto: final, unless it has memorised its labels since that "
                          "epoch (judged on a held-out clean set)")
     li.add_argument("--score", default="auto", choices=["auto", *SCORES],
-                    help="how a label is scored: " + "; ".join(f"{k}: {v}" for k, v in SCORES.items())
+                    help="how a label is scored: " + "; ".join(f"{k}: {v}" for k, v in SCORES.items()).replace("%", "%%")
                          + " (auto: model, the best ranking in benchmarks/label_issues.py)")
     li.set_defaults(func=cmd_label_issues)
     o = sub.add_parser("options", allow_abbrev=False, help="every method's options: values, default, help")
