@@ -153,6 +153,8 @@ CASES = [
     ("compare --seed is not --seeds", lambda t: ["compare", "--methods", "ce", "--noise", "symmetric:0.2", "--seed", "3",
                                                  "--out", str(t / "out")], r"unrecognized arguments: --seed 3"),
     ("label-issues threshold 1.5", lambda t: ["label-issues", str(t), "--threshold", "1.5"], r"1.5 is outside \[0, 1\]"),
+    ("label-issues threshold and a cut", lambda t: ["label-issues", str(t), "--threshold", "0.3", "--cut", "count"],
+     r"--threshold 0.3 is a fixed cut and --cut count another: give one of them"),
     ("mwnet normalize maybe", lambda t: ["train", *TINY, "--method", "mwnet", "--method-arg", "normalize=maybe",
                                          "--out", str(t / "out")], r"normalize='maybe' is not a bool"),
     ("l2b normalize softmx", lambda t: ["train", *TINY, "--method-arg", "normalize=softmx", "--out", str(t / "out")],

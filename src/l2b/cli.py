@@ -265,7 +265,9 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
         how += f"; confident learning estimates {s['estimated']}"
     print(f"wrote {s['csv']}: {s['issues']} suspected label issues flagged ({how}; score {s['score']}: "
           f"{s['source']})" + (f"; {s['clean_scored']} clean samples drawn from your labels scored too"
-                                if s["clean_scored"] else ""))
+                                if s["clean_scored"] else "")
+          + ("" if s["model"] is None else f"; the model of epoch {s['model_epoch']}"
+             + (" (best_model.pt)" if s["model"] == "best" else ", the final one")))
     if s["picture"]:
         print(f"wrote {s['picture']}: the top {args.show} suspects")
     if s["note"]:

@@ -63,7 +63,7 @@ SCORES = {
     "trust": "1 - alpha/(alpha+beta) of the last epoch",
     "trust-mean": "1 - the mean over the kept epochs of alpha/(alpha+beta) (epochs where the sample was weighted)",
     "weights-mean": "1 - mean alpha / (mean alpha + mean beta) over the kept epochs",
-    "model": "1 - the final model's probability of the given label",
+    "model": "1 - the model's probability of the given label",
     "combined": "the mean of trust-mean and model",
 }
 

@@ -106,6 +106,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     estimated, the model used, and precision, recall, F1 and ROC-AUC against the injected noise
     where there is any."""
     run = Path(run)
+    if threshold is not None and cut not in ("auto", "threshold"):
+        raise ValueError(f"--threshold {threshold} is a fixed cut and --cut {cut} another: give one of them")
     labels_path = run / "labels.npz"
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path}: not found; is {run} a run directory of l2b train?")
