@@ -252,32 +252,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_label_issues(args: argparse.Namespace) -> int:
-    from .label_issues import write_label_issues
+    from .label_issues import console_lines, write_label_issues
 
     s = write_label_issues(args.dir, threshold=args.threshold, score=args.score, cut=args.cut, out=args.out,
                            show=args.show, model=args.model)
-    how = (f"the estimated number of issues, {s['estimated']}" if s["cut"] == "count" else
-           "labels less probable than the true label of 90% of the held-out clean samples"
-           + (", less the 10% of correct labels expected below that line, since that set steered the training"
-              if s["clean_steered"] else "")
-           if s["cut"] == "clean-quantile" else f"cut {s['cut']}")
-    if s["cut"] != "count" and s["estimated"] is not None:
-        how += f"; confident learning estimates {s['estimated']}"
-    print(f"wrote {s['csv']}: {s['issues']} suspected label issues flagged ({how}; score {s['score']}: "
-          f"{s['source']})" + (f"; {s['clean_scored']} clean samples drawn from your labels scored too"
-                                if s["clean_scored"] else "")
-          + ("" if s["model"] is None else f"; the model of epoch {s['model_epoch']}"
-             + (" (best_model.pt)" if s["model"] == "best" else ", the final one")))
-    if s["picture"]:
-        print(f"wrote {s['picture']}: the top {args.show} suspects")
-    if s["note"]:
-        print(f"l2b: note: {s['note']}", file=sys.stderr)
-    if s["warning"]:
-        print(f"l2b: warning: {s['warning']}", file=sys.stderr)
-    if s["corrupted"]:
-        print(f"against the injected noise ({s['corrupted']} corrupted labels): precision {s['precision']:.3f}, "
-              f"recall {s['recall']:.3f}, F1 {s['f1']:.3f}, ROC-AUC {s['auc']:.3f}; the suggested label is the "
-              f"true one for {100 * s['fix_accuracy']:.1f}% of the corrupted samples")
+    out, err = console_lines(s, args.show)
+    for line in err:
+        print(f"l2b: {line}", file=sys.stderr)
+    print("\n".join(out))
     return 0
 
 

@@ -227,6 +227,31 @@ def _memorised_warning(model: tuple[float, float]) -> str | None:
             f"does not fit the labels it distrusts), or a run stopped before it memorised (fewer --epochs)")
 
 
+def console_lines(s: dict, show: int = 0) -> tuple[list[str], list[str]]:
+    """What ``l2b label-issues`` says about a summary of :func:`write_label_issues`: the lines for
+    the console, and the notes and warnings (for stderr)."""
+    how = (f"the estimated number of issues, {s['estimated']}" if s["cut"] == "count" else
+           "labels less probable than the true label of 90% of the held-out clean samples"
+           + (", less the 10% of correct labels expected below that line, since that set steered the training"
+              if s["clean_steered"] else "")
+           if s["cut"] == "clean-quantile" else f"cut {s['cut']}")
+    if s["cut"] != "count" and s["estimated"] is not None:
+        how += f"; confident learning estimates {s['estimated']}"
+    out = [f"wrote {s['csv']}: {s['issues']} suspected label issues flagged ({how}; score {s['score']}: "
+           f"{s['source']})" + (f"; {s['clean_scored']} clean samples drawn from your labels scored too"
+                                 if s["clean_scored"] else "")
+           + ("" if s["model"] is None else f"; the model of epoch {s['model_epoch']}"
+              + (" (best_model.pt)" if s["model"] == "best" else ", the final one"))]
+    if s["picture"]:
+        out.append(f"wrote {s['picture']}: the top {show} suspects")
+    if s["corrupted"]:
+        out.append(f"against the injected noise ({s['corrupted']} corrupted labels): precision {s['precision']:.3f}, "
+                   f"recall {s['recall']:.3f}, F1 {s['f1']:.3f}, ROC-AUC {s['auc']:.3f}; the suggested label is "
+                   f"the true one for {100 * s['fix_accuracy']:.1f}% of the corrupted samples")
+    err = ([f"note: {s['note']}"] if s["note"] else []) + ([f"warning: {s['warning']}"] if s["warning"] else [])
+    return out, err
+
+
 def clean_steered(config: dict, run: Path) -> bool:
     """Whether the run's clean set steered its training without being trained on: a meta step
     reads a clean batch every step (L2B, L2RW, MW-Net), and no ``--meta-set select:KIND`` replaced
