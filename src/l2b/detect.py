@@ -171,9 +171,9 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     ranked = np.lexsort((-secondary, -main))  # most suspect first
     rank = np.empty(n, dtype=np.int64)
     rank[ranked] = np.arange(n)
-    by_rank = cut == "count" or (cut == CLEAN_CUT and clean_steered)  # flags the top m of the ranking
-    mask = flag(cut, labels, probs, -rank.astype(np.float64) if by_rank else main, _check_threshold(threshold),
-                reference, clean_steered)
+    # the cuts that flag the top m take the ranking (ties broken as above); only the fixed cut reads the score
+    mask = flag(cut, labels, probs, main if cut == "threshold" else -rank.astype(np.float64),
+                _check_threshold(threshold), reference, clean_steered)
     flagged = ranked[mask[ranked]]
     suggested, confidence, agreement = _suggestions(labels, k, pseudo_labels, seen_h, probs,
                                                     prefer_model=score in ("model", "combined"))

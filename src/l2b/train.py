@@ -217,10 +217,11 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
 
         needs = needs_of(cfg.method, cfg.method_options())
         select_kind = parse_meta_set(cfg.meta_set)  # None: the verified clean set feeds the meta steps
-        prep = prepare_data(cfg, needs_clean_set(cfg))
+        clean_needed = needs_clean_set(cfg)
+        prep = prepare_data(cfg, clean_needed)
         ds = prep.ds
         train_data, val_data, test_data = build_splits(cfg, prep, device, shard=(rank, world))
-        if needs_clean_set(cfg) and len(val_data) == 0:
+        if clean_needed and len(val_data) == 0:
             raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
         if resume:
             check_same_data(out, data_fingerprint(cfg, prep, (train_data, val_data, test_data)))
