@@ -68,19 +68,13 @@ def run(cfg) -> dict:
     return json.loads((Path(cfg.out) / "metrics.json").read_text())
 
 
-def model_probs(run_dir: Path, *splits: str) -> dict[str, np.ndarray]:
-    """The final model's softmax on splits of its run ("train": the noisy samples, "clean": the
-    held-out clean set, "test"), the run loaded once; with "clean", also "clean_labels" (its
-    labels, in the same order)."""
+def fold_probs(run_dir: Path) -> np.ndarray:
+    """The final model's softmax on its run's test split (a fold's held-out fifth)."""
     from l2b.models import predict_probs
     from l2b.train import load_run
 
-    _, _, (train, clean, test), model = load_run(run_dir, device="cpu")
-    data = {"train": train, "clean": clean, "test": test}
-    out = {split: predict_probs(model, data[split], 256) for split in splits}
-    if "clean" in splits:
-        out["clean_labels"] = clean.y.cpu().numpy()
-    return out
+    _, _, (_, _, test), model = load_run(run_dir, device="cpu")
+    return predict_probs(model, test, 256)
 
 
 def scored_probs(run_dir: Path) -> dict[str, np.ndarray]:
@@ -134,7 +128,7 @@ def cross_validated_probs(base, ce_dir: Path, out: Path, folds: int) -> tuple[np
         cfg = replace(base, data=f"npz:{data}", noise="none", val_per_class=None, train_subset=None,
                       method="ce", out=str(fold_dir / "run"))
         seconds += run(cfg)["total_seconds"]
-        probs[held] = model_probs(fold_dir / "run", "test")["test"]
+        probs[held] = fold_probs(fold_dir / "run")
     return probs, seconds
 
 
