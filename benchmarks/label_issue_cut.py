@@ -8,12 +8,15 @@ Runs (one thread each, seed 0, trained here unless finished):
 - the memorisation recipe (small-cnn w16, 800 noisy Fashion-MNIST images) at 10 epochs, l2b, at
   40% symmetric and 40% asymmetric;
 - the paper-regime grid's finished runs (50 epochs) of l2b, ce and coteaching, when present: seed
-  0 beside the runs above, seeds 1..S-1 (``--seeds S``, default 3) summarised apart.
+  0 beside the runs above, seeds 1..S-1 (``--seeds S``, default 3) summarised apart;
+- the meta methods (whose clean set steers training) at new seeds, summarised apart: digits at 10
+  epochs, l2b, l2rw and mwnet, seeds 1-4, under 20% and 40% symmetric and 40% instance noise; the
+  memorisation recipe at 10 epochs, l2b, seeds 1-2, under those and 40% asymmetric noise.
 
 Each run is scored by the model ``l2b label-issues`` takes by default (the final one, or the best
 clean-validation epoch's when the final one memorised its labels): its probability of the given
-label on the training samples, and of the true label on the held-out clean samples (the reference
-of ``clean-quantile``); each cut flags from those probabilities.
+label on the training samples, and its probabilities for the held-out clean samples (the reference
+of ``clean-confusion`` and ``clean-quantile``); each cut flags from those probabilities.
 
     python benchmarks/label_issue_cut.py            # trains what is missing, then the table
     python benchmarks/label_issue_cut.py --quick    # digits at 3 epochs only (tested)
@@ -51,6 +54,23 @@ def runs_to_train(out: Path, quick: bool):
     return cells
 
 
+def meta_checks(out: Path):
+    """The meta methods at new seeds (their default cut is clean-confusion): 44 short runs."""
+    from l2b.config import TrainConfig
+
+    sys.path.insert(0, str(HERE))
+    from memorisation_grid import RECIPE
+
+    tag = lambda noise: noise.replace(":", "_")  # noqa: E731
+    digits = TrainConfig(data="digits", epochs=10, threads=1, progress="none")
+    cells = [(f"digits 10 ep {m} {n} seed {s}", replace(digits, method=m, noise=n, seed=s, out=str(out / f"meta-digits-{m}-{tag(n)}-s{s}")))
+             for s in (1, 2, 3, 4) for m in ("l2b", "l2rw", "mwnet") for n in ("symmetric:0.2", "symmetric:0.4", "instance:0.4")]
+    mem = TrainConfig(**{**RECIPE, "epochs": 10, "test_every": 10}, threads=1, progress="none")
+    cells += [(f"memorisation 10 ep l2b {n} seed {s}", replace(mem, method="l2b", noise=n, seed=s, out=str(out / f"meta-mem-{tag(n)}-s{s}")))
+              for s in (1, 2) for n in ("symmetric:0.2", "symmetric:0.4", "asymmetric:0.4", "instance:0.4")]
+    return cells
+
+
 def grid_runs(grid: Path, seeds: range):
     """The paper-regime grid's finished runs of l2b, ce and coteaching (of these seeds)."""
     found = []
@@ -75,23 +95,18 @@ def measure(name: str, run: Path) -> dict:
     # (--model auto) scores with the best-validation epoch's model when the final one memorised
     scored = run_model_scores(run, "auto", reference=True)
     probs, clean_probs, clean_y = scored.train, scored.clean, scored.clean_labels
-    clean_true = clean_probs[np.arange(len(clean_y)), clean_y]
     score = 1.0 - probs[np.arange(len(given)), given]
     noisy = given != true
     steered = clean_steered(read_json(run / "config.json")["config"], run)
-    # how often a correct training label falls below the clean-quantile line (10% if the clean set
-    # were as new to the model as the correct training labels are familiar)
-    below = score > 1.0 - np.quantile(clean_true, 0.1)
     row = {"run": name, "model": scored.label, "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),
-           "estimated": int(estimated_issues(given, probs).sum()), "clean_steered": steered,
-           "correct_below_line": round(float(below[~noisy].mean()), 3)}
+           "estimated": int(estimated_issues(given, probs).sum()), "clean_steered": steered}
     # what `l2b label-issues` flags by default (cut "auto") from these probabilities
     default = rank_label_issues(given, pred_probs=probs, clean_labels=clean_y, clean_pred_probs=clean_probs,
                                 clean_steered=steered)
     mask = np.zeros(len(given), dtype=bool)
     mask[default.indices] = True
     row["default_cut"] = default.cut
-    for cut, flagged in [(c, flag(c, given, probs, score, 0.5, clean_true, steered)) for c in CUTS] + [("default", mask)]:
+    for cut, flagged in [(c, flag(c, given, probs, score, 0.5, (clean_y, clean_probs))) for c in CUTS] + [("default", mask)]:
         m = flag_metrics(flagged, noisy)
         row[cut] = {"flagged": m["flagged"], "precision": round(m["precision"], 3), "recall": round(m["recall"], 3),
                     "f1": round(m["f1"], 3), "count_ratio": round(m["flagged"] / max(m["corrupted"], 1), 3)}
@@ -124,16 +139,15 @@ def markdown(rows: list[dict], summary: dict, command: str) -> str:
 
     cols = (*COLUMNS, *CUTS)
     lines = [f"Command: `{command}`  ", "Each cell: flagged (flagged / corrupted), precision, recall. 'default': what "
-             "`l2b label-issues` flags (its cut named beside the run). 'Correct below line': the share of "
-             "correctly labelled training samples less probable than the clean-quantile line ('steered': the "
-             "clean set steered training through a meta step, and the cut takes 10% of them out).", "",
-             "| run | scored with | corrupted | ROC-AUC | estimated | correct below line | " + " | ".join(cols) + " |",
+             "`l2b label-issues` flags (its cut named beside the run). 'Steered': the clean set steered training "
+             "through a meta step (L2B, L2RW, MW-Net).", "",
+             "| run | scored with | steered | corrupted | ROC-AUC | estimated | " + " | ".join(cols) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(cols)]
     for r in rows:
         cells = [f"{r[c]['flagged']} ({r[c]['count_ratio']:.2f}), P {r[c]['precision']:.2f}, R {r[c]['recall']:.2f}"
                  + (f" ({r['default_cut']})" if c == "default" else "") for c in cols]
-        lines.append(f"| {r['run']} | {r['model']} | {r['corrupted']} | {r['auc']:.3f} | {r['estimated']} | "
-                     f"{100 * r['correct_below_line']:.1f}%{' (steered)' if r['clean_steered'] else ''} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['run']} | {r['model']} | {'yes' if r['clean_steered'] else 'no'} | {r['corrupted']} | "
+                     f"{r['auc']:.3f} | {r['estimated']} | " + " | ".join(cells) + " |")
     for part, verdict in summary.items():
         lines += ["", f"**{part}**", "", "| cut | flagged within ±25% of corrupted | precision ≥ 0.8 where AUC ≥ 0.95 | both | mean F1 |",
                   "|---|---|---|---|---|"]
@@ -170,6 +184,12 @@ def main() -> None:
     if not args.quick and args.seeds > 1:
         check = [measure(name, run) for name, run in grid_runs(Path(args.grid), range(1, args.seeds))]
         summary[f"the paper-regime grid's {len(check)} runs of seeds 1-{args.seeds - 1}"] = verdicts(check)
+        rows += check
+    if not args.quick:
+        for name, cfg in meta_checks(out):
+            print(run_one(cfg.__dict__), flush=True)
+        check = [measure(name, Path(cfg.out)) for name, cfg in meta_checks(out)]
+        summary[f"the {len(check)} runs of the meta methods at new seeds"] = verdicts(check)
         rows += check
     command = "python benchmarks/label_issue_cut.py " + " ".join(sys.argv[1:])
     table = markdown(rows, summary, command.strip())

@@ -112,7 +112,7 @@ def test_label_issue_cut_benchmark_quick_mode_meets_the_targets_on_unsure_models
     result = json.loads((out / "results.json").read_text())
     assert len(result["rows"]) == 3
     for row in result["rows"]:  # "default": what l2b label-issues flags on that run
-        assert row["default_cut"] == ("clean-quantile" if row["clean_steered"] else "count")
+        assert row["default_cut"] == ("clean-confusion" if row["clean_steered"] else "count")
         assert abs(row["default"]["count_ratio"] - 1) <= 0.25 and row["default"]["precision"] >= 0.8
         assert row["threshold"]["count_ratio"] > 1.5  # the fixed cut over-flags these unsure models
 

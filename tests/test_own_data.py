@@ -163,16 +163,53 @@ def test_the_calibrated_cut_follows_the_estimated_number_when_the_model_is_unsur
     assert r.cut == "clean-quantile" and set(wrong.tolist()) <= set(r.indices.tolist())
     false_flags = len(set(r.indices.tolist()) - set(wrong.tolist()))
     assert 0 < false_flags <= 0.2 * len(right)
-    # clean samples that steered training (a meta step) are taken to be as sure as the correct
-    # labels: 10% of those lie below the line too, and that many fewer are flagged, most suspect
-    # first; this is then the default cut
-    below = len(r.indices) / n
+    # clean samples that steered training (a meta step) are treated by the model as it treats the
+    # training samples of their class: the default is then the number their confusion explains,
+    # here exactly the 30 wrong labels, the most suspect first
     s = l2b.rank_label_issues(given, pred_probs=probs, clean_steered=True, **clean)
-    assert len(s.indices) == round((below - 0.1) / 0.9 * n) and s.cut == "clean-quantile"
-    assert len(set(s.indices.tolist()) - set(wrong.tolist())) < false_flags
-    assert np.array_equal(s.indices, r.indices[np.argsort(-r.score[r.indices], kind="stable")][:len(s.indices)])
+    assert s.cut == "clean-confusion" and sorted(s.indices.tolist()) == sorted(wrong.tolist())
     with pytest.raises(ValueError, match="give clean_labels and clean_pred_probs together"):
         l2b.find_label_issues(given, probs, clean_labels=true[held])
+
+
+def test_clean_confusion_counts_each_class_through_a_model_that_confuses_classes():
+    """The model calls half of class 0 class 1, on clean and training samples alike; 30 samples of
+    class 2 are labelled 0 and 20 of class 1 labelled 2. Confident learning counts the model's own
+    mistakes on class 0 as wrong labels (and misses some in class 2); the clean set's confusion
+    explains those mistakes, and what it leaves is the wrong labels, class by class."""
+    import l2b
+    from l2b.calibrate import clean_confusion_issues, estimated_issues
+
+    rng = np.random.Generator(np.random.PCG64(0))
+    around = {"0": [0.8, 0.1, 0.1], "0 as 1": [0.3, 0.6, 0.1], "1": [0.1, 0.8, 0.1], "2": [0.1, 0.1, 0.8]}
+
+    def scored(classes):  # the model's probabilities for samples of these true classes
+        kinds = ["0 as 1" if c == 0 and i % 2 else str(c) for i, c in enumerate(classes)]
+        return np.stack([rng.dirichlet(200 * np.array(around[k])) for k in kinds])
+
+    true = np.repeat(np.arange(3), 200)
+    given = true.copy()
+    given[400:430], given[200:220] = 0, 2
+    probs, clean_y = scored(true), np.repeat(np.arange(3), 50)
+    clean = {"clean_labels": clean_y, "clean_pred_probs": scored(clean_y)}
+    explained = clean_confusion_issues(given, probs, (clean_y, clean["clean_pred_probs"]))
+    assert np.allclose(explained, [30, 0, 20], atol=2)
+    counted = estimated_issues(given, probs)
+    assert counted[0] > 45 and counted.sum() > 60  # the model's mistakes on class 0, counted as issues
+    # the default where the clean set steered training: the smaller of the two numbers, most suspect first
+    r = l2b.rank_label_issues(given, pred_probs=probs, clean_steered=True, **clean)
+    assert r.cut == "clean-confusion" and len(r.indices) == round(explained.sum())
+    wrong = np.flatnonzero(given != true)
+    assert len(np.intersect1d(r.indices, wrong)) >= 0.9 * len(wrong)
+    # a held-out clean set leaves the default at the count; a clean set without a labelled class
+    # too, and asked for by name it is one line naming the class
+    assert l2b.rank_label_issues(given, pred_probs=probs, **clean).cut == "count"
+    partial = {k: v[clean_y != 2] for k, v in clean.items()}
+    assert l2b.rank_label_issues(given, pred_probs=probs, clean_steered=True, **partial).cut == "count"
+    with pytest.raises(ValueError, match="class 2 has none"):
+        l2b.rank_label_issues(given, pred_probs=probs, cut="clean-confusion", **partial)
+    with pytest.raises(ValueError, match="needs pred_probs and held-out clean samples"):
+        l2b.find_label_issues(given, probs, cut="clean-confusion")
 
 
 def test_label_issues_on_own_npz_score_the_drawn_clean_set_too(tmp_path, capsys):

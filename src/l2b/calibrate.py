@@ -1,17 +1,22 @@
-"""How many labels to flag, from the data: confident-learning thresholds (Northcutt et al., 2021)
-and the estimated number of label issues; and the checks every (labels, pred_probs) input passes.
+"""How many labels to flag, from the data: confident-learning thresholds (Northcutt et al., 2021),
+the number of issues a clean set's confusion explains, and the checks every (labels, pred_probs)
+input passes.
 
 A fixed cut on the model's probability of the given label flags most of the data when the model is
 unsure (short runs, hard classes). The cuts here adapt to how confident the model is, class by
 class. The default, chosen by measurement (benchmarks/RESULTS.md, "Label issues: the calibrated
-cut": 53 runs), is the number of issues confident learning estimates (``count``), except where the
-run's clean set steered its training through a meta step (L2B, L2RW, MW-Net): there the
-``clean-quantile`` cut. It draws a line at the probability the model gives the true label of 90%
-of the clean samples; a meta step fits those samples, so the model is about as sure of them as of
-the correct training labels, and 10% of the correct labels are taken to fall below the line too: the
-number flagged is the number below it less that share, the most suspect first. (Where the clean set
-is truly held out, the model is surer of its training labels than of it, and the line flags too few
-when the ranking is weak; with ``clean_steered=False`` the cut is the plain line.)
+cut"), is the number of issues confident learning estimates (``count``), except where the run's
+clean set steered its training through a meta step (L2B, L2RW, MW-Net): there ``clean-confusion``.
+A meta step fits the clean samples without training on them, so the model treats a clean sample of
+class t much as it treats a training sample whose true class is t: the mean probabilities it gives
+the samples labelled g are then a mix of the clean classes' mean probabilities, in the proportions
+of their true classes, and the part of that mix not of class g is the share of wrong labels in g.
+Both estimates run high on such runs, each for its own reason: the model is somewhat surer of the
+clean samples the meta step fitted than of the correct training labels (the mix then credits the
+difference to wrong labels), and confident learning counts the correct labels of classes the model
+is unsure of. The cut takes the smaller. (Where the clean set is truly held out, the model is
+surer of its training samples than of it, and the clean estimate runs low; where the model fitted
+its wrong labels, every estimate does.)
 
 - ``t_j``: the mean probability of class j over the samples labelled j (the per-class threshold);
 - the confident joint ``C[i, j]``: samples labelled i whose probability of class j reaches ``t_j``
@@ -20,9 +25,12 @@ when the ranking is weak; with ``clean_steered=False`` the cut is the plain line
   number of label issues.
 
 The cuts (``CUTS``): ``count`` flags that many samples, the most suspect first by the ranking
-score; ``per-class`` flags, within each given class, its row's off-diagonal count, ranked by the
-margin of the best other class over the given one; ``confident`` flags the samples whose confident
-class is not the given one; ``threshold`` is a fixed cut on the score.
+score; ``clean-confusion`` flags the number the clean set's confusion explains (or the count
+where that is smaller), the same way;
+``per-class`` flags, within each given class, its row's off-diagonal count, ranked by the margin of
+the best other class over the given one; ``confident`` flags the samples whose confident class is
+not the given one; ``clean-quantile`` those less probable than 90% of the clean samples' true
+labels; ``threshold`` is a fixed cut on the score.
 """
 
 from __future__ import annotations
@@ -31,15 +39,18 @@ import numpy as np
 
 CUTS = {
     "count": "the estimated number of issues (confident learning), most suspect first",
+    "clean-confusion": "the number of issues the clean set's confusion explains (each given class's mean "
+                       "probabilities fitted as a mix of the clean classes'), or the count where that is smaller; "
+                       "most suspect first",
     "per-class": "per given class, its estimated number of issues, ranked by margin",
     "confident": "samples whose confident class (per-class thresholds) is not the given one",
-    "clean-quantile": "labels less probable than the true label of all but 10% of held-out clean samples "
-                      "(less the correct labels expected below that where the clean set steered training)",
+    "clean-quantile": "labels less probable than the true label of all but 10% of held-out clean samples",
     "threshold": "score above 1 - threshold (a fixed cut)",
 }
-# by measurement (benchmarks/RESULTS.md, "Label issues: the calibrated cut"): clean-quantile where
+# by measurement (benchmarks/RESULTS.md, "Label issues: the calibrated cut"): clean-confusion where
 # the clean set steered the training, else the estimated count
 DEFAULT_CUT = "count"
+STEERED_CUT = "clean-confusion"
 CLEAN_CUT = "clean-quantile"
 CLEAN_QUANTILE = 0.1
 
@@ -128,45 +139,68 @@ def estimated_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.rint(joint.sum(axis=1) - np.diag(joint)).astype(np.int64)
 
 
-def clean_reference(clean_labels, clean_probs) -> np.ndarray:
-    """The probabilities a model gives the TRUE labels of held-out clean samples (checked)."""
+def clean_reference(clean_labels, clean_probs) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out clean samples' TRUE labels and a model's probabilities for them (checked)."""
     p = np.asarray(clean_probs)
     y = check_labels(clean_labels, p.shape[1] if p.ndim == 2 else None, "clean_labels")
     p = check_pred_probs(p, len(y))
     if not len(y):
         raise ValueError("clean_labels is empty: give the held-out clean samples, or leave both clean_* out")
-    return p[np.arange(len(y)), y]
+    return y, p
+
+
+def clean_confusion_issues(labels: np.ndarray, probs: np.ndarray, clean: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Per given class g, the estimated number of its samples whose label is wrong, from a clean
+    set (its true labels and the model's probabilities for it): the mean probabilities the model
+    gives the samples labelled g, fitted by non-negative least squares as a mix of the mean
+    probabilities it gives each clean class; the weight off class g is the share of wrong labels.
+    Every given class needs clean samples of its own (ValueError naming the first that has none)."""
+    from scipy.optimize import nnls
+
+    clean_y, clean_p = clean
+    k = probs.shape[1]
+    counts, clean_counts = np.bincount(labels, minlength=k), np.bincount(clean_y, minlength=k)
+    missing = np.flatnonzero((counts > 0) & (clean_counts == 0))
+    if len(missing):
+        raise ValueError(f"cut 'clean-confusion' needs clean samples of every labelled class; class {missing[0]} has "
+                         f"none ({len(missing)} class(es)): add some to the clean set, or use cut 'count'")
+    by_true = np.zeros((k, k))
+    np.add.at(by_true, clean_y, clean_p)
+    present = np.flatnonzero(clean_counts)
+    by_true = by_true[present] / clean_counts[present, None]
+    given_mean = np.zeros((k, k))
+    np.add.at(given_mean, labels, probs)
+    issues = np.zeros(k)
+    for g in np.flatnonzero(counts):
+        mix, _ = nnls(by_true.T, given_mean[g] / counts[g])
+        total = mix.sum()
+        issues[g] = counts[g] * (1.0 - mix[np.searchsorted(present, g)] / total) if total > 0 else 0.0
+    return issues
 
 
 def flag(cut: str, labels: np.ndarray, probs: np.ndarray | None, score: np.ndarray, threshold: float,
-         clean_true_probs: np.ndarray | None = None, clean_steered: bool = False) -> np.ndarray:
-    """A boolean mask of the flagged samples under ``cut`` (a key of CUTS); ``clean_true_probs``:
-    the model's probability of the true label on held-out clean samples (``clean-quantile``);
-    ``clean_steered``: those samples steered the training (a meta method's meta step)."""
+         clean: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """A boolean mask of the flagged samples under ``cut`` (a key of CUTS); ``clean``: clean
+    samples' true labels and the model's probabilities for them (``clean-quantile``,
+    ``clean-confusion``)."""
     n = len(labels)
     if cut == "threshold":
         return score > 1.0 - threshold
+    if cut in (CLEAN_CUT, STEERED_CUT) and (clean is None or probs is None):
+        raise ValueError(f"cut {cut!r} needs pred_probs and held-out clean samples' probabilities "
+                         f"(clean_labels=, clean_pred_probs=)")
     if cut == CLEAN_CUT:
-        if clean_true_probs is None or probs is None:
-            raise ValueError("cut 'clean-quantile' needs pred_probs and held-out clean samples' probabilities "
-                             "(clean_labels=, clean_pred_probs=)")
+        clean_y, clean_p = clean
         # a conformal test: a correct label held out would fall below this in at most 10% of cases
-        below = probs[np.arange(n), labels] < np.quantile(clean_true_probs, CLEAN_QUANTILE)
-        if not clean_steered:
-            return below
-        # a meta step fits its clean samples, so the model is no surer of them than of the correct
-        # training labels (benchmarks/RESULTS.md, "Label issues: the calibrated cut": 7-14% of
-        # those fall below the cut, against 1-9% for the other methods): CLEAN_QUANTILE of the correct
-        # labels are taken to lie below it, and that many fewer are flagged, the most suspect first
-        m = int(round(max(below.mean() - CLEAN_QUANTILE, 0.0) / (1.0 - CLEAN_QUANTILE) * n))
-        mask = np.zeros(n, dtype=bool)
-        mask[np.argsort(-score, kind="stable")[:m]] = True
-        return mask
+        below = probs[np.arange(n), labels] < np.quantile(clean_p[np.arange(len(clean_y)), clean_y], CLEAN_QUANTILE)
+        return below
     if probs is None:
         raise ValueError(f"cut {cut!r} needs pred_probs (a model's probabilities); give them, or cut='threshold'")
     mask = np.zeros(n, dtype=bool)
-    if cut == "count":
+    if cut in ("count", STEERED_CUT):
         m = int(estimated_issues(labels, probs).sum())
+        if cut == STEERED_CUT:  # both run high on a steered run (see the module's docstring): the smaller
+            m = min(m, int(round(clean_confusion_issues(labels, probs, clean).sum())))
         mask[np.argsort(-score, kind="stable")[:m]] = True
     elif cut == "per-class":
         other = probs.copy()

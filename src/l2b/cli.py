@@ -13,7 +13,7 @@ from typing import Any
 from .methods import METHODS, declared_options
 from .config import TrainConfig, load_yaml
 from .rundir import NOT_RESULTS, read_json
-from .calibrate import CUTS, DEFAULT_CUT
+from .calibrate import CUTS, DEFAULT_CUT, STEERED_CUT
 from .detect import SCORES
 from .label_issues import MODELS
 from .train import train
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "is below this")
     li.add_argument("--cut", default="auto", choices=["auto", *CUTS],
                     help="how many to flag: " + "; ".join(f"{k}: {v}" for k, v in CUTS.items()).replace("%", "%%")
-                         + f" (auto: clean-quantile where the clean set steered training through a meta step, "
+                         + f" (auto: {STEERED_CUT} where the clean set steered training through a meta step, "
                            f"else {DEFAULT_CUT}; threshold when --threshold is given)")
     li.add_argument("--out", help="write label_issues.csv (and .png) here instead of the run directory")
     li.add_argument("--show", type=int, default=0, metavar="N", help="also draw the top N suspects into label_issues.png")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibrate import CLEAN_CUT, CUTS, DEFAULT_CUT, check_labels, clean_reference, check_pred_probs, estimated_issues, flag
+from .calibrate import CUTS, DEFAULT_CUT, STEERED_CUT, check_labels, check_pred_probs, clean_reference, estimated_issues, flag
 
 # A fixed cut (cut="threshold"): a sample is flagged when its label trust is below this (beta outweighs alpha).
 DEFAULT_THRESHOLD = 0.5
@@ -113,11 +113,10 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     a key of ``SCORES`` or "auto" (``model`` with ``pred_probs``, else ``trust``). ``cut``: how
     many to flag, a key of ``l2b.calibrate.CUTS`` or "auto": with ``clean_labels`` and
     ``clean_pred_probs`` (clean samples the model never trained on) that steered the training
-    (``clean_steered``: a meta method's meta step read them), the labels less probable than 90% of
-    the clean ones' less the 10% of correct labels expected below that line (``clean-quantile``);
-    else the estimated number of issues (``count``) with ``pred_probs``; a fixed ``threshold`` when
-    one is given or without them. ``cut="clean-quantile"`` with a held-out clean set
-    (``clean_steered=False``) flags every label below the line."""
+    (``clean_steered``: a meta method's meta step read them) and cover every labelled class, the
+    number of issues their confusion explains (``clean-confusion``); else the number confident
+    learning estimates (``count``) with ``pred_probs``; a fixed ``threshold`` when one is given or
+    without them."""
     probs = None if pred_probs is None else np.asarray(pred_probs)
     labels = check_labels(labels, None if probs is None else probs.shape[1] if probs.ndim == 2 else None)
     a, b = _as_history(alpha, "alpha"), _as_history(beta, "beta")
@@ -132,8 +131,9 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
         raise ValueError("give clean_labels and clean_pred_probs together")
     reference = None if clean_labels is None else clean_reference(clean_labels, clean_pred_probs)
     if cut == "auto":
+        covered = reference is not None and set(labels.tolist()) <= set(reference[0].tolist())
         cut = ("threshold" if threshold is not None or probs is None else
-               CLEAN_CUT if reference is not None and clean_steered else DEFAULT_CUT)
+               STEERED_CUT if covered and clean_steered else DEFAULT_CUT)
     if cut not in CUTS:
         raise ValueError(f"unknown cut {cut!r}; choose auto or one of {', '.join(CUTS)}")
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
@@ -173,7 +173,7 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     rank[ranked] = np.arange(n)
     # the cuts that flag the top m take the ranking (ties broken as above); only the fixed cut reads the score
     mask = flag(cut, labels, probs, main if cut == "threshold" else -rank.astype(np.float64),
-                _check_threshold(threshold), reference, clean_steered)
+                _check_threshold(threshold), reference)
     flagged = ranked[mask[ranked]]
     suggested, confidence, agreement = _suggestions(labels, k, pseudo_labels, seen_h, probs,
                                                     prefer_model=score in ("model", "combined"))

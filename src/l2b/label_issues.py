@@ -155,7 +155,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     if has_model and (score in ("model", "combined") or cut != "threshold"):
         scored = run_model_scores(run, model, reference)
         probs, clean_probs, val_y, prep = scored.train, scored.clean, scored.clean_labels, scored.prep
-        if reference and len(clean_probs) and (cut in ("auto", "clean-quantile")) and threshold is None:
+        if reference and len(clean_probs) and (cut in ("auto", "clean-quantile", "clean-confusion")) and threshold is None:
             clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs,
                          "clean_steered": clean_steered(config, run)}
         if not with_clean:
@@ -230,11 +230,12 @@ def _memorised_warning(model: tuple[float, float]) -> str | None:
 def console_lines(s: dict, show: int = 0) -> tuple[list[str], list[str]]:
     """What ``l2b label-issues`` says about a summary of :func:`write_label_issues`: the lines for
     the console, and the notes and warnings (for stderr)."""
-    how = (f"the estimated number of issues, {s['estimated']}" if s["cut"] == "count" else
-           "labels less probable than the true label of 90% of the held-out clean samples"
-           + (", less the 10% of correct labels expected below that line, since that set steered the training"
-              if s["clean_steered"] else "")
-           if s["cut"] == "clean-quantile" else f"cut {s['cut']}")
+    how = {"count": f"the estimated number of issues, {s['estimated']}",
+           "clean-confusion": "the number of wrong labels the clean set's confusion explains, or confident learning's "
+                              "estimate where smaller (the clean samples steered the training, so the model treats them "
+                              "as it treats the training samples of their class)",
+           "clean-quantile": "labels less probable than the true label of 90% of the held-out clean samples"
+           }.get(s["cut"], f"cut {s['cut']}")
     if s["cut"] != "count" and s["estimated"] is not None:
         how += f"; confident learning estimates {s['estimated']}"
     out = [f"wrote {s['csv']}: {s['issues']} suspected label issues flagged ({how}; score {s['score']}: "
