@@ -199,6 +199,7 @@ def test_clean_confusion_counts_each_class_through_a_model_that_confuses_classes
     # the default where the clean set steered training: the smaller of the two numbers, most suspect first
     r = l2b.rank_label_issues(given, pred_probs=probs, clean_steered=True, **clean)
     assert r.cut == "clean-confusion" and len(r.indices) == round(explained.sum())
+    assert np.array_equal(l2b.find_label_issues(given, probs, clean_steered=True, **clean), r.indices)
     wrong = np.flatnonzero(given != true)
     assert len(np.intersect1d(r.indices, wrong)) >= 0.9 * len(wrong)
     # a held-out clean set leaves the default at the count; a clean set without a labelled class

@@ -220,13 +220,15 @@ def _check_threshold(threshold: float) -> float:
 
 
 def find_label_issues(labels=None, pred_probs=None, *, alpha=None, beta=None, threshold: float | None = None,
-                      score: str = "auto", cut: str = "auto", clean_labels=None, clean_pred_probs=None) -> np.ndarray:
+                      score: str = "auto", cut: str = "auto", clean_labels=None, clean_pred_probs=None,
+                      clean_steered: bool = False) -> np.ndarray:
     """The positions of the samples whose label looks wrong, most suspect first, in cleanlab's
     order of arguments (``find_label_issues(labels, pred_probs)``, as with
     ``return_indices_ranked_by``). With probabilities the number flagged is estimated from the
-    data (confident learning, ``cut="count"``), or, given held-out clean samples
-    (``clean_labels=, clean_pred_probs=``), as the labels less probable than 90% of theirs;
-    ``threshold=`` gives a fixed cut instead.
+    data (confident learning, ``cut="count"``); given clean samples the model never trained on
+    (``clean_labels=, clean_pred_probs=``) that steered its training through a meta step
+    (``clean_steered=True``: the clean batches of ``l2b.L2B``), the number their confusion explains
+    (``cut="clean-confusion"``, see :mod:`l2b.calibrate`); ``threshold=`` gives a fixed cut instead.
     ``alpha``/``beta`` may be one epoch's (n,) weights or the last epochs' (epochs, n);
     :func:`rank_label_issues` also returns the scores and the suggested labels.
 
@@ -246,7 +248,8 @@ def find_label_issues(labels=None, pred_probs=None, *, alpha=None, beta=None, th
             raise ValueError("give labels and pred_probs (cleanlab's order), or labels with alpha= and beta=")
         labels = np.zeros(np.shape(alpha)[-1], dtype=np.int64)  # weight scores do not read the labels
     return rank_label_issues(labels, alpha, beta, pred_probs=pred_probs, score=score, threshold=threshold,
-                             cut=cut, clean_labels=clean_labels, clean_pred_probs=clean_pred_probs).indices
+                             cut=cut, clean_labels=clean_labels, clean_pred_probs=clean_pred_probs,
+                             clean_steered=clean_steered).indices
 
 
 def _looks_like_weights(first, second) -> bool:
