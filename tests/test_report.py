@@ -80,8 +80,11 @@ def test_report_on_a_single_run(grid):
 def test_label_issues_ranks_suspects_and_scores_against_the_truth(grid, capsys):
     run = grid / "l2b" / "symmetric_0.5" / "seed0"
     assert cli_main(["label-issues", str(run)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     rows = list(csv.DictReader(open(run / "label_issues.csv")))
+    # 5 clean per class steered the training: a note says the count can run high, and what to do
+    assert "note: the 50 clean samples (5 per class) that steered the training are few" in err
+    assert "review it from the top, and a larger clean set narrows the count" in err
     assert list(rows[0]) == ["index", "split", "given_label", "given_class", "suggested_label", "suggested_class",
                              "confidence", "pseudo_agreement", "score"]
     assert all(r["given_class"] == r["given_label"] and r["split"] == "train" for r in rows)
