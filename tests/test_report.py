@@ -94,6 +94,11 @@ def test_label_issues_ranks_suspects_and_scores_against_the_truth(grid, capsys):
     # steers by it), not a fixed 0.5
     assert f"{len(rows)} suspected label issues flagged (the number of wrong labels the clean set's confusion " \
            f"explains, or confident learning's estimate where smaller" in out
+    # asked for on a CE run, whose clean set is held out: no word of steering, no note on its size
+    assert cli_main(["label-issues", str(grid / "ce" / "symmetric_0.5" / "seed0"), "--cut", "clean-confusion"]) == 0
+    out_ce, err_ce = capsys.readouterr()
+    assert "the clean set's confusion explains, or confident learning's estimate where smaller;" in out_ce
+    assert "steered" not in out_ce + err_ce
     assert cli_main(["label-issues", str(run), "--cut", "count"]) == 0  # no clean reference: the estimated count
     counted = capsys.readouterr().out
     n = len(list(csv.DictReader(open(run / "label_issues.csv"))))

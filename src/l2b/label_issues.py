@@ -192,7 +192,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
             "model": None if scored is None else scored.model, "model_epoch": None if scored is None else scored.epoch + 1,
             "warning": scored.note if scored is not None and scored.model == "final" else None,
             "note": scored.note if scored is not None and scored.model == "best" else None,
-            "count_note": _small_clean_note(clean_ref.get("clean_labels")) if issues.cut == "clean-confusion" else None,
+            "count_note": _small_clean_note(clean_ref["clean_labels"])
+            if issues.cut == "clean-confusion" and clean_ref.get("clean_steered") else None,
             "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
             "auc": roc_auc(issues.score, is_noisy),
             "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
@@ -249,8 +250,9 @@ def console_lines(s: dict, show: int = 0) -> tuple[list[str], list[str]]:
     the console, and the notes and warnings (for stderr)."""
     how = {"count": f"the estimated number of issues, {s['estimated']}",
            "clean-confusion": "the number of wrong labels the clean set's confusion explains, or confident learning's "
-                              "estimate where smaller (the clean samples steered the training, so the model treats them "
-                              "as it treats the training samples of their class)",
+                              "estimate where smaller" + (" (the clean samples steered the training, so the model treats "
+                                                          "them as it treats the training samples of their class)"
+                                                          if s["clean_steered"] else ""),
            "clean-quantile": "labels less probable than the true label of 90% of the held-out clean samples"
            }.get(s["cut"], f"cut {s['cut']}")
     if s["cut"] != "count" and s["estimated"] is not None:
