@@ -14,7 +14,7 @@ Runs (one thread each, seed 0, trained here unless finished):
   memorisation recipe at 10 epochs, l2b, seeds 1-2, under those and 40% asymmetric noise;
 - the regime of a user's own small labelled folder, summarised apart: 1,000 Fashion-MNIST training
   images with 10 clean per class, an MLP (w256) for 20 epochs, l2b, 20% and 40% of the labels
-  moved to another class, seeds 0-3.
+  moved to another class, seeds 0-3; and at 20% moved with 20 and 40 clean per class.
 
 Each run is scored by the model ``l2b label-issues`` takes by default (the final one, or the best
 clean-validation epoch's when the final one memorised its labels): its probability of the given
@@ -75,14 +75,19 @@ def meta_checks(out: Path):
 
 
 def own_data_runs(out: Path):
-    """A small labelled set of one's own, as docs/data.md's folder example: 8 runs of l2b."""
+    """A small labelled set of one's own, as docs/data.md's folder example (10 clean per class), and
+    the same with 20 and 40 clean per class: 16 runs of l2b."""
     from l2b.config import TrainConfig
 
     own = TrainConfig(data="fashion-mnist", train_subset=1000, val_per_class=10, model="mlp", width=256, epochs=20,
                       method="l2b", threads=1, progress="none")
-    return [(f"own-data regime 20 ep l2b {r:.0%} moved seed {s}",
-             replace(own, noise=f"symmetric-exclusive:{r}", seed=s, out=str(out / f"own-{r}-s{s}")))
-            for r in (0.2, 0.4) for s in (0, 1, 2, 3)]
+    cells = [(f"own-data regime 20 ep l2b {r:.0%} moved seed {s}",
+              replace(own, noise=f"symmetric-exclusive:{r}", seed=s, out=str(out / f"own-{r}-s{s}")))
+             for r in (0.2, 0.4) for s in (0, 1, 2, 3)]
+    # the same at 20% moved with a larger clean set: how the count narrows
+    return cells + [(f"own-data regime 20 ep l2b 20% moved, {v} clean per class, seed {s}",
+                     replace(own, noise="symmetric-exclusive:0.2", val_per_class=v, seed=s, out=str(out / f"own-0.2-v{v}-s{s}")))
+                    for v in (20, 40) for s in (0, 1, 2, 3)]
 
 
 def grid_runs(grid: Path, seeds: range):

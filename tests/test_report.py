@@ -84,7 +84,7 @@ def test_label_issues_ranks_suspects_and_scores_against_the_truth(grid, capsys):
     rows = list(csv.DictReader(open(run / "label_issues.csv")))
     # 5 clean per class steered the training: a note says the count can run high, and what to do
     assert "note: the 50 clean samples (5 per class) that steered the training are few" in err
-    assert "review it from the top; with more clean samples per class" in err
+    assert "review it from the top; on the same data 20 clean per class gave" in err
     assert list(rows[0]) == ["index", "split", "given_label", "given_class", "suggested_label", "suggested_class",
                              "confidence", "pseudo_agreement", "score"]
     assert all(r["given_class"] == r["given_label"] and r["split"] == "train" for r in rows)
