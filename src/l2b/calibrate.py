@@ -52,6 +52,7 @@ CUTS = {
 DEFAULT_CUT = "count"
 STEERED_CUT = "clean-confusion"
 CLEAN_CUT = "clean-quantile"
+CLEAN_CUTS = (STEERED_CUT, CLEAN_CUT)  # the cuts that read a clean set
 CLEAN_QUANTILE = 0.1
 
 
@@ -149,6 +150,11 @@ def clean_reference(clean_labels, clean_probs) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
+def uncovered_classes(labels: np.ndarray, clean_labels: np.ndarray) -> np.ndarray:
+    """The labelled classes of which the clean set has no sample."""
+    return np.setdiff1d(np.unique(labels), clean_labels)
+
+
 def clean_confusion_issues(labels: np.ndarray, probs: np.ndarray, clean: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Per given class g, the estimated number of its samples whose label is wrong, from a clean
     set (its true labels and the model's probabilities for it): the mean probabilities the model
@@ -160,7 +166,7 @@ def clean_confusion_issues(labels: np.ndarray, probs: np.ndarray, clean: tuple[n
     clean_y, clean_p = clean
     k = probs.shape[1]
     counts, clean_counts = np.bincount(labels, minlength=k), np.bincount(clean_y, minlength=k)
-    missing = np.flatnonzero((counts > 0) & (clean_counts == 0))
+    missing = uncovered_classes(labels, clean_y)
     if len(missing):
         raise ValueError(f"cut 'clean-confusion' needs clean samples of every labelled class; class {missing[0]} has "
                          f"none ({len(missing)} class(es)): add some to the clean set, or use cut 'count'")
@@ -186,7 +192,7 @@ def flag(cut: str, labels: np.ndarray, probs: np.ndarray | None, score: np.ndarr
     n = len(labels)
     if cut == "threshold":
         return score > 1.0 - threshold
-    if cut in (CLEAN_CUT, STEERED_CUT) and (clean is None or probs is None):
+    if cut in CLEAN_CUTS and (clean is None or probs is None):
         raise ValueError(f"cut {cut!r} needs pred_probs and held-out clean samples' probabilities "
                          f"(clean_labels=, clean_pred_probs=)")
     if cut == CLEAN_CUT:

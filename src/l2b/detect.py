@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibrate import CUTS, DEFAULT_CUT, STEERED_CUT, check_labels, check_pred_probs, clean_reference, estimated_issues, flag
+from .calibrate import (CUTS, DEFAULT_CUT, STEERED_CUT, check_labels, check_pred_probs, clean_reference,
+                        estimated_issues, flag, uncovered_classes)
 
 # A fixed cut (cut="threshold"): a sample is flagged when its label trust is below this (beta outweighs alpha).
 DEFAULT_THRESHOLD = 0.5
@@ -131,7 +132,7 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
         raise ValueError("give clean_labels and clean_pred_probs together")
     reference = None if clean_labels is None else clean_reference(clean_labels, clean_pred_probs)
     if cut == "auto":
-        covered = reference is not None and set(labels.tolist()) <= set(reference[0].tolist())
+        covered = reference is not None and not len(uncovered_classes(labels, reference[0]))
         cut = ("threshold" if threshold is not None or probs is None else
                STEERED_CUT if covered and clean_steered else DEFAULT_CUT)
     if cut not in CUTS:

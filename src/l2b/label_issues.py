@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from .calibrate import CLEAN_CUTS
 from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
+from .metaset import class_name, parse_meta_set
 from .methods import METHODS
 from .rundir import read_json, writable_dir
 from .runlock import atomic_write
@@ -156,7 +158,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     if has_model and (score in ("model", "combined") or cut != "threshold"):
         scored = run_model_scores(run, model, reference)
         probs, clean_probs, val_y, prep = scored.train, scored.clean, scored.clean_labels, scored.prep
-        if reference and len(clean_probs) and (cut in ("auto", "clean-quantile", "clean-confusion")) and threshold is None:
+        if reference and len(clean_probs) and cut in ("auto", *CLEAN_CUTS) and threshold is None:
             clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs,
                          "clean_steered": clean_steered(config, run)}
         if not with_clean:
@@ -277,7 +279,6 @@ def clean_steered(config: dict, run: Path) -> bool:
     """Whether the run's clean set steered its training without being trained on: a meta step
     reads a clean batch every step (L2B, L2RW, MW-Net), and no ``--meta-set select:KIND`` replaced
     that set."""
-    from .metaset import parse_meta_set
     from .methods import needs_of
 
     method = config.get("method")
@@ -355,7 +356,7 @@ def _show(path: Path, issues, index, split, given, classes, top: int, run: Path,
     chosen = issues.indices[:top]
     if not len(chosen):
         chosen = np.argsort(-issues.score, kind="stable")[:top]  # nothing flagged: the most suspect anyway
-    name = lambda c: classes[c] if 0 <= c < len(classes) else str(c)  # noqa: E731
+    name = lambda c: class_name(classes, c, quote=False)  # noqa: E731
     titles = [f"{name(int(given[i]))} → {name(int(issues.suggested[i]))}\nscore {issues.score[i]:.2f}"
               + (" (clean)" if split[i] == "clean" else "") for i in chosen]
     fig = suspects_figure([_image(prep, int(index[i])) for i in chosen], titles,
