@@ -105,19 +105,18 @@ def grid_runs(grid: Path, seeds: range):
 def measure(name: str, run: Path) -> dict:
     from l2b.calibrate import CUTS, estimated_issues, flag
     from l2b.detect import flag_metrics, rank_label_issues, roc_auc
-    from l2b.label_issues import clean_steered, run_model_scores
-    from l2b.rundir import read_json
+    sys.path.insert(0, str(HERE))
+    from label_issues import scored_probs
 
     labels = np.load(run / "labels.npz")
     given, true = labels["noisy"].astype(np.int64), labels["true"]
     # these methods never train on the clean set: it is held out, and l2b label-issues' default
     # (--model auto) scores with the best-validation epoch's model when the final one memorised
-    scored = run_model_scores(run, "auto", reference=True)
-    probs, clean_probs, clean_y = scored.train, scored.clean, scored.clean_labels
+    scored = scored_probs(run)
+    probs, clean_probs, clean_y, steered = scored["train"], scored["clean"], scored["clean_labels"], scored["steered"]
     score = 1.0 - probs[np.arange(len(given)), given]
     noisy = given != true
-    steered = clean_steered(read_json(run / "config.json")["config"], run)
-    row = {"run": name, "model": scored.label, "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),
+    row = {"run": name, "model": scored["model"], "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),
            "estimated": int(estimated_issues(given, probs).sum()), "clean_steered": steered}
     # what `l2b label-issues` flags by default (cut "auto") from these probabilities
     default = rank_label_issues(given, pred_probs=probs, clean_labels=clean_y, clean_pred_probs=clean_probs,
