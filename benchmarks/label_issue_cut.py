@@ -19,7 +19,10 @@ Runs (one thread each, seed 0, trained here unless finished):
 Each run is scored by the model ``l2b label-issues`` takes by default (the final one, or the best
 clean-validation epoch's when the final one memorised its labels): its probability of the given
 label on the training samples, and its probabilities for the held-out clean samples (the reference
-of ``clean-confusion`` and ``clean-quantile``); each cut flags from those probabilities.
+of ``clean-confusion`` and ``clean-quantile``); each cut flags from those probabilities. For the
+own-data regime a second table fits the clean-confusion mix on other references of the same model
+(the correct training labels, the test set, clean-sized draws of the test set), which separates
+what a small clean set's sampling noise adds from what the meta step's steering adds.
 
     python benchmarks/label_issue_cut.py            # trains what is missing, then the table
     python benchmarks/label_issue_cut.py --quick    # digits at 3 epochs only (tested)
@@ -132,6 +135,59 @@ def measure(name: str, run: Path) -> dict:
 
 
 COLUMNS = ("default",)  # and every cut of l2b.calibrate.CUTS
+DRAWS = 20  # draws of a clean-sized sample of the test set per run, in references()
+
+
+def references(name: str, run: Path) -> dict:
+    """Where a steered run's clean-confusion count comes from: the same mix fitted on other
+    references of the same model, as multiples of the corrupted count. ``clean``: the run's clean
+    set (plain fit, and with the bootstrap correction, the default); ``correct train``: the
+    correctly labelled training samples (the reference the mix assumes; an oracle); ``test``: the
+    whole test set (held out, never steered by); ``test draws``: the median over DRAWS draws of as
+    many test samples per class as the clean set has, plain and corrected (a clean set of that size
+    that did not steer training)."""
+    from l2b.calibrate import clean_confusion_issues
+    from l2b.models import predict_probs
+    from l2b.train import load_run
+
+    cfg, _, (train, val, test), model = load_run(run)
+    model.eval()
+    probs, given = predict_probs(model, train, cfg.eval_batch_size), train.y.cpu().numpy()
+    clean_p, clean_y = predict_probs(model, val, cfg.eval_batch_size), val.y.cpu().numpy()
+    test_p, test_y = predict_probs(model, test, cfg.eval_batch_size), test.y.cpu().numpy()
+    true = np.load(run / "labels.npz")["true"]
+    corrupted, right = int((given != true).sum()), given == true
+
+    def ratio(ref, resamples=0) -> float:
+        return round(float(clean_confusion_issues(given, probs, ref, resamples=resamples).sum()) / corrupted, 3)
+
+    rng = np.random.default_rng(0)
+    per_class = int(np.bincount(clean_y).max())
+    draws = [np.concatenate([rng.choice(np.flatnonzero(test_y == c), per_class, replace=False) for c in np.unique(test_y)])
+             for _ in range(DRAWS)]
+    accuracy = lambda p, y: round(float((p.argmax(1) == y).mean()), 3)  # noqa: E731
+    return {"run": name, "per_class": per_class, "clean": ratio((clean_y, clean_p)),
+            "clean_corrected": ratio((clean_y, clean_p), 100), "correct_train": ratio((true[right], probs[right])),
+            "test": ratio((test_y, test_p)),
+            "test_draws": float(np.median([ratio((test_y[i], test_p[i])) for i in draws])),
+            "test_draws_corrected": float(np.median([ratio((test_y[i], test_p[i]), 100) for i in draws])),
+            "accuracy": {"clean": accuracy(clean_p, clean_y), "test": accuracy(test_p, test_y),
+                         "correct_train": accuracy(probs[right], given[right])}}
+
+
+def references_markdown(rows: list[dict]) -> str:
+    lines = ["**Where the own-data count comes from** (`references`): the clean-confusion mix of each run's "
+             "final model fitted on other references, as multiples of the corrupted count; 'test draws': the "
+             f"median over {DRAWS} draws of as many test images per class as the clean set has.", "",
+             "| run | clean per class | clean (plain) | clean (corrected) | correct training labels | "
+             "test set | test draws (plain) | test draws (corrected) | accuracy: clean / test / correct training |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a = r["accuracy"]
+        lines.append(f"| {r['run']} | {r['per_class']} | {r['clean']:.2f} | {r['clean_corrected']:.2f} | "
+                     f"{r['correct_train']:.2f} | {r['test']:.2f} | {r['test_draws']:.2f} | {r['test_draws_corrected']:.2f} | "
+                     f"{a['clean']:.3f} / {a['test']:.3f} / {a['correct_train']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def verdicts(rows: list[dict]) -> dict:
@@ -214,12 +270,15 @@ def main() -> None:
         check = [measure(name, Path(cfg.out)) for name, cfg in own_data_runs(out)]
         summary[f"the {len(check)} runs of the own-data regime"] = verdicts(check)
         rows += check
+        refs = [references(name, Path(cfg.out)) for name, cfg in own_data_runs(out)]
     command = "python benchmarks/label_issue_cut.py " + " ".join(sys.argv[1:])
     table = markdown(rows, summary, command.strip())
+    if not args.quick:
+        table += "\n" + references_markdown(refs)
     print(table)
     from results_md import provenance
 
-    result = {**provenance(command.strip()), "rows": rows, "summary": summary}
+    result = {**provenance(command.strip()), "rows": rows, "summary": summary, **({} if args.quick else {"references": refs})}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.quick:
         from results_md import write_block
