@@ -14,7 +14,8 @@ Runs (one thread each, seed 0, trained here unless finished):
   memorisation recipe at 10 epochs, l2b, seeds 1-2, under those and 40% asymmetric noise;
 - the regime of a user's own small labelled folder, summarised apart: 1,000 Fashion-MNIST training
   images with 10 clean per class, an MLP (w256) for 20 epochs, l2b, 20% and 40% of the labels
-  moved to another class, seeds 0-3; and at 20% moved with 20 and 40 clean per class.
+  moved to another class, seeds 0-3; and at 20% moved with 20 and 40 clean per class; the same four
+  settings at seeds 4-11 apart (32 runs, trained after the last change to the default cut).
 
 Each run is scored by the model ``l2b label-issues`` takes by default (the final one, or the best
 clean-validation epoch's when the final one memorised its labels): its probability of the given
@@ -77,20 +78,20 @@ def meta_checks(out: Path):
     return cells
 
 
-def own_data_runs(out: Path):
+def own_data_runs(out: Path, seeds: range = range(4)):
     """A small labelled set of one's own, as docs/data.md's folder example (10 clean per class), and
-    the same with 20 and 40 clean per class: 16 runs of l2b."""
+    the same with 20 and 40 clean per class: 4 runs of l2b per seed."""
     from l2b.config import TrainConfig
 
     own = TrainConfig(data="fashion-mnist", train_subset=1000, val_per_class=10, model="mlp", width=256, epochs=20,
                       method="l2b", threads=1, progress="none")
     cells = [(f"own-data regime 20 ep l2b {r:.0%} moved seed {s}",
               replace(own, noise=f"symmetric-exclusive:{r}", seed=s, out=str(out / f"own-{r}-s{s}")))
-             for r in (0.2, 0.4) for s in (0, 1, 2, 3)]
+             for r in (0.2, 0.4) for s in seeds]
     # the same at 20% moved with a larger clean set: how the count narrows
     return cells + [(f"own-data regime 20 ep l2b 20% moved, {v} clean per class, seed {s}",
                      replace(own, noise="symmetric-exclusive:0.2", val_per_class=v, seed=s, out=str(out / f"own-0.2-v{v}-s{s}")))
-                    for v in (20, 40) for s in (0, 1, 2, 3)]
+                    for v in (20, 40) for s in seeds]
 
 
 def grid_runs(grid: Path, seeds: range):
@@ -136,17 +137,36 @@ def measure(name: str, run: Path) -> dict:
 
 COLUMNS = ("default",)  # and every cut of l2b.calibrate.CUTS
 DRAWS = 20  # draws of a clean-sized sample of the test set per run, in references()
+NEW_OWN_SEEDS = range(4, 12)  # the own-data regime's seeds added after the bias correction was fixed
+
+
+def bias_corrected(given: np.ndarray, probs: np.ndarray, ref: tuple[np.ndarray, np.ndarray], draws: int = 100) -> float:
+    """clean-confusion's count less the small-sample bias a bootstrap of the reference measures
+    (``draws`` resamples within each class, seeded): 2 x the count - the mean resampled count. The
+    mix's weights cannot go negative, so a few reference samples per class can only push the count
+    up; tried as the default and not adopted (RESULTS.md, "Label issues: the calibrated cut")."""
+    from l2b.calibrate import clean_confusion_issues
+
+    y, p = ref
+    rng = np.random.default_rng(0)
+    members = [np.flatnonzero(y == c) for c in np.unique(y)]
+    resampled = [clean_confusion_issues(given, probs, (y[i], p[i])).sum()
+                 for i in (np.concatenate([rng.choice(m, len(m)) for m in members]) for _ in range(draws))]
+    return max(0.0, 2.0 * clean_confusion_issues(given, probs, ref).sum() - float(np.mean(resampled)))
 
 
 def references(name: str, run: Path) -> dict:
     """Where a steered run's clean-confusion count comes from: the same mix fitted on other
-    references of the same model, as multiples of the corrupted count. ``clean``: the run's clean
-    set (plain fit, and with the bootstrap correction, the default); ``correct train``: the
-    correctly labelled training samples (the reference the mix assumes; an oracle); ``test``: the
-    whole test set (held out, never steered by); ``test draws``: the median over DRAWS draws of as
-    many test samples per class as the clean set has, plain and corrected (a clean set of that size
-    that did not steer training)."""
-    from l2b.calibrate import clean_confusion_issues
+    references of the same final model, as multiples of the corrupted count. ``clean``: the run's
+    clean set, plain (the default's) and less its bootstrap-measured small-sample bias
+    (:func:`bias_corrected`); ``correct train``: the correctly labelled training samples (the
+    reference the mix assumes; an oracle); ``test``: the whole test set (held out, never steered
+    by); ``test draws``: the median over DRAWS draws of as many test samples per class as the clean
+    set has, plain and corrected (a clean set of that size that did not steer training). And
+    ``corrected_default``: what the default would flag with the corrected count (flagged /
+    corrupted, precision, and whether both targets are met)."""
+    from l2b.calibrate import clean_confusion_issues, estimated_issues
+    from l2b.detect import roc_auc
     from l2b.models import predict_probs
     from l2b.train import load_run
 
@@ -156,21 +176,29 @@ def references(name: str, run: Path) -> dict:
     clean_p, clean_y = predict_probs(model, val, cfg.eval_batch_size), val.y.cpu().numpy()
     test_p, test_y = predict_probs(model, test, cfg.eval_batch_size), test.y.cpu().numpy()
     true = np.load(run / "labels.npz")["true"]
-    corrupted, right = int((given != true).sum()), given == true
+    noisy = given != true
+    corrupted, right = int(noisy.sum()), ~noisy
 
-    def ratio(ref, resamples=0) -> float:
-        return round(float(clean_confusion_issues(given, probs, ref, resamples=resamples).sum()) / corrupted, 3)
+    def ratio(ref, corrected: bool = False) -> float:
+        count = bias_corrected(given, probs, ref) if corrected else clean_confusion_issues(given, probs, ref).sum()
+        return round(float(count) / corrupted, 3)
 
     rng = np.random.default_rng(0)
     per_class = int(np.bincount(clean_y).max())
     draws = [np.concatenate([rng.choice(np.flatnonzero(test_y == c), per_class, replace=False) for c in np.unique(test_y)])
              for _ in range(DRAWS)]
     accuracy = lambda p, y: round(float((p.argmax(1) == y).mean()), 3)  # noqa: E731
+    score = 1.0 - probs[np.arange(len(given)), given]
+    m = min(int(estimated_issues(given, probs).sum()), int(round(bias_corrected(given, probs, (clean_y, clean_p)))))
+    precision = float(noisy[np.argsort(-score, kind="stable")[:m]].mean()) if m else 0.0
+    auc = roc_auc(score, noisy)
     return {"run": name, "per_class": per_class, "clean": ratio((clean_y, clean_p)),
-            "clean_corrected": ratio((clean_y, clean_p), 100), "correct_train": ratio((true[right], probs[right])),
+            "clean_corrected": ratio((clean_y, clean_p), True), "correct_train": ratio((true[right], probs[right])),
             "test": ratio((test_y, test_p)),
             "test_draws": float(np.median([ratio((test_y[i], test_p[i])) for i in draws])),
-            "test_draws_corrected": float(np.median([ratio((test_y[i], test_p[i]), 100) for i in draws])),
+            "test_draws_corrected": float(np.median([ratio((test_y[i], test_p[i]), True) for i in draws])),
+            "corrected_default": {"count_ratio": round(m / corrupted, 3), "precision": round(precision, 3),
+                                  "both": bool(abs(m / corrupted - 1) <= 0.25 and (auc < 0.95 or precision >= 0.8))},
             "accuracy": {"clean": accuracy(clean_p, clean_y), "test": accuracy(test_p, test_y),
                          "correct_train": accuracy(probs[right], given[right])}}
 
@@ -179,13 +207,15 @@ def references_markdown(rows: list[dict]) -> str:
     lines = ["**Where the own-data count comes from** (`references`): the clean-confusion mix of each run's "
              "final model fitted on other references, as multiples of the corrupted count; 'test draws': the "
              f"median over {DRAWS} draws of as many test images per class as the clean set has.", "",
-             "| run | clean per class | clean (plain) | clean (corrected) | correct training labels | "
-             "test set | test draws (plain) | test draws (corrected) | accuracy: clean / test / correct training |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | clean per class | clean (plain, the default's) | clean (corrected) | correct training labels | "
+             "test set | test draws (plain) | test draws (corrected) | default with the corrected count | "
+             "accuracy: clean / test / correct training |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        a = r["accuracy"]
+        a, c = r["accuracy"], r["corrected_default"]
         lines.append(f"| {r['run']} | {r['per_class']} | {r['clean']:.2f} | {r['clean_corrected']:.2f} | "
                      f"{r['correct_train']:.2f} | {r['test']:.2f} | {r['test_draws']:.2f} | {r['test_draws_corrected']:.2f} | "
+                     f"{c['count_ratio']:.2f}, P {c['precision']:.2f}{'' if c['both'] else ' (misses)'} | "
                      f"{a['clean']:.3f} / {a['test']:.3f} / {a['correct_train']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -270,11 +300,21 @@ def main() -> None:
         check = [measure(name, Path(cfg.out)) for name, cfg in own_data_runs(out)]
         summary[f"the {len(check)} runs of the own-data regime"] = verdicts(check)
         rows += check
-        refs = [references(name, Path(cfg.out)) for name, cfg in own_data_runs(out)]
+        # new seeds, trained after clean-confusion's bias correction was fixed: a check it had not seen
+        for name, cfg in own_data_runs(out, NEW_OWN_SEEDS):
+            print(run_one(cfg.__dict__), flush=True)
+        check = [measure(name, Path(cfg.out)) for name, cfg in own_data_runs(out, NEW_OWN_SEEDS)]
+        summary[f"the {len(check)} runs of the own-data regime at seeds {NEW_OWN_SEEDS[0]}-{NEW_OWN_SEEDS[-1]}"] = verdicts(check)
+        rows += check
+        refs = [references(name, Path(cfg.out)) for seeds in (range(4), NEW_OWN_SEEDS) for name, cfg in own_data_runs(out, seeds)]
     command = "python benchmarks/label_issue_cut.py " + " ".join(sys.argv[1:])
     table = markdown(rows, summary, command.strip())
     if not args.quick:
         table += "\n" + references_markdown(refs)
+        met = lambda part: sum(r["corrected_default"]["both"] for r in part)  # noqa: E731
+        table += (f"\nWith the corrected count the default would meet both targets on {met(refs[:16])} of the 16 runs of "
+                  f"seeds 0-3 and {met(refs[16:])} of the {len(refs) - 16} of seeds {NEW_OWN_SEEDS[0]}-{NEW_OWN_SEEDS[-1]} "
+                  f"(the default as it is: the summaries above).\n")
     print(table)
     from results_md import provenance
 

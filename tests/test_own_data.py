@@ -172,38 +172,6 @@ def test_the_calibrated_cut_follows_the_estimated_number_when_the_model_is_unsur
         l2b.find_label_issues(given, probs, clean_labels=true[held])
 
 
-def test_clean_confusion_takes_off_the_bias_of_a_small_clean_set():
-    """With 10 clean samples per class, the mix's non-negative weights turn the noise of the clean
-    class means into wrong labels: over 30 draws of such a clean set the plain fit counts 200 wrong
-    labels about 10% high. The bootstrap correction (the default) takes most of that off, draw by
-    draw, and lands nearer the truth on average."""
-    from l2b.calibrate import clean_confusion_issues
-
-    rng = np.random.default_rng(0)
-    k, n = 5, 1000
-
-    def scored(classes):  # a model right on about 89% of the samples, unsure of many
-        return np.stack([rng.dirichlet(3.0 * np.where(np.arange(k) == c, 3.0, 1.0)) for c in classes])
-
-    true = np.arange(n) % k
-    given = true.copy()
-    wrong = rng.choice(n, 200, replace=False)
-    given[wrong] = (true[wrong] + rng.integers(1, k, 200)) % k
-    probs = scored(true)
-    clean_y = np.repeat(np.arange(k), 10)
-    plain, corrected = [], []
-    for _ in range(30):
-        clean = (clean_y, scored(clean_y))
-        plain.append(clean_confusion_issues(given, probs, clean, resamples=0).sum())
-        corrected.append(clean_confusion_issues(given, probs, clean).sum())
-    plain, corrected = np.array(plain), np.array(corrected)
-    assert plain.mean() > 215  # the plain fit runs high
-    assert (corrected <= plain + 1e-9).mean() > 0.9 and abs(corrected.mean() - 200) < 0.6 * (plain.mean() - 200)
-    # seeded: the same clean set gives the same number twice
-    clean = (clean_y, scored(clean_y))
-    assert clean_confusion_issues(given, probs, clean).sum() == clean_confusion_issues(given, probs, clean).sum()
-
-
 def test_clean_confusion_counts_each_class_through_a_model_that_confuses_classes():
     """The model calls half of class 0 class 1, on clean and training samples alike; 30 samples of
     class 2 are labelled 0 and 20 of class 1 labelled 2. Confident learning counts the model's own
@@ -224,12 +192,8 @@ def test_clean_confusion_counts_each_class_through_a_model_that_confuses_classes
     given[400:430], given[200:220] = 0, 2
     probs, clean_y = scored(true), np.repeat(np.arange(3), 50)
     clean = {"clean_labels": clean_y, "clean_pred_probs": scored(clean_y)}
-    plain = clean_confusion_issues(given, probs, (clean_y, clean["clean_pred_probs"]), resamples=0)
-    assert np.allclose(plain, [30, 0, 20], atol=2)
-    # the default takes off the bias a bootstrap of the clean set measures: this clean set is an
-    # exact half-and-half of class 0's two kinds, its resamples are not, so a little comes off there
     explained = clean_confusion_issues(given, probs, (clean_y, clean["clean_pred_probs"]))
-    assert np.allclose(explained, [30, 0, 20], atol=5) and explained[0] <= plain[0]
+    assert np.allclose(explained, [30, 0, 20], atol=2)
     counted = estimated_issues(given, probs)
     assert counted[0] > 45 and counted.sum() > 60  # the model's mistakes on class 0, counted as issues
     # the default where the clean set steered training: the smaller of the two numbers, most suspect first

@@ -11,8 +11,6 @@ A meta step fits the clean samples without training on them, so the model treats
 class t much as it treats a training sample whose true class is t: the mean probabilities it gives
 the samples labelled g are then a mix of the clean classes' mean probabilities, in the proportions
 of their true classes, and the part of that mix not of class g is the share of wrong labels in g.
-The fit's weights cannot go negative, so a small clean set's noise pushes that share up; a
-bootstrap of the clean set measures the push and takes it off.
 Both estimates run high on such runs, each for its own reason: the model is somewhat surer of the
 clean samples the meta step fitted than of the correct training labels (the mix then credits the
 difference to wrong labels), and confident learning counts the correct labels of classes the model
@@ -42,8 +40,7 @@ import numpy as np
 CUTS = {
     "count": "the estimated number of issues (confident learning), most suspect first",
     "clean-confusion": "the number of issues the clean set's confusion explains (each given class's mean "
-                       "probabilities fitted as a mix of the clean classes', less the bias a bootstrap of the clean set "
-                       "measures), or the count where that is smaller; "
+                       "probabilities fitted as a mix of the clean classes'), or the count where that is smaller; "
                        "most suspect first",
     "per-class": "per given class, its estimated number of issues, ranked by margin",
     "confident": "samples whose confident class (per-class thresholds) is not the given one",
@@ -57,9 +54,6 @@ STEERED_CUT = "clean-confusion"
 CLEAN_CUT = "clean-quantile"
 CLEAN_CUTS = (STEERED_CUT, CLEAN_CUT)  # the cuts that read a clean set
 CLEAN_QUANTILE = 0.1
-# bootstrap draws of the clean set that measure clean-confusion's small-sample bias (benchmarks/RESULTS.md,
-# "Label issues: the calibrated cut")
-BIAS_RESAMPLES = 100
 
 
 def check_labels(labels, num_classes: int | None = None, name: str = "labels") -> np.ndarray:
@@ -161,53 +155,30 @@ def uncovered_classes(labels: np.ndarray, clean_labels: np.ndarray) -> np.ndarra
     return np.setdiff1d(np.unique(labels), clean_labels)
 
 
-def clean_confusion_issues(labels: np.ndarray, probs: np.ndarray, clean: tuple[np.ndarray, np.ndarray],
-                           resamples: int = BIAS_RESAMPLES, seed: int = 0) -> np.ndarray:
+def clean_confusion_issues(labels: np.ndarray, probs: np.ndarray, clean: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Per given class g, the estimated number of its samples whose label is wrong, from a clean
     set (its true labels and the model's probabilities for it): the mean probabilities the model
     gives the samples labelled g, fitted by non-negative least squares as a mix of the mean
     probabilities it gives each clean class; the weight off class g is the share of wrong labels.
-
-    The weights cannot go negative, so noise in the clean classes' means (a few clean samples
-    each) can only add weight off class g, and the estimate runs high on a small clean set. A
-    bootstrap of the clean set (``resamples`` draws within each class, seeded by ``seed``)
-    measures that bias, and it is taken off: 2 x the estimate - the mean of the resampled
-    estimates, within [0, the class's count]. ``resamples=0``: the plain fit.
     Every given class needs clean samples of its own (ValueError naming the first that has none)."""
+    from scipy.optimize import nnls
+
     clean_y, clean_p = clean
     k = probs.shape[1]
-    counts = np.bincount(labels, minlength=k)
+    counts, clean_counts = np.bincount(labels, minlength=k), np.bincount(clean_y, minlength=k)
     missing = uncovered_classes(labels, clean_y)
     if len(missing):
         raise ValueError(f"cut 'clean-confusion' needs clean samples of every labelled class; class {missing[0]} has "
                          f"none ({len(missing)} class(es)): add some to the clean set, or use cut 'count'")
-    given_mean = np.zeros((k, k))
-    np.add.at(given_mean, labels, probs)
-    given_mean /= np.maximum(counts, 1)[:, None]
-    estimate = _mix_issues(given_mean, counts, clean_y, clean_p)
-    if resamples <= 0:
-        return estimate
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(clean_y == c) for c in np.unique(clean_y)]
-    draws = (np.concatenate([rng.choice(m, len(m)) for m in members]) for _ in range(resamples))
-    resampled = np.mean([_mix_issues(given_mean, counts, clean_y[i], clean_p[i]) for i in draws], axis=0)
-    return np.clip(2.0 * estimate - resampled, 0.0, counts)
-
-
-def _mix_issues(given_mean: np.ndarray, counts: np.ndarray, clean_y: np.ndarray, clean_p: np.ndarray) -> np.ndarray:
-    """The plain fit of :func:`clean_confusion_issues`: per given class (``given_mean``: its mean
-    probabilities; ``counts``: its size), its count times the mix's weight off its own class."""
-    from scipy.optimize import nnls
-
-    k = given_mean.shape[1]
-    clean_counts = np.bincount(clean_y, minlength=k)
-    present = np.flatnonzero(clean_counts)
     by_true = np.zeros((k, k))
     np.add.at(by_true, clean_y, clean_p)
+    present = np.flatnonzero(clean_counts)
     by_true = by_true[present] / clean_counts[present, None]
+    given_mean = np.zeros((k, k))
+    np.add.at(given_mean, labels, probs)
     issues = np.zeros(k)
     for g in np.flatnonzero(counts):
-        mix, _ = nnls(by_true.T, given_mean[g])
+        mix, _ = nnls(by_true.T, given_mean[g] / counts[g])
         total = mix.sum()
         issues[g] = counts[g] * (1.0 - mix[np.searchsorted(present, g)] / total) if total > 0 else 0.0
     return issues

@@ -205,16 +205,16 @@ def _small_clean_note(clean_labels: np.ndarray) -> str | None:
     """Where a small clean set steered training, the count it calibrates runs high: the meta step
     tunes the weights of the training samples on it, so the model is surer of it than of the
     correctly labelled training samples (benchmarks/RESULTS.md, "Label issues: the calibrated cut",
-    the own-data regime: 10 clean per class, 0.90-1.58x the wrong labels at 20% wrong; 20 per class
-    0.93-1.25x; 40 per class 0.83-1.05x)."""
+    the own-data regime, 12 seeds: 10 clean per class, 1.04-1.64x the wrong labels at 20% wrong; 20
+    per class 0.82-1.27x; 40 per class 0.77-1.10x)."""
     per_class = np.bincount(clean_labels)
     per_class = per_class[per_class > 0]
     if per_class.mean() > SMALL_CLEAN_PER_CLASS:
         return None
     return (f"the {len(clean_labels)} clean samples ({per_class.mean():.0f} per class) that steered the training are "
             f"few: the model is surer of them than of your correctly labelled samples, so the flagged count can run "
-            f"high (0.9-1.6x the wrong labels where 20% were wrong, benchmarks/RESULTS.md); the list is ranked, so "
-            f"review it from the top; on the same data 20 clean per class gave 0.93-1.25x, 40 gave 0.83-1.05x")
+            f"high (1.0-1.6x the wrong labels where 20% were wrong, benchmarks/RESULTS.md); the list is ranked, so "
+            f"review it from the top; on the same data 20 clean per class gave 0.82-1.27x, 40 gave 0.77-1.10x")
 
 
 def _agreement(scores: RunScores) -> tuple[float, float]:
