@@ -49,13 +49,13 @@ def fashion_data(spec: str, n: int, noise: float, gen: torch.Generator, device):
     """Fashion-MNIST as 32x32x3 float images (padded, grey repeated, standardised): its first ``n``
     training images with true and observed labels (``noise``: the share redrawn uniformly), and the test split as
     the clean set."""
-    from l2b.data import load_dataset
+    from l2b.data import load_dataset, normalize_batch
 
     ds = load_dataset(spec)
+    mean, std = ds.mean_std()
 
-    def images(x: torch.Tensor) -> torch.Tensor:
-        x = torch.nn.functional.pad(x.float() / 255.0, (2, 2, 2, 2))
-        return ((x - 0.286) / 0.353).repeat(1, 3, 1, 1)
+    def images(x: torch.Tensor) -> torch.Tensor:  # black padding, as the trainer's crop pads
+        return normalize_batch(torch.nn.functional.pad(x, (2, 2, 2, 2)), mean, std).repeat(1, 3, 1, 1)
 
     y = ds.y_train[:n]
     flip = torch.rand(len(y), generator=gen) < noise

@@ -183,17 +183,19 @@ def references(name: str, run: Path) -> dict:
         count = bias_corrected(given, probs, ref) if corrected else clean_confusion_issues(given, probs, ref).sum()
         return round(float(count) / corrupted, 3)
 
+    clean_corrected = bias_corrected(given, probs, (clean_y, clean_p))
+
     rng = np.random.default_rng(0)
     per_class = int(np.bincount(clean_y).max())
     draws = [np.concatenate([rng.choice(np.flatnonzero(test_y == c), per_class, replace=False) for c in np.unique(test_y)])
              for _ in range(DRAWS)]
     accuracy = lambda p, y: round(float((p.argmax(1) == y).mean()), 3)  # noqa: E731
     score = 1.0 - probs[np.arange(len(given)), given]
-    m = min(int(estimated_issues(given, probs).sum()), int(round(bias_corrected(given, probs, (clean_y, clean_p)))))
+    m = min(int(estimated_issues(given, probs).sum()), int(round(clean_corrected)))
     precision = float(noisy[np.argsort(-score, kind="stable")[:m]].mean()) if m else 0.0
     auc = roc_auc(score, noisy)
     return {"run": name, "per_class": per_class, "clean": ratio((clean_y, clean_p)),
-            "clean_corrected": ratio((clean_y, clean_p), True), "correct_train": ratio((true[right], probs[right])),
+            "clean_corrected": round(clean_corrected / corrupted, 3), "correct_train": ratio((true[right], probs[right])),
             "test": ratio((test_y, test_p)),
             "test_draws": float(np.median([ratio((test_y[i], test_p[i])) for i in draws])),
             "test_draws_corrected": float(np.median([ratio((test_y[i], test_p[i]), True) for i in draws])),

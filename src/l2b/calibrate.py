@@ -198,8 +198,7 @@ def flag(cut: str, labels: np.ndarray, probs: np.ndarray | None, score: np.ndarr
     if cut == CLEAN_CUT:
         clean_y, clean_p = clean
         # a conformal test: a correct label held out would fall below this in at most 10% of cases
-        below = probs[np.arange(n), labels] < np.quantile(clean_p[np.arange(len(clean_y)), clean_y], CLEAN_QUANTILE)
-        return below
+        return probs[np.arange(n), labels] < np.quantile(clean_p[np.arange(len(clean_y)), clean_y], CLEAN_QUANTILE)
     if probs is None:
         raise ValueError(f"cut {cut!r} needs pred_probs (a model's probabilities); give them, or cut='threshold'")
     mask = np.zeros(n, dtype=bool)

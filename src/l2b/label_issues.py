@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .calibrate import CLEAN_CUTS
+from .calibrate import CLEAN_CUTS, STEERED_CUT
 from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
 from .metaset import class_name, parse_meta_set
 from .methods import METHODS
@@ -195,7 +195,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
             "warning": scored.note if scored is not None and scored.model == "final" else None,
             "note": scored.note if scored is not None and scored.model == "best" else None,
             "count_note": _small_clean_note(clean_ref["clean_labels"])
-            if issues.cut == "clean-confusion" and clean_ref.get("clean_steered") else None,
+            if issues.cut == STEERED_CUT and clean_ref.get("clean_steered") else None,
             "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
             "auc": roc_auc(issues.score, is_noisy),
             "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
