@@ -81,7 +81,8 @@ def scored_probs(run_dir: Path) -> dict[str, np.ndarray]:
     """What ``l2b label-issues`` scores a run with (its default model choice: the final model, or
     the best clean-validation epoch's when the final one memorised its labels): probabilities on
     the noisy samples ("train") and the clean set ("clean", with "clean_labels"), and "model"."""
-    from l2b.label_issues import clean_steered, run_model_scores
+    from l2b.label_issues import clean_steered
+    from l2b.run_scores import run_model_scores
 
     s = run_model_scores(run_dir, "auto", reference=True)
     config = json.loads((run_dir / "config.json").read_text())["config"]

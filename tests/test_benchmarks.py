@@ -320,3 +320,23 @@ def test_the_no_clean_set_sentence_says_what_share_of_the_gain_is_kept_and_where
               row("ce", "instance:0.4", 60), row("clean", "instance:0.4", 80)]
     assert kept_gain(table).endswith("(symmetric:0.4 60%, asymmetric:0.4 80%) and fails at instance:0.4 (5% of the "
                                      "gain; the set 70% pure).")
+
+
+def test_label_issue_cross_fit_benchmark_quick_mode_scores_in_and_out_of_fold(tmp_path):
+    """The cross-fit benchmark on a 2-epoch digits CE run, 2 folds: both scorings of every run,
+    as l2b label-issues writes them, and fold runs that each left out half of the samples."""
+    out = tmp_path / "xf"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "label_issue_cross_fit.py"), "--quick",
+                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    (row,) = result["rows"]
+    assert result["folds"] == 2 and row["in_sample"]["model"] == "final" and row["cross_fit"]["model"] == "2 folds"
+    for key in ("in_sample", "cross_fit"):
+        r = row[key]
+        assert r["corrupted"] > 0 and r["flagged"] == round(r["count_ratio"] * r["corrupted"])
+        assert r["meets_both"] == (abs(r["count_ratio"] - 1) <= 0.25 and (r["auc"] < 0.95 or r["precision"] >= 0.8))
+    run = out / "digits-ce"
+    n = len(np.load(run / "labels.npz")["noisy"])
+    sizes = [len(np.load(run / "cross-fit" / f"2-fold-{f}" / "labels.npz")["noisy"]) for f in (1, 2)]
+    assert sorted(sizes) == [n // 2, n - n // 2] and row["fold_seconds"] >= 0

@@ -302,7 +302,8 @@ def test_label_issues_scores_with_the_best_epoch_when_the_final_model_memorised(
     # the memorised model flags almost nothing; the earlier one about as many as were corrupted
     assert final["issues"] < 0.2 * final["corrupted"] and abs(auto["issues"] / auto["corrupted"] - 1) <= 0.25
     assert auto["precision"] >= 0.8
-    assert "it has memorised its labels" in final["warning"] and "score an L2B run of the same data" in final["warning"]
+    assert "it has memorised its labels" in final["warning"] and "(--cross-fit 5" in final["warning"]
+    assert "an L2B run of the same data" in final["warning"]
     assert main(["label-issues", str(tmp_path / "ce"), "--model", "final"]) == 0
     assert "l2b: warning: the model agrees with 100.0% of its training labels" in capsys.readouterr().err
     assert main(["label-issues", str(tmp_path / "l2b")]) == 0
@@ -313,7 +314,7 @@ def test_label_issues_scores_with_the_best_epoch_when_the_final_model_memorised(
 
 
 def test_memorised_judges_agreement_against_held_out_accuracy_and_its_rise_since_an_earlier_model():
-    from l2b.label_issues import memorised
+    from l2b.run_scores import memorised
 
     assert memorised((0.95, 0.80))  # agrees with 95% of its labels, right on 80% held out
     assert not memorised((0.70, 0.88))  # 30% disagreement: the labels it distrusts

@@ -15,7 +15,7 @@ from .config import TrainConfig, load_yaml
 from .rundir import NOT_RESULTS, read_json
 from .calibrate import CUTS, DEFAULT_CUT, STEERED_CUT
 from .detect import SCORES
-from .label_issues import MODELS
+from .run_scores import MODELS
 from .train import train
 
 
@@ -255,12 +255,23 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     from .label_issues import console_lines, write_label_issues
 
     s = write_label_issues(args.dir, threshold=args.threshold, score=args.score, cut=args.cut, out=args.out,
-                           show=args.show, model=args.model)
+                           show=args.show, model=args.model, cross_fit=args.cross_fit,
+                           log=lambda line: print(f"l2b: {line}", file=sys.stderr, flush=True))
     out, err = console_lines(s, args.show)
     for line in err:
         print(f"l2b: {line}", file=sys.stderr)
     print("\n".join(out))
     return 0
+
+
+def _folds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of folds") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value} folds: give 2 or more (5 is usual)")
+    return value
 
 
 def _unit_interval(text: str) -> float:
@@ -322,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the model that scores the labels: final (last epoch), best (best_model.pt, the best "
                          "clean-validation epoch) or auto: final, unless it has memorised its labels since that "
                          "epoch (judged on a held-out clean set)")
+    li.add_argument("--cross-fit", type=_folds, default=0, metavar="K",
+                    help="score every training sample with a model that never trained on it: K models with this "
+                         "run's settings, each without one of K folds (K trainings, into RUN_DIR/cross-fit, "
+                         "resumable); for a run that memorised its labels")
     li.add_argument("--score", default="auto", choices=["auto", *SCORES],
                     help="how a label is scored: " + "; ".join(f"{k}: {v}" for k, v in SCORES.items()).replace("%", "%%")
                          + " (auto: model, the best ranking in benchmarks/label_issues.py)")

@@ -108,11 +108,14 @@ def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None =
 def collect(out: Path, finished_only: bool = True) -> list[dict[str, Any]]:
     """Every finished run below ``out``: its metrics.json plus its config and the options its
     method ran with (with ``finished_only=False`` also the runs that diverged, marked by their
-    "diverged" entry)."""
+    "diverged" entry). The fold runs of ``l2b label-issues --cross-fit`` inside a run directory
+    are not runs of the grid (each trained on part of the data), and are left out."""
     runs = []
     for metrics_path in sorted(out.rglob("metrics.json")):
         saved = read_json(metrics_path.parent / "config.json")
         config, options = saved["config"], saved.get("resolved", {}).get("method_options", {})
+        if config.get("holdout"):
+            continue
         metrics = read_json(metrics_path)
         if "diverged" in metrics:
             if finished_only:

@@ -104,6 +104,18 @@ def load_yaml(path: str) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
+def parse_holdout(text: str) -> tuple[int, int]:
+    """``"F/K"`` -> (F, K): the F-th (1-based) of K folds."""
+    fold, _, folds = str(text).partition("/")
+    try:
+        f, k = int(fold), int(folds)
+    except ValueError:
+        f = k = 0
+    if not (k >= 2 and 1 <= f <= k):
+        raise ValueError(f"--holdout {text!r}: give F/K, the F-th of K >= 2 folds (1 <= F <= K), e.g. 2/5")
+    return f, k
+
+
 def setting(default: Any = MISSING, help: str = "", factory: Any = MISSING, choices: tuple | None = None):
     """A TrainConfig field with its one-line help and, for a choice, its allowed values: the CLI's
     ``--help`` and ``validate()`` read both from here, so each choice is typed once."""
@@ -138,6 +150,8 @@ class TrainConfig:
                                         "clean set on npz/folder data)")  # type: ignore[assignment]
     val_total: int | None = setting(None, "clean validation images in total (a multiple of the class count)")
     train_subset: int | None = setting(None, "keep only this many random noisy training samples")
+    holdout: str | None = setting(None, "F/K: leave out the F-th of K folds of the noisy training samples, each "
+                                        "class dealt evenly (l2b label-issues --cross-fit trains these)")
     train_on_clean: bool = setting(False, "also train on the clean set, with its clean labels (it stays the "
                                           "validation set, so the best-val epoch is then chosen on training data)")
     batches_per_epoch: int | None = setting(None, "batches per epoch (default: one pass over the training set)")
@@ -260,6 +274,8 @@ class TrainConfig:
                 + " (each rank's BatchNorm then uses its shard's statistics: docs/distributed.md)"
             )
         self._check_meta_set()
+        if self.holdout is not None:
+            parse_holdout(self.holdout)
         for name in ("width", "val_batch_size", "eval_batch_size", "image_size", "val_per_class", "val_total",
                      "train_subset", "threads", "test_every"):
             value = getattr(self, name)

@@ -9,9 +9,7 @@ the user's own (unverified) training labels is scored too, so that no sample goe
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -20,84 +18,15 @@ from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
 from .metaset import class_name, parse_meta_set
 from .methods import METHODS
 from .rundir import read_json, writable_dir
+from .run_scores import MODELS, cross_fit_scores, run_model_scores
 from .runlock import atomic_write
 
-MODELS = ("auto", "final", "best")  # which of a run's models scores its labels
-MEMORISED_GAP = 0.10  # agreement with the training labels beyond held-out clean accuracy: memorised
 SMALL_CLEAN_PER_CLASS = 10  # clean samples per class at or below which a steered count is noted as running high
 
 
-@dataclass(frozen=True)
-class RunScores:
-    """A model of a run and its probabilities: ``train`` (n x K, the noisy training samples, with
-    the ``labels`` they were trained on), ``clean`` (m x K, the clean set) with ``clean_labels``; the
-    run's prepared data (``prep``); which model it is (``model``: final, or best for best_model.pt)
-    and its 0-based ``epoch``; a ``note`` for the user: why the best-validation model was taken, or
-    that the final one memorised."""
-    train: np.ndarray
-    labels: np.ndarray
-    clean: np.ndarray
-    clean_labels: np.ndarray
-    prep: Any
-    model: str
-    epoch: int
-    note: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} (epoch {self.epoch + 1})"
-
-
-def run_model_scores(run: Path, which: str = "final", reference: bool = False) -> RunScores:
-    """The probabilities a model of the run gives its training samples and its clean samples.
-
-    ``which``: ``final`` (the last checkpoint), ``best`` (best_model.pt, saved at the best
-    clean-validation epoch) or ``auto``: the final model, unless it has memorised its labels
-    (:func:`memorised`, judged on a held-out clean set, so only with ``reference``) and the
-    best-validation epoch's earlier model had not; then that one."""
-    from .models import predict_probs
-    from .rundir import load_checkpoint
-    from .train import load_run
-
-    cfg, prep, (train_data, val_data, _), model = load_run(run)
-    clean_y = val_data.y.cpu().numpy()
-
-    def scores(name: str, epoch: int) -> RunScores:
-        clean = (predict_probs(model, val_data, cfg.eval_batch_size) if len(val_data) else
-                 np.zeros((0, prep.ds.num_classes), dtype=np.float32))  # a run without a clean set
-        return RunScores(predict_probs(model, train_data, cfg.eval_batch_size), train_data.y.cpu().numpy(), clean,
-                         clean_y, prep, name, epoch)
-
-    def load_best() -> None:
-        model.load_state_dict(load_checkpoint(best_path, next(model.parameters()).device))
-
-    history = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
-    best_epoch, last_epoch = history.get("best_epoch", -1), len(history.get("history", [])) - 1
-    best_path = run / "best_model.pt"
-    if which == "best" and not best_path.is_file():
-        raise FileNotFoundError(f"{run}: no best_model.pt (written at the best clean-validation epoch of a run "
-                                f"with a clean set); use --model final")
-    if which == "best":
-        load_best()
-        return scores("best", best_epoch)
-    final = scores("final", last_epoch)
-    held_out = reference and len(clean_y) > 0  # memorisation is judged against a held-out clean set
-    if not (which == "auto" and held_out and 0 <= best_epoch < last_epoch and best_path.is_file()):
-        return replace(final, note=_memorised_warning(_agreement(final)) if held_out else None)
-    load_best()
-    best = scores("best", best_epoch)
-    f, b = _agreement(final), _agreement(best)
-    if not memorised(f, b) or memorised(b):
-        return replace(final, note=_memorised_warning(f))
-    return replace(best, note=(
-        f"the final model agrees with {100 * f[0]:.1f}% of its training labels against {100 * b[0]:.1f}% at the "
-        f"best clean-validation epoch ({best_epoch + 1}), and is right on {100 * f[1]:.1f}% of the held-out clean set "
-        f"against {100 * b[1]:.1f}% then: it has memorised labels since, wrong ones included, so the labels are "
-        f"scored with that epoch's model (best_model.pt); --model final scores the final one"))
-
-
 def write_label_issues(run: str | Path, threshold: float | None = None, score: str = "auto", cut: str = "auto",
-                       out: str | Path | None = None, show: int = 0, model: str = "auto") -> dict:
+                       out: str | Path | None = None, show: int = 0, model: str = "auto", cross_fit: int = 0,
+                       log=print) -> dict:
     """Write ``label_issues.csv`` (into ``out``, default the run directory), most suspect first:
     ``index`` (position in the dataset's training set), ``split`` (train, or clean for a clean
     sample drawn from unverified labels), ``given_label`` / ``given_class``,
@@ -105,12 +34,17 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     for image-file datasets, ``path``. ``show`` > 0 also writes ``label_issues.png`` with the top
     ``show`` suspects. ``model``: which of the run's models scores the labels (``final``, ``best``:
     best_model.pt, or ``auto``: the final one unless it has memorised its labels since the best
-    clean-validation epoch; see :func:`run_model_scores`). Returns a summary: how many were flagged and
+    clean-validation epoch; see :func:`run_model_scores`). ``cross_fit`` = K > 1: score every
+    training sample with a model that never trained on it, out of K trained with the run's settings
+    (:func:`l2b.run_scores.cross_fit_scores`; ``log`` hears of each fold). Returns a summary: how many were flagged and
     estimated, the model used, and precision, recall, F1 and ROC-AUC against the injected noise
     where there is any."""
     run = Path(run)
     if threshold is not None and cut not in ("auto", "threshold"):
         raise ValueError(f"--threshold {threshold} is a fixed cut and --cut {cut} another: give one of them")
+    if cross_fit and score not in ("auto", "model"):
+        raise ValueError(f"--cross-fit scores with the fold models' probabilities; --score {score} reads this run's "
+                         f"weights: drop one of them")
     labels_path = run / "labels.npz"
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path}: not found; is {run} a run directory of l2b train?")
@@ -130,7 +64,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     w = np.load(run / "weights.npz") if (run / "weights.npz").is_file() else None
     has_model = (run / "checkpoint.pt").is_file()
     if score == "auto":
-        score = "model" if has_model or w is None else "trust"
+        score = "model" if has_model or w is None or cross_fit else "trust"
     weights = {}
     if w is not None:
         hist = "alpha_history" in w.files and score != "trust"
@@ -156,7 +90,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     probs = clean_probs = prep = scored = None
     clean_ref = {}
     if has_model and (score in ("model", "combined") or cut != "threshold"):
-        scored = run_model_scores(run, model, reference)
+        scored = (cross_fit_scores(run, cross_fit, model, reference, log) if cross_fit else
+                  run_model_scores(run, model, reference))
         probs, clean_probs, val_y, prep = scored.train, scored.clean, scored.clean_labels, scored.prep
         if reference and len(clean_probs) and cut in ("auto", *CLEAN_CUTS) and threshold is None:
             clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs,
@@ -193,7 +128,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
             "clean_steered": bool(clean_ref.get("clean_steered")),
             "model": None if scored is None else scored.model, "model_epoch": None if scored is None else scored.epoch + 1,
             "warning": scored.note if scored is not None and scored.model == "final" else None,
-            "note": scored.note if scored is not None and scored.model == "best" else None,
+            "note": scored.note if scored is not None and scored.model in ("best", "cross-fit") else None,
             "count_note": _small_clean_note(clean_ref["clean_labels"])
             if issues.cut == STEERED_CUT and clean_ref.get("clean_steered") else None,
             "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
@@ -217,37 +152,6 @@ def _small_clean_note(clean_labels: np.ndarray) -> str | None:
             f"review it from the top; on the same data 20 clean per class gave 0.82-1.27x, 40 gave 0.77-1.10x")
 
 
-def _agreement(scores: RunScores) -> tuple[float, float]:
-    """(fit, held): how often the model's top class is the given training label, and how often it
-    is the true label of a held-out clean sample."""
-    return (float((scores.train.argmax(1) == scores.labels).mean()),
-            float((scores.clean.argmax(1) == scores.clean_labels).mean()))
-
-
-def memorised(model: tuple[float, float], earlier: tuple[float, float] | None = None) -> bool:
-    """Whether a model (its (fit, held) agreement) has memorised its training labels, wrong ones
-    included: it agrees with them ``MEMORISED_GAP`` more often than it is right on the held-out
-    clean set, or (given an ``earlier`` model of the same run) its agreement with them has risen
-    that much more than its held-out accuracy since. Its probability of the given label then finds
-    few of the label issues (benchmarks/RESULTS.md, "Label issues: the calibrated cut")."""
-    fit, held = model
-    if fit - held >= MEMORISED_GAP:
-        return True
-    return earlier is not None and (fit - earlier[0]) - (held - earlier[1]) >= MEMORISED_GAP
-
-
-def _memorised_warning(model: tuple[float, float]) -> str | None:
-    """A warning when the model scoring the labels has memorised them (and no earlier model of the
-    run had not)."""
-    fit, held = model
-    if not memorised(model):
-        return None
-    return (f"the model agrees with {100 * fit:.1f}% of its training labels but is right on only {100 * held:.1f}% of "
-            f"the held-out clean set: it has memorised its labels, wrong ones included, so its probabilities find "
-            f"few of the label issues and the flagged count runs low; score an L2B run of the same data (its model "
-            f"does not fit the labels it distrusts), or a run stopped before it memorised (fewer --epochs)")
-
-
 def console_lines(s: dict, show: int = 0) -> tuple[list[str], list[str]]:
     """What ``l2b label-issues`` says about a summary of :func:`write_label_issues`: the lines for
     the console, and the notes and warnings (for stderr)."""
@@ -263,8 +167,9 @@ def console_lines(s: dict, show: int = 0) -> tuple[list[str], list[str]]:
     out = [f"wrote {s['csv']}: {s['issues']} suspected label issues flagged ({how}; score {s['score']}: "
            f"{s['source']})" + (f"; {s['clean_scored']} clean samples drawn from your labels scored too"
                                  if s["clean_scored"] else "")
-           + ("" if s["model"] is None else f"; the model of epoch {s['model_epoch']}"
-              + (" (best_model.pt)" if s["model"] == "best" else ", the final one"))]
+           + ("" if s["model"] in (None, "cross-fit") else f"; the model of epoch {s['model_epoch']}"
+              + (" (best_model.pt)" if s["model"] == "best" else ", the final one"))
+           + ("; scored out of fold" if s["model"] == "cross-fit" else "")]
     if s["picture"]:
         out.append(f"wrote {s['picture']}: the top {show} suspects")
     if s["corrupted"]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import TrainConfig, own_labels
+from .config import TrainConfig, own_labels, parse_holdout
 from .data import ArrayDataset, FileDataset, clean_val_split, load_dataset
 from .data.batches import FileData, TensorData
 from .noise import apply_noise, transition_matrix
@@ -84,9 +84,26 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
             raise ValueError(f"train_subset={cfg.train_subset} exceeds the {len(train_idx)} training samples")
         rng = np.random.Generator(np.random.PCG64(cfg.seed))
         train_idx = np.sort(rng.choice(train_idx, cfg.train_subset, replace=False))
+    if cfg.holdout is not None:
+        fold, folds = parse_holdout(cfg.holdout)
+        train_idx = np.delete(train_idx, fold_positions(noisy.labels[train_idx], fold, folds, cfg.seed))
     y_true, y_noisy = y_all[train_idx], noisy.labels[train_idx]
     return Prepared(ds, train_idx, val_idx, y_true, y_noisy, float((y_true != y_noisy).mean()),
                     transition_matrix(y_true, y_noisy, ds.num_classes), source)
+
+
+def fold_positions(labels: np.ndarray, fold: int, folds: int, seed: int) -> np.ndarray:
+    """The positions (into ``labels``, sorted) of the ``fold``-th (1-based) of ``folds`` folds:
+    each class's positions, shuffled by ``seed``, dealt in turn to the folds (a stratified split,
+    every fold within one sample of the others in every class and in all)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    owner = np.empty(len(labels), dtype=np.int64)
+    dealt = 0
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        owner[members] = (dealt + np.arange(len(members))) % folds
+        dealt += len(members)
+    return np.flatnonzero(owner == fold - 1)
 
 
 def warn(text: str) -> None:
@@ -105,6 +122,8 @@ def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) ->
                  + f" ({100 * prep.noise_rate:.1f}% of the training labels changed)")
     text = (f"data {cfg.data}: train {len(train)}, clean {len(val)} ({prep.clean_source}), test {len(test)}; "
             f"{noise}")
+    if cfg.holdout is not None:
+        text += f"; fold {cfg.holdout} of the training samples held out"
     if cfg.train_on_clean:
         text += "; the clean set also trains"
     if cfg.meta_set != "clean":

@@ -1,0 +1,138 @@
+"""Scoring labels out of fold: ``l2b label-issues RUN --cross-fit K`` (every training sample
+scored by one of K models, trained with the run's settings without its fold) against the default
+(the run's own model, in sample), on runs that never learn from the clean set: the paper-regime
+grid's CE and co-teaching runs (50 epochs, seeds 0..S-1), where memorisation decides what the
+in-sample scores can see. Both are scored as ``l2b label-issues`` writes them (its default cut and
+model choice), against the cut benchmark's targets: the flagged count within 25% of the corrupted
+count, and precision >= 0.8 wherever the ranking's ROC-AUC is at least 0.95.
+
+    python benchmarks/label_issue_cross_fit.py --jobs 2          # trains the folds (resumable), then the table
+    python benchmarks/label_issue_cross_fit.py --quick --out DIR  # a 2-epoch digits CE run, 2 folds (tested)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS_JSON = HERE / "results" / "label_issue_cross_fit.json"
+RESULTS_MD = HERE / "RESULTS.md"
+NOISES = ("symmetric:0.2", "symmetric:0.4", "symmetric:0.6", "asymmetric:0.4", "instance:0.4")
+
+
+def grid_runs(grid: Path, methods: list[str], seeds: int) -> list[tuple[str, Path]]:
+    """The grid's finished runs of these methods and seeds, in a fixed order."""
+    found = []
+    for method in methods:
+        for noise in NOISES:
+            for seed in range(seeds):
+                run = grid / "grid" / method / noise.replace(":", "_") / f"seed{seed}"
+                if (run / "metrics.json").is_file() and (run / "checkpoint.pt").is_file():
+                    found.append((f"{method} {noise} seed {seed}", run))
+    return found
+
+
+def quick_run(out: Path) -> list[tuple[str, Path]]:
+    from l2b.compare import run_one
+    from l2b.config import TrainConfig
+
+    cfg = TrainConfig(data="digits", method="ce", epochs=2, val_per_class=5, width=16, threads=1,
+                      progress="none", out=str(out / "digits-ce"))
+    run_one(cfg.__dict__)
+    return [("digits ce symmetric:0.4 seed 0", Path(cfg.out))]
+
+
+def scored(run: Path, folds: int) -> dict:
+    """What ``l2b label-issues`` reports for the run, in sample (folds 0) or cross-fitted."""
+    from l2b.label_issues import write_label_issues
+
+    with tempfile.TemporaryDirectory() as tmp:
+        s = write_label_issues(run, out=tmp, cross_fit=folds, log=lambda line: None)
+    corrupted = s["corrupted"]
+    ratio = s["issues"] / max(corrupted, 1)
+    meets = abs(ratio - 1) <= 0.25 and (s["auc"] < 0.95 or s["precision"] >= 0.8)
+    return {"flagged": s["issues"], "count_ratio": round(ratio, 3), "precision": round(s["precision"], 3),
+            "recall": round(s["recall"], 3), "f1": round(s["f1"], 3), "auc": round(s["auc"], 4), "cut": s["cut"],
+            "model": s["model"] if not folds else f"{folds} folds", "meets_both": bool(meets), "corrupted": corrupted}
+
+
+def fold_seconds(run: Path, folds: int) -> float:
+    from l2b.run_scores import CROSS_FIT_DIR
+
+    return sum(json.loads((run / CROSS_FIT_DIR / f"{folds}-fold-{f}" / "metrics.json").read_text())["total_seconds"]
+               for f in range(1, folds + 1))
+
+
+def markdown(rows: list[dict], folds: int, command: str) -> str:
+    cell = lambda r: f"{r['flagged']} ({r['count_ratio']:.2f}), P {r['precision']:.2f}, R {r['recall']:.2f}, AUC {r['auc']:.3f}"  # noqa: E731
+    lines = [f"Command: `{command}`  ",
+             f"Each cell: flagged (flagged / corrupted), precision, recall, ROC-AUC of the ranking; 'in sample': the "
+             f"default (`l2b label-issues RUN`, the model it chooses named); 'out of fold': `--cross-fit {folds}`. "
+             f"✓: both targets met. The last column: the folds' training seconds against the run's own.", "",
+             f"| run | corrupted | in sample | | out of fold ({folds} folds) | | fold training s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        i, o = r["in_sample"], r["cross_fit"]
+        lines.append(f"| {r['run']} | {i['corrupted']} | {cell(i)} ({i['model']}) | {'✓' if i['meets_both'] else '✗'} | "
+                     f"{cell(o)} | {'✓' if o['meets_both'] else '✗'} | {r['fold_seconds']:.0f} ({r['fold_seconds'] / r['run_seconds']:.1f}×) |")
+    memorised = [r for r in rows if r["in_sample"]["model"].startswith("best")]
+    count = lambda rs, k: sum(r[k]["meets_both"] for r in rs)  # noqa: E731
+    lines += ["", f"Both targets met: in sample on {count(rows, 'in_sample')} of {len(rows)} runs, out of fold on "
+              f"{count(rows, 'cross_fit')}; on the {len(memorised)} runs whose final model memorised (scored in sample by "
+              f"best_model.pt): {count(memorised, 'in_sample')} and {count(memorised, 'cross_fit')}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None, help="--quick: where its run goes (default runs/bench-cross-fit-quick)")
+    parser.add_argument("--grid", default="runs/bench-paper-regime", help="the paper-regime grid to score")
+    parser.add_argument("--methods", default="ce,coteaching")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=1, help="fold runs trained in parallel, one thread each")
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    from l2b.compare import run_grid
+    from l2b.config import TrainConfig
+    from l2b.run_scores import fold_runs
+
+    folds = 2 if args.quick else args.folds
+    runs = (quick_run(Path(args.out or "runs/bench-cross-fit-quick")) if args.quick else
+            grid_runs(Path(args.grid), args.methods.split(","), args.seeds))
+    if not runs:
+        sys.exit(f"no finished runs of {args.methods} in {args.grid}/grid: run benchmarks/paper_regime.py first")
+    config = lambda run: TrainConfig.from_dict(json.loads((run / "config.json").read_text())["config"])  # noqa: E731
+    cells = [c for _, run in runs for c in fold_runs(config(run), run, folds)]
+    run_grid(cells, jobs=args.jobs)
+    rows = []
+    for name, run in runs:
+        rows.append({"run": name, "in_sample": scored(run, 0), "cross_fit": scored(run, folds),
+                     "fold_seconds": round(fold_seconds(run, folds), 1),
+                     "run_seconds": json.loads((run / "metrics.json").read_text())["total_seconds"]})
+        print(json.dumps(rows[-1]), flush=True)
+    command = "python benchmarks/label_issue_cross_fit.py " + " ".join(sys.argv[1:])
+    table = markdown(rows, folds, command.strip())
+    print(table)
+    sys.path.insert(0, str(HERE))
+    from results_md import provenance, write_block
+
+    result = {**provenance(command.strip()), "folds": folds, "rows": rows}
+    if args.quick:
+        (Path(args.out or "runs/bench-cross-fit-quick") / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+        return
+    RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
+    write_block(RESULTS_MD, "label-issue-cross-fit", table, "## Label issues: scoring out of fold")
+    print(f"wrote {RESULTS_JSON} and the table in {RESULTS_MD}")
+
+
+if __name__ == "__main__":
+    main()

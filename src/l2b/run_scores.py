@@ -1,0 +1,176 @@
+"""Which model of a run scores its labels, and the probabilities it gives them: the final model,
+the best clean-validation epoch's, or (:func:`cross_fit_scores`) for every training sample a model
+trained without it. ``l2b label-issues`` reads its labels' probabilities from here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .rundir import read_json
+
+MODELS = ("auto", "final", "best")  # which of a run's models scores its labels
+MEMORISED_GAP = 0.10  # agreement with the training labels beyond held-out clean accuracy: memorised
+
+
+@dataclass(frozen=True)
+class RunScores:
+    """A model of a run and its probabilities: ``train`` (n x K, the noisy training samples, with
+    the ``labels`` they were trained on), ``clean`` (m x K, the clean set) with ``clean_labels``; the
+    run's prepared data (``prep``); which model it is (``model``: final, or best for best_model.pt)
+    and its 0-based ``epoch``; a ``note`` for the user: why the best-validation model was taken, or
+    that the final one memorised."""
+    train: np.ndarray
+    labels: np.ndarray
+    clean: np.ndarray
+    clean_labels: np.ndarray
+    prep: Any
+    model: str
+    epoch: int
+    note: str | None = None
+    extra: np.ndarray | None = None  # the same model's probabilities for other samples, when asked
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} (epoch {self.epoch + 1})"
+
+
+def run_model_scores(run: Path, which: str = "final", reference: bool = False, extra=None) -> RunScores:
+    """The probabilities a model of the run gives its training samples and its clean samples (and
+    the samples of ``extra``, a split of l2b.data.batches, when given).
+
+    ``which``: ``final`` (the last checkpoint), ``best`` (best_model.pt, saved at the best
+    clean-validation epoch) or ``auto``: the final model, unless it has memorised its labels
+    (:func:`memorised`, judged on a held-out clean set, so only with ``reference``) and the
+    best-validation epoch's earlier model had not; then that one."""
+    from .models import predict_probs
+    from .rundir import load_checkpoint
+    from .train import load_run
+
+    cfg, prep, (train_data, val_data, _), model = load_run(run)
+    clean_y = val_data.y.cpu().numpy()
+
+    def scores(name: str, epoch: int) -> RunScores:
+        clean = (predict_probs(model, val_data, cfg.eval_batch_size) if len(val_data) else
+                 np.zeros((0, prep.ds.num_classes), dtype=np.float32))  # a run without a clean set
+        return RunScores(predict_probs(model, train_data, cfg.eval_batch_size), train_data.y.cpu().numpy(), clean,
+                         clean_y, prep, name, epoch,
+                         extra=None if extra is None else predict_probs(model, extra, cfg.eval_batch_size))
+
+    def load_best() -> None:
+        model.load_state_dict(load_checkpoint(best_path, next(model.parameters()).device))
+
+    history = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    best_epoch, last_epoch = history.get("best_epoch", -1), len(history.get("history", [])) - 1
+    best_path = run / "best_model.pt"
+    if which == "best" and not best_path.is_file():
+        raise FileNotFoundError(f"{run}: no best_model.pt (written at the best clean-validation epoch of a run "
+                                f"with a clean set); use --model final")
+    if which == "best":
+        load_best()
+        return scores("best", best_epoch)
+    final = scores("final", last_epoch)
+    held_out = reference and len(clean_y) > 0  # memorisation is judged against a held-out clean set
+    if not (which == "auto" and held_out and 0 <= best_epoch < last_epoch and best_path.is_file()):
+        return replace(final, note=_memorised_warning(agreement(final)) if held_out else None)
+    load_best()
+    best = scores("best", best_epoch)
+    f, b = agreement(final), agreement(best)
+    if not memorised(f, b) or memorised(b):
+        return replace(final, note=_memorised_warning(f))
+    return replace(best, note=(
+        f"the final model agrees with {100 * f[0]:.1f}% of its training labels against {100 * b[0]:.1f}% at the "
+        f"best clean-validation epoch ({best_epoch + 1}), and is right on {100 * f[1]:.1f}% of the held-out clean set "
+        f"against {100 * b[1]:.1f}% then: it has memorised labels since, wrong ones included, so the labels are "
+        f"scored with that epoch's model (best_model.pt), whose count can still run low; --cross-fit 5 scores every "
+        f"sample with a model that never trained on it, --model final with the final one"))
+
+
+def agreement(scores: RunScores) -> tuple[float, float]:
+    """(fit, held): how often the model's top class is the given training label, and how often it
+    is the true label of a held-out clean sample."""
+    return (float((scores.train.argmax(1) == scores.labels).mean()),
+            float((scores.clean.argmax(1) == scores.clean_labels).mean()))
+
+
+def memorised(model: tuple[float, float], earlier: tuple[float, float] | None = None) -> bool:
+    """Whether a model (its (fit, held) agreement) has memorised its training labels, wrong ones
+    included: it agrees with them ``MEMORISED_GAP`` more often than it is right on the held-out
+    clean set, or (given an ``earlier`` model of the same run) its agreement with them has risen
+    that much more than its held-out accuracy since. Its probability of the given label then finds
+    few of the label issues (benchmarks/RESULTS.md, "Label issues: the calibrated cut")."""
+    fit, held = model
+    if fit - held >= MEMORISED_GAP:
+        return True
+    return earlier is not None and (fit - earlier[0]) - (held - earlier[1]) >= MEMORISED_GAP
+
+
+def _memorised_warning(model: tuple[float, float]) -> str | None:
+    """A warning when the model scoring the labels has memorised them (and no earlier model of the
+    run had not)."""
+    fit, held = model
+    if not memorised(model):
+        return None
+    return (f"the model agrees with {100 * fit:.1f}% of its training labels but is right on only {100 * held:.1f}% of "
+            f"the held-out clean set: it has memorised its labels, wrong ones included, so its probabilities find "
+            f"few of the label issues and the flagged count runs low; score every sample with a model that never "
+            f"trained on it (--cross-fit 5: five trainings of this run's settings), or an L2B run of the same data "
+            f"(its model does not fit the labels it distrusts)")
+
+
+CROSS_FIT_DIR = "cross-fit"  # where a run's fold models are trained, inside the run directory
+
+
+def fold_runs(cfg, run: Path, folds: int) -> list:
+    """The configs of the ``folds`` runs that cross-fit a run of config ``cfg``: its own settings,
+    each leaving out one fold of its noisy training samples (``--holdout F/K``), trained into
+    ``RUN/cross-fit/K-fold-F``."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"--cross-fit {folds!r}: give the number of folds, 2 or more (5 is usual)")
+    if cfg.holdout is not None:
+        raise ValueError(f"{run} is itself one fold of a cross-fit (--holdout {cfg.holdout}); give the run it was "
+                         f"made from")
+    return [replace(cfg, holdout=f"{f}/{folds}", out=str(run / CROSS_FIT_DIR / f"{folds}-fold-{f}"), progress="none")
+            for f in range(1, folds + 1)]
+
+
+def cross_fit_scores(run: Path, folds: int, which: str = "auto", reference: bool = False, log=print) -> RunScores:
+    """Out-of-fold probabilities: each noisy training sample of the run scored by the one of
+    ``folds`` models, trained with the run's settings on the other folds, that never saw it
+    (confident learning's premise; cleanlab's ``cross_val_predict``). The folds are trained, or
+    resumed, or reused when finished, under ``RUN/cross-fit``; a fold directory holding other
+    settings is refused. ``which`` chooses each fold's model as :func:`run_model_scores` does.
+    The clean set's probabilities are the mean of the fold models' (each class's mean then mixes
+    the folds as the training samples' do)."""
+    from .compare import check_cells, run_one
+    from .run_data import fold_positions
+    from .train import load_run
+
+    cfg, prep, (train_data, val_data, _), _ = load_run(run)
+    cfgs = fold_runs(cfg, run, folds)
+    check_cells(cfgs)
+    labels = train_data.y.cpu().numpy()
+    probs = np.zeros((len(labels), prep.ds.num_classes), dtype=np.float32)
+    clean, chosen = [], []
+    for fold, fold_cfg in enumerate(cfgs, 1):
+        held = fold_positions(labels, fold, folds, cfg.seed)
+        out = Path(fold_cfg.out)
+        log(f"cross-fit: fold {fold} of {folds}, {len(held)} samples held out: {out}")
+        run_one(asdict(fold_cfg))  # trains it, or resumes it, or finds it finished
+        if read_json(out / "metrics.json").get("diverged"):
+            raise ValueError(f"{out}: this fold's training diverged, so no model of it can score its samples; give the "
+                             f"run a lower --lr or --clip-grad-norm and train it again")
+        s = run_model_scores(out, which, reference, extra=train_data.take(held))
+        probs[held] = s.extra
+        clean.append(s.clean)
+        chosen.append(s.model)
+    best = chosen.count("best")
+    note = (f"each training sample scored by the one of {folds} models (this run's settings, trained without its "
+            f"fold, in {run / CROSS_FIT_DIR}) that never saw it" +
+            (f"; {best} of them the best clean-validation epoch's model, their final one having memorised its labels"
+             if best else ""))
+    return RunScores(probs, labels, np.mean(clean, axis=0) if len(val_data) else clean[0], val_data.y.cpu().numpy(),
+                     prep, "cross-fit", -1, note)
