@@ -81,6 +81,10 @@ def test_label_issues_cross_fit_writes_its_csv(ce_run, tmp_path, capsys):
     assert cli_main(["label-issues", str(ce_run), "--cross-fit", "3", "--out", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     assert "scored out of fold" in out and "cross-fit: fold 1 of 3" in err
+    # neither the scored sample nor the held-out clean set trained the model that scores it: the
+    # clean set's confusion calibrates the count, as where both steered it
+    assert "the clean set's confusion explains" in out and "trained on neither it nor the clean samples" in out
+    assert "steered" not in out
     rows = (tmp_path / "label_issues.csv").read_text().splitlines()
     assert len(rows) > 1 and f"{len(rows) - 1} suspected label issues" in out
 

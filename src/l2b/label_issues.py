@@ -88,14 +88,18 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
         config.get("method") in METHODS and not METHODS[config["method"]].sees_clean_labels(
             config.get("method_args", {}) | _resolved_options(run))
     probs = clean_probs = prep = scored = None
-    clean_ref = {}
+    clean_ref, steered = {}, False
     if has_model and (score in ("model", "combined") or cut != "threshold"):
         scored = (cross_fit_scores(run, cross_fit, model, reference, log) if cross_fit else
                   run_model_scores(run, model, reference))
         probs, clean_probs, val_y, prep = scored.train, scored.clean, scored.clean_labels, scored.prep
         if reference and len(clean_probs) and cut in ("auto", *CLEAN_CUTS) and threshold is None:
+            # the clean set is the default cut's reference where the model that scores a training sample
+            # treats it as it treats the clean samples: both steered it (a meta step), or neither trained
+            # it (scored out of fold)
+            steered = clean_steered(config, run)
             clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs,
-                         "clean_steered": clean_steered(config, run)}
+                         "clean_steered": steered or bool(cross_fit)}
         if not with_clean:
             clean_probs = None
     elif score in ("model", "combined"):
@@ -125,12 +129,12 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     return {"issues": len(issues.indices), "estimated": issues.estimated, "cut": issues.cut,
             "source": SCORES[issues.source], "score": issues.source, "csv": out / "label_issues.csv",
             "picture": picture, "clean_scored": int((split == "clean").sum()),
-            "clean_steered": bool(clean_ref.get("clean_steered")),
+            "clean_steered": bool(clean_ref) and steered, "out_of_fold": bool(cross_fit),
             "model": None if scored is None else scored.model, "model_epoch": None if scored is None else scored.epoch + 1,
             "warning": scored.note if scored is not None and scored.model == "final" else None,
             "note": scored.note if scored is not None and scored.model in ("best", "cross-fit") else None,
             "count_note": _small_clean_note(clean_ref["clean_labels"])
-            if issues.cut == STEERED_CUT and clean_ref.get("clean_steered") else None,
+            if issues.cut == STEERED_CUT and clean_ref and steered else None,
             "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
             "auc": roc_auc(issues.score, is_noisy),
             "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
@@ -159,7 +163,10 @@ def console_lines(s: dict, show: int = 0) -> tuple[list[str], list[str]]:
            "clean-confusion": "the number of wrong labels the clean set's confusion explains, or confident learning's "
                               "estimate where smaller" + (" (the clean samples steered the training, so the model treats "
                                                           "them as it treats the training samples of their class)"
-                                                          if s["clean_steered"] else ""),
+                                                          if s["clean_steered"] else
+                                                          " (scored out of fold: the model that scores a training "
+                                                          "sample trained on neither it nor the clean samples, so it "
+                                                          "treats them alike)" if s.get("out_of_fold") else ""),
            "clean-quantile": "labels less probable than the true label of 90% of the held-out clean samples"
            }.get(s["cut"], f"cut {s['cut']}")
     if s["cut"] != "count" and s["estimated"] is not None:
