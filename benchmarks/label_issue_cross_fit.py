@@ -37,6 +37,18 @@ def grid_runs(grid: Path, methods: list[str], seeds: int) -> list[tuple[str, Pat
     return found
 
 
+def steered_runs(cut_runs: Path) -> list[tuple[str, Path]]:
+    """The cut benchmark's own-data L2B runs at 20% moved with 10 clean per class (seeds 0-11),
+    finished: runs whose clean set steered training, for contrast."""
+    sys.path.insert(0, str(HERE))
+    from label_issue_cut import own_data_runs
+
+    cells = own_data_runs(cut_runs, range(12))
+    return [(f"l2b own data, 20% moved, 10 clean per class, seed {cfg.seed}", Path(cfg.out)) for _, cfg in cells
+            if cfg.noise == "symmetric-exclusive:0.2" and cfg.val_per_class == 10
+            and (Path(cfg.out) / "metrics.json").is_file()]
+
+
 def quick_run(out: Path) -> list[tuple[str, Path]]:
     from l2b.compare import run_one
     from l2b.config import TrainConfig
@@ -92,6 +104,26 @@ def markdown(rows: list[dict], folds: int, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def steered_markdown(rows: list[dict], folds: int) -> str:
+    """The contrast: runs whose clean set steered training (its meta step fitted every fold model to
+    it), where the samples scored out of fold look less sure than the clean set."""
+    if not rows:
+        return ""
+    cell = lambda r: f"{r['flagged']} ({r['count_ratio']:.2f}), P {r['precision']:.2f}, AUC {r['auc']:.3f}"  # noqa: E731
+    lines = ["", f"Runs whose clean set steered training (the cut benchmark's own-data regime, 1,000 images, "
+             f"10 clean per class, 20% moved): in sample against out of fold ({folds} folds).", "",
+             "| run | corrupted | in sample | | out of fold | |", "|---|---|---|---|---|---|"]
+    mark = lambda r: "✓" if r["meets_both"] else "✗"  # noqa: E731
+    for r in rows:
+        i, o = r["in_sample"], r["cross_fit"]
+        lines.append(f"| {r['run']} | {i['corrupted']} | {cell(i)} | {mark(i)} | {cell(o)} | {mark(o)} |")
+    ratio = lambda k: f"{min(r[k]['count_ratio'] for r in rows):.2f}–{max(r[k]['count_ratio'] for r in rows):.2f}×"  # noqa: E731
+    lines += ["", f"Flagged: in sample {ratio('in_sample')}, out of fold {ratio('cross_fit')}; both targets met on "
+              f"{sum(r['in_sample']['meets_both'] for r in rows)} and {sum(r['cross_fit']['meets_both'] for r in rows)} "
+              f"of {len(rows)}."]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -99,6 +131,8 @@ def main() -> None:
     parser.add_argument("--grid", default="runs/bench-paper-regime", help="the paper-regime grid to score")
     parser.add_argument("--methods", default="ce,coteaching")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--cut-runs", default="runs/bench-label-cut", help="the cut benchmark's runs, whose own-data "
+                        "L2B runs (a clean set that steered training) are cross-fitted for contrast")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=1, help="fold runs trained in parallel, one thread each")
     args = parser.parse_args()
@@ -115,8 +149,9 @@ def main() -> None:
             grid_runs(Path(args.grid), args.methods.split(","), args.seeds))
     if not runs:
         sys.exit(f"no finished runs of {args.methods} in {args.grid}/grid: run benchmarks/paper_regime.py first")
+    contrast = [] if args.quick else steered_runs(Path(args.cut_runs))
     config = lambda run: TrainConfig.from_dict(json.loads((run / "config.json").read_text())["config"])  # noqa: E731
-    cells = [c for _, run in runs for c in fold_runs(config(run), run, folds)]
+    cells = [c for _, run in runs + contrast for c in fold_runs(config(run), run, folds)]
     run_grid(cells, jobs=args.jobs)
     rows = []
     for name, run in runs:
@@ -125,13 +160,19 @@ def main() -> None:
                      "fold_seconds": round(fold_seconds(run, folds), 1),
                      "run_seconds": json.loads((run / "metrics.json").read_text())["total_seconds"]})
         print(json.dumps(rows[-1]), flush=True)
+    steered = []
+    for name, run in contrast:
+        steered.append({"run": name, "in_sample": scored(run, 0), "cross_fit": scored(run, folds),
+                        "fold_seconds": round(fold_seconds(run, folds), 1),
+                        "run_seconds": json.loads((run / "metrics.json").read_text())["total_seconds"]})
+        print(json.dumps(steered[-1]), flush=True)
     command = "python benchmarks/label_issue_cross_fit.py " + " ".join(sys.argv[1:])
-    table = markdown(rows, folds, command.strip())
+    table = markdown(rows, folds, command.strip()) + steered_markdown(steered, folds)
     print(table)
     sys.path.insert(0, str(HERE))
     from results_md import provenance, write_block
 
-    result = {**provenance(command.strip()), "folds": folds, "rows": rows}
+    result = {**provenance(command.strip()), "folds": folds, "rows": rows, "steered": steered}
     if args.quick:
         (Path(args.out or "runs/bench-cross-fit-quick") / "results.json").write_text(json.dumps(result, indent=2) + "\n")
         return

@@ -120,3 +120,12 @@ def test_a_fold_of_other_settings_is_refused_and_a_diverged_fold_is_named(tmp_pa
     assert cli_main(["label-issues", str(run), "--cross-fit", "2"]) == 2
     err = capsys.readouterr().err
     assert "2-fold-1: this fold's training diverged" in err and "Traceback" not in err
+
+
+def test_cross_fitting_a_run_its_clean_set_steered_says_the_count_runs_high(tmp_path, capsys):
+    run = tmp_path / "l2b"
+    argv = [a if a != "ce" else "l2b" for a in RUN]
+    assert cli_main(["train", *argv, "--out", str(run)]) == 0
+    assert cli_main(["label-issues", str(run), "--cross-fit", "2", "--out", str(tmp_path / "issues")]) == 0
+    err = capsys.readouterr().err
+    assert "note: the clean set steered every fold model" in err and "without --cross-fit is the better count" in err
