@@ -168,6 +168,8 @@ CASES = [
      r"--cross-fit scores with the fold models' probabilities; --score trust reads this run's weights"),
     ("holdout 6/5", lambda t: ["train", *TINY, "--holdout", "6/5", "--out", str(t / "out")],
      r"--holdout '6/5': give F/K, the F-th of K >= 2 folds"),
+    ("compare holdout", lambda t: ["compare", "--methods", "ce", "--noise", "symmetric:0.2", "--holdout", "1/5",
+                                   "--out", str(t / "out")], r"--holdout 1/5 trains a fold of l2b label-issues --cross-fit"),
     ("holdout half", lambda t: ["train", *TINY, "--holdout", "half", "--out", str(t / "out")], r"--holdout 'half': give F/K"),
     ("mwnet normalize maybe", lambda t: ["train", *TINY, "--method", "mwnet", "--method-arg", "normalize=maybe",
                                          "--out", str(t / "out")], r"normalize='maybe' is not a bool"),

@@ -211,6 +211,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ValueError("give --methods M1,M2 and --noise SPEC1,SPEC2 (or a --grid file with them)")
     names = {f.name for f in fields(TrainConfig)}
     settings.update({k: v for k, v in vars(args).items() if k in names})
+    if settings.get("holdout"):
+        raise ValueError(f"--holdout {settings['holdout']} trains a fold of l2b label-issues --cross-fit, which a grid's "
+                         f"summary leaves out; drop it (--train-subset N trains on part of the data)")
     if "method_args" in settings and isinstance(settings["method_args"], list):
         settings["method_args"] = {k: v for d in settings["method_args"] for k, v in d.items()}
     for key in settings.get("method_args", {}):  # a scoped option for a method the grid does not run
