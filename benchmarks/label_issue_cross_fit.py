@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 RESULTS_JSON = HERE / "results" / "label_issue_cross_fit.json"
 RESULTS_MD = HERE / "RESULTS.md"
 NOISES = ("symmetric:0.2", "symmetric:0.4", "symmetric:0.6", "asymmetric:0.4", "instance:0.4")
@@ -27,11 +28,13 @@ NOISES = ("symmetric:0.2", "symmetric:0.4", "symmetric:0.6", "asymmetric:0.4", "
 
 def grid_runs(grid: Path, methods: list[str], seeds: int) -> list[tuple[str, Path]]:
     """The grid's finished runs of these methods and seeds, in a fixed order."""
+    from l2b.compare import run_dir
+
     found = []
     for method in methods:
         for noise in NOISES:
             for seed in range(seeds):
-                run = grid / "grid" / method / noise.replace(":", "_") / f"seed{seed}"
+                run = run_dir(grid / "grid", method, noise, seed)
                 if (run / "metrics.json").is_file() and (run / "checkpoint.pt").is_file():
                     found.append((f"{method} {noise} seed {seed}", run))
     return found
@@ -40,7 +43,6 @@ def grid_runs(grid: Path, methods: list[str], seeds: int) -> list[tuple[str, Pat
 def steered_runs(cut_runs: Path) -> list[tuple[str, Path]]:
     """The cut benchmark's own-data L2B runs at 20% moved with 10 clean per class (seeds 0-11),
     finished: runs whose clean set steered training, for contrast."""
-    sys.path.insert(0, str(HERE))
     from label_issue_cut import own_data_runs
 
     cells = own_data_runs(cut_runs, range(12))
@@ -65,19 +67,22 @@ def scored(run: Path, folds: int, cut: str = "auto") -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         s = write_label_issues(run, out=tmp, cross_fit=folds, cut=cut, log=lambda line: None)
+    from label_issue_cut import meets_targets
+
     corrupted = s["corrupted"]
     ratio = s["issues"] / max(corrupted, 1)
-    meets = abs(ratio - 1) <= 0.25 and (s["auc"] < 0.95 or s["precision"] >= 0.8)
+    meets = meets_targets(ratio, s["precision"], s["auc"])
     return {"flagged": s["issues"], "count_ratio": round(ratio, 3), "precision": round(s["precision"], 3),
             "recall": round(s["recall"], 3), "f1": round(s["f1"], 3), "auc": round(s["auc"], 4), "cut": s["cut"],
             "model": s["model"] if not folds else f"{folds} folds", "meets_both": bool(meets), "corrupted": corrupted}
 
 
-def fold_seconds(run: Path, folds: int) -> float:
-    from l2b.run_scores import CROSS_FIT_DIR
-
-    return sum(json.loads((run / CROSS_FIT_DIR / f"{folds}-fold-{f}" / "metrics.json").read_text())["total_seconds"]
-               for f in range(1, folds + 1))
+def row(name: str, run: Path, folds: list, cuts: dict[str, str]) -> dict:
+    """One run scored in sample and out of fold (one entry per cut of ``cuts``), and the seconds its
+    ``folds`` (their configs) trained in against its own."""
+    seconds = lambda out: json.loads((Path(out) / "metrics.json").read_text())["total_seconds"]  # noqa: E731
+    return {"run": name, "in_sample": scored(run, 0), **{k: scored(run, len(folds), cut) for k, cut in cuts.items()},
+            "fold_seconds": round(sum(seconds(c.out) for c in folds), 1), "run_seconds": seconds(run)}
 
 
 def markdown(rows: list[dict], folds: int, command: str) -> str:
@@ -151,25 +156,18 @@ def main() -> None:
         sys.exit(f"no finished runs of {args.methods} in {args.grid}/grid: run benchmarks/paper_regime.py first")
     contrast = [] if args.quick else steered_runs(Path(args.cut_runs))
     config = lambda run: TrainConfig.from_dict(json.loads((run / "config.json").read_text())["config"])  # noqa: E731
-    cells = [c for _, run in runs + contrast for c in fold_runs(config(run), run, folds)]
-    run_grid(cells, jobs=args.jobs)
-    rows = []
+    fold_cfgs = {run: fold_runs(config(run), run, folds) for _, run in runs + contrast}
+    run_grid([c for cfgs in fold_cfgs.values() for c in cfgs], jobs=args.jobs)
+    rows, steered = [], []
     for name, run in runs:
-        rows.append({"run": name, "in_sample": scored(run, 0), "cross_fit": scored(run, folds),
-                     "cross_fit_count": scored(run, folds, "count"),
-                     "fold_seconds": round(fold_seconds(run, folds), 1),
-                     "run_seconds": json.loads((run / "metrics.json").read_text())["total_seconds"]})
+        rows.append(row(name, run, fold_cfgs[run], {"cross_fit": "auto", "cross_fit_count": "count"}))
         print(json.dumps(rows[-1]), flush=True)
-    steered = []
     for name, run in contrast:
-        steered.append({"run": name, "in_sample": scored(run, 0), "cross_fit": scored(run, folds),
-                        "fold_seconds": round(fold_seconds(run, folds), 1),
-                        "run_seconds": json.loads((run / "metrics.json").read_text())["total_seconds"]})
+        steered.append(row(name, run, fold_cfgs[run], {"cross_fit": "auto"}))
         print(json.dumps(steered[-1]), flush=True)
     command = "python benchmarks/label_issue_cross_fit.py " + " ".join(sys.argv[1:])
     table = markdown(rows, folds, command.strip()) + steered_markdown(steered, folds)
     print(table)
-    sys.path.insert(0, str(HERE))
     from results_md import provenance, write_block
 
     result = {**provenance(command.strip()), "folds": folds, "rows": rows, "steered": steered}

@@ -136,6 +136,12 @@ def measure(name: str, run: Path) -> dict:
 
 
 COLUMNS = ("default",)  # and every cut of l2b.calibrate.CUTS
+def meets_targets(count_ratio: float, precision: float, auc: float) -> bool:
+    """Both targets: flagged within 25% of the corrupted count, and precision >= 0.8 wherever the
+    ranking's ROC-AUC is at least 0.95."""
+    return abs(count_ratio - 1) <= 0.25 and (auc < 0.95 or precision >= 0.8)
+
+
 DRAWS = 20  # draws of a clean-sized sample of the test set per run, in references()
 NEW_OWN_SEEDS = range(4, 12)  # the own-data regime's seeds added after the default cut was fixed
 
@@ -200,7 +206,7 @@ def references(name: str, run: Path) -> dict:
             "test_draws": float(np.median([ratio((test_y[i], test_p[i])) for i in draws])),
             "test_draws_corrected": float(np.median([ratio((test_y[i], test_p[i]), True) for i in draws])),
             "corrected_default": {"count_ratio": round(m / corrupted, 3), "precision": round(precision, 3),
-                                  "both": bool(abs(m / corrupted - 1) <= 0.25 and (auc < 0.95 or precision >= 0.8))},
+                                  "both": meets_targets(m / corrupted, precision, auc)},
             "accuracy": {"clean": accuracy(clean_p, clean_y), "test": accuracy(test_p, test_y),
                          "correct_train": accuracy(probs[right], given[right])}}
 

@@ -88,7 +88,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
         config.get("method") in METHODS and not METHODS[config["method"]].sees_clean_labels(
             config.get("method_args", {}) | _resolved_options(run))
     probs = clean_probs = prep = scored = None
-    clean_ref, steered = {}, False
+    clean_ref, steered = {}, False  # steered: the clean set of the reference steered training
     if has_model and (score in ("model", "combined") or cut != "threshold"):
         scored = (cross_fit_scores(run, cross_fit, model, reference, log) if cross_fit else
                   run_model_scores(run, model, reference))
@@ -129,12 +129,12 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     return {"issues": len(issues.indices), "estimated": issues.estimated, "cut": issues.cut,
             "source": SCORES[issues.source], "score": issues.source, "csv": out / "label_issues.csv",
             "picture": picture, "clean_scored": int((split == "clean").sum()),
-            "clean_steered": bool(clean_ref) and steered, "out_of_fold": bool(cross_fit),
+            "clean_steered": steered, "out_of_fold": bool(cross_fit),
             "model": None if scored is None else scored.model, "model_epoch": None if scored is None else scored.epoch + 1,
             "warning": scored.note if scored is not None and scored.model == "final" else None,
             "note": scored.note if scored is not None and scored.model in ("best", "cross-fit") else None,
             "count_note": (_steered_folds_note() if cross_fit else _small_clean_note(clean_ref["clean_labels"]))
-            if issues.cut == STEERED_CUT and clean_ref and steered else None,
+            if issues.cut == STEERED_CUT and steered else None,
             "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
             "auc": roc_auc(issues.score, is_noisy),
             "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
