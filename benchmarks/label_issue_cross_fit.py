@@ -100,11 +100,11 @@ def markdown(rows: list[dict], folds: int, command: str) -> str:
         i, o, c = r["in_sample"], r["cross_fit"], r["cross_fit_count"]
         lines.append(f"| {r['run']} | {i['corrupted']} | {cell(i)} ({i['model']}) | {mark(i)} | {cell(o)} | {mark(o)} | "
                      f"{cell(c)} | {mark(c)} | {r['fold_seconds']:.0f} ({r['fold_seconds'] / r['run_seconds']:.1f}×) |")
-    memorised = [r for r in rows if r["in_sample"]["model"].startswith("best")]
+    memorised = [r for r in rows if not r["in_sample"]["model"].startswith("final")]
     count = lambda rs, k: sum(r[k]["meets_both"] for r in rs)  # noqa: E731
     lines += ["", f"Both targets met: in sample on {count(rows, 'in_sample')} of {len(rows)} runs, out of fold on "
               f"{count(rows, 'cross_fit')} (with `--cut count` {count(rows, 'cross_fit_count')}); on the {len(memorised)} "
-              f"runs whose final model memorised (scored in sample by best_model.pt): {count(memorised, 'in_sample')}, "
+              f"runs whose final model memorised (scored in sample by an earlier epoch's model): {count(memorised, 'in_sample')}, "
               f"{count(memorised, 'cross_fit')} and {count(memorised, 'cross_fit_count')}."]
     return "\n".join(lines) + "\n"
 

@@ -17,8 +17,9 @@ Runs (one thread each, seed 0, trained here unless finished):
   moved to another class, seeds 0-3; and at 20% moved with 20 and 40 clean per class; the same four
   settings at seeds 4-11 apart (32 runs, trained after the last change to the default cut).
 
-Each run is scored by the model ``l2b label-issues`` takes by default (the final one, or the best
-clean-validation epoch's when the final one memorised its labels): its probability of the given
+Each run is scored by the model ``l2b label-issues`` takes by default (the final one, or when the
+final one memorised its labels the last epoch's from before it began to, early_model.pt; the best
+clean-validation epoch's for a run trained before early_model.pt existed): its probability of the given
 label on the training samples, and its probabilities for the held-out clean samples (the reference
 of ``clean-confusion`` and ``clean-quantile``); each cut flags from those probabilities. For the
 own-data regime a second table fits the clean-confusion mix on other references of the same model
@@ -115,7 +116,7 @@ def measure(name: str, run: Path) -> dict:
     labels = np.load(run / "labels.npz")
     given, true = labels["noisy"].astype(np.int64), labels["true"]
     # these methods never train on the clean set: it is held out, and l2b label-issues' default
-    # (--model auto) scores with the best-validation epoch's model when the final one memorised
+    # (--model auto) scores with an earlier epoch's model when the final one memorised
     scored = scored_probs(run)
     probs, clean_probs, clean_y, steered = scored["train"], scored["clean"], scored["clean_labels"], scored["steered"]
     score = 1.0 - probs[np.arange(len(given)), given]

@@ -79,7 +79,7 @@ def fold_probs(run_dir: Path) -> np.ndarray:
 
 def scored_probs(run_dir: Path) -> dict[str, np.ndarray]:
     """What ``l2b label-issues`` scores a run with (its default model choice: the final model, or
-    the best clean-validation epoch's when the final one memorised its labels): probabilities on
+    an earlier epoch's when the final one memorised its labels): probabilities on
     the noisy samples ("train") and the clean set ("clean", with "clean_labels"), and "model"."""
     from l2b.label_issues import clean_steered
     from l2b.run_scores import run_model_scores
@@ -172,9 +172,10 @@ def bench_noise(base, noise: str, out: Path, folds: int, notes: list[str], grid:
     ce = scored_probs(ce_dir)
     r = rank_label_issues(noisy, pred_probs=ce["train"], score="model", clean_labels=ce["clean_labels"],
                           clean_pred_probs=ce["clean"], clean_steered=ce["steered"])
-    if ce["model"].startswith("best"):
-        notes.append("ce:model: where the final CE model had memorised its labels, it is scored with its best "
-                     "clean-validation epoch's model, as `l2b label-issues` does by default")
+    if not ce["model"].startswith("final"):
+        notes.append("ce:model: where the final CE model had memorised its labels, it is scored with an earlier "
+                     "epoch's model (early_model.pt, or best_model.pt for a run trained before that existed), as "
+                     "`l2b label-issues` does by default")
     rows.append({"noise": noise, "seed": base.seed, "method": "ce:model", "scored_with": ce["model"], **metrics(r.indices, r.score, r.suggested, noisy, true,
                                                                 ce_m["total_seconds"])})
     try:

@@ -99,12 +99,13 @@ def test_corrupted_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, caps
     assert len(err.splitlines()) == 1 and str(ckpt) in err and "corrupted or truncated" in err
 
 
-def test_label_issues_model_best_without_a_best_model_is_a_one_line_error(tmp_path, capsys, finished_ce_run):
+@pytest.mark.parametrize("which", ["best", "early"])
+def test_label_issues_model_best_or_early_without_its_file_is_a_one_line_error(tmp_path, capsys, finished_ce_run, which):
     run = _copy_run(finished_ce_run, tmp_path / "run")
-    (run / "best_model.pt").unlink()
-    assert cli_main(["label-issues", str(run), "--model", "best"]) == 2
+    (run / f"{which}_model.pt").unlink(missing_ok=True)
+    assert cli_main(["label-issues", str(run), "--model", which]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no best_model.pt" in err and "use --model final" in err
+    assert len(err.splitlines()) == 1 and f"no {which}_model.pt" in err and "use --model final" in err
 
 
 # ----------------------------------------------------------------------------- the table

@@ -278,27 +278,30 @@ def test_label_issues_csv_of_an_image_folder_has_paths_and_class_names(tmp_path,
     assert rows[0]["given_class"] == "2" and rows[0]["suggested_class"] == "10"
 
 
-def test_label_issues_scores_with_the_best_epoch_when_the_final_model_memorised(tmp_path, capsys):
+def test_label_issues_scores_with_the_model_from_before_memorising_when_the_final_model_memorised(tmp_path, capsys):
     """CE trained long without weight decay fits every noisy label, and the probability of the
-    given label then finds few issues. label-issues scores with the best clean-validation epoch's
-    model instead (saying so), which finds most of them; --model final keeps the final model and
-    warns, naming what to score instead. L2B's model of the same data (a few epochs, not memorised)
-    gets neither."""
+    given label then finds few issues. label-issues scores with the last epoch's model from before
+    it began to memorise (early_model.pt; saying so), which finds about as many as were corrupted;
+    a run without one (earlier versions) falls back to the best clean-validation epoch's; --model
+    final keeps the final model and warns, naming what to score instead. L2B's model of the same
+    data (a few epochs, not memorised) gets none of this."""
     from l2b.label_issues import write_label_issues
 
     common = ["--data", "digits", "--noise", "symmetric:0.4", "--weight-decay", "0", "--progress", "none"]
     assert main(["train", *common, "--method", "ce", "--epochs", "100", "--out", str(tmp_path / "ce")]) == 0
     assert main(["train", *common, "--method", "l2b", "--epochs", "3", "--out", str(tmp_path / "l2b")]) == 0
-    best_epoch = json.loads((tmp_path / "ce" / "metrics.json").read_text())["best_epoch"] + 1
-    assert best_epoch < 100
+    metrics = json.loads((tmp_path / "ce" / "metrics.json").read_text())
+    best_epoch, early_epoch = metrics["best_epoch"] + 1, metrics["early_epoch"] + 1
+    assert best_epoch < 100 and early_epoch < 100
     capsys.readouterr()
     assert main(["label-issues", str(tmp_path / "ce")]) == 0
     captured = capsys.readouterr()
     assert "l2b: note: the final model agrees with 100.0% of its training labels against" in captured.err
-    assert f"at the best clean-validation epoch ({best_epoch})" in captured.err and "warning" not in captured.err
+    assert f"at the last epoch before it began to memorise ({early_epoch})" in captured.err
+    assert "(early_model.pt)" in captured.err and "warning" not in captured.err
     auto = write_label_issues(tmp_path / "ce", out=tmp_path / "auto")
     final = write_label_issues(tmp_path / "ce", out=tmp_path / "final", model="final")
-    assert (auto["model"], auto["model_epoch"], final["model"]) == ("best", best_epoch, "final")
+    assert (auto["model"], auto["model_epoch"], final["model"]) == ("early", early_epoch, "final")
     # the memorised model flags almost nothing; the earlier one about as many as were corrupted
     assert final["issues"] < 0.2 * final["corrupted"] and abs(auto["issues"] / auto["corrupted"] - 1) <= 0.25
     assert auto["precision"] >= 0.8
@@ -306,10 +309,17 @@ def test_label_issues_scores_with_the_best_epoch_when_the_final_model_memorised(
     assert "an L2B run of the same data" in final["warning"]
     assert main(["label-issues", str(tmp_path / "ce"), "--model", "final"]) == 0
     assert "l2b: warning: the model agrees with 100.0% of its training labels" in capsys.readouterr().err
+    # a run trained before early_model.pt existed: the best clean-validation epoch's model
+    (tmp_path / "ce" / "early_model.pt").unlink()
+    older = write_label_issues(tmp_path / "ce", out=tmp_path / "older")
+    assert (older["model"], older["model_epoch"]) == ("best", best_epoch)
+    assert f"at the best clean-validation epoch ({best_epoch})" in older["note"]
+    with pytest.raises(FileNotFoundError, match="no early_model.pt .*runs of earlier l2b versions have none"):
+        write_label_issues(tmp_path / "ce", out=tmp_path / "early", model="early")
     assert main(["label-issues", str(tmp_path / "l2b")]) == 0
     err = capsys.readouterr().err
     # the final L2B model is kept: no note on the model (only that its 10 clean per class are few)
-    assert "memorised" not in err and "best clean-validation epoch" not in err and "note: the 100 clean samples" in err
+    assert "memorised" not in err and "clean-validation epoch" not in err and "note: the 100 clean samples" in err
     assert write_label_issues(tmp_path / "l2b", out=tmp_path / "l2b-auto")["model"] == "final"
 
 

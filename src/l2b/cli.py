@@ -334,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--show", type=int, default=0, metavar="N", help="also draw the top N suspects into label_issues.png")
     li.add_argument("--model", default="auto", choices=MODELS,
                     help="the model that scores the labels: final (last epoch), best (best_model.pt, the best "
-                         "clean-validation epoch) or auto: final, unless it has memorised its labels since that "
-                         "epoch (judged on a held-out clean set)")
+                         "clean-validation epoch), early (early_model.pt, the last epoch before it began to memorise "
+                         "its labels) or auto: final, unless it has memorised its labels since the best epoch "
+                         "(judged on a held-out clean set); then early")
     li.add_argument("--cross-fit", type=_folds, default=0, metavar="K",
                     help="score every training sample with a model that never trained on it: K models with this "
                          "run's settings, each without one of K folds (K trainings, into RUN_DIR/cross-fit, "

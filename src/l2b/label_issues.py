@@ -33,8 +33,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     ``suggested_label`` / ``suggested_class``, ``confidence``, ``pseudo_agreement``, ``score`` and,
     for image-file datasets, ``path``. ``show`` > 0 also writes ``label_issues.png`` with the top
     ``show`` suspects. ``model``: which of the run's models scores the labels (``final``, ``best``:
-    best_model.pt, or ``auto``: the final one unless it has memorised its labels since the best
-    clean-validation epoch; see :func:`run_model_scores`). ``cross_fit`` = K > 1: score every
+    best_model.pt, ``early``: early_model.pt, or ``auto``: the final one unless it has memorised its
+    labels since the best clean-validation epoch; see :func:`run_model_scores`). ``cross_fit`` = K > 1: score every
     training sample with a model that never trained on it, out of K trained with the run's settings
     (:func:`l2b.run_scores.cross_fit_scores`; ``log`` hears of each fold). Returns a summary: how many were flagged and
     estimated, the model used, and precision, recall, F1 and ROC-AUC against the injected noise
@@ -132,7 +132,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
             "clean_steered": steered, "out_of_fold": bool(cross_fit),
             "model": None if scored is None else scored.model, "model_epoch": None if scored is None else scored.epoch + 1,
             "warning": scored.note if scored is not None and scored.model == "final" else None,
-            "note": scored.note if scored is not None and scored.model in ("best", "cross-fit") else None,
+            "note": scored.note if scored is not None and scored.model in ("best", "early", "cross-fit") else None,
             "count_note": (_steered_folds_note() if cross_fit else _small_clean_note(clean_ref["clean_labels"]))
             if issues.cut == STEERED_CUT and steered else None,
             "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
@@ -186,7 +186,7 @@ def console_lines(s: dict, show: int = 0) -> tuple[list[str], list[str]]:
            f"{s['source']})" + (f"; {s['clean_scored']} clean samples drawn from your labels scored too"
                                  if s["clean_scored"] else "")
            + ("" if s["model"] in (None, "cross-fit") else f"; the model of epoch {s['model_epoch']}"
-              + (" (best_model.pt)" if s["model"] == "best" else ", the final one"))
+              + (f" ({s['model']}_model.pt)" if s["model"] in ("best", "early") else ", the final one"))
            + ("; scored out of fold" if s["model"] == "cross-fit" else "")]
     if s["picture"]:
         out.append(f"wrote {s['picture']}: the top {show} suspects")

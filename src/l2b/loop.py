@@ -66,6 +66,18 @@ def evaluate_saved(model, path: Path, data, batch_size: int, amp: bool, sync=Non
         model.load_state_dict(current)
 
 
+FIT_SAMPLES = 10_000  # at most this many training samples measure an epoch's agreement with their labels
+
+
+def fit_sample(data, seed: int):
+    """The noisy training samples whose agreement with their labels an epoch measures: all of them,
+    or FIT_SAMPLES of them drawn once (by ``seed``, from its own generator: training's draws are
+    untouched)."""
+    if len(data) <= FIT_SAMPLES:
+        return data
+    return data.take(np.sort(np.random.Generator(np.random.PCG64(seed)).choice(len(data), FIT_SAMPLES, replace=False)))
+
+
 @dataclass
 class Run:
     """What every training step of a run reads."""

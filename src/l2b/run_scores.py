@@ -1,5 +1,6 @@
 """Which model of a run scores its labels, and the probabilities it gives them: the final model,
-the best clean-validation epoch's, or (:func:`cross_fit_scores`) for every training sample a model
+the last one from before it began to memorise them, the best clean-validation epoch's, or
+(:func:`cross_fit_scores`) for every training sample a model
 trained without it. ``l2b label-issues`` reads its labels' probabilities from here."""
 
 from __future__ import annotations
@@ -10,19 +11,20 @@ from typing import Any
 
 import numpy as np
 
+from .memorisation import memorised
 from .rundir import read_json
 
-MODELS = ("auto", "final", "best")  # which of a run's models scores its labels
-MEMORISED_GAP = 0.10  # agreement with the training labels beyond held-out clean accuracy: memorised
+MODELS = ("auto", "final", "best", "early")  # which of a run's models scores its labels
+SAVED_MODELS = {"best": "the best clean-validation epoch", "early": "the last epoch before it began to memorise"}
 
 
 @dataclass(frozen=True)
 class RunScores:
     """A model of a run and its probabilities: ``train`` (n x K, the noisy training samples, with
     the ``labels`` they were trained on), ``clean`` (m x K, the clean set) with ``clean_labels``; the
-    run's prepared data (``prep``); which model it is (``model``: final, or best for best_model.pt)
-    and its 0-based ``epoch``; a ``note`` for the user: why the best-validation model was taken, or
-    that the final one memorised."""
+    run's prepared data (``prep``); which model it is (``model``: final, early for early_model.pt,
+    best for best_model.pt) and its 0-based ``epoch``; a ``note`` for the user: why an earlier
+    epoch's model was taken, or that the final one memorised."""
     train: np.ndarray
     labels: np.ndarray
     clean: np.ndarray
@@ -43,15 +45,19 @@ def run_model_scores(run: Path, which: str = "final", reference: bool = False, e
     the samples of ``extra``, a split of l2b.data.batches, when given).
 
     ``which``: ``final`` (the last checkpoint), ``best`` (best_model.pt, saved at the best
-    clean-validation epoch) or ``auto``: the final model, unless it has memorised its labels
-    (:func:`memorised`, judged on a held-out clean set, so only with ``reference``) and the
-    best-validation epoch's earlier model had not; then that one."""
+    clean-validation epoch), ``early`` (early_model.pt, saved at the last epoch before the model
+    began to memorise its labels: l2b.memorisation) or ``auto``: the final model, unless it has
+    memorised its labels since the best-validation epoch (:func:`memorised`, judged on a held-out
+    clean set, so only with ``reference``); then the early model, or where the run has none or it
+    memorised too, the best-validation one, when that one had not memorised."""
     from .models import predict_probs
     from .rundir import load_checkpoint
     from .train import load_run
 
     cfg, prep, (train_data, val_data, _), model = load_run(run)
     clean_y = val_data.y.cpu().numpy()
+    history = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    last_epoch = len(history.get("history", [])) - 1
 
     def scores(name: str, epoch: int) -> RunScores:
         clean = (predict_probs(model, val_data, cfg.eval_batch_size) if len(val_data) else
@@ -60,33 +66,43 @@ def run_model_scores(run: Path, which: str = "final", reference: bool = False, e
                          clean_y, prep, name, epoch,
                          extra=None if extra is None else predict_probs(model, extra, cfg.eval_batch_size))
 
-    def load_best() -> None:
-        model.load_state_dict(load_checkpoint(best_path, next(model.parameters()).device))
+    def saved(name: str) -> RunScores | None:
+        """The scores of best_model.pt or early_model.pt; None where the run has no such earlier model."""
+        path, epoch = run / f"{name}_model.pt", history.get(f"{name}_epoch", -1)
+        if not (path.is_file() and 0 <= epoch < last_epoch):
+            return None
+        model.load_state_dict(load_checkpoint(path, next(model.parameters()).device))
+        return scores(name, epoch)
 
-    history = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
-    best_epoch, last_epoch = history.get("best_epoch", -1), len(history.get("history", [])) - 1
-    best_path = run / "best_model.pt"
-    if which == "best" and not best_path.is_file():
-        raise FileNotFoundError(f"{run}: no best_model.pt (written at the best clean-validation epoch of a run "
-                                f"with a clean set); use --model final")
-    if which == "best":
-        load_best()
-        return scores("best", best_epoch)
+    if which in SAVED_MODELS:
+        path = run / f"{which}_model.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{run}: no {path.name} (written at {SAVED_MODELS[which]} by a run with a clean "
+                                    f"set{'; runs of earlier l2b versions have none' if which == 'early' else ''}); "
+                                    f"use --model final")
+        model.load_state_dict(load_checkpoint(path, next(model.parameters()).device))
+        return scores(which, history.get(f"{which}_epoch", last_epoch))
     final = scores("final", last_epoch)
     held_out = reference and len(clean_y) > 0  # memorisation is judged against a held-out clean set
-    if not (which == "auto" and held_out and 0 <= best_epoch < last_epoch and best_path.is_file()):
+    best = saved("best") if which == "auto" and held_out else None
+    if best is None:
         return replace(final, note=_memorised_warning(agreement(final)) if held_out else None)
-    load_best()
-    best = scores("best", best_epoch)
     f, b = agreement(final), agreement(best)
-    if not memorised(f, b) or memorised(b):
+    if not memorised(f, b):
         return replace(final, note=_memorised_warning(f))
-    return replace(best, note=(
-        f"the final model agrees with {100 * f[0]:.1f}% of its training labels against {100 * b[0]:.1f}% at the "
-        f"best clean-validation epoch ({best_epoch + 1}), and is right on {100 * f[1]:.1f}% of the held-out clean set "
-        f"against {100 * b[1]:.1f}% then: it has memorised labels since, wrong ones included, so the labels are "
-        f"scored with that epoch's model (best_model.pt), whose count can still run low; --cross-fit 5 scores every "
-        f"sample with a model that never trained on it, --model final with the final one"))
+    early = saved("early")
+    for earlier in (early, best):  # the model from before it memorised; runs of older versions have none
+        if earlier is not None and not memorised(agreement(earlier)):
+            e = agreement(earlier)
+            return replace(earlier, note=(
+                f"the final model agrees with {100 * f[0]:.1f}% of its training labels against {100 * e[0]:.1f}% at "
+                f"{SAVED_MODELS[earlier.model]} ({earlier.epoch + 1}), and is right on {100 * f[1]:.1f}% of the held-out "
+                f"clean set against {100 * e[1]:.1f}% then: it has memorised labels since, wrong ones included, so the "
+                f"labels are scored with that epoch's model ({earlier.model}_model.pt)" +
+                (", whose count can still run low" if earlier is best else "") +
+                "; --cross-fit 5 scores every sample with a model that never trained on it, --model final with the "
+                "final one"))
+    return replace(final, note=_memorised_warning(f))
 
 
 def agreement(scores: RunScores) -> tuple[float, float]:
@@ -94,18 +110,6 @@ def agreement(scores: RunScores) -> tuple[float, float]:
     is the true label of a held-out clean sample."""
     return (float((scores.train.argmax(1) == scores.labels).mean()),
             float((scores.clean.argmax(1) == scores.clean_labels).mean()))
-
-
-def memorised(model: tuple[float, float], earlier: tuple[float, float] | None = None) -> bool:
-    """Whether a model (its (fit, held) agreement) has memorised its training labels, wrong ones
-    included: it agrees with them ``MEMORISED_GAP`` more often than it is right on the held-out
-    clean set, or (given an ``earlier`` model of the same run) its agreement with them has risen
-    that much more than its held-out accuracy since. Its probability of the given label then finds
-    few of the label issues (benchmarks/RESULTS.md, "Label issues: the calibrated cut")."""
-    fit, held = model
-    if fit - held >= MEMORISED_GAP:
-        return True
-    return earlier is not None and (fit - earlier[0]) - (held - earlier[1]) >= MEMORISED_GAP
 
 
 def _memorised_warning(model: tuple[float, float]) -> str | None:
@@ -167,10 +171,10 @@ def cross_fit_scores(run: Path, folds: int, which: str = "auto", reference: bool
         probs[held] = s.extra
         clean.append(s.clean)
         chosen.append(s.model)
-    best = chosen.count("best")
+    earlier = len(chosen) - chosen.count("final")
     note = (f"each training sample scored by the one of {folds} models (this run's settings, trained without its "
             f"fold, in {run / CROSS_FIT_DIR}) that never saw it" +
-            (f"; {best} of them the best clean-validation epoch's model, their final one having memorised its labels"
-             if best else ""))
+            (f"; {earlier} of them an earlier epoch's model (early_model.pt or best_model.pt), their final one having "
+             f"memorised its labels" if earlier else ""))
     return RunScores(probs, labels, np.mean(clean, axis=0) if len(val_data) else clean[0], val_data.y.cpu().numpy(),
                      prep, "cross-fit", -1, note)

@@ -30,7 +30,8 @@ from .methods import create_method, needs_of
 from .models import create_model
 from .metaset import MetaSetSelector, parse_meta_set
 from .run_data import build_splits, check_same_data, data_fingerprint, data_line, prepare_data, warn
-from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, train_step
+from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, fit_sample, train_step
+from .memorisation import early_epoch, fit_gaps
 from .run_state import EPOCH_ORDER_SALT, checkpoint_state, epoch_context, restore_checkpoint, run_setup
 from .rundir import (Progress, append_row, atomic_json, atomic_npz, atomic_save, environment, finite_json,
                      load_checkpoint, prepare_out, read_json, rewrite_rows, tensorboard)
@@ -148,7 +149,8 @@ def final_metrics(cfg: TrainConfig, history: list[dict], best: dict, noise_rate:
     GLC's first phase, plus every epoch's training and evaluation)."""
     return {"method": cfg.method, "noise": cfg.noise, "seed": cfg.seed,
             "test_acc_last": history[-1]["test_acc"], "test_acc_at_best_val": best["test_acc"],
-            "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "noise_rate": noise_rate,
+            "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "early_epoch": early_epoch(fit_gaps(history)),
+            "noise_rate": noise_rate,
             "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in history])),
             "setup_seconds": setup_seconds,
             "total_seconds": setup_seconds + sum(h["epoch_seconds"] + h.get("eval_seconds", 0.0) for h in history),
@@ -253,6 +255,9 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
                                    leaves=cfg.meta_set_leaves, seed=cfg.seed)
     others = {"meta_set": selector} if selector is not None else {}
     weights = WeightHistory(cfg.weight_epochs, len(train_data), device)  # for l2b label-issues
+    # how often the model agrees with its training labels, beside its held-out clean accuracy: when
+    # it starts to memorise them (l2b.memorisation; early_model.pt, for l2b label-issues)
+    fitted = fit_sample(noisy_data, cfg.seed) if selector is None and len(val_data) else None
 
     history, best = [], {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
     start_epoch, setup_seconds, saved_clean = 0, 0.0, None
@@ -309,6 +314,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
         selection_data = val_data if selector is None else selector.selected
         val_acc, val_loss = (evaluate(model, selection_data, cfg.eval_batch_size, amp, sync)
                              if selection_data is not None else (float("nan"), float("nan")))
+        fit_acc = evaluate(model, fitted, cfg.eval_batch_size, amp, sync)[0] if fitted is not None else None
         test_acc = test_loss = None
         if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.test_every == 0:
             test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp, sync)
@@ -317,10 +323,12 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
             if main_rank:
                 atomic_save(model.state_dict(), out / "best_model.pt")
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": log.mean_loss(),
-               "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss,
-               "epoch_seconds": train_time, "eval_seconds": time.perf_counter() - t0, "warmup": warm,
+               "val_acc": val_acc, "val_loss": val_loss, "train_fit": fit_acc, "test_acc": test_acc,
+               "test_loss": test_loss, "epoch_seconds": train_time, "eval_seconds": time.perf_counter() - t0, "warmup": warm,
                **log.weight_summary(is_noisy)}
         history.append(row)
+        if main_rank and fit_acc is not None and early_epoch(fit_gaps(history)) == epoch:
+            atomic_save(model.state_dict(), out / "early_model.pt")  # not memorising yet
         if main_rank:
             append_row(out, row, writer)
         if epoch == cfg.epochs - 1 and log.weighted and main_rank:
