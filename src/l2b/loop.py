@@ -66,7 +66,7 @@ def evaluate_saved(model, path: Path, data, batch_size: int, amp: bool, sync=Non
         model.load_state_dict(current)
 
 
-FIT_SAMPLES = 10_000  # at most this many training samples measure an epoch's agreement with their labels
+FIT_SAMPLES = 2_000  # at most this many training samples measure an epoch's agreement with their labels
 
 
 def fit_sample(data, seed: int):
