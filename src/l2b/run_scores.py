@@ -1,7 +1,7 @@
 """Which model of a run scores its labels, and the probabilities it gives them: the final model,
 the last one from before it began to memorise them, the best clean-validation epoch's, or
-(:func:`cross_fit_scores`) for every training sample a model
-trained without it. ``l2b label-issues`` reads its labels' probabilities from here."""
+(:func:`cross_fit_scores`) for every training sample a model trained without it. ``l2b
+label-issues`` reads its labels' probabilities from here."""
 
 from __future__ import annotations
 
