@@ -69,3 +69,12 @@ def test_a_run_without_a_held_out_clean_set_measures_no_fit(tmp_path):
                                 val_per_class=None, out=str(tmp_path / "run"), progress="none", threads=1))
     assert [row["train_fit"] for row in metrics["history"]] == [None, None] and metrics["early_epoch"] == -1
     assert not (tmp_path / "run" / "early_model.pt").exists()
+
+
+def test_a_run_that_trains_on_its_clean_set_measures_no_fit(tmp_path):
+    """With the clean set in the training stream its accuracy is no held-out yardstick."""
+    metrics = train(TrainConfig(data="digits", model="mlp", width=16, method="ce", epochs=2, noise="symmetric:0.4",
+                                val_per_class=5, train_on_clean=True, out=str(tmp_path / "run"), progress="none",
+                                threads=1))
+    assert [row["train_fit"] for row in metrics["history"]] == [None, None] and metrics["early_epoch"] == -1
+    assert not (tmp_path / "run" / "early_model.pt").exists()

@@ -255,9 +255,11 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
                                    leaves=cfg.meta_set_leaves, seed=cfg.seed)
     others = {"meta_set": selector} if selector is not None else {}
     weights = WeightHistory(cfg.weight_epochs, len(train_data), device)  # for l2b label-issues
-    # how often the model agrees with its training labels, beside its held-out clean accuracy: when
-    # it starts to memorise them (l2b.memorisation; early_model.pt, for l2b label-issues)
-    fitted = fit_sample(noisy_data, cfg.seed) if selector is None and len(val_data) else None
+    # how often the model agrees with its training labels, beside its accuracy on the clean set when
+    # that is held out: when it starts to memorise them (l2b.memorisation; early_model.pt)
+    trained_on_clean = cfg.train_on_clean or type(method).sees_clean_labels(method.opts)
+    held_out = selector is None and len(val_data) and not trained_on_clean
+    fitted = fit_sample(noisy_data, cfg.seed) if held_out else None
 
     history, best = [], {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
     start_epoch, setup_seconds, saved_clean = 0, 0.0, None
