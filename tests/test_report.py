@@ -57,6 +57,19 @@ def test_report_draws_the_weights_over_epochs(grid):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and "data-file='separation.png'" in (grid / "report.html").read_text()
 
 
+def test_report_draws_when_memorising_began(grid):
+    """Each run logs its agreement with its training labels beside its clean accuracy, and the
+    report draws both with the epoch of each run's early_model.pt."""
+    import json
+
+    assert cli_main(["report", str(grid)]) == 0
+    data = (grid / "memorisation.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and "data-file='memorisation.png'" in (grid / "report.html").read_text()
+    metrics = [json.loads(p.read_text()) for p in grid.rglob("metrics.json")]
+    assert metrics and all(m["early_epoch"] >= 0 and all(h["train_fit"] is not None for h in m["history"])
+                           for m in metrics)
+
+
 def test_every_method_has_its_own_look_and_l2b_stands_out():
     from l2b.methods import METHODS
     from l2b.report import method_style

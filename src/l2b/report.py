@@ -6,6 +6,8 @@ Figures (PNG, also embedded in the HTML):
 - ``separation.png``: mean alpha and beta on clean vs corrupted samples over epochs, per method;
 - ``weights.png``: alpha and beta on clean vs corrupted samples (paper Fig. 3's finding);
 - ``alpha_minus_beta.png``: alpha - beta split by "pseudo-label = true label";
+- ``memorisation.png``: agreement with the training labels against clean accuracy over epochs, per
+  method, with the epoch of each run's early_model.pt (``l2b.memorisation``);
 - ``normalisations.png``: accuracy per normalisation (Fig. 4), when runs differ in --normalize;
 - ``bootstrap_beta.png``: bootstrapping's accuracy vs its beta (Fig. 1a), when runs differ in it;
 - ``transition.png``: the realised noise transition matrix.
@@ -148,6 +150,40 @@ def separation_figure(runs, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def memorisation_figure(runs, path: Path) -> Path | None:
+    """How often each method's model agrees with its training labels against how often it is right
+    on the held-out clean set, over epochs (mean over seeds, at the setting the separation figure
+    takes), and each seed's early epoch (the last before the gap between the two rose: the model of
+    early_model.pt); None where no run measured it."""
+    measured = [r for r in runs if any(h.get("train_fit") is not None for h in r["history"])]
+    if not measured:
+        return None
+    noises = {r["noise"] for r in measured}
+    noise = "symmetric:0.4" if "symmetric:0.4" in noises else max(
+        noises, key=lambda n: (sum(r["noise"] == n for r in measured), n))
+    by = defaultdict(list)
+    for r in measured:
+        if r["noise"] == noise:
+            by[r["method"]].append(r)
+    methods = sorted(by, key=lambda m: (m != "l2b", m))
+    fig, axes = _panels(len(methods), 4.2, 3.4)
+    for ax, method in zip(axes, methods):
+        histories = [r["history"] for r in by[method]]
+        for key, colour, label in (("train_fit", "#D55E00", "agrees with its training labels"),
+                                   ("val_acc", "#0072B2", "right on the clean set")):
+            x, y = _mean_curve(histories, key)
+            ax.plot(x, y, color=colour, label=label, marker="o", markersize=2)
+        for i, r in enumerate(by[method]):
+            if r.get("early_epoch", -1) >= 0:
+                ax.axvline(r["early_epoch"] + 1, color="grey", linestyle=":", linewidth=1,
+                           label="early_model.pt (each seed)" if i == 0 else None)
+        ax.set(title=f"{method}, {noise} (n={len(by[method])})", xlabel="epoch", ylabel="%")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    _legend_outside(fig, axes)
+    return _save(fig, path)
+
+
 def weights_figure(w, path: Path) -> Path:
     plt = _plt()
     noisy = w["is_noisy"].astype(bool)
@@ -238,6 +274,10 @@ def write_report(target: str | Path, out: str | Path | None = None) -> Path:
     separation = separation_figure(runs, dest / "separation.png")
     if separation is not None:
         figures.append(("α and β on clean vs corrupted samples over epochs", separation))
+    memorisation = memorisation_figure(runs, dest / "memorisation.png")
+    if memorisation is not None:
+        figures.append(("Agreement with the training labels against clean accuracy (when memorising began)",
+                        memorisation))
     detection_rows, extra = [], {}
     weighted = [r for r in runs if (r["dir"] / "weights.npz").is_file()]
     for r in weighted:
