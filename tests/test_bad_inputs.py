@@ -288,6 +288,18 @@ def test_resume_refuses_flags_that_change_results(tmp_path, capsys):
     assert cli_main(["train", "--resume", str(out), "--progress", "none"]) == 0  # allowed
 
 
+def test_the_same_settings_again_leave_nothing_of_the_old_run(tmp_path):
+    out = _finished(tmp_path, "ce")
+    for name in ("label_issues.csv", "early_model.pt", "best_model.pt", "weights.npz"):
+        (out / name).write_bytes(b"stale")
+    assert cli_main(["train", *TINY, "--method", "ce", "--val-per-class", "3", "--out", str(out)]) == 0
+    assert not (out / "label_issues.csv").exists() and not (out / "weights.npz").exists()
+    from l2b.rundir import load_checkpoint
+
+    for name in ("early_model.pt", "best_model.pt"):  # written again by the new run, not the stale bytes
+        assert load_checkpoint(out / name, "cpu").keys()
+
+
 def test_out_holding_another_run_is_refused_then_overwritten(tmp_path, capsys):
     out = _finished(tmp_path, "l2b")
     assert (out / "weights.npz").is_file()
