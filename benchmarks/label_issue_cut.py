@@ -137,6 +137,8 @@ def measure(name: str, run: Path) -> dict:
 
 
 COLUMNS = ("default",)  # and every cut of l2b.calibrate.CUTS
+
+
 def meets_targets(count_ratio: float, precision: float, auc: float) -> bool:
     """Both targets: flagged within 25% of the corrupted count, and precision >= 0.8 wherever the
     ranking's ROC-AUC is at least 0.95."""
@@ -198,12 +200,10 @@ def references(name: str, run: Path) -> dict:
 
     rng = np.random.default_rng(0)
     per_class = int(np.bincount(clean_y).max())
-    draws = [np.concatenate([rng.choice(np.flatnonzero(test_y == c), per_class, replace=False) for c in np.unique(test_y)])
-             for _ in range(DRAWS)]
-    right_idx = np.flatnonzero(right)
-    oracle = np.array([ratio((true[i], probs[i])) for i in (
-        np.concatenate([rng.choice(right_idx[true[right_idx] == c], per_class, replace=False) for c in np.unique(clean_y)])
-        for _ in range(ORACLE_DRAWS))])
+    draw = lambda pool, labels: np.concatenate([rng.choice(pool[labels[pool] == c], per_class, replace=False)  # noqa: E731
+                                                for c in np.unique(clean_y)])  # as many per class as the clean set has
+    draws = [draw(np.arange(len(test_y)), test_y) for _ in range(DRAWS)]
+    oracle = np.array([ratio((true[i], probs[i])) for i in (draw(np.flatnonzero(right), true) for _ in range(ORACLE_DRAWS))])
     accuracy = lambda p, y: round(float((p.argmax(1) == y).mean()), 3)  # noqa: E731
     score = 1.0 - probs[np.arange(len(given)), given]
     m = min(int(estimated_issues(given, probs).sum()), int(round(clean_corrected)))
@@ -236,7 +236,8 @@ def references_markdown(rows: list[dict]) -> str:
     for r in rows:
         a, c, o = r["accuracy"], r["corrected_default"], r["correct_train_draws"]
         lines.append(f"| {r['run']} | {r['per_class']} | {r['clean']:.2f} | {r['clean_corrected']:.2f} | "
-                     f"{r['correct_train']:.2f} | {o['median']:.2f}, {100 * o['off_by_25']:.0f}% | {r['test']:.2f} | {r['test_draws']:.2f} | {r['test_draws_corrected']:.2f} | "
+                     f"{r['correct_train']:.2f} | {o['median']:.2f}, {100 * o['off_by_25']:.0f}% | {r['test']:.2f} | "
+                     f"{r['test_draws']:.2f} | {r['test_draws_corrected']:.2f} | "
                      f"{c['count_ratio']:.2f}, P {c['precision']:.2f}{'' if c['both'] else ' (misses)'} | "
                      f"{a['clean']:.3f} / {a['test']:.3f} / {a['correct_train']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -119,6 +119,14 @@ def accuracy_figure(runs, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _headline_noise(runs) -> str:
+    """The noise setting a one-setting figure draws: 40% symmetric, the paper's headline setting,
+    when present, else the one most of ``runs`` share."""
+    noises = {r["noise"] for r in runs}
+    return "symmetric:0.4" if "symmetric:0.4" in noises else max(
+        noises, key=lambda n: (sum(r["noise"] == n for r in runs), n))
+
+
 def separation_figure(runs, path: Path) -> Path | None:
     """The meta-learned weights over epochs: mean alpha and beta on clean vs corrupted samples
     (one panel per method with weights, at 40% symmetric noise, else the setting most runs share);
@@ -127,9 +135,7 @@ def separation_figure(runs, path: Path) -> Path | None:
                                        for h in r["history"])]
     if not weighted:
         return None
-    noises = {r["noise"] for r in weighted}  # 40% symmetric, the paper's headline setting, when present
-    noise = "symmetric:0.4" if "symmetric:0.4" in noises else max(
-        noises, key=lambda n: (sum(r["noise"] == n for r in weighted), n))
+    noise = _headline_noise(weighted)
     by = defaultdict(list)
     for r in weighted:
         if r["noise"] == noise:
@@ -158,9 +164,7 @@ def memorisation_figure(runs, path: Path) -> Path | None:
     measured = [r for r in runs if any(h.get("train_fit") is not None for h in r["history"])]
     if not measured:
         return None
-    noises = {r["noise"] for r in measured}
-    noise = "symmetric:0.4" if "symmetric:0.4" in noises else max(
-        noises, key=lambda n: (sum(r["noise"] == n for r in measured), n))
+    noise = _headline_noise(measured)
     by = defaultdict(list)
     for r in measured:
         if r["noise"] == noise:

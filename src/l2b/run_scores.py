@@ -66,22 +66,22 @@ def run_model_scores(run: Path, which: str = "final", reference: bool = False, e
                          clean_y, prep, name, epoch,
                          extra=None if extra is None else predict_probs(model, extra, cfg.eval_batch_size))
 
+    def load(name: str) -> RunScores:
+        """The scores of ``name``_model.pt (best or early), at the epoch metrics.json names."""
+        model.load_state_dict(load_checkpoint(run / f"{name}_model.pt", next(model.parameters()).device))
+        return scores(name, history.get(f"{name}_epoch", last_epoch))
+
     def saved(name: str) -> RunScores | None:
         """The scores of best_model.pt or early_model.pt; None where the run has no such earlier model."""
-        path, epoch = run / f"{name}_model.pt", history.get(f"{name}_epoch", -1)
-        if not (path.is_file() and 0 <= epoch < last_epoch):
-            return None
-        model.load_state_dict(load_checkpoint(path, next(model.parameters()).device))
-        return scores(name, epoch)
+        earlier = (run / f"{name}_model.pt").is_file() and 0 <= history.get(f"{name}_epoch", -1) < last_epoch
+        return load(name) if earlier else None
 
     if which in SAVED_MODELS:
-        path = run / f"{which}_model.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{run}: no {path.name} (written at {SAVED_MODELS[which]} by a run with a clean "
-                                    f"set{'; runs of earlier l2b versions have none' if which == 'early' else ''}); "
-                                    f"use --model final")
-        model.load_state_dict(load_checkpoint(path, next(model.parameters()).device))
-        return scores(which, history.get(f"{which}_epoch", last_epoch))
+        if not (run / f"{which}_model.pt").is_file():
+            raise FileNotFoundError(f"{run}: no {which}_model.pt (written at {SAVED_MODELS[which]} by a run with a "
+                                    f"clean set{'; runs of earlier l2b versions have none' if which == 'early' else ''}"
+                                    f"); use --model final")
+        return load(which)
     final = scores("final", last_epoch)
     held_out = reference and len(clean_y) > 0  # memorisation is judged against a held-out clean set
     best = saved("best") if which == "auto" and held_out else None
@@ -90,10 +90,9 @@ def run_model_scores(run: Path, which: str = "final", reference: bool = False, e
     f, b = agreement(final), agreement(best)
     if not memorised(f, b):
         return replace(final, note=_memorised_warning(f))
-    early = saved("early")
-    for earlier in (early, best):  # the model from before it memorised; runs of older versions have none
-        if earlier is not None and not memorised(agreement(earlier)):
-            e = agreement(earlier)
+    for earlier in (saved("early"), best):  # the model from before it memorised; older runs have no early one
+        e = None if earlier is None else agreement(earlier)
+        if e is not None and not memorised(e):
             return replace(earlier, note=(
                 f"the final model agrees with {100 * f[0]:.1f}% of its training labels against {100 * e[0]:.1f}% at "
                 f"{SAVED_MODELS[earlier.model]} ({earlier.epoch + 1}), and is right on {100 * f[1]:.1f}% of the held-out "

@@ -326,8 +326,8 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
                 atomic_save(model.state_dict(), out / "best_model.pt")
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": log.mean_loss(),
                "val_acc": val_acc, "val_loss": val_loss, "train_fit": fit_acc, "test_acc": test_acc,
-               "test_loss": test_loss, "epoch_seconds": train_time, "eval_seconds": time.perf_counter() - t0, "warmup": warm,
-               **log.weight_summary(is_noisy)}
+               "test_loss": test_loss, "epoch_seconds": train_time, "eval_seconds": time.perf_counter() - t0,
+               "warmup": warm, **log.weight_summary(is_noisy)}
         history.append(row)
         if main_rank and fit_acc is not None and early_epoch(fit_gaps(history)) == epoch:
             atomic_save(model.state_dict(), out / "early_model.pt")  # not memorising yet
