@@ -16,7 +16,7 @@ import numpy as np
 from .calibrate import CLEAN_CUTS, STEERED_CUT
 from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
 from .metaset import class_name, parse_meta_set
-from .methods import METHODS
+from .methods import METHODS, learns_from_clean
 from .rundir import read_json, writable_dir
 from .run_scores import MODELS, cross_fit_scores, run_model_scores
 from .runlock import atomic_write
@@ -84,9 +84,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     # a clean set drawn from the user's own training labels is as unverified as the rest: score it
     with_clean = bool(len(val_index)) and own_labels(config.get("data", "")) and config.get("noise") == "none"
     # a verified clean set the model never learned from is the reference of the default cut
-    reference = not with_clean and not config.get("train_on_clean") and \
-        config.get("method") in METHODS and not METHODS[config["method"]].sees_clean_labels(
-            config.get("method_args", {}) | _resolved_options(run))
+    reference = not with_clean and config.get("method") in METHODS and not learns_from_clean(
+        config["method"], config.get("method_args", {}) | _resolved_options(run), config.get("train_on_clean", False))
     probs = clean_probs = prep = scored = None
     clean_ref, steered = {}, False  # steered: the clean set of the reference steered training
     if has_model and (score in ("model", "combined") or cut != "threshold"):

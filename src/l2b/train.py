@@ -26,7 +26,7 @@ import torch
 from .config import TrainConfig
 from .data.batches import CleanBatches, union
 from .distributed import current_sync, init_from_env
-from .methods import create_method, needs_of
+from .methods import create_method, learns_from_clean, needs_of
 from .models import create_model
 from .metaset import MetaSetSelector, parse_meta_set
 from .run_data import build_splits, check_same_data, data_fingerprint, data_line, prepare_data, warn
@@ -257,8 +257,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
     weights = WeightHistory(cfg.weight_epochs, len(train_data), device)  # for l2b label-issues
     # how often the model agrees with its training labels, beside its accuracy on the clean set when
     # that is held out: when it starts to memorise them (l2b.memorisation; early_model.pt)
-    trained_on_clean = cfg.train_on_clean or type(method).sees_clean_labels(method.opts)
-    held_out = selector is None and len(val_data) and not trained_on_clean
+    held_out = selector is None and len(val_data) and not learns_from_clean(cfg.method, method.opts, cfg.train_on_clean)
     fitted = fit_sample(noisy_data, cfg.seed) if held_out else None
 
     history, best = [], {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}

@@ -317,6 +317,13 @@ def needs_of(name: str, given: dict[str, Any]) -> DataNeeds:
     return METHODS[name].needs(options_of(name, given))
 
 
+def learns_from_clean(name: str, options: dict[str, Any], train_on_clean: bool = False) -> bool:
+    """Whether a run of method ``name`` ends with a model that learned from its clean labels: the
+    run trained on them (``train_on_clean``) or the method does (``sees_clean_labels``). The clean
+    set is then no held-out yardstick: not for memorisation, nor as label-issues' reference."""
+    return bool(train_on_clean) or METHODS[name].sees_clean_labels(options)
+
+
 def create_method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, num_classes: int | None = None,
                   *, batch_size: int | None = None, distributed: bool = False, **options) -> Method:
     """The registered method ``name`` for this model and optimizer; ``num_classes`` defaults to
