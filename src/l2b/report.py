@@ -119,12 +119,17 @@ def accuracy_figure(runs, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _headline_noise(runs) -> str:
-    """The noise setting a one-setting figure draws: 40% symmetric, the paper's headline setting,
-    when present, else the one most of ``runs`` share."""
+def _headline_runs(runs) -> tuple[str, dict[str, list[dict]]]:
+    """The noise setting a one-setting figure draws (40% symmetric, the paper's headline setting,
+    when present, else the one most of ``runs`` share) and its runs by method, l2b first."""
     noises = {r["noise"] for r in runs}
-    return "symmetric:0.4" if "symmetric:0.4" in noises else max(
+    noise = "symmetric:0.4" if "symmetric:0.4" in noises else max(
         noises, key=lambda n: (sum(r["noise"] == n for r in runs), n))
+    by = defaultdict(list)
+    for r in runs:
+        if r["noise"] == noise:
+            by[r["method"]].append(r)
+    return noise, {m: by[m] for m in sorted(by, key=lambda m: (m != "l2b", m))}
 
 
 def separation_figure(runs, path: Path) -> Path | None:
@@ -135,17 +140,12 @@ def separation_figure(runs, path: Path) -> Path | None:
                                        for h in r["history"])]
     if not weighted:
         return None
-    noise = _headline_noise(weighted)
-    by = defaultdict(list)
-    for r in weighted:
-        if r["noise"] == noise:
-            by[r["method"]].append(r["history"])
-    methods = sorted(by, key=lambda m: (m != "l2b", m))
-    fig, axes = _panels(len(methods), 4.2, 3.4)
-    for ax, method in zip(axes, methods):
+    noise, by = _headline_runs(weighted)
+    fig, axes = _panels(len(by), 4.2, 3.4)
+    for ax, method in zip(axes, by):
         for key, colour, style in (("alpha_clean", "#0072B2", "-"), ("alpha_noisy", "#0072B2", "--"),
                                    ("beta_clean", "#D55E00", "-"), ("beta_noisy", "#D55E00", "--")):
-            x, y = _mean_curve(by[method], key)
+            x, y = _mean_curve([r["history"] for r in by[method]], key)
             if len(x):
                 label = key.replace("_clean", " (clean)").replace("_noisy", " (corrupted)").replace("alpha", "α").replace("beta", "β")
                 ax.plot(x, y, color=colour, linestyle=style, label=label, marker="o", markersize=2)
@@ -164,14 +164,9 @@ def memorisation_figure(runs, path: Path) -> Path | None:
     measured = [r for r in runs if any(h.get("train_fit") is not None for h in r["history"])]
     if not measured:
         return None
-    noise = _headline_noise(measured)
-    by = defaultdict(list)
-    for r in measured:
-        if r["noise"] == noise:
-            by[r["method"]].append(r)
-    methods = sorted(by, key=lambda m: (m != "l2b", m))
-    fig, axes = _panels(len(methods), 4.2, 3.4)
-    for ax, method in zip(axes, methods):
+    noise, by = _headline_runs(measured)
+    fig, axes = _panels(len(by), 4.2, 3.4)
+    for ax, method in zip(axes, by):
         histories = [r["history"] for r in by[method]]
         for key, colour, label in (("train_fit", "#D55E00", "agrees with its training labels"),
                                    ("val_acc", "#0072B2", "right on the clean set")):
