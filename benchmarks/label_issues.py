@@ -81,13 +81,13 @@ def scored_probs(run_dir: Path) -> dict[str, np.ndarray]:
     """What ``l2b label-issues`` scores a run with (its default model choice: the final model, or
     an earlier epoch's when the final one memorised its labels): probabilities on
     the noisy samples ("train") and the clean set ("clean", with "clean_labels"), and "model"."""
-    from l2b.label_issues import clean_steered
+    from l2b.label_issues import clean_learned, clean_steered
     from l2b.run_scores import run_model_scores
 
     s = run_model_scores(run_dir, "auto", reference=True)
     config = json.loads((run_dir / "config.json").read_text())["config"]
     return {"train": s.train, "clean": s.clean, "clean_labels": s.clean_labels, "model": s.label,
-            "steered": clean_steered(config, run_dir)}
+            "steered": clean_steered(config, run_dir), "learned": clean_learned(config, run_dir)}
 
 
 def metrics(flagged: np.ndarray, score: np.ndarray, suggested: np.ndarray | None, noisy: np.ndarray,

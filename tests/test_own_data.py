@@ -392,3 +392,22 @@ def test_clean_steered_names_the_runs_whose_meta_step_read_the_clean_set(tmp_pat
     from l2b.label_issues import clean_steered
 
     assert clean_steered(config, tmp_path) is steered
+
+
+def test_a_clean_set_the_model_learned_from_only_caps_the_count(tmp_path, capsys):
+    """A model trained on its clean set too (--train-on-clean) is at least as sure of those samples
+    as of its correct training labels: the count they explain errs high, so the default takes it
+    only where it is below confident learning's; no cut that treats the set as held out reads it."""
+    from l2b.label_issues import console_lines, write_label_issues
+
+    code, _, err = run(tmp_path, capsys, "--data", "digits", "--method", "ce", "--train-on-clean", "--epochs", "2",
+                       "--val-per-class", "5", "--noise", "symmetric:0.4")
+    assert code == 0, err
+    s = write_label_issues(tmp_path / "run")
+    assert s["cut"] == "clean-confusion" and s["clean_learned"] and not s["clean_steered"]
+    assert 0 < s["issues"] <= s["estimated"]
+    assert "the model learned from the clean samples" in console_lines(s)[0][0]
+    with pytest.raises(ValueError, match="held-out clean samples"):
+        write_label_issues(tmp_path / "run", cut="clean-quantile", out=tmp_path / "quantile")
+    plain = write_label_issues(tmp_path / "run", cut="count", out=tmp_path / "count")
+    assert plain["issues"] == s["estimated"] and not plain["clean_learned"]

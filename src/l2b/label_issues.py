@@ -83,22 +83,25 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     val_index = labels["val_index"].astype(np.int64)
     # a clean set drawn from the user's own training labels is as unverified as the rest: score it
     with_clean = bool(len(val_index)) and own_labels(config.get("data", "")) and config.get("noise") == "none"
-    # a verified clean set the model never learned from is the reference of the default cut
-    reference = not with_clean and config.get("method") in METHODS and not learns_from_clean(
-        config["method"], config.get("method_args", {}) | _resolved_options(run), config.get("train_on_clean", False))
+    # a verified clean set is the reference of the default cut; one the model learned from serves
+    # only clean-confusion's count, which confident learning's caps
+    reference = not with_clean and config.get("method") in METHODS
+    learned = reference and clean_learned(config, run)
     probs = clean_probs = prep = scored = None
     clean_ref, steered = {}, False  # steered: the clean set of the reference steered training
     if has_model and (score in ("model", "combined") or cut != "threshold"):
         scored = (cross_fit_scores(run, cross_fit, model, reference, log) if cross_fit else
                   run_model_scores(run, model, reference))
         probs, clean_probs, val_y, prep = scored.train, scored.clean, scored.clean_labels, scored.prep
-        if reference and len(clean_probs) and cut in ("auto", *CLEAN_CUTS) and threshold is None:
+        if (reference and len(clean_probs) and cut in ("auto", STEERED_CUT, *(() if learned else CLEAN_CUTS))
+                and threshold is None):
             # the clean set is the default cut's reference where the model that scores a training sample
             # treats it as it treats the clean samples: both steered it (a meta step), or neither trained
-            # it (scored out of fold)
+            # it (scored out of fold); or where the model learned from the clean samples, so that the
+            # count they explain errs high, as a steered one does, and confident learning's caps it
             steered = clean_steered(config, run)
             clean_ref = {"clean_labels": val_y, "clean_pred_probs": clean_probs,
-                         "clean_steered": steered or bool(cross_fit)}
+                         "clean_steered": steered or learned or bool(cross_fit)}
         if not with_clean:
             clean_probs = None
     elif score in ("model", "combined"):
@@ -128,7 +131,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     return {"issues": len(issues.indices), "estimated": issues.estimated, "cut": issues.cut,
             "source": SCORES[issues.source], "score": issues.source, "csv": out / "label_issues.csv",
             "picture": picture, "clean_scored": int((split == "clean").sum()),
-            "clean_steered": steered, "out_of_fold": bool(cross_fit),
+            "clean_steered": steered, "clean_learned": bool(clean_ref) and learned, "out_of_fold": bool(cross_fit),
             "model": None if scored is None else scored.model, "model_epoch": None if scored is None else scored.epoch + 1,
             "warning": scored.note if scored is not None and scored.model == "final" else None,
             "note": scored.note if scored is not None and scored.model in ("best", "early", "cross-fit") else None,
@@ -174,6 +177,9 @@ def console_lines(s: dict, show: int = 0) -> tuple[list[str], list[str]]:
                               "estimate where smaller" + (" (the clean samples steered the training, so the model treats "
                                                           "them as it treats the training samples of their class)"
                                                           if s["clean_steered"] else
+                                                          " (the model learned from the clean samples, so it is at "
+                                                          "least as sure of them as of your correct labels and the "
+                                                          "count they explain errs high)" if s.get("clean_learned") else
                                                           " (scored out of fold: the model that scores a training "
                                                           "sample trained on neither it nor the clean samples, so it "
                                                           "treats them alike)" if s.get("out_of_fold") else ""),
@@ -208,6 +214,13 @@ def clean_steered(config: dict, run: Path) -> bool:
         return False
     needs = needs_of(method, config.get("method_args", {}) | _resolved_options(run))
     return needs.clean_per_step and parse_meta_set(config.get("meta_set", "clean")) is None
+
+
+def clean_learned(config: dict, run: Path) -> bool:
+    """Whether the run's final model learned from its clean labels (trained on them, as with
+    ``--train-on-clean``, GLC or MLC's mix mode, or taught by a teacher that was: distill)."""
+    return config.get("method") in METHODS and learns_from_clean(
+        config["method"], config.get("method_args", {}) | _resolved_options(run), config.get("train_on_clean", False))
 
 
 def _resolved_options(run: Path) -> dict:
