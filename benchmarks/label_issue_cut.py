@@ -15,7 +15,12 @@ Runs (one thread each, seed 0, trained here unless finished):
 - the regime of a user's own small labelled folder, summarised apart: 1,000 Fashion-MNIST training
   images with 10 clean per class, an MLP (w256) for 20 epochs, l2b, 20% and 40% of the labels
   moved to another class, seeds 0-3; and at 20% moved with 20 and 40 clean per class; the same four
-  settings at seeds 4-11 apart (32 runs, trained after the last change to the default cut).
+  settings at seeds 4-11 apart (32 runs, trained after the last change to the default cut);
+- fresh seeds, trained after every choice above was made: the meta methods' runs at digits seeds
+  5-8 and memorisation-recipe seeds 3-5 (48), the own-data regime at seeds 12-19 (32).
+- the methods whose model learned from its clean labels (MLC, GLC, distill, CE with
+  --train-on-clean), summarised apart: digits at 10 epochs, seeds 9-12, and the memorisation recipe
+  at 10 epochs, seeds 0-1 (80 runs).
 
 Each run is scored by the model ``l2b label-issues`` takes by default (the final one, or when the
 final one memorised its labels the last epoch's from before it began to, early_model.pt; the best
@@ -62,8 +67,9 @@ def runs_to_train(out: Path, quick: bool):
     return cells
 
 
-def meta_checks(out: Path):
-    """The meta methods at new seeds (their default cut is clean-confusion): 44 short runs."""
+def meta_checks(out: Path, digits_seeds=(1, 2, 3, 4), mem_seeds=(1, 2)):
+    """The meta methods at new seeds (their default cut is clean-confusion): 44 short runs at the
+    default seeds."""
     from l2b.config import TrainConfig
 
     sys.path.insert(0, str(HERE))
@@ -72,10 +78,36 @@ def meta_checks(out: Path):
     tag = lambda noise: noise.replace(":", "_")  # noqa: E731
     digits = TrainConfig(data="digits", epochs=10, threads=1, progress="none")
     cells = [(f"digits 10 ep {m} {n} seed {s}", replace(digits, method=m, noise=n, seed=s, out=str(out / f"meta-digits-{m}-{tag(n)}-s{s}")))
-             for s in (1, 2, 3, 4) for m in ("l2b", "l2rw", "mwnet") for n in ("symmetric:0.2", "symmetric:0.4", "instance:0.4")]
+             for s in digits_seeds for m in ("l2b", "l2rw", "mwnet") for n in ("symmetric:0.2", "symmetric:0.4", "instance:0.4")]
     mem = TrainConfig(**{**RECIPE, "epochs": 10, "test_every": 10}, threads=1, progress="none")
     cells += [(f"memorisation 10 ep l2b {n} seed {s}", replace(mem, method="l2b", noise=n, seed=s, out=str(out / f"meta-mem-{tag(n)}-s{s}")))
-              for s in (1, 2) for n in ("symmetric:0.2", "symmetric:0.4", "asymmetric:0.4", "instance:0.4")]
+              for s in mem_seeds for n in ("symmetric:0.2", "symmetric:0.4", "asymmetric:0.4", "instance:0.4")]
+    return cells
+
+
+def learned_clean_runs(out: Path):
+    """Runs whose model learned from its clean labels (MLC's default mix mode, GLC, distill, CE with
+    --train-on-clean): digits at 10 epochs, seeds 9-12, under 20% and 40% symmetric and 40% instance
+    noise; the memorisation recipe at 10 epochs, seeds 0-1, under those and 40% asymmetric noise."""
+    from l2b.config import TrainConfig
+
+    sys.path.insert(0, str(HERE))
+    from memorisation_grid import RECIPE
+
+    tag = lambda noise: noise.replace(":", "_")  # noqa: E731
+    digits = TrainConfig(data="digits", epochs=10, threads=1, progress="none")
+    mem = TrainConfig(**{**RECIPE, "epochs": 10, "test_every": 10}, threads=1, progress="none")
+    methods = [("mlc", {}), ("glc", {}), ("distill", {}), ("ce", {"train_on_clean": True})]
+    cells = []
+    for m, extra in methods:
+        name = m + (" trained on clean" if extra else "")
+        key = m + ("-toc" if extra else "")
+        cells += [(f"digits 10 ep {name} {n} seed {s}", replace(digits, method=m, noise=n, seed=s, **extra,
+                                                                out=str(out / f"learned-digits-{key}-{tag(n)}-s{s}")))
+                  for s in (9, 10, 11, 12) for n in ("symmetric:0.2", "symmetric:0.4", "instance:0.4")]
+        cells += [(f"memorisation 10 ep {name} {n} seed {s}", replace(mem, method=m, noise=n, seed=s, **extra,
+                                                                     out=str(out / f"learned-mem-{key}-{tag(n)}-s{s}")))
+                  for s in (0, 1) for n in ("symmetric:0.2", "symmetric:0.4", "asymmetric:0.4", "instance:0.4")]
     return cells
 
 
@@ -118,14 +150,15 @@ def measure(name: str, run: Path) -> dict:
     # these methods never train on the clean set: it is held out, and l2b label-issues' default
     # (--model auto) scores with an earlier epoch's model when the final one memorised
     scored = scored_probs(run)
-    probs, clean_probs, clean_y, steered = scored["train"], scored["clean"], scored["clean_labels"], scored["steered"]
+    probs, clean_probs, clean_y = scored["train"], scored["clean"], scored["clean_labels"]
+    steered, learned = scored["steered"], scored["learned"]
     score = 1.0 - probs[np.arange(len(given)), given]
     noisy = given != true
     row = {"run": name, "model": scored["model"], "n": len(given), "corrupted": int(noisy.sum()), "auc": round(roc_auc(score, noisy), 4),
-           "estimated": int(estimated_issues(given, probs).sum()), "clean_steered": steered}
+           "estimated": int(estimated_issues(given, probs).sum()), "clean_steered": steered, "clean_learned": learned}
     # what `l2b label-issues` flags by default (cut "auto") from these probabilities
     default = rank_label_issues(given, pred_probs=probs, clean_labels=clean_y, clean_pred_probs=clean_probs,
-                                clean_steered=steered)
+                                clean_steered=steered or learned)
     mask = np.zeros(len(given), dtype=bool)
     mask[default.indices] = True
     row["default_cut"] = default.cut
@@ -148,6 +181,10 @@ def meets_targets(count_ratio: float, precision: float, auc: float) -> bool:
 DRAWS = 20  # draws of a clean-sized sample of the test set per run, in references()
 ORACLE_DRAWS = 100  # draws of a clean-sized sample of the correctly labelled training samples, in references()
 NEW_OWN_SEEDS = range(4, 12)  # the own-data regime's seeds added after the default cut was fixed
+# seeds no choice of the default or of early_model.pt had seen, trained last: the meta methods (digits
+# and the memorisation recipe) and the own-data regime
+FRESH = {"digits_seeds": (5, 6, 7, 8), "mem_seeds": (3, 4, 5)}
+FRESH_OWN_SEEDS = range(12, 20)
 
 
 def bias_corrected(given: np.ndarray, probs: np.ndarray, ref: tuple[np.ndarray, np.ndarray], draws: int = 100) -> float:
@@ -267,13 +304,14 @@ def markdown(rows: list[dict], summary: dict, command: str) -> str:
     cols = (*COLUMNS, *CUTS)
     lines = [f"Command: `{command}`  ", "Each cell: flagged (flagged / corrupted), precision, recall. 'default': what "
              "`l2b label-issues` flags (its cut named beside the run). 'Steered': the clean set steered training "
-             "through a meta step (L2B, L2RW, MW-Net).", "",
+             "through a meta step (L2B, L2RW, MW-Net); 'learned': the model learned from the clean labels (MLC, GLC, "
+             "distill, --train-on-clean).", "",
              "| run | scored with | steered | corrupted | ROC-AUC | estimated | " + " | ".join(cols) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(cols)]
     for r in rows:
         cells = [f"{r[c]['flagged']} ({r[c]['count_ratio']:.2f}), P {r[c]['precision']:.2f}, R {r[c]['recall']:.2f}"
                  + (f" ({r['default_cut']})" if c == "default" else "") for c in cols]
-        lines.append(f"| {r['run']} | {r['model']} | {'yes' if r['clean_steered'] else 'no'} | {r['corrupted']} | "
+        lines.append(f"| {r['run']} | {r['model']} | {'learned' if r.get('clean_learned') else 'yes' if r['clean_steered'] else 'no'} | {r['corrupted']} | "
                      f"{r['auc']:.3f} | {r['estimated']} | " + " | ".join(cells) + " |")
     for part, verdict in summary.items():
         lines += ["", f"**{part}**", "", "| cut | flagged within ±25% of corrupted | precision ≥ 0.8 where AUC ≥ 0.95 | both | mean F1 |",
@@ -329,6 +367,14 @@ def main() -> None:
         check = [measure(name, Path(cfg.out)) for name, cfg in own_data_runs(out, NEW_OWN_SEEDS)]
         summary[f"the {len(check)} runs of the own-data regime at seeds {NEW_OWN_SEEDS[0]}-{NEW_OWN_SEEDS[-1]}"] = verdicts(check)
         rows += check
+        for cells, part in ((meta_checks(out, **FRESH), "the meta methods at fresh seeds"),
+                            (own_data_runs(out, FRESH_OWN_SEEDS), "the own-data regime at fresh seeds"),
+                            (learned_clean_runs(out), "the methods whose model learned from its clean labels")):
+            for name, cfg in cells:
+                print(run_one(cfg.__dict__), flush=True)
+            check = [measure(name, Path(cfg.out)) for name, cfg in cells]
+            summary[f"the {len(check)} runs of {part}"] = verdicts(check)
+            rows += check
         refs = [references(name, Path(cfg.out)) for seeds in (range(4), NEW_OWN_SEEDS) for name, cfg in own_data_runs(out, seeds)]
     command = "python benchmarks/label_issue_cut.py " + " ".join(sys.argv[1:])
     table = markdown(rows, summary, command.strip())

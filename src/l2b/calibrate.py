@@ -6,7 +6,8 @@ A fixed cut on the model's probability of the given label flags most of the data
 unsure (short runs, hard classes). The cuts here adapt to how confident the model is, class by
 class. The default, chosen by measurement (benchmarks/RESULTS.md, "Label issues: the calibrated
 cut"), is the number of issues confident learning estimates (``count``), except where the run's
-clean set steered its training through a meta step (L2B, L2RW, MW-Net): there ``clean-confusion``.
+clean set steered its training through a meta step (L2B, L2RW, MW-Net), or whose model learned
+from the clean labels (MLC's mix mode, GLC, distill, ``--train-on-clean``): there ``clean-confusion``.
 A meta step fits the clean samples without training on them, so the model treats a clean sample of
 class t much as it treats a training sample whose true class is t: the mean probabilities it gives
 the samples labelled g are then a mix of the clean classes' mean probabilities, in the proportions
@@ -14,7 +15,9 @@ of their true classes, and the part of that mix not of class g is the share of w
 Both estimates run high on such runs, each for its own reason: the model is somewhat surer of the
 clean samples the meta step fitted than of the correct training labels (the mix then credits the
 difference to wrong labels), and confident learning counts the correct labels of classes the model
-is unsure of. The cut takes the smaller. (Where the clean set is truly held out, the model is
+is unsure of. The cut takes the smaller. A model that trained on the clean samples is at least as
+sure of them as of its correct training labels, so their count errs high the same way and the
+same rule holds. (Where the clean set is truly held out, the model is
 surer of its training samples than of it, and the clean estimate runs low; where the model fitted
 its wrong labels, every estimate does.)
 

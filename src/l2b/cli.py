@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "is below this")
     li.add_argument("--cut", default="auto", choices=["auto", *CUTS],
                     help="how many to flag: " + "; ".join(f"{k}: {v}" for k, v in CUTS.items()).replace("%", "%%")
-                         + f" (auto: {STEERED_CUT} where the clean set steered training through a meta step, "
+                         + f" (auto: {STEERED_CUT} where a meta step read the clean set or the model learned from it, "
                            f"else {DEFAULT_CUT}; threshold when --threshold is given)")
     li.add_argument("--out", help="write label_issues.csv (and .png) here instead of the run directory")
     li.add_argument("--show", type=int, default=0, metavar="N", help="also draw the top N suspects into label_issues.png")

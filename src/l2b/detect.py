@@ -113,9 +113,10 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     weighted (default: all). ``pred_probs`` is (n, classes) as cleanlab takes it. ``score``:
     a key of ``SCORES`` or "auto" (``model`` with ``pred_probs``, else ``trust``). ``cut``: how
     many to flag, a key of ``l2b.calibrate.CUTS`` or "auto": with ``clean_labels`` and
-    ``clean_pred_probs`` (clean samples the model never trained on) that steered the training
-    (``clean_steered``: a meta method's meta step read them) and cover every labelled class, the
-    number of issues their confusion explains (``clean-confusion``); else the number confident
+    ``clean_pred_probs`` that steered the training (``clean_steered``: a meta method's meta step
+    read them; or the model learned from them: the count they explain then errs high too, and
+    confident learning's caps it) and cover every labelled class, the number of issues their
+    confusion explains or confident learning's, the smaller (``clean-confusion``); else the number confident
     learning estimates (``count``) with ``pred_probs``; a fixed ``threshold`` when one is given or
     without them."""
     probs = None if pred_probs is None else np.asarray(pred_probs)
