@@ -174,12 +174,12 @@ def console_lines(s: dict, show: int = 0) -> tuple[list[str], list[str]]:
     the console, and the notes and warnings (for stderr)."""
     how = {"count": f"the estimated number of issues, {s['estimated']}",
            "clean-confusion": "the number of wrong labels the clean set's confusion explains, or confident learning's "
-                              "estimate where smaller" + (" (the clean samples steered the training, so the model treats "
-                                                          "them as it treats the training samples of their class)"
-                                                          if s["clean_steered"] else
-                                                          " (the model learned from the clean samples, so it is at "
+                              "estimate where smaller" + (" (the model learned from the clean samples, so it is at "
                                                           "least as sure of them as of your correct labels and the "
                                                           "count they explain errs high)" if s.get("clean_learned") else
+                                                          " (the clean samples steered the training, so the model treats "
+                                                          "them as it treats the training samples of their class)"
+                                                          if s["clean_steered"] else
                                                           " (scored out of fold: the model that scores a training "
                                                           "sample trained on neither it nor the clean samples, so it "
                                                           "treats them alike)" if s.get("out_of_fold") else ""),
