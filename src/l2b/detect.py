@@ -227,10 +227,11 @@ def find_label_issues(labels=None, pred_probs=None, *, alpha=None, beta=None, th
     """The positions of the samples whose label looks wrong, most suspect first, in cleanlab's
     order of arguments (``find_label_issues(labels, pred_probs)``, as with
     ``return_indices_ranked_by``). With probabilities the number flagged is estimated from the
-    data (confident learning, ``cut="count"``); given clean samples the model never trained on
-    (``clean_labels=, clean_pred_probs=``) that steered its training through a meta step
-    (``clean_steered=True``: the clean batches of ``l2b.L2B``), the number their confusion explains
-    (``cut="clean-confusion"``, see :mod:`l2b.calibrate`); ``threshold=`` gives a fixed cut instead.
+    data (confident learning, ``cut="count"``); given clean samples (``clean_labels=,
+    clean_pred_probs=``) that steered its training through a meta step or that the model trained on
+    (``clean_steered=True``: e.g. the clean batches of ``l2b.L2B``), the number their confusion
+    explains where it is below that (``cut="clean-confusion"``, see :mod:`l2b.calibrate`);
+    ``threshold=`` gives a fixed cut instead.
     ``alpha``/``beta`` may be one epoch's (n,) weights or the last epochs' (epochs, n);
     :func:`rank_label_issues` also returns the scores and the suggested labels.
 
