@@ -118,6 +118,26 @@ def test_label_issue_cut_benchmark_quick_mode_meets_the_targets_on_unsure_models
         assert row["threshold"]["count_ratio"] > 1.5  # the fixed cut over-flags these unsure models
 
 
+def test_label_issue_cut_learned_part_holds_only_runs_that_learned_from_their_clean_labels(tmp_path):
+    """Every run of the part that measures the methods learning from their clean labels does (so
+    its summary measures what it names); one of them, trained and measured, takes clean-confusion,
+    capped by the count, as l2b label-issues does."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from label_issue_cut import learned_clean_runs, measure
+
+    from l2b.compare import run_one
+    from l2b.methods import learns_from_clean
+
+    cells = learned_clean_runs(tmp_path)
+    assert len(cells) == 80
+    assert all(learns_from_clean(cfg.method, cfg.method_args, cfg.train_on_clean) for _, cfg in cells)
+    name, cfg = next((n, c) for n, c in cells if n.startswith("digits") and c.train_on_clean)
+    run_one(cfg.__dict__)
+    row = measure(name, Path(cfg.out))
+    assert row["clean_learned"] and not row["clean_steered"] and row["default_cut"] == "clean-confusion"
+    assert row["default"]["flagged"] <= row["count"]["flagged"] == row["estimated"]
+
+
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_label_issue_cut_references_separate_the_clean_sets_push_on_one_own_data_run(tmp_path):
     """The own-data table of the cut benchmark on one run of its first setting (1,000 images, 10
