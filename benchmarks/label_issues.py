@@ -84,10 +84,11 @@ def scored_probs(run_dir: Path) -> dict[str, np.ndarray]:
     from l2b.label_issues import clean_learned, clean_steered
     from l2b.run_scores import run_model_scores
 
-    s = run_model_scores(run_dir, "auto", reference=True)
     config = json.loads((run_dir / "config.json").read_text())["config"]
+    learned = clean_learned(config, run_dir)  # then the clean set is no held-out yardstick of memorisation
+    s = run_model_scores(run_dir, "auto", reference=not learned)
     return {"train": s.train, "clean": s.clean, "clean_labels": s.clean_labels, "model": s.label,
-            "steered": clean_steered(config, run_dir), "learned": clean_learned(config, run_dir)}
+            "steered": clean_steered(config, run_dir), "learned": learned}
 
 
 def metrics(flagged: np.ndarray, score: np.ndarray, suggested: np.ndarray | None, noisy: np.ndarray,

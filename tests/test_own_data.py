@@ -394,7 +394,7 @@ def test_clean_steered_names_the_runs_whose_meta_step_read_the_clean_set(tmp_pat
     assert clean_steered(config, tmp_path) is steered
 
 
-def test_a_clean_set_the_model_learned_from_only_caps_the_count(tmp_path, capsys):
+def test_a_clean_set_the_model_learned_from_only_caps_the_count(tmp_path, capsys, monkeypatch):
     """A model trained on its clean set too (--train-on-clean) is at least as sure of those samples
     as of its correct training labels: the count they explain errs high, so the default takes it
     only where it is below confident learning's; no cut that treats the set as held out reads it."""
@@ -411,3 +411,11 @@ def test_a_clean_set_the_model_learned_from_only_caps_the_count(tmp_path, capsys
         write_label_issues(tmp_path / "run", cut="clean-quantile", out=tmp_path / "quantile")
     plain = write_label_issues(tmp_path / "run", cut="count", out=tmp_path / "count")
     assert plain["issues"] == s["estimated"] and not plain["clean_learned"]
+    # nor is memorisation judged against it: the model is chosen as for a run without a held-out set
+    import l2b.label_issues as li
+
+    asked = []
+    real = li.run_model_scores
+    monkeypatch.setattr(li, "run_model_scores", lambda run, which, held_out: asked.append(held_out) or real(run, which, held_out))
+    write_label_issues(tmp_path / "run", out=tmp_path / "again")
+    assert asked == [False]

@@ -90,8 +90,9 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     probs = clean_probs = prep = scored = None
     clean_ref, steered = {}, False  # steered: the clean set of the reference steered training
     if has_model and (score in ("model", "combined") or cut != "threshold"):
-        scored = (cross_fit_scores(run, cross_fit, model, reference, log) if cross_fit else
-                  run_model_scores(run, model, reference))
+        held_out = reference and not learned  # memorisation is judged against a held-out clean set only
+        scored = (cross_fit_scores(run, cross_fit, model, held_out, log) if cross_fit else
+                  run_model_scores(run, model, held_out))
         probs, clean_probs, val_y, prep = scored.train, scored.clean, scored.clean_labels, scored.prep
         if (reference and len(clean_probs) and cut in ("auto", STEERED_CUT, *(() if learned else CLEAN_CUTS))
                 and threshold is None):
