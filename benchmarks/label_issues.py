@@ -86,7 +86,7 @@ def scored_probs(run_dir: Path) -> dict[str, np.ndarray]:
 
     config = json.loads((run_dir / "config.json").read_text())["config"]
     learned = clean_learned(config, run_dir)  # then the clean set is no held-out yardstick of memorisation
-    s = run_model_scores(run_dir, "auto", reference=not learned)
+    s = run_model_scores(run_dir, "auto", held_out=not learned)
     return {"train": s.train, "clean": s.clean, "clean_labels": s.clean_labels, "model": s.label,
             "steered": clean_steered(config, run_dir), "learned": learned}
 

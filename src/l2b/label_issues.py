@@ -94,8 +94,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
         scored = (cross_fit_scores(run, cross_fit, model, held_out, log) if cross_fit else
                   run_model_scores(run, model, held_out))
         probs, clean_probs, val_y, prep = scored.train, scored.clean, scored.clean_labels, scored.prep
-        if (reference and len(clean_probs) and cut in ("auto", STEERED_CUT, *(() if learned else CLEAN_CUTS))
-                and threshold is None):
+        if reference and len(clean_probs) and threshold is None and \
+                cut in (("auto", STEERED_CUT) if learned else ("auto", *CLEAN_CUTS)):
             # the clean set is the default cut's reference where the model that scores a training sample
             # treats it as it treats the clean samples: both steered it (a meta step), or neither trained
             # it (scored out of fold); or where the model learned from the clean samples, so that the

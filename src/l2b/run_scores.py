@@ -40,7 +40,7 @@ class RunScores:
         return f"{self.model} (epoch {self.epoch + 1})"
 
 
-def run_model_scores(run: Path, which: str = "final", reference: bool = False, extra=None) -> RunScores:
+def run_model_scores(run: Path, which: str = "final", held_out: bool = False, extra=None) -> RunScores:
     """The probabilities a model of the run gives its training samples and its clean samples (and
     the samples of ``extra``, a split of l2b.data.batches, when given).
 
@@ -48,8 +48,9 @@ def run_model_scores(run: Path, which: str = "final", reference: bool = False, e
     clean-validation epoch), ``early`` (early_model.pt, saved at the last epoch before the model
     began to memorise its labels: l2b.memorisation) or ``auto``: the final model, unless it has
     memorised its labels since the best-validation epoch (:func:`memorised`, judged on a held-out
-    clean set, so only with ``reference``); then the early model, or where the run has none or it
-    memorised too, the best-validation one, when that one had not memorised."""
+    clean set, so only with ``held_out``: the run's clean set is one); then the early model, or
+    where the run has none or it memorised too, the best-validation one, when that one had not
+    memorised."""
     from .models import predict_probs
     from .rundir import load_checkpoint
     from .train import load_run
@@ -83,10 +84,10 @@ def run_model_scores(run: Path, which: str = "final", reference: bool = False, e
                                     f"); use --model final")
         return load(which)
     final = scores("final", last_epoch)
-    held_out = reference and len(clean_y) > 0  # memorisation is judged against a held-out clean set
-    best = saved("best") if which == "auto" and held_out else None
+    judged = held_out and len(clean_y) > 0  # memorisation is judged against a held-out clean set
+    best = saved("best") if which == "auto" and judged else None
     if best is None:
-        return replace(final, note=_memorised_warning(agreement(final)) if held_out else None)
+        return replace(final, note=_memorised_warning(agreement(final)) if judged else None)
     f, b = agreement(final), agreement(best)
     if not memorised(f, b):
         return replace(final, note=_memorised_warning(f))
@@ -140,7 +141,7 @@ def fold_runs(cfg, run: Path, folds: int) -> list:
             for f in range(1, folds + 1)]
 
 
-def cross_fit_scores(run: Path, folds: int, which: str = "auto", reference: bool = False, log=print) -> RunScores:
+def cross_fit_scores(run: Path, folds: int, which: str = "auto", held_out: bool = False, log=print) -> RunScores:
     """Out-of-fold probabilities: each noisy training sample of the run scored by the one of
     ``folds`` models, trained with the run's settings on the other folds, that never saw it
     (confident learning's premise; cleanlab's ``cross_val_predict``). The folds are trained, or
@@ -166,7 +167,7 @@ def cross_fit_scores(run: Path, folds: int, which: str = "auto", reference: bool
         if read_json(out / "metrics.json").get("diverged"):
             raise ValueError(f"{out}: this fold's training diverged, so no model of it can score its samples; give the "
                              f"run a lower --lr or --clip-grad-norm and train it again")
-        s = run_model_scores(out, which, reference, extra=train_data.take(held))
+        s = run_model_scores(out, which, held_out, extra=train_data.take(held))
         probs[held] = s.extra
         clean.append(s.clean)
         chosen.append(s.model)
