@@ -213,7 +213,7 @@ def clean_steered(config: dict, run: Path) -> bool:
     method = config.get("method")
     if method not in METHODS:
         return False
-    needs = needs_of(method, config.get("method_args", {}) | _resolved_options(run))
+    needs = needs_of(method, _method_options(config, run))
     return needs.clean_per_step and parse_meta_set(config.get("meta_set", "clean")) is None
 
 
@@ -221,12 +221,13 @@ def clean_learned(config: dict, run: Path) -> bool:
     """Whether the run's final model learned from its clean labels (trained on them, as with
     ``--train-on-clean``, GLC or MLC's mix mode, or taught by a teacher that was: distill)."""
     return config.get("method") in METHODS and learns_from_clean(
-        config["method"], config.get("method_args", {}) | _resolved_options(run), config.get("train_on_clean", False))
+        config["method"], _method_options(config, run), config.get("train_on_clean", False))
 
 
-def _resolved_options(run: Path) -> dict:
+def _method_options(config: dict, run: Path) -> dict:
+    """The options the run's method ran with: those given, and those the trainer resolved."""
     saved = read_json(run / "config.json") if (run / "config.json").is_file() else {}
-    return saved.get("resolved", {}).get("method_options", {})
+    return config.get("method_args", {}) | saved.get("resolved", {}).get("method_options", {})
 
 
 def _pad(v: np.ndarray, extra: int, name: str) -> np.ndarray:
