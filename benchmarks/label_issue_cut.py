@@ -51,6 +51,26 @@ RESULTS_JSON = HERE / "results" / "label_issue_cut.json"
 RESULTS_MD = HERE / "RESULTS.md"
 
 
+DIGITS_NOISES = ("symmetric:0.2", "symmetric:0.4", "instance:0.4")  # the short checks' noise settings
+MEM_NOISES = ("symmetric:0.2", "symmetric:0.4", "asymmetric:0.4", "instance:0.4")
+
+
+def tag(noise: str) -> str:
+    return noise.replace(":", "_")
+
+
+def short_settings():
+    """The two settings of the short runs, one thread each: digits (the library's defaults) and the
+    memorisation recipe (small-cnn w16, 800 noisy Fashion-MNIST images), both at 10 epochs."""
+    from l2b.config import TrainConfig
+
+    sys.path.insert(0, str(HERE))
+    from memorisation_grid import RECIPE
+
+    return (TrainConfig(data="digits", epochs=10, threads=1, progress="none"),
+            TrainConfig(**{**RECIPE, "epochs": 10, "test_every": 10}, threads=1, progress="none"))
+
+
 def runs_to_train(out: Path, quick: bool):
     from l2b.config import TrainConfig
 
@@ -58,11 +78,8 @@ def runs_to_train(out: Path, quick: bool):
     cells = [(f"digits {e} ep {m}", replace(digits, method=m, epochs=e, out=str(out / f"digits-{e}ep-{m}")))
              for e in ((3,) if quick else (3, 30)) for m in ("l2b", "coteaching", "ce")]
     if not quick:
-        sys.path.insert(0, str(HERE))
-        from memorisation_grid import RECIPE
-
-        mem = TrainConfig(**{**RECIPE, "epochs": 10, "test_every": 10}, threads=1, progress="none")
-        cells += [(f"memorisation 10 ep l2b {n}", replace(mem, method="l2b", noise=n, out=str(out / f"mem-10ep-{n.replace(':', '_')}")))
+        mem = short_settings()[1]
+        cells += [(f"memorisation 10 ep l2b {n}", replace(mem, method="l2b", noise=n, out=str(out / f"mem-10ep-{tag(n)}")))
                   for n in ("symmetric:0.4", "asymmetric:0.4")]
     return cells
 
@@ -70,18 +87,11 @@ def runs_to_train(out: Path, quick: bool):
 def meta_checks(out: Path, digits_seeds=(1, 2, 3, 4), mem_seeds=(1, 2)):
     """The meta methods at new seeds (their default cut is clean-confusion): 44 short runs at the
     default seeds."""
-    from l2b.config import TrainConfig
-
-    sys.path.insert(0, str(HERE))
-    from memorisation_grid import RECIPE
-
-    tag = lambda noise: noise.replace(":", "_")  # noqa: E731
-    digits = TrainConfig(data="digits", epochs=10, threads=1, progress="none")
+    digits, mem = short_settings()
     cells = [(f"digits 10 ep {m} {n} seed {s}", replace(digits, method=m, noise=n, seed=s, out=str(out / f"meta-digits-{m}-{tag(n)}-s{s}")))
-             for s in digits_seeds for m in ("l2b", "l2rw", "mwnet") for n in ("symmetric:0.2", "symmetric:0.4", "instance:0.4")]
-    mem = TrainConfig(**{**RECIPE, "epochs": 10, "test_every": 10}, threads=1, progress="none")
+             for s in digits_seeds for m in ("l2b", "l2rw", "mwnet") for n in DIGITS_NOISES]
     cells += [(f"memorisation 10 ep l2b {n} seed {s}", replace(mem, method="l2b", noise=n, seed=s, out=str(out / f"meta-mem-{tag(n)}-s{s}")))
-              for s in mem_seeds for n in ("symmetric:0.2", "symmetric:0.4", "asymmetric:0.4", "instance:0.4")]
+              for s in mem_seeds for n in MEM_NOISES]
     return cells
 
 
@@ -89,14 +99,7 @@ def learned_clean_runs(out: Path):
     """Runs whose model learned from its clean labels (MLC's default mix mode, GLC, distill, CE with
     --train-on-clean): digits at 10 epochs, seeds 9-12, under 20% and 40% symmetric and 40% instance
     noise; the memorisation recipe at 10 epochs, seeds 0-1, under those and 40% asymmetric noise."""
-    from l2b.config import TrainConfig
-
-    sys.path.insert(0, str(HERE))
-    from memorisation_grid import RECIPE
-
-    tag = lambda noise: noise.replace(":", "_")  # noqa: E731
-    digits = TrainConfig(data="digits", epochs=10, threads=1, progress="none")
-    mem = TrainConfig(**{**RECIPE, "epochs": 10, "test_every": 10}, threads=1, progress="none")
+    digits, mem = short_settings()
     methods = [("mlc", {}), ("glc", {}), ("distill", {}), ("ce", {"train_on_clean": True})]
     cells = []
     for m, extra in methods:
@@ -104,10 +107,10 @@ def learned_clean_runs(out: Path):
         key = m + ("-toc" if extra else "")
         cells += [(f"digits 10 ep {name} {n} seed {s}", replace(digits, method=m, noise=n, seed=s, **extra,
                                                                 out=str(out / f"learned-digits-{key}-{tag(n)}-s{s}")))
-                  for s in (9, 10, 11, 12) for n in ("symmetric:0.2", "symmetric:0.4", "instance:0.4")]
+                  for s in (9, 10, 11, 12) for n in DIGITS_NOISES]
         cells += [(f"memorisation 10 ep {name} {n} seed {s}", replace(mem, method=m, noise=n, seed=s, **extra,
                                                                      out=str(out / f"learned-mem-{key}-{tag(n)}-s{s}")))
-                  for s in (0, 1) for n in ("symmetric:0.2", "symmetric:0.4", "asymmetric:0.4", "instance:0.4")]
+                  for s in (0, 1) for n in MEM_NOISES]
     return cells
 
 
@@ -351,23 +354,13 @@ def main() -> None:
         summary[f"the paper-regime grid's {len(check)} runs of seeds 1-{args.seeds - 1}"] = verdicts(check)
         rows += check
     if not args.quick:
-        for name, cfg in meta_checks(out):
-            print(run_one(cfg.__dict__), flush=True)
-        check = [measure(name, Path(cfg.out)) for name, cfg in meta_checks(out)]
-        summary[f"the {len(check)} runs of the meta methods at new seeds"] = verdicts(check)
-        rows += check
-        for name, cfg in own_data_runs(out):
-            print(run_one(cfg.__dict__), flush=True)
-        check = [measure(name, Path(cfg.out)) for name, cfg in own_data_runs(out)]
-        summary[f"the {len(check)} runs of the own-data regime"] = verdicts(check)
-        rows += check
-        # new seeds, trained after the default and the tried bias correction were fixed: runs neither had seen
-        for name, cfg in own_data_runs(out, NEW_OWN_SEEDS):
-            print(run_one(cfg.__dict__), flush=True)
-        check = [measure(name, Path(cfg.out)) for name, cfg in own_data_runs(out, NEW_OWN_SEEDS)]
-        summary[f"the {len(check)} runs of the own-data regime at seeds {NEW_OWN_SEEDS[0]}-{NEW_OWN_SEEDS[-1]}"] = verdicts(check)
-        rows += check
-        for cells, part in ((meta_checks(out, **FRESH), "the meta methods at fresh seeds"),
+        # each part trained (what is missing), then measured and summarised; the own-data regime's seeds
+        # 4-11 were trained after the default and the tried bias correction were fixed: runs neither had seen
+        for cells, part in ((meta_checks(out), "the meta methods at new seeds"),
+                            (own_data_runs(out), "the own-data regime"),
+                            (own_data_runs(out, NEW_OWN_SEEDS),
+                             f"the own-data regime at seeds {NEW_OWN_SEEDS[0]}-{NEW_OWN_SEEDS[-1]}"),
+                            (meta_checks(out, **FRESH), "the meta methods at fresh seeds"),
                             (own_data_runs(out, FRESH_OWN_SEEDS), "the own-data regime at fresh seeds"),
                             (learned_clean_runs(out), "the methods whose model learned from its clean labels")):
             for name, cfg in cells:
