@@ -160,7 +160,7 @@ def test_folder_data_says_what_it_cannot_train_on_and_how_it_is_scaled(tmp_path,
     load_dataset(f"folder:{tmp_path / 'imgs'}", image_size=224)
     err = capsys.readouterr().err
     assert "class folder(s) 'bird' hold no image" in err
-    assert "images are about 16 px" in err and "upscales them 14x; give --image-size 16" in err
+    assert "images are about 16 px" in err and "upscales them 14x; leave --image-size out (the images' own size, 16)" in err
 
 
 def test_a_truncated_config_json_is_named(tmp_path, capsys):

@@ -110,6 +110,28 @@ def test_folder_val_is_used_by_default(tmp_path, capsys):
     assert "train 12, clean 4 (the dataset's own clean set), test 4; no noise injected" in out
 
 
+def test_folder_images_keep_their_own_size_unless_a_size_or_pretrained_weights_ask_otherwise(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from l2b.config import TrainConfig
+
+    for split, n in (("train", 4), ("val", 1), ("test", 1)):
+        for c, color in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            for i in range(n):
+                (tmp_path / "imgs" / split / c).mkdir(parents=True, exist_ok=True)
+                side = 14 if i % 2 else 10  # mixed sizes: the median short side of the training images
+                Image.new("RGB", (side + 5, side), color).save(tmp_path / "imgs" / split / c / f"{i}.png")
+    code, out, err = run(tmp_path, capsys, "--data", f"folder:{tmp_path / 'imgs'}", "--method", "ce", "--workers", "0")
+    assert code == 0, err
+    assert "12-px crops" in out and "upscales" not in err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["image_size"] == 12
+    # ImageNet-sized crops for pretrained weights and the paper's image datasets; a size given is kept
+    assert TrainConfig(data=f"folder:{tmp_path / 'imgs'}", pretrained="w.pt").image_size == 224
+    assert TrainConfig(data="isic2019:/data/isic").image_size == 224
+    assert TrainConfig(data=f"folder:{tmp_path / 'imgs'}", image_size=20).image_size == 20
+
+
 # ---------------------------------------------------------------- label issues on one's own labels
 
 @pytest.mark.parametrize("labels, probs, expected", [

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .coerce import coerce_field
+from .data.files import IMAGENET_SIZE, folder_image_size
 from .methods import METHODS, declared_options, needs_of, options_of
 
 # settings of earlier versions that are now options of one method
@@ -158,7 +159,9 @@ class TrainConfig:
     balance_classes: bool = setting(False, "draw each epoch equally from every noisy class (Clothing1M: with "
                                            "--batches-per-epoch 250)")
     augment: str = setting("auto", "training augmentation; auto: the dataset's default", choices=("auto", "none", "crop-flip"))
-    image_size: int = setting(224, "crop size of image-file datasets")
+    image_size: int | None = setting(None, "crop size of image-file datasets (default: 224 with --pretrained "
+                                           "weights and on isic2019 / clothing1m; on folder data the images' own "
+                                           "size, their median short side, at most 224)")
     on_bad_images: str = setting("error", "image-file datasets: what to do with unreadable images",
                                  choices=("error", "skip"))
     workers: int | None = setting(None, "DataLoader workers for image-file datasets (default: the machine's cores, at"
@@ -224,6 +227,9 @@ class TrainConfig:
             self.noise = "none" if own else "symmetric:0.4"
         if self.val_per_class == "auto":
             self.val_per_class = None if own or self.val_total is not None else 10
+        if self.image_size is None:  # ImageNet-sized crops, or a folder's own size, read from its images
+            kind, _, path = self.data.partition(":")
+            self.image_size = folder_image_size(path) if kind == "folder" and not self.pretrained else IMAGENET_SIZE
         # a selected meta set leaves the noisy stream and is selected again every fifth of the run
         # (benchmarks/no_clean_set.py); without one these are 0 / False, as every run has recorded
         select = self.meta_set != "clean"

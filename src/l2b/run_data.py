@@ -122,6 +122,8 @@ def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) ->
                  + f" ({100 * prep.noise_rate:.1f}% of the training labels changed)")
     text = (f"data {cfg.data}: train {len(train)}, clean {len(val)} ({prep.clean_source}), test {len(test)}; "
             f"{noise}")
+    if isinstance(prep.ds, FileDataset):
+        text += f"; {prep.ds.image_size}-px crops"
     if cfg.holdout is not None:
         text += f"; fold {cfg.holdout} of the training samples held out"
     if cfg.train_on_clean:

@@ -13,6 +13,8 @@ import torch
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_SIZE = 224  # the crop of ImageNet-pretrained models, and native_size's cap
+SAMPLED_SIDES = 32  # images whose size native_size reads (headers only), spread over the list
 CLOTHING1M_MEAN = (0.6959, 0.6537, 0.6371)  # the L2B authors' ultils.py
 CLOTHING1M_STD = (0.3113, 0.3192, 0.3214)
 ISIC_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
@@ -37,7 +39,7 @@ class FileDataset:
     test: list[tuple[Path, int]]
     classes: tuple[str, ...]
     val: list[tuple[Path, int]] | None = None
-    image_size: int = 224  # crop size; images are resized so the short side is 8/7 of it
+    image_size: int = IMAGENET_SIZE  # crop size; images are resized so the short side is 8/7 of it
     in_channels: int = 3
     root: Path | None = None
     asymmetric_map: dict[int, int] | None = None
@@ -192,8 +194,9 @@ def check_images(items, on_bad_images: str, where: str):
     return good
 
 
-def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: int = 224) -> FileDataset:
-    """ImageFolder layout: DIR/train/<class>/*, DIR/test/<class>/*, optional DIR/val/<class>/*."""
+def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: int | None = None) -> FileDataset:
+    """ImageFolder layout: DIR/train/<class>/*, DIR/test/<class>/*, optional DIR/val/<class>/*.
+    ``image_size`` None: the training images' own size (``native_size``)."""
     if not path:
         raise ValueError("folder needs a directory: folder:DIR (DIR/train/<class>/..., DIR/test/<class>/...)")
     root = Path(path)
@@ -222,7 +225,10 @@ def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: i
                   f"training sample (remove the folders if they are not classes)")
     val = items("val") if (root / "val").is_dir() else None
     train = items("train")
-    _warn_upscaling(train, image_size, root)
+    if image_size is None:
+        image_size = native_size(train)
+    else:
+        _warn_upscaling(train, image_size, root)
     return FileDataset("folder", train, items("test"), classes, val=val, image_size=image_size, root=root)
 
 
@@ -232,18 +238,46 @@ def warn_data(text: str) -> None:
     print(f"l2b: warning: {text}", file=sys.stderr, flush=True)
 
 
+def short_side(items) -> int:
+    """The median short side of up to SAMPLED_SIDES images spread over ``items`` (headers only)."""
+    Image = _pil()
+    picks = items[:: max(1, len(items) // SAMPLED_SIDES)][:SAMPLED_SIDES]
+    sides = []
+    for path, _ in picks:
+        with Image.open(path) as im:
+            sides.append(min(im.size))
+    return int(np.median(sides))
+
+
+def native_size(items) -> int:
+    """The crop size of a folder's images when none is given: their own (median short side), at
+    least 8 and at most IMAGENET_SIZE px."""
+    return min(IMAGENET_SIZE, max(8, short_side(items))) if items else IMAGENET_SIZE
+
+
+def folder_image_size(path: str) -> int:
+    """``native_size`` of the training images of folder:PATH, for a run's settings; IMAGENET_SIZE
+    where they cannot be read, for loading them to name the fault (a missing folder, no image, an
+    unreadable file, no Pillow)."""
+    train = Path(path) / "train"
+    try:
+        items = [(f, 0) for d in sorted(train.iterdir()) if d.is_dir()
+                 for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        return native_size(items)
+    except (OSError, ValueError, ImportError):
+        return IMAGENET_SIZE
+
+
 def _warn_upscaling(items, image_size: int, root: Path) -> None:
     """Say so when --image-size blows the images up more than 2x (e.g. 16-px icons to 224)."""
     if not items:
         return
-    from PIL import Image
-
-    with Image.open(items[0][0]) as im:
-        side = min(im.size)
+    side = short_side(items)
     if image_size > 2 * side:
         warn_data(f"{root}: images are about {side} px (e.g. {items[0][0].name}) and --image-size {image_size} "
-                  f"upscales them {image_size / side:.0f}x; give --image-size {max(8, side)} (or a small model) unless "
-                  f"the upscaling is meant (e.g. for ImageNet-pretrained weights)")
+                  f"upscales them {image_size / side:.0f}x; leave --image-size out (the images' own size, "
+                  f"{max(8, side)}) or give a small model, unless the upscaling is meant (e.g. for "
+                  f"ImageNet-pretrained weights)")
 
 
 def _read_list(path: Path) -> list[str]:
@@ -254,7 +288,7 @@ def _read_list(path: Path) -> list[str]:
     return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
 
 
-def load_isic2019(path: str | None, *, on_bad_images: str = "error", image_size: int = 224) -> FileDataset:
+def load_isic2019(path: str | None, *, on_bad_images: str = "error", image_size: int = IMAGENET_SIZE) -> FileDataset:
     """ISIC 2019: ground-truth CSV (image, MEL, NV, ...; one-hot), images, split lists.
 
     Layout: DIR/ISIC_2019_Training_GroundTruth.csv, DIR/ISIC_2019_Training_Input/<image>.jpg, and
@@ -298,7 +332,7 @@ def load_isic2019(path: str | None, *, on_bad_images: str = "error", image_size:
                        image_size=image_size, root=root, transform="isic", meta_augment=True)
 
 
-def load_clothing1m(path: str | None, *, image_size: int = 224, **_) -> FileDataset:
+def load_clothing1m(path: str | None, *, image_size: int = IMAGENET_SIZE, **_) -> FileDataset:
     """Clothing1M's list files: noisy_label_kv.txt, clean_label_kv.txt ('<key> <label>' lines),
     noisy_train_key_list.txt, clean_val_key_list.txt, clean_test_key_list.txt; keys are image
     paths relative to DIR. Training uses the noisy labels, val and test the clean ones. Images are
