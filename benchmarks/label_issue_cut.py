@@ -12,24 +12,23 @@ Runs (one thread each, seed 0, trained here unless finished):
 - the meta methods (whose clean set steers training) at new seeds, summarised apart: digits at 10
   epochs, l2b, l2rw and mwnet, seeds 1-4, under 20% and 40% symmetric and 40% instance noise; the
   memorisation recipe at 10 epochs, l2b, seeds 1-2, under those and 40% asymmetric noise;
-- the regime of a user's own small labelled folder, summarised apart: 1,000 Fashion-MNIST training
-  images with 10 clean per class, an MLP (w256) for 20 epochs, l2b, 20% and 40% of the labels
-  moved to another class, seeds 0-3; and at 20% moved with 20 and 40 clean per class; the same four
-  settings at seeds 4-11 apart (32 runs, trained after the last change to the default cut);
+- a user's own small labelled folder, summarised apart: 1,000 Fashion-MNIST images, 10 clean per
+  class, an MLP (w256), 20 epochs of l2b, 20% and 40% of the labels moved, seeds 0-3; at 20% moved
+  with 20 and 40 clean per class too; the same at seeds 4-11 apart (after the last change to the cut);
 - fresh seeds, trained after every choice above was made: the meta methods' runs at digits seeds
   5-8 and memorisation-recipe seeds 3-5 (48), the own-data regime at seeds 12-19 (32).
 - the methods whose model learned from its clean labels (MLC, GLC, distill, CE with
   --train-on-clean), summarised apart: digits at 10 epochs, seeds 9-12, and the memorisation recipe
   at 10 epochs, seeds 0-1 (80 runs).
 
-Each run is scored by the model ``l2b label-issues`` takes by default (the final one, or when the
-final one memorised its labels the last epoch's from before it began to, early_model.pt; the best
-clean-validation epoch's for a run trained before early_model.pt existed): its probability of the given
-label on the training samples, and its probabilities for the held-out clean samples (the reference
-of ``clean-confusion`` and ``clean-quantile``); each cut flags from those probabilities. For the
+Each run is scored by the model ``l2b label-issues`` takes by default (the final one, or the last
+epoch's from before it memorised, early_model.pt; the best clean-validation epoch's for runs older
+than that file): its probabilities for the training samples and for the clean samples (the reference
+of ``clean-confusion`` and ``clean-quantile``). Every cut flags from those, and so does cleanlab's
+``find_label_issues`` (its defaults) where cleanlab is installed (the ``bench`` extra). For the
 own-data regime a second table fits the clean-confusion mix on other references of the same model
-(the correct training labels, the test set, clean-sized draws of the test set), which separates
-what a small clean set's sampling noise adds from what the meta step's steering adds.
+(the correct training labels, the test set, clean-sized draws of either), which separates what a
+small clean set's sampling noise adds from what the meta step's steering adds.
 
     python benchmarks/label_issue_cut.py            # trains what is missing, then the table
     python benchmarks/label_issue_cut.py --quick    # digits at 3 epochs only (tested)
@@ -150,9 +149,7 @@ def measure(name: str, run: Path) -> dict:
 
     labels = np.load(run / "labels.npz")
     given, true = labels["noisy"].astype(np.int64), labels["true"]
-    # these methods never train on the clean set: it is held out, and l2b label-issues' default
-    # (--model auto) scores with an earlier epoch's model when the final one memorised
-    scored = scored_probs(run)
+    scored = scored_probs(run)  # the model l2b label-issues' default (--model auto) scores with
     probs, clean_probs, clean_y = scored["train"], scored["clean"], scored["clean_labels"]
     steered, learned = scored["steered"], scored["learned"]
     score = 1.0 - probs[np.arange(len(given)), given]
@@ -165,7 +162,9 @@ def measure(name: str, run: Path) -> dict:
     mask = np.zeros(len(given), dtype=bool)
     mask[default.indices] = True
     row["default_cut"] = default.cut
-    for cut, flagged in [(c, flag(c, given, probs, score, 0.5, (clean_y, clean_probs))) for c in CUTS] + [("default", mask)]:
+    cuts = [(c, flag(c, given, probs, score, 0.5, (clean_y, clean_probs))) for c in CUTS] + [("default", mask)]
+    cuts += [(CLEANLAB, f) for f in [cleanlab_flags(given, probs)] if f is not None]
+    for cut, flagged in cuts:
         m = flag_metrics(flagged, noisy)
         row[cut] = {"flagged": m["flagged"], "precision": round(m["precision"], 3), "recall": round(m["recall"], 3),
                     "f1": round(m["f1"], 3), "count_ratio": round(m["flagged"] / max(m["corrupted"], 1), 3)}
@@ -173,6 +172,23 @@ def measure(name: str, run: Path) -> dict:
 
 
 COLUMNS = ("default",)  # and every cut of l2b.calibrate.CUTS
+CLEANLAB = "cleanlab"  # its find_label_issues (its defaults) on the same probabilities, where it is installed
+
+
+def cleanlab_flags(given: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+    """cleanlab's own flags (prune by noise rate, in sample as here); None without cleanlab."""
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:
+        return None
+    return np.asarray(find_label_issues(given, probs / probs.sum(axis=1, keepdims=True)), dtype=bool)
+
+
+def columns(rows: list[dict]) -> tuple[str, ...]:
+    """The default, cleanlab's flags where every row has them, then every cut of l2b.calibrate."""
+    from l2b.calibrate import CUTS
+
+    return (*COLUMNS, *[CLEANLAB] * bool(rows and all(CLEANLAB in r for r in rows)), *CUTS)
 
 
 def meets_targets(count_ratio: float, precision: float, auc: float) -> bool:
@@ -192,9 +208,8 @@ FRESH_OWN_SEEDS = range(12, 20)
 
 def bias_corrected(given: np.ndarray, probs: np.ndarray, ref: tuple[np.ndarray, np.ndarray], draws: int = 100) -> float:
     """clean-confusion's count less the small-sample bias a bootstrap of the reference measures
-    (``draws`` resamples within each class, seeded): 2 x the count - the mean resampled count. The
-    mix's weights cannot go negative, so a few reference samples per class can only push the count
-    up; tried as the default and not adopted (RESULTS.md, "Label issues: the calibrated cut")."""
+    (``draws`` resamples within each class, seeded): 2 x the count - the mean resampled count; tried
+    as the default and not adopted (RESULTS.md, "Label issues: the calibrated cut")."""
     from l2b.calibrate import clean_confusion_issues
 
     y, p = ref
@@ -208,16 +223,13 @@ def bias_corrected(given: np.ndarray, probs: np.ndarray, ref: tuple[np.ndarray, 
 def references(name: str, run: Path) -> dict:
     """Where a steered run's clean-confusion count comes from: the same mix fitted on other
     references of the same final model, as multiples of the corrupted count. ``clean``: the run's
-    clean set, plain (the default's) and less its bootstrap-measured small-sample bias
-    (:func:`bias_corrected`); ``correct train``: the correctly labelled training samples (the
-    reference the mix assumes; an oracle); ``test``: the whole test set (held out, never steered
-    by); ``test draws``: the median over DRAWS draws of as many test samples per class as the clean
-    set has, plain and corrected (a clean set of that size that did not steer training);
-    ``correct train draws``: over ORACLE_DRAWS draws of as many correctly labelled training samples
-    per class as the clean set has (the reference the mix assumes, at the clean set's size: what
-    sampling alone does to the count), the median and the share of draws off by more than 25%. And
-    ``corrected_default``: what the default would flag with the corrected count (flagged /
-    corrupted, precision, and whether both targets are met)."""
+    clean set, plain (the default's) and less its bootstrap-measured bias (:func:`bias_corrected`);
+    ``correct train``: the correctly labelled training samples (the reference the mix assumes);
+    ``test``: the whole test set (never steered by); ``test draws``: the median over DRAWS draws of
+    as many test samples per class as the clean set has, plain and corrected; ``correct train
+    draws``: ORACLE_DRAWS such draws of correct training samples (what sampling alone does), the
+    median and the share off by more than 25%; ``corrected_default``: the default with the
+    corrected count (flagged / corrupted, precision, both targets met)."""
     from l2b.calibrate import clean_confusion_issues, estimated_issues
     from l2b.detect import roc_auc
     from l2b.models import predict_probs
@@ -286,10 +298,8 @@ def references_markdown(rows: list[dict]) -> str:
 def verdicts(rows: list[dict]) -> dict:
     """Per cut (and the default): how many runs meet the two targets (count within 25%; precision
     >= 0.8 where AUC >= 0.95), and which miss."""
-    from l2b.calibrate import CUTS
-
     out = {}
-    for cut in (*COLUMNS, *CUTS):
+    for cut in columns(rows):
         within = [abs(r[cut]["count_ratio"] - 1) <= 0.25 for r in rows]
         precise = [r["auc"] < 0.95 or r[cut]["precision"] >= 0.8 for r in rows]
         good = sum(r["auc"] >= 0.95 for r in rows)
@@ -302,11 +312,10 @@ def verdicts(rows: list[dict]) -> dict:
 
 
 def markdown(rows: list[dict], summary: dict, command: str) -> str:
-    from l2b.calibrate import CUTS
-
-    cols = (*COLUMNS, *CUTS)
+    cols = columns(rows)
     lines = [f"Command: `{command}`  ", "Each cell: flagged (flagged / corrupted), precision, recall. 'default': what "
-             "`l2b label-issues` flags (its cut named beside the run). 'Steered': the clean set steered training "
+             "`l2b label-issues` flags (its cut named beside the run); 'cleanlab': cleanlab's `find_label_issues` "
+             "(its defaults) on the same probabilities. 'Steered': the clean set steered training "
              "through a meta step (L2B, L2RW, MW-Net); 'learned': the model learned from the clean labels (MLC, GLC, "
              "distill, --train-on-clean).", "",
              "| run | scored with | steered | corrupted | ROC-AUC | estimated | " + " | ".join(cols) + " |",
@@ -354,8 +363,7 @@ def main() -> None:
         summary[f"the paper-regime grid's {len(check)} runs of seeds 1-{args.seeds - 1}"] = verdicts(check)
         rows += check
     if not args.quick:
-        # each part trained (what is missing), then measured and summarised; the own-data regime's seeds
-        # 4-11 were trained after the default and the tried bias correction were fixed: runs neither had seen
+        # each part trained (what is missing), then measured and summarised, in the order they were added
         for cells, part in ((meta_checks(out), "the meta methods at new seeds"),
                             (own_data_runs(out), "the own-data regime"),
                             (own_data_runs(out, NEW_OWN_SEEDS),
@@ -378,13 +386,11 @@ def main() -> None:
                   f"seeds 0-3 and {met(refs[16:])} of the {len(refs) - 16} of seeds {NEW_OWN_SEEDS[0]}-{NEW_OWN_SEEDS[-1]} "
                   f"(the default as it is: the summaries above).\n")
     print(table)
-    from results_md import provenance
+    from results_md import provenance, write_block
 
     result = {**provenance(command.strip()), "rows": rows, "summary": summary, **({} if args.quick else {"references": refs})}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.quick:
-        from results_md import write_block
-
         RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
         write_block(RESULTS_MD, "label-issue-cut", table, "## Label issues: the calibrated cut")
         print(f"wrote {RESULTS_JSON} and the table in {RESULTS_MD}")

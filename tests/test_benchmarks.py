@@ -116,6 +116,20 @@ def test_label_issue_cut_benchmark_quick_mode_meets_the_targets_on_unsure_models
         assert row["default_cut"] == ("clean-confusion" if row["clean_steered"] else "count")
         assert abs(row["default"]["count_ratio"] - 1) <= 0.25 and row["default"]["precision"] >= 0.8
         assert row["threshold"]["count_ratio"] > 1.5  # the fixed cut over-flags these unsure models
+    # cleanlab's own flags on the same probabilities: a column where cleanlab is installed, and none without
+    try:
+        import cleanlab  # noqa: F401
+        installed = True
+    except ImportError:
+        installed = False
+    assert all(("cleanlab" in row) == installed for row in result["rows"])
+    assert all(("cleanlab" in part) == installed for part in result["summary"].values())
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from label_issue_cut import CLEANLAB, columns
+
+    rows = result["rows"]
+    assert (CLEANLAB in columns(rows)) == installed
+    assert CLEANLAB not in columns([*rows, {k: v for k, v in rows[0].items() if k != CLEANLAB}])  # one row lacks it
 
 
 def test_label_issue_cut_learned_part_holds_only_runs_that_learned_from_their_clean_labels(tmp_path):
