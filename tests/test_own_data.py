@@ -130,6 +130,9 @@ def test_folder_images_keep_their_own_size_unless_a_size_or_pretrained_weights_a
     assert TrainConfig(data=f"folder:{tmp_path / 'imgs'}", pretrained="w.pt").image_size == 224
     assert TrainConfig(data="isic2019:/data/isic").image_size == 224
     assert TrainConfig(data=f"folder:{tmp_path / 'imgs'}", image_size=20).image_size == 20
+    # an unreadable image among those sized is passed over (loading names it, or skips it when asked)
+    (tmp_path / "imgs" / "train" / "cat" / "0.png").write_bytes(b"not a png")
+    assert TrainConfig(data=f"folder:{tmp_path / 'imgs'}", on_bad_images="skip").image_size == 14  # 3 of 10 px, 4 of 14
 
 
 # ---------------------------------------------------------------- label issues on one's own labels

@@ -238,21 +238,25 @@ def warn_data(text: str) -> None:
     print(f"l2b: warning: {text}", file=sys.stderr, flush=True)
 
 
-def short_side(items) -> int:
-    """The median short side of up to SAMPLED_SIDES images spread over ``items`` (headers only)."""
+def short_side(items) -> int | None:
+    """The median short side of up to SAMPLED_SIDES images spread over ``items`` (headers only;
+    unreadable ones are passed over: loading names them); None where none can be read."""
     Image = _pil()
-    picks = items[:: max(1, len(items) // SAMPLED_SIDES)][:SAMPLED_SIDES]
     sides = []
-    for path, _ in picks:
-        with Image.open(path) as im:
-            sides.append(min(im.size))
-    return int(np.median(sides))
+    for path, _ in items[:: max(1, len(items) // SAMPLED_SIDES)][:SAMPLED_SIDES]:
+        try:
+            with Image.open(path) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError):
+            continue
+    return int(np.median(sides)) if sides else None
 
 
 def native_size(items) -> int:
     """The crop size of a folder's images when none is given: their own (median short side), at
     least 8 and at most IMAGENET_SIZE px."""
-    return min(IMAGENET_SIZE, max(8, short_side(items))) if items else IMAGENET_SIZE
+    side = short_side(items)
+    return IMAGENET_SIZE if side is None else min(IMAGENET_SIZE, max(8, side))
 
 
 def folder_image_size(path: str) -> int:
@@ -270,10 +274,8 @@ def folder_image_size(path: str) -> int:
 
 def _warn_upscaling(items, image_size: int, root: Path) -> None:
     """Say so when --image-size blows the images up more than 2x (e.g. 16-px icons to 224)."""
-    if not items:
-        return
     side = short_side(items)
-    if image_size > 2 * side:
+    if side is not None and image_size > 2 * side:
         warn_data(f"{root}: images are about {side} px (e.g. {items[0][0].name}) and --image-size {image_size} "
                   f"upscales them {image_size / side:.0f}x; leave --image-size out (the images' own size, "
                   f"{max(8, side)}) or give a small model, unless the upscaling is meant (e.g. for "
