@@ -116,6 +116,8 @@ def test_label_issue_cut_benchmark_quick_mode_meets_the_targets_on_unsure_models
         assert row["default_cut"] == ("clean-confusion" if row["clean_steered"] else "count")
         assert abs(row["default"]["count_ratio"] - 1) <= 0.25 and row["default"]["precision"] >= 0.8
         assert row["threshold"]["count_ratio"] > 1.5  # the fixed cut over-flags these unsure models
+        assert row["reachable"]  # the default's own count shows some count of the ranking's top meets both
+    assert next(iter(result["summary"].values()))["default"]["reachable"] == "3/3"
     # cleanlab's own flags on the same probabilities: a column where cleanlab is installed, and none without
     try:
         import cleanlab  # noqa: F401
