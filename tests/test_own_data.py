@@ -95,15 +95,20 @@ def test_resumed_run_says_where_it_continues(tmp_path, capsys):
     assert "resuming at epoch 2/3" in capsys.readouterr().out
 
 
-def test_folder_val_is_used_by_default(tmp_path, capsys):
-    pytest.importorskip("PIL")
+def two_class_folder(root, sizes, side=lambda i: (12, 12)) -> None:
+    """root/{train,val,test}/{cat,dog}/i.png: ``sizes`` images per class and split, the i-th of ``side(i)``."""
     from PIL import Image
 
-    for split, n in (("train", 6), ("val", 2), ("test", 2)):
+    for split, n in sizes.items():
         for c, color in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                (tmp_path / "imgs" / split / c).mkdir(parents=True, exist_ok=True)
-                Image.new("RGB", (12, 12), color).save(tmp_path / "imgs" / split / c / f"{i}.png")
+                Image.new("RGB", side(i), color).save(root / split / c / f"{i}.png")
+
+
+def test_folder_val_is_used_by_default(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    two_class_folder(tmp_path / "imgs", {"train": 6, "val": 2, "test": 2})
     code, out, err = run(tmp_path, capsys, "--data", f"folder:{tmp_path / 'imgs'}", "--method", "l2b",
                          "--image-size", "8", "--workers", "0")
     assert code == 0, err
@@ -112,16 +117,10 @@ def test_folder_val_is_used_by_default(tmp_path, capsys):
 
 def test_folder_images_keep_their_own_size_unless_a_size_or_pretrained_weights_ask_otherwise(tmp_path, capsys):
     pytest.importorskip("PIL")
-    from PIL import Image
-
     from l2b.config import TrainConfig
 
-    for split, n in (("train", 4), ("val", 1), ("test", 1)):
-        for c, color in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
-            for i in range(n):
-                (tmp_path / "imgs" / split / c).mkdir(parents=True, exist_ok=True)
-                side = 14 if i % 2 else 10  # mixed sizes: the median short side of the training images
-                Image.new("RGB", (side + 5, side), color).save(tmp_path / "imgs" / split / c / f"{i}.png")
+    # mixed sizes, short sides 10 and 14: the crop is the median short side of the training images
+    two_class_folder(tmp_path / "imgs", {"train": 4, "val": 1, "test": 1}, lambda i: (19, 14) if i % 2 else (15, 10))
     code, out, err = run(tmp_path, capsys, "--data", f"folder:{tmp_path / 'imgs'}", "--method", "ce", "--workers", "0")
     assert code == 0, err
     assert "12-px crops" in out and "upscales" not in err
