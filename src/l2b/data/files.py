@@ -194,6 +194,11 @@ def check_images(items, on_bad_images: str, where: str):
     return good
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of one class folder, sorted by name."""
+    return [f for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+
+
 def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: int | None = None) -> FileDataset:
     """ImageFolder layout: DIR/train/<class>/*, DIR/test/<class>/*, optional DIR/val/<class>/*.
     ``image_size`` None: the training images' own size (``native_size``)."""
@@ -215,10 +220,10 @@ def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: i
             if d.name not in classes:
                 raise ValueError(f"{d}: class {d.name!r} does not exist under {root / 'train'}")
             label = classes.index(d.name)
-            out += [(f, label) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+            out += [(f, label) for f in image_files(d)]
         return check_images(out, on_bad_images, f"{root / split}")
 
-    empty = [c for c in classes if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (root / "train" / c).iterdir())]
+    empty = [c for c in classes if not image_files(root / "train" / c)]
     if empty:
         warn_data(f"{root / 'train'}: class folder(s) {', '.join(map(repr, empty[:5]))}"
                   f"{' ...' if len(empty) > 5 else ''} hold no image; they stay classes the model can predict, with no "
@@ -265,8 +270,7 @@ def folder_image_size(path: str) -> int:
     unreadable file, no Pillow)."""
     train = Path(path) / "train"
     try:
-        items = [(f, 0) for d in sorted(train.iterdir()) if d.is_dir()
-                 for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        items = [(f, 0) for d in sorted(train.iterdir()) if d.is_dir() for f in image_files(d)]
         return native_size(items)
     except (OSError, ValueError, ImportError):
         return IMAGENET_SIZE
