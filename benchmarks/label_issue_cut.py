@@ -68,12 +68,10 @@ def short_settings():
 
 
 def runs_to_train(out: Path, quick: bool):
-    from l2b.config import TrainConfig
-
-    digits = TrainConfig(data="digits", threads=1, progress="none")
+    digits, mem = short_settings()
     cells = [(f"digits {e} ep {m}", replace(digits, method=m, epochs=e, out=str(out / f"digits-{e}ep-{m}")))
              for e in ((3,) if quick else (3, 30)) for m in ("l2b", "coteaching", "ce")]
-    return cells + ([] if quick else [(f"memorisation 10 ep l2b {n}", replace(short_settings()[1], method="l2b", noise=n,
+    return cells + ([] if quick else [(f"memorisation 10 ep l2b {n}", replace(mem, method="l2b", noise=n,
                                                                               out=str(out / f"mem-10ep-{tag(n)}")))
                                       for n in ("symmetric:0.4", "asymmetric:0.4")])
 
