@@ -258,6 +258,22 @@ def test_label_issues_on_own_npz_score_the_drawn_clean_set_too(tmp_path, capsys)
     assert "data-file='label_issues.png'" in (run_dir / "report.html").read_text()
 
 
+def test_a_clean_set_missing_a_class_is_named_at_training_and_at_label_issues(tmp_path, capsys):
+    f = digits_npz(tmp_path / "mine.npz", flip=60)
+    z = dict(np.load(f))
+    keep = z["y_val"] != 7  # the user's clean set has no seven
+    z["x_val"], z["y_val"] = z["x_val"][keep], z["y_val"][keep]
+    np.savez(f, **z)
+    code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "l2b")
+    assert code == 0, err
+    assert "clean set (npz: x_val and y_val) has no sample of class(es) '7' (1 of the 10 training classes)" in err
+    assert main(["label-issues", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    # the count the clean set would calibrate needs every class: the default says why it fell back
+    assert "the clean set has no sample of class(es) '7', so the count is confident learning's estimate" in captured.err
+    assert "(the estimated number of issues" in captured.out
+
+
 def test_label_issues_into_a_read_only_run_names_the_out_flag(tmp_path, capsys, monkeypatch):
     f = digits_npz(tmp_path / "mine.npz")
     assert run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "ce")[0] == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibrate import CLEAN_CUTS, STEERED_CUT
+from .calibrate import CLEAN_CUTS, STEERED_CUT, uncovered_classes
 from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
 from .metaset import class_name, parse_meta_set
 from .methods import METHODS, learns_from_clean
@@ -137,7 +137,10 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
             "warning": scored.note if scored is not None and scored.model == "final" else None,
             "note": scored.note if scored is not None and scored.model in ("best", "early", "cross-fit") else None,
             "count_note": (_steered_folds_note() if cross_fit else _small_clean_note(clean_ref["clean_labels"]))
-            if issues.cut == STEERED_CUT and steered else None,
+            if issues.cut == STEERED_CUT and steered else
+            _uncovered_note(given[split == "train"], clean_ref["clean_labels"], classes)
+            if clean_ref and clean_ref["clean_steered"] and cut == "auto"
+            else None,
             "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
             "auc": roc_auc(issues.score, is_noisy),
             "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
@@ -157,6 +160,18 @@ def _small_clean_note(clean_labels: np.ndarray) -> str | None:
             f"few: the model is surer of them than of your correctly labelled samples, so the flagged count can run "
             f"high (1.0-1.6x the wrong labels where 20% were wrong, benchmarks/RESULTS.md); the list is ranked, so "
             f"review it from the top; on the same data 20 clean per class gave 0.82-1.27x, 40 gave 0.77-1.10x")
+
+
+def _uncovered_note(labels: np.ndarray, clean_labels: np.ndarray, classes: list[str]) -> str | None:
+    """Where the clean set lacks a labelled class, the count it would calibrate cannot be fitted,
+    and the default falls back to confident learning's: say which classes, and the fix."""
+    missing = uncovered_classes(labels, clean_labels)
+    if not len(missing):
+        return None
+    names = ", ".join(class_name(classes or None, int(c)) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+    return (f"the clean set has no sample of class(es) {names}, so the count is confident learning's estimate, not the "
+            f"one the clean set's confusion explains (it runs high where a meta step or the model learned from the "
+            f"clean set, benchmarks/RESULTS.md, 'Label issues: the calibrated cut'); add clean samples of every class")
 
 
 def _steered_folds_note() -> str:

@@ -54,6 +54,7 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
                  f"training labels instead; leave both out to use the dataset's own")
     elif own_val:
         train_idx, val_idx, source = np.arange(len(y_all)), None, "the dataset's own clean set"
+        _warn_uncovered(ds, y_all, where)
     elif needs_clean and own:
         raise ValueError(
             f"method {cfg.method!r} needs a clean (verified) set and {cfg.data} has none of its own: add one "
@@ -104,6 +105,18 @@ def fold_positions(labels: np.ndarray, fold: int, folds: int, seed: int) -> np.n
         owner[members] = (dealt + np.arange(len(members))) % folds
         dealt += len(members)
     return np.flatnonzero(owner == fold - 1)
+
+
+def _warn_uncovered(ds, y_train: np.ndarray, where: str) -> None:
+    """A dataset's own clean set without a sample of some labelled class: the run goes on, but
+    nothing steers or validates that class (and label-issues cannot calibrate by the clean set)."""
+    y_val = ds.y_val.numpy() if isinstance(ds, ArrayDataset) else np.array([label for _, label in ds.val])
+    missing = np.setdiff1d(np.unique(y_train), y_val)
+    if len(missing):
+        names = ", ".join(repr(str(ds.classes[c])) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        warn(f"the clean set ({where}) has no sample of class(es) {names} ({len(missing)} of the "
+             f"{len(np.unique(y_train))} training classes): a meta step has nothing of them to steer by and the clean accuracy does "
+             f"not measure them; add clean samples of every class")
 
 
 def warn(text: str) -> None:

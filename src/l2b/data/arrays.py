@@ -293,8 +293,7 @@ def load_npz(path: str | None) -> ArrayDataset:
     keys = [k for k in ("y_train", "y_test", "y_val") if k in files]
     labels = {k: _array(z, p, k) for k in keys}
     for k, y in labels.items():
-        if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"{p}: {k} must hold integer labels, got dtype {y.dtype}")
+        _check_label_array(y, p, k)
     images = {k: _nchw(_array(z, p, k), p, k) for k in ("x_train", "x_test", "x_val") if k in files}
     for k in images:
         if len(images[k]) == 0:
@@ -307,6 +306,10 @@ def load_npz(path: str | None) -> ArrayDataset:
                              f"every split needs the same size and channels")
     if "classes" in files:
         classes = tuple(str(c) for c in _array(z, p, "classes"))
+        for k, y in labels.items():
+            if len(y) and int(y.max()) >= len(classes):
+                raise ValueError(f"{p}: {k} holds label {int(y.max())} (at index {int(np.argmax(y))}) but 'classes' names "
+                                 f"{len(classes)} class(es): give one name per class, in label order 0..K-1")
     else:
         used = np.unique(np.concatenate([y for y in labels.values() if len(y)]))
         k = int(used.max()) + 1
@@ -321,6 +324,19 @@ def load_npz(path: str | None) -> ArrayDataset:
         x_val=images["x_val"] if has_val else None,
         y_val=_labels(labels["y_val"]) if has_val else None, root=p.parent,
     ).check()
+
+
+def _check_label_array(y: np.ndarray, p: Path, key: str) -> None:
+    """One integer label per sample; the fix named for class names and one-hot rows."""
+    if y.dtype.kind in "USO":
+        raise ValueError(f"{p}: {key} holds strings (dtype {y.dtype}); store integer labels 0..K-1 and the names as "
+                         f"'classes': classes, {key} = np.unique(names, return_inverse=True)")
+    if y.ndim != 1:
+        raise ValueError(f"{p}: {key} has shape {y.shape}; store one integer label per sample"
+                         + (f" ({key} = {key}.argmax(axis=1) for one-hot rows)" if y.ndim == 2 else ""))
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{p}: {key} must hold integer labels, got dtype {y.dtype}; store them as integers 0..K-1 "
+                         f"({key}.astype(np.int64) if they are whole numbers)")
 
 
 def _describe(x: torch.Tensor) -> str:
