@@ -115,6 +115,29 @@ def test_folder_val_is_used_by_default(tmp_path, capsys):
     assert "train 12, clean 4 (the dataset's own clean set), test 4; no noise injected" in out
 
 
+def test_folder_classes_read_their_sub_folders_and_skip_hidden_files(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from l2b.data import load_dataset
+
+    two_class_folder(tmp_path, {"train": 3, "test": 1})
+    (tmp_path / "train" / "dog" / "puppies").mkdir()  # as torchvision's ImageFolder reads it: still a dog
+    Image.new("RGB", (12, 12)).save(tmp_path / "train" / "dog" / "puppies" / "p.png")
+    (tmp_path / "train" / "cat" / "._0.png").write_bytes(b"\0\5Mac")  # macOS's metadata twin, not an image
+    (tmp_path / "train" / "cat" / ".thumbs").mkdir()
+    Image.new("RGB", (12, 12)).save(tmp_path / "train" / "cat" / ".thumbs" / "t.png")
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "val").mkdir()  # made, never filled
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert "val: holds no image in class folders (val/<class>/*), so the dataset has no clean set of its own" in \
+        capsys.readouterr().err
+    assert ds.val == []
+    names = sorted(str(f.relative_to(tmp_path / "train")) for f, _ in ds.train)
+    assert names == ["cat/0.png", "cat/1.png", "cat/2.png", "dog/0.png", "dog/1.png", "dog/2.png", "dog/puppies/p.png"]
+    assert dict(ds.train)[tmp_path / "train" / "dog" / "puppies" / "p.png"] == ds.classes.index("dog")
+
+
 def test_folder_images_keep_their_own_size_unless_a_size_or_pretrained_weights_ask_otherwise(tmp_path, capsys):
     pytest.importorskip("PIL")
     from l2b.config import TrainConfig

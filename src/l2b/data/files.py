@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,8 +196,13 @@ def check_images(items, on_bad_images: str, where: str):
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files of one class folder, sorted by name."""
-    return [f for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    """The image files of one class folder and its sub-folders (as torchvision's ImageFolder reads
+    them), sorted by path; hidden files and folders (``.DS_Store``, macOS's ``._x.jpg``) left out."""
+    found = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__MACOSX"]
+        found += [Path(here) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)
 
 
 def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: int | None = None) -> FileDataset:
@@ -229,6 +235,9 @@ def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: i
                   f"{' ...' if len(empty) > 5 else ''} hold no image; they stay classes the model can predict, with no "
                   f"training sample (remove the folders if they are not classes)")
     val = items("val") if (root / "val").is_dir() else None
+    if val == []:
+        warn_data(f"{root / 'val'}: holds no image in class folders (val/<class>/*), so the dataset has no clean set "
+                  f"of its own; fill it, or remove it")
     train = items("train")
     if image_size is None:
         image_size = native_size(train)
