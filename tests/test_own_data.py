@@ -84,6 +84,16 @@ def test_clean_set_drawn_from_own_labels_is_warned_about(tmp_path, capsys):
     assert code == 0 and "own clean set (npz: x_val and y_val) is NOT used" in err
 
 
+def test_compare_on_own_labels_needs_no_noise_flag(tmp_path, capsys):
+    f = digits_npz(tmp_path / "mine.npz")
+    assert main(["compare", "--data", f"npz:{f}", "--methods", "ce", "--model", "mlp", "--width", "16", "--epochs", "1",
+                 "--out", str(tmp_path / "grid")]) == 0
+    assert (tmp_path / "grid" / "ce" / "none" / "seed0" / "metrics.json").is_file()  # nothing injected
+    assert "| ce | " in capsys.readouterr().out
+    assert main(["compare", "--data", "digits", "--methods", "ce", "--out", str(tmp_path / "g2")]) == 2  # research data: named
+    assert "give --methods M1,M2 and --noise SPEC1,SPEC2" in capsys.readouterr().err
+
+
 def test_resumed_run_says_where_it_continues(tmp_path, capsys):
     from l2b.train import train
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .methods import METHODS, declared_options
-from .config import TrainConfig, load_yaml
+from .config import TrainConfig, load_yaml, own_labels
 from .rundir import NOT_RESULTS, read_json
 from .calibrate import CUTS, DEFAULT_CUT, STEERED_CUT
 from .detect import SCORES
@@ -200,38 +200,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import check_cells, grid_configs, load_grid_file, run_grid, summarize
+    from .compare import check_cells, grid_configs, grid_method_args, load_grid_file, run_grid, summarize
 
     settings: dict[str, Any] = load_grid_file(args.grid) if args.grid else {}
     methods = args.methods.split(",") if args.methods else settings.pop("methods", None)
     noises = args.noise.split(",") if args.noise else settings.pop("noise", None)
     seeds = args.seeds if args.seeds is not None else int(settings.pop("seeds", 1))
     settings.pop("methods", None), settings.pop("noise", None), settings.pop("seeds", None)
+    if not noises and own_labels(getattr(args, "data", None) or settings.get("data", "")):
+        noises = ["none"]  # your own labels, compared as given, as `l2b train` takes them
     if not methods or not noises:
         raise ValueError("give --methods M1,M2 and --noise SPEC1,SPEC2 (or a --grid file with them)")
     names = {f.name for f in fields(TrainConfig)}
-    settings.update({k: v for k, v in vars(args).items() if k in names})
+    settings.update({k: v for k, v in vars(args).items() if k in names and k != "noise"})  # noise: per cell
     if settings.get("holdout"):
         raise ValueError(f"--holdout {settings['holdout']} trains a fold of l2b label-issues --cross-fit, which a grid's "
                          f"summary leaves out; drop it (--train-subset N trains on part of the data)")
-    if "method_args" in settings and isinstance(settings["method_args"], list):
-        settings["method_args"] = {k: v for d in settings["method_args"] for k, v in d.items()}
-    for key in settings.get("method_args", {}):  # a scoped option for a method the grid does not run
-        scope = key.split(".", 1)[0] if "." in key else None
-        if scope is not None and scope not in methods:
-            raise ValueError(f"--method-arg {key}: {scope!r} is not in this grid ({', '.join(methods)}); "
-                             f"add it to --methods or drop the option")
-    for name, value in option_flags(args).items():  # an option flag applies to the grid's methods that declare it
-        owners = [m for m in methods if m in declared_options()[name]]
-        flag = "--" + name.replace("_", "-")
-        if not owners:
-            raise ValueError(f"{flag} is an option of {', '.join(declared_options()[name])}, "
-                             f"none of which is in this grid ({', '.join(methods)})")
-        meanings = {(declared_options()[name][m].help, declared_options()[name][m].type) for m in owners}
-        if len(meanings) > 1:
-            raise ValueError(f"{flag} means different things to {', '.join(owners)} in this grid; give it to one "
-                             f"method: " + " or ".join(f"--method-arg {m}.{name}={value}" for m in owners))
-        settings["method_args"] = {**settings.get("method_args", {}), **{f"{m}.{name}": value for m in owners}}
+    settings["method_args"] = grid_method_args(methods, settings.get("method_args", {}), option_flags(args))
     base = TrainConfig.from_dict(settings, args.grid or "compare")
     out = Path(args.out)
     cfgs = grid_configs(base, methods, noises, seeds, out)
@@ -307,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupted ones resume) and write OUT/summary.csv and OUT/summary.md. Every train flag applies "
         "to all runs."))
     c.add_argument("--methods", help="comma-separated methods, e.g. ce,l2rw,l2b")
-    c.add_argument("--noise", help="comma-separated noise specs, e.g. symmetric:0.2,symmetric:0.4")
+    c.add_argument("--noise", help="comma-separated noise specs, e.g. symmetric:0.2,symmetric:0.4 (your own data: "
+                                   "none unless given)")
     c.add_argument("--seeds", type=int, help="seeds 0..N-1 per cell (default 1)")
     c.add_argument("--grid", help="YAML grid file: methods, noise, seeds and any train setting")
     c.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes)")

@@ -51,6 +51,34 @@ def grid_configs(base: TrainConfig, methods: list[str], noises: list[str], seeds
     return cfgs
 
 
+def grid_method_args(methods: list[str], method_args, flags: dict[str, Any]) -> dict[str, Any]:
+    """A grid's method options: ``method_args`` (a dict, or a grid file's list of one-key dicts)
+    with each option flag (``flags``: name -> value) given to the grid's methods that declare it.
+    One-line errors: a scoped option of a method the grid does not run, a flag none of its methods
+    reads, and one that two of them read differently."""
+    from .methods import declared_options
+
+    if isinstance(method_args, list):
+        method_args = {k: v for d in method_args for k, v in d.items()}
+    for key in method_args:  # a scoped option for a method the grid does not run
+        scope = key.split(".", 1)[0] if "." in key else None
+        if scope is not None and scope not in methods:
+            raise ValueError(f"--method-arg {key}: {scope!r} is not in this grid ({', '.join(methods)}); "
+                             f"add it to --methods or drop the option")
+    for name, value in flags.items():  # an option flag applies to the grid's methods that declare it
+        owners = [m for m in methods if m in declared_options()[name]]
+        flag = "--" + name.replace("_", "-")
+        if not owners:
+            raise ValueError(f"{flag} is an option of {', '.join(declared_options()[name])}, "
+                             f"none of which is in this grid ({', '.join(methods)})")
+        meanings = {(declared_options()[name][m].help, declared_options()[name][m].type) for m in owners}
+        if len(meanings) > 1:
+            raise ValueError(f"{flag} means different things to {', '.join(owners)} in this grid; give it to one "
+                             f"method: " + " or ".join(f"--method-arg {m}.{name}={value}" for m in owners))
+        method_args = {**method_args, **{f"{m}.{name}": value for m in owners}}
+    return method_args
+
+
 def check_cells(cfgs: list[TrainConfig], overwrite: bool = False) -> None:
     """Before any cell runs: a cell directory that holds a run with other settings (another
     --epochs, --lr, ...) is refused, or with ``overwrite`` cleared, so that old numbers never pass
