@@ -91,7 +91,7 @@ def test_compare_on_own_labels_needs_no_noise_flag(tmp_path, capsys):
     assert (tmp_path / "grid" / "ce" / "none" / "seed0" / "metrics.json").is_file()  # nothing injected
     assert "| ce | " in capsys.readouterr().out
     assert main(["label-issues", str(tmp_path / "grid")]) == 2  # a grid, not a run: named, with one of its runs
-    assert f"grid of 1 runs: give one of them, e.g. l2b label-issues {tmp_path / 'grid' / 'ce' / 'none' / 'seed0'}" in \
+    assert f"grid of 1 run: give one of them, e.g. l2b label-issues {tmp_path / 'grid' / 'ce' / 'none' / 'seed0'}" in \
         capsys.readouterr().err
     assert main(["compare", "--data", "digits", "--methods", "ce", "--out", str(tmp_path / "g2")]) == 2  # research data: named
     assert "give --methods M1,M2 and --noise SPEC1,SPEC2" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     labels_path = run / "labels.npz"
     if not labels_path.is_file():
         inside = sorted(f.parent for f in run.glob("*/*/seed*/labels.npz"))  # a grid of l2b compare
-        raise FileNotFoundError(f"{run} is a grid of {len(inside)} runs: give one of them, e.g. l2b label-issues "
+        raise FileNotFoundError(f"{run} is a grid of {len(inside)} run{'s' if len(inside) > 1 else ''}: give one of them, e.g. l2b label-issues "
                                 f"{next((d for d in inside if d.parts[-3] == 'l2b'), inside[0])}" if inside else f"{labels_path}: not found; is {run} a run directory of "
                                 f"l2b train?")
     if model not in MODELS:
