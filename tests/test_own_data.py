@@ -310,6 +310,19 @@ def test_a_clean_set_missing_a_class_is_named_at_training_and_at_label_issues(tm
     assert "(the estimated number of issues" in captured.out
 
 
+def test_report_on_own_labels_draws_no_noise_it_cannot_know(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    f = digits_npz(tmp_path / "mine.npz", flip=60)
+    code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "l2b")
+    assert code == 0, err
+    assert main(["report", str(tmp_path / "run")]) == 0
+    page = (tmp_path / "run" / "report.html").read_text()
+    # which labels are wrong is unknown: no pseudo-label correctness, no identity "noise" matrix, no NaN
+    assert "which labels are wrong is not known here" in page
+    assert "alpha_minus_beta.png" not in page and "transition.png" not in page and "NaN" not in page
+    assert "weights.png" in page
+
+
 def test_label_issues_into_a_read_only_run_names_the_out_flag(tmp_path, capsys, monkeypatch):
     f = digits_npz(tmp_path / "mine.npz")
     assert run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "ce")[0] == 0

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .compare import collect
+from .config import own_labels
 from .rundir import writable_dir
 from .runlock import atomic_write
 from .detect import detection_metrics, roc_auc
@@ -183,18 +184,22 @@ def memorisation_figure(runs, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def weights_figure(w, path: Path) -> Path:
+def weights_figure(w, path: Path, truth_unknown: bool = False) -> Path:
+    """Histograms of alpha and beta, clean against corrupted samples (all samples alike where which
+    labels are wrong is unknown: the user's own labels)."""
     plt = _plt()
     noisy = w["is_noisy"].astype(bool)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key in zip(axes, ("alpha", "beta")):
         values = w[key]
         bins = np.linspace(0, max(values.max(), 1e-12), 40)
-        ax.hist(values[~noisy], bins=bins, alpha=0.6, label=f"clean (mean {values[~noisy].mean():.2e})", density=True)
+        ax.hist(values[~noisy], bins=bins, alpha=0.6, density=True,
+                label=f"{'all samples' if truth_unknown else 'clean'} (mean {values[~noisy].mean():.2e})")
         if noisy.any():
             ax.hist(values[noisy], bins=bins, alpha=0.6, label=f"corrupted (mean {values[noisy].mean():.2e})",
                     density=True)
-        ax.set(title=f"{key} on clean vs corrupted samples", xlabel=key, ylabel="density")
+        ax.set(title=f"{key} of the training samples" if truth_unknown else f"{key} on clean vs corrupted samples",
+               xlabel=key, ylabel="density")
         ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -213,8 +218,10 @@ def alpha_minus_beta_figure(w, path: Path) -> tuple[Path, dict]:
              "mean_when_pseudo_wrong": float(diff[~right].mean()) if (~right).any() else None,
              # how well a low alpha - beta (trusting the pseudo-label) marks a CORRECT pseudo-label
              # on corrupted samples, where following it fixes the label
-             "auc_beta_over_alpha_for_correct_pseudo_on_corrupted":
-                 roc_auc(-diff[w["is_noisy"].astype(bool)], right[w["is_noisy"].astype(bool)])}
+             "auc_beta_over_alpha_for_correct_pseudo_on_corrupted": None}
+    auc = roc_auc(-diff[w["is_noisy"].astype(bool)], right[w["is_noisy"].astype(bool)])
+    if np.isfinite(auc):  # no corrupted sample, or all of one kind: nothing to rank
+        stats["auc_beta_over_alpha_for_correct_pseudo_on_corrupted"] = auc
     return _save(fig, path), stats
 
 
@@ -288,16 +295,17 @@ def write_report(target: str | Path, out: str | Path | None = None) -> Path:
         pick = max(meta, key=lambda r: (r["method"] == "l2b", r["noise"]))
         w = np.load(pick["dir"] / "weights.npz")
         figures.append((f"Weights of {pick['method']} ({pick['noise']}, seed {pick['seed']})",
-                        weights_figure(w, dest / "weights.png")))
-        fig, extra = alpha_minus_beta_figure(w, dest / "alpha_minus_beta.png")
-        figures.append(("alpha − beta against pseudo-label correctness", fig))
+                        weights_figure(w, dest / "weights.png", _truth_unknown(pick))))
+        if not _truth_unknown(pick):  # pseudo-label correctness needs the true labels
+            fig, extra = alpha_minus_beta_figure(w, dest / "alpha_minus_beta.png")
+            figures.append(("alpha − beta against pseudo-label correctness", fig))
     for key, name, title, method in (("normalize", "normalisations.png", "Normalisation of the weights (Fig. 4)", "l2b"),
                                      ("beta", "bootstrap_beta.png", "Bootstrapping's beta (Fig. 1a)", "bootstrap")):
         fig = option_figure(runs, key, dest / name, title, method)
         if fig is not None:
             figures.append((title, fig))
     labels = runs[0]["dir"] / "labels.npz"
-    if labels.is_file():
+    if labels.is_file() and runs[0]["noise"] != "none":  # without injected noise the matrix is the identity
         t = np.load(labels)["transition"]
         figures.append((f"Realised noise ({runs[0]['noise']})",
                         transition_figure(t, dest / "transition.png", f"realised transition, {runs[0]['noise']}")))
@@ -305,16 +313,21 @@ def write_report(target: str | Path, out: str | Path | None = None) -> Path:
         if (where / "label_issues.png").is_file():
             figures.append(("Top suspected label issues (given → suggested)", where / "label_issues.png"))
             break
-    page = _html(target, runs, figures, detection_rows, extra, diverged)
+    page = _html(target, runs, figures, detection_rows, extra, diverged, any(map(_truth_unknown, runs)))
     atomic_write(dest / "report.html", lambda tmp: tmp.write_text(page))
     return dest / "report.html"
+
+
+def _truth_unknown(run: dict) -> bool:
+    """A run on the user's own labels with no injected noise: which labels are wrong is unknown."""
+    return run["noise"] == "none" and own_labels(run["config"].get("data", ""))
 
 
 def _num(value) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
-def _html(target, runs, figures, detection_rows, extra, diverged=()) -> str:
+def _html(target, runs, figures, detection_rows, extra, diverged=(), own=False) -> str:
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>l2b report: {esc(str(target))}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
@@ -327,6 +340,11 @@ def _html(target, runs, figures, detection_rows, extra, diverged=()) -> str:
                      f"<td>{_num(r['test_acc_last'])}</td><td>{_num(r['test_acc_at_best_val'])}</td>"
                      f"<td>{_num(r['best_val_acc'])}</td><td>{_num(r['epoch_seconds'])}</td></tr>")
     parts.append("</table>")
+    if own:
+        parts.append("<p>Runs on your own labels with no noise injected: which labels are wrong is not known here, so "
+                     "the report draws no noise-detection figures for them. <code>l2b label-issues RUN --show 32</code> "
+                     "lists the labels the run believes wrong, and this report shows their picture when it is "
+                     "in the run directory.</p>")
     if diverged:
         parts.append("<h2>Diverged runs</h2><p>Stopped because the loss or the parameters became NaN/inf; "
                      "left out of the figures.</p><ul>")
