@@ -231,7 +231,7 @@ def test_isic2019_csv_and_split_lists(tmp_path):
 def test_isic_transforms_are_the_authors(tmp_path):
     from PIL import Image
 
-    from l2b.data.files import ImageFiles, _resized_crop_box
+    from l2b.data.images import ImageFiles, _resized_crop_box
 
     path = tmp_path / "a.png"
     rng = np.random.default_rng(0)

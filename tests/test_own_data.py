@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from l2b.cli import main
 from l2b.config import TrainConfig
@@ -149,6 +150,28 @@ def test_folder_classes_read_their_sub_folders_and_skip_hidden_files(tmp_path, c
     names = sorted(str(f.relative_to(tmp_path / "train")) for f, _ in ds.train)
     assert names == ["cat/0.png", "cat/1.png", "cat/2.png", "dog/0.png", "dog/1.png", "dog/2.png", "dog/puppies/p.png"]
     assert dict(ds.train)[tmp_path / "train" / "dog" / "puppies" / "p.png"] == ds.classes.index("dog")
+
+
+def test_sixteen_bit_grayscale_is_read_over_its_full_range_and_float_pixels_are_refused(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from l2b.data import load_dataset
+    from l2b.data.images import ImageFiles
+
+    two_class_folder(tmp_path, {"train": 2, "test": 1})
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1040)  # 0 .. 65520: an X-ray's 16 bits
+    Image.fromarray(ramp).save(tmp_path / "train" / "cat" / "xray.png")
+    assert Image.open(tmp_path / "train" / "cat" / "xray.png").mode.startswith("I")
+    ds = load_dataset(f"folder:{tmp_path}")
+    item = next(i for i, (f, _) in enumerate(ds.train) if f.name == "xray.png")
+    x, _, _ = ImageFiles(ds.train, 7, train=False, mean=(0, 0, 0), std=(1, 1, 1))[item]  # 8 px: no resize, a 7-px crop
+    # value / 257 in 8 bits (Pillow's own convert clips at 255: this ramp would be 98% white)
+    assert torch.allclose(x[0], torch.from_numpy(np.rint(ramp[:7, :7] / 257.0) / 255.0).float(), atol=1e-6)
+    assert (x[0] < 1).float().mean() > 0.95 and torch.equal(x[0], x[1])
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "train" / "dog" / "depth.tif")
+    with pytest.raises(ValueError, match=r"depth.tif \(pixel mode F cannot be read as RGB; save it as 8- or 16-bit\)"):
+        load_dataset(f"folder:{tmp_path}")
 
 
 def test_folder_images_keep_their_own_size_unless_a_size_or_pretrained_weights_ask_otherwise(tmp_path, capsys):

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, _pil, check_images
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_SIZE = 224  # the crop of ImageNet-pretrained models, and native_size's cap
 SAMPLED_SIDES = 32  # images whose size native_size reads (headers only), spread over the list
 CLOTHING1M_MEAN = (0.6959, 0.6537, 0.6371)  # the L2B authors' ultils.py
@@ -21,14 +20,6 @@ CLOTHING1M_STD = (0.3113, 0.3192, 0.3214)
 ISIC_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
 CLOTHING1M_CLASSES = ("T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
                       "Jacket", "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear")
-
-
-def _pil():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("image-file datasets need Pillow: pip install 'l2b[images]'") from None
-    return Image
 
 
 @dataclass
@@ -72,127 +63,6 @@ class FileDataset:
         if batches is not None:
             return torch.utils.data.DataLoader(ds, batch_sampler=batches, **common)
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, **common)
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """Decode, transform, normalise (ImageNet statistics unless the dataset has its own).
-
-    ``resize-crop``: resize the short side to 8/7 of the crop (256 for 224), crop (random for
-    training, else centre), flip (training): the authors' Clothing1M transforms.
-    ``isic``: the authors' ISIC transforms (ultils.py). Training: RandomHorizontalFlip,
-    RandomRotation(180) (nearest, black corners), RandomResizedCrop(size, scale=(0.3, 1.0)).
-    Test: Resize((size, size)). Written with Pillow and torch's RNG, following torchvision's
-    definitions, so that torchvision is not needed.
-    """
-
-    def __init__(self, items, size: int, train: bool, transform: str = "resize-crop",
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
-        if transform not in ("resize-crop", "isic"):
-            raise ValueError(f"unknown image transform {transform!r}; choose resize-crop or isic")
-        self.items, self.size, self.train, self.transform = list(items), size, train, transform
-        self.mean = torch.tensor(mean)[:, None, None]
-        self.std = torch.tensor(std)[:, None, None]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        path, label = self.items[i]
-        Image = _pil()
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: unreadable image ({err}); remove it, or give --on-bad-images skip (on_bad_images='skip' in Python)") from None
-        if self.transform == "isic":
-            return self._normalised(isic_transform(im, self.size, self.train)), label, i
-        short = round(self.size * 8 / 7)
-        w, h = im.size
-        scale = short / min(w, h)
-        im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
-        w, h = im.size
-        if self.train:  # torch's RNG: DataLoader seeds it per worker from the loader's generator
-            left = int(torch.randint(0, w - self.size + 1, ()))
-            top = int(torch.randint(0, h - self.size + 1, ()))
-        else:
-            left, top = (w - self.size) // 2, (h - self.size) // 2
-        im = im.crop((left, top, left + self.size, top + self.size))
-        x = _to_tensor(im)
-        if self.train and bool(torch.rand(()) < 0.5):
-            x = x.flip(-1)
-        return self._normalised(x), label, i
-
-    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-def _to_tensor(im) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-
-
-def isic_transform(im, size: int, train: bool) -> torch.Tensor:
-    """The authors' ISIC transforms on a PIL RGB image, as a float tensor in [0, 1]."""
-    Image = _pil()
-    if not train:
-        return _to_tensor(im.resize((size, size), Image.BILINEAR))
-    if bool(torch.rand(()) < 0.5):  # RandomHorizontalFlip
-        im = im.transpose(Image.FLIP_LEFT_RIGHT)
-    angle = float(torch.empty(()).uniform_(-180.0, 180.0))  # RandomRotation(180)
-    im = im.rotate(angle, resample=Image.NEAREST, expand=False, fillcolor=(0, 0, 0))
-    top, left, h, w = _resized_crop_box(im.size[0], im.size[1], (0.3, 1.0), (3 / 4, 4 / 3))
-    im = im.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
-    return _to_tensor(im)
-
-
-def _resized_crop_box(width: int, height: int, scale, ratio) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop.get_params: (top, left, h, w) of a random crop covering
-    ``scale`` of the area with an aspect ratio in ``ratio`` (log-uniform); 10 tries, then the
-    central crop with the ratio clamped."""
-    import math
-
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * float(torch.empty(()).uniform_(scale[0], scale[1]))
-        aspect = math.exp(float(torch.empty(()).uniform_(log_ratio[0], log_ratio[1])))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, ()))
-            left = int(torch.randint(0, width - w + 1, ()))
-            return top, left, h, w
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def check_images(items, on_bad_images: str, where: str):
-    """Open every image header; fail (default) or skip, listing the unreadable ones."""
-    if on_bad_images not in ("error", "skip"):
-        raise ValueError(f"on_bad_images must be 'error' or 'skip', got {on_bad_images!r}")
-    Image = _pil()
-    good, bad = [], []
-    for path, label in items:
-        try:
-            with Image.open(path) as im:
-                im.verify()
-            good.append((path, label))
-        except (OSError, ValueError, SyntaxError) as err:
-            bad.append((path, err))
-    if bad:
-        listing = "; ".join(f"{p} ({e})" for p, e in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-        if on_bad_images == "error":
-            raise ValueError(
-                f"{where}: {len(bad)} unreadable image(s): {listing}. Fix or remove them, or "
-                "give --on-bad-images skip to leave them out (on_bad_images='skip' in Python)"
-            )
-        warnings.warn(f"{where}: skipped {len(bad)} unreadable image(s): {listing}", stacklevel=3)
-    return good
 
 
 def image_files(folder: Path) -> list[Path]:
