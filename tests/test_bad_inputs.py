@@ -227,6 +227,13 @@ CASES = [
     ("npz label 99", lambda t: ["train", "--data", f"npz:{_arrays(t, y_train=np.array([99] + [i % 10 for i in range(19)]))}",
                                 "--out", str(t / "out")],
      r"11 distinct values, but the largest, 99, would make 100 classes"),
+    ("npz 12-bit images in uint16", lambda t: ["train", "--data", f"npz:{_arrays(t, x_train=np.full((20, 8, 8), 4095, np.uint16))}",
+                                               "--out", str(t / "out")],
+     r"x_train has dtype uint16; store images as uint8 \(0-255\) \(values 4095..4095\), with one scale for every split, "
+     r"e.g. x_train = \(x_train \* \(255 / 4095\)\).round\(\).astype\(np.uint8\)"),
+    ("npz boolean masks as images", lambda t: ["train", "--data", f"npz:{_arrays(t, x_train=np.zeros((20, 8, 8), bool))}",
+                                               "--out", str(t / "out")],
+     r"x_train has dtype bool; store images as uint8 \(0-255\): x_train = x_train.astype\(np.uint8\) \* 255"),
     ("npz class names as labels", lambda t: ["train", "--data", f"npz:{_arrays(t, y_train=np.array(['cat', 'dog'] * 10))}",
                                              "--out", str(t / "out")],
      r"y_train holds strings \(dtype <U3\); store integer labels 0..K-1 and the names as 'classes'"),

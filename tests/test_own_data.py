@@ -66,6 +66,16 @@ def test_own_npz_trains_on_its_labels_with_its_clean_set_and_says_so(tmp_path, c
     assert saved["config"]["noise"] == "none" and saved["data"]["clean_val"] == 100
 
 
+def test_npz_images_of_a_wider_integer_type_within_0_255_load_unchanged(tmp_path):
+    from l2b.data import load_dataset
+
+    f = digits_npz(tmp_path / "mine.npz")
+    z = dict(np.load(f))
+    np.savez(tmp_path / "wide.npz", **{**z, "x_train": z["x_train"].astype(np.int64)})  # np.array of Python ints
+    a, b = load_dataset(f"npz:{f}"), load_dataset(f"npz:{tmp_path / 'wide.npz'}")
+    assert b.x_train.dtype == torch.uint8 and torch.equal(a.x_train, b.x_train)
+
+
 def test_injected_noise_on_own_labels_is_named_in_the_line(tmp_path, capsys):
     f = digits_npz(tmp_path / "mine.npz")
     code, out, _ = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "ce", "--noise", "symmetric:0.4")

@@ -244,8 +244,14 @@ def _nchw(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
         fix = "(x * 255).round().astype(np.uint8)" if top <= 1.0 else "x.round().clip(0, 255).astype(np.uint8)"
         raise ValueError(f"{path}: {key} has dtype {x.dtype} (values up to {top:g}); store images as uint8 (0-255): "
                          f"{key} = {fix}")
+    low, top = (int(x.min()), int(x.max())) if x.size and x.dtype.kind in "iu" else (0, 0)
+    if x.dtype.kind in "iu" and 0 <= low and top <= 255:
+        x = x.astype(np.uint8)  # integers of 0-255 in a wider type (np.array of Python ints): nothing lost
     if x.dtype != np.uint8:
-        raise ValueError(f"{path}: {key} has dtype {x.dtype}; store images as uint8 (0-255)")
+        fix = (f": {key} = {key}.astype(np.uint8) * 255" if x.dtype.kind == "b" else
+               f" (values {low}..{top}), with one scale for every split, e.g. {key} = ({key} * (255 / {top}))"
+               f".round().astype(np.uint8)" if x.dtype.kind in "iu" and low >= 0 else "")
+        raise ValueError(f"{path}: {key} has dtype {x.dtype}; store images as uint8 (0-255){fix}")
     if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
         raise ValueError(f"{path}: {key} has shape {x.shape}, which looks like N×C×H×W (PyTorch's order); store "
                          f"N×H×W×C: {key} = {key}.transpose(0, 2, 3, 1)")
