@@ -48,9 +48,11 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     labels_path = run / "labels.npz"
     if not labels_path.is_file():
         inside = sorted(f.parent for f in run.glob("*/*/seed*/labels.npz"))  # a grid of l2b compare
-        raise FileNotFoundError(f"{run} is a grid of {len(inside)} run{'s' if len(inside) > 1 else ''}: give one of them, e.g. l2b label-issues "
-                                f"{next((d for d in inside if d.parts[-3] == 'l2b'), inside[0])}" if inside else f"{labels_path}: not found; is {run} a run directory of "
-                                f"l2b train?")
+        if inside:
+            example = next((d for d in inside if d.parts[-3] == "l2b"), inside[0])
+            raise FileNotFoundError(f"{run} is a grid of {len(inside)} run{'s' if len(inside) > 1 else ''}: give one "
+                                    f"of them, e.g. l2b label-issues {example}")
+        raise FileNotFoundError(f"{labels_path}: not found; is {run} a run directory of l2b train?")
     if model not in MODELS:
         raise ValueError(f"--model {model!r}: choose one of {', '.join(MODELS)}")
     if score != "auto" and score not in SCORES:
@@ -139,11 +141,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
             "model": None if scored is None else scored.model, "model_epoch": None if scored is None else scored.epoch + 1,
             "warning": scored.note if scored is not None and scored.model == "final" else None,
             "note": scored.note if scored is not None and scored.model in ("best", "early", "cross-fit") else None,
-            "count_note": (_steered_folds_note() if cross_fit else _small_clean_note(clean_ref["clean_labels"]))
-            if issues.cut == STEERED_CUT and steered else
-            _uncovered_note(given[split == "train"], clean_ref["clean_labels"], classes)
-            if clean_ref and clean_ref["clean_steered"] and cut == "auto"
-            else None,
+            "count_note": _count_note(issues.cut, cut == "auto", steered, cross_fit, clean_ref, given[split == "train"],
+                                      classes),
             "corrupted": m["corrupted"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
             "auc": roc_auc(issues.score, is_noisy),
             "fix_accuracy": float((issues.suggested[is_noisy] == true[is_noisy]).mean()) if is_noisy.any() else None}
@@ -163,6 +162,18 @@ def _small_clean_note(clean_labels: np.ndarray) -> str | None:
             f"few: the model is surer of them than of your correctly labelled samples, so the flagged count can run "
             f"high (1.0-1.6x the wrong labels where 20% were wrong, benchmarks/RESULTS.md); the list is ranked, so "
             f"review it from the top; on the same data 20 clean per class gave 0.82-1.27x, 40 gave 0.77-1.10x")
+
+
+def _count_note(cut: str, default: bool, steered: bool, cross_fit: int, clean_ref: dict, labels: np.ndarray,
+                classes: list[str]) -> str | None:
+    """What the console says of the flagged count, if anything: where a steering clean set calibrated
+    it, how far it can run high (out of fold, or with few clean samples); where the default could not
+    use the clean set for want of a class, why."""
+    if cut == STEERED_CUT and steered:
+        return _steered_folds_note() if cross_fit else _small_clean_note(clean_ref["clean_labels"])
+    if default and clean_ref and clean_ref["clean_steered"]:
+        return _uncovered_note(labels, clean_ref["clean_labels"], classes)
+    return None
 
 
 def _uncovered_note(labels: np.ndarray, clean_labels: np.ndarray, classes: list[str]) -> str | None:

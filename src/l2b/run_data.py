@@ -37,7 +37,8 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
     y_all = ds.y_train.numpy()
     own_val = bool((isinstance(ds, ArrayDataset) and ds.x_val is not None) or (isinstance(ds, FileDataset) and ds.val))
     own = own_labels(cfg.data)
-    where = "npz: x_val and y_val" if name == "npz" else "a val/ folder"
+    where = {"npz": "npz: x_val and y_val", "isic2019": "val.txt", "clothing1m": "clean_val_key_list.txt"}.get(
+        name, "a val/ folder")
     if cfg.val_per_class is not None or cfg.val_total is not None:
         train_idx, val_idx = clean_val_split(y_all, per_class=cfg.val_per_class, total=cfg.val_total, seed=cfg.seed,
                                              class_names=list(ds.classes))
@@ -115,8 +116,8 @@ def _warn_uncovered(ds, y_train: np.ndarray, where: str) -> None:
     if len(missing):
         names = ", ".join(repr(str(ds.classes[c])) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
         warn(f"the clean set ({where}) has no sample of class(es) {names} ({len(missing)} of the "
-             f"{len(np.unique(y_train))} training classes): a meta step has nothing of them to steer by and the clean accuracy does "
-             f"not measure them; add clean samples of every class")
+             f"{len(np.unique(y_train))} training classes): a meta step has nothing of them to steer by and the clean "
+             f"accuracy does not measure them; add clean samples of every class")
 
 
 def warn(text: str) -> None:
