@@ -243,6 +243,25 @@ CASES = [
     ("npz fewer class names than labels", lambda t: ["train", "--data", f"npz:{_arrays(t, classes=np.array(['a', 'b']))}",
                                                      "--out", str(t / "out")],
      r"y_train holds label 9 \(at index 9\) but 'classes' names 2 class\(es\): give one name per class"),
+    ("csv without a split column", lambda t: ["train", "--data", f"csv:{_csv(t, ['file,class', 'a.png,cat'])}", "--out", str(t / "out")],
+     r"labels.csv: no split column \(split\); a csv dataset has a header with path, label and split .* found: file, class"),
+    ("csv ragged row", lambda t: ["train", "--data", f"csv:{_csv(t, ['path,label,split', 'a.png,cat,train', 'b.png,dog'])}",
+                                  "--out", str(t / "out")],
+     r"labels.csv line 3: 2 fields, the header has 3"),
+    ("csv unknown split", lambda t: ["train", "--data", f"csv:{_csv(t, ['path,label,split', 'a.png,cat,valid'])}",
+                                     "--out", str(t / "out")],
+     r"labels.csv line 2: split 'valid' is not train, val \(your verified clean set\) or test"),
+    ("csv empty label", lambda t: ["train", "--data", f"csv:{_csv(t, ['path,label,split', 'a.png,,train'])}", "--out", str(t / "out")],
+     r"labels.csv line 2: empty label"),
+    ("csv image listed twice", lambda t: ["train", "--data", f"csv:{_csv(t, ['path,label,split', 'a.png,cat,train', 'b.png,dog,test', 'a.png,dog,test'])}",
+                                          "--out", str(t / "out")],
+     r"labels.csv line 4: a.png is listed again \(first at line 2\); list every image once"),
+    ("csv without test rows", lambda t: ["train", "--data", f"csv:{_csv(t, ['path,label,split', 'a.png,cat,train', 'b.png,dog,train'])}",
+                                         "--out", str(t / "out")],
+     r"labels.csv: no rows with split test; a csv dataset needs training images and test images"),
+    ("csv naming a missing image", lambda t: ["train", "--data", f"csv:{_csv(t, ['path,label,split', 'a.png,cat,train', 'b.png,dog,train', 'gone.png,cat,train', 'c.png,dog,test'])}",
+                                              "--out", str(t / "out")],
+     r"labels.csv \(train\): 1 unreadable image\(s\): .*gone.png .*--on-bad-images skip"),
     ("glc with lr nan fits nothing", lambda t: ["train", *TINY, "--method", "glc", "--lr", "nan", "--out", str(t / "out")],
      r"--lr must be a finite number"),
     ("unwritable out", lambda t: (t.joinpath("file").write_text("x"), ["train", *TINY, "--method", "glc", "--val-per-class", "3",
@@ -264,6 +283,16 @@ def _arrays(t: Path, **given) -> Path:
     arrays.update(given)
     np.savez(t / "mine.npz", **arrays)
     return t / "mine.npz"
+
+
+def _csv(t: Path, lines: list[str]) -> Path:
+    """t/labels.csv of ``lines``, beside three real 8-px images a.png, b.png and c.png."""
+    from PIL import Image
+
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (8, 8)).save(t / f"{name}.png")
+    (t / "labels.csv").write_text("\n".join(lines) + "\n")
+    return t / "labels.csv"
 
 
 def _truncated(t: Path) -> Path:

@@ -400,6 +400,45 @@ def test_label_issues_csv_of_an_image_folder_has_paths_and_class_names(tmp_path,
     assert rows[0]["given_class"] == "2" and rows[0]["suggested_class"] == "10"
 
 
+def csv_dataset(root: Path, rows: list[tuple[str, str, str]], header: str = "path,label,split") -> Path:
+    """root/labels.csv listing ``rows`` (path, label, split); each path not yet there becomes a 12-px
+    image under root, red for label "10", else blue."""
+    from PIL import Image
+
+    for image, label, _ in rows:
+        (root / image).parent.mkdir(parents=True, exist_ok=True)
+        if not (root / image).exists():
+            Image.new("RGB", (12, 12), (255, 0, 0) if label == "10" else (0, 0, 255)).save(root / image)
+    (root / "labels.csv").write_text(header + "\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    return root / "labels.csv"
+
+
+def test_a_csv_of_paths_labels_and_splits_trains_and_its_label_issues_name_the_files(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from l2b.data import load_dataset
+
+    rows = [(f"img/{s}-{label}-{i}.png", label, s) for s, n in (("train", 12), ("val", 3), ("test", 3))
+            for label in ("10", "2") for i in range(n)]
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (12, 12), (255, 0, 0)).save(tmp_path / "img" / "moved.png")  # a red image labelled "2"
+    f = csv_dataset(tmp_path, rows + [("img/moved.png", "2", "train")])
+    ds = load_dataset(f"csv:{f}")
+    assert ds.classes == ("2", "10")  # numbers in number order, not "10" before "2"
+    assert len(ds.train) == 25 and len(ds.val) == 6 and len(ds.test) == 6 and ds.image_size == 12
+    code, out, err = run(tmp_path, capsys, "--data", f"csv:{f}", "--method", "ce", "--workers", "0", "--epochs", "15",
+                         "--lr", "0.05")
+    assert code == 0, err
+    assert "train 25, clean 6 (the dataset's own clean set), test 6; no noise injected" in out
+    assert main(["label-issues", str(tmp_path / "run")]) == 0
+    import csv
+
+    top = next(csv.DictReader(open(tmp_path / "run" / "label_issues.csv")))
+    assert Path(top["path"]).resolve() == (tmp_path / "img" / "moved.png").resolve()
+    assert top["given_class"] == "2" and top["suggested_class"] == "10"
+
+
 def test_label_issues_scores_with_the_model_from_before_memorising_when_the_final_model_memorised(tmp_path, capsys):
     """CE trained long without weight decay fits every noisy label, and the probability of the
     given label then finds few issues. label-issues scores with the last epoch's model from before

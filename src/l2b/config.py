@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .coerce import coerce_field
-from .data.files import IMAGENET_SIZE, folder_image_size
+from .data.files import IMAGENET_SIZE, own_image_size
 from .methods import METHODS, declared_options, needs_of, options_of
 
 # settings of earlier versions that are now options of one method
@@ -22,7 +22,7 @@ RENAMED_OPTIONS = {"bootstrap_beta": "bootstrap.beta", "bootstrap_mode": "bootst
 
 # datasets whose labels are the user's own (not a benchmark's true labels): no noise is injected
 # and no clean set is drawn from their labels unless asked for by name
-OWN_LABEL_DATA = ("folder", "npz", "isic2019", "clothing1m")
+OWN_LABEL_DATA = ("folder", "csv", "npz", "isic2019", "clothing1m")
 
 
 def own_labels(data: str) -> bool:
@@ -139,7 +139,7 @@ def check_choices(cfg) -> None:
 class TrainConfig:
     # --- data and noise
     data: str = setting("digits", "dataset: NAME or NAME:PATH (digits, mnist:DIR, fashion-mnist[:DIR], cifar10:DIR, "
-                        "cifar100:DIR, npz:FILE, folder:DIR, isic2019:DIR, clothing1m:DIR)")
+                        "cifar100:DIR, npz:FILE, folder:DIR, csv:FILE, isic2019:DIR, clothing1m:DIR)")
     # "auto" (noise, val_per_class) is resolved on construction: see __post_init__
     noise: str = setting("auto", "noise to inject; auto: symmetric:0.4 on the research datasets, none on your own "
                          "data (npz, folder, isic2019, clothing1m). A spec (symmetric:R, symmetric-exclusive:R, "
@@ -229,7 +229,8 @@ class TrainConfig:
             self.val_per_class = None if own or self.val_total is not None else 10
         if self.image_size is None:  # ImageNet-sized crops, or a folder's own size, read from its images
             kind, _, path = self.data.partition(":")
-            self.image_size = folder_image_size(path) if kind == "folder" and not self.pretrained else IMAGENET_SIZE
+            self.image_size = (own_image_size(kind, path) if kind in ("folder", "csv") and not self.pretrained
+                               else IMAGENET_SIZE)
         # a selected meta set leaves the noisy stream and is selected again every fifth of the run
         # (benchmarks/no_clean_set.py); without one these are 0 / False, as every run has recorded
         select = self.meta_set != "clean"

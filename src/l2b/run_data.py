@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .config import TrainConfig, own_labels, parse_holdout
-from .data import ArrayDataset, FileDataset, clean_val_split, load_dataset
+from .data import FILE_DATASETS, ArrayDataset, FileDataset, clean_val_split, load_dataset
 from .data.batches import FileData, TensorData
 from .noise import apply_noise, transition_matrix
 from .rundir import read_json
@@ -33,12 +33,12 @@ class Prepared:
 def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
     options = {"on_bad_images": cfg.on_bad_images, "image_size": cfg.image_size}
     name = cfg.data.partition(":")[0]
-    ds = load_dataset(cfg.data, **(options if name in ("folder", "isic2019", "clothing1m") else {}))
+    ds = load_dataset(cfg.data, **(options if name in FILE_DATASETS else {}))
     y_all = ds.y_train.numpy()
     own_val = bool((isinstance(ds, ArrayDataset) and ds.x_val is not None) or (isinstance(ds, FileDataset) and ds.val))
     own = own_labels(cfg.data)
-    where = {"npz": "npz: x_val and y_val", "isic2019": "val.txt", "clothing1m": "clean_val_key_list.txt"}.get(
-        name, "a val/ folder")
+    where = {"npz": "npz: x_val and y_val", "csv": "rows with split val", "isic2019": "val.txt",
+             "clothing1m": "clean_val_key_list.txt"}.get(name, "a val/ folder")
     if cfg.val_per_class is not None or cfg.val_total is not None:
         train_idx, val_idx = clean_val_split(y_all, per_class=cfg.val_per_class, total=cfg.val_total, seed=cfg.seed,
                                              class_names=list(ds.classes))

@@ -14,7 +14,7 @@ import torch
 from .arrays import (ArrayDataset, load_cifar10, load_cifar100, load_digits, load_fashion_mnist,
                      load_mnist, load_npz)
 from .augment import augment_batch, normalize_batch
-from .files import FileDataset, load_clothing1m, load_folder, load_isic2019
+from .files import FileDataset, load_clothing1m, load_csv, load_folder, load_isic2019
 
 DATASETS: dict[str, Callable] = {
     "digits": load_digits,
@@ -24,10 +24,11 @@ DATASETS: dict[str, Callable] = {
     "cifar100": load_cifar100,
     "npz": load_npz,
     "folder": load_folder,
+    "csv": load_csv,
     "isic2019": load_isic2019,
     "clothing1m": load_clothing1m,
 }
-FILE_DATASETS = ("folder", "isic2019", "clothing1m")
+FILE_DATASETS = ("folder", "csv", "isic2019", "clothing1m")
 
 
 def load_dataset(spec: str, **options) -> ArrayDataset | FileDataset:
@@ -84,6 +85,6 @@ def clean_val_split(labels, *, per_class: int | None = None, total: int | None =
 
 
 __all__ = [
-    "ArrayDataset", "FileDataset", "DATASETS", "load_dataset", "clean_val_split",
+    "ArrayDataset", "FileDataset", "DATASETS", "FILE_DATASETS", "load_dataset", "clean_val_split",
     "augment_batch", "normalize_batch",
 ]

@@ -143,16 +143,97 @@ def native_size(items) -> int:
     return IMAGENET_SIZE if side is None else min(IMAGENET_SIZE, max(8, side))
 
 
-def folder_image_size(path: str) -> int:
-    """``native_size`` of the training images of folder:PATH, for a run's settings; IMAGENET_SIZE
-    where they cannot be read, for loading them to name the fault (a missing folder, no image, an
-    unreadable file, no Pillow)."""
-    train = Path(path) / "train"
+def own_image_size(kind: str, path: str) -> int:
+    """``native_size`` of the training images of folder:PATH or csv:FILE, for a run's settings;
+    IMAGENET_SIZE where they cannot be read, for loading them to name the fault (a missing folder,
+    no image, a malformed list, an unreadable file, no Pillow)."""
     try:
-        items = [(f, 0) for d in sorted(train.iterdir()) if d.is_dir() for f in image_files(d)]
-        return native_size(items)
-    except (OSError, ValueError, ImportError):
+        if kind == "csv":
+            return native_size(csv_rows(Path(path))[0]["train"])
+        train = Path(path) / "train"
+        return native_size([(f, 0) for d in sorted(train.iterdir()) if d.is_dir() for f in image_files(d)])
+    except (OSError, ValueError, KeyError, ImportError):
         return IMAGENET_SIZE
+
+
+CSV_COLUMNS = {"path": ("path", "file", "filename", "image"), "label": ("label", "class"), "split": ("split",)}
+CSV_SPLITS = ("train", "val", "test")
+
+
+def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
+    """The rows of csv:FILE by split, as (image path, label as written), and the class names in
+    label order (numerically where every label is a number, else alphabetically). One-line errors
+    name the file and line: a missing column, a ragged row, an empty cell, an unknown split, an
+    image listed twice."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: the byte-order mark Excel writes
+        text = fh.read()
+    try:
+        dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(text.splitlines(), dialect)
+    header = [h.strip().lower() for h in next(reader, [])]
+    column = {}
+    for key, names in CSV_COLUMNS.items():
+        found = [i for i, h in enumerate(header) if h in names]
+        if not found:
+            raise ValueError(f"{path}: no {key} column ({' or '.join(names)}); a csv dataset has a header with "
+                             f"path, label and split (train, val or test) columns; found: {', '.join(header) or 'none'}")
+        column[key] = found[0]
+    rows: dict[str, list[tuple[Path, str]]] = {s: [] for s in CSV_SPLITS}
+    seen: dict[Path, int] = {}
+    for line, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"{path} line {line}: {len(row)} fields, the header has {len(header)} (a comma inside a "
+                             f"path or label needs quotes)")
+        image, label, split = (row[column[k]].strip() for k in ("path", "label", "split"))
+        for key, value in (("path", image), ("label", label), ("split", split)):
+            if not value:
+                raise ValueError(f"{path} line {line}: empty {key}")
+        if split.lower() not in CSV_SPLITS:
+            raise ValueError(f"{path} line {line}: split {split!r} is not train, val (your verified clean set) or test")
+        file = path.parent / image  # relative to the list's folder; an absolute path stays as it is
+        if file in seen:
+            raise ValueError(f"{path} line {line}: {image} is listed again (first at line {seen[file]}); list every "
+                             f"image once, in one split, with one label")
+        seen[file] = line
+        rows[split.lower()].append((file, label))
+    labels = {label for items in rows.values() for _, label in items}
+    numeric = all(label.lstrip("-").isdigit() for label in labels)
+    return rows, sorted(labels, key=(lambda t: (int(t), t)) if numeric else str)
+
+
+def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int | None = None) -> FileDataset:
+    """csv:FILE: one image a row, with its path (relative to the file's folder, or absolute), its
+    label (a class name or number) and its split: ``train``, ``val`` (a clean set you verified)
+    or ``test``. ``image_size`` None: the training images' own size (``native_size``)."""
+    if not path:
+        raise ValueError("csv needs a file: csv:FILE (columns path, label, split)")
+    rows, classes = csv_rows(Path(path))
+    for split in ("train", "test"):
+        if not rows[split]:
+            raise ValueError(f"{path}: no rows with split {split}; a csv dataset needs training images and test "
+                             f"images (held out, to measure accuracy by)")
+    index = {name: i for i, name in enumerate(classes)}
+
+    def items(split: str):
+        return check_images([(f, index[label]) for f, label in rows[split]], on_bad_images, f"{path} ({split})")
+
+    untrained = sorted(set(classes) - {label for _, label in rows["train"]})
+    if untrained:
+        warn_data(f"{path}: class(es) {', '.join(map(repr, untrained[:5]))} have no training image (they appear in "
+                  f"val or test only); they stay classes the model can predict")
+    train = items("train")
+    if image_size is None:
+        image_size = native_size(train)
+    else:
+        _warn_upscaling(train, image_size, Path(path))
+    return FileDataset("csv", train, items("test"), tuple(classes), val=items("val") or None, image_size=image_size,
+                       root=Path(path).parent)
 
 
 def _warn_upscaling(items, image_size: int, root: Path) -> None:
