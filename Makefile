@@ -24,6 +24,7 @@ demo: $(VENV)/.installed
 # in benchmarks/RESULTS.md beside their results)
 bench: $(VENV)/.installed
 	$(PY) benchmarks/step_cost.py --quick
+	$(PY) benchmarks/decode.py --quick
 	$(PY) benchmarks/paper_regime.py --quick
 	$(PY) benchmarks/memorisation.py --quick
 	$(PY) benchmarks/fashion_mnist.py --quick

@@ -376,3 +376,15 @@ def test_label_issue_cross_fit_benchmark_quick_mode_scores_in_and_out_of_fold(tm
     n = len(np.load(run / "labels.npz")["noisy"])
     sizes = [len(np.load(run / "cross-fit" / f"2-fold-{f}" / "labels.npz")["noisy"]) for f in (1, 2)]
     assert sorted(sizes) == [n // 2, n - n // 2] and row["fold_seconds"] >= 0
+
+
+def test_decode_benchmark_quick_mode_times_both_reads_and_writes_nothing():
+    pytest.importorskip("PIL")
+    before = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--quick"], capture_output=True,
+                          text=True, cwd=ROOT / "benchmarks", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| 1024×768"))
+    whole, drafted, _, gap = (float(c.strip().rstrip("×")) for c in row.split("|")[2:6])
+    assert whole > 0 and drafted > 0 and 0 <= gap < 0.05  # the two crops nearly alike
+    assert (ROOT / "benchmarks" / "RESULTS.md").read_text() == before

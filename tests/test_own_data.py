@@ -184,6 +184,28 @@ def test_sixteen_bit_grayscale_is_read_over_its_full_range_and_float_pixels_are_
         load_dataset(f"folder:{tmp_path}")
 
 
+def test_a_large_photo_is_decoded_at_a_reduced_scale_to_nearly_the_same_crop(tmp_path, monkeypatch):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    import l2b.data.images as images
+    from l2b.data import load_dataset
+
+    two_class_folder(tmp_path, {"train": 2, "test": 1})
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    photo = np.stack([xx * 255 // 1600, yy * 255 // 1200, (xx + yy) * 255 // 2800], axis=-1).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "train" / "cat" / "photo.jpg", quality=95)
+    ds = load_dataset(f"folder:{tmp_path}", image_size=32)
+    assert ds.draft  # your own photos; the papers' datasets decode whole, as their authors' code does
+    decoded, as_rgb = [], images.as_rgb
+    monkeypatch.setattr(images, "as_rgb", lambda im: (decoded.append(im.size), as_rgb(im))[1])
+    item = next(i for i, (f, _) in enumerate(ds.train) if f.name == "photo.jpg")
+    whole = images.ImageFiles(ds.train, 32, train=False)[item][0]
+    drafted = images.ImageFiles(ds.train, 32, train=False, draft=True)[item][0]
+    assert decoded == [(1600, 1200), (200, 150)]  # 1/8 scale: its short side 150 still covers the 37-px resize
+    assert (whole - drafted).abs().max() < 0.05 * 4.4  # within 5% of the pixel range (4.4: 1 / ImageNet's std)
+
+
 def test_folder_images_keep_their_own_size_unless_a_size_or_pretrained_weights_ask_otherwise(tmp_path, capsys):
     pytest.importorskip("PIL")
     from l2b.config import TrainConfig

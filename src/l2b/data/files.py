@@ -42,6 +42,7 @@ class FileDataset:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     meta_augment: bool = True  # the clean (meta) batches use the training transform
+    draft: bool = False  # large JPEGs decoded at a reduced scale (ImageFiles): your own photos, not the papers' data
 
     @property
     def num_classes(self) -> int:
@@ -56,7 +57,8 @@ class FileDataset:
         """A DataLoader over ``items`` ((path, label) pairs) yielding normalised float batches
         with their positions in ``items``: either ``batches`` (lists of positions, in order) or
         ``batch_size`` (shuffled when ``train``)."""
-        ds = ImageFiles(items, self.image_size, train=train, transform=self.transform, mean=self.mean, std=self.std)
+        ds = ImageFiles(items, self.image_size, train=train, transform=self.transform, mean=self.mean, std=self.std,
+                        draft=self.draft)
         g = torch.Generator().manual_seed(seed)
         common = dict(num_workers=workers, generator=g, persistent_workers=False,
                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
@@ -113,7 +115,7 @@ def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: i
         image_size = native_size(train)
     else:
         _warn_upscaling(train, image_size, root)
-    return FileDataset("folder", train, items("test"), classes, val=val, image_size=image_size, root=root)
+    return FileDataset("folder", train, items("test"), classes, val=val, image_size=image_size, root=root, draft=True)
 
 
 def warn_data(text: str) -> None:
@@ -233,7 +235,7 @@ def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int 
     else:
         _warn_upscaling(train, image_size, Path(path))
     return FileDataset("csv", train, items("test"), tuple(classes), val=items("val") or None, image_size=image_size,
-                       root=Path(path).parent)
+                       root=Path(path).parent, draft=True)
 
 
 def _warn_upscaling(items, image_size: int, root: Path) -> None:

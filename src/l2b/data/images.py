@@ -32,10 +32,13 @@ class ImageFiles(torch.utils.data.Dataset):
     """
 
     def __init__(self, items, size: int, train: bool, transform: str = "resize-crop",
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, draft: bool = False) -> None:
         if transform not in ("resize-crop", "isic"):
             raise ValueError(f"unknown image transform {transform!r}; choose resize-crop or isic")
         self.items, self.size, self.train, self.transform = list(items), size, train, transform
+        # ``draft``: a JPEG far larger than the crop is decoded at 1/2, 1/4 or 1/8 scale (Pillow's
+        # draft mode, its short side still at least the resize's), not whole and then shrunk
+        self.draft = draft and transform == "resize-crop"
         self.mean = torch.tensor(mean)[:, None, None]
         self.std = torch.tensor(std)[:, None, None]
 
@@ -45,14 +48,16 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path, label = self.items[i]
         Image = _pil()
+        short = round(self.size * 8 / 7)
         try:
             with Image.open(path) as im:
+                if self.draft:
+                    im.draft(None, (short, short))
                 im = as_rgb(im)
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: unreadable image ({err}); remove it, or give --on-bad-images skip (on_bad_images='skip' in Python)") from None
         if self.transform == "isic":
             return self._normalised(isic_transform(im, self.size, self.train)), label, i
-        short = round(self.size * 8 / 7)
         w, h = im.size
         scale = short / min(w, h)
         im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
