@@ -448,6 +448,8 @@ def test_a_csv_of_paths_labels_and_splits_trains_and_its_label_issues_name_the_f
     f = csv_dataset(tmp_path, rows + [("img/moved.png", "2", "train")])
     ds = load_dataset(f"csv:{f}")
     assert ds.classes == ("2", "10")  # numbers in number order, not "10" before "2"
+    f.write_text(f.read_text().replace("img/", "img\\"))  # the same list, as written on Windows
+    assert load_dataset(f"csv:{f}").train == ds.train
     assert len(ds.train) == 25 and len(ds.val) == 6 and len(ds.test) == 6 and ds.image_size == 12
     code, out, err = run(tmp_path, capsys, "--data", f"csv:{f}", "--method", "ce", "--workers", "0", "--epochs", "15",
                          "--lr", "0.05")

@@ -199,6 +199,8 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
         if split.lower() not in CSV_SPLITS:
             raise ValueError(f"{path} line {line}: split {split!r} is not train, val (your verified clean set) or test")
         file = path.parent / image  # relative to the list's folder; an absolute path stays as it is
+        if "\\" in image and os.sep == "/" and not file.exists():  # a list written on Windows (img\cat\1.jpg)
+            file = path.parent / image.replace("\\", "/")
         if file in seen:
             raise ValueError(f"{path} line {line}: {image} is listed again (first at line {seen[file]}); list every "
                              f"image once, in one split, with one label")
