@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, _pil, check_images
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, pil_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IMAGENET_SIZE = 224  # the crop of ImageNet-pretrained models, and native_size's cap
@@ -127,7 +127,7 @@ def warn_data(text: str) -> None:
 def short_side(items) -> int | None:
     """The median short side of up to SAMPLED_SIDES images spread over ``items`` (headers only;
     unreadable ones are passed over: loading names them); None where none can be read."""
-    Image = _pil()
+    Image = pil_image()
     sides = []
     for path, _ in items[:: max(1, len(items) // SAMPLED_SIDES)][:SAMPLED_SIDES]:
         try:

@@ -12,7 +12,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _pil():
+def pil_image():
+    """Pillow's Image module, or an ImportError naming the extra that installs it."""
     try:
         from PIL import Image
     except ImportError:
@@ -47,7 +48,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.items[i]
-        Image = _pil()
+        Image = pil_image()
         short = round(self.size * 8 / 7)
         try:
             with Image.open(path) as im:
@@ -90,7 +91,7 @@ def as_rgb(im):
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise ValueError(f"32-bit integer pixels from {a.min():.0f} to {a.max():.0f}, beyond 16 bits; save the image "
                              f"as 8- or 16-bit")
-        im = _pil().fromarray(np.rint(a / 257.0).astype(np.uint8), "L")
+        im = pil_image().fromarray(np.rint(a / 257.0).astype(np.uint8), "L")
     return im.convert("RGB")
 
 
@@ -100,7 +101,7 @@ def _to_tensor(im) -> torch.Tensor:
 
 def isic_transform(im, size: int, train: bool) -> torch.Tensor:
     """The authors' ISIC transforms on a PIL RGB image, as a float tensor in [0, 1]."""
-    Image = _pil()
+    Image = pil_image()
     if not train:
         return _to_tensor(im.resize((size, size), Image.BILINEAR))
     if bool(torch.rand(()) < 0.5):  # RandomHorizontalFlip
@@ -143,7 +144,7 @@ def check_images(items, on_bad_images: str, where: str):
     """Open every image header; fail (default) or skip, listing the unreadable ones."""
     if on_bad_images not in ("error", "skip"):
         raise ValueError(f"on_bad_images must be 'error' or 'skip', got {on_bad_images!r}")
-    Image = _pil()
+    Image = pil_image()
     good, bad = [], []
     for path, label in items:
         try:
