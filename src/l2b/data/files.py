@@ -110,12 +110,20 @@ def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: i
     if val == []:
         warn_data(f"{root / 'val'}: holds no image in class folders (val/<class>/*), so the dataset has no clean set "
                   f"of its own; fill it, or remove it")
+    return _own_images("folder", items, classes, val, image_size, root, root)
+
+
+def _own_images(name: str, items, classes: tuple[str, ...], val, image_size: int | None, root: Path,
+                where: Path) -> FileDataset:
+    """Your own images (a folder, a list) as a FileDataset: ``items(split)`` lists a split; cropped
+    at their own size unless ``image_size`` is given (then said when it blows them up, naming
+    ``where``); large JPEGs decoded at a reduced scale."""
     train = items("train")
     if image_size is None:
         image_size = native_size(train)
     else:
-        _warn_upscaling(train, image_size, root)
-    return FileDataset("folder", train, items("test"), classes, val=val, image_size=image_size, root=root, draft=True)
+        _warn_upscaling(train, image_size, where)
+    return FileDataset(name, train, items("test"), classes, val=val, image_size=image_size, root=root, draft=True)
 
 
 def warn_data(text: str) -> None:
@@ -231,13 +239,7 @@ def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int 
     if untrained:
         warn_data(f"{path}: class(es) {', '.join(map(repr, untrained[:5]))} have no training image (they appear in "
                   f"val or test only); they stay classes the model can predict")
-    train = items("train")
-    if image_size is None:
-        image_size = native_size(train)
-    else:
-        _warn_upscaling(train, image_size, Path(path))
-    return FileDataset("csv", train, items("test"), tuple(classes), val=items("val") or None, image_size=image_size,
-                       root=Path(path).parent, draft=True)
+    return _own_images("csv", items, tuple(classes), items("val") or None, image_size, Path(path).parent, Path(path))
 
 
 def _warn_upscaling(items, image_size: int, root: Path) -> None:
