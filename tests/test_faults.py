@@ -197,3 +197,14 @@ def test_a_closed_pipe_under_compare_ends_quietly(tmp_path):
            f"--data digits --model mlp --width 8 --epochs 1 --out {tmp_path / 'grid'} | head -c 1")
     proc = subprocess.run(["bash", "-c", cmd + "; exit ${PIPESTATUS[0]}"], capture_output=True, text=True)
     assert "Traceback" not in proc.stderr and proc.returncode in (0, 141), proc.stderr
+
+
+def test_l2b_warnings_print_as_one_line_and_others_as_python_prints_them():
+    import l2b
+    from l2b.cli import _format_warning
+
+    inside = str(Path(l2b.__file__).parent / "data" / "__init__.py")
+    assert _format_warning(UserWarning("class(es) [3] have no training sample"), UserWarning, inside, 43,
+                           "return DATASETS[name](path or None)") == "l2b: warning: class(es) [3] have no training sample\n"
+    other = _format_warning(DeprecationWarning("old"), DeprecationWarning, "/usr/lib/python3/x.py", 7, "x()")
+    assert other.startswith("/usr/lib/python3/x.py:7: DeprecationWarning: old")

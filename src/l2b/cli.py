@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -343,9 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """l2b's own warnings as one line, as its errors are; anyone else's as Python writes them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return f"l2b: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = _format_warning
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -372,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: said once, by rank 0
             print(f"l2b {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = _python_format_warning
 
 
 def _one_line(err: BaseException) -> str:
