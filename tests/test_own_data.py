@@ -76,6 +76,32 @@ def test_npz_images_of_a_wider_integer_type_within_0_255_load_unchanged(tmp_path
     assert b.x_train.dtype == torch.uint8 and torch.equal(a.x_train, b.x_train)
 
 
+def test_test_and_clean_images_that_copy_training_images_are_named(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    import shutil
+
+    from l2b.data import load_dataset
+
+    f = digits_npz(tmp_path / "mine.npz")
+    z = dict(np.load(f))
+    z["x_test"][7] = z["x_train"][40]  # a training image also in the test set
+    z["x_val"][[0, 1]] = z["x_train"][[3, 5]]  # verified images copied into the clean set, left in training
+    np.savez(f, **z)
+    with pytest.warns(UserWarning) as caught:
+        load_dataset(f"npz:{f}")
+    said = [str(w.message) for w in caught]
+    assert any("1 of the 300 test images are copies of training images (e.g. x_test[7] = x_train[40])" in t for t in said)
+    assert any("2 of the 100 clean images are copies of training images (e.g. x_val[0] = x_train[3])" in t for t in said)
+    root = tmp_path / "photos"
+    two_class_folder(root, {"train": 2}, side=lambda i: (12 + i, 12))
+    two_class_folder(root, {"test": 1}, side=lambda i: (20, 12))  # no image the same as another
+    shutil.copy(root / "train" / "dog" / "1.png", root / "test" / "dog" / "again.png")
+    load_dataset(f"folder:{root}")
+    err = capsys.readouterr().err
+    assert f"1 of the 3 test images are copies of training images (e.g. {root / 'test' / 'dog' / 'again.png'} = " \
+           f"{root / 'train' / 'dog' / '1.png'})" in err and "clean images" not in err
+
+
 def test_injected_noise_on_own_labels_is_named_in_the_line(tmp_path, capsys):
     f = digits_npz(tmp_path / "mine.npz")
     code, out, _ = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "ce", "--noise", "symmetric:0.4")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import zipfile
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from ..safe_pickle import load_pickle
+from .copies import array_copies, copies_message
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -83,8 +85,6 @@ class ArrayDataset:
                 )
         empty = sorted(set(range(self.num_classes)) - set(torch.unique(self.y_train).tolist()))
         if empty:
-            import warnings
-
             warnings.warn(f"{self.name}: class(es) {empty[:10]}{' ...' if len(empty) > 10 else ''} have no "
                           f"training sample (of {self.num_classes} classes, counted from every split's labels)",
                           stacklevel=3)
@@ -325,6 +325,13 @@ def load_npz(path: str | None) -> ArrayDataset:
                              f"(np.unique(y, return_inverse=True)) or give their names as 'classes'")
         classes = tuple(str(c) for c in range(k))
     has_val = "x_val" in files
+    for split in ("test", "val"):
+        if f"x_{split}" in images:
+            other = images[f"x_{split}"].numpy()
+            pairs = [(f"x_{split}[{j}]", f"x_train[{i}]") for j, i in array_copies(images["x_train"].numpy(), other)]
+            text = copies_message(split, len(other), pairs)
+            if text:
+                warnings.warn(f"{p}: {text}", stacklevel=3)
     return ArrayDataset(
         p.stem, images["x_train"], _labels(labels["y_train"]), images["x_test"], _labels(labels["y_test"]), classes,
         x_val=images["x_val"] if has_val else None,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .copies import copies_message, file_copies
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, pil_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -118,12 +119,16 @@ def _own_images(name: str, items, classes: tuple[str, ...], val, image_size: int
     """Your own images (a folder, a list) as a FileDataset: ``items(split)`` lists a split; cropped
     at their own size unless ``image_size`` is given (then said when it blows them up, naming
     ``where``); large JPEGs decoded at a reduced scale."""
-    train = items("train")
+    train, test = items("train"), items("test")
     if image_size is None:
         image_size = native_size(train)
     else:
         _warn_upscaling(train, image_size, where)
-    return FileDataset(name, train, items("test"), classes, val=val, image_size=image_size, root=root, draft=True)
+    for split, listed in (("test", test), ("val", val or [])):
+        text = copies_message(split, len(listed), file_copies([f for f, _ in train], [f for f, _ in listed]))
+        if text:
+            warn_data(f"{where}: {text}")
+    return FileDataset(name, train, test, classes, val=val, image_size=image_size, root=root, draft=True)
 
 
 def warn_data(text: str) -> None:
