@@ -48,10 +48,13 @@ def file_copies(train: list[Path], other: list[Path]) -> list[tuple[Path, Path]]
 def array_copies(train: np.ndarray, other: np.ndarray) -> list[tuple[int, int]]:
     """(position in ``other``, position in ``train``) for every image of ``other`` equal to a
     training image, pixel for pixel."""
+    def key(x: np.ndarray) -> bytes:
+        return hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest()
+
     seen: dict[bytes, int] = {}
     for i, x in enumerate(train):
-        seen.setdefault(np.ascontiguousarray(x).tobytes(), i)
-    return [(j, seen[key]) for j, x in enumerate(other) if (key := np.ascontiguousarray(x).tobytes()) in seen]
+        seen.setdefault(key(x), i)
+    return [(j, seen[k]) for j, x in enumerate(other) if (k := key(x)) in seen]
 
 
 def copies_message(split: str, total: int, pairs: list, name=str) -> str | None:
