@@ -102,6 +102,14 @@ def test_test_and_clean_images_that_copy_training_images_are_named(tmp_path, cap
            f"{root / 'train' / 'dog' / '1.png'})" in err and "clean images" not in err
 
 
+@pytest.mark.parametrize("method", ["glc", "distill"])
+def test_the_data_line_comes_first_even_where_a_method_trains_before_its_epochs(tmp_path, capsys, method):
+    f = digits_npz(tmp_path / "mine.npz")
+    code, out, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", method)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"data npz:{f}: train 1397, clean 100")
+
+
 def test_injected_noise_on_own_labels_is_named_in_the_line(tmp_path, capsys):
     f = digits_npz(tmp_path / "mine.npz")
     code, out, _ = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "ce", "--noise", "symmetric:0.4")

@@ -262,20 +262,19 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
 
     history, best = [], {"val_acc": -1.0, "epoch": -1, "test_acc": float("nan")}
     start_epoch, setup_seconds, saved_clean = 0, 0.0, None
-    if not resume:
-        setup_seconds = run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank,
-                                  new_model=lambda: build_model(cfg, ds, device),
-                                  new_optimizer=lambda m: build_optimizer(cfg, m))
     if resume:
         history, best, start_epoch, setup_seconds, saved_clean = restore_checkpoint(
             ckpt_path, device, model, optimizer, method, clean, weights, others)
         if main_rank:  # the epochs of the checkpoint, no more (a kill between log line and checkpoint)
             rewrite_rows(out, history)
-    elif main_rank:
-        write_run_header(out, cfg, prep, (train_data, val_data, test_data), clip, world, method.opts)
-
-    if main_rank and cfg.progress != "none":
+    if main_rank and cfg.progress != "none":  # first, before a method's setup trains anything (GLC, distill)
         print(data_line(cfg, prep, (noisy_data, val_data, test_data), start_epoch), flush=True)
+    if not resume:
+        setup_seconds = run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank,
+                                  new_model=lambda: build_model(cfg, ds, device),
+                                  new_optimizer=lambda m: build_optimizer(cfg, m))
+        if main_rank:
+            write_run_header(out, cfg, prep, (train_data, val_data, test_data), clip, world, method.opts)
     is_noisy = torch.as_tensor(prep.y_noisy != prep.y_true, device=device)
     n_train = len(train_data)
     n_epoch = n_train if cfg.batches_per_epoch is None else cfg.batches_per_epoch * cfg.batch_size
