@@ -213,6 +213,12 @@ def test_sixteen_bit_grayscale_is_read_over_its_full_range_and_float_pixels_are_
     # value / 257 in 8 bits (Pillow's own convert clips at 255: this ramp would be 98% white)
     assert torch.allclose(x[0], torch.from_numpy(np.rint(ramp[:7, :7] / 257.0) / 255.0).float(), atol=1e-6)
     assert (x[0] < 1).float().mean() > 0.95 and torch.equal(x[0], x[1])
+    from types import SimpleNamespace
+
+    from l2b.label_issues import _image
+
+    shown = _image(SimpleNamespace(ds=ds), item)  # the suspects' picture reads it the same way
+    assert np.array_equal(shown[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
     Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "train" / "dog" / "depth.tif")
     with pytest.raises(ValueError, match=r"depth.tif \(pixel mode F cannot be read as RGB; save it as 8- or 16-bit\)"):
         load_dataset(f"folder:{tmp_path}")

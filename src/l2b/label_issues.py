@@ -305,10 +305,11 @@ def _image(prep, i: int) -> np.ndarray:
     from .data import FileDataset
 
     if isinstance(prep.ds, FileDataset):
-        from PIL import Image
+        from .data.images import as_rgb, pil_image
 
-        with Image.open(prep.ds.train[i][0]) as im:
-            return np.asarray(im.convert("RGB"))
+        with pil_image().open(prep.ds.train[i][0]) as im:
+            im.draft(None, (256, 256))  # a large JPEG read at a reduced scale: the picture is small
+            return np.asarray(as_rgb(im))  # 16-bit grayscale over its range, as training reads it
     x = prep.ds.x_train[i].numpy()
     return x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)
 
