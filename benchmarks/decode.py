@@ -65,7 +65,7 @@ def main() -> None:
             path = Path(tmp) / f"photo-{width}x{height}.jpg"
             Image.fromarray(photo(width, height)).save(path, quality=90)
             whole = ImageFiles([(path, 0)], CROP, train=False)
-            drafted = ImageFiles([(path, 0)], CROP, train=False, draft=True)
+            drafted = ImageFiles([(path, 0)], CROP, train=False, own_photos=True)
             gap = float((whole[0][0] - drafted[0][0]).abs().mul(whole.std).max())  # in [0, 1] units
             rows.append({"size": f"{width}×{height}", "megapixels": round(width * height / 1e6, 1),
                          "whole_s": time_item(whole, args.repeats), "draft_s": time_item(drafted, args.repeats),

@@ -236,14 +236,33 @@ def test_a_large_photo_is_decoded_at_a_reduced_scale_to_nearly_the_same_crop(tmp
     photo = np.stack([xx * 255 // 1600, yy * 255 // 1200, (xx + yy) * 255 // 2800], axis=-1).astype(np.uint8)
     Image.fromarray(photo).save(tmp_path / "train" / "cat" / "photo.jpg", quality=95)
     ds = load_dataset(f"folder:{tmp_path}", image_size=32)
-    assert ds.draft  # your own photos; the papers' datasets decode whole, as their authors' code does
+    assert ds.own_photos  # the papers' datasets decode whole, as their authors' code does
     decoded, as_rgb = [], images.as_rgb
     monkeypatch.setattr(images, "as_rgb", lambda im: (decoded.append(im.size), as_rgb(im))[1])
     item = next(i for i, (f, _) in enumerate(ds.train) if f.name == "photo.jpg")
     whole = images.ImageFiles(ds.train, 32, train=False)[item][0]
-    drafted = images.ImageFiles(ds.train, 32, train=False, draft=True)[item][0]
+    drafted = images.ImageFiles(ds.train, 32, train=False, own_photos=True)[item][0]
     assert decoded == [(1600, 1200), (200, 150)]  # 1/8 scale: its short side 150 still covers the 37-px resize
     assert (whole - drafted).abs().max() < 0.05 * 4.4  # within 5% of the pixel range (4.4: 1 / ImageNet's std)
+
+
+def test_a_photo_is_turned_as_its_camera_tagged_it(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from l2b.data.images import ImageFiles
+
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32, 0] = 255  # left half red, right half blue, as the sensor stored it
+    stored[:, 32:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: shown turned 90 degrees clockwise, the left half on top
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    raw = ImageFiles([(tmp_path / "phone.jpg", 0)], 28, train=False, mean=(0, 0, 0), std=(1, 1, 1))[0][0]
+    shown = ImageFiles([(tmp_path / "phone.jpg", 0)], 28, train=False, mean=(0, 0, 0), std=(1, 1, 1),
+                       own_photos=True)[0][0]
+    assert raw[0, :, :8].mean() > 0.9 and raw[2, :, -8:].mean() > 0.9  # the papers' datasets: as stored
+    assert shown[0, :8].mean() > 0.9 and shown[2, -8:].mean() > 0.9  # your photos: red on top, blue below
 
 
 def test_folder_images_keep_their_own_size_unless_a_size_or_pretrained_weights_ask_otherwise(tmp_path, capsys):

@@ -305,11 +305,10 @@ def _image(prep, i: int) -> np.ndarray:
     from .data import FileDataset
 
     if isinstance(prep.ds, FileDataset):
-        from .data.images import as_rgb, pil_image
+        from .data.images import as_rgb, pil_image, upright
 
-        with pil_image().open(prep.ds.train[i][0]) as im:
-            im.draft(None, (256, 256))  # a large JPEG read at a reduced scale: the picture is small
-            return np.asarray(as_rgb(im))  # 16-bit grayscale over its range, as training reads it
+        with pil_image().open(prep.ds.train[i][0]) as im:  # as training reads it (16-bit grayscale, orientation)
+            return np.asarray(as_rgb(upright(im, 256) if prep.ds.own_photos else im))
     x = prep.ds.x_train[i].numpy()
     return x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)
 

@@ -43,7 +43,7 @@ class FileDataset:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     meta_augment: bool = True  # the clean (meta) batches use the training transform
-    draft: bool = False  # large JPEGs decoded at a reduced scale (ImageFiles): your own photos, not the papers' data
+    own_photos: bool = False  # read as ImageFiles reads your own photos (reduced-scale JPEGs, EXIF orientation)
 
     @property
     def num_classes(self) -> int:
@@ -59,7 +59,7 @@ class FileDataset:
         with their positions in ``items``: either ``batches`` (lists of positions, in order) or
         ``batch_size`` (shuffled when ``train``)."""
         ds = ImageFiles(items, self.image_size, train=train, transform=self.transform, mean=self.mean, std=self.std,
-                        draft=self.draft)
+                        own_photos=self.own_photos)
         g = torch.Generator().manual_seed(seed)
         common = dict(num_workers=workers, generator=g, persistent_workers=False,
                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
@@ -128,7 +128,7 @@ def _own_images(name: str, items, classes: tuple[str, ...], val, image_size: int
         text = copies_message(split, len(listed), file_copies([f for f, _ in train], [f for f, _ in listed]))
         if text:
             warn_data(f"{where}: {text}")
-    return FileDataset(name, train, test, classes, val=val, image_size=image_size, root=root, draft=True)
+    return FileDataset(name, train, test, classes, val=val, image_size=image_size, root=root, own_photos=True)
 
 
 def warn_data(text: str) -> None:

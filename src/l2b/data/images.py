@@ -33,13 +33,15 @@ class ImageFiles(torch.utils.data.Dataset):
     """
 
     def __init__(self, items, size: int, train: bool, transform: str = "resize-crop",
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, draft: bool = False) -> None:
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, own_photos: bool = False) -> None:
         if transform not in ("resize-crop", "isic"):
             raise ValueError(f"unknown image transform {transform!r}; choose resize-crop or isic")
         self.items, self.size, self.train, self.transform = list(items), size, train, transform
-        # ``draft``: a JPEG far larger than the crop is decoded at 1/2, 1/4 or 1/8 scale (Pillow's
-        # draft mode, its short side still at least the resize's), not whole and then shrunk
-        self.draft = draft and transform == "resize-crop"
+        # ``own_photos`` (a folder's or a list's images, not the papers' datasets): a JPEG far larger
+        # than the crop is decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft mode, its short side still
+        # at least the resize's), not whole and then shrunk; and a camera's orientation tag is applied
+        # (the image as a viewer shows it)
+        self.own_photos = own_photos and transform == "resize-crop"
         self.mean = torch.tensor(mean)[:, None, None]
         self.std = torch.tensor(std)[:, None, None]
 
@@ -52,9 +54,7 @@ class ImageFiles(torch.utils.data.Dataset):
         short = round(self.size * 8 / 7)
         try:
             with Image.open(path) as im:
-                if self.draft:
-                    im.draft(None, (short, short))
-                im = as_rgb(im)
+                im = as_rgb(upright(im, short) if self.own_photos else im)
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: unreadable image ({err}); remove it, or give --on-bad-images skip (on_bad_images='skip' in Python)") from None
         if self.transform == "isic":
@@ -80,6 +80,15 @@ class ImageFiles(torch.utils.data.Dataset):
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's modes of 16-bit grayscale (and 32-bit int)
 RGB_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", *SIXTEEN_BIT_MODES)
+
+
+def upright(im, short: int):
+    """A photo as a viewer shows it, read no larger than needed: a JPEG decoded at the smallest of
+    1/2, 1/4, 1/8 scale whose sides still reach ``short``, then turned by its EXIF orientation."""
+    from PIL import ImageOps
+
+    im.draft(None, (short, short))
+    return ImageOps.exif_transpose(im)
 
 
 def as_rgb(im):
