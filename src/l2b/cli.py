@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """l2b's own warnings as one line, as its errors are; anyone else's as Python writes them."""
-    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
-        return f"l2b: warning: {message}\n"
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):  # said once under torchrun
+        return f"l2b: warning: {message}\n" if int(os.environ.get("RANK", "0")) == 0 else ""
     return _python_format_warning(message, category, filename, lineno, line)
 
 

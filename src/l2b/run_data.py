@@ -3,7 +3,6 @@ and the three splits (noisy train, clean validation, test) ready to batch on the
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from .config import TrainConfig, own_labels, parse_holdout
 from .data import FILE_DATASETS, ArrayDataset, FileDataset, clean_val_split, load_dataset
 from .data.batches import FileData, TensorData
+from .data.files import warn_data as warn
 from .noise import apply_noise, transition_matrix
 from .rundir import read_json
 
@@ -118,11 +118,6 @@ def _warn_uncovered(ds, y_train: np.ndarray, where: str) -> None:
         warn(f"the clean set ({where}) has no sample of class(es) {names} ({len(missing)} of the "
              f"{len(np.unique(y_train))} training classes): a meta step has nothing of them to steer by and the clean "
              f"accuracy does not measure them; add clean samples of every class")
-
-
-def warn(text: str) -> None:
-    """A warning on stderr, one line, that the run goes on after."""
-    print(f"l2b: warning: {text}", file=sys.stderr, flush=True)
 
 
 def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) -> str:

@@ -132,9 +132,11 @@ def _own_images(name: str, items, classes: tuple[str, ...], val, image_size: int
 
 
 def warn_data(text: str) -> None:
+    """A warning on stderr, one line, that the run goes on after; said once under torchrun (rank 0)."""
     import sys
 
-    print(f"l2b: warning: {text}", file=sys.stderr, flush=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"l2b: warning: {text}", file=sys.stderr, flush=True)
 
 
 def short_side(items) -> int | None:
