@@ -201,23 +201,23 @@ def test_a_closed_pipe_under_compare_ends_quietly(tmp_path):
 
 def test_l2b_warnings_print_as_one_line_and_others_as_python_prints_them():
     import l2b
-    from l2b.cli import _format_warning
+    from l2b.console import format_warning
 
     inside = str(Path(l2b.__file__).parent / "data" / "__init__.py")
-    assert _format_warning(UserWarning("class(es) [3] have no training sample"), UserWarning, inside, 43,
+    assert format_warning(UserWarning("class(es) [3] have no training sample"), UserWarning, inside, 43,
                            "return DATASETS[name](path or None)") == "l2b: warning: class(es) [3] have no training sample\n"
-    other = _format_warning(DeprecationWarning("old"), DeprecationWarning, "/usr/lib/python3/x.py", 7, "x()")
+    other = format_warning(DeprecationWarning("old"), DeprecationWarning, "/usr/lib/python3/x.py", 7, "x()")
     assert other.startswith("/usr/lib/python3/x.py:7: DeprecationWarning: old")
 
 
 def test_warnings_are_said_once_under_torchrun(monkeypatch, capsys):
     import l2b
-    from l2b.cli import _format_warning
-    from l2b.data.files import warn_data
+    from l2b.console import format_warning
+    from l2b.console import warn
 
     inside = str(Path(l2b.__file__).parent / "run_data.py")
     for rank, said in (("0", True), ("1", False)):
         monkeypatch.setenv("RANK", rank)
-        warn_data("an empty class folder")
+        warn("an empty class folder")
         assert ("l2b: warning: an empty class folder" in capsys.readouterr().err) is said
-        assert bool(_format_warning(UserWarning("a gap"), UserWarning, inside, 1)) is said
+        assert bool(format_warning(UserWarning("a gap"), UserWarning, inside, 1)) is said

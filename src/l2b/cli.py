@@ -15,6 +15,7 @@ from .methods import METHODS, declared_options
 from .config import TrainConfig, load_yaml, own_labels
 from .rundir import NOT_RESULTS, read_json
 from .calibrate import CUTS, DEFAULT_CUT, STEERED_CUT
+from .console import _python_format_warning, first_rank, format_warning, one_line
 from .detect import SCORES
 from .run_scores import MODELS
 from .train import train
@@ -344,20 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """l2b's own warnings as one line, as its errors are; anyone else's as Python writes them."""
-    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):  # said once under torchrun
-        return f"l2b: warning: {message}\n" if int(os.environ.get("RANK", "0")) == 0 else ""
-    return _python_format_warning(message, category, filename, lineno, line)
-
-
-_python_format_warning = warnings.formatwarning
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.formatwarning = _format_warning
+    warnings.formatwarning = format_warning
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -381,18 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as err:  # bad input, or a fault of the environment
         if os.environ.get("L2B_DEBUG"):
             raise
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: said once, by rank 0
-            print(f"l2b {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        if first_rank():  # under torchrun: said once, by rank 0
+            print(f"l2b {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     finally:
         warnings.formatwarning = _python_format_warning
-
-
-def _one_line(err: BaseException) -> str:
-    """An error as one line: an OSError as its message and file (no "[Errno N]")."""
-    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:
-        return err.strerror + (f": {err.filename}" if err.filename else "")
-    return " ".join(str(err).split("\n"))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 from .config import TrainConfig, own_labels, parse_holdout
 from .data import FILE_DATASETS, ArrayDataset, FileDataset, clean_val_split, load_dataset
 from .data.batches import FileData, TensorData
-from .data.files import warn_data as warn
+from .console import warn
 from .noise import apply_noise, transition_matrix
 from .rundir import read_json
 

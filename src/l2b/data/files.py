@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..console import warn as warn_data
 from .copies import copies_message, file_copies
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, pil_image
 
@@ -129,14 +130,6 @@ def _own_images(name: str, items, classes: tuple[str, ...], val, image_size: int
         if text:
             warn_data(f"{where}: {text}")
     return FileDataset(name, train, test, classes, val=val, image_size=image_size, root=root, own_photos=True)
-
-
-def warn_data(text: str) -> None:
-    """A warning on stderr, one line, that the run goes on after; said once under torchrun (rank 0)."""
-    import sys
-
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"l2b: warning: {text}", file=sys.stderr, flush=True)
 
 
 def short_side(items) -> int | None:
