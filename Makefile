@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/fashion_mnist.py --quick
 	$(PY) benchmarks/label_issue_cut.py --quick
 	$(PY) benchmarks/label_issues.py --quick
+	$(PY) benchmarks/label_issue_imbalance.py --quick
 	$(PY) benchmarks/last_layer.py --quick
 	$(PY) benchmarks/no_clean_set.py --quick --grid runs/bench-paper-regime-quick
 

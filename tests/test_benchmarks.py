@@ -388,3 +388,20 @@ def test_decode_benchmark_quick_mode_times_both_reads_and_writes_nothing():
     whole, drafted, _, gap = (float(c.strip().rstrip("×")) for c in row.split("|")[2:6])
     assert whole > 0 and drafted > 0 and 0 <= gap < 0.05  # the two crops nearly alike
     assert (ROOT / "benchmarks" / "RESULTS.md").read_text() == before
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_label_issue_imbalance_benchmark_quick_mode_scores_l2b_and_cleanlab(tmp_path):
+    pytest.importorskip("cleanlab")
+    out = tmp_path / "imbalance"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "label_issue_imbalance.py"), "--quick", "--out",
+                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["run"] for r in rows] == ["l2b, 10 clean per class, seed 0", "ce, 10 clean per class, seed 0"]
+    sizes = np.bincount(np.load(out / "imbalanced-v10-s0.npz")["y_train"])
+    assert sizes.tolist() == [200, 140, 98, 69, 48, 34, 24, 16, 12, 8]  # each class 0.7 of the one before
+    for r in rows:
+        assert r["corrupted"] > 0 and r["flagged"] > 0 and r["cleanlab_flagged"] > 0 and 0.5 < r["auc"] <= 1
+        assert r["cut"] == ("clean-confusion" if r["run"].startswith("l2b") else "count")
+    assert "| l2b, 10 clean per class, seed 0 |" in proc.stdout and "200·0.7^k" in proc.stdout
