@@ -161,8 +161,13 @@ def test_npz_with_and_without_a_given_clean_set(tmp_path):
     np.savez(f, **{**arrays, "x_train": arrays["x_train"].astype(np.float32)})
     with pytest.raises(ValueError, match=r"x_train has dtype float32 \(values up to 255\); store images as uint8 \(0-255\): x_train = x.round\(\).clip"):
         load_dataset(f"npz:{f}")
-    np.savez(f, x_train=arrays["x_train"], y_train=arrays["y_train"])
-    with pytest.raises(ValueError, match=r"missing arrays \['x_test', 'y_test'\]"):
+    np.savez(f, x_train=arrays["x_train"], y_train=arrays["y_train"])  # no test set: allowed, and empty
+    assert load_dataset(f"npz:{f}").x_test.shape == (0, 3, 12, 12)
+    np.savez(f, x_train=arrays["x_train"], y_train=arrays["y_train"], x_test=arrays["x_test"])
+    with pytest.raises(ValueError, match=r"give both x_test and y_test, or neither"):
+        load_dataset(f"npz:{f}")
+    np.savez(f, x_test=arrays["x_test"], y_test=arrays["y_test"])
+    with pytest.raises(ValueError, match=r"missing arrays \['x_train', 'y_train'\]"):
         load_dataset(f"npz:{f}")
 
 

@@ -110,6 +110,26 @@ def test_the_data_line_comes_first_even_where_a_method_trains_before_its_epochs(
     assert out.splitlines()[0].startswith(f"data npz:{f}: train 1397, clean 100")
 
 
+def test_own_data_without_a_test_set_trains_compares_reports_and_finds_label_issues(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    f = digits_npz(tmp_path / "mine.npz", flip=60)
+    z = dict(np.load(f))
+    del z["x_test"], z["y_test"]  # labelled images, a verified clean set, and nothing held out
+    np.savez(f, **z)
+    code, out, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "l2b")
+    assert code == 0, err
+    assert "clean 100 (the dataset's own clean set), no test set (nothing held out to measure accuracy by)" in out
+    assert " test " not in out.splitlines()[1] and "nan" not in out.lower()  # the epoch line: no test accuracy
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test_acc_last"] is None and metrics["test_acc_at_best_val"] is None
+    assert main(["label-issues", str(tmp_path / "run")]) == 0
+    assert main(["compare", "--data", f"npz:{f}", "--methods", "ce", "--model", "mlp", "--width", "16", "--epochs", "1",
+                 "--out", str(tmp_path / "grid")]) == 0
+    assert "| ce | no test set |" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "grid")]) == 0
+    assert "Clean-set accuracy per epoch (no test set)" in (tmp_path / "grid" / "report.html").read_text()
+
+
 def test_injected_noise_on_own_labels_is_named_in_the_line(tmp_path, capsys):
     f = digits_npz(tmp_path / "mine.npz")
     code, out, _ = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "ce", "--noise", "symmetric:0.4")

@@ -171,13 +171,14 @@ def group_runs(out: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
 
 
 def summary_row(method: str, noise: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row of ``SUMMARY_COLUMNS``: means and standard deviations over the seeds' runs."""
-    last_m, last_s = mean_std([r["test_acc_last"] for r in runs])
-    best_m, best_s = mean_std([r["test_acc_at_best_val"] for r in runs])
-    return {"method": method, "noise": noise, "seeds": len(runs),
-            "test_acc_last_mean": round(last_m, 3), "test_acc_last_std": round(last_s, 3),
-            "test_acc_at_best_val_mean": round(best_m, 3), "test_acc_at_best_val_std": round(best_s, 3),
-            "epoch_seconds": round(statistics.mean(r["epoch_seconds"] for r in runs), 3)}
+    """One row of ``SUMMARY_COLUMNS``: means and standard deviations over the seeds' runs (empty
+    where the data have no test set)."""
+    row = {"method": method, "noise": noise, "seeds": len(runs)}
+    for key in ("test_acc_last", "test_acc_at_best_val"):
+        scored = [r[key] for r in runs if r[key] is not None]
+        mean, std = mean_std(scored) if scored else (None, None)
+        row[key + "_mean"], row[key + "_std"] = (None, None) if mean is None else (round(mean, 3), round(std, 3))
+    return {**row, "epoch_seconds": round(statistics.mean(r["epoch_seconds"] for r in runs), 3)}
 
 
 def summarize(out: Path) -> list[dict[str, Any]]:
@@ -210,7 +211,8 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
             vals = []
             for n in noises:
                 r = cell.get((m, n))
-                vals.append("—" if r is None else f"{r[key + '_mean']:.2f} ± {r[key + '_std']:.2f} (n={r['seeds']})")
+                vals.append("—" if r is None else "no test set" if r[key + "_mean"] is None else
+                            f"{r[key + '_mean']:.2f} ± {r[key + '_std']:.2f} (n={r['seeds']})")
             secs = statistics.mean(cell[(m, n)]["epoch_seconds"] for n in noises if (m, n) in cell)
             lines.append(f"| {m} | " + " | ".join(vals) + f" | {secs:.2f} |")
         parts.append("\n".join(lines))

@@ -95,9 +95,10 @@ def _panels(count: int, width: float, height: float, columns: int = 3):
     return fig, list(axes.flat[:count])
 
 
-def accuracy_figure(runs, path: Path) -> Path:
-    """Test accuracy against epoch, one panel per noise setting, mean over seeds; with
-    ``--test-every`` the points are the epochs where the test set was scored."""
+def accuracy_figure(runs, path: Path, key: str = "test_acc") -> Path:
+    """Test accuracy (or, for data without a test set, ``key`` = "val_acc": the clean set's)
+    against epoch, one panel per noise setting, mean over seeds; with ``--test-every`` the points
+    are the epochs where the test set was scored."""
     curves = defaultdict(list)
     for r in runs:
         curves[(r["method"], r["noise"])].append(r["history"])
@@ -109,11 +110,11 @@ def accuracy_figure(runs, path: Path) -> Path:
         for method in methods:
             if (method, noise) not in curves:
                 continue
-            x, y = _mean_curve(curves[(method, noise)], "test_acc")
+            x, y = _mean_curve(curves[(method, noise)], key)
             ax.plot(x, y, label=method, marker="o", markersize=2.5, **method_style(method, methods))
         seeds = "/".join(map(str, seeds_here))
         ax.set(title=f"noise {noise} (mean of {seeds} seed{'s' if seeds != '1' else ''})", xlabel="epoch",
-               ylabel="test accuracy (%)")
+               ylabel="test accuracy (%)" if key == "test_acc" else "clean-set accuracy (%)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     _legend_outside(fig, axes)
@@ -276,7 +277,9 @@ def write_report(target: str | Path, out: str | Path | None = None) -> Path:
     if not runs:
         raise FileNotFoundError(f"{target}: no finished run (metrics.json) below it")
     dest = writable_dir(Path(out) if out is not None else target)
-    figures: list[tuple[str, Path]] = [("Test accuracy per epoch", accuracy_figure(runs, dest / "accuracy.png"))]
+    tested = any(r["test_acc_last"] is not None for r in runs)  # your own data may have no test set
+    figures: list[tuple[str, Path]] = [("Test accuracy per epoch" if tested else "Clean-set accuracy per epoch (no test set)",
+                                        accuracy_figure(runs, dest / "accuracy.png", "test_acc" if tested else "val_acc"))]
     separation = separation_figure(runs, dest / "separation.png")
     if separation is not None:
         figures.append(("α and β on clean vs corrupted samples over epochs", separation))

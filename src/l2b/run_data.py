@@ -120,6 +120,11 @@ def _warn_uncovered(ds, y_train: np.ndarray, where: str) -> None:
              f"accuracy does not measure them; add clean samples of every class")
 
 
+def has_test(prep: Prepared) -> bool:
+    """Whether the dataset has a test set (your own data may come without one)."""
+    return len(prep.ds.test if isinstance(prep.ds, FileDataset) else prep.ds.y_test) > 0
+
+
 def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) -> str:
     """What is done to the data, in one line (printed as a run starts): the dataset, the sizes of
     the three splits, where the clean set comes from, the injected noise, and a resumed epoch."""
@@ -129,8 +134,8 @@ def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) ->
     else:
         noise = (f"noise {cfg.noise} injected" + (" on top of your own labels" if own_labels(cfg.data) else "")
                  + f" ({100 * prep.noise_rate:.1f}% of the training labels changed)")
-    text = (f"data {cfg.data}: train {len(train)}, clean {len(val)} ({prep.clean_source}), test {len(test)}; "
-            f"{noise}")
+    tested = f"test {len(test)}" if has_test(prep) else "no test set (nothing held out to measure accuracy by)"
+    text = f"data {cfg.data}: train {len(train)}, clean {len(val)} ({prep.clean_source}), {tested}; {noise}"
     if isinstance(prep.ds, FileDataset):
         text += f"; {prep.ds.image_size}-px crops"
     if cfg.holdout is not None:

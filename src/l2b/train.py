@@ -29,7 +29,7 @@ from .distributed import current_sync, init_from_env
 from .methods import create_method, learns_from_clean, needs_of
 from .models import create_model
 from .metaset import MetaSetSelector, parse_meta_set
-from .run_data import build_splits, check_same_data, data_fingerprint, data_line, prepare_data, warn
+from .run_data import build_splits, check_same_data, data_fingerprint, data_line, has_test, prepare_data, warn
 from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, fit_sample, train_step
 from .memorisation import early_epoch, fit_gaps
 from .run_state import EPOCH_ORDER_SALT, checkpoint_state, epoch_context, restore_checkpoint, run_setup
@@ -276,6 +276,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
         if main_rank:
             write_run_header(out, cfg, prep, (train_data, val_data, test_data), clip, world, method.opts)
     is_noisy = torch.as_tensor(prep.y_noisy != prep.y_true, device=device)
+    tested = has_test(prep)  # your own data may come without a test set: its accuracy is then None
     n_train = len(train_data)
     n_epoch = n_train if cfg.batches_per_epoch is None else cfg.batches_per_epoch * cfg.batch_size
     steps_per_epoch = max(1, math.ceil(n_epoch / cfg.batch_size) - (n_epoch % cfg.batch_size == 1 and n_epoch > 1))
@@ -316,7 +317,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
                              if selection_data is not None else (float("nan"), float("nan")))
         fit_acc = evaluate(model, fitted, cfg.eval_batch_size, amp, sync)[0] if fitted is not None else None
         test_acc = test_loss = None
-        if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.test_every == 0:
+        if tested and (epoch == cfg.epochs - 1 or (epoch + 1) % cfg.test_every == 0):
             test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp, sync)
         if val_acc > best["val_acc"]:  # selection on the clean validation set only
             best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}  # None: scored at the end
@@ -348,7 +349,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
     bar.close()
     if writer is not None:
         writer.close()
-    if best["test_acc"] is None:  # --test-every skipped the best epoch: score its saved weights
+    if best["test_acc"] is None and tested:  # --test-every skipped the best epoch: score its saved weights
         best["test_acc"] = evaluate_saved(model, out / "best_model.pt", test_data, cfg.eval_batch_size, amp, sync)
     metrics = final_metrics(cfg, history, best, prep.noise_rate, setup_seconds)
     if selector is not None:  # no verified clean set: the last epoch is the number to report

@@ -279,7 +279,8 @@ def _array(z, p: Path, key: str) -> np.ndarray:
 
 
 def load_npz(path: str | None) -> ArrayDataset:
-    """Generic arrays: x_train, y_train, x_test, y_test [, x_val, y_val] [, classes]."""
+    """Generic arrays: x_train, y_train [, x_test, y_test] [, x_val, y_val] [, classes]; without
+    x_test/y_test the dataset has no test set (nothing held out to measure accuracy by)."""
     if not path:
         raise ValueError("npz needs a file: npz:FILE")
     p = Path(path)
@@ -291,11 +292,13 @@ def load_npz(path: str | None) -> ArrayDataset:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{p}: not a readable .npz (truncated or not written by np.savez: "
                          f"{type(err).__name__}); write it again with np.savez") from None
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in files]
+    missing = [k for k in ("x_train", "y_train") if k not in files]
     if missing:
-        raise ValueError(f"{p}: missing arrays {missing}; an npz dataset needs x_train, y_train, x_test, y_test")
-    if ("x_val" in files) != ("y_val" in files):
-        raise ValueError(f"{p}: give both x_val and y_val, or neither")
+        raise ValueError(f"{p}: missing arrays {missing}; an npz dataset needs x_train, y_train (and x_test, y_test "
+                         f"for a test set; x_val, y_val for a verified clean set)")
+    for split in ("val", "test"):
+        if (f"x_{split}" in files) != (f"y_{split}" in files):
+            raise ValueError(f"{p}: give both x_{split} and y_{split}, or neither")
     keys = [k for k in ("y_train", "y_test", "y_val") if k in files]
     labels = {k: _array(z, p, k) for k in keys}
     for k, y in labels.items():
@@ -303,8 +306,9 @@ def load_npz(path: str | None) -> ArrayDataset:
     images = {k: _nchw(_array(z, p, k), p, k) for k in ("x_train", "x_test", "x_val") if k in files}
     for k in images:
         if len(images[k]) == 0:
-            raise ValueError(f"{p}: {k} is empty; an npz dataset needs training and test images"
-                             + (" (leave x_val/y_val out when there is no clean set)" if k == "x_val" else ""))
+            raise ValueError(f"{p}: {k} is empty" + ("; an npz dataset needs training images" if k == "x_train" else
+                                                      f" (leave x_{k[2:]}/y_{k[2:]} out when there is no "
+                                                      f"{'clean' if k == 'x_val' else 'test'} set)"))
     shape = tuple(images["x_train"].shape[1:])
     for k, x in images.items():
         if tuple(x.shape[1:]) != shape:
@@ -332,6 +336,8 @@ def load_npz(path: str | None) -> ArrayDataset:
             text = copies_message(split, len(other), pairs)
             if text:
                 warnings.warn(f"{p}: {text}", stacklevel=3)
+    if "x_test" not in images:  # no test set: empty splits of the training images' shape
+        images["x_test"], labels["y_test"] = images["x_train"][:0], np.zeros(0, np.int64)
     return ArrayDataset(
         p.stem, images["x_train"], _labels(labels["y_train"]), images["x_test"], _labels(labels["y_test"]), classes,
         x_val=images["x_val"] if has_val else None,

@@ -80,20 +80,24 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: int | None = None) -> FileDataset:
-    """ImageFolder layout: DIR/train/<class>/*, DIR/test/<class>/*, optional DIR/val/<class>/*.
+    """ImageFolder layout: DIR/train/<class>/*, optional DIR/val/<class>/* (a verified clean set) and
+    DIR/test/<class>/* (without it, no test set).
     ``image_size`` None: the training images' own size (``native_size``)."""
     if not path:
-        raise ValueError("folder needs a directory: folder:DIR (DIR/train/<class>/..., DIR/test/<class>/...)")
+        raise ValueError("folder needs a directory: folder:DIR (DIR/train/<class>/..., optional DIR/val/<class>/... "
+                         "and DIR/test/<class>/...)")
     root = Path(path)
-    for split in ("train", "test"):
-        if not (root / split).is_dir():
-            raise FileNotFoundError(f"{root / split}: not found; the folder layout is DIR/train/<class>/*, DIR/test/<class>/*")
+    if not (root / "train").is_dir():
+        raise FileNotFoundError(f"{root / 'train'}: not found; the folder layout is DIR/train/<class>/*, optional "
+                                f"DIR/val/<class>/* and DIR/test/<class>/*")
     classes = tuple(sorted(d.name for d in (root / "train").iterdir() if d.is_dir()))
     if not classes:
         raise ValueError(f"{root / 'train'}: no class sub-directories")
 
     def items(split: str):
         out = []
+        if not (root / split).is_dir():  # no test set (train/ is checked above)
+            return out
         for d in sorted((root / split).iterdir()):
             if not d.is_dir():
                 continue
@@ -226,10 +230,9 @@ def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int 
     if not path:
         raise ValueError("csv needs a file: csv:FILE (columns path, label, split)")
     rows, classes = csv_rows(Path(path))
-    for split in ("train", "test"):
-        if not rows[split]:
-            raise ValueError(f"{path}: no rows with split {split}; a csv dataset needs training images and test "
-                             f"images (held out, to measure accuracy by)")
+    if not rows["train"]:
+        raise ValueError(f"{path}: no rows with split train; a csv dataset needs training images (val: a verified "
+                         f"clean set, test: held out to measure accuracy by, are optional)")
     index = {name: i for i, name in enumerate(classes)}
 
     def items(split: str):
