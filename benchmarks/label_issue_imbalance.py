@@ -28,8 +28,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-RESULTS_JSON = HERE / "results" / "label_issue_imbalance.json"
-RESULTS_MD = HERE / "RESULTS.md"
 LARGEST, STEP, MOVED, TEST_PER_CLASS = 600, 0.7, 0.2, 100
 
 
@@ -155,15 +153,14 @@ def main() -> None:
     command = ("python benchmarks/label_issue_imbalance.py " + " ".join(sys.argv[1:])).strip()
     table = markdown(rows, command, largest, epochs)
     print(table)
-    from results_md import provenance, write_block
+    from results_md import provenance, record
 
-    result = {**provenance(command), "rows": rows}
     if args.quick:
-        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "results.json").write_text(json.dumps({**provenance(command), "rows": rows}, indent=2) + "\n")
         return
-    RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")
-    write_block(RESULTS_MD, "label-issue-imbalance", table, "## Label issues on imbalanced data of one's own")
-    print(f"wrote {RESULTS_JSON} and the table in {RESULTS_MD}")
+    path = record("label-issue-imbalance", "## Label issues on imbalanced data of one's own", table, {"rows": rows},
+                  command)
+    print(f"wrote {path} and the table in benchmarks/RESULTS.md")
 
 
 if __name__ == "__main__":
