@@ -77,9 +77,9 @@ def configs(out: Path, seeds: range, clean_sizes=(10, 40), epochs: int = 20, lar
 
 
 def scored(name: str, run: Path) -> dict:
-    """`l2b label-issues` on the run (its defaults), and cleanlab on the same model's probabilities."""
-    from cleanlab.filter import find_label_issues
-    from label_issue_cut import meets_targets
+    """`l2b label-issues` on the run (its defaults), and cleanlab on the same model's probabilities
+    (its columns None where cleanlab is not installed: the ``bench`` extra)."""
+    from label_issue_cut import cleanlab_flags, meets_targets
 
     from l2b.detect import flag_metrics
     from l2b.label_issues import write_label_issues
@@ -89,15 +89,19 @@ def scored(name: str, run: Path) -> dict:
         s = write_label_issues(run, out=tmp, log=lambda line: None)
     labels = np.load(run / "labels.npz")
     wrong = labels["noisy"] != labels["true"]
-    probs = run_model_scores(run, s["model"], held_out=True).train
-    cl = flag_metrics(find_label_issues(labels["noisy"], probs), wrong)
     ratio = s["issues"] / max(s["corrupted"], 1)
-    return {"run": name, "corrupted": s["corrupted"], "flagged": s["issues"], "count_ratio": round(ratio, 3),
-            "precision": round(s["precision"], 3), "recall": round(s["recall"], 3), "auc": round(s["auc"], 4),
-            "cut": s["cut"], "model": s["model"], "meets_both": bool(meets_targets(ratio, s["precision"], s["auc"])),
-            "cleanlab_flagged": int(cl["flagged"]), "cleanlab_ratio": round(cl["flagged"] / max(s["corrupted"], 1), 3),
-            "cleanlab_precision": round(cl["precision"], 3),
-            "cleanlab_meets_both": bool(meets_targets(cl["flagged"] / max(s["corrupted"], 1), cl["precision"], s["auc"]))}
+    row = {"run": name, "corrupted": s["corrupted"], "flagged": s["issues"], "count_ratio": round(ratio, 3),
+           "precision": round(s["precision"], 3), "recall": round(s["recall"], 3), "auc": round(s["auc"], 4),
+           "cut": s["cut"], "model": s["model"], "meets_both": bool(meets_targets(ratio, s["precision"], s["auc"])),
+           "cleanlab_flagged": None, "cleanlab_ratio": None, "cleanlab_precision": None, "cleanlab_meets_both": None}
+    flags = cleanlab_flags(labels["noisy"], run_model_scores(run, s["model"], held_out=True).train)
+    if flags is not None:
+        cl = flag_metrics(flags, wrong)
+        cl_ratio = cl["flagged"] / max(s["corrupted"], 1)
+        row.update(cleanlab_flagged=cl["flagged"], cleanlab_ratio=round(cl_ratio, 3),
+                   cleanlab_precision=round(cl["precision"], 3),
+                   cleanlab_meets_both=bool(meets_targets(cl_ratio, cl["precision"], s["auc"])))
+    return row
 
 
 def markdown(rows: list[dict], command: str, largest: int = LARGEST, epochs: int = 20) -> str:
@@ -112,9 +116,10 @@ def markdown(rows: list[dict], command: str, largest: int = LARGEST, epochs: int
     mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
     for r in rows:
         lines.append(f"| {r['run']} | {r['corrupted']} | {r['auc']:.3f} | {r['flagged']} ({r['count_ratio']:.2f}), "
-                     f"P {r['precision']:.2f} ({r['model']}, {r['cut']}) | {mark(r['meets_both'])} | "
-                     f"{r['cleanlab_flagged']} ({r['cleanlab_ratio']:.2f}), P {r['cleanlab_precision']:.2f} | "
-                     f"{mark(r['cleanlab_meets_both'])} |")
+                     f"P {r['precision']:.2f} ({r['model']}, {r['cut']}) | {mark(r['meets_both'])} | " +
+                     ("— (cleanlab not installed) | |" if r["cleanlab_flagged"] is None else
+                      f"{r['cleanlab_flagged']} ({r['cleanlab_ratio']:.2f}), P {r['cleanlab_precision']:.2f} | "
+                      f"{mark(r['cleanlab_meets_both'])} |"))
     lines.append("")
     for method in ("l2b", "ce"):
         for v in (10, 40):
@@ -122,8 +127,10 @@ def markdown(rows: list[dict], command: str, largest: int = LARGEST, epochs: int
             if part:
                 span = lambda k: f"{min(r[k] for r in part):.2f}–{max(r[k] for r in part):.2f}×"  # noqa: E731
                 lines.append(f"- {method}, {v} clean per class: the default flags {span('count_ratio')} and meets both "
-                             f"targets on {sum(r['meets_both'] for r in part)} of {len(part)}; cleanlab "
-                             f"{span('cleanlab_ratio')}, {sum(r['cleanlab_meets_both'] for r in part)} of {len(part)}.")
+                             f"targets on {sum(r['meets_both'] for r in part)} of {len(part)}" +
+                             ("." if part[0]["cleanlab_flagged"] is None else
+                              f"; cleanlab {span('cleanlab_ratio')}, {sum(r['cleanlab_meets_both'] for r in part)} "
+                              f"of {len(part)}."))
     return "\n".join(lines) + "\n"
 
 

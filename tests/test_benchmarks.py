@@ -392,7 +392,6 @@ def test_decode_benchmark_quick_mode_times_both_reads_and_writes_nothing():
 
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_label_issue_imbalance_benchmark_quick_mode_scores_l2b_and_cleanlab(tmp_path):
-    pytest.importorskip("cleanlab")
     out = tmp_path / "imbalance"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "label_issue_imbalance.py"), "--quick", "--out",
                            str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -401,7 +400,14 @@ def test_label_issue_imbalance_benchmark_quick_mode_scores_l2b_and_cleanlab(tmp_
     assert [r["run"] for r in rows] == ["l2b, 10 clean per class, seed 0", "ce, 10 clean per class, seed 0"]
     sizes = np.bincount(np.load(out / "imbalanced-v10-s0.npz")["y_train"])
     assert sizes.tolist() == [200, 140, 98, 69, 48, 34, 24, 16, 12, 8]  # each class 0.7 of the one before
+    try:
+        import cleanlab  # noqa: F401  (the bench extra)
+        with_cleanlab = True
+    except ImportError:
+        with_cleanlab = False
     for r in rows:
-        assert r["corrupted"] > 0 and r["flagged"] > 0 and r["cleanlab_flagged"] > 0 and 0.5 < r["auc"] <= 1
+        assert r["corrupted"] > 0 and r["flagged"] > 0 and 0.5 < r["auc"] <= 1
+        assert (r["cleanlab_flagged"] is not None and r["cleanlab_flagged"] > 0) if with_cleanlab else \
+            r["cleanlab_flagged"] is None
         assert r["cut"] == ("clean-confusion" if r["run"].startswith("l2b") else "count")
     assert "| l2b, 10 clean per class, seed 0 |" in proc.stdout and "200·0.7^k" in proc.stdout
