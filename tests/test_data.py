@@ -300,7 +300,7 @@ def test_clean_val_split_errors():
     y = np.r_[np.zeros(50, int), np.ones(5, int)]
     with pytest.raises(ValueError, match="class '1' has only 5 samples, fewer than the 10 per class"):
         clean_val_split(y, per_class=10)
-    with pytest.raises(ValueError, match="total=15 cannot be split evenly over 2 classes"):
+    with pytest.raises(ValueError, match=r"a clean set of 15 cannot be split evenly over 2 classes; give a multiple of 2 \(--val-total; total= in Python\)"):
         clean_val_split(y, total=15)
 
 

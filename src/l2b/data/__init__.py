@@ -62,8 +62,8 @@ def clean_val_split(labels, *, per_class: int | None = None, total: int | None =
     if total is not None:
         if total % len(classes):
             raise ValueError(
-                f"total={total} cannot be split evenly over {len(classes)} classes; use a multiple "
-                f"of {len(classes)} or per_class="
+                f"a clean set of {total} cannot be split evenly over {len(classes)} classes; give a multiple of "
+                f"{len(classes)} (--val-total; total= in Python) or a number per class (--val-per-class; per_class=)"
             )
         per_class = total // len(classes)
     if per_class < 0:
