@@ -274,12 +274,20 @@ def _classes(run: Path, config: dict, prep) -> list[str]:
 
 
 def _paths(prep, index: np.ndarray, split: np.ndarray) -> list[str] | None:
-    """The image file of every scored sample (image-file datasets; None for arrays)."""
+    """The image file of every scored sample (image-file datasets; None for arrays): for a csv
+    list, as the list gives it (relative to the list's folder, so that the rows join your list);
+    else the file's full path."""
     from .data import FileDataset
 
     if prep is None or not isinstance(prep.ds, FileDataset):
         return None
-    return [str(prep.ds.train[int(i)][0]) for i in index]
+
+    def shown(path: Path) -> str:
+        if prep.ds.name == "csv" and path.is_relative_to(prep.ds.root):
+            return path.relative_to(prep.ds.root).as_posix()
+        return str(path)
+
+    return [shown(prep.ds.train[int(i)][0]) for i in index]
 
 
 def _write_csv(path: Path, issues, index, split, given, classes: list[str], paths) -> None:
