@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +188,7 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
         dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    reader = csv.reader(text.splitlines(), dialect)
+    reader = csv.reader(io.StringIO(text, newline=""), dialect)  # a quoted cell may hold a line break
     header = [h.strip().lower() for h in next(reader, [])]
     column = {}
     for key, names in CSV_COLUMNS.items():
@@ -198,7 +199,8 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
         column[key] = found[0]
     rows: dict[str, list[tuple[Path, str]]] = {s: [] for s in CSV_SPLITS}
     seen: dict[Path, int] = {}
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num  # the file's line where the row ends
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
