@@ -123,8 +123,9 @@ def _npz(tmp_path, y_train, y_test):
     import numpy as np
 
     f = tmp_path / "d.npz"
-    np.savez(f, x_train=np.zeros((len(y_train), 4, 4), np.uint8), y_train=np.array(y_train),
-             x_test=np.zeros((len(y_test), 4, 4), np.uint8), y_test=np.array(y_test))
+    images = np.arange(len(y_train) + len(y_test), dtype=np.uint8)[:, None, None] * np.ones((4, 4), np.uint8)
+    np.savez(f, x_train=images[:len(y_train)], y_train=np.array(y_train),  # every image its own: no copies to warn of
+             x_test=images[len(y_train):], y_test=np.array(y_test))
     return f
 
 
