@@ -313,10 +313,10 @@ def _image(prep, i: int) -> np.ndarray:
     from .data import FileDataset
 
     if isinstance(prep.ds, FileDataset):
-        from .data.images import as_rgb, pil_image, upright
+        from .data.images import read_rgb
 
-        with pil_image().open(prep.ds.train[i][0]) as im:  # as training reads it (16-bit grayscale, orientation)
-            return np.asarray(as_rgb(upright(im, 256) if prep.ds.own_photos else im))
+        # as training reads it (16-bit grayscale, orientation); a small picture needs no more than 256 px
+        return np.asarray(read_rgb(prep.ds.train[i][0], 256, prep.ds.own_photos))
     x = prep.ds.x_train[i].numpy()
     return x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)
 

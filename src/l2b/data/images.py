@@ -53,8 +53,7 @@ class ImageFiles(torch.utils.data.Dataset):
         Image = pil_image()
         short = round(self.size * 8 / 7)
         try:
-            with Image.open(path) as im:
-                im = as_rgb(upright(im, short) if self.own_photos else im)
+            im = read_rgb(path, short, self.own_photos)
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: unreadable image ({err}); remove it, or give --on-bad-images skip (on_bad_images='skip' in Python)") from None
         if self.transform == "isic":
@@ -80,6 +79,13 @@ class ImageFiles(torch.utils.data.Dataset):
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's modes of 16-bit grayscale (and 32-bit int)
 RGB_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", *SIXTEEN_BIT_MODES)
+
+
+def read_rgb(path, short: int, own_photos: bool):
+    """The image of ``path`` as 8-bit RGB (:func:`as_rgb`); one of your own photos (``own_photos``)
+    read no larger than a short side of ``short`` needs and turned upright (:func:`upright`)."""
+    with pil_image().open(path) as im:
+        return as_rgb(upright(im, short) if own_photos else im)
 
 
 def upright(im, short: int):
