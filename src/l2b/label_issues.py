@@ -281,13 +281,7 @@ def _paths(prep, index: np.ndarray, split: np.ndarray) -> list[str] | None:
 
     if prep is None or not isinstance(prep.ds, FileDataset):
         return None
-
-    def shown(path: Path) -> str:
-        if prep.ds.name == "csv" and path.is_relative_to(prep.ds.root):
-            return path.relative_to(prep.ds.root).as_posix()
-        return str(path)
-
-    return [shown(prep.ds.train[int(i)][0]) for i in index]
+    return [prep.ds.shown_path(prep.ds.train[int(i)][0]) for i in index]
 
 
 def _write_csv(path: Path, issues, index, split, given, classes: list[str], paths) -> None:

@@ -46,10 +46,16 @@ class FileDataset:
     std: tuple[float, float, float] = IMAGENET_STD
     meta_augment: bool = True  # the clean (meta) batches use the training transform
     own_photos: bool = False  # read as ImageFiles reads your own photos (reduced-scale JPEGs, EXIF orientation)
+    listed: bool = False  # the images are named by a list (csv): by their path relative to ``root``, as listed
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def shown_path(self, path: Path) -> str:
+        """How an image is named to the user: as a list names it (relative to the list's folder, so
+        that a result's rows join the list), else by its full path."""
+        return path.relative_to(self.root).as_posix() if self.listed and path.is_relative_to(self.root) else str(path)
 
     @property
     def y_train(self) -> torch.Tensor:
@@ -121,7 +127,7 @@ def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: i
 
 
 def _own_images(name: str, items, classes: tuple[str, ...], val, image_size: int | None, root: Path,
-                where: Path) -> FileDataset:
+                where: Path, listed: bool = False) -> FileDataset:
     """Your own images (a folder, a list) as a FileDataset: ``items(split)`` lists a split; cropped
     at their own size unless ``image_size`` is given (then said when it blows them up, naming
     ``where``); large JPEGs decoded at a reduced scale."""
@@ -130,11 +136,12 @@ def _own_images(name: str, items, classes: tuple[str, ...], val, image_size: int
         image_size = native_size(train)
     else:
         _warn_upscaling(train, image_size, where)
-    for split, listed in (("test", test), ("val", val or [])):
-        text = copies_message(split, len(listed), file_copies([f for f, _ in train], [f for f, _ in listed]))
+    for split, others in (("test", test), ("val", val or [])):
+        text = copies_message(split, len(others), file_copies([f for f, _ in train], [f for f, _ in others]))
         if text:
             warn_data(f"{where}: {text}")
-    return FileDataset(name, train, test, classes, val=val, image_size=image_size, root=root, own_photos=True)
+    return FileDataset(name, train, test, classes, val=val, image_size=image_size, root=root, own_photos=True,
+                       listed=listed)
 
 
 def short_side(items) -> int | None:
@@ -244,7 +251,8 @@ def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int 
     if untrained:
         warn_data(f"{path}: class(es) {', '.join(map(repr, untrained[:5]))} have no training image (they appear in "
                   f"val or test only); they stay classes the model can predict")
-    return _own_images("csv", items, tuple(classes), items("val") or None, image_size, Path(path).parent, Path(path))
+    return _own_images("csv", items, tuple(classes), items("val") or None, image_size, Path(path).parent, Path(path),
+                       listed=True)
 
 
 def _warn_upscaling(items, image_size: int, root: Path) -> None:
