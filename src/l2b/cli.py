@@ -15,7 +15,7 @@ from .methods import METHODS, declared_options
 from .config import TrainConfig, load_yaml, own_labels
 from .rundir import NOT_RESULTS, read_json
 from .calibrate import CUTS, DEFAULT_CUT, STEERED_CUT
-from .console import _python_format_warning, first_rank, format_warning, one_line
+from .console import first_rank, format_warning, one_line
 from .detect import SCORES
 from .run_scores import MODELS
 from .train import train
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.formatwarning = format_warning
+    previous, warnings.formatwarning = warnings.formatwarning, format_warning
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"l2b {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     finally:
-        warnings.formatwarning = _python_format_warning
+        warnings.formatwarning = previous
 
 
 if __name__ == "__main__":
