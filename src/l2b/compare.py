@@ -176,8 +176,7 @@ def summary_row(method: str, noise: str, runs: list[dict[str, Any]]) -> dict[str
     row = {"method": method, "noise": noise, "seeds": len(runs)}
     for key in ("test_acc_last", "test_acc_at_best_val"):
         scored = [r[key] for r in runs if r[key] is not None]
-        mean, std = mean_std(scored) if scored else (None, None)
-        row[key + "_mean"], row[key + "_std"] = (None, None) if mean is None else (round(mean, 3), round(std, 3))
+        row[key + "_mean"], row[key + "_std"] = (round(v, 3) for v in mean_std(scored)) if scored else (None, None)
     return {**row, "epoch_seconds": round(statistics.mean(r["epoch_seconds"] for r in runs), 3)}
 
 

@@ -296,10 +296,10 @@ def write_report(target: str | Path, out: str | Path | None = None) -> Path:
     meta = [r for r in weighted if r["method"] in ("l2b", "l2rw")] or weighted
     if meta:
         pick = max(meta, key=lambda r: (r["method"] == "l2b", r["noise"]))
-        w = np.load(pick["dir"] / "weights.npz")
+        w, unknown = np.load(pick["dir"] / "weights.npz"), _truth_unknown(pick)
         figures.append((f"Weights of {pick['method']} ({pick['noise']}, seed {pick['seed']})",
-                        weights_figure(w, dest / "weights.png", _truth_unknown(pick))))
-        if not _truth_unknown(pick):  # pseudo-label correctness needs the true labels
+                        weights_figure(w, dest / "weights.png", unknown)))
+        if not unknown:  # pseudo-label correctness needs the true labels
             fig, extra = alpha_minus_beta_figure(w, dest / "alpha_minus_beta.png")
             figures.append(("alpha − beta against pseudo-label correctness", fig))
     for key, name, title, method in (("normalize", "normalisations.png", "Normalisation of the weights (Fig. 4)", "l2b"),

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .calibrate import uncovered_classes
 from .config import TrainConfig, own_labels, parse_holdout
 from .data import FILE_DATASETS, ArrayDataset, FileDataset, clean_val_split, load_dataset
 from .data.batches import FileData, TensorData
+from .metaset import class_name
 from .console import warn
 from .noise import apply_noise, transition_matrix
 from .rundir import read_json
@@ -112,9 +114,9 @@ def _warn_uncovered(ds, y_train: np.ndarray, where: str) -> None:
     """A dataset's own clean set without a sample of some labelled class: the run goes on, but
     nothing steers or validates that class (and label-issues cannot calibrate by the clean set)."""
     y_val = ds.y_val.numpy() if isinstance(ds, ArrayDataset) else np.array([label for _, label in ds.val])
-    missing = np.setdiff1d(np.unique(y_train), y_val)
+    missing = uncovered_classes(y_train, y_val)
     if len(missing):
-        names = ", ".join(repr(str(ds.classes[c])) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        names = ", ".join(class_name(ds.classes, int(c)) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
         warn(f"the clean set ({where}) has no sample of class(es) {names} ({len(missing)} of the "
              f"{len(np.unique(y_train))} training classes): a meta step has nothing of them to steer by and the clean "
              f"accuracy does not measure them; add clean samples of every class")

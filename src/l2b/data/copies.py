@@ -57,11 +57,11 @@ def array_copies(train: np.ndarray, other: np.ndarray) -> list[tuple[int, int]]:
     return [(j, seen[k]) for j, x in enumerate(other) if (k := key(x)) in seen]
 
 
-def copies_message(split: str, total: int, pairs: list, name=str) -> str | None:
-    """One line for the copies a ``split`` (test or val) holds; ``name`` names a member of a pair."""
+def copies_message(split: str, total: int, pairs: list) -> str | None:
+    """One line for the copies a ``split`` (test or val) holds, naming the first pair."""
     if not pairs:
         return None
     first, copied = pairs[0]
     what = "clean" if split == "val" else split
-    return (f"{len(pairs)} of the {total} {what} images are copies of training images (e.g. {name(first)} = "
-            f"{name(copied)}): {WHY[split]}; keep each image in one split")
+    return (f"{len(pairs)} of the {total} {what} images are copies of training images (e.g. {first} = {copied}): "
+            f"{WHY[split]}; keep each image in one split")
