@@ -35,11 +35,8 @@ def class_sizes(largest: int = LARGEST) -> np.ndarray:
     return np.round(largest * STEP ** np.arange(10)).astype(int)
 
 
-def write_data(out: Path, seed: int, clean_per_class: int, largest: int = LARGEST) -> tuple[Path, Path]:
-    """The seed's npz (true labels; the noise is injected by the run) and its transition matrix."""
-    from l2b.data import load_dataset
-
-    ds = load_dataset("fashion-mnist")
+def write_data(out: Path, ds, seed: int, clean_per_class: int, largest: int = LARGEST) -> Path:
+    """The seed's npz of Fashion-MNIST (``ds``), with its true labels (the noise is injected by the run)."""
     x, y = ds.x_train.numpy()[:, 0], ds.y_train.numpy()
     xt, yt = ds.x_test.numpy()[:, 0], ds.y_test.numpy()
     rng = np.random.default_rng(seed)
@@ -52,23 +49,33 @@ def write_data(out: Path, seed: int, clean_per_class: int, largest: int = LARGES
     test = np.concatenate([rng.permutation(np.flatnonzero(yt == c))[:TEST_PER_CLASS] for c in range(10)])
     data = out / f"imbalanced-v{clean_per_class}-s{seed}.npz"
     np.savez(data, x_train=x[train], y_train=y[train], x_val=x[clean], y_val=y[clean], x_test=xt[test], y_test=yt[test])
+    return data
+
+
+def write_transition(out: Path, largest: int = LARGEST) -> Path:
+    """The noise: each label kept with probability 1 - MOVED, else moved to another class in
+    proportion to that class's size (the same for every seed)."""
+    sizes = class_sizes(largest)
     prior = sizes / sizes.sum()
     matrix = np.zeros((10, 10))
-    for c in range(10):  # keep 1 - MOVED; the rest to the other classes, in proportion to their size
+    for c in range(10):
         matrix[c] = MOVED * prior / (1 - prior[c])
         matrix[c, c] = 1 - MOVED
     np.savetxt(out / "transition.csv", matrix, delimiter=",")
-    return data, out / "transition.csv"
+    return out / "transition.csv"
 
 
 def configs(out: Path, seeds: range, clean_sizes=(10, 40), epochs: int = 20, largest: int = LARGEST):
     from l2b.config import TrainConfig
 
+    from l2b.data import load_dataset
+
     out.mkdir(parents=True, exist_ok=True)
+    ds, matrix = load_dataset("fashion-mnist"), write_transition(out, largest)
     cells = []
     for seed in seeds:
         for v in clean_sizes:
-            data, matrix = write_data(out, seed, v, largest)
+            data = write_data(out, ds, seed, v, largest)
             base = TrainConfig(data=f"npz:{data}", noise=f"matrix:{matrix}", model="mlp", width=256, epochs=epochs,
                                threads=1, progress="none", seed=seed)
             cells += [(f"{m}, {v} clean per class, seed {seed}", replace(base, method=m, out=str(out / f"{m}-v{v}-s{seed}")))
