@@ -142,7 +142,7 @@ class TrainConfig:
                         "cifar100:DIR, npz:FILE, folder:DIR, csv:FILE, isic2019:DIR, clothing1m:DIR)")
     # "auto" (noise, val_per_class) is resolved on construction: see __post_init__
     noise: str = setting("auto", "noise to inject; auto: symmetric:0.4 on the research datasets, none on your own "
-                         "data (npz, folder, isic2019, clothing1m). A spec (symmetric:R, symmetric-exclusive:R, "
+                         "data (npz, folder, csv, isic2019, clothing1m). A spec (symmetric:R, symmetric-exclusive:R, "
                          "asymmetric:R[:FILE], asymmetric-cifar10:R, asymmetric-cifar100:R, pairflip:R, matrix:FILE, "
                          "instance:R, cifar10n:TYPE, cifar100n:noisy, none)")
     noise_seed: int | None = setting(None, "seed of the noise (default: --seed)")
@@ -160,7 +160,7 @@ class TrainConfig:
                                            "--batches-per-epoch 250)")
     augment: str = setting("auto", "training augmentation; auto: the dataset's default", choices=("auto", "none", "crop-flip"))
     image_size: int | None = setting(None, "crop size of image-file datasets (default: 224 with --pretrained "
-                                           "weights and on isic2019 / clothing1m; on folder data the images' own "
+                                           "weights and on isic2019 / clothing1m; on folder and csv data the images' own "
                                            "size, their median short side, at most 224)")
     on_bad_images: str = setting("error", "image-file datasets: what to do with unreadable images",
                                  choices=("error", "skip"))
