@@ -409,6 +409,29 @@ def test_mixup_loss_is_the_convex_combination_of_two_cross_entropies():
     assert 0.0 < lam < 1.0 and sorted(perm.tolist()) == list(range(6))
 
 
+@pytest.mark.parametrize("lone", ["gold", "silver"])
+def test_glc_trains_on_a_batch_whose_clean_or_noisy_part_is_one_sample(lone):
+    """PreActResNet-18 on 8x8 digits ends at a 1x1 map, where BatchNorm cannot normalise a lone
+    sample: such a batch goes through in one forward, and its loss is the same sum as ever."""
+    from l2b.methods.glc import forward_corrected_nll
+    from l2b.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("preact-resnet18", num_classes=10, in_channels=1, image_size=8, width=4).train()
+    method = create_method("glc", model, torch.optim.SGD(model.parameters(), lr=0.1), batch_size=8)
+    method.corruption = torch.full((10, 10), 0.02, dtype=torch.float64) + 0.8 * torch.eye(10, dtype=torch.float64)
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
+    gold = torch.zeros(8, dtype=torch.bool)
+    gold[3] = True
+    if lone == "silver":
+        gold = ~gold
+    out = method.loss(Batch(x, y, torch.arange(8), trusted=gold))
+    logits = model(x)
+    expect = (forward_corrected_nll(logits[~gold], y[~gold], method.corruption).sum()
+              + F.cross_entropy(logits[gold], y[gold], reduction="sum")) / 8
+    torch.testing.assert_close(out.loss, expect)
+
+
 def test_forward_correction_with_a_known_matrix_and_anchor_estimate(tmp_path):
     from l2b.methods.forward import anchor_transition
     from l2b.methods.glc import forward_corrected_nll

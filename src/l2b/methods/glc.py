@@ -90,11 +90,19 @@ class GLC(Method):
             raise RuntimeError("glc: the corruption matrix is not estimated; the trainer calls setup() first")
         gold = batch.trusted if batch.trusted is not None else torch.zeros_like(batch.y, dtype=torch.bool)
         total = batch.x.new_zeros(())
-        if (~gold).any():
-            silver_logits = self.model(batch.x[~gold])
+        n_gold = int(gold.sum())
+        if min(n_gold, len(gold) - n_gold) == 1:
+            # a part of one sample: BatchNorm cannot normalise it on its own at 1x1 (the reference's
+            # separate forwards fail there), so the batch goes through in one forward
+            logits = self.model(batch.x)
+            silver_logits, gold_logits = logits[~gold], logits[gold]
+        else:  # the reference's separate forwards (BatchNorm statistics per part)
+            silver_logits = self.model(batch.x[~gold]) if (~gold).any() else None
+            gold_logits = self.model(batch.x[gold]) if n_gold else None
+        if silver_logits is not None:
             total = total + forward_corrected_nll(silver_logits, batch.y[~gold], self.corruption).sum()
-        if gold.any():
-            total = total + F.cross_entropy(self.model(batch.x[gold]), batch.y[gold], reduction="sum")
+        if gold_logits is not None:
+            total = total + F.cross_entropy(gold_logits, batch.y[gold], reduction="sum")
         # the nominal global batch size (under torchrun too: the ranks' sums add up)
         # sums over this rank's samples / the nominal global batch size
         return StepOutput(total / (self.batch_size or len(batch.y)), reduction="global_sum")
