@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The GPU checklist, as one command on a CUDA machine (see README "Performance"):
-#   epoch time of CE / L2RW / L2B (fp32 and bf16), bf16-vs-fp32 meta-weight agreement, step cost.
+#   epoch time of CE / L2RW / L2B (fp32 and bf16), bf16-vs-fp32 meta-weight agreement, step cost,
+#   and every method trained, resumed, scored and reported on the GPU (device_check.py).
 # Each step appends its table to benchmarks/RESULTS.md in this checkout; that file and the logs
 # are copied to $OUT (default ./gpu-out).
 #
 # What it needs, all optional:
-#   WHEELS=DIR      wheels to install first (e.g. `higher`, for the authors' row of step_cost),
-#                   installed into a temporary directory of this script's own, never site-wide;
+#   WHEELS=DIR      wheels to install first (e.g. `higher`, for the authors' row of step_cost;
+#                   matplotlib for device_check's `l2b report`), installed into a temporary
+#                   directory of this script's own, never site-wide;
+#   DIGITS_NPZ=F    digits as an npz (x_train, y_train, x_test, y_test) for device_check where
+#                   scikit-learn, which bundles digits, is not installed;
 #   GRID_SECONDS=N  after the checklist, spend what is left of N seconds on the memorisation
 #                   grid's settings in $GRID_NOISES (--device cuda, $GRID_JOBS workers) and pack
 #                   the runs into $OUT/grid.tgz;
@@ -27,6 +31,9 @@ step 150 python3 benchmarks/gpu_epoch.py
 step 100 python3 benchmarks/gpu_epoch.py --bf16
 step 100 python3 benchmarks/bf16_agreement.py
 step 130 python3 benchmarks/step_cost.py --device cuda --widths 64
+digits=digits
+python3 -c "import sklearn" 2>/dev/null || digits=npz:${DIGITS_NPZ:-none}
+step 400 python3 benchmarks/device_check.py --device cuda --data "$digits"
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 left=$(( ${GRID_SECONDS:-0} - SECONDS ))
 if [ "$left" -gt 60 ]; then
