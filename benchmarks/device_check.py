@@ -9,8 +9,8 @@ symmetric 40% noise, 10 clean per class, 3 epochs, seed 0. The table says, per m
 - test acc on the device and on the CPU (same seed and data order; float sums differ, so the two
   runs part ways over 3 epochs and only land near each other);
 - resume: the largest parameter difference between the whole run and one stopped after epoch 1
-  and resumed, both with deterministic kernels (`torch.use_deterministic_algorithms`; 0: the
-  resumed run is the whole run bit for bit);
+  and resumed, both with deterministic kernels (`--deterministic`; 0: the resumed run is the
+  whole run bit for bit);
 - from CPU: a run stopped on the CPU after epoch 1 and resumed on the device, its test accuracy;
 - amp: test accuracy of a 3-epoch run under bf16 autocast (`--amp`, CUDA only);
 - label-issues / report: the command's exit status on the device run (0: it worked).
@@ -79,19 +79,6 @@ def cli(*argv: str) -> int | str:
     return err if err else rc
 
 
-@contextlib.contextmanager
-def deterministic():
-    """Deterministic kernels (cuDNN's and cuBLAS's; the workspace setting is made before CUDA starts)."""
-    was = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was[0])
-        torch.backends.cudnn.deterministic = was[1]
-
-
 def final_model(out: Path) -> dict:
     return torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
 
@@ -117,13 +104,13 @@ def check(name: str, root: Path, device: str) -> dict:
         return row
     _, err = quietly(train, config(method, extra, root / "cpu" / slug, "cpu"))
     row["test_acc_cpu"] = err or test_acc(root / "cpu" / slug)
-    with deterministic():  # the GPU's default kernels differ from run to run; a resume is judged without that
-        again, cut = root / "again" / slug, root / "cut" / slug
-        _, err = quietly(train, config(method, extra, again, device))
-        if not err:
-            _, err = quietly(train, config(method, extra, cut, device), stop_after_epoch=0)
-        if not err:
-            _, err = quietly(train, config(method, extra, cut, device), resume=True)
+    # the GPU's default kernels differ from run to run; a resume is judged with --deterministic
+    again, cut = root / "again" / slug, root / "cut" / slug
+    _, err = quietly(train, config(method, extra, again, device, deterministic=True))
+    if not err:
+        _, err = quietly(train, config(method, extra, cut, device, deterministic=True), stop_after_epoch=0)
+    if not err:
+        _, err = quietly(train, config(method, extra, cut, device, deterministic=True), resume=True)
     if err:
         row["resume"] = err
     else:
@@ -204,7 +191,6 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown case(s) {unknown}; valid: {', '.join(CASES)}")
     BASE["data"] = args.data
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, before CUDA starts
     root = Path(args.out)
     shutil.rmtree(root, ignore_errors=True)
     start = time.perf_counter()

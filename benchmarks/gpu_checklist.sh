@@ -34,7 +34,7 @@ step 130 python3 benchmarks/step_cost.py --device cuda --widths 64
 digits=digits
 python3 -c "import sklearn" 2>/dev/null || digits=npz:${DIGITS_NPZ:-none}
 step 400 python3 benchmarks/device_check.py --device cuda --data "$digits"
-cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+cp benchmarks/RESULTS.md "$OUT/RESULTS.md"; cp benchmarks/results/device-check.json "$OUT/" 2>/dev/null
 left=$(( ${GRID_SECONDS:-0} - SECONDS ))
 if [ "$left" -gt 60 ]; then
   data=fashion-mnist${FM_DIR:+:$FM_DIR}

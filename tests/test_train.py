@@ -663,3 +663,32 @@ def test_compare_gives_an_option_flag_to_the_methods_that_declare_it(tmp_path):
     assert l2b_run["resolved"]["method_options"]["normalize"] == "softmax"
     assert l2b_run["resolved"]["method_options"]["temperature"] == 0.5
     assert ce_run["resolved"]["method_options"] == {}
+
+
+def test_deterministic_kernels_change_nothing_on_the_cpu_and_are_put_back_after_the_run(tmp_path):
+    """--deterministic asks for torch's deterministic kernels for the run only; the CPU's results
+    are deterministic already, so its run equals the plain one bit for bit."""
+    was = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    plain = train(tiny(tmp_path / "plain", method="l2b"))
+    seen = {}
+    from l2b.methods.l2b import L2BMethod as L2B
+
+    original = L2B.loss
+
+    def spy(self, batch):
+        seen["on"] = torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        return original(self, batch)
+
+    L2B.loss = spy
+    try:
+        det = train(tiny(tmp_path / "det", method="l2b", deterministic=True))
+    finally:
+        L2B.loss = original
+    assert seen["on"]  # in force while the run trained
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == was
+    assert det["test_acc_last"] == plain["test_acc_last"]
+    a, b = (torch.load(tmp_path / d / "run" / "checkpoint.pt", weights_only=True)["model"] for d in ("plain", "det"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((tmp_path / "det" / "run" / "config.json").read_text())
+    assert saved["config"]["deterministic"] is True
+    assert cli_main(["train", "--resume", str(tmp_path / "det" / "run"), "--deterministic", "false"]) == 2

@@ -205,6 +205,9 @@ class TrainConfig:
     sync_bn: bool = setting(False, "under torchrun on CUDA: synchronise BatchNorm statistics across ranks (methods "
                                    "without forward-mode AD)")
     channels_last: bool = setting(False, "NHWC memory format for convolutions (helps on recent GPUs)")
+    deterministic: bool = setting(False, "deterministic GPU kernels: a run repeats, and resumes, bit for bit on the "
+                                         "same GPU (an op without such a kernel warns, naming itself); the "
+                                         "CPU's results are already")
     # --- bookkeeping
     seed: int = setting(0, "random seed (data order, augmentation, init, noise, split)")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")

@@ -13,6 +13,7 @@ selected on the test set; docs/methods.md).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -200,9 +201,30 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             lock.abandon()
             raise
     try:
-        return _train_locked(cfg, resume, stop_after_epoch, lock)
+        with deterministic_kernels(cfg.deterministic):
+            return _train_locked(cfg, resume, stop_after_epoch, lock)
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def deterministic_kernels(on: bool):
+    """``--deterministic``: torch's deterministic kernels (cuDNN's, cuBLAS's and its own) for the run,
+    warning for an op that has none, and the process's previous choice restored after."""
+    if not on:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it as it starts
+    cudnn = torch.backends.cudnn
+    was = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+           cudnn.deterministic, cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+        cudnn.deterministic, cudnn.benchmark = was[2], was[3]
 
 
 def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, lock: RunLock) -> dict[str, Any]:
