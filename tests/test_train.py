@@ -692,3 +692,17 @@ def test_deterministic_kernels_change_nothing_on_the_cpu_and_are_put_back_after_
     saved = json.loads((tmp_path / "det" / "run" / "config.json").read_text())
     assert saved["config"]["deterministic"] is True
     assert cli_main(["train", "--resume", str(tmp_path / "det" / "run"), "--deterministic", "false"]) == 2
+
+
+@pytest.mark.parametrize("method", ["l2rw", "mwnet"])
+def test_a_method_with_sample_weights_trains_on_the_clean_set_too(tmp_path, method):
+    """--train-on-clean streams the clean samples after the noisy ones: the per-sample record
+    (metrics' weight means, weights.npz, label-issues) stays the noisy training set's."""
+    m = train(tiny(tmp_path, method=method, train_on_clean=True))
+    assert m["history"][-1]["alpha_clean"] is not None
+    w = np.load(tmp_path / "run" / "weights.npz")
+    labels = np.load(tmp_path / "run" / "labels.npz")
+    n = len(labels["train_index"])
+    assert len(w["alpha"]) == len(w["beta"]) == len(w["is_noisy"]) == n == 1297 - 50
+    assert w["alpha_history"].shape == (2, n)
+    assert cli_main(["label-issues", str(tmp_path / "run")]) == 0

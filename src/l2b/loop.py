@@ -185,21 +185,25 @@ class EpochLog:
     def save_weights(self, path: Path, is_noisy: torch.Tensor, prep, history: "WeightHistory") -> None:
         """weights.npz: every training sample's last alpha, beta and pseudo-label, with its noisy
         and true label, and the last epochs' (``history``): what ``l2b label-issues`` and the
-        report read."""
-        atomic_npz(path, alpha=self.alpha.cpu().numpy(), beta=self.beta.cpu().numpy(),
-                   pseudo_labels=self.pseudo.cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
+        report read. The samples are the noisy training set's (``is_noisy`` long): a clean set
+        trained on as well (--train-on-clean) follows them in the stream and is left out."""
+        n = len(is_noisy)
+        atomic_npz(path, alpha=self.alpha[:n].cpu().numpy(), beta=self.beta[:n].cpu().numpy(),
+                   pseudo_labels=self.pseudo[:n].cpu().numpy(), is_noisy=is_noisy.cpu().numpy(),
                    noisy=prep.y_noisy, true=prep.y_true, train_index=prep.train_idx, **history.arrays())
 
     def mean_loss(self) -> float:
         return self.loss_sum.item() / max(self.seen, 1)
 
     def weight_summary(self, is_noisy: torch.Tensor) -> dict:
-        """Mean per-sample weights on clean vs corrupted samples (None: the method has none)."""
-        w = self.weighted
-        return {"alpha_clean": _mean(self.alpha, ~is_noisy) if w else None,
-                "alpha_noisy": _mean(self.alpha, is_noisy) if w else None,
-                "beta_clean": _mean(self.beta, ~is_noisy) if w else None,
-                "beta_noisy": _mean(self.beta, is_noisy) if w else None,
+        """Mean per-sample weights on the noisy training set's correct vs corrupted labels (None:
+        the method has none); a clean set trained on as well follows those samples and is left out."""
+        w, n = self.weighted, len(is_noisy)
+        alpha, beta = self.alpha[:n], self.beta[:n]
+        return {"alpha_clean": _mean(alpha, ~is_noisy) if w else None,
+                "alpha_noisy": _mean(alpha, is_noisy) if w else None,
+                "beta_clean": _mean(beta, ~is_noisy) if w else None,
+                "beta_noisy": _mean(beta, is_noisy) if w else None,
                 "all_zero_step_share": self.zero_steps.item() / max(self.steps, 1) if w else None}
 
 
@@ -225,7 +229,7 @@ class WeightHistory:
         for name, new in zip(self.FIELDS, (log.alpha, log.beta, log.pseudo, log.got)):
             rows = getattr(self, name)
             rows[:-1] = rows[1:].clone()
-            rows[-1] = new.to(rows.dtype)
+            rows[-1] = new[: rows.shape[1]].to(rows.dtype)  # the noisy training samples, which come first
         self.count = min(self.count + 1, self.k)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -238,8 +242,8 @@ class WeightHistory:
         return {"count": self.count, **{name: getattr(self, name) for name in self.FIELDS}}
 
     def load_state_dict(self, state: dict | None) -> None:
-        if not state:  # a checkpoint of an earlier version
-            return
+        if not state or not int(state["count"]):  # a checkpoint of an earlier version, or nothing kept yet
+            return  # (an earlier version sized an unweighted --train-on-clean run's record by its clean set too)
         self.count = int(state["count"])
         for name in self.FIELDS:
             getattr(self, name).copy_(state[name])

@@ -276,7 +276,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
                                    prep.y_true, list(ds.classes), cfg.eval_batch_size, main_rank,
                                    leaves=cfg.meta_set_leaves, seed=cfg.seed)
     others = {"meta_set": selector} if selector is not None else {}
-    weights = WeightHistory(cfg.weight_epochs, len(train_data), device)  # for l2b label-issues
+    weights = WeightHistory(cfg.weight_epochs, len(noisy_data), device)  # for l2b label-issues
     # how often the model agrees with its training labels, beside its accuracy on the clean set when
     # that is held out: when it starts to memorise them (l2b.memorisation; early_model.pt)
     held_out = selector is None and len(val_data) and not learns_from_clean(cfg.method, method.opts, cfg.train_on_clean)
