@@ -468,3 +468,15 @@ def test_a_grid_cell_of_an_earlier_version_counts_missing_settings_as_their_defa
     assert cli_main(argv) == 0 and "skip" in capsys.readouterr().out  # the same run: finished, skipped
     assert cli_main(argv + ["--test-every", "2"]) == 2
     assert "(test_every=1, now 2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, flags", [("l2rw", ["--val-batch-size", "1"]), ("mlc", ["--val-batch-size", "3"])])
+def test_a_lone_sample_at_a_1x1_batchnorm_names_the_batch_sizes_to_raise(tmp_path, capsys, method, flags):
+    """PreActResNet-18 on 8x8 digits ends at a 1x1 map: a clean batch of one (or MLC's half of
+    three) cannot be normalised there; the error says which flags give two or more."""
+    argv = ["train", "--data", "digits", "--model", "preact-resnet18", "--width", "4", "--epochs", "1",
+            "--val-per-class", "3", "--method", method, *flags, "--progress", "none", "--out", str(tmp_path / "out")]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "epoch 1, step 1: a BatchNorm layer of --model preact-resnet18" in err
+    assert f"--val-batch-size {flags[1]}" in err and "--model mlp" in err

@@ -98,6 +98,20 @@ class Run:
     resume_clean: dict | None = None  # a resumed run's saved clean-batch position, for the set it belongs to
 
 
+LONE_SAMPLE = "Expected more than 1 value per channel when training"  # torch's BatchNorm on one value
+
+
+def lone_sample_error(cfg: TrainConfig, epoch: int, step: int) -> ValueError:
+    """What to change when a BatchNorm layer met one sample at a 1x1 feature map (small images
+    through a deep model, and a batch, or a part of one, of a single sample)."""
+    clean = cfg.val_batch_size or cfg.batch_size
+    return ValueError(
+        f"epoch {epoch + 1}, step {step + 1}: a BatchNorm layer of --model {cfg.model} got a single sample "
+        f"where its feature map is 1x1, and cannot normalise it; give batches of 2 or more (--batch-size "
+        f"{cfg.batch_size}, --val-batch-size {clean}; 4 or more for mlc, whose mix mode halves each clean batch), "
+        f"or a model without BatchNorm (--model mlp)")
+
+
 def train_step(run: Run, x, y, idx, n_global: int, epoch: int, step: int, warm: bool):
     """One step: the method's loss (plain cross-entropy during warm-up), backward (all-reduced
     under torchrun), clipping, the optimizer step. Returns (loss, the method's StepOutput or None,
@@ -117,14 +131,19 @@ def train_step(run: Run, x, y, idx, n_global: int, epoch: int, step: int, warm: 
         else:
             batch = Batch(x, y, idx, *run.clean.next(), epoch=progress)
         result = None
-        if warm:
-            loss = method.warmup_loss(batch)
-        else:
-            try:
-                result = method.loss(batch)
-            except NonFiniteWeights as err:  # the model diverged inside the meta step
-                diverged(run.out, epoch, step, run.main_rank, "the meta step", detail=err.cause)
-            loss = result.loss
+        try:
+            if warm:
+                loss = method.warmup_loss(batch)
+            else:
+                try:
+                    result = method.loss(batch)
+                except NonFiniteWeights as err:  # the model diverged inside the meta step
+                    diverged(run.out, epoch, step, run.main_rank, "the meta step", detail=err.cause)
+                loss = result.loss
+        except ValueError as err:
+            if LONE_SAMPLE not in str(err):
+                raise
+            raise lone_sample_error(cfg, epoch, step) from None
     optimizer.zero_grad(set_to_none=True)
     # the global loss is the SUM over ranks of a global-sum loss (meta methods), or of each rank's
     # mean weighted by its share of the global batch
