@@ -426,6 +426,12 @@ def test_label_issues_on_own_npz_score_the_drawn_clean_set_too(tmp_path, capsys)
     assert main(["label-issues", str(run_dir), "--show", "4"]) == 0
     assert main(["report", str(run_dir)]) == 0
     assert "data-file='label_issues.png'" in (run_dir / "report.html").read_text()
+    # a cut that reads a verified clean set, asked for by name, says why this one is none
+    capsys.readouterr()
+    assert main(["label-issues", str(run_dir), "--cut", "clean-confusion", "--out", str(tmp_path / "cc")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--cut clean-confusion reads a verified clean set" in err and "drawn from your own training labels" in err
+    assert "use --cut auto or count" in err
 
 
 def test_a_clean_set_missing_a_class_is_named_at_training_and_at_label_issues(tmp_path, capsys):
@@ -578,7 +584,7 @@ def test_label_issues_scores_with_the_model_from_before_memorising_when_the_fina
     older = write_label_issues(tmp_path / "ce", out=tmp_path / "older")
     assert (older["model"], older["model_epoch"]) == ("best", best_epoch)
     assert f"at the best clean-validation epoch ({best_epoch})" in older["note"]
-    with pytest.raises(FileNotFoundError, match="no early_model.pt .*runs of earlier l2b versions have none"):
+    with pytest.raises(FileNotFoundError, match="no early_model.pt: .* nor by earlier l2b versions"):
         write_label_issues(tmp_path / "ce", out=tmp_path / "early", model="early")
     assert main(["label-issues", str(tmp_path / "l2b")]) == 0
     err = capsys.readouterr().err
@@ -671,7 +677,7 @@ def test_a_clean_set_the_model_learned_from_only_caps_the_count(tmp_path, capsys
     assert s["cut"] == "clean-confusion" and s["clean_learned"] and not s["clean_steered"]
     assert 0 < s["issues"] <= s["estimated"]
     assert "the model learned from the clean samples" in console_lines(s)[0][0]
-    with pytest.raises(ValueError, match="held-out clean samples"):
+    with pytest.raises(ValueError, match="its model learned from its clean set, which then serves --cut clean-confusion only"):
         write_label_issues(tmp_path / "run", cut="clean-quantile", out=tmp_path / "quantile")
     plain = write_label_issues(tmp_path / "run", cut="count", out=tmp_path / "count")
     assert plain["issues"] == s["estimated"] and not plain["clean_learned"]

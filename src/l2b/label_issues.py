@@ -122,6 +122,13 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
         split = np.concatenate([split, np.array(["clean"] * len(val_index))])
         index = np.concatenate([train_index, val_index])
         weights = {k: None if v is None else _pad(v, len(val_index), k) for k, v in weights.items()}
+    if cut in CLEAN_CUTS and not clean_ref:
+        why = ("no checkpoint.pt to score it with" if scored is None else
+               "its clean set was drawn from your own training labels, which nobody verified" if with_clean else
+               "it has no clean set" if not len(val_index) else
+               f"its model learned from its clean set, which then serves --cut {STEERED_CUT} only" if learned else
+               "its clean set is no held-out reference of its model")
+        raise ValueError(f"--cut {cut} reads a verified clean set, and {run}: {why}; use --cut auto or count")
     issues = rank_label_issues(given, **weights, pred_probs=probs, score=score, threshold=threshold, cut=cut,
                                **clean_ref)
     classes = _classes(run, config, prep)

@@ -79,9 +79,10 @@ def run_model_scores(run: Path, which: str = "final", held_out: bool = False, ex
 
     if which in SAVED_MODELS:
         if not (run / f"{which}_model.pt").is_file():
-            raise FileNotFoundError(f"{run}: no {which}_model.pt (written at {SAVED_MODELS[which]} by a run with a "
-                                    f"clean set{'; runs of earlier l2b versions have none' if which == 'early' else ''}"
-                                    f"); use --model final")
+            whose = ("a run whose clean set is held out, not by one that learned from it (mlc, glc, distill, "
+                     "--train-on-clean) nor by earlier l2b versions" if which == "early" else "a run with a clean set")
+            raise FileNotFoundError(f"{run}: no {which}_model.pt: it is written at {SAVED_MODELS[which]} by {whose}; "
+                                    f"use --model final")
         return load(which)
     final = scores("final", last_epoch)
     judged = held_out and len(clean_y) > 0  # memorisation is judged against a held-out clean set
