@@ -50,6 +50,50 @@ def test_the_lock_dies_with_its_process_even_on_kill_9(tmp_path, capsys):
     assert main(["train", *TINY, "--out", str(out)]) == 0
 
 
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_grid_killed_with_sigterm_leaves_no_worker_training_on(tmp_path):
+    """A scheduler's SIGTERM of `l2b compare --jobs 2` ends its workers too: none trains on holding its
+    cell's lock (the grid run again would otherwise be refused those cells)."""
+    grid = tmp_path / "grid"
+    argv = [sys.executable, "-m", "l2b", "compare", "--methods", "ce,l2rw", "--noise", "symmetric:0.4", "--jobs", "2",
+            "--data", "digits", "--model", "mlp", "--width", "16", "--epochs", "400", "--out", str(grid)]
+    parent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import time
+
+        started = time.monotonic()
+        while len(list(grid.rglob("metrics.jsonl"))) < 2 and time.monotonic() - started < 60:
+            time.sleep(0.2)  # both workers training
+        workers = {k for k in _children(parent.pid) if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()}
+        assert len(workers) == 2
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{k}").exists() for k in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{k}").exists() for k in workers)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    from l2b.runlock import RunLock
+
+    for cell in {p.parent for p in grid.rglob("metrics.jsonl")}:
+        RunLock(cell).acquire().release()  # free: a live worker would hold it
+
+
 def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path):
     out = tmp_path / "new" / "run"
     assert main(["train", *TINY, "--method", "l2b", "--val-per-class", "none", "--out", str(out)]) == 2

@@ -10,8 +10,11 @@ host). ``summary.csv`` has one row per (method, noise) with the columns of ``SUM
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import signal
 import statistics
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -115,6 +118,22 @@ def run_one(cfg_dict: dict[str, Any]) -> str:
     return f"run    {out}"
 
 
+def end_with_parent(parent: int) -> None:
+    """A grid worker ends when the grid's process does (Linux's parent-death signal): a `kill` or a
+    scheduler's SIGTERM of `l2b compare` leaves no worker training on, holding its cell's lock. The
+    cell resumes from its last checkpoint when the grid runs again."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl: the worker outlives a killed grid, as before
+        return
+    if os.getppid() != parent:  # the grid ended before the signal was set
+        os._exit(1)
+
+
 def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None = None, log=print) -> None:
     dicts = []
     for i, cfg in enumerate(cfgs):
@@ -128,7 +147,8 @@ def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None =
         return
     import multiprocessing as mp
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=end_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         for i, msg in enumerate(pool.map(run_one, dicts), 1):
             log(f"[{i}/{len(dicts)}] {msg}")
 
