@@ -94,6 +94,32 @@ def test_a_grid_killed_with_sigterm_leaves_no_worker_training_on(tmp_path):
         RunLock(cell).acquire().release()  # free: a live worker would hold it
 
 
+def test_a_grid_worker_killed_is_a_one_line_error_that_says_to_run_again(tmp_path):
+    """A worker killed under the grid (kill -9, the kernel's out-of-memory killer) ends the grid in
+    one line: how many cells are done and that the same command continues; no traceback."""
+    import time
+
+    grid = tmp_path / "grid"
+    argv = [sys.executable, "-m", "l2b", "compare", "--methods", "ce,l2rw", "--noise", "symmetric:0.4", "--jobs", "2",
+            "--data", "digits", "--model", "mlp", "--width", "16", "--epochs", "400", "--out", str(grid)]
+    parent = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = time.monotonic()
+        while len(list(grid.rglob("metrics.jsonl"))) < 2 and time.monotonic() - started < 60:
+            time.sleep(0.2)
+        workers = sorted(k for k in _children(parent.pid) if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes())
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = parent.communicate(timeout=60)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    assert parent.returncode == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "l2b compare: error: a grid worker ended abruptly (killed, or out of memory)" in last
+    assert "0 of 2 cells are done: run the same command again to continue" in last
+
+
 def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path):
     out = tmp_path / "new" / "run"
     assert main(["train", *TINY, "--method", "l2b", "--val-per-class", "none", "--out", str(out)]) == 2

@@ -16,6 +16,7 @@ import signal
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,16 @@ def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None =
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=end_with_parent,
                              initargs=(os.getpid(),)) as pool:
-        for i, msg in enumerate(pool.map(run_one, dicts), 1):
-            log(f"[{i}/{len(dicts)}] {msg}")
+        done = 0
+        try:
+            for msg in pool.map(run_one, dicts):
+                done += 1
+                log(f"[{done}/{len(dicts)}] {msg}")
+        except BrokenProcessPool:
+            raise ChildProcessError(
+                f"a grid worker ended abruptly (killed, or out of memory) while running {dicts[done]['out']} or a "
+                f"cell after it; {done} of {len(dicts)} cells are done: run the same command again to continue "
+                f"(finished cells are skipped), with fewer --jobs if memory ran out") from None
 
 
 def collect(out: Path, finished_only: bool = True) -> list[dict[str, Any]]:
