@@ -216,6 +216,28 @@ def test_bad_arguments_name_the_fix():
         l2b.meta_weights(model, x, y, x_val, y_val, optimizer=torch.optim.SGD(other.parameters(), lr=0.1))
 
 
+@pytest.mark.parametrize("engine", ["jvp-lean", "jvp", "unroll", "last-layer"])
+def test_a_label_outside_the_models_classes_names_its_batch_and_position(engine):
+    model = make_model("mlp")
+    x, y, x_val, y_val = make_batches()
+    k = model(x[:1]).shape[1]
+    y_bad, val_bad = y.clone(), y_val.clone()
+    y_bad[3], val_bad[1] = -1, k
+    with pytest.raises(ValueError, match=rf"training batch \(x, y\): labels\[3\] = -1 is not one of the model's {k} "):
+        l2b.meta_weights(model, x, y_bad, x_val, y_val, lr=0.1, engine=engine)
+    with pytest.raises(ValueError, match=rf"validation batch \(x_val, y_val\): labels\[1\] = {k} is not one of"):
+        l2b.meta_weights(model, x, y, x_val, val_bad, lr=0.1, engine=engine)
+
+
+def test_the_drop_in_step_refuses_an_unknown_engine_or_normalisation_when_built():
+    model = make_model("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="unknown engine='fast'"):
+        l2b.L2B(model, opt, engine="fast")
+    with pytest.raises(ValueError, match="unknown normalize='max'"):
+        l2b.L2B(model, opt, normalize="max")
+
+
 class _NoJvpRelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):

@@ -53,6 +53,26 @@ def _check_batch(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"{name}: empty batch")
 
 
+def label_range_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, y_val: torch.Tensor) -> ValueError | None:
+    """The first label outside the model's classes, as an error naming its batch and position
+    (None: every label is a class). Only called once a step has failed: it takes a forward of one
+    sample, in eval mode, to learn the class count."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            k = model(x[:1]).shape[-1]
+    finally:
+        model.train(was)
+    for name, labels in (("training batch (x, y)", y), ("validation batch (x_val, y_val)", y_val)):
+        bad = (labels < 0) | (labels >= k)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            return ValueError(f"{name}: labels[{i}] = {int(labels[i])} is not one of the model's {k} classes "
+                              f"(0..{k - 1})")
+    return None
+
+
 def meta_weights(
     model: nn.Module,
     x: torch.Tensor,
@@ -128,7 +148,13 @@ def meta_weights(
         if sync is None and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise ValueError("distributed=True needs torch.distributed to be initialised (e.g. by torchrun)")
     step = plain_sgd_step(model, lr) if optimizer is None else optimizer_step(model, optimizer)
-    raw_alpha, raw_beta, logits, val_loss = ENGINES[engine](model, step, x, y, x_val, y_val, loss_fn, sync)
+    try:
+        raw_alpha, raw_beta, logits, val_loss = ENGINES[engine](model, step, x, y, x_val, y_val, loss_fn, sync)
+    except (IndexError, RuntimeError) as err:  # torch's index errors name no batch; say which label it was
+        out_of_range = label_range_error(model, x, y, y_val)
+        if out_of_range is None:
+            raise
+        raise out_of_range from err
     if not bool(torch.isfinite(raw_alpha.sum() + raw_beta.sum())):  # a NaN or inf anywhere shows in the sum
         raise_non_finite(x, x_val, logits, val_loss)
     reduce = {} if sync is None else {"allsum": sync.allsum, "allmax": sync.allmax}

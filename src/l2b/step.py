@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .engines import LossFn
+from .engines import ENGINES, LossFn
 from .meta import MetaWeights, bootstrap_loss, meta_weights
+from .normalize import check_options
 
 
 VIRTUAL_STEPS = ("optimizer", "sgd")  # replay the run's optimizer step (the authors') | plain SGD (paper Eq. 5)
@@ -80,6 +81,9 @@ class L2B:
     ) -> None:
         if virtual_step not in VIRTUAL_STEPS:
             raise ValueError(f"virtual_step must be one of {', '.join(map(repr, VIRTUAL_STEPS))}, got {virtual_step!r}")
+        if engine not in ENGINES:  # said at construction, not at the first step
+            raise ValueError(f"unknown engine={engine!r}; choose one of {', '.join(map(repr, ENGINES))}")
+        check_options(normalize, constraint, temperature)
         self.model, self.optimizer = model, optimizer
         self.virtual_step, self.clip_grad_norm = virtual_step, clip_grad_norm
         self.loss_fn = loss_fn
