@@ -101,6 +101,10 @@ def test_a_grid_summary_leaves_the_fold_runs_out(ce_run):
     cross_fit_scores(ce_run, 2, which="final", log=lambda line: None)
     runs = collect(ce_run.parent)
     assert [r["dir"] for r in runs] == [ce_run]  # not its fold runs, trained on part of the data
+    assert [r["dir"] for r in collect(ce_run)] == [ce_run]
+    fold = ce_run / CROSS_FIT_DIR / "2-fold-1"
+    assert [r["dir"] for r in collect(fold)] == [fold]  # a fold asked for by name is that run
+    assert cli_main(["report", str(fold)]) == 0
 
 
 def test_a_fold_of_other_settings_is_refused_and_a_diverged_fold_is_named(tmp_path, capsys):

@@ -166,12 +166,13 @@ def collect(out: Path, finished_only: bool = True) -> list[dict[str, Any]]:
     """Every finished run below ``out``: its metrics.json plus its config and the options its
     method ran with (with ``finished_only=False`` also the runs that diverged, marked by their
     "diverged" entry). The fold runs of ``l2b label-issues --cross-fit`` inside a run directory
-    are not runs of the grid (each trained on part of the data), and are left out."""
+    are not runs of the grid (each trained on part of the data), and are left out; a fold run
+    that is ``out`` itself is the run asked for."""
     runs = []
     for metrics_path in sorted(out.rglob("metrics.json")):
         saved = read_json(metrics_path.parent / "config.json")
         config, options = saved["config"], saved.get("resolved", {}).get("method_options", {})
-        if config.get("holdout"):
+        if config.get("holdout") and metrics_path.parent != out:
             continue
         metrics = read_json(metrics_path)
         if "diverged" in metrics:
