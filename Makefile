@@ -33,6 +33,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/label_issue_imbalance.py --quick
 	$(PY) benchmarks/last_layer.py --quick
 	$(PY) benchmarks/no_clean_set.py --quick --grid runs/bench-paper-regime-quick
+	$(PY) benchmarks/device_check.py --device cpu --quick --out runs/device-check-quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache src/*.egg-info

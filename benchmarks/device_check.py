@@ -16,7 +16,7 @@ symmetric 40% noise, 10 clean per class, 3 epochs, seed 0. The table says, per m
 - label-issues / report: the command's exit status on the device run (0: it worked).
 
     python benchmarks/device_check.py --device cuda            # the whole table (about 2 min on a GPU)
-    python benchmarks/device_check.py --device cpu --methods ce,l2b --no-record   # a smoke run
+    python benchmarks/device_check.py --device cpu --methods ce,l2b --quick   # a smoke run
 """
 
 from __future__ import annotations
@@ -184,6 +184,8 @@ def main() -> None:
                                                               "is missing)")
     parser.add_argument("--out", default="runs/device-check")
     parser.add_argument("--no-record", action="store_true", help="print the table only")
+    parser.add_argument("--quick", action="store_true", help="2 epochs, no torchrun row, nothing recorded (the "
+                                                             "test suite's smoke run)")
     args = parser.parse_args()
     check_device_arg(parser, args.device)
     names = list(CASES) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
@@ -191,6 +193,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown case(s) {unknown}; valid: {', '.join(CASES)}")
     BASE["data"] = args.data
+    if args.quick:
+        BASE["epochs"], args.no_record = 2, True
     root = Path(args.out)
     shutil.rmtree(root, ignore_errors=True)
     start = time.perf_counter()
@@ -198,6 +202,8 @@ def main() -> None:
     for name in names:
         rows.append(check(name, root, args.device))
         print(json.dumps(rows[-1]), flush=True)
+    if args.quick:
+        return
     extra = under_torchrun(root, args.device)
     print(json.dumps(extra), flush=True)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"

@@ -414,18 +414,17 @@ def test_label_issue_imbalance_benchmark_quick_mode_scores_l2b_and_cleanlab(tmp_
 
 
 def test_device_check_on_the_cpu_trains_resumes_scores_and_reports(tmp_path):
-    """The check a GPU machine runs, here on the CPU for one method (GLC: its batches of one clean
-    sample meet PreActResNet-18's 1x1 map on digits) and L2B under torchrun."""
+    """The check a GPU machine runs, here on the CPU in its quick mode for one method (GLC: its
+    batches of one clean sample meet PreActResNet-18's 1x1 map on digits)."""
     before = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--device", "cpu",
-                           "--methods", "glc", "--no-record", "--out", str(tmp_path / "check")],
+                           "--methods", "glc", "--quick", "--out", str(tmp_path / "check")],
                           capture_output=True, text=True, cwd=ROOT / "benchmarks", timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    glc, torchrun = rows
+    (glc,) = rows
     assert glc["error"] is None and glc["resume"] == 0.0  # the resumed run is the whole run
     assert glc["test_acc"] == glc["test_acc_cpu"] == glc["from_cpu"] > 50
     assert glc["label_issues"] == 0 and glc["report"] in (0, "no matplotlib")
-    assert torchrun["error"] is None and torchrun["test_acc"] > 50
     assert (ROOT / "benchmarks" / "RESULTS.md").read_text() == before
