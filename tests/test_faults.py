@@ -291,3 +291,19 @@ def test_warnings_are_said_once_under_torchrun(monkeypatch, capsys):
         warn("an empty class folder")
         assert ("l2b: warning: an empty class folder" in capsys.readouterr().err) is said
         assert bool(format_warning(UserWarning("a gap"), UserWarning, inside, 1)) is said
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_run_trained_on_a_gpu_is_scored_and_cross_fitted_on_a_machine_without_one(tmp_path, capsys):
+    """A run directory copied from a GPU server (its config says --device cuda) to a laptop:
+    label-issues scores it, and trains its cross-fit folds, on the CPU instead of failing."""
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["device"] = "cuda"
+    (run / "config.json").write_text(json.dumps(saved))
+    assert main(["label-issues", str(run), "--out", str(tmp_path / "in")]) == 0
+    assert main(["label-issues", str(run), "--cross-fit", "2", "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((run / "cross-fit" / "2-fold-1" / "config.json").read_text())["config"]["device"] == "cpu"
+    assert main(["report", str(run)]) == 0
+    assert "Traceback" not in capsys.readouterr().err

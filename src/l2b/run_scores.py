@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import usable_device
 from .memorisation import memorised
 from .rundir import read_json
 
@@ -138,8 +139,8 @@ def fold_runs(cfg, run: Path, folds: int) -> list:
     if cfg.holdout is not None:
         raise ValueError(f"{run} is itself one fold of a cross-fit (--holdout {cfg.holdout}); give the run it was "
                          f"made from")
-    return [replace(cfg, holdout=f"{f}/{folds}", out=str(run / CROSS_FIT_DIR / f"{folds}-fold-{f}"), progress="none")
-            for f in range(1, folds + 1)]
+    return [replace(cfg, holdout=f"{f}/{folds}", out=str(run / CROSS_FIT_DIR / f"{folds}-fold-{f}"), progress="none",
+                    device=usable_device(cfg.device)) for f in range(1, folds + 1)]
 
 
 def cross_fit_scores(run: Path, folds: int, which: str = "auto", held_out: bool = False, log=print) -> RunScores:

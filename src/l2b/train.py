@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, usable_device
 from .data.batches import CleanBatches, union
 from .distributed import current_sync, init_from_env
 from .methods import create_method, learns_from_clean, needs_of
@@ -135,7 +135,7 @@ def load_run(run: str | Path, device: str | torch.device | None = None):
             raise FileNotFoundError(f"{run}: no {name}; give the directory of an l2b run (its --out)")
     saved = read_json(run / "config.json")
     cfg = _found_data(TrainConfig.from_dict(saved["config"], str(run / "config.json")), saved)
-    device = resolve_device(cfg.device) if device is None else torch.device(device)
+    device = resolve_device(usable_device(cfg.device)) if device is None else torch.device(device)
     prep = prepare_data(cfg, needs_clean_set(cfg))
     splits = build_splits(cfg, prep, device)
     model = build_model(cfg, prep.ds, device)
