@@ -307,3 +307,26 @@ def test_a_run_trained_on_a_gpu_is_scored_and_cross_fitted_on_a_machine_without_
     assert json.loads((run / "cross-fit" / "2-fold-1" / "config.json").read_text())["config"]["device"] == "cpu"
     assert main(["report", str(run)]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_label_issues_finds_moved_data_with_data_and_refuses_changed_data(tmp_path, capsys):
+    """The data a run trained on, moved since (a copied run directory, a reorganised disk), is
+    given with --data; data that changed is refused (its labels would be matched to the wrong
+    samples), as --resume refuses it."""
+    data = _npz(tmp_path / "d.npz", 1000)
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--data", f"npz:{data}", "--noise", "symmetric:0.3", "--val-per-class", "5",
+                 "--out", str(run)]) == 0
+    moved = data.rename(tmp_path / "moved.npz")
+    capsys.readouterr()
+    assert main(["label-issues", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{data}: file not found (the data of the run {run})" in err and "with --data" in err
+    assert main(["label-issues", str(run), "--data", f"npz:{moved}", "--show", "4"]) == 0
+    assert (run / "label_issues.png").is_file()
+    _npz(moved, 1000, relabel=True)
+    capsys.readouterr()
+    assert main(["label-issues", str(run), "--data", f"npz:{moved}"]) == 2
+    assert "the data changed since the run trained (the labels (their hash differs))" in capsys.readouterr().err
+    assert main(["label-issues", str(run), "--data", f"npz:{moved}", "--cross-fit", "2"]) == 2
+    assert "--data with --cross-fit" in capsys.readouterr().err

@@ -686,6 +686,7 @@ def test_a_clean_set_the_model_learned_from_only_caps_the_count(tmp_path, capsys
 
     asked = []
     real = li.run_model_scores
-    monkeypatch.setattr(li, "run_model_scores", lambda run, which, held_out: asked.append(held_out) or real(run, which, held_out))
+    monkeypatch.setattr(li, "run_model_scores",
+                        lambda run, which, held_out, **kw: asked.append(held_out) or real(run, which, held_out, **kw))
     write_label_issues(tmp_path / "run", out=tmp_path / "again")
     assert asked == [False]

@@ -245,7 +245,7 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     from .label_issues import console_lines, write_label_issues
 
     s = write_label_issues(args.dir, threshold=args.threshold, score=args.score, cut=args.cut, out=args.out,
-                           show=args.show, model=args.model, cross_fit=args.cross_fit,
+                           show=args.show, model=args.model, cross_fit=args.cross_fit, data=args.data,
                            log=lambda line: print(f"l2b: {line}", file=sys.stderr, flush=True))
     out, err = console_lines(s, args.show)
     for line in err:
@@ -320,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                            f"else {DEFAULT_CUT}; threshold when --threshold is given)")
     li.add_argument("--out", help="write label_issues.csv (and .png) here instead of the run directory")
     li.add_argument("--show", type=int, default=0, metavar="N", help="also draw the top N suspects into label_issues.png")
+    li.add_argument("--data", metavar="SPEC", help="the run's dataset where it is now, if it moved since the run "
+                                                   "trained (e.g. npz:FILE); checked against the run's record of its labels")
     li.add_argument("--model", default="auto", choices=MODELS,
                     help="the model that scores the labels: final (last epoch), best (best_model.pt, the best "
                          "clean-validation epoch), early (early_model.pt, the last epoch before it began to memorise "

@@ -26,7 +26,7 @@ SMALL_CLEAN_PER_CLASS = 10  # clean samples per class at or below which a steere
 
 def write_label_issues(run: str | Path, threshold: float | None = None, score: str = "auto", cut: str = "auto",
                        out: str | Path | None = None, show: int = 0, model: str = "auto", cross_fit: int = 0,
-                       log=print) -> dict:
+                       log=print, data: str | None = None) -> dict:
     """Write ``label_issues.csv`` (into ``out``, default the run directory), most suspect first:
     ``index`` (position in the dataset's training set), ``split`` (train, or clean for a clean
     sample drawn from unverified labels), ``given_label`` / ``given_class``,
@@ -45,6 +45,9 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     if cross_fit and score not in ("auto", "model"):
         raise ValueError(f"--cross-fit scores with the fold models' probabilities; --score {score} reads this run's "
                          f"weights: drop one of them")
+    if cross_fit and data is not None:
+        raise ValueError(f"--data with --cross-fit: the fold runs keep the data's place of their own config; put the "
+                         f"data back where {run} trained on it to cross-fit, or score in sample with --data")
     labels_path = run / "labels.npz"
     if not labels_path.is_file():
         inside = sorted(f.parent for f in run.glob("*/*/seed*/labels.npz"))  # a grid of l2b compare
@@ -97,7 +100,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     if has_model and (score in ("model", "combined") or cut != "threshold"):
         held_out = reference and not learned  # memorisation is judged against a held-out clean set only
         scored = (cross_fit_scores(run, cross_fit, model, held_out, log) if cross_fit else
-                  run_model_scores(run, model, held_out))
+                  run_model_scores(run, model, held_out, data=data))
         probs, clean_probs, val_y, prep = scored.train, scored.clean, scored.clean_labels, scored.prep
         if reference and len(clean_probs) and threshold is None and \
                 cut in (("auto", STEERED_CUT) if learned else ("auto", *CLEAN_CUTS)):
@@ -136,7 +139,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     _write_csv(out / "label_issues.csv", issues, index, split, given, classes, paths)
     picture = None
     if show > 0:
-        picture = _show(out / "label_issues.png", issues, index, split, given, classes, show, run, prep)
+        picture = _show(out / "label_issues.png", issues, index, split, given, classes, show, run, prep, data)
     is_noisy = given != true
     mask = np.zeros(len(given), dtype=bool)
     mask[issues.indices] = True
@@ -322,12 +325,12 @@ def _image(prep, i: int) -> np.ndarray:
     return x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)
 
 
-def _show(path: Path, issues, index, split, given, classes, top: int, run: Path, prep) -> Path:
+def _show(path: Path, issues, index, split, given, classes, top: int, run: Path, prep, data: str | None) -> Path:
     """label_issues.png: the top suspects, each with given -> suggested label and its score."""
     if prep is None:
         from .train import load_run
 
-        prep = load_run(run)[1]
+        prep = load_run(run, data=data)[1]
     chosen = issues.indices[:top]
     if not len(chosen):
         chosen = np.argsort(-issues.score, kind="stable")[:top]  # nothing flagged: the most suspect anyway

@@ -193,8 +193,9 @@ def data_fingerprint(cfg: TrainConfig, prep: Prepared, splits) -> dict:
             "labels_sha256": h.hexdigest()[:16], "noise": cfg.noise}
 
 
-def check_same_data(out, fingerprint: dict) -> None:
-    """``--resume``: the data must be what the run started on (its config.json's fingerprint)."""
+def check_same_data(out, fingerprint: dict, resuming: bool = True) -> None:
+    """The data must be what the run started on (its config.json's fingerprint): to resume it, or
+    (``resuming=False``) to score its labels with its model."""
     from pathlib import Path
 
     saved = read_json(Path(out) / "config.json").get("data", {}).get("fingerprint")
@@ -202,6 +203,9 @@ def check_same_data(out, fingerprint: dict) -> None:
         return
     changed = [f"{k} {saved[k]} -> {fingerprint.get(k)}" if k != "labels_sha256" else "the labels (their hash differs)"
                for k in saved if saved[k] != fingerprint.get(k)]
+    if changed and not resuming:
+        raise ValueError(f"{out}: the data changed since the run trained ({'; '.join(changed)}); its model and labels "
+                         f"belong to the old data. Restore that data, or give where it is now with --data")
     if changed:
         raise ValueError(f"--resume {out}: the data changed since the run started ({'; '.join(changed)}); its "
                          f"checkpoint belongs to the old data. Restore that data, or start a new run with another --out")

@@ -41,7 +41,8 @@ class RunScores:
         return f"{self.model} (epoch {self.epoch + 1})"
 
 
-def run_model_scores(run: Path, which: str = "final", held_out: bool = False, extra=None) -> RunScores:
+def run_model_scores(run: Path, which: str = "final", held_out: bool = False, extra=None,
+                     data: str | None = None) -> RunScores:
     """The probabilities a model of the run gives its training samples and its clean samples (and
     the samples of ``extra``, a split of l2b.data.batches, when given).
 
@@ -51,12 +52,12 @@ def run_model_scores(run: Path, which: str = "final", held_out: bool = False, ex
     memorised its labels since the best-validation epoch (:func:`memorised`, judged on a held-out
     clean set, so only with ``held_out``: the run's clean set is one); then the early model, or
     where the run has none or it memorised too, the best-validation one, when that one had not
-    memorised."""
+    memorised. ``data``: the run's dataset where it is now, when it moved since the run trained."""
     from .models import predict_probs
     from .rundir import load_checkpoint
     from .train import load_run
 
-    cfg, prep, (train_data, val_data, _), model = load_run(run)
+    cfg, prep, (train_data, val_data, _), model = load_run(run, data=data)
     clean_y = val_data.y.cpu().numpy()
     history = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
     last_epoch = len(history.get("history", [])) - 1

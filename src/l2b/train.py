@@ -126,18 +126,26 @@ def _found_data(cfg: TrainConfig, saved: dict) -> TrainConfig:
     return replace(cfg, data=located) if Path(located.partition(":")[2]).exists() else cfg
 
 
-def load_run(run: str | Path, device: str | torch.device | None = None):
+def load_run(run: str | Path, device: str | torch.device | None = None, data: str | None = None):
     """A run rebuilt from its directory: ``(cfg, prep, (train, val, test), model)`` with the data,
-    noise and split of its config.json and the model's weights of its last checkpoint (train mode)."""
+    noise and split of its config.json and the model's weights of its last checkpoint (train mode).
+    ``data``: the run's dataset where it is now, when it moved since; checked, as the data always
+    is, against the run's record of its labels."""
     run = Path(run)
     for name in ("config.json", "checkpoint.pt"):
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run}: no {name}; give the directory of an l2b run (its --out)")
     saved = read_json(run / "config.json")
     cfg = _found_data(TrainConfig.from_dict(saved["config"], str(run / "config.json")), saved)
+    cfg = cfg if data is None else replace(cfg, data=data)
     device = resolve_device(usable_device(cfg.device)) if device is None else torch.device(device)
-    prep = prepare_data(cfg, needs_clean_set(cfg))
+    try:
+        prep = prepare_data(cfg, needs_clean_set(cfg))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err} (the data of the run {run}); if it moved since the run trained, give where "
+                                f"it is now with --data") from None
     splits = build_splits(cfg, prep, device)
+    check_same_data(run, data_fingerprint(cfg, prep, splits), resuming=False)
     model = build_model(cfg, prep.ds, device)
     model.load_state_dict(load_checkpoint(run / "checkpoint.pt", device)["model"])
     return cfg, prep, splits, model
