@@ -330,3 +330,16 @@ def test_label_issues_finds_moved_data_with_data_and_refuses_changed_data(tmp_pa
     assert "the data changed since the run trained (the labels (their hash differs))" in capsys.readouterr().err
     assert main(["label-issues", str(run), "--data", f"npz:{moved}", "--cross-fit", "2"]) == 2
     assert "--data with --cross-fit" in capsys.readouterr().err
+
+
+def test_resume_without_its_data_says_to_put_it_back(tmp_path, capsys):
+    from l2b.train import TrainConfig, train
+
+    data = _npz(tmp_path / "d.npz", 300)
+    cfg = TrainConfig(data=f"npz:{data}", model="mlp", width=8, epochs=2, noise="symmetric:0.3", val_per_class=5,
+                      out=str(tmp_path / "run"), progress="none")
+    train(cfg, stop_after_epoch=0)
+    data.rename(tmp_path / "elsewhere.npz")
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{data}: file not found (the data the run began on, which it resumes on: put it back)" in err

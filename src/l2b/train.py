@@ -257,9 +257,11 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
             raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
         if resume:
             check_same_data(out, data_fingerprint(cfg, prep, (train_data, val_data, test_data)))
-    except BaseException:
+    except BaseException as err:
         if not resume:
             lock.abandon()  # failed before writing anything: leave no directory behind
+        elif isinstance(err, FileNotFoundError) and cfg.data.partition(":")[2] in str(err):
+            raise FileNotFoundError(f"{err} (the data the run began on, which it resumes on: put it back)") from None
         raise
 
     model = training_model(cfg, ds, device, world)
