@@ -44,16 +44,6 @@ def check_types(cfg) -> None:
             raise ValueError(f"config: {f.name}={value!r} is not a {f.type}; give {converted!r}")
 
 
-def usable_device(name: str) -> str:
-    """``name`` where this machine has it, else the CPU: a run trained on a GPU is scored, drawn and
-    cross-fitted wherever its directory is copied."""
-    try:
-        check_device(name)
-    except ValueError:
-        return "cpu"
-    return name
-
-
 def check_device(name: str) -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and CUDA only where this torch has it."""
     import torch

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import usable_device
 from .memorisation import memorised
+from .run_model import usable_device
 from .rundir import read_json
 
 MODELS = ("auto", "final", "best", "early")  # which of a run's models scores its labels

@@ -1,0 +1,108 @@
+"""A run's model, optimizer and device: the architecture on the device, pretrained weights,
+SyncBatchNorm and memory format, the ranks under torchrun, and the deterministic kernels that
+``--deterministic`` asks for."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from .config import TrainConfig, check_device
+from .distributed import init_from_env
+from .models import create_model
+from .rundir import load_checkpoint
+
+
+def load_pretrained(model: torch.nn.Module, path: str) -> None:
+    """Load a local state dict (e.g. ImageNet weights), skipping the classifier whose shape
+    differs; no download ever happens."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--pretrained {path}: file not found")
+    state = load_checkpoint(path, "cpu")
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not kept:
+        raise ValueError(f"--pretrained {path}: no tensor matches the model {type(model).__name__}")
+    model.load_state_dict(kept, strict=False)
+    skipped = sorted(set(own) - set(kept))
+    print(f"loaded {len(kept)} tensors from {path}; kept the model's own {skipped[:4]}"
+          f"{' ...' if len(skipped) > 4 else ''}", flush=True)
+
+
+def usable_device(name: str) -> str:
+    """``name`` where this machine has it, else the CPU: a run trained on a GPU is scored, drawn and
+    cross-fitted wherever its directory is copied."""
+    try:
+        check_device(name)
+    except ValueError:
+        return "cpu"
+    return name
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: TrainConfig, ds, device: torch.device) -> torch.nn.Module:
+    """The run's architecture for this dataset, on the device (random initial weights)."""
+    return create_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
+                        image_size=ds.image_size, width=cfg.width).to(device)
+
+
+def training_model(cfg: TrainConfig, ds, device: torch.device, world: int) -> torch.nn.Module:
+    """The model to train: initialised, pretrained weights loaded, SyncBatchNorm under torchrun
+    when asked, on the device in its memory format."""
+    model = build_model(cfg, ds, torch.device("cpu"))
+    if cfg.pretrained:
+        load_pretrained(model, cfg.pretrained)
+    if cfg.sync_bn and world > 1:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+
+
+def start_ranks(cfg: TrainConfig) -> tuple[torch.device, int, int]:
+    """(device, rank, world size). Under torchrun every rank runs ``train`` on its shard of each
+    global batch (l2b.distributed), on its own GPU when the device is CUDA."""
+    device = resolve_device(cfg.device)
+    rank, world, local_rank = init_from_env(device.type)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device, rank, world
+
+
+
+@contextlib.contextmanager
+def deterministic_kernels(on: bool):
+    """``--deterministic``: torch's deterministic kernels (cuDNN's, cuBLAS's and its own) for the run,
+    warning for an op that has none, and the process's previous choice restored after."""
+    if not on:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it as it starts
+    cudnn = torch.backends.cudnn
+    was = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+           cudnn.deterministic, cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+        cudnn.deterministic, cudnn.benchmark = was[2], was[3]
