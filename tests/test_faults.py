@@ -332,14 +332,29 @@ def test_label_issues_finds_moved_data_with_data_and_refuses_changed_data(tmp_pa
     assert "--data with --cross-fit" in capsys.readouterr().err
 
 
-def test_resume_without_its_data_says_to_put_it_back(tmp_path, capsys):
+def test_resume_finds_moved_data_with_data_and_records_its_new_place(tmp_path, capsys):
+    """A run stopped, its data moved: --resume names --data; --resume --data gives the new place
+    (the same data by its fingerprint, so the run continues bit for bit), and config.json records
+    it for label-issues; other data is refused."""
     from l2b.train import TrainConfig, train
 
     data = _npz(tmp_path / "d.npz", 300)
-    cfg = TrainConfig(data=f"npz:{data}", model="mlp", width=8, epochs=2, noise="symmetric:0.3", val_per_class=5,
-                      out=str(tmp_path / "run"), progress="none")
-    train(cfg, stop_after_epoch=0)
-    data.rename(tmp_path / "elsewhere.npz")
-    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    settings = dict(model="mlp", width=8, epochs=2, noise="symmetric:0.3", val_per_class=5, progress="none")
+    train(TrainConfig(data=f"npz:{data}", out=str(tmp_path / "whole"), **settings))
+    run = tmp_path / "run"
+    train(TrainConfig(data=f"npz:{data}", out=str(run), **settings), stop_after_epoch=0)
+    moved = data.rename(tmp_path / "moved.npz")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"{data}: file not found (the data the run began on, which it resumes on: put it back)" in err
+    assert f"{data}: file not found (the data the run began on; if it moved" in err and "--data SPEC" in err
+    _npz(tmp_path / "other.npz", 300, relabel=True)
+    assert main(["train", "--resume", str(run), "--data", f"npz:{tmp_path / 'other.npz'}"]) == 2
+    assert "the data changed since the run started" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--data", f"npz:{moved}"]) == 0
+    import torch
+
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["model"] for d in (tmp_path / "whole", run))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run / "config.json").read_text())["config"]["data"] == f"npz:{moved}"
+    assert main(["label-issues", str(run)]) == 0  # no --data needed any more

@@ -166,13 +166,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             given["method_args"] = {k: v for d in given["method_args"] for k, v in d.items()}
         changed = {k: v for k, v in TrainConfig.from_dict(given, "flags").__dict__.items()
                    if k in given and getattr(cfg, k) != v}
-        unsafe = sorted(set(changed) - set(NOT_RESULTS))
+        unsafe = sorted(set(changed) - set(NOT_RESULTS) - {"data"})  # data: the same data moved (checked)
         if unsafe:
             raise ValueError(
                 "--resume continues a run with its own settings; "
                 + ", ".join(f"--{k.replace('_', '-')} {changed[k]!r} (the run has {getattr(cfg, k)!r})" for k in unsafe)
                 + " would change its results. Start a new run with another --out instead (only "
-                + ", ".join("--" + k.replace("_", "-") for k in NOT_RESULTS if k != "out") + " may change)")
+                + ", ".join("--" + k.replace("_", "-") for k in NOT_RESULTS if k != "out")
+                + " may change, and --data to name where the same data moved)")
         for k, v in changed.items():
             setattr(cfg, k, v)
         metrics = train(cfg, resume=True)
@@ -284,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of settings (keys as the flags, - or _)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (its settings; "
                                                    "only --progress, --workers, --eval-batch-size, --device, --threads "
-                                                   "may be given anew)")
+                                                   "may be given anew, and --data where the same data moved)")
     p.add_argument("--overwrite", action="store_true", help="clear --out first if it holds another run")
     add_config_flags(p)
     add_option_flags(p)

@@ -55,6 +55,17 @@ def located_spec(spec: str) -> str:
     return f"{name}:{Path(path).resolve()}" if sep and path else spec
 
 
+def record_data_place(out: Path, spec: str) -> None:
+    """A resumed run whose data moved (``--resume DIR --data SPEC``, the same data by its
+    fingerprint): its config.json names the new place, for what reads the run after."""
+    saved = read_json(out / "config.json")
+    if saved["config"].get("data") == spec:
+        return
+    saved["config"]["data"] = spec
+    saved.setdefault("data", {})["located"] = located_spec(spec)
+    atomic_json(out / "config.json", saved, indent=2)
+
+
 def _found_data(cfg: TrainConfig, saved: dict) -> TrainConfig:
     """``cfg`` with its data spec as the run located it when a relative path no longer resolves
     from here (``l2b label-issues`` run from another directory)."""
@@ -176,11 +187,14 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
             raise ValueError(f"method {cfg.method!r} needs a clean validation set, and it is empty")
         if resume:
             check_same_data(out, data_fingerprint(cfg, prep, (train_data, val_data, test_data)))
+            if main_rank:
+                record_data_place(out, cfg.data)
     except BaseException as err:
         if not resume:
             lock.abandon()  # failed before writing anything: leave no directory behind
         elif isinstance(err, FileNotFoundError) and cfg.data.partition(":")[2] in str(err):
-            raise FileNotFoundError(f"{err} (the data the run began on, which it resumes on: put it back)") from None
+            raise FileNotFoundError(f"{err} (the data the run began on; if it moved, give where it is now: "
+                                    f"l2b train --resume {out} --data SPEC)") from None
         raise
 
     model = training_model(cfg, ds, device, world)
