@@ -97,7 +97,7 @@ class GLC(Method):
             logits = self.model(batch.x)
             silver_logits, gold_logits = logits[~gold], logits[gold]
         else:  # the reference's separate forwards (BatchNorm statistics per part)
-            silver_logits = self.model(batch.x[~gold]) if (~gold).any() else None
+            silver_logits = self.model(batch.x[~gold]) if n_gold < len(gold) else None
             gold_logits = self.model(batch.x[gold]) if n_gold else None
         if silver_logits is not None:
             total = total + forward_corrected_nll(silver_logits, batch.y[~gold], self.corruption).sum()
