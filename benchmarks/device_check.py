@@ -48,18 +48,10 @@ CASES = {"ce": ("ce", {}), "bootstrap": ("bootstrap", {}), "mixup": ("mixup", {}
 
 
 def config(method: str, extra: dict, out: Path, device: str, **more):
+    """The case's settings; its method options (engine=...) join method_args as in a YAML file."""
     from l2b.config import TrainConfig
 
-    settings = {**BASE, "method": method, "device": device, "out": str(out), **more}
-    options = {}
-    for key, value in extra.items():
-        if key in TrainConfig.__dataclass_fields__:
-            settings[key] = value
-        else:
-            options[key] = value
-    if options:
-        settings["method_args"] = options
-    return TrainConfig(**settings)
+    return TrainConfig.from_dict({**BASE, "method": method, "device": device, "out": str(out), **extra, **more})
 
 
 def quietly(fn, *args, **kwargs):
