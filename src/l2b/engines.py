@@ -348,3 +348,9 @@ def raw_weights_last_layer(
 
 ENGINES = {"jvp": raw_weights_jvp, "jvp-lean": raw_weights_jvp_lean, "unroll": raw_weights_unroll,
            "last-layer": raw_weights_last_layer}
+
+
+def check_engine(engine: str) -> None:
+    """An engine of ``ENGINES``, or a one-line error listing them."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine={engine!r}; choose one of {', '.join(map(repr, ENGINES))}")

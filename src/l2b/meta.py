@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engines import ENGINES, LossFn, split_loss_fn
+from .engines import ENGINES, LossFn, check_engine, split_loss_fn
+from .models import eval_mode
 from .normalize import check_options, normalize_weights
 from .virtual_step import optimizer_step, plain_sgd_step
 
@@ -57,13 +58,8 @@ def label_range_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, y_val:
     """The first label outside the model's classes, as an error naming its batch and position
     (None: every label is a class). Only called once a step has failed: it takes a forward of one
     sample, in eval mode, to learn the class count."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            k = model(x[:1]).shape[-1]
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.no_grad():
+        k = model(x[:1]).shape[-1]
     for name, labels in (("training batch (x, y)", y), ("validation batch (x_val, y_val)", y_val)):
         bad = (labels < 0) | (labels >= k)
         if bool(bad.any()):
@@ -134,8 +130,7 @@ def meta_weights(
             "give exactly one of lr= (paper Eq. 5, plain-SGD virtual step) or optimizer= "
             "(the authors' code: replay the optimizer's own SGD step)"
         )
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine={engine!r}; choose one of {', '.join(map(repr, ENGINES))}")
+    check_engine(engine)
     check_options(normalize, constraint, temperature)
     _check_batch("training batch (x, y)", x, y)
     _check_batch("validation batch (x_val, y_val)", x_val, y_val)

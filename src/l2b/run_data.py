@@ -203,9 +203,9 @@ def check_same_data(out, fingerprint: dict, resuming: bool = True) -> None:
         return
     changed = [f"{k} {saved[k]} -> {fingerprint.get(k)}" if k != "labels_sha256" else "the labels (their hash differs)"
                for k in saved if saved[k] != fingerprint.get(k)]
-    if changed and not resuming:
-        raise ValueError(f"{out}: the data changed since the run trained ({'; '.join(changed)}); its model and labels "
-                         f"belong to the old data. Restore that data, or give where it is now with --data")
     if changed:
-        raise ValueError(f"--resume {out}: the data changed since the run started ({'; '.join(changed)}); its "
-                         f"checkpoint belongs to the old data. Restore that data, or start a new run with another --out")
+        raise ValueError(
+            f"--resume {out}: the data changed since the run started ({'; '.join(changed)}); its checkpoint belongs to "
+            f"the old data. Restore that data, or start a new run with another --out" if resuming else
+            f"{out}: the data changed since the run trained ({'; '.join(changed)}); its model and labels belong to the "
+            f"old data. Restore that data, or give where it is now with --data")

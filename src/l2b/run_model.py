@@ -87,7 +87,6 @@ def start_ranks(cfg: TrainConfig) -> tuple[torch.device, int, int]:
     return device, rank, world
 
 
-
 @contextlib.contextmanager
 def deterministic_kernels(on: bool):
     """``--deterministic``: torch's deterministic kernels (cuDNN's, cuBLAS's and its own) for the run,

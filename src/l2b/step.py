@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .engines import ENGINES, LossFn
+from .engines import LossFn, check_engine
 from .meta import MetaWeights, bootstrap_loss, meta_weights
 from .normalize import check_options
 
@@ -81,8 +81,7 @@ class L2B:
     ) -> None:
         if virtual_step not in VIRTUAL_STEPS:
             raise ValueError(f"virtual_step must be one of {', '.join(map(repr, VIRTUAL_STEPS))}, got {virtual_step!r}")
-        if engine not in ENGINES:  # said at construction, not at the first step
-            raise ValueError(f"unknown engine={engine!r}; choose one of {', '.join(map(repr, ENGINES))}")
+        check_engine(engine)  # said at construction, not at the first step
         check_options(normalize, constraint, temperature)
         self.model, self.optimizer = model, optimizer
         self.virtual_step, self.clip_grad_norm = virtual_step, clip_grad_norm
