@@ -318,3 +318,33 @@ def test_batched_crop_and_flip_take_windows_of_the_padded_image():
     assert all(a or b for a, b in zip(is_flipped, same)) and 10 < sum(is_flipped) < 90
     again = augment_batch(x, crop_padding=2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
+
+
+def test_mean_std_from_the_histogram_equals_the_float64_statistics():
+    from l2b.data.arrays import ArrayDataset
+
+    rng = np.random.Generator(np.random.PCG64(3))
+    x = rng.integers(0, 256, (37, 3, 5, 4)).astype(np.uint8)
+    x[:, 2] = 17  # a constant channel: its std is clamped, not zero
+    ds = ArrayDataset("t", torch.from_numpy(x), torch.zeros(37, dtype=torch.int64), torch.from_numpy(x[:2]),
+                      torch.zeros(2, dtype=torch.int64), ("a", "b"))
+    mean, std = ds.mean_std()
+    ref = x.astype(np.float64) / 255.0
+    assert mean.dtype == std.dtype == torch.float32
+    np.testing.assert_array_equal(mean.numpy(), ref.mean(axis=(0, 2, 3)).astype(np.float32))
+    np.testing.assert_array_equal(std.numpy(), np.maximum(ref.std(axis=(0, 2, 3), ddof=1), 1e-3).astype(np.float32))
+
+
+def test_idx_files_are_read_once_and_again_when_they_change(tmp_path):
+    from l2b.data.arrays import read_idx
+
+    root = make_idx_dir(tmp_path / "m")
+    img = root / "train-images-idx3-ubyte"
+    first = read_idx(img)
+    assert read_idx(img) is first and not first.flags.writeable  # shared, so nobody may change it
+    ds = load_dataset(f"mnist:{root}")
+    ds.x_train.zero_()  # a loaded dataset owns its tensors: changing them leaves the file's copy alone
+    assert load_dataset(f"mnist:{root}").x_train.flatten().tolist() == first.flatten().tolist()
+    write_idx(img, 255 - first.astype(np.int64))  # the same size, new content
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
+    assert read_idx(img).flatten().tolist() == (255 - first.astype(np.int64)).flatten().tolist()
