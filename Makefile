@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[test,cli,data,images,report]"
 	touch $@
 
+# the tests spread over the cores (pytest-xdist), one torch thread each (tests/conftest.py)
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 demo: $(VENV)/.installed
 	$(PY) -m l2b demo

@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
 from torch import nn
 
 from l2b.models import MLP, PreActResNet18
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one torch thread per test worker, and per process a test starts: two workers of two threads
+    # each on two cores run many times slower than one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
