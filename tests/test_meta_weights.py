@@ -229,6 +229,29 @@ def test_a_label_outside_the_models_classes_names_its_batch_and_position(engine)
         l2b.meta_weights(model, x, y, x_val, val_bad, lr=0.1, engine=engine)
 
 
+class _PairOut(nn.Module):
+    """A model that returns (logits, features), or its logits' first column only."""
+
+    def __init__(self, pair: bool):
+        super().__init__()
+        self.pair, self.body, self.fc = pair, nn.Flatten(), nn.Linear(3 * 6 * 6, 4)
+
+    def forward(self, x):
+        logits = self.fc(self.body(x))
+        return (logits, x) if self.pair else logits[:, 0]
+
+
+@pytest.mark.parametrize("engine", ["jvp-lean", "jvp", "unroll", "last-layer"])
+@pytest.mark.parametrize("pair", [True, False], ids=["tuple", "one-column"])
+def test_a_model_that_does_not_return_logits_is_named_not_a_torch_error(engine, pair):
+    x, y, x_val, y_val = make_batches()
+    got = "a tuple" if pair else r"a tensor of shape \(1,\) for one sample"
+    error, message = (ValueError, "the model's output is not the output of its classifier 'fc'") \
+        if engine == "last-layer" else (TypeError, f"the model returned {got}; meta_weights needs its logits")
+    with pytest.raises(error, match=message):
+        l2b.meta_weights(_PairOut(pair), x, y.clamp(max=0), x_val, y_val.clamp(max=0), lr=0.1, engine=engine)
+
+
 def test_the_drop_in_step_refuses_an_unknown_engine_or_normalisation_when_built():
     model = make_model("mlp")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -236,6 +259,9 @@ def test_the_drop_in_step_refuses_an_unknown_engine_or_normalisation_when_built(
         l2b.L2B(model, opt, engine="fast")
     with pytest.raises(ValueError, match="unknown normalize='max'"):
         l2b.L2B(model, opt, normalize="max")
+    for clip in (-1.0, 0.0, float("nan")):  # torch would scale the gradient by a negative factor: uphill
+        with pytest.raises(ValueError, match=f"clip_grad_norm must be a finite number > 0, or None .*got {clip}"):
+            l2b.L2B(model, opt, clip_grad_norm=clip)
 
 
 class _NoJvpRelu(torch.autograd.Function):

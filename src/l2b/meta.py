@@ -54,12 +54,19 @@ def _check_batch(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"{name}: empty batch")
 
 
-def label_range_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, y_val: torch.Tensor) -> ValueError | None:
-    """The first label outside the model's classes, as an error naming its batch and position
-    (None: every label is a class). Only called once a step has failed: it takes a forward of one
-    sample, in eval mode, to learn the class count."""
+def step_input_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, y_val: torch.Tensor) -> Exception | None:
+    """What a failed step's inputs did wrong, as an error naming it: the model's output is not one
+    row of class scores per sample, or a label is outside the model's classes (naming its batch and
+    position). None: neither, so the failure is another's. Only called once a step has failed: it
+    takes a forward of one sample, in eval mode, to learn the class count."""
     with eval_mode(model), torch.no_grad():
-        k = model(x[:1]).shape[-1]
+        out = model(x[:1])
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        got = f"a tensor of shape {tuple(out.shape)} for one sample" if isinstance(out, torch.Tensor) else \
+            f"a {type(out).__name__}"
+        return TypeError(f"the model returned {got}; meta_weights needs its logits, one row of class scores per "
+                         f"sample (n, classes): wrap the model so that forward returns only those")
+    k = out.shape[-1]
     for name, labels in (("training batch (x, y)", y), ("validation batch (x_val, y_val)", y_val)):
         bad = (labels < 0) | (labels >= k)
         if bool(bad.any()):
@@ -145,11 +152,11 @@ def meta_weights(
     step = plain_sgd_step(model, lr) if optimizer is None else optimizer_step(model, optimizer)
     try:
         raw_alpha, raw_beta, logits, val_loss = ENGINES[engine](model, step, x, y, x_val, y_val, loss_fn, sync)
-    except (IndexError, RuntimeError) as err:  # torch's index errors name no batch; say which label it was
-        out_of_range = label_range_error(model, x, y, y_val)
-        if out_of_range is None:
+    except (IndexError, RuntimeError, TypeError, AttributeError) as err:  # torch names no batch: say what was wrong
+        diagnosis = step_input_error(model, x, y, y_val)
+        if diagnosis is None:
             raise
-        raise out_of_range from err
+        raise diagnosis from err
     if not bool(torch.isfinite(raw_alpha.sum() + raw_beta.sum())):  # a NaN or inf anywhere shows in the sum
         raise_non_finite(x, x_val, logits, val_loss)
     reduce = {} if sync is None else {"allsum": sync.allsum, "allmax": sync.allmax}

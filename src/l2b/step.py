@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +82,9 @@ class L2B:
     ) -> None:
         if virtual_step not in VIRTUAL_STEPS:
             raise ValueError(f"virtual_step must be one of {', '.join(map(repr, VIRTUAL_STEPS))}, got {virtual_step!r}")
+        if clip_grad_norm is not None and not (math.isfinite(clip_grad_norm) and clip_grad_norm > 0):
+            # torch would scale the gradient by a negative factor and step uphill
+            raise ValueError(f"clip_grad_norm must be a finite number > 0, or None for no clipping; got {clip_grad_norm}")
         check_engine(engine)  # said at construction, not at the first step
         check_options(normalize, constraint, temperature)
         self.model, self.optimizer = model, optimizer
