@@ -270,10 +270,14 @@ class TrainConfig:
         if self.val_per_class is not None and self.val_total is not None:
             raise ValueError("give --val-per-class or --val-total, not both")
         check_choices(self)
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch size must be at least 1")
-        if self.batches_per_epoch is not None and self.batches_per_epoch < 1:
-            raise ValueError(f"batches_per_epoch must be at least 1, got {self.batches_per_epoch}")
+        for name in ("seed", "noise_seed"):  # numpy's generators take 0 .. 2**32 - 1
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 2**32:
+                raise ValueError(f"--{_flag(name)} must be in 0 .. 2**32 - 1, got {value}")
+        for name in ("epochs", "batch_size", "batches_per_epoch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{_flag(name)} must be at least 1, got {value}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}]")
         options = options_of(self.method, self.method_options())
