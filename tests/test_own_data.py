@@ -424,6 +424,11 @@ def test_label_issues_on_own_npz_score_the_drawn_clean_set_too(tmp_path, capsys)
     assert not (run_dir / "label_issues.csv").exists()  # --out: nothing written into the run
     # the report shows the picture when it sits in the run directory
     assert main(["label-issues", str(run_dir), "--show", "4"]) == 0
+    # asked for more than are flagged, it draws (and says) the flagged ones
+    capsys.readouterr()
+    assert main(["label-issues", str(run_dir), "--threshold", "0.1", "--show", "512", "--out", str(tmp_path / "few")]) == 0
+    flagged = len(list(csv.DictReader(open(tmp_path / "few" / "label_issues.csv"))))
+    assert 0 < flagged < 512 and f"label_issues.png: the top {flagged} suspects" in capsys.readouterr().out
     assert main(["report", str(run_dir)]) == 0
     assert "data-file='label_issues.png'" in (run_dir / "report.html").read_text()
     # a cut that reads a verified clean set, asked for by name, says why this one is none

@@ -248,7 +248,7 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     s = write_label_issues(args.dir, threshold=args.threshold, score=args.score, cut=args.cut, out=args.out,
                            show=args.show, model=args.model, cross_fit=args.cross_fit, data=args.data,
                            log=lambda line: print(f"l2b: {line}", file=sys.stderr, flush=True))
-    out, err = console_lines(s, args.show)
+    out, err = console_lines(s)
     for line in err:
         print(f"l2b: {line}", file=sys.stderr)
     print("\n".join(out))

@@ -23,6 +23,8 @@ from .runlock import atomic_write
 
 SMALL_CLEAN_PER_CLASS = 10  # clean samples per class at or below which a steered count is noted as running high
 
+MAX_SHOW = 512  # suspects in one picture (8 a row: 64 rows, about 15,000 px tall)
+
 
 def write_label_issues(run: str | Path, threshold: float | None = None, score: str = "auto", cut: str = "auto",
                        out: str | Path | None = None, show: int = 0, model: str = "auto", cross_fit: int = 0,
@@ -40,6 +42,9 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     estimated, the model used, and precision, recall, F1 and ROC-AUC against the injected noise
     where there is any."""
     run = Path(run)
+    if not 0 <= show <= MAX_SHOW:
+        raise ValueError(f"--show {show}: give 0 (no picture) to {MAX_SHOW} suspects to draw; every flagged sample "
+                         f"is listed in label_issues.csv")
     if threshold is not None and cut not in ("auto", "threshold"):
         raise ValueError(f"--threshold {threshold} is a fixed cut and --cut {cut} another: give one of them")
     if cross_fit and score not in ("auto", "model"):
@@ -137,16 +142,16 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     classes = _classes(run, config, prep)
     paths = _paths(prep, index, split)
     _write_csv(out / "label_issues.csv", issues, index, split, given, classes, paths)
-    picture = None
+    picture, shown = None, 0
     if show > 0:
-        picture = _show(out / "label_issues.png", issues, index, split, given, classes, show, run, prep, data)
+        picture, shown = _show(out / "label_issues.png", issues, index, split, given, classes, show, run, prep, data)
     is_noisy = given != true
     mask = np.zeros(len(given), dtype=bool)
     mask[issues.indices] = True
     m = flag_metrics(mask, is_noisy)
     return {"issues": len(issues.indices), "estimated": issues.estimated, "cut": issues.cut,
             "source": SCORES[issues.source], "score": issues.source, "csv": out / "label_issues.csv",
-            "picture": picture, "clean_scored": int((split == "clean").sum()),
+            "picture": picture, "shown": shown, "clean_scored": int((split == "clean").sum()),
             "clean_steered": steered, "clean_learned": bool(clean_ref) and learned, "out_of_fold": bool(cross_fit),
             "model": None if scored is None else scored.model, "model_epoch": None if scored is None else scored.epoch + 1,
             "warning": scored.note if scored is not None and scored.model == "final" else None,
@@ -209,7 +214,7 @@ def _steered_folds_note() -> str:
             "--cross-fit is the better count here")
 
 
-def console_lines(s: dict, show: int = 0) -> tuple[list[str], list[str]]:
+def console_lines(s: dict) -> tuple[list[str], list[str]]:
     """What ``l2b label-issues`` says about a summary of :func:`write_label_issues`: the lines for
     the console, and the notes and warnings (for stderr)."""
     how = {"count": f"the estimated number of issues, {s['estimated']}",
@@ -234,7 +239,7 @@ def console_lines(s: dict, show: int = 0) -> tuple[list[str], list[str]]:
               + (f" ({s['model']}_model.pt)" if s["model"] in ("best", "early") else ", the final one"))
            + ("; scored out of fold" if s["model"] == "cross-fit" else "")]
     if s["picture"]:
-        out.append(f"wrote {s['picture']}: the top {show} suspects")
+        out.append(f"wrote {s['picture']}: the top {s['shown']} suspects")
     if s["corrupted"]:
         out.append(f"against the injected noise ({s['corrupted']} corrupted labels): precision {s['precision']:.3f}, "
                    f"recall {s['recall']:.3f}, F1 {s['f1']:.3f}, ROC-AUC {s['auc']:.3f}; the suggested label is "
@@ -325,8 +330,10 @@ def _image(prep, i: int) -> np.ndarray:
     return x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)
 
 
-def _show(path: Path, issues, index, split, given, classes, top: int, run: Path, prep, data: str | None) -> Path:
-    """label_issues.png: the top suspects, each with given -> suggested label and its score."""
+def _show(path: Path, issues, index, split, given, classes, top: int, run: Path, prep,
+          data: str | None) -> tuple[Path, int]:
+    """label_issues.png: the top suspects, each with given -> suggested label and its score; the
+    picture's path and how many it shows."""
     if prep is None:
         from .train import load_run
 
@@ -343,7 +350,7 @@ def _show(path: Path, issues, index, split, given, classes, top: int, run: Path,
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return path
+    return path, len(chosen)
 
 
 def suspects_figure(images: list[np.ndarray], titles: list[str], heading: str):
