@@ -358,3 +358,28 @@ def test_resume_finds_moved_data_with_data_and_records_its_new_place(tmp_path, c
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((run / "config.json").read_text())["config"]["data"] == f"npz:{moved}"
     assert main(["label-issues", str(run)]) == 0  # no --data needed any more
+
+
+def test_resume_of_a_run_stopped_before_its_first_epoch_ended_begins_it_again(tmp_path, capsys):
+    """Ctrl-C in the first epoch leaves config.json and labels.npz but no checkpoint; the message
+    says to resume, and --resume then trains the run from epoch 1 as it was set (the same weights
+    as a whole run). A finished run whose checkpoint is gone still has nothing to resume."""
+    import torch
+
+    from l2b.train import TrainConfig, train
+
+    settings = dict(data="digits", model="mlp", width=8, epochs=2, method="l2b", val_per_class=5, progress="none")
+    train(TrainConfig(out=str(tmp_path / "whole"), **settings))
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), **settings), stop_after_epoch=0)
+    (run / "checkpoint.pt").unlink()  # as if stopped during epoch 1
+    (run / "best_model.pt").unlink()
+    assert main(["train", "--resume", str(run), "--progress", "lines"]) == 0
+    assert f"{run}: no epoch had finished before it stopped; it starts again from epoch 1" in capsys.readouterr().out
+    whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    again = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    (run / "checkpoint.pt").unlink()
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "checkpoint.pt: no checkpoint to resume from" in capsys.readouterr().err

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
+from .console import first_rank
 from .data.batches import CleanBatches, union
 from .distributed import current_sync
 from .methods import create_method, learns_from_clean, needs_of
@@ -148,8 +149,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         torch.set_num_threads(threads)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
-    if resume and not ckpt_path.is_file():
+    again = resume and not ckpt_path.is_file()  # stopped before its first epoch ended: it begins again, as set
+    if again and (not (out / "config.json").is_file() or (out / "metrics.json").is_file()):
         raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
+    if again and first_rank() and cfg.progress != "none":
+        print(f"{out}: no epoch had finished before it stopped; it starts again from epoch 1", flush=True)
     lock = RunLock(out)
     if int(os.environ.get("RANK", "0")) == 0:
         lock.acquire()  # one run per directory, before anything in it is touched
@@ -160,7 +164,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
             raise
     try:
         with deterministic_kernels(cfg.deterministic):
-            return _train_locked(cfg, resume, stop_after_epoch, lock)
+            return _train_locked(cfg, resume and not again, stop_after_epoch, lock)
     finally:
         lock.release()
 
