@@ -49,6 +49,20 @@ def test_a_short_class_gives_what_it_has_and_an_empty_one_is_named():
         l2b.select_meta_set(given, probs, per_class=5, kind="small-loss", class_names=["cat", "dog", "fox"])
 
 
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(losses=np.ones(3)), r"losses must be one finite number per sample, shape \(22,\); got shape \(3,\)"),
+    (dict(losses=np.full(22, np.nan)), r"got shape \(22,\), with NaN or inf"),
+    (dict(losses=np.ones((22, 2))), r"got shape \(22, 2\)"),
+    (dict(per_class=2.5), r"per_class must be a whole number, at least 1; got 2.5"),
+    (dict(class_names=["cat"]), r"class_names names 1 classes, but there are 3"),
+], ids=["losses length", "NaN losses", "2-D losses", "fractional per_class", "too few class names"])
+def test_select_meta_set_refuses_inputs_that_do_not_fit(kwargs, expected):
+    given = np.array([0] * 10 + [1] * 2 + [2] * 10)
+    with pytest.raises(ValueError, match=expected):
+        l2b.select_meta_set(given, probs_for(given, given, k=3), **{"per_class": 2, **kwargs})
+
+
 BASE = dict(data="digits", model="mlp", width=32, epochs=4, warmup_epochs=1, method="l2b", val_per_class=None,
             progress="none", batch_size=64)
 

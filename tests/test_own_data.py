@@ -324,6 +324,28 @@ def test_find_label_issues_refuses_what_is_not_labels_and_probabilities(labels, 
         l2b.find_label_issues(np.array(labels), np.array(probs))
 
 
+_W = np.full(3, 0.5)
+_P = np.array([[0.9, 0.1]] * 3)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(alpha=np.array([0.5, np.nan, 0.5]), beta=_W), r"alpha holds NaN or inf \(epoch row 0, sample 1; 1 in all\)"),
+    (dict(alpha=_W, beta=_W, seen=np.ones((2, 3), bool)), r"seen must have the shape of alpha or pseudo_labels \(\(1, 3\)\)"),
+    (dict(alpha=_W, beta=_W, pseudo_labels=np.array([0.0, 1.0, 1.0])), r"pseudo_labels must be integer classes"),
+    (dict(pred_probs=_P, alpha=_W, beta=_W, pseudo_labels=np.array([0, 5, 1])),
+     r"pseudo_labels hold class 5, but there are 2 classes"),
+    (dict(pred_probs=_P, clean_labels=np.array([0, 1]), clean_pred_probs=_P),
+     r"clean_pred_probs must be \(n, classes\) with n = len\(clean_labels\) = 2, got shape \(3, 2\)"),
+    (dict(pred_probs=_P, clean_labels=np.array([0, 2]), clean_pred_probs=np.full((2, 3), 1 / 3)),
+     r"clean_pred_probs has 3 columns and pred_probs 2"),
+], ids=["NaN weight", "seen's shape", "float pseudo-labels", "pseudo-label >= K", "clean length", "clean columns"])
+def test_rank_label_issues_refuses_companions_that_do_not_fit(kwargs, expected):
+    import l2b
+
+    with pytest.raises(ValueError, match=expected):
+        l2b.rank_label_issues(np.array([0, 1, 1]), **kwargs)
+
+
 def test_the_calibrated_cut_follows_the_estimated_number_when_the_model_is_unsure():
     """A model that is right but unsure (0.4 on the true class of 10) fails a fixed 0.5 cut on
     every sample; confident learning's per-class thresholds still find the 30 wrong labels."""

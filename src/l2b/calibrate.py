@@ -59,7 +59,8 @@ CLEAN_CUTS = (STEERED_CUT, CLEAN_CUT)  # the cuts that read a clean set
 CLEAN_QUANTILE = 0.1
 
 
-def check_labels(labels, num_classes: int | None = None, name: str = "labels") -> np.ndarray:
+def check_labels(labels, num_classes: int | None = None, name: str = "labels",
+                 probs_name: str = "pred_probs") -> np.ndarray:
     """A 1-D array of integer class labels in [0, num_classes); one-line errors naming the first
     bad entry (a label of -1 would silently read the last class)."""
     y = np.asarray(labels)
@@ -78,30 +79,30 @@ def check_labels(labels, num_classes: int | None = None, name: str = "labels") -
         raise ValueError(f"{name}[{bad}] = {y[bad]}: labels must be class indices 0..K-1, not negative")
     if num_classes is not None and len(y) and y.max() >= num_classes:
         bad = int(np.argmax(y))
-        raise ValueError(f"{name}[{bad}] = {y[bad]} but pred_probs has {num_classes} columns (classes 0.."
+        raise ValueError(f"{name}[{bad}] = {y[bad]} but {probs_name} has {num_classes} columns (classes 0.."
                          f"{num_classes - 1}); give probabilities for every class")
     return y
 
 
-def check_pred_probs(pred_probs, n: int) -> np.ndarray:
+def check_pred_probs(pred_probs, n: int, name: str = "pred_probs", labels: str = "labels") -> np.ndarray:
     """An (n, K) array of probabilities: finite, non-negative, rows summing to 1 (logits or
     scores are refused with the fix: a softmax)."""
     p = np.asarray(pred_probs, dtype=np.float64)
     if p.ndim != 2 or len(p) != n:
-        raise ValueError(f"pred_probs must be (n, classes) with n = len(labels) = {n}, got shape {p.shape}")
+        raise ValueError(f"{name} must be (n, classes) with n = len({labels}) = {n}, got shape {p.shape}")
     bad = ~np.isfinite(p).all(axis=1)
     if bad.any():
-        raise ValueError(f"pred_probs row {int(np.flatnonzero(bad)[0])} holds NaN or inf ({int(bad.sum())} row(s)); "
+        raise ValueError(f"{name} row {int(np.flatnonzero(bad)[0])} holds NaN or inf ({int(bad.sum())} row(s)); "
                          f"score those samples again or drop them")
     if (p < 0).any():
         row = int(np.flatnonzero((p < 0).any(axis=1))[0])
-        raise ValueError(f"pred_probs row {row} has negative entries: these look like logits, not probabilities; "
+        raise ValueError(f"{name} row {row} has negative entries: these look like logits, not probabilities; "
                          f"apply a softmax first (scipy.special.softmax(x, axis=1))")
     sums = p.sum(axis=1)
     off = np.abs(sums - 1.0) > 1e-3
     if off.any():
         row = int(np.flatnonzero(off)[0])
-        raise ValueError(f"pred_probs row {row} sums to {sums[row]:.4g}, not 1 ({int(off.sum())} row(s)): these are "
+        raise ValueError(f"{name} row {row} sums to {sums[row]:.4g}, not 1 ({int(off.sum())} row(s)): these are "
                          f"not probabilities; apply a softmax to logits (scipy.special.softmax(x, axis=1))")
     return p
 
@@ -146,8 +147,8 @@ def estimated_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 def clean_reference(clean_labels, clean_probs) -> tuple[np.ndarray, np.ndarray]:
     """Held-out clean samples' TRUE labels and a model's probabilities for them (checked)."""
     p = np.asarray(clean_probs)
-    y = check_labels(clean_labels, p.shape[1] if p.ndim == 2 else None, "clean_labels")
-    p = check_pred_probs(p, len(y))
+    y = check_labels(clean_labels, p.shape[1] if p.ndim == 2 else None, "clean_labels", "clean_pred_probs")
+    p = check_pred_probs(p, len(y), "clean_pred_probs", "clean_labels")
     if not len(y):
         raise ValueError("clean_labels is empty: give the held-out clean samples, or leave both clean_* out")
     return y, p

@@ -127,11 +127,22 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     if a is not None and (a.shape != b.shape or a.shape[1] != len(labels)):
         raise ValueError(f"alpha and beta must have the same shape, n = len(labels) = {len(labels)} columns; "
                          f"got {a.shape} and {b.shape}")
+    if a is not None:
+        for name, v in (("alpha", a), ("beta", b)):
+            bad = ~np.isfinite(v.astype(np.float64))
+            if bad.any():
+                e, i = (int(j[0]) for j in np.nonzero(bad))
+                raise ValueError(f"{name} holds NaN or inf (epoch row {e}, sample {i}; {int(bad.sum())} in all): the "
+                                 f"weights of a diverged run rank nothing; score with pred_probs instead")
+    _check_companions(labels, a, seen, pseudo_labels, num_classes or (probs.shape[1] if probs is not None else None))
     if probs is not None:
         probs = check_pred_probs(probs, len(labels))
     if (clean_labels is None) != (clean_pred_probs is None):
         raise ValueError("give clean_labels and clean_pred_probs together")
     reference = None if clean_labels is None else clean_reference(clean_labels, clean_pred_probs)
+    if reference is not None and probs is not None and reference[1].shape[1] != probs.shape[1]:
+        raise ValueError(f"clean_pred_probs has {reference[1].shape[1]} columns and pred_probs {probs.shape[1]}: "
+                         f"give both from the same model, a column per class")
     if cut == "auto":
         covered = reference is not None and not len(uncovered_classes(labels, reference[0]))
         cut = ("threshold" if threshold is not None or probs is None else
@@ -213,6 +224,24 @@ def _suggestions(labels, k, pseudo_labels, seen, probs, prefer_model: bool):
     # a suggestion is never the given label, so its count is a real one (>= 0); -1: no suggestion
     agreement = np.where(suggested >= 0, counts[rows, np.maximum(suggested, 0)] / epochs, 0.0)
     return suggested, confidence, agreement
+
+
+def _check_companions(labels: np.ndarray, alpha, seen, pseudo_labels, num_classes: int | None) -> None:
+    """``seen`` shaped as the history it marks (``alpha``'s or ``pseudo_labels``'); ``pseudo_labels``
+    integer classes (-1: none) with a column per sample, below ``num_classes`` where that is known."""
+    pseudo = None if pseudo_labels is None else _as_history(pseudo_labels, "pseudo_labels")
+    if seen is not None:
+        s, marks = _as_history(seen, "seen"), [h.shape for h in (alpha, pseudo) if h is not None]
+        if s.shape not in marks:
+            raise ValueError(f"seen must have the shape of alpha or pseudo_labels ({' or '.join(map(str, marks)) or 'neither given'}), "
+                             f"got {s.shape}")
+    if pseudo is None:
+        return
+    if pseudo.dtype.kind not in "iu" or pseudo.shape[1] != len(labels):
+        raise ValueError(f"pseudo_labels must be integer classes, (n,) or (epochs, n) with n = len(labels) = "
+                         f"{len(labels)}; got dtype {pseudo.dtype}, shape {pseudo.shape}")
+    if num_classes is not None and pseudo.size and pseudo.max() >= num_classes:
+        raise ValueError(f"pseudo_labels hold class {int(pseudo.max())}, but there are {num_classes} classes")
 
 
 def _check_threshold(threshold: float) -> float:
