@@ -7,6 +7,7 @@ that should not run, and no traceback.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -97,6 +98,41 @@ def test_corrupted_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, caps
     assert cli_main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(ckpt) in err and "corrupted or truncated" in err
+
+
+@pytest.fixture(scope="module")
+def finished_l2b_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("l2b") / "run"
+    assert cli_main(["train", "--data", "digits", "--model", "mlp", "--width", "8", "--epochs", "1",
+                     "--method", "l2b", "--val-per-class", "5", "--progress", "none", "--out", str(out)]) == 0
+    return out
+
+
+def _npz_of(path: Path, **arrays) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+RUN_FILE_DAMAGE = [
+    ("labels.npz", lambda f: f.write_bytes(f.read_bytes()[:100]), r"labels.npz: corrupted or truncated"),
+    ("weights.npz", lambda f: f.write_bytes(b"not an archive"), r"weights.npz: corrupted or truncated"),
+    # label-issues reads the labels from it, the report the realised noise
+    ("labels.npz", lambda f: _npz_of(f, noisy=np.zeros(3)), r"labels.npz: has no (true, train_index|transition) \(it holds noisy\)"),
+    ("metrics.json", lambda f: f.write_text("[]"), r"metrics.json: holds a JSON list, not the record l2b writes"),
+    ("config.json", lambda f: f.write_text("{}"), r"config.json: has no config record"),
+]
+
+
+@pytest.mark.parametrize("name, damage, expected", RUN_FILE_DAMAGE,
+                         ids=["labels truncated", "weights garbage", "labels without arrays", "metrics a list", "config empty"])
+@pytest.mark.parametrize("command", ["label-issues", "report"])
+def test_a_damaged_run_file_is_a_one_line_error_naming_it(tmp_path, capsys, finished_l2b_run, name, damage, expected,
+                                                          command):
+    run = _copy_run(finished_l2b_run, tmp_path / "run")
+    damage(run / name)
+    assert cli_main([command, str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(expected, err) and "start the run again" in err, err
 
 
 @pytest.mark.parametrize("which", ["best", "early"])

@@ -156,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = Path(args.resume) / "config.json"
         if not saved.is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no config.json; is it a run directory?")
-        cfg = TrainConfig.from_dict(read_json(saved)["config"], str(saved))
+        cfg = TrainConfig.from_dict(read_json(saved, need=("config",))["config"], str(saved))
         cfg.out = args.resume  # the directory given, even when the run was moved or copied
         given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(TrainConfig)}}
         given.update(option_flags(args))

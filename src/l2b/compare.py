@@ -170,7 +170,7 @@ def collect(out: Path, finished_only: bool = True) -> list[dict[str, Any]]:
     that is ``out`` itself is the run asked for."""
     runs = []
     for metrics_path in sorted(out.rglob("metrics.json")):
-        saved = read_json(metrics_path.parent / "config.json")
+        saved = read_json(metrics_path.parent / "config.json", need=("config",))
         config, options = saved["config"], saved.get("resolved", {}).get("method_options", {})
         if config.get("holdout") and metrics_path.parent != out:
             continue

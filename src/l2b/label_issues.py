@@ -17,7 +17,7 @@ from .calibrate import CLEAN_CUTS, STEERED_CUT, uncovered_classes
 from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
 from .metaset import class_name, parse_meta_set
 from .methods import METHODS, learns_from_clean
-from .rundir import read_json, writable_dir
+from .rundir import read_json, read_npz, writable_dir
 from .run_scores import MODELS, cross_fit_scores, run_model_scores
 from .runlock import atomic_write
 
@@ -71,26 +71,26 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
                          f"and has no trained model to judge labels with; train it again with a lower --lr or "
                          f"--clip-grad-norm, then run label-issues on that run")
     out = writable_dir(Path(out) if out is not None else run)
-    labels = np.load(labels_path)
+    labels = read_npz(labels_path, need=("noisy", "true", "train_index"))
     given, true, train_index = labels["noisy"], labels["true"], labels["train_index"]
     n_given = len(given)
-    w = np.load(run / "weights.npz") if (run / "weights.npz").is_file() else None
+    w = read_npz(run / "weights.npz", need=("alpha", "beta")) if (run / "weights.npz").is_file() else None
     has_model = (run / "checkpoint.pt").is_file()
     if score == "auto":
         score = "model" if has_model or w is None or cross_fit else "trust"
     weights = {}
     if w is not None:
-        hist = "alpha_history" in w.files and score != "trust"
+        hist = "alpha_history" in w and score != "trust"
         if not hist and score in ("trust-mean", "weights-mean"):
             score = "trust"  # a run of an earlier version: one epoch's weights only
         weights = {"alpha": w["alpha_history"] if hist else w["alpha"], "beta": w["beta_history"] if hist else w["beta"],
-                   "pseudo_labels": w["pseudo_history"] if "pseudo_history" in w.files else w["pseudo_labels"],
+                   "pseudo_labels": w["pseudo_history"] if "pseudo_history" in w else w["pseudo_labels"],
                    "seen": w["seen_history"] if hist else None}
         # GLC's weights also cover its clean samples: keep the noisy ones
         weights = {k: None if v is None else v[..., :n_given] for k, v in weights.items()}
     elif score != "model":
         raise FileNotFoundError(f"{run}: no weights.npz (method without per-sample weights); use --score model")
-    config = read_json(run / "config.json")["config"] if (run / "config.json").is_file() else {}
+    config = read_json(run / "config.json", need=("config",))["config"] if (run / "config.json").is_file() else {}
     from .config import own_labels
 
     val_index = labels["val_index"].astype(np.int64)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .compare import collect
 from .config import own_labels
-from .rundir import writable_dir
+from .rundir import read_npz, writable_dir
 from .runlock import atomic_write
 from .detect import detection_metrics, roc_auc
 
@@ -290,13 +290,13 @@ def write_report(target: str | Path, out: str | Path | None = None) -> Path:
     detection_rows, extra = [], {}
     weighted = [r for r in runs if (r["dir"] / "weights.npz").is_file()]
     for r in weighted:
-        w = np.load(r["dir"] / "weights.npz")
+        w = read_npz(r["dir"] / "weights.npz", need=("alpha", "beta", "is_noisy"))
         if w["is_noisy"].any():
             detection_rows.append((r, detection_metrics(w["alpha"], w["beta"], w["is_noisy"])))
     meta = [r for r in weighted if r["method"] in ("l2b", "l2rw")] or weighted
     if meta:
         pick = max(meta, key=lambda r: (r["method"] == "l2b", r["noise"]))
-        w, unknown = np.load(pick["dir"] / "weights.npz"), _truth_unknown(pick)
+        w, unknown = read_npz(pick["dir"] / "weights.npz"), _truth_unknown(pick)
         figures.append((f"Weights of {pick['method']} ({pick['noise']}, seed {pick['seed']})",
                         weights_figure(w, dest / "weights.png", unknown)))
         if not unknown:  # pseudo-label correctness needs the true labels
@@ -309,7 +309,7 @@ def write_report(target: str | Path, out: str | Path | None = None) -> Path:
             figures.append((title, fig))
     labels = runs[0]["dir"] / "labels.npz"
     if labels.is_file() and runs[0]["noise"] != "none":  # without injected noise the matrix is the identity
-        t = np.load(labels)["transition"]
+        t = read_npz(labels, need=("transition",))["transition"]
         figures.append((f"Realised noise ({runs[0]['noise']})",
                         transition_figure(t, dest / "transition.png", f"realised transition, {runs[0]['noise']}")))
     for where in dict.fromkeys([dest, target]):  # written by `l2b label-issues --show N [--out]`

@@ -60,16 +60,44 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
         ) from None
 
 
-def read_json(path: str | Path) -> Any:
-    """A run file's JSON, or a one-line error naming the file (truncated, edited, not JSON)."""
+def read_json(path: str | Path, need: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A run file's JSON object, or a one-line error naming the file (truncated, edited, not JSON,
+    not an object, or without one of the keys ``need`` names)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); it was "
                          f"truncated or edited: restore it, or start the run again with --overwrite") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text file; restore it, or start the run again with --overwrite") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: holds a JSON {type(value).__name__}, not the record l2b writes; it was edited or "
+                         f"replaced: restore it, or start the run again with --overwrite")
+    missing = [k for k in need if not isinstance(value.get(k), dict)]
+    if missing:
+        raise ValueError(f"{path}: has no {', '.join(missing)} record; it was edited or replaced: restore it, or start "
+                         f"the run again with --overwrite")
+    return value
+
+
+def read_npz(path: str | Path, need: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """A run's .npz file (labels, weights), read whole, or a one-line error naming the file when it
+    is truncated, not an npz archive, or lacks one of the arrays ``need`` names."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: corrupted or truncated ({' '.join(str(err).split()) or type(err).__name__}); "
+                         f"start the run again with --overwrite") from None
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: has no {', '.join(missing)} (it holds {', '.join(arrays) or 'nothing'}); it was "
+                         f"edited or replaced: start the run again with --overwrite")
+    return arrays
 
 
 def writable_dir(out: Path) -> Path:

@@ -59,7 +59,7 @@ def located_spec(spec: str) -> str:
 def record_data_place(out: Path, spec: str) -> None:
     """A resumed run whose data moved (``--resume DIR --data SPEC``, the same data by its
     fingerprint): its config.json names the new place, for what reads the run after."""
-    saved = read_json(out / "config.json")
+    saved = read_json(out / "config.json", need=("config",))
     if saved["config"].get("data") == spec:
         return
     saved["config"]["data"] = spec
@@ -86,7 +86,7 @@ def load_run(run: str | Path, device: str | torch.device | None = None, data: st
     for name in ("config.json", "checkpoint.pt"):
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run}: no {name}; give the directory of an l2b run (its --out)")
-    saved = read_json(run / "config.json")
+    saved = read_json(run / "config.json", need=("config",))
     cfg = _found_data(TrainConfig.from_dict(saved["config"], str(run / "config.json")), saved)
     cfg = cfg if data is None else replace(cfg, data=data)
     device = resolve_device(usable_device(cfg.device)) if device is None else torch.device(device)
