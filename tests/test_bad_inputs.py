@@ -249,6 +249,8 @@ CASES = [
      r"--amp is bf16 autocast on CUDA, and this run is on the CPU"),
     ("milestones with cosine", lambda t: ["train", *TINY, "--milestones", "5,10", "--out", str(t / "out")],
      r"--milestones \[5, 10\] apply to --schedule step only, not cosine"),
+    ("npz given a directory", lambda t: ["train", "--data", f"npz:{t}", "--out", str(t / "out")],
+     r"a directory; npz:FILE takes one .npz file \(a folder of class folders is folder:DIR\)"),
     ("npz splits of other sizes", lambda t: ["train", "--data", f"npz:{_arrays(t, x_test=np.zeros((4, 16, 16), np.uint8))}",
                                              "--out", str(t / "out")],
      r"x_test images are 16×16 with 1 channel but x_train's are 8×8 with 1 channel"),

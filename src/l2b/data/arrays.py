@@ -307,6 +307,8 @@ def load_npz(path: str | None) -> ArrayDataset:
     if not path:
         raise ValueError("npz needs a file: npz:FILE")
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{p}: a directory; npz:FILE takes one .npz file (a folder of class folders is folder:DIR)")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: file not found")
     try:
