@@ -226,6 +226,16 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
         "l2b train: error: --constraint is an option of l2b, not of method 'ce'")
 
 
+def test_cli_version_names_l2b_torch_and_python(capsys):
+    import platform
+
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == (f"l2b {l2b.__version__} (torch {torch.__version__}, "
+                                               f"Python {platform.python_version()})")
+
+
 def test_cli_help_documents_the_flags(capsys):
     with pytest.raises(SystemExit):
         cli_main(["train", "--help"])

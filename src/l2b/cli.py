@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .methods import METHODS, declared_options
 from .config import TrainConfig, load_yaml, own_labels
@@ -19,6 +22,7 @@ from .console import first_rank, format_warning, one_line
 from .detect import SCORES
 from .run_scores import MODELS
 from .train import train
+from .version import __version__
 
 
 
@@ -278,6 +282,8 @@ def _unit_interval(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="l2b", description="Learning to Bootstrap for noisy labels",
                                      allow_abbrev=False)
+    parser.add_argument("--version", action="version",
+                        version=f"l2b {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", allow_abbrev=False, help="train one model", description=(
         "Train one model on noisy labels. Settings come from the defaults, then --config FILE "
