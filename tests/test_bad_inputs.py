@@ -33,12 +33,22 @@ def craft(path: Path, marker: Path) -> None:
     torch.save({"model": Exploit(marker), "epoch": 0}, path)
 
 
+def _finished_run(tmp_path_factory, method: str) -> Path:
+    """A one-epoch run of ``method`` on digits (an MLP, 5 clean per class)."""
+    out = tmp_path_factory.mktemp(method) / "run"
+    assert cli_main(["train", "--data", "digits", "--model", "mlp", "--width", "16", "--epochs", "1",
+                     "--method", method, "--val-per-class", "5", "--progress", "none", "--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def finished_ce_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ce") / "run"
-    assert cli_main(["train", "--data", "digits", "--model", "mlp", "--width", "16", "--epochs", "1",
-                     "--method", "ce", "--val-per-class", "5", "--progress", "none", "--out", str(out)]) == 0
-    return out
+    return _finished_run(tmp_path_factory, "ce")
+
+
+@pytest.fixture(scope="module")
+def finished_l2b_run(tmp_path_factory):  # a run with weights.npz
+    return _finished_run(tmp_path_factory, "l2b")
 
 
 def _copy_run(src: Path, dst: Path) -> Path:
@@ -98,14 +108,6 @@ def test_corrupted_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, caps
     assert cli_main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(ckpt) in err and "corrupted or truncated" in err
-
-
-@pytest.fixture(scope="module")
-def finished_l2b_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("l2b") / "run"
-    assert cli_main(["train", "--data", "digits", "--model", "mlp", "--width", "8", "--epochs", "1",
-                     "--method", "l2b", "--val-per-class", "5", "--progress", "none", "--out", str(out)]) == 0
-    return out
 
 
 def _npz_of(path: Path, **arrays) -> None:
