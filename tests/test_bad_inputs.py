@@ -157,6 +157,12 @@ def _yaml(tmp_path, text):
     return ["train", "--config", str(f), "--out", str(tmp_path / "out"), "--progress", "none"]
 
 
+def _grid(tmp_path, text):
+    f = tmp_path / "grid.yaml"
+    f.write_text(text)
+    return ["compare", "--grid", str(f), "--out", str(tmp_path / "out")]
+
+
 def _npz(tmp_path, y_train, y_test):
     import numpy as np
 
@@ -186,6 +192,17 @@ CASES = [
     ("lr nan", lambda t: ["train", *TINY, "--lr", "nan", "--out", str(t / "out")], r"--lr must be a finite number > 0, got nan"),
     ("momentum 5", lambda t: ["train", *TINY, "--momentum", "5", "--out", str(t / "out")], r"--momentum must be in \[0, 1\), got 5"),
     ("clip -1", lambda t: ["train", *TINY, "--clip-grad-norm", "-1", "--out", str(t / "out")], r"--clip-grad-norm must be a finite number > 0"),
+    ("grid methods 3", lambda t: _grid(t, "methods: 3\nnoise: [symmetric:0.2]\n"),
+     r"grid.yaml: methods must be a list of names, e.g. methods: \[ce, l2b\]; got 3"),
+    ("grid noise 0.2", lambda t: _grid(t, "methods: [ce]\nnoise: [0.2]\n"), r"grid.yaml: noise must be a list of names"),
+    ("grid seeds two", lambda t: _grid(t, "methods: [ce]\nnoise: [symmetric:0.2]\nseeds: two\n"),
+     r"grid.yaml: seeds must be a whole number \(how many seeds each cell runs\), got 'two'"),
+    ("grid with a cell's method", lambda t: _grid(t, "methods: [ce]\nnoise: [symmetric:0.2]\nmethod: l2b\n"),
+     r"grid.yaml: method is set for each cell \(by methods:, seeds: and --out\); drop it from the grid file"),
+    ("grid method twice", lambda t: _grid(t, "methods: ce,l2b,ce\nnoise: [symmetric:0.2]\n"),
+     r"methods lists 'ce' more than once; give each once"),
+    ("compare noise twice", lambda t: ["compare", "--methods", "ce", "--noise", "symmetric:0.2,symmetric:0.2",
+                                       "--out", str(t / "out")], r"noise lists 'symmetric:0.2' more than once"),
     ("yaml epochs two", lambda t: _yaml(t, "epochs: two\n"), r"epochs='two' is not an integer"),
     ("yaml milestones 5", lambda t: _yaml(t, "milestones: 5\n"), r"milestones=5 is not a list of integers"),
     ("yaml batch_size [64]", lambda t: _yaml(t, "batch_size: [64]\n"), r"batch_size=\[64\] is not an integer"),

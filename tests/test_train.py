@@ -579,6 +579,20 @@ def test_compare_runs_a_grid_resumes_and_summarises(tmp_path, capsys):
     assert out.count("skip") == 7 and f"resume {run}" in out
 
 
+def test_compare_takes_a_yaml_grid_of_methods_noise_seeds_and_settings(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("methods: [ce, l2b]\nnoise: symmetric:0.2,symmetric:0.4\nseeds: 2\ndata: digits\nmodel: mlp\n"
+                    "width: 8\nepochs: 1\nval_per_class: 5\nmethod_args:\n  l2b.normalize: softmax\n")
+    assert cli_main(["compare", "--grid", str(grid), "--out", str(tmp_path / "out")]) == 0
+    cells = sorted(p.parent.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("metrics.json"))
+    assert cells == [f"{m}/{n}/seed{s}" for m in ("ce", "l2b") for n in ("symmetric_0.2", "symmetric_0.4") for s in (0, 1)]
+    config = json.loads((tmp_path / "out" / "l2b" / "symmetric_0.4" / "seed1" / "config.json").read_text())["config"]
+    assert (config["model"], config["width"], config["epochs"], config["val_per_class"]) == ("mlp", 8, 1, 5)
+    assert config["method_args"] == {"l2b.normalize": "softmax"}
+    assert json.loads((tmp_path / "out" / "l2b" / "symmetric_0.4" / "seed1" / "config.json").read_text()
+                      )["resolved"]["method_options"]["normalize"] == "softmax"
+
+
 def test_compare_runs_cells_in_parallel_workers(tmp_path):
     argv = ["compare", "--data", "digits", "--model", "mlp", "--width", "16", "--methods", "ce,bootstrap",
             "--noise", "symmetric:0.4", "--seeds", "1", "--epochs", "1", "--val-per-class", "5",

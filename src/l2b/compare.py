@@ -43,6 +43,10 @@ def grid_configs(base: TrainConfig, methods: list[str], noises: list[str], seeds
     given, is that cell's ``method_args`` (e.g. co-teaching's forget rate per noise setting)."""
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    for what, values in (("methods", methods), ("noise", noises)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:  # the same cell twice: two runs into one directory
+            raise ValueError(f"{what} lists {', '.join(map(repr, twice))} more than once; give each once")
     cfgs = []
     for method in methods:
         for noise in noises:
@@ -249,9 +253,20 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
 
 
 def load_grid_file(path: str) -> dict[str, Any]:
-    """A YAML grid: ``methods: [...]``, ``noise: [...]``, ``seeds: N`` and any train setting."""
+    """A YAML grid: ``methods: [...]``, ``noise: [...]``, ``seeds: N`` and any train setting but
+    those each cell sets (method, seed, out); one-line errors name the file and the key."""
     data = load_yaml(path)
-    for key in ("methods", "noise"):
-        if key in data and isinstance(data[key], str):
-            data[key] = [v.strip() for v in data[key].split(",")]
+    for key, example in (("methods", "[ce, l2b]"), ("noise", "[symmetric:0.2, symmetric:0.4]")):
+        value = data.get(key)
+        if isinstance(value, str):
+            value = data[key] = [v.strip() for v in value.split(",")]
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
+            raise ValueError(f"{path}: {key} must be a list of names, e.g. {key}: {example}; got {value!r}")
+    seeds = data.get("seeds")
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int)):
+        raise ValueError(f"{path}: seeds must be a whole number (how many seeds each cell runs), got {seeds!r}")
+    per_cell = [k for k in ("method", "seed", "out") if k in data]
+    if per_cell:
+        raise ValueError(f"{path}: {', '.join(per_cell)} is set for each cell (by methods:, seeds: and --out); "
+                         f"drop it from the grid file")
     return data
