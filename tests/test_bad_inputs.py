@@ -119,7 +119,7 @@ RUN_FILE_DAMAGE = [
     ("labels.npz", lambda f: f.write_bytes(f.read_bytes()[:100]), r"labels.npz: corrupted or truncated"),
     ("weights.npz", lambda f: f.write_bytes(b"not an archive"), r"weights.npz: corrupted or truncated"),
     # label-issues reads the labels from it, the report the realised noise
-    ("labels.npz", lambda f: _npz_of(f, noisy=np.zeros(3)), r"labels.npz: has no (true, train_index|transition) \(it holds noisy\)"),
+    ("labels.npz", lambda f: _npz_of(f, noisy=np.zeros(3)), r"labels.npz: has no (true, train_index, val_index|transition) \(it holds noisy\)"),
     ("metrics.json", lambda f: f.write_text("[]"), r"metrics.json: holds a JSON list, not the record l2b writes"),
     ("config.json", lambda f: f.write_text("{}"), r"config.json: has no config record"),
 ]

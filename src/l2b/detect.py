@@ -134,9 +134,9 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
                 e, i = (int(j[0]) for j in np.nonzero(bad))
                 raise ValueError(f"{name} holds NaN or inf (epoch row {e}, sample {i}; {int(bad.sum())} in all): the "
                                  f"weights of a diverged run rank nothing; score with pred_probs instead")
-    _check_companions(labels, a, seen, pseudo_labels, num_classes or (probs.shape[1] if probs is not None else None))
     if probs is not None:
         probs = check_pred_probs(probs, len(labels))
+    _check_companions(labels, a, seen, pseudo_labels, num_classes or (probs.shape[1] if probs is not None else None))
     if (clean_labels is None) != (clean_pred_probs is None):
         raise ValueError("give clean_labels and clean_pred_probs together")
     reference = None if clean_labels is None else clean_reference(clean_labels, clean_pred_probs)
@@ -233,8 +233,8 @@ def _check_companions(labels: np.ndarray, alpha, seen, pseudo_labels, num_classe
     if seen is not None:
         s, marks = _as_history(seen, "seen"), [h.shape for h in (alpha, pseudo) if h is not None]
         if s.shape not in marks:
-            raise ValueError(f"seen must have the shape of alpha or pseudo_labels ({' or '.join(map(str, marks)) or 'neither given'}), "
-                             f"got {s.shape}")
+            shapes = " or ".join(map(str, marks)) or "neither given"
+            raise ValueError(f"seen must have the shape of alpha or pseudo_labels ({shapes}), got {s.shape}")
     if pseudo is None:
         return
     if pseudo.dtype.kind not in "iu" or pseudo.shape[1] != len(labels):

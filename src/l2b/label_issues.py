@@ -71,7 +71,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
                          f"and has no trained model to judge labels with; train it again with a lower --lr or "
                          f"--clip-grad-norm, then run label-issues on that run")
     out = writable_dir(Path(out) if out is not None else run)
-    labels = read_npz(labels_path, need=("noisy", "true", "train_index"))
+    labels = read_npz(labels_path, need=("noisy", "true", "train_index", "val_index"))
     given, true, train_index = labels["noisy"], labels["true"], labels["train_index"]
     n_given = len(given)
     w = read_npz(run / "weights.npz", need=("alpha", "beta")) if (run / "weights.npz").is_file() else None
