@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from l2b.data import augment_batch, clean_val_split, load_dataset
-from l2b.data.arrays import FASHION_MNIST_DIR
+from l2b.data.idx import FASHION_MNIST_DIR
 from l2b.safe_pickle import UnsafePickleError, load_pickle
 
 
@@ -336,7 +336,7 @@ def test_mean_std_from_the_histogram_equals_the_float64_statistics():
 
 
 def test_idx_files_are_read_once_and_again_when_they_change(tmp_path):
-    from l2b.data.arrays import read_idx
+    from l2b.data.idx import read_idx
 
     root = make_idx_dir(tmp_path / "m")
     img = root / "train-images-idx3-ubyte"

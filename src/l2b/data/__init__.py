@@ -11,10 +11,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .arrays import (ArrayDataset, load_cifar10, load_cifar100, load_digits, load_fashion_mnist,
-                     load_mnist, load_npz)
+from .arrays import ArrayDataset, load_cifar10, load_cifar100, load_digits, load_npz
 from .augment import augment_batch, normalize_batch
 from .files import FileDataset, load_clothing1m, load_csv, load_folder, load_isic2019
+from .idx import load_fashion_mnist, load_mnist
 
 DATASETS: dict[str, Callable] = {
     "digits": load_digits,
