@@ -282,7 +282,7 @@ def test_paper_presets_parse_and_build(preset):
 
 
 def test_docs_list_every_declared_option():
-    from l2b.cli import options_table
+    from l2b.cli_flags import options_table
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
     begin = text.index("\n", text.index("<!-- options:begin")) + 1
