@@ -33,7 +33,7 @@ def noise_auc(run_dir: Path) -> float | None:
 
 def check_device_arg(parser, name: str) -> None:
     """A benchmark's --device, checked as `l2b train` checks it: a one-line usage error (exit 2)."""
-    from l2b.config import check_device
+    from l2b.config_checks import check_device
 
     try:
         check_device(name)

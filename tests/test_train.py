@@ -263,7 +263,7 @@ def test_every_command_prints_its_help(capsys, command):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS.glob("*.yaml")), ids=lambda p: p.name)
 def test_paper_presets_parse_and_build(preset):
-    from l2b.cli import load_yaml
+    from l2b.config_checks import load_yaml
     from l2b.models import create_model
 
     cfg = TrainConfig.from_dict(load_yaml(str(preset)), str(preset))

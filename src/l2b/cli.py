@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from .methods import METHODS
-from .config import TrainConfig, load_yaml, own_labels
+from .config import TrainConfig, own_labels
+from .config_checks import load_yaml
 from .rundir import NOT_RESULTS, read_json
 from .calibrate import CUTS, DEFAULT_CUT, STEERED_CUT
 from .console import first_rank, format_warning, one_line

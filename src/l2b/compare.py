@@ -21,7 +21,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, load_yaml
+from .config import TrainConfig
+from .config_checks import load_yaml
 from .rundir import config_differences, read_json
 from .train import train
 

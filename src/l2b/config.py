@@ -1,5 +1,5 @@
 """Every setting of a training run, its type and default, and the checks that run before any
-data are read: ``TrainConfig``, ``load_yaml``.
+data are read: ``TrainConfig`` (the checks it calls: ``config_checks``).
 
 Values from YAML, ``config.json`` and flags go through ``TrainConfig.from_dict``, which converts
 each to its field's declared type (``"no"`` is False for a bool; ``"two"`` for an int is an error
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from .coerce import coerce_field
+from .config_checks import (check_choices, check_device, check_method_options, check_noise_spec, check_types,
+                            flag_of, on_cuda, parse_holdout)
 from .data.files import IMAGENET_SIZE, own_image_size
 from .methods import METHODS, declared_options, needs_of, options_of
 
@@ -29,94 +30,6 @@ def own_labels(data: str) -> bool:
     return data.partition(":")[0] in OWN_LABEL_DATA
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def check_types(cfg) -> None:
-    """Every field holds a value of its declared type (the Python API skips ``from_dict``)."""
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        converted = coerce_field(f.name, f.type, value)
-        same_value = converted == value or (isinstance(value, float) and value != value)  # NaN: checked later
-        int_as_float = type(value) is int and type(converted) is float
-        if not same_value or (type(converted) is not type(value) and not int_as_float):
-            raise ValueError(f"config: {f.name}={value!r} is not a {f.type}; give {converted!r}")
-
-
-def check_device(name: str) -> None:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and CUDA only where this torch has it."""
-    import torch
-
-    if name in ("auto", "cpu"):
-        return
-    kind, _, index = name.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise ValueError(f"--device {name!r}: choose auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available to this torch ({torch.__version__}); "
-                         f"use --device cpu (or auto)")
-    if index and int(index) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-
-
-def _cuda_device(name: str) -> bool:
-    if name == "auto":
-        import torch
-
-        return torch.cuda.is_available()
-    return name.startswith("cuda")
-
-
-def check_method_options(method: str, given: dict[str, Any]) -> None:
-    """``method``'s options built from ``given``: an option that belongs to other methods is
-    named with them, and a bad value fails with the option's declared type or choices."""
-    cls = METHODS[method]
-    foreign = sorted(set(given) - set(cls.option_specs()))
-    owners = declared_options()
-    for name in foreign:
-        if name in owners:
-            raise ValueError(f"--{_flag(name)} is an option of {', '.join(owners[name])}, not of method {method!r}")
-    cls.build_options(given)
-
-
-def check_noise_spec(spec: str) -> None:
-    """The syntax of a noise spec (kind and rate); its files are read with the data."""
-    from .noise import check_spec
-
-    check_spec(spec)
-
-
-def load_yaml(path: str) -> dict[str, Any]:
-    """The settings of a YAML file (keys as the flags, with - or _)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--config {p}: file not found")
-    try:
-        import yaml
-    except ImportError:
-        raise ImportError("YAML configs need PyYAML: pip install 'l2b[cli]'") from None
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"--config {p}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {p}: expected a mapping of settings, got {type(data).__name__}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
-
-
-def parse_holdout(text: str) -> tuple[int, int]:
-    """``"F/K"`` -> (F, K): the F-th (1-based) of K folds."""
-    fold, _, folds = str(text).partition("/")
-    try:
-        f, k = int(fold), int(folds)
-    except ValueError:
-        f = k = 0
-    if not (k >= 2 and 1 <= f <= k):
-        raise ValueError(f"--holdout {text!r}: give F/K, the F-th of K >= 2 folds (1 <= F <= K), e.g. 2/5")
-    return f, k
-
-
 def setting(default: Any = MISSING, help: str = "", factory: Any = MISSING, choices: tuple | None = None):
     """A TrainConfig field with its one-line help and, for a choice, its allowed values: the CLI's
     ``--help`` and ``validate()`` read both from here, so each choice is typed once."""
@@ -124,15 +37,6 @@ def setting(default: Any = MISSING, help: str = "", factory: Any = MISSING, choi
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
-
-
-def check_choices(cfg) -> None:
-    """Every field declared with ``choices`` holds one of them."""
-    for f in fields(cfg):
-        allowed = f.metadata.get("choices")
-        value = getattr(cfg, f.name)
-        if allowed and value not in allowed:
-            raise ValueError(f"unknown {f.name} {value!r}; choose {', '.join(allowed[:-1])} or {allowed[-1]}")
 
 
 @dataclass
@@ -273,11 +177,11 @@ class TrainConfig:
         for name in ("seed", "noise_seed"):  # numpy's generators take 0 .. 2**32 - 1
             value = getattr(self, name)
             if value is not None and not 0 <= value < 2**32:
-                raise ValueError(f"--{_flag(name)} must be in 0 .. 2**32 - 1, got {value}")
+                raise ValueError(f"--{flag_of(name)} must be in 0 .. 2**32 - 1, got {value}")
         for name in ("epochs", "batch_size", "batches_per_epoch"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"--{_flag(name)} must be at least 1, got {value}")
+                raise ValueError(f"--{flag_of(name)} must be at least 1, got {value}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}]")
         options = options_of(self.method, self.method_options())
@@ -294,7 +198,7 @@ class TrainConfig:
                      "train_subset", "threads", "test_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"--{_flag(name)} must be at least 1, got {value}")
+                raise ValueError(f"--{flag_of(name)} must be at least 1, got {value}")
         if self.weight_epochs < 0:
             raise ValueError(f"--weight-epochs must be 0 or more, got {self.weight_epochs}")
         if self.workers is not None and self.workers < 0:
@@ -314,7 +218,7 @@ class TrainConfig:
         if self.milestones and self.schedule != "step":
             raise ValueError(f"--milestones {self.milestones} apply to --schedule step only, not {self.schedule}; "
                              f"drop them or give --schedule step")
-        if self.amp and not _cuda_device(self.device):
+        if self.amp and not on_cuda(self.device):
             raise ValueError(f"--amp is bf16 autocast on CUDA, and this run is on the CPU (--device {self.device}); "
                              f"drop --amp")
         if any(m < 0 for m in self.milestones):

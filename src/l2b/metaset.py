@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .calibrate import check_labels, check_pred_probs, confident_classes
 from .models import predict_probs

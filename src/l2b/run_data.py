@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from .calibrate import uncovered_classes
-from .config import TrainConfig, own_labels, parse_holdout
+from .config import TrainConfig, own_labels
+from .config_checks import parse_holdout
 from .data import FILE_DATASETS, ArrayDataset, FileDataset, clean_val_split, load_dataset
 from .data.batches import FileData, TensorData
 from .metaset import class_name

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig, check_device
+from .config import TrainConfig
+from .config_checks import check_device
 from .distributed import init_from_env
 from .models import create_model
 from .rundir import load_checkpoint
