@@ -545,3 +545,9 @@ def test_a_lone_sample_at_a_1x1_batchnorm_names_the_batch_sizes_to_raise(tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "epoch 1, step 1: a BatchNorm layer of --model preact-resnet18" in err
     assert f"--val-batch-size {flags[1]}" in err and "--model mlp" in err
+
+
+def test_report_given_a_file_of_a_run_names_its_directory(tmp_path, capsys, finished_ce_run):
+    assert cli_main(["report", str(finished_ce_run / "metrics.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"metrics.json: a file; give the directory of a run or a grid (e.g. {finished_ce_run})"), err

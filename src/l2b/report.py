@@ -268,6 +268,8 @@ def write_report(target: str | Path, out: str | Path | None = None) -> Path:
     """Write the PNGs and report.html of ``target`` (a run or a grid directory) into ``out``
     (default: ``target`` itself)."""
     target = Path(target)
+    if target.is_file():
+        raise ValueError(f"{target}: a file; give the directory of a run or a grid (e.g. {target.parent})")
     runs = collect(target)
     diverged = [r for r in collect(target, finished_only=False) if "diverged" in r]
     if not runs and diverged:
