@@ -226,6 +226,11 @@ CASES = [
     ("label-issues threshold and a cut", lambda t: ["label-issues", str(t), "--threshold", "0.3", "--cut", "count"],
      r"--threshold 0.3 is a fixed cut and --cut count another: give one of them"),
     ("label-issues cross-fit 1", lambda t: ["label-issues", str(t), "--cross-fit", "1"], r"1 folds: give 2 or more"),
+    ("forward's estimator diverges", lambda t: ["train", *TINY, "--method", "forward", "--lr", "1e6", "--out", str(t / "out")],
+     r"forward: estimator \(noisy labels\): the loss became NaN or inf at epoch 1, step \d+; it trains with the run's "
+     r"--lr and schedule, unclipped: lower --lr or raise --batch-size"),
+    ("GLC's phase 1 diverges", lambda t: ["train", *TINY, "--method", "glc", "--lr", "1e6", "--out", str(t / "out")],
+     r"GLC phase 1 \(noisy labels\): the loss became NaN or inf at epoch 1"),
     ("label-issues show -1", lambda t: ["label-issues", str(t), "--show", "-1"],
      r"--show -1: give 0 \(no picture\) to 512 suspects to draw; every flagged sample is listed in label_issues.csv"),
     ("label-issues show 513", lambda t: ["label-issues", str(t), "--show", "513"], r"--show 513: give 0 \(no picture\) to 512"),

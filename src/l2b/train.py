@@ -239,9 +239,13 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
     if main_rank and cfg.progress != "none":  # first, before a method's setup trains anything (GLC, distill)
         print(data_line(cfg, prep, (noisy_data, val_data, test_data), start_epoch), flush=True)
     if not resume:
-        setup_seconds = run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank,
-                                  new_model=lambda: build_model(cfg, ds, device),
-                                  new_optimizer=lambda m: build_optimizer(cfg, m))
+        try:
+            setup_seconds = run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank,
+                                      new_model=lambda: build_model(cfg, ds, device),
+                                      new_optimizer=lambda m: build_optimizer(cfg, m))
+        except BaseException:
+            lock.abandon()  # a method's fit failed (or was stopped) before the run wrote anything
+            raise
         if main_rank:
             write_run_header(out, cfg, prep, (train_data, val_data, test_data), clip, world, method.opts)
     is_noisy = torch.as_tensor(prep.y_noisy != prep.y_true, device=device)

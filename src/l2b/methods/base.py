@@ -126,6 +126,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[i
             loss.backward()
             optimizer.step()
             total = total + loss.detach().cpu()
+            if not torch.isfinite(total):  # a diverged fit would hand NaN to what it estimates
+                raise ValueError(f"{what}: the loss became NaN or inf at epoch {epoch + 1}, step {step + 1}; it trains "
+                                 f"with the run's --lr and schedule, unclipped: lower --lr or raise --batch-size")
         log(f"{what}: epoch {epoch + 1}/{epochs} mean loss {total.item() / max(steps_per_epoch, 1):.4f}")
 
 
