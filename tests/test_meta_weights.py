@@ -252,6 +252,19 @@ def test_a_model_that_does_not_return_logits_is_named_not_a_torch_error(engine, 
         l2b.meta_weights(_PairOut(pair), x, y.clamp(max=0), x_val, y_val.clamp(max=0), lr=0.1, engine=engine)
 
 
+@pytest.mark.parametrize("engine", ["jvp-lean", "jvp", "unroll", "last-layer"])
+def test_a_loss_fn_that_averages_the_batch_is_refused(engine):
+    """A mean loss would give every sample the same meta-gradient (and the real step no weights)."""
+    x, y, x_val, y_val = make_batches()
+    mean_ce = lambda logits, t: F.cross_entropy(logits, t)  # noqa: E731 (reduction="mean")
+    with pytest.raises(ValueError, match=r"loss_fn must return one loss per sample, shape \(8,\); got shape \(\): "
+                                         r"compute it with reduction='none'"):
+        l2b.meta_weights(make_model("mlp"), x, y, x_val, y_val, lr=0.1, engine=engine, loss_fn=mean_ce)
+    mw = l2b.meta_weights(make_model("mlp"), x, y, x_val, y_val, lr=0.1, engine=engine)
+    with pytest.raises(ValueError, match=r"loss_fn must return one loss per sample"):
+        l2b.bootstrap_loss(mw, y, (None, mean_ce))
+
+
 def test_the_drop_in_step_refuses_an_unknown_engine_or_normalisation_when_built():
     model = make_model("mlp")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

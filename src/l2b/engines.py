@@ -63,6 +63,17 @@ def split_loss_fn(loss_fn):
     return tuple(loss_fn) if isinstance(loss_fn, (tuple, list)) else (loss_fn, loss_fn)
 
 
+def per_sample_losses(loss_fn, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``loss_fn(logits, targets)``, checked to be one loss per sample: a mean (reduction="mean")
+    would give every sample the same meta-gradient and the real step no weights at all."""
+    losses = loss_fn(logits, targets)
+    if not isinstance(losses, torch.Tensor) or losses.shape != (logits.shape[0],):
+        got = f"shape {tuple(losses.shape)}" if isinstance(losses, torch.Tensor) else f"a {type(losses).__name__}"
+        raise ValueError(f"loss_fn must return one loss per sample, shape ({logits.shape[0]},); got {got}: compute "
+                         f"it with reduction='none'")
+    return losses
+
+
 def loss_grad_wrt_logits(
     logits: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn | None
 ) -> torch.Tensor:
@@ -72,7 +83,7 @@ def loss_grad_wrt_logits(
         return grad.scatter_add_(1, targets[:, None], -torch.ones_like(grad[:, :1]))
     z = logits.detach().requires_grad_(True)
     with torch.enable_grad():
-        (grad,) = torch.autograd.grad(loss_fn(z, targets).sum(), z)
+        (grad,) = torch.autograd.grad(per_sample_losses(loss_fn, z, targets).sum(), z)
     return grad
 
 
@@ -240,7 +251,8 @@ def raw_weights_unroll(
         n = logits.shape[0]
         eps_alpha = torch.zeros(n, dtype=logits.dtype, device=logits.device, requires_grad=True)
         eps_beta = torch.zeros(n, dtype=logits.dtype, device=logits.device, requires_grad=True)
-        virtual_loss = (eps_alpha * f_fn(logits, y) + eps_beta * g_fn(logits, pseudo)).sum()
+        virtual_loss = (eps_alpha * per_sample_losses(f_fn, logits, y)
+                        + eps_beta * per_sample_losses(g_fn, logits, pseudo)).sum()
         grads = torch.autograd.grad(
             virtual_loss, step.params, create_graph=True, allow_unused=True
         )

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engines import ENGINES, LossFn, check_engine, split_loss_fn
+from .engines import ENGINES, LossFn, check_engine, per_sample_losses, split_loss_fn
 from .models import eval_mode
 from .normalize import check_options, normalize_weights
 from .virtual_step import optimizer_step, plain_sgd_step
@@ -205,6 +205,7 @@ def bootstrap_loss(mw: MetaWeights, y: torch.Tensor, loss_fn: LossFn | None = No
     """
     f_fn, g_fn = split_loss_fn(loss_fn)
     logp = F.log_softmax(mw.logits, dim=1)
-    f = -logp.gather(1, y[:, None]).squeeze(1) if f_fn is None else f_fn(mw.logits, y)
-    g = -logp.gather(1, mw.pseudo_labels[:, None]).squeeze(1) if g_fn is None else g_fn(mw.logits, mw.pseudo_labels)
+    f = -logp.gather(1, y[:, None]).squeeze(1) if f_fn is None else per_sample_losses(f_fn, mw.logits, y)
+    g = (-logp.gather(1, mw.pseudo_labels[:, None]).squeeze(1) if g_fn is None
+         else per_sample_losses(g_fn, mw.logits, mw.pseudo_labels))
     return (mw.alpha * f).sum() + (mw.beta * g).sum()
