@@ -265,6 +265,20 @@ def test_a_loss_fn_that_averages_the_batch_is_refused(engine):
         l2b.bootstrap_loss(mw, y, (None, mean_ce))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile imports torch's own deprecated parts
+def test_a_model_that_cannot_take_virtual_parameters_is_refused_when_built():
+    model = make_model("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"nn.DataParallel cannot be called with virtual parameters: pass model.module"):
+        l2b.L2B(nn.DataParallel(model), opt)
+    with pytest.raises(ValueError, match=r"a torch.compile'd model cannot be called with virtual parameters: pass the "
+                                         r"module itself \(model._orig_mod\)"):
+        l2b.L2B(torch.compile(model), opt)
+    x, y, x_val, y_val = make_batches()
+    with pytest.raises(ValueError, match=r"nn.DataParallel cannot be called"):
+        l2b.meta_weights(nn.DataParallel(model), x, y, x_val, y_val, lr=0.1)
+
+
 def test_the_drop_in_step_refuses_an_unknown_engine_or_normalisation_when_built():
     model = make_model("mlp")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

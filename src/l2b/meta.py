@@ -54,6 +54,18 @@ def _check_batch(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"{name}: empty batch")
 
 
+def check_model(model: nn.Module) -> None:
+    """A model meta_weights can call with virtual parameters (torch.func.functional_call): not an
+    nn.DataParallel (one process per device instead: torchrun, ``distributed=True``) and not a
+    torch.compile'd module (its graph takes no parameters from outside)."""
+    if isinstance(model, nn.DataParallel):
+        raise ValueError("nn.DataParallel cannot be called with virtual parameters: pass model.module on one device, "
+                         "or run one process per GPU with torchrun and distributed=True (docs/distributed.md)")
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        raise ValueError("a torch.compile'd model cannot be called with virtual parameters: pass the module itself "
+                         "(model._orig_mod) to l2b")
+
+
 def step_input_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, y_val: torch.Tensor) -> Exception | None:
     """What a failed step's inputs did wrong, as an error naming it: the model's output is not one
     row of class scores per sample, or a label is outside the model's classes (naming its batch and
@@ -138,6 +150,7 @@ def meta_weights(
             "(the authors' code: replay the optimizer's own SGD step)"
         )
     check_engine(engine)
+    check_model(model)
     check_options(normalize, constraint, temperature)
     _check_batch("training batch (x, y)", x, y)
     _check_batch("validation batch (x_val, y_val)", x_val, y_val)

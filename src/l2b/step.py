@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .engines import LossFn, check_engine
-from .meta import MetaWeights, bootstrap_loss, meta_weights
+from .meta import MetaWeights, bootstrap_loss, check_model, meta_weights
 from .normalize import check_options
 
 
@@ -86,6 +86,7 @@ class L2B:
             # torch would scale the gradient by a negative factor and step uphill
             raise ValueError(f"clip_grad_norm must be a finite number > 0, or None for no clipping; got {clip_grad_norm}")
         check_engine(engine)  # said at construction, not at the first step
+        check_model(model)
         check_options(normalize, constraint, temperature)
         self.model, self.optimizer = model, optimizer
         self.virtual_step, self.clip_grad_norm = virtual_step, clip_grad_norm
