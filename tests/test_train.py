@@ -579,6 +579,40 @@ def test_compare_runs_a_grid_resumes_and_summarises(tmp_path, capsys):
     assert out.count("skip") == 7 and f"resume {run}" in out
 
 
+def test_pretrained_weights_load_from_a_state_dict_or_a_training_checkpoint(tmp_path, capsys):
+    """--pretrained takes a state dict, a checkpoint that wraps one ("model": l2b's checkpoint.pt;
+    "state_dict"), or one saved from DistributedDataParallel ("module." names); a head of another
+    shape keeps the model's own; anything else is named."""
+    from l2b.models import MLP
+    from l2b.run_model import load_pretrained
+
+    def mlp(k=10):
+        torch.manual_seed(k)
+        return MLP(num_classes=k, in_channels=1, image_size=8, hidden=8)
+
+    source = mlp().state_dict()
+    forms = {"plain": source, "checkpoint": {"model": source, "epoch": 3}, "lightning": {"state_dict": source},
+             "ddp": {"module." + k: v for k, v in source.items()}}
+    for name, saved in forms.items():
+        torch.save(saved, tmp_path / f"{name}.pt")
+        torch.manual_seed(99)
+        target = MLP(num_classes=10, in_channels=1, image_size=8, hidden=8)  # other initial weights
+        load_pretrained(target, str(tmp_path / f"{name}.pt"))
+        assert all(torch.equal(v, source[k]) for k, v in target.state_dict().items()), name
+    five = mlp(k=5)
+    head = {k: v.clone() for k, v in five.state_dict().items()}
+    load_pretrained(five, str(tmp_path / "plain.pt"))  # 10 classes saved, 5 here: the head stays
+    kept = [k for k, v in five.state_dict().items() if torch.equal(v, head[k]) and not torch.equal(v, source[k])]
+    assert kept and "kept the model's own" in capsys.readouterr().out
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="holds a list without tensors, not a state dict"):
+        load_pretrained(mlp(), str(tmp_path / "list.pt"))
+    torch.save({"conv1.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"none of its 1 tensors matches the model MLP by name and shape \(it has e.g. "
+                                         r"'conv1.weight'"):
+        load_pretrained(mlp(), str(tmp_path / "other.pt"))
+
+
 def test_compare_takes_a_yaml_grid_of_methods_noise_seeds_and_settings(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text("methods: [ce, l2b]\nnoise: symmetric:0.2,symmetric:0.4\nseeds: 2\ndata: digits\nmodel: mlp\n"

@@ -23,11 +23,22 @@ def load_pretrained(model: torch.nn.Module, path: str) -> None:
     if not Path(path).is_file():
         raise FileNotFoundError(f"--pretrained {path}: file not found")
     state = load_checkpoint(path, "cpu")
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    for key in ("state_dict", "model"):  # a training checkpoint (l2b's checkpoint.pt keeps "model")
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+    if not tensors:
+        raise ValueError(f"--pretrained {path}: holds a {type(state).__name__} without tensors, not a state dict; save "
+                         f"the weights with torch.save(model.state_dict(), FILE)")
+    if all(k.startswith("module.") for k in tensors):  # saved from a DistributedDataParallel wrapper
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
     own = model.state_dict()
-    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    kept = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
     if not kept:
-        raise ValueError(f"--pretrained {path}: no tensor matches the model {type(model).__name__}")
+        raise ValueError(f"--pretrained {path}: none of its {len(tensors)} tensors matches the model "
+                         f"{type(model).__name__} by name and shape (it has e.g. {next(iter(tensors))!r}, the model "
+                         f"{next(iter(own))!r}); give weights of the same --model")
     model.load_state_dict(kept, strict=False)
     skipped = sorted(set(own) - set(kept))
     print(f"loaded {len(kept)} tensors from {path}; kept the model's own {skipped[:4]}"
