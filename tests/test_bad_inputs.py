@@ -273,6 +273,9 @@ CASES = [
      r"--amp is bf16 autocast on CUDA, and this run is on the CPU"),
     ("milestones with cosine", lambda t: ["train", *TINY, "--milestones", "5,10", "--out", str(t / "out")],
      r"--milestones \[5, 10\] apply to --schedule step only, not cosine"),
+    ("image size of in-memory data", lambda t: ["train", *TINY, "--image-size", "4", "--out", str(t / "out")],
+     r"--image-size 4: digits is held in memory at its own size; the crop size applies to image files \(folder, csv, "
+     r"isic2019, clothing1m\); drop it"),
     ("npz given a directory", lambda t: ["train", "--data", f"npz:{t}", "--out", str(t / "out")],
      r"a directory; npz:FILE takes one .npz file \(a folder of class folders is folder:DIR\)"),
     ("npz splits of other sizes", lambda t: ["train", "--data", f"npz:{_arrays(t, x_test=np.zeros((4, 16, 16), np.uint8))}",

@@ -15,6 +15,7 @@ from typing import Any
 from .coerce import coerce_field
 from .config_checks import (check_choices, check_device, check_method_options, check_noise_spec, check_types,
                             flag_of, on_cuda, parse_holdout)
+from .data import FILE_DATASETS
 from .data.files import IMAGENET_SIZE, own_image_size
 from .methods import METHODS, declared_options, needs_of, options_of
 
@@ -221,6 +222,9 @@ class TrainConfig:
         if self.amp and not on_cuda(self.device):
             raise ValueError(f"--amp is bf16 autocast on CUDA, and this run is on the CPU (--device {self.device}); "
                              f"drop --amp")
+        if self.image_size != IMAGENET_SIZE and self.data.partition(":")[0] not in FILE_DATASETS:
+            raise ValueError(f"--image-size {self.image_size}: {self.data} is held in memory at its own size; the crop "
+                             f"size applies to image files ({', '.join(FILE_DATASETS)}); drop it")
         if any(m < 0 for m in self.milestones):
             raise ValueError(f"--milestones must be epochs >= 0, got {self.milestones}")
         check_device(self.device)
