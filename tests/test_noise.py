@@ -122,6 +122,13 @@ def test_matrix_errors_name_the_problem(labels10, tmp_path):
         apply_noise(labels10, f"matrix:{f}", num_classes=10)
     with pytest.raises(FileNotFoundError, match="nope.npy"):
         apply_noise(labels10, f"matrix:{tmp_path / 'nope.npy'}", num_classes=10)
+    g = tmp_path / "T.npy"
+    np.save(g, np.full((10, 10), np.nan))  # NaN passes every comparison: it would noise nothing, silently
+    with pytest.raises(ValueError, match=r"T.npy: NaN or inf entries \(100\)"):
+        apply_noise(labels10, f"matrix:{g}", num_classes=10)
+    g.write_bytes(g.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"T.npy: unreadable \(EOF: .*\); write K rows"):
+        apply_noise(labels10, f"matrix:{g}", num_classes=10)
 
 
 def test_instance_noise_has_the_requested_rate_and_depends_on_inputs():

@@ -206,11 +206,15 @@ def read_matrix(path: str | Path, k: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"noise matrix {path}: file not found")
     try:
-        m = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
-    except ValueError as err:
-        raise ValueError(f"noise matrix {path}: unreadable ({err}); write K rows of K comma-separated numbers") from None
+        m = np.asarray(np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2),
+                       dtype=np.float64)
+    except (ValueError, TypeError, OSError, EOFError) as err:
+        raise ValueError(f"noise matrix {path}: unreadable ({' '.join(str(err).split())}); write K rows of K "
+                         f"comma-separated numbers") from None
     if m.shape != (k, k):
         raise ValueError(f"noise matrix {path}: shape {m.shape}, expected ({k}, {k}) for {k} classes")
+    if not np.isfinite(m).all():
+        raise ValueError(f"noise matrix {path}: NaN or inf entries ({int((~np.isfinite(m)).sum())})")
     if (m < 0).any():
         raise ValueError(f"noise matrix {path}: negative entries")
     bad = np.flatnonzero(np.abs(m.sum(axis=1) - 1.0) > 1e-6)
