@@ -61,6 +61,20 @@ def test_asymmetric_cifar10_follows_the_map_exactly(labels10):
             assert share == 1.0
 
 
+@pytest.mark.parametrize("text, expected", [
+    ('{"0": 1.5}', r"entry '0': 1.5: 1.5 is not a class index"),
+    ('{"0": null}', r"entry '0': None: None is not a class index"),
+    ('{"0": "cat"}', r"entry '0': 'cat': 'cat' is not a class index"),
+    ('{"0": 0}', r"the map moves no class \(1 entries\); asymmetric noise would change no label"),
+    ("{}", r"the map moves no class \(0 entries\)"),
+], ids=["fractional", "null", "a name", "only itself", "empty"])
+def test_a_class_map_that_names_no_move_between_classes_is_refused(labels10, tmp_path, text, expected):
+    f = tmp_path / "map.json"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=f"class map {f}: " + expected):
+        apply_noise(labels10, f"asymmetric:0.5:{f}", num_classes=10)
+
+
 def test_asymmetric_cifar100_moves_within_the_superclass():
     rng = np.random.Generator(np.random.PCG64(1))
     # superclasses that are NOT contiguous index blocks: fine class f belongs to (f * 7) % 20

@@ -33,22 +33,17 @@ The CIFAR-N FILE defaults to ``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt`` in `
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
+from .noise_files import CIFARN_TYPES, human, read_class_map, read_matrix
+
 __all__ = ["NoisyLabels", "apply_noise", "NOISE_MODELS", "CIFAR10_ASYMMETRIC_MAP", "transition_matrix"]
 
 CIFAR10_ASYMMETRIC_MAP = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
-CIFARN_TYPES = {
-    "cifar10n": {"aggre": "aggre_label", "worse": "worse_label", "random1": "random_label1",
-                 "random2": "random_label2", "random3": "random_label3"},
-    "cifar100n": {"noisy": "noisy_label"},
-}
-CIFARN_FILES = {"cifar10n": "CIFAR-10_human.pt", "cifar100n": "CIFAR-100_human.pt"}
 
 
 @dataclass(frozen=True)
@@ -110,13 +105,26 @@ def symmetric_exclusive(labels, rate, k, rng, **_):
     return out
 
 
+def _class_index(value, where: str, entry) -> int:
+    """A class map's src or dst: an integer or its digits (JSON keys); not 1.5, None or a name."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError(f"{where}: entry {entry}: {value!r} is not a class index (an integer 0..K-1)")
+
+
 def _map_array(mapping: Mapping[int, int], k: int, where: str) -> np.ndarray:
     table = np.arange(k)
     for src, dst in mapping.items():
-        src, dst = int(src), int(dst)
+        entry = f"{src!r}: {dst!r}"
+        src, dst = _class_index(src, where, entry), _class_index(dst, where, entry)
         if not (0 <= src < k and 0 <= dst < k):
             raise ValueError(f"{where}: class map entry {src}->{dst} is outside [0, {k})")
         table[src] = dst
+    if (table == np.arange(k)).all():
+        raise ValueError(f"{where}: the map moves no class ({len(mapping)} entries); asymmetric noise would change "
+                         f"no label: give src: dst pairs of different classes")
     return table
 
 
@@ -160,31 +168,6 @@ def asymmetric_cifar100(labels, rate, k, rng, *, coarse_labels=None, **_):
     return _mapped(labels, rate, table, rng)
 
 
-def read_class_map(path: str | Path) -> dict[int, int]:
-    """A class map from JSON (``{"3": 5, ...}``) or CSV/text lines ``src,dst``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"class map {path}: file not found")
-    text = path.read_text()
-    if path.suffix == ".json":
-        try:
-            return {int(a): int(b) for a, b in json.loads(text).items()}
-        except (ValueError, AttributeError) as err:
-            raise ValueError(f"class map {path}: expected a JSON object {{\"src\": dst}} ({err})") from None
-    mapping = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.split("#")[0].strip()
-        if not line:
-            continue
-        parts = [p for p in line.replace(",", " ").split() if p]
-        try:
-            src, dst = (int(p) for p in parts)
-        except ValueError:
-            raise ValueError(f"class map {path}, line {lineno}: expected 'src,dst', got {line!r}") from None
-        mapping[src] = dst
-    return mapping
-
-
 def asymmetric(labels, rate, k, rng, *, mapping=None, map_file=None, **_):
     if map_file is not None:
         mapping = read_class_map(map_file)
@@ -193,37 +176,12 @@ def asymmetric(labels, rate, k, rng, *, mapping=None, map_file=None, **_):
             "asymmetric noise needs a class map: this dataset has none of its own; give "
             "asymmetric:R:FILE (JSON or 'src,dst' lines) or mapping={src: dst}"
         )
-    return _mapped(labels, rate, _map_array(mapping, k, "asymmetric"), rng)
+    return _mapped(labels, rate, _map_array(mapping, k, f"class map {map_file}" if map_file else "asymmetric"), rng)
 
 
 def pairflip(labels, rate, k, rng, **_):
     flip = rng.random(len(labels)) < rate
     return np.where(flip, (labels + 1) % k, labels)
-
-
-def read_matrix(path: str | Path, k: int) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"noise matrix {path}: file not found")
-    try:
-        m = np.asarray(np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2),
-                       dtype=np.float64)
-    except (ValueError, TypeError, OSError, EOFError) as err:
-        raise ValueError(f"noise matrix {path}: unreadable ({' '.join(str(err).split())}); write K rows of K "
-                         f"comma-separated numbers") from None
-    if m.shape != (k, k):
-        raise ValueError(f"noise matrix {path}: shape {m.shape}, expected ({k}, {k}) for {k} classes")
-    if not np.isfinite(m).all():
-        raise ValueError(f"noise matrix {path}: NaN or inf entries ({int((~np.isfinite(m)).sum())})")
-    if (m < 0).any():
-        raise ValueError(f"noise matrix {path}: negative entries")
-    bad = np.flatnonzero(np.abs(m.sum(axis=1) - 1.0) > 1e-6)
-    if len(bad):
-        raise ValueError(
-            f"noise matrix {path}: row {bad[0]} sums to {m[bad[0]].sum():.6g}, not 1 "
-            f"({len(bad)} bad rows); each row i must be P(noisy label | true class i)"
-        )
-    return m
 
 
 def _draw_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -259,35 +217,6 @@ def instance(labels, rate, k, rng, *, features=None, **_):
     probs = q[:, None] * scores / scores.sum(axis=1, keepdims=True)
     probs[np.arange(len(labels)), labels] = 1.0 - q
     return _draw_rows(probs, rng)
-
-
-def human(labels, rate, k, rng, *, family, kind, label_file=None, data_dir=None, **_):
-    from .safe_pickle import load_torch_save_dict
-
-    if label_file is None:
-        if data_dir is None:
-            raise ValueError(
-                f"{family}:{kind} needs the CIFAR-N label file: give {family}:{kind}:FILE or put "
-                f"{CIFARN_FILES[family]} in the dataset directory"
-            )
-        label_file = Path(data_dir) / CIFARN_FILES[family]
-    d = load_torch_save_dict(label_file)
-    key = CIFARN_TYPES[family][kind]
-    if not isinstance(d, dict) or key not in d or "clean_label" not in d:
-        raise ValueError(f"{label_file}: not a {family} label file (no {key!r} / 'clean_label')")
-    noisy, clean = np.asarray(d[key], dtype=np.int64), np.asarray(d["clean_label"], dtype=np.int64)
-    if len(noisy) != len(labels) or len(clean) != len(labels):
-        raise ValueError(
-            f"{label_file}: {len(noisy)} labels, but the dataset has {len(labels)} training "
-            f"samples; CIFAR-N labels the full 50,000-image training set in its original order"
-        )
-    mismatch = np.flatnonzero(clean != labels)
-    if len(mismatch):
-        raise ValueError(
-            f"{label_file}: its clean labels differ from the dataset's at {len(mismatch)} samples "
-            f"(first: index {mismatch[0]}); the file does not belong to this dataset or order"
-        )
-    return noisy
 
 
 NoiseFn = Callable[..., np.ndarray]

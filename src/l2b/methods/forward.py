@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..noise import read_matrix
+from ..noise_files import read_matrix
 from ..models import eval_mode
 from dataclasses import dataclass
 
