@@ -68,6 +68,10 @@ class ArrayDataset:
         return torch.stack(means).float(), torch.stack(stds).clamp(min=1e-3).float()
 
     def check(self) -> "ArrayDataset":
+        twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if twice:  # suggested labels and reports would name two classes alike
+            raise ValueError(f"{self.name}: class name(s) {twice[:5]} given more than once in 'classes'; give each class "
+                             f"its own name, in label order 0..K-1")
         if self.num_classes < 2:
             raise ValueError(f"{self.name}: {self.num_classes} class(es); a classifier needs at least 2 "
                              "(check the labels, or give the class names as 'classes' in the npz)")
