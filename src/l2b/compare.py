@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
-from .config_checks import load_yaml
+from .config_checks import check_device, load_yaml
 from .rundir import config_differences, read_json
 from .train import train
 
@@ -140,7 +140,22 @@ def end_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def grid_workers(jobs: int, devices: list[str] | None) -> list[str] | None:
+    """``--jobs`` and ``--devices`` checked, every device before any cell runs on the first."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    for device in devices or ():
+        if not device.strip():
+            raise ValueError(f"--devices {','.join(devices)!r}: an empty entry; give devices like cuda:0,cuda:1")
+        try:
+            check_device(device.strip())
+        except ValueError as err:
+            raise ValueError(f"--devices {','.join(devices)}: {err}") from None
+    return [d.strip() for d in devices] if devices else None
+
+
 def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None = None, log=print) -> None:
+    devices = grid_workers(jobs, devices)
     dicts = []
     for i, cfg in enumerate(cfgs):
         d = asdict(cfg)
