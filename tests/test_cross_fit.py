@@ -95,6 +95,15 @@ def test_a_fold_is_not_cross_fitted_again(ce_run, capsys):
     assert "is itself one fold of a cross-fit (--holdout 1/2)" in capsys.readouterr().err
 
 
+def test_more_folds_than_training_samples_are_refused_before_any_fold_trains(ce_run, capsys):
+    n = len(load_run(ce_run)[2][0])
+    assert cli_main(["label-issues", str(ce_run), "--cross-fit", str(n + 1), "--out", str(ce_run.parent / "many")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--cross-fit {n + 1}: more folds than the run's {n} training samples; give 2 to {n} (5 is "
+                        f"usual: each fold trains a run)"), err
+    assert not list((ce_run / CROSS_FIT_DIR).glob(f"{n + 1}-fold-*"))  # refused before any fold trained
+
+
 def test_a_grid_summary_leaves_the_fold_runs_out(ce_run):
     from l2b.compare import collect
 

@@ -157,6 +157,9 @@ def cross_fit_scores(run: Path, folds: int, which: str = "auto", held_out: bool 
     from .train import load_run
 
     cfg, prep, (train_data, val_data, _), _ = load_run(run)
+    if folds > len(train_data):  # a fold without a sample would train a whole run to score nothing
+        raise ValueError(f"--cross-fit {folds}: more folds than the run's {len(train_data)} training samples; give 2 to "
+                         f"{len(train_data)} (5 is usual: each fold trains a run)")
     cfgs = fold_runs(cfg, run, folds)
     check_cells(cfgs)
     labels = train_data.y.cpu().numpy()
