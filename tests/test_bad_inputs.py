@@ -281,8 +281,8 @@ CASES = [
     ("image size of in-memory data", lambda t: ["train", *TINY, "--image-size", "4", "--out", str(t / "out")],
      r"--image-size 4: digits is held in memory at its own size; the crop size applies to image files \(folder, csv, "
      r"isic2019, clothing1m\); drop it"),
-    ("npz class names twice", lambda t: ["train", "--data", f"npz:{_arrays(t, classes=np.array(list('abcdefghia')), x_test=np.full((4, 8, 8), 7, np.uint8))}",
-                                         "--out", str(t / "out")],
+    ("npz class names twice", lambda t: ["train", "--data", "npz:" + str(_arrays(
+        t, classes=np.array(list("abcdefghia")), x_test=np.full((4, 8, 8), 7, np.uint8))), "--out", str(t / "out")],
      r"class name\(s\) \['a'\] given more than once in 'classes'; give each class its own name"),
     ("npz given a directory", lambda t: ["train", "--data", f"npz:{t}", "--out", str(t / "out")],
      r"a directory; npz:FILE takes one .npz file \(a folder of class folders is folder:DIR\)"),
