@@ -83,7 +83,7 @@ def select_meta_set(labels, pred_probs=None, *, losses=None, per_class: int, kin
             if probs is None:
                 raise ValueError("small-loss needs losses= or pred_probs=")
             losses = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))
-        score, group, candidates = -np.asarray(losses, dtype=np.float64), y, np.ones(len(y), dtype=bool)
+        score, group, candidates = -losses, y, np.ones(len(y), dtype=bool)
         new_labels = y
     elif probs is None:
         raise ValueError(f"{kind} needs pred_probs=")

@@ -291,14 +291,16 @@ def write_report(target: str | Path, out: str | Path | None = None) -> Path:
                         memorisation))
     detection_rows, extra = [], {}
     weighted = [r for r in runs if (r["dir"] / "weights.npz").is_file()]
+    meta = [r for r in weighted if r["method"] in ("l2b", "l2rw")] or weighted
+    pick = max(meta, key=lambda r: (r["method"] == "l2b", r["noise"])) if meta else None  # its weights are drawn
     for r in weighted:
         w = read_npz(r["dir"] / "weights.npz", need=("alpha", "beta", "is_noisy"))
         if w["is_noisy"].any():
             detection_rows.append((r, detection_metrics(w["alpha"], w["beta"], w["is_noisy"])))
-    meta = [r for r in weighted if r["method"] in ("l2b", "l2rw")] or weighted
-    if meta:
-        pick = max(meta, key=lambda r: (r["method"] == "l2b", r["noise"]))
-        w, unknown = read_npz(pick["dir"] / "weights.npz"), _truth_unknown(pick)
+        if r is pick:
+            picked = w
+    if pick is not None:
+        w, unknown = picked, _truth_unknown(pick)
         figures.append((f"Weights of {pick['method']} ({pick['noise']}, seed {pick['seed']})",
                         weights_figure(w, dest / "weights.png", unknown)))
         if not unknown:  # pseudo-label correctness needs the true labels
