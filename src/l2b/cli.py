@@ -108,8 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import (check_cells, grid_configs, grid_method_args, grid_workers, load_grid_file, run_grid,
-                          summarize)
+    from .compare import check_cells, grid_configs, grid_method_args, load_grid_file, run_grid, summarize
 
     settings: dict[str, Any] = load_grid_file(args.grid) if args.grid else {}
     methods = args.methods.split(",") if args.methods else settings.pop("methods", None)
@@ -130,11 +129,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     cfgs = grid_configs(base, methods, noises, seeds, out)
     check_cells(cfgs, overwrite=args.overwrite)
-    devices = grid_workers(args.jobs, args.devices.split(",") if args.devices is not None else None)
-    out.mkdir(parents=True, exist_ok=True)
     print(f"{len(cfgs)} runs: {len(methods)} methods × {len(noises)} noise settings × {seeds} seeds -> {out}",
           flush=True)
-    run_grid(cfgs, jobs=args.jobs, devices=devices, log=lambda text: print(text, flush=True))
+    run_grid(cfgs, jobs=args.jobs, devices=args.devices.split(",") if args.devices is not None else None,
+             log=lambda text: print(text, flush=True))  # --jobs and --devices checked there, before any cell runs
     summarize(out)
     print((out / "summary.md").read_text())
     return 0
