@@ -14,7 +14,6 @@ selected on the test set; docs/methods.md).
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -155,21 +154,22 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
     if again and first_rank() and cfg.progress != "none":
         print(f"{out}: no epoch had finished before it stopped; it starts again from epoch 1", flush=True)
     lock = RunLock(out)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if first_rank():
         lock.acquire()  # one run per directory, before anything in it is touched
-        try:
-            prepare_out(out, asdict(cfg), resume, overwrite, asdict(TrainConfig()))  # before any data or fits
-        except BaseException:
-            lock.abandon()
-            raise
     try:
+        if first_rank():
+            prepare_out(out, asdict(cfg), resume, overwrite, asdict(TrainConfig()))  # before any data or fits
         with deterministic_kernels(cfg.deterministic):
-            return _train_locked(cfg, resume and not again, stop_after_epoch, lock)
+            return _train_locked(cfg, resume and not again, stop_after_epoch)
+    except BaseException:
+        if not resume:  # a new run that failed: its lock file goes, and the directories it made while still empty
+            lock.abandon()  # (bad settings, data or a method's fit: nothing is left behind)
+        raise
     finally:
         lock.release()
 
 
-def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, lock: RunLock) -> dict[str, Any]:
+def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None) -> dict[str, Any]:
     clip = cfg.resolved_clip()
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
@@ -193,10 +193,8 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
             check_same_data(out, data_fingerprint(cfg, prep, (train_data, val_data, test_data)))
             if main_rank:
                 record_data_place(out, cfg.data)
-    except BaseException as err:
-        if not resume:
-            lock.abandon()  # failed before writing anything: leave no directory behind
-        elif isinstance(err, FileNotFoundError) and cfg.data.partition(":")[2] in str(err):
+    except FileNotFoundError as err:
+        if resume and cfg.data.partition(":")[2] in str(err):
             raise FileNotFoundError(f"{err} (the data the run began on; if it moved, give where it is now: "
                                     f"l2b train --resume {out} --data SPEC)") from None
         raise
@@ -239,13 +237,9 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
     if main_rank and cfg.progress != "none":  # first, before a method's setup trains anything (GLC, distill)
         print(data_line(cfg, prep, (noisy_data, val_data, test_data), start_epoch), flush=True)
     if not resume:
-        try:
-            setup_seconds = run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank,
-                                      new_model=lambda: build_model(cfg, ds, device),
-                                      new_optimizer=lambda m: build_optimizer(cfg, m))
-        except BaseException:
-            lock.abandon()  # a method's fit failed (or was stopped) before the run wrote anything
-            raise
+        setup_seconds = run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank,
+                                  new_model=lambda: build_model(cfg, ds, device),
+                                  new_optimizer=lambda m: build_optimizer(cfg, m))
         if main_rank:
             write_run_header(out, cfg, prep, (train_data, val_data, test_data), clip, world, method.opts)
     is_noisy = torch.as_tensor(prep.y_noisy != prep.y_true, device=device)
