@@ -16,7 +16,9 @@ Runs (one thread each, trained here unless finished; each part summarised apart)
 - fresh seeds, trained after every choice above: the meta methods at digits seeds 5-8 and
   memorisation-recipe seeds 3-5 (48), the own-data regime at seeds 12-19 (32);
 - the methods whose model learned from its clean labels (MLC, GLC, distill, CE --train-on-clean):
-  digits seeds 9-12 and the memorisation recipe seeds 0-1, 10 epochs (80 runs).
+  digits seeds 9-12 and the memorisation recipe seeds 0-1, 10 epochs (80 runs);
+- held-out clean sets where the model is unsure of whole classes: CE and co-teaching on the
+  memorisation recipe, seeds 0-2, 10 epochs (24 runs).
 
 Each run is scored by the model ``l2b label-issues`` takes by default (the final one, or the last
 epoch's from before it memorised, early_model.pt; the best clean-validation epoch's for runs older
@@ -29,6 +31,8 @@ small clean set's sampling noise adds from what the meta step's steering adds.
 
     python benchmarks/label_issue_cut.py            # trains what is missing, then the table
     python benchmarks/label_issue_cut.py --quick    # digits at 3 epochs only (tested)
+    python benchmarks/label_issue_cut.py --parts seed0,grid,held-out   # these parts again, beside
+                                                    # the rest as stored (its command is recorded)
 """
 
 from __future__ import annotations
@@ -122,6 +126,16 @@ def own_data_runs(out: Path, seeds: range = range(4)):
                     for v in (20, 40) for s in seeds]
 
 
+def held_out_runs(out: Path, seeds=(0, 1, 2)):
+    """Runs whose clean set stayed held out (CE and co-teaching: it only chose the best epoch) on the
+    memorisation recipe, where the model is unsure of whole classes: 10 epochs, seeds 0-2, under
+    20% and 40% symmetric, 40% asymmetric and 40% instance noise (24 runs)."""
+    _, mem = short_settings()
+    return [(f"memorisation 10 ep {m} {n} seed {s}", replace(mem, method=m, noise=n, seed=s,
+                                                            out=str(out / f"heldout-mem-{m}-{tag(n)}-s{s}")))
+            for s in seeds for m in ("ce", "coteaching") for n in MEM_NOISES]
+
+
 def grid_runs(grid: Path, seeds: range):
     """The paper-regime grid's finished runs of l2b, ce and coteaching (of these seeds)."""
     found = []
@@ -182,10 +196,11 @@ def cleanlab_flags(given: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
 
 
 def columns(rows: list[dict]) -> tuple[str, ...]:
-    """The default, cleanlab's flags where every row has them, then every cut of l2b.calibrate."""
+    """The default, then cleanlab's flags and every cut of l2b.calibrate, each where every row has
+    it (rows measured before a cut was added lack it)."""
     from l2b.calibrate import CUTS
 
-    return (*COLUMNS, *[CLEANLAB] * bool(rows and all(CLEANLAB in r for r in rows)), *CUTS)
+    return (*COLUMNS, *[c for c in (CLEANLAB, *CUTS) if rows and all(c in r for r in rows)])
 
 
 def meets_targets(count_ratio: float, precision: float, auc: float) -> bool:
@@ -309,10 +324,10 @@ def verdicts(rows: list[dict]) -> dict:
 
 def markdown(rows: list[dict], summary: dict, command: str) -> str:
     cols = columns(rows)
-    lines = [f"Command: `{command}`  ", "Each cell: flagged (flagged / corrupted), precision, recall. 'default': what "
+    lines = [f"{command}  ", "Each cell: flagged (flagged / corrupted), precision, recall. 'default': what "
              "`l2b label-issues` flags (its cut named beside the run); 'cleanlab': cleanlab's `find_label_issues` "
              "(its defaults) on the same probabilities. 'Steered': the clean set steered training "
-             "through a meta step (L2B, L2RW, MW-Net); 'learned': the model learned from the clean labels (MLC, GLC, "
+             "through a meta step that weights each sample (L2B, L2RW; MW-Net's counts as held out); 'learned': the model learned from the clean labels (MLC, GLC, "
              "distill, --train-on-clean).", "",
              "| run | scored with | steered | corrupted | ROC-AUC | estimated | " + " | ".join(cols) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(cols)]
@@ -332,6 +347,67 @@ def markdown(rows: list[dict], summary: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parts(out: Path, grid: Path, seeds: int) -> dict:
+    """Every part of the table in the order they were added: key -> (title, cells); a cell is a
+    run's name and its TrainConfig (trained if missing) or the directory of a finished run."""
+    seed0 = runs_to_train(out, False)
+    return {"seed0": ("seed 0", seed0 + grid_runs(grid, range(1))),
+            "grid": (f"the paper-regime grid's seeds 1-{seeds - 1}", grid_runs(grid, range(1, seeds))),
+            "meta": ("the meta methods at new seeds", meta_checks(out)),
+            "own": ("the own-data regime", own_data_runs(out)),
+            "own-new": (f"the own-data regime at seeds {NEW_OWN_SEEDS[0]}-{NEW_OWN_SEEDS[-1]}",
+                        own_data_runs(out, NEW_OWN_SEEDS)),
+            "meta-fresh": ("the meta methods at fresh seeds", meta_checks(out, **FRESH)),
+            "own-fresh": ("the own-data regime at fresh seeds", own_data_runs(out, FRESH_OWN_SEEDS)),
+            "learned": ("the methods whose model learned from its clean labels", learned_clean_runs(out)),
+            "held-out": ("held-out clean sets on the memorisation recipe", held_out_runs(out))}
+
+
+def measure_part(cells: list, title: str) -> tuple[str, list[dict], dict]:
+    """Train what is missing of a part, then measure and summarise it."""
+    from l2b.compare import run_one
+
+    for _, cfg in cells:
+        if not isinstance(cfg, Path):
+            print(run_one(cfg.__dict__), flush=True)
+    rows = [measure(name, cfg if isinstance(cfg, Path) else Path(cfg.out)) for name, cfg in cells]
+    return f"the {len(rows)} runs of {title}", rows, verdicts(rows)
+
+
+def merge_parts(stored: dict, measured: list[tuple[str, list[dict], dict]], command: str) -> dict:
+    """The stored results with these parts measured again: their rows replaced (or added), their
+    summaries too, and the command that did it recorded beside the one that measured the rest."""
+    from results_md import provenance
+
+    rows, summary = list(stored["rows"]), dict(stored["summary"])
+    for key, part_rows, verdict in measured:
+        names = {r["run"] for r in part_rows}
+        rows = [r for r in rows if r["run"] not in names] + part_rows
+        title = key.split(" runs of ", 1)[1]
+        # the part's stored summary is replaced in its place (an older key may word its title shorter)
+        summary = {(key if title.endswith(k.split(" runs of ", 1)[1]) else k): (verdict if title.endswith(
+            k.split(" runs of ", 1)[1]) else v) for k, v in summary.items()}
+        summary.setdefault(key, verdict)
+    update = {**provenance(command), "parts": [key for key, _, _ in measured]}
+    return {**stored, "rows": rows, "summary": summary, "updates": stored.get("updates", []) + [update]}
+
+
+def render(result: dict) -> str:
+    """RESULTS.md's block from a results file: the table, the summaries, the own-data references."""
+    command = f"Command: `{result['command']}`" + "".join(
+        f"; then `{u['command']}` (commit {u['commit'][:12]}, {u['date']}) measured again: {', '.join(u['parts'])}"
+        for u in result.get("updates", []))
+    table = markdown(result["rows"], result["summary"], command)
+    refs = result.get("references")
+    if refs:
+        table += "\n" + references_markdown(refs)
+        met = lambda part: sum(r["corrected_default"]["both"] for r in part)  # noqa: E731
+        table += (f"\nWith the corrected count the default would meet both targets on {met(refs[:16])} of the 16 runs of "
+                  f"seeds 0-3 and {met(refs[16:])} of the {len(refs) - 16} of seeds {NEW_OWN_SEEDS[0]}-{NEW_OWN_SEEDS[-1]} "
+                  f"(the default as it is: the summaries above).\n")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -339,53 +415,39 @@ def main() -> None:
     parser.add_argument("--grid", default="runs/bench-paper-regime", help="the paper-regime grid to reuse")
     parser.add_argument("--seeds", type=int, default=3, help="the paper-regime grid's seeds 0..S-1 (seed 0 is "
                         "summarised with the other runs, the rest apart)")
+    parser.add_argument("--parts", help="measure only these parts again (comma-separated: seed0, grid, "
+                        "meta, own, own-new, meta-fresh, own-fresh, learned, held-out) and put them into the stored "
+                        "results beside the rest")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
-    from l2b.compare import run_one
 
     torch.set_num_threads(1)
 
     out = Path(args.out or ("runs/bench-label-cut" + ("-quick" if args.quick else "")))
-    targets = []
-    for name, cfg in runs_to_train(out, args.quick):
-        print(run_one(cfg.__dict__), flush=True)
-        targets.append((name, Path(cfg.out)))
-    if not args.quick:
-        targets += grid_runs(Path(args.grid), range(1))
-    rows = [measure(name, run) for name, run in targets]
-    summary = {f"the {len(rows)} runs of seed 0": verdicts(rows)}
-    if not args.quick and args.seeds > 1:
-        check = [measure(name, run) for name, run in grid_runs(Path(args.grid), range(1, args.seeds))]
-        summary[f"the paper-regime grid's {len(check)} runs of seeds 1-{args.seeds - 1}"] = verdicts(check)
-        rows += check
-    if not args.quick:
-        # each part trained (what is missing), then measured and summarised, in the order they were added
-        for cells, part in ((meta_checks(out), "the meta methods at new seeds"),
-                            (own_data_runs(out), "the own-data regime"),
-                            (own_data_runs(out, NEW_OWN_SEEDS),
-                             f"the own-data regime at seeds {NEW_OWN_SEEDS[0]}-{NEW_OWN_SEEDS[-1]}"),
-                            (meta_checks(out, **FRESH), "the meta methods at fresh seeds"),
-                            (own_data_runs(out, FRESH_OWN_SEEDS), "the own-data regime at fresh seeds"),
-                            (learned_clean_runs(out), "the methods whose model learned from its clean labels")):
-            for name, cfg in cells:
-                print(run_one(cfg.__dict__), flush=True)
-            check = [measure(name, Path(cfg.out)) for name, cfg in cells]
-            summary[f"the {len(check)} runs of {part}"] = verdicts(check)
-            rows += check
-        refs = [references(name, Path(cfg.out)) for seeds in (range(4), NEW_OWN_SEEDS) for name, cfg in own_data_runs(out, seeds)]
-    command = "python benchmarks/label_issue_cut.py " + " ".join(sys.argv[1:])
-    table = markdown(rows, summary, command.strip())
-    if not args.quick:
-        table += "\n" + references_markdown(refs)
-        met = lambda part: sum(r["corrected_default"]["both"] for r in part)  # noqa: E731
-        table += (f"\nWith the corrected count the default would meet both targets on {met(refs[:16])} of the 16 runs of "
-                  f"seeds 0-3 and {met(refs[16:])} of the {len(refs) - 16} of seeds {NEW_OWN_SEEDS[0]}-{NEW_OWN_SEEDS[-1]} "
-                  f"(the default as it is: the summaries above).\n")
-    print(table)
+    command = ("python benchmarks/label_issue_cut.py " + " ".join(sys.argv[1:])).strip()
     from results_md import provenance, write_block
 
-    result = {**provenance(command.strip()), "rows": rows, "summary": summary, **({} if args.quick else {"references": refs})}
+    if args.quick:
+        key, rows, verdict = measure_part(runs_to_train(out, True), "seed 0")
+        result = {**provenance(command), "rows": rows, "summary": {key: verdict}}
+    else:
+        every = parts(out, Path(args.grid), args.seeds)
+        chosen = args.parts.split(",") if args.parts else list(every)
+        unknown = [k for k in chosen if k not in every]
+        if unknown:
+            parser.error(f"--parts {args.parts}: unknown part {unknown[0]}; choose among {', '.join(every)}")
+        measured = [measure_part(every[k][1], every[k][0]) for k in chosen]
+        if args.parts:
+            result = merge_parts(json.loads(RESULTS_JSON.read_text()), measured, command)
+        else:
+            refs = [references(name, Path(cfg.out)) for seeds in (range(4), NEW_OWN_SEEDS)
+                    for name, cfg in own_data_runs(out, seeds)]
+            result = {**provenance(command), "rows": [r for _, rows, _ in measured for r in rows],
+                      "summary": {key: verdict for key, _, verdict in measured}, "references": refs}
+    table = render(result)
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.quick:
         RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n")

@@ -113,7 +113,7 @@ def test_label_issue_cut_benchmark_quick_mode_meets_the_targets_on_unsure_models
     result = json.loads((out / "results.json").read_text())
     assert len(result["rows"]) == 3
     for row in result["rows"]:  # "default": what l2b label-issues flags on that run
-        assert row["default_cut"] == ("clean-confusion" if row["clean_steered"] else "count")
+        assert row["default_cut"] == ("clean-confusion" if row["clean_steered"] else "checked-count")
         assert abs(row["default"]["count_ratio"] - 1) <= 0.25 and row["default"]["precision"] >= 0.8
         assert row["threshold"]["count_ratio"] > 1.5  # the fixed cut over-flags these unsure models
         assert row["reachable"]  # the default's own count shows some count of the ranking's top meets both
@@ -409,7 +409,7 @@ def test_label_issue_imbalance_benchmark_quick_mode_scores_l2b_and_cleanlab(tmp_
         assert r["corrupted"] > 0 and r["flagged"] > 0 and 0.5 < r["auc"] <= 1
         assert (r["cleanlab_flagged"] is not None and r["cleanlab_flagged"] > 0) if with_cleanlab else \
             r["cleanlab_flagged"] is None
-        assert r["cut"] == ("clean-confusion" if r["run"].startswith("l2b") else "count")
+        assert r["cut"] == ("clean-confusion" if r["run"].startswith("l2b") else "checked-count")
     assert "| l2b, 10 clean per class, seed 0 |" in proc.stdout and "200·0.7^k" in proc.stdout
 
 

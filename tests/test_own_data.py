@@ -370,11 +370,14 @@ def test_the_calibrated_cut_follows_the_estimated_number_when_the_model_is_unsur
         assert sorted(l2b.find_label_issues(given, probs, cut=cut).tolist()) == sorted(wrong.tolist())
     # held-out clean samples scored by the same model (exchangeable with the correct training labels):
     # every wrong label falls below 90% of their true-label probabilities, and about 10% of the
-    # correct ones do (the conformal guarantee). A held-out set leaves the default at the count.
+    # correct ones do (the conformal guarantee). A held-out set checks the count: confident learning
+    # would flag none of its correct labels here, so the count stands.
     right = np.setdiff1d(np.arange(n), wrong)
     held = rng.choice(right, 100, replace=False)
     clean = {"clean_labels": true[held], "clean_pred_probs": probs[held]}
-    assert l2b.rank_label_issues(given, pred_probs=probs, **clean).cut == "count"
+    checked = l2b.rank_label_issues(given, pred_probs=probs, **clean)
+    assert checked.cut == "checked-count" and checked.false_alarms == 0.0
+    assert sorted(checked.indices.tolist()) == sorted(wrong.tolist())
     r = l2b.rank_label_issues(given, pred_probs=probs, cut="clean-quantile", **clean)
     assert r.cut == "clean-quantile" and set(wrong.tolist()) <= set(r.indices.tolist())
     false_flags = len(set(r.indices.tolist()) - set(wrong.tolist()))
@@ -386,6 +389,39 @@ def test_the_calibrated_cut_follows_the_estimated_number_when_the_model_is_unsur
     assert s.cut == "clean-confusion" and sorted(s.indices.tolist()) == sorted(wrong.tolist())
     with pytest.raises(ValueError, match="give clean_labels and clean_pred_probs together"):
         l2b.find_label_issues(given, probs, clean_labels=true[held])
+
+
+def test_a_held_out_clean_set_caps_the_count_where_confident_learning_flags_its_correct_labels():
+    """The model confidently calls half of class 0 class 1, on held-out clean samples as on
+    training samples; 40 samples of class 2 are labelled 0. Confident learning counts the model's
+    mistakes as wrong labels, and flags as many of the clean set's correct labels: its false alarms
+    reach 15%, so the default takes the smaller number, the one the clean set's confusion explains."""
+    import l2b
+    from l2b.calibrate import FALSE_ALARM_LIMIT, clean_confusion_issues, estimated_issues, false_alarms
+
+    rng = np.random.Generator(np.random.PCG64(1))
+    around = {"0": [0.8, 0.1, 0.1], "0 as 1": [0.05, 0.9, 0.05], "1": [0.1, 0.8, 0.1], "2": [0.1, 0.1, 0.8]}
+
+    def scored(classes):  # the model's probabilities for samples of these true classes
+        kinds = ["0 as 1" if c == 0 and i % 2 else str(c) for i, c in enumerate(classes)]
+        return np.stack([rng.dirichlet(200 * np.array(around[k])) for k in kinds])
+
+    true = np.repeat(np.arange(3), 200)
+    given = true.copy()
+    given[400:440] = 0
+    probs, clean_y = scored(true), np.repeat(np.arange(3), 40)
+    clean_p = scored(clean_y)
+    counted, explained = estimated_issues(given, probs).sum(), clean_confusion_issues(given, probs, (clean_y, clean_p)).sum()
+    assert counted > 3 * 40 and abs(explained - 40) <= 0.25 * 40  # the count 3x, the mix within the target
+    alarms = false_alarms(given, probs, (clean_y, clean_p))
+    assert alarms >= FALSE_ALARM_LIMIT
+    r = l2b.rank_label_issues(given, pred_probs=probs, clean_labels=clean_y, clean_pred_probs=clean_p)
+    assert r.cut == "checked-count" and r.false_alarms == alarms and len(r.indices) == round(explained)
+    # the same clean set, its mistakes taken away (a model sure of class 0): the count stands
+    sure = clean_p.copy()
+    sure[clean_y == 0] = scored(np.full(40, 2))[:, [2, 1, 0]]
+    assert false_alarms(given, probs, (clean_y, sure)) < FALSE_ALARM_LIMIT
+    assert len(l2b.find_label_issues(given, probs, clean_labels=clean_y, clean_pred_probs=sure)) == counted
 
 
 def test_clean_confusion_counts_each_class_through_a_model_that_confuses_classes():
@@ -418,9 +454,14 @@ def test_clean_confusion_counts_each_class_through_a_model_that_confuses_classes
     assert np.array_equal(l2b.find_label_issues(given, probs, clean_steered=True, **clean), r.indices)
     wrong = np.flatnonzero(given != true)
     assert len(np.intersect1d(r.indices, wrong)) >= 0.9 * len(wrong)
-    # a held-out clean set leaves the default at the count; a clean set without a labelled class
-    # too, and asked for by name it is one line naming the class
-    assert l2b.rank_label_issues(given, pred_probs=probs, **clean).cut == "count"
+    # a held-out clean set checks the count, and keeps it here: this model's mistakes on class 0 are
+    # unsure ones (0.6 of class 1, below its threshold), so confident learning flags none of the
+    # clean labels; the check sees confident mistakes only (the next test)
+    held_out = l2b.rank_label_issues(given, pred_probs=probs, **clean)
+    assert held_out.cut == "checked-count" and held_out.false_alarms == 0.0
+    assert len(held_out.indices) == counted.sum()
+    # a clean set without a labelled class leaves the default at the count, and asked for by name
+    # it is one line naming the class
     partial = {k: v[clean_y != 2] for k, v in clean.items()}
     assert l2b.rank_label_issues(given, pred_probs=probs, clean_steered=True, **partial).cut == "count"
     with pytest.raises(ValueError, match="class 2 has none"):
@@ -680,12 +721,13 @@ def test_the_suspects_picture_keeps_every_title_clear_of_the_images():
 
 
 @pytest.mark.parametrize("config, steered", [
-    ({"method": "l2b"}, True), ({"method": "l2rw"}, True), ({"method": "mwnet"}, True),
+    ({"method": "l2b"}, True), ({"method": "l2rw"}, True),
+    ({"method": "mwnet"}, False),  # its meta step tunes a shared loss-to-weight net: the clean set stays held out
     ({"method": "ce"}, False), ({"method": "coteaching"}, False),
     ({"method": "l2b", "meta_set": "select:confident"}, False),  # the clean set is not read at all
     ({"method": "no-such-method"}, False),
 ])
-def test_clean_steered_names_the_runs_whose_meta_step_read_the_clean_set(tmp_path, config, steered):
+def test_clean_steered_names_the_runs_whose_meta_step_fitted_the_model_to_the_clean_set(tmp_path, config, steered):
     from l2b.label_issues import clean_steered
 
     assert clean_steered(config, tmp_path) is steered

@@ -90,7 +90,7 @@ def test_report_on_a_single_run(grid):
     assert (run / "report.html").is_file() and (run / "weights.png").is_file()
 
 
-def test_label_issues_ranks_suspects_and_scores_against_the_truth(grid, capsys):
+def test_label_issues_ranks_suspects_and_scores_against_the_truth(grid, capsys, tmp_path):
     run = grid / "l2b" / "symmetric_0.5" / "seed0"
     assert cli_main(["label-issues", str(run)]) == 0
     out, err = capsys.readouterr()
@@ -112,6 +112,12 @@ def test_label_issues_ranks_suspects_and_scores_against_the_truth(grid, capsys):
     out_ce, err_ce = capsys.readouterr()
     assert "the clean set's confusion explains, or confident learning's estimate where smaller;" in out_ce
     assert "steered" not in out_ce + err_ce
+    # by default a held-out clean set checks confident learning's count, and the console gives the share
+    assert cli_main(["label-issues", str(grid / "ce" / "symmetric_0.5" / "seed0"), "--out", str(tmp_path / "ce")]) == 0
+    out_ce = capsys.readouterr().out
+    assert re.search(r"\(confident learning's estimate, checked against the held-out clean set: confident learning "
+                     r"would flag \d+% of the held-out clean samples, whose labels are right \(under 15%\); confident "
+                     r"learning estimates \d+;", out_ce) or "so the model is unsure of whole classes" in out_ce, out_ce
     assert cli_main(["label-issues", str(run), "--cut", "count"]) == 0  # no clean reference: the estimated count
     counted = capsys.readouterr().out
     n = len(list(csv.DictReader(open(run / "label_issues.csv"))))

@@ -18,7 +18,7 @@ from .methods import METHODS
 from .config import TrainConfig, own_labels
 from .config_checks import load_yaml
 from .rundir import NOT_RESULTS, read_json
-from .calibrate import CUTS, DEFAULT_CUT, STEERED_CUT
+from .calibrate import CUTS, DEFAULT_CUT, HELD_OUT_CUT, STEERED_CUT
 from .console import first_rank, format_warning, one_line
 from .detect import SCORES
 from .run_scores import MODELS
@@ -223,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "is below this")
     li.add_argument("--cut", default="auto", choices=["auto", *CUTS],
                     help="how many to flag: " + "; ".join(f"{k}: {v}" for k, v in CUTS.items()).replace("%", "%%")
-                         + f" (auto: {STEERED_CUT} where a meta step read the clean set or the model learned from it, "
-                           f"else {DEFAULT_CUT}; threshold when --threshold is given)")
+                         + f" (auto: {STEERED_CUT} where a meta step weighted each sample on the clean set or the model "
+                           f"learned from it, {HELD_OUT_CUT} where the clean set is held out, else {DEFAULT_CUT}; "
+                           f"threshold when --threshold is given)")
     li.add_argument("--out", help="write label_issues.csv (and .png) here instead of the run directory")
     li.add_argument("--show", type=int, default=0, metavar="N", help="also draw the top N suspects into label_issues.png")
     li.add_argument("--data", metavar="SPEC", help="the run's dataset where it is now, if it moved since the run "

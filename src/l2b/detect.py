@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibrate import (CUTS, DEFAULT_CUT, STEERED_CUT, check_labels, check_pred_probs, clean_reference,
-                        estimated_issues, flag, uncovered_classes)
+from .calibrate import (CUTS, DEFAULT_CUT, HELD_OUT_CUT, STEERED_CUT, check_labels, check_pred_probs, clean_reference,
+                        estimated_issues, false_alarms, flag, uncovered_classes)
 
 # A fixed cut (cut="threshold"): a sample is flagged when its label trust is below this (beta outweighs alpha).
 DEFAULT_THRESHOLD = 0.5
@@ -89,6 +89,7 @@ class LabelIssues:
     agreement: np.ndarray | None = None
     cut: str = "threshold"  # how many were flagged (a key of l2b.calibrate.CUTS)
     estimated: int | None = None  # the estimated number of label issues (with probabilities)
+    false_alarms: float | None = None  # cut checked-count: the share of clean samples confident learning would flag
 
 
 def _as_history(values, name: str) -> np.ndarray | None:
@@ -113,12 +114,14 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     weighted (default: all). ``pred_probs`` is (n, classes) as cleanlab takes it. ``score``:
     a key of ``SCORES`` or "auto" (``model`` with ``pred_probs``, else ``trust``). ``cut``: how
     many to flag, a key of ``l2b.calibrate.CUTS`` or "auto": with ``clean_labels`` and
-    ``clean_pred_probs`` that steered the training (``clean_steered``: a meta method's meta step
-    read them; or the model learned from them: the count they explain then errs high too, and
-    confident learning's caps it) and cover every labelled class, the number of issues their
-    confusion explains or confident learning's, the smaller (``clean-confusion``); else the number confident
-    learning estimates (``count``) with ``pred_probs``; a fixed ``threshold`` when one is given or
-    without them."""
+    ``clean_pred_probs`` that steered the training (``clean_steered``: a meta step weighted each
+    training sample on them, as L2B's and L2RW's do; or the model learned from them: the count they
+    explain then errs high too, and confident learning's caps it) and cover every labelled class,
+    the number of issues their confusion explains or confident learning's, the smaller
+    (``clean-confusion``); with held-out ones (``clean_steered=False``) that cover every class,
+    confident learning's count, checked against them (``checked-count``: where it would flag 15% or
+    more of them, the smaller of the two); else the number confident learning estimates (``count``)
+    with ``pred_probs``; a fixed ``threshold`` when one is given or without them."""
     probs = None if pred_probs is None else np.asarray(pred_probs)
     labels = check_labels(labels, None if probs is None else probs.shape[1] if probs.ndim == 2 else None)
     a, b = _as_history(alpha, "alpha"), _as_history(beta, "beta")
@@ -146,7 +149,7 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     if cut == "auto":
         covered = reference is not None and not len(uncovered_classes(labels, reference[0]))
         cut = ("threshold" if threshold is not None or probs is None else
-               STEERED_CUT if covered and clean_steered else DEFAULT_CUT)
+               STEERED_CUT if covered and clean_steered else HELD_OUT_CUT if covered else DEFAULT_CUT)
     if cut not in CUTS:
         raise ValueError(f"unknown cut {cut!r}; choose auto or one of {', '.join(CUTS)}")
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
@@ -191,7 +194,8 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     suggested, confidence, agreement = _suggestions(labels, k, pseudo_labels, seen_h, probs,
                                                     prefer_model=score in ("model", "combined"))
     estimate = None if probs is None else int(estimated_issues(labels, probs).sum())
-    return LabelIssues(flagged, main, suggested, confidence, score, agreement, cut, estimate)
+    alarms = false_alarms(labels, probs, reference) if cut == HELD_OUT_CUT else None
+    return LabelIssues(flagged, main, suggested, confidence, score, agreement, cut, estimate, alarms)
 
 
 def _suggestions(labels, k, pseudo_labels, seen, probs, prefer_model: bool):
@@ -259,7 +263,9 @@ def find_label_issues(labels=None, pred_probs=None, *, alpha=None, beta=None, th
     data (confident learning, ``cut="count"``); given clean samples (``clean_labels=,
     clean_pred_probs=``) that steered its training through a meta step or that the model trained on
     (``clean_steered=True``: e.g. the clean batches of ``l2b.L2B``), the number their confusion
-    explains where it is below that (``cut="clean-confusion"``, see :mod:`l2b.calibrate`);
+    explains where it is below that (``cut="clean-confusion"``, see :mod:`l2b.calibrate`); given
+    held-out ones, the same where confident learning would flag 15% or more of them
+    (``cut="checked-count"``);
     ``threshold=`` gives a fixed cut instead.
     ``alpha``/``beta`` may be one epoch's (n,) weights or the last epochs' (epochs, n);
     :func:`rank_label_issues` also returns the scores and the suggested labels.

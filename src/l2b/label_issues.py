@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibrate import CLEAN_CUTS, STEERED_CUT, uncovered_classes
+from .calibrate import CLEAN_CUTS, FALSE_ALARM_LIMIT, HELD_OUT_CUT, STEERED_CUT, uncovered_classes
 from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
 from .metaset import class_name, parse_meta_set
-from .methods import METHODS, learns_from_clean
+from .methods import METHODS, learns_from_clean, options_of
 from .rundir import read_json, read_npz, writable_dir
 from .run_scores import MODELS, cross_fit_scores, run_model_scores
 from .runlock import atomic_write
@@ -150,6 +150,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     mask[issues.indices] = True
     m = flag_metrics(mask, is_noisy)
     return {"issues": len(issues.indices), "estimated": issues.estimated, "cut": issues.cut,
+            "false_alarms": issues.false_alarms,
             "source": SCORES[issues.source], "score": issues.source, "csv": out / "label_issues.csv",
             "picture": picture, "shown": shown, "clean_scored": int((split == "clean").sum()),
             "clean_steered": steered, "clean_learned": bool(clean_ref) and learned, "out_of_fold": bool(cross_fit),
@@ -214,6 +215,18 @@ def _steered_folds_note() -> str:
             "--cross-fit is the better count here")
 
 
+def _checked_count(s: dict) -> str:
+    """How the held-out clean set checked confident learning's count."""
+    alarms = s.get("false_alarms")
+    if alarms is None:
+        return f"cut {HELD_OUT_CUT}"
+    share = f"confident learning would flag {100 * alarms:.0f}% of the held-out clean samples, whose labels are right"
+    if alarms < FALSE_ALARM_LIMIT:
+        return f"confident learning's estimate, checked against the held-out clean set: {share} (under 15%)"
+    return (f"the number of wrong labels the held-out clean set's confusion explains, or confident learning's estimate "
+            f"where smaller: {share}, so the model is unsure of whole classes and that estimate runs high")
+
+
 def console_lines(s: dict) -> tuple[list[str], list[str]]:
     """What ``l2b label-issues`` says about a summary of :func:`write_label_issues`: the lines for
     the console, and the notes and warnings (for stderr)."""
@@ -228,7 +241,8 @@ def console_lines(s: dict) -> tuple[list[str], list[str]]:
                                                           " (scored out of fold: the model that scores a training "
                                                           "sample trained on neither it nor the clean samples, so it "
                                                           "treats them alike)" if s.get("out_of_fold") else ""),
-           "clean-quantile": "labels less probable than the true label of 90% of the held-out clean samples"
+           "clean-quantile": "labels less probable than the true label of 90% of the held-out clean samples",
+           HELD_OUT_CUT: _checked_count(s),
            }.get(s["cut"], f"cut {s['cut']}")
     if s["cut"] != "count" and s["estimated"] is not None:
         how += f"; confident learning estimates {s['estimated']}"
@@ -249,16 +263,15 @@ def console_lines(s: dict) -> tuple[list[str], list[str]]:
 
 
 def clean_steered(config: dict, run: Path) -> bool:
-    """Whether the run's clean set steered its training without being trained on: a meta step
-    reads a clean batch every step (L2B, L2RW, MW-Net), and no ``--meta-set select:KIND`` replaced
-    that set."""
-    from .methods import needs_of
-
+    """Whether the run's clean set steered its model towards itself without being trained on: a
+    meta step weighted each training sample on a clean batch every step (L2B, L2RW; not MW-Net,
+    whose shared loss-to-weight network pulls little: ``Method.fits_to_clean``), and no
+    ``--meta-set select:KIND`` replaced that set."""
     method = config.get("method")
     if method not in METHODS:
         return False
-    needs = needs_of(method, _method_options(config, run))
-    return needs.clean_per_step and parse_meta_set(config.get("meta_set", "clean")) is None
+    return METHODS[method].fits_to_clean(options_of(method, _method_options(config, run))) and \
+        parse_meta_set(config.get("meta_set", "clean")) is None
 
 
 def clean_learned(config: dict, run: Path) -> bool:

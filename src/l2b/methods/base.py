@@ -142,8 +142,8 @@ class Method:
     - ``loss(batch)``: the step's loss and per-sample weights (``StepOutput``, with its reduction);
       ``warmup_loss(batch)`` during warm-up epochs;
     - ``state_dict`` / ``load_state_dict``: what a checkpoint keeps (default: ``checkpointed``);
-    - ``default_clip(options)``, ``uses_forward_ad(options)``, ``sees_clean_labels(options)``:
-      what the run's checks and defaults need to know;
+    - ``default_clip(options)``, ``uses_forward_ad(options)``, ``sees_clean_labels(options)``,
+      ``fits_to_clean(options)``: what the run's checks and defaults need to know;
     - ``owned_optimizers()``: optimizers the method steps itself (meta nets, co-teaching's peer);
       the trainer steps the model's.
 
@@ -182,6 +182,14 @@ class Method:
         teacher that was): then its clean accuracy is biased, for model selection and as the
         held-out reference of ``l2b label-issues``."""
         return cls.needs(options).clean_in_stream
+
+    @classmethod
+    def fits_to_clean(cls, options: dict) -> bool:
+        """Whether a meta step pulls the model towards its clean batches without training on them,
+        so that it ends surer of the clean samples than of its correctly labelled training samples
+        (each training sample's weight tuned on them: L2B, L2RW). ``l2b label-issues`` then reads
+        the clean set as a steered reference, not a held-out one."""
+        return cls.needs(options).clean_per_step
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, num_classes: int | None = None, *,
                  batch_size: int | None = None, distributed: bool = False, **options: Any) -> None:
