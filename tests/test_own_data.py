@@ -391,6 +391,18 @@ def test_the_calibrated_cut_follows_the_estimated_number_when_the_model_is_unsur
         l2b.find_label_issues(given, probs, clean_labels=true[held])
 
 
+def confusing_model(seed: int, mistake: list[float]):
+    """A model over three classes that scores every other sample of class 0 around ``mistake`` and
+    the rest around their own class: a function from true classes to its probabilities (seeded)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    around = {"0": [0.8, 0.1, 0.1], "0 as 1": mistake, "1": [0.1, 0.8, 0.1], "2": [0.1, 0.1, 0.8]}
+
+    def scored(classes):
+        kinds = ["0 as 1" if c == 0 and i % 2 else str(c) for i, c in enumerate(classes)]
+        return np.stack([rng.dirichlet(200 * np.array(around[k])) for k in kinds])
+    return scored
+
+
 def test_a_held_out_clean_set_caps_the_count_where_confident_learning_flags_its_correct_labels():
     """The model confidently calls half of class 0 class 1, on held-out clean samples as on
     training samples; 40 samples of class 2 are labelled 0. Confident learning counts the model's
@@ -399,12 +411,7 @@ def test_a_held_out_clean_set_caps_the_count_where_confident_learning_flags_its_
     import l2b
     from l2b.calibrate import FALSE_ALARM_LIMIT, clean_confusion_issues, estimated_issues, false_alarms
 
-    rng = np.random.Generator(np.random.PCG64(1))
-    around = {"0": [0.8, 0.1, 0.1], "0 as 1": [0.05, 0.9, 0.05], "1": [0.1, 0.8, 0.1], "2": [0.1, 0.1, 0.8]}
-
-    def scored(classes):  # the model's probabilities for samples of these true classes
-        kinds = ["0 as 1" if c == 0 and i % 2 else str(c) for i, c in enumerate(classes)]
-        return np.stack([rng.dirichlet(200 * np.array(around[k])) for k in kinds])
+    scored = confusing_model(seed=1, mistake=[0.05, 0.9, 0.05])  # sure of its mistake
 
     true = np.repeat(np.arange(3), 200)
     given = true.copy()
@@ -432,12 +439,7 @@ def test_clean_confusion_counts_each_class_through_a_model_that_confuses_classes
     import l2b
     from l2b.calibrate import clean_confusion_issues, estimated_issues
 
-    rng = np.random.Generator(np.random.PCG64(0))
-    around = {"0": [0.8, 0.1, 0.1], "0 as 1": [0.3, 0.6, 0.1], "1": [0.1, 0.8, 0.1], "2": [0.1, 0.1, 0.8]}
-
-    def scored(classes):  # the model's probabilities for samples of these true classes
-        kinds = ["0 as 1" if c == 0 and i % 2 else str(c) for i, c in enumerate(classes)]
-        return np.stack([rng.dirichlet(200 * np.array(around[k])) for k in kinds])
+    scored = confusing_model(seed=0, mistake=[0.3, 0.6, 0.1])  # unsure of it
 
     true = np.repeat(np.arange(3), 200)
     given = true.copy()
