@@ -222,7 +222,7 @@ def _checked_count(s: dict) -> str:
         return f"cut {HELD_OUT_CUT}"
     share = f"confident learning would flag {100 * alarms:.0f}% of the held-out clean samples, whose labels are right"
     if alarms < FALSE_ALARM_LIMIT:
-        return f"confident learning's estimate, checked against the held-out clean set: {share} (under 15%)"
+        return f"confident learning's estimate, checked against the held-out clean set: {share} (under {FALSE_ALARM_LIMIT:.0%})"
     return (f"the number of wrong labels the held-out clean set's confusion explains, or confident learning's estimate "
             f"where smaller: {share}, so the model is unsure of whole classes and that estimate runs high")
 
