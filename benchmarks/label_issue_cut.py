@@ -385,9 +385,9 @@ def merge_parts(stored: dict, measured: list[tuple[str, list[dict], dict]], comm
         rows = [r for r in rows if r["run"] not in names] + part_rows
         title = key.split(" runs of ", 1)[1]
         # the part's stored summary is replaced in its place (an older key may word its title shorter)
-        summary = {(key if title.endswith(k.split(" runs of ", 1)[1]) else k): (verdict if title.endswith(
-            k.split(" runs of ", 1)[1]) else v) for k, v in summary.items()}
-        summary.setdefault(key, verdict)
+        old = next((k for k in summary if title.endswith(k.split(" runs of ", 1)[1])), None)
+        summary = (dict((key, verdict) if k == old else (k, v) for k, v in summary.items()) if old
+                   else {**summary, key: verdict})
     update = {**provenance(command), "parts": [key for key, _, _ in measured]}
     return {**stored, "rows": rows, "summary": summary, "updates": stored.get("updates", []) + [update]}
 
