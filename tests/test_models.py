@@ -90,3 +90,50 @@ def test_every_model_is_its_head_on_its_features(name, kw, shape):
     f = features(model, x)
     assert f.shape == (5, head(model).in_features)
     torch.testing.assert_close(head(model)(f), model(x), rtol=0, atol=0)
+
+
+GUARDED_GRADIENTS = """
+import sys, numpy as np, torch
+from sklearn.datasets import load_digits
+from l2b.models import create_model
+torch.set_num_threads(1)
+torch.manual_seed(0)
+width = int(sys.argv[1])
+model = create_model("preact-resnet18", num_classes=10, in_channels=1, image_size=8, width=width)
+images, labels = load_digits(return_X_y=True)
+# images stored height x width x channel and viewed as NCHW, as the data pipeline's batches are: with
+# one channel these strides are channels-last ones, and the convolutions keep that layout
+x = torch.tensor(images[:64] / 16.0, dtype=torch.float32).view(64, 8, 8, 1).permute(0, 3, 1, 2)
+assert x.stride() == (64, 1, 8, 1)
+y = torch.tensor(labels[:64])
+def grads():
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    return [p.grad.clone() for p in model.parameters()]
+with_onednn = grads()
+with torch.backends.mkldnn.flags(enabled=False):
+    reference = grads()
+worst = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(with_onednn, reference))
+print(f"{worst:.3g}")
+"""
+
+
+@pytest.mark.parametrize("width", [4, 8])
+def test_narrow_strided_shortcuts_get_the_right_weight_gradient_on_the_cpu(width):
+    """oneDNN's weight gradient of a strided 1x1 convolution over a channels-last input with
+    fewer than 16 channels writes past its workspace (a heap-corruption abort on an AVX2 CPU, a
+    silently wrong gradient on others): the model's guard gives those convolutions a
+    channels-first input. In a subprocess, so that a fault fails this test, not the test run."""
+    import subprocess
+    import sys
+
+    from l2b.models.cpu_guard import at_risk
+
+    model = create_model("preact-resnet18", num_classes=10, in_channels=1, image_size=8, width=width)
+    guarded = sorted(n for n, m in model.named_modules() if getattr(m, "_l2b_channels_first", False))
+    assert guarded == sorted(n for n, m in model.named_modules() if at_risk(m))
+    assert guarded == (["layer2.0.shortcut.0", "layer3.0.shortcut.0"] if width == 4 else ["layer2.0.shortcut.0"])
+    done = subprocess.run([sys.executable, "-c", GUARDED_GRADIENTS, str(width)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout) < 1e-4, done.stdout

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .cpu_guard import guard_strided_1x1
 from .preact_resnet import PreActResNet18
 from .small import MLP, SmallCNN
 
@@ -130,4 +131,5 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_siz
         raise
 
 
-__all__ = ["MODELS", "create_model", "features", "head", "num_features", "eval_mode", "PreActResNet18", "MLP", "SmallCNN"]
+__all__ = ["MODELS", "create_model", "features", "head", "num_features", "eval_mode", "PreActResNet18", "MLP", "SmallCNN",
+           "guard_strided_1x1"]

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_guard import guard_strided_1x1
+
 
 class PreActBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
@@ -55,6 +57,7 @@ class PreActResNet18(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.linear = nn.Linear(in_planes, num_classes)
         self.num_features = in_planes
+        guard_strided_1x1(self)  # the narrow shortcuts' weight gradient on the CPU (cpu_guard.py)
 
     @property
     def head(self) -> nn.Module:
