@@ -6,8 +6,8 @@ channels-last input through a workspace sized for a full block of input channels
 with torch 2.13's CPU build on an AVX2 machine, 2 to 7 input channels abort the process with
 glibc heap corruption ("double free or corruption", "corrupted size vs. prev_size"); on other
 CPUs the same case is reported to hang or to return a wrong gradient without any error
-(oneDNN issue 6035). A forward pass, the input gradient, a channels-first input and a stride of
-1 are not affected.
+(https://github.com/uxlfoundation/oneDNN/issues/6035). A forward pass, the input gradient, a
+channels-first input and a stride of 1 are not affected.
 
 The case is not rare here: a one-channel image batch (8x8 digits) is both channels-first and
 channels-last, convolutions then keep the channels-last layout, and PreActResNet-18 at width
