@@ -74,6 +74,8 @@ def parse_args():
     parser.add_argument("--regime", action="store_true", help="only CE at 40%% symmetric, every seed, and its gap")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (a regime search)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist or fashion-mnist:DIR (a copy of it, "
+                        "or a part of it in the same IDX files)")
     args = parser.parse_args()
     check_device_arg(parser, args.device)
     parts = args.part.split(",")
@@ -95,11 +97,11 @@ def main() -> None:
     torch.set_num_threads(1)
     from l2b.compare import check_cells, run_grid
 
-    if not args.quick and args.epochs is None and CELLS.is_file():
+    if not args.quick and args.epochs is None and args.data == "fashion-mnist" and CELLS.is_file():
         from cells import unpack
 
         print(f"{unpack(CELLS, out)} finished cells from {CELLS.relative_to(ROOT)}", flush=True)
-    base, recipe = base_config(args.quick, {"epochs": args.epochs} if args.epochs else None)
+    base, recipe = base_config(args.quick, {"data": args.data, **({"epochs": args.epochs} if args.epochs else {})})
     base = replace(base, device=args.device)
     seeds = 1 if args.quick else args.seeds
     noises = [REGIME_NOISE] if args.quick else NOISES

@@ -17,11 +17,29 @@ ROW_FIELDS = {"method", "noise", "seeds", "test_acc_last_mean", "test_acc_last_s
               "test_acc_at_best_val_mean", "test_acc_at_best_val_std", "epoch_seconds", "noise_auc"}
 
 
+@pytest.fixture(scope="session")
+def fashion_part(tmp_path_factory):
+    """``fashion-mnist:DIR`` for the first 6,000 training and 1,000 test images, in the same IDX
+    files: the quick modes check what their runs write, and scoring the whole test set at every
+    epoch of every run cost them more than their training."""
+    import struct
+
+    from l2b.data.idx import read_idx
+
+    root = tmp_path_factory.mktemp("fashion-part")
+    for prefix, n in (("train", 6000), ("t10k", 1000)):
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            a = read_idx(FASHION_MNIST_DIR / f"{prefix}-{kind}.gz")[:n]
+            header = bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
+            (root / f"{prefix}-{kind}").write_bytes(header + a.tobytes())
+    return f"fashion-mnist:{root}"
+
+
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
-def test_fashion_mnist_benchmark_quick_mode_writes_every_row(tmp_path):
+def test_fashion_mnist_benchmark_quick_mode_writes_every_row(tmp_path, fashion_part):
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fashion_mnist.py"), "--quick",
-                           "--jobs", "1", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+                           "--jobs", "1", "--data", fashion_part, "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
     assert result["command"].startswith("python benchmarks/fashion_mnist.py --quick")
@@ -43,10 +61,10 @@ def test_fashion_mnist_benchmark_quick_mode_writes_every_row(tmp_path):
 
 
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
-def test_memorisation_benchmark_quick_mode_writes_every_row_and_the_paired_differences(tmp_path):
+def test_memorisation_benchmark_quick_mode_writes_every_row_and_the_paired_differences(tmp_path, fashion_part):
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memorisation.py"), "--quick",
-                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memorisation.py"), "--quick", "--jobs", "1",
+                           "--data", fashion_part, "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
     from l2b.methods import METHODS
@@ -69,10 +87,10 @@ def test_memorisation_benchmark_quick_mode_writes_every_row_and_the_paired_diffe
 
 
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
-def test_paper_regime_benchmark_quick_mode_covers_grid_ablations_and_sweep(tmp_path):
+def test_paper_regime_benchmark_quick_mode_covers_grid_ablations_and_sweep(tmp_path, fashion_part):
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper_regime.py"), "--quick",
-                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper_regime.py"), "--quick", "--jobs", "1",
+                           "--data", fashion_part, "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
     from l2b.methods import METHODS
