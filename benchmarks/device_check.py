@@ -14,6 +14,7 @@ symmetric 40% noise, 10 clean per class, 3 epochs, seed 0. The table says, per m
 - from CPU: a run stopped on the CPU after epoch 1 and resumed on the device, its test accuracy;
 - amp: test accuracy of a 3-epoch run under bf16 autocast (`--amp`, CUDA only);
 - label-issues / report: the command's exit status on the device run (0: it worked).
+With `--device cpu` the CPU column is the run itself and "from CPU" the resumed run (nothing moves).
 
     python benchmarks/device_check.py --device cuda            # the whole table (about 2 min on a GPU)
     python benchmarks/device_check.py --device cpu --methods ce,l2b --quick   # a smoke run
@@ -94,8 +95,11 @@ def check(name: str, root: Path, device: str) -> dict:
     row["test_acc"] = test_acc(whole)
     if err:
         return row
-    _, err = quietly(train, config(method, extra, root / "cpu" / slug, "cpu"))
-    row["test_acc_cpu"] = err or test_acc(root / "cpu" / slug)
+    if device == "cpu":  # the CPU run would repeat the run above
+        row["test_acc_cpu"] = row["test_acc"]
+    else:
+        _, err = quietly(train, config(method, extra, root / "cpu" / slug, "cpu"))
+        row["test_acc_cpu"] = err or test_acc(root / "cpu" / slug)
     # the GPU's default kernels differ from run to run; a resume is judged with --deterministic
     again, cut = root / "again" / slug, root / "cut" / slug
     _, err = quietly(train, config(method, extra, again, device, deterministic=True))
@@ -108,11 +112,14 @@ def check(name: str, root: Path, device: str) -> dict:
     else:
         a, b = final_model(again), final_model(cut)
         row["resume"] = max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
-    moved = root / "from-cpu" / slug
-    _, err = quietly(train, config(method, extra, moved, "cpu"), stop_after_epoch=0)
-    if not err:
-        _, err = quietly(train, config(method, extra, moved, device), resume=True)
-    row["from_cpu"] = err or test_acc(moved)
+    if device == "cpu":  # stopped on the CPU and resumed on the CPU: the resumed run above
+        row["from_cpu"] = row["resume"] if isinstance(row["resume"], str) else test_acc(cut)
+    else:
+        moved = root / "from-cpu" / slug
+        _, err = quietly(train, config(method, extra, moved, "cpu"), stop_after_epoch=0)
+        if not err:
+            _, err = quietly(train, config(method, extra, moved, device), resume=True)
+        row["from_cpu"] = err or test_acc(moved)
     if device.startswith("cuda"):  # bf16 autocast is for CUDA; a CPU run refuses --amp
         _, err = quietly(train, config(method, extra, root / "amp" / slug, device, amp=True))
         row["amp"] = err or test_acc(root / "amp" / slug)
