@@ -37,7 +37,7 @@ def _finish() -> None:
 
 
 def _join(rank: int, port: int) -> None:
-    """Join the WORLD-process gloo group (in a worker started by run_ranks)."""
+    """Join the WORLD-process gloo group (in a rank of ``Ranks``)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
@@ -48,19 +48,78 @@ def _shards(rank: int) -> tuple[slice, slice]:
     return (slice(0, 6), slice(0, 3)) if rank == 0 else (slice(6, 10), slice(3, 6))
 
 
-def run_ranks(target, *args) -> dict:
-    """Start WORLD spawned processes running ``target(rank, port, *args, queue)``; return what each
-    put on the queue, by rank, after checking that every process exited cleanly."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=target, args=(r, port, *args, queue)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    return dict(queue.get(timeout=5) for _ in range(WORLD))
+def _serve(rank: int, tasks, results) -> None:
+    """One rank, kept for the module's tests: runs each ``(target, port, args)`` it is sent as
+    ``target(rank, port, *args, results)``; an exception goes back as its traceback."""
+    torch.set_num_threads(1)
+    while (task := tasks.get()) is not None:
+        target, port, args = task
+        try:
+            target(rank, port, *args, results)
+        except BaseException:  # noqa: BLE001 -- the test reports it
+            import traceback
+
+            results.put((rank, RankFailed(traceback.format_exc())))
+
+
+class RankFailed(str):
+    """The traceback of a task that raised in a rank."""
+
+
+class Ranks:
+    """WORLD spawned processes, started once for the module (each spawn imports torch, which cost
+    these tests more than their work), that run one task at a time on every rank; after a failure
+    or a timeout they are stopped, and the next task starts fresh ones."""
+
+    def __init__(self) -> None:
+        self.procs = []
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        self.tasks = [ctx.Queue() for _ in range(WORLD)]
+        self.results = ctx.Queue()
+        self.procs = [ctx.Process(target=_serve, args=(r, self.tasks[r], self.results), daemon=True)
+                      for r in range(WORLD)]
+        for p in self.procs:
+            p.start()
+
+    def stop(self, kill: bool = False) -> None:
+        for p, q in zip(self.procs, self.tasks if self.procs else []):
+            if kill:
+                p.kill()
+            else:
+                q.put(None)
+        for p in self.procs:
+            p.join(timeout=30)
+        self.procs = []
+
+    def run(self, target, *args) -> dict:
+        """What each rank put on the results queue running ``target(rank, port, *args, queue)``, by
+        rank; a rank that raised fails the test with its traceback."""
+        if not self.procs or not all(p.is_alive() for p in self.procs):
+            self.stop(kill=True)
+            self.start()
+        port = free_port()
+        for q in self.tasks:
+            q.put((target, port, args))
+        results = {}
+        try:
+            while len(results) < WORLD:
+                rank, value = self.results.get(timeout=300)
+                if isinstance(value, RankFailed):  # its peer may be waiting in a collective: end both
+                    raise AssertionError(f"rank {rank}:\n{value}")
+                results[rank] = value
+        except BaseException:
+            self.stop(kill=True)
+            raise
+        return results
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    pool = Ranks()
+    yield pool
+    pool.stop()
 
 
 def _model():
@@ -110,8 +169,8 @@ def _worker(rank: int, port: int, engine: str, queue) -> None:
 
 
 @pytest.mark.parametrize("engine", ["jvp", "jvp-lean"])
-def test_two_ranks_equal_one_process_on_the_concatenated_batch(engine):
-    results = run_ranks(_worker, engine)
+def test_two_ranks_equal_one_process_on_the_concatenated_batch(ranks, engine):
+    results = ranks.run(_worker, engine)
     assert max(results.values()) <= 1e-12, results
 
 
@@ -140,14 +199,14 @@ def _train_worker(rank: int, port: int, cfg_dict: dict, interrupt: bool, queue) 
 
 
 @pytest.mark.parametrize("method, interrupt", [("l2b", False), ("ce", False), ("l2b", True)])
-def test_two_rank_training_reaches_the_single_process_weights(tmp_path, method, interrupt):
+def test_two_rank_training_reaches_the_single_process_weights(ranks, tmp_path, method, interrupt):
     from l2b.train import TrainConfig, train
 
     base = dict(data="digits", model="mlp", width=32, method=method, epochs=2, batch_size=64,
                 val_batch_size=20, train_subset=256, val_per_class=5, augment="none", lr=0.1,
                 noise="symmetric:0.4", progress="none")
     single = train(TrainConfig(**base, out=str(tmp_path / "single")))
-    results = run_ranks(_train_worker, {**base, "out": str(tmp_path / "ddp")}, interrupt)
+    results = ranks.run(_train_worker, {**base, "out": str(tmp_path / "ddp")}, interrupt)
     a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
     assert b["world_size"] == WORLD
@@ -183,8 +242,8 @@ def _peer_worker(rank: int, port: int, queue) -> None:
         _finish()
 
 
-def test_coteaching_peers_stay_identical_across_ranks():
-    assert max(run_ranks(_peer_worker).values()) == 0.0
+def test_coteaching_peers_stay_identical_across_ranks(ranks):
+    assert max(ranks.run(_peer_worker).values()) == 0.0
 
 
 def _mwnet_worker(rank: int, port: int, method_name: str, queue) -> None:
@@ -225,18 +284,18 @@ def _mwnet_worker(rank: int, port: int, method_name: str, queue) -> None:
 
 
 @pytest.mark.parametrize("method_name", ["mwnet", "mlc"])
-def test_look_ahead_meta_methods_two_ranks_equal_one_process(method_name):
-    assert max(run_ranks(_mwnet_worker, method_name).values()) <= 1e-12
+def test_look_ahead_meta_methods_two_ranks_equal_one_process(ranks, method_name):
+    assert max(ranks.run(_mwnet_worker, method_name).values()) <= 1e-12
 
 
 @pytest.mark.parametrize("method", ["glc", "distill"])
-def test_setup_methods_fit_once_and_share_it_across_ranks(tmp_path, method):
+def test_setup_methods_fit_once_and_share_it_across_ranks(ranks, tmp_path, method):
     from l2b.train import TrainConfig, train
 
     base = dict(data="digits", model="mlp", width=16, method=method, epochs=1, batch_size=64,
                 train_subset=256, val_per_class=5, augment="none", progress="none")
     train(TrainConfig(**base, out=str(tmp_path / "single")))
-    run_ranks(_train_worker, {**base, "out": str(tmp_path / "ddp")}, False)
+    ranks.run(_train_worker, {**base, "out": str(tmp_path / "ddp")}, False)
     a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)["method"]
     b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["method"]
     key = "corruption" if method == "glc" else "teacher"
