@@ -137,3 +137,25 @@ def test_narrow_strided_shortcuts_get_the_right_weight_gradient_on_the_cpu(width
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout) < 1e-4, done.stdout
+
+
+def test_the_drop_in_names_a_narrow_strided_1x1_convolution_of_ones_own_model_and_its_guard():
+    import warnings
+
+    import l2b
+    from l2b.models import guard_strided_1x1
+
+    def own_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 1, stride=2), nn.Flatten(),
+                             nn.Linear(8 * 4 * 4, 3))
+
+    model = own_model()
+    with pytest.warns(UserWarning, match=r"strided 1x1 convolution\(s\) '2' have 2-15 input channels.*"
+                                         r"model = l2b.models.guard_strided_1x1\(model\)"):
+        l2b.L2B(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    for model in (guard_strided_1x1(own_model()),
+                  create_model("preact-resnet18", num_classes=10, in_channels=1, image_size=8, width=4)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            l2b.L2B(model, torch.optim.SGD(model.parameters(), lr=0.1))

@@ -10,6 +10,7 @@ from torch import nn
 
 from .engines import ENGINES, LossFn, check_engine, per_sample_losses, split_loss_fn
 from .models import eval_mode
+from .models.cpu_guard import unguarded
 from .normalize import check_options, normalize_weights
 from .virtual_step import optimizer_step, plain_sgd_step
 
@@ -64,6 +65,14 @@ def check_model(model: nn.Module) -> None:
     if isinstance(getattr(model, "_orig_mod", None), nn.Module):
         raise ValueError("a torch.compile'd model cannot be called with virtual parameters: pass the module itself "
                          "(model._orig_mod) to l2b")
+    risky = unguarded(model)
+    if risky and any(p.device.type == "cpu" for p in model.parameters()):
+        import warnings
+
+        warnings.warn(f"the model's strided 1x1 convolution(s) {', '.join(map(repr, risky[:3]))}{' ...' if len(risky) > 3 else ''} "
+                      f"have 2-15 input channels: on x86 CPUs oneDNN's weight gradient of such a convolution can corrupt "
+                      f"memory or come out wrong with channels-last inputs. Guard them: "
+                      f"model = l2b.models.guard_strided_1x1(model) (docs/reliability.md)", stacklevel=3)
 
 
 def step_input_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, y_val: torch.Tensor) -> Exception | None:

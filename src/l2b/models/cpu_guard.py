@@ -38,6 +38,11 @@ def _channels_first(conv: nn.Module, args: tuple):
     return None
 
 
+def unguarded(model: nn.Module) -> list[str]:
+    """The names of ``model``'s convolutions that can meet the fault and have no guard."""
+    return [name for name, m in model.named_modules() if at_risk(m) and not getattr(m, "_l2b_channels_first", False)]
+
+
 def guard_strided_1x1(model: nn.Module) -> nn.Module:
     """Give each strided 1x1 convolution of ``model`` with 2-15 input channels a channels-first
     input on the CPU (a forward pre-hook; the values, and on other devices everything, are
@@ -49,4 +54,4 @@ def guard_strided_1x1(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["CHANNEL_BLOCK", "at_risk", "guard_strided_1x1"]
+__all__ = ["CHANNEL_BLOCK", "at_risk", "guard_strided_1x1", "unguarded"]
