@@ -105,6 +105,8 @@ images, labels = load_digits(return_X_y=True)
 # one channel these strides are channels-last ones, and the convolutions keep that layout
 x = torch.tensor(images[:64] / 16.0, dtype=torch.float32).view(64, 8, 8, 1).permute(0, 3, 1, 2)
 assert x.stride() == (64, 1, 8, 1)
+if sys.argv[2] == "channels-last":  # as --channels-last converts them: the weights too
+    model.to(memory_format=torch.channels_last)
 y = torch.tensor(labels[:64])
 def grads():
     model.zero_grad()
@@ -118,22 +120,22 @@ print(f"{worst:.3g}")
 """
 
 
-@pytest.mark.parametrize("width", [4, 8])
-def test_narrow_strided_shortcuts_get_the_right_weight_gradient_on_the_cpu(width):
+@pytest.mark.parametrize("width, layout", [(4, "as loaded"), (8, "as loaded"), (4, "channels-last")])
+def test_narrow_strided_shortcuts_get_the_right_weight_gradient_on_the_cpu(width, layout):
     """oneDNN's weight gradient of a strided 1x1 convolution over a channels-last input with
     fewer than 16 channels writes past its workspace (a heap-corruption abort on an AVX2 CPU, a
     silently wrong gradient on others): the model's guard gives those convolutions a
-    channels-first input. In a subprocess, so that a fault fails this test, not the test run."""
+    channels-first input and weight. In a subprocess, so that a fault fails this test, not the test run."""
     import subprocess
     import sys
 
-    from l2b.models.cpu_guard import at_risk
+    from l2b.models.cpu_guard import ChannelsFirstConv2d, at_risk
 
     model = create_model("preact-resnet18", num_classes=10, in_channels=1, image_size=8, width=width)
-    guarded = sorted(n for n, m in model.named_modules() if getattr(m, "_l2b_channels_first", False))
+    guarded = sorted(n for n, m in model.named_modules() if isinstance(m, ChannelsFirstConv2d))
     assert guarded == sorted(n for n, m in model.named_modules() if at_risk(m))
     assert guarded == (["layer2.0.shortcut.0", "layer3.0.shortcut.0"] if width == 4 else ["layer2.0.shortcut.0"])
-    done = subprocess.run([sys.executable, "-c", GUARDED_GRADIENTS, str(width)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", GUARDED_GRADIENTS, str(width), layout], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout) < 1e-4, done.stdout

@@ -11,9 +11,11 @@ channels-first input and a stride of 1 are not affected.
 
 The case is not rare here: a one-channel image batch (8x8 digits) is both channels-first and
 channels-last, convolutions then keep the channels-last layout, and PreActResNet-18 at width
-below 16 has strided 1x1 shortcuts with that few channels. ``guard_strided_1x1(model)`` hands
-every such convolution a channels-first input on the CPU (a copy of the same values), which
-oneDNN computes correctly; a model whose convolutions never meet the case is left untouched.
+below 16 has strided 1x1 shortcuts with that few channels (``--channels-last`` makes the weights
+channels-last too, and oneDNN takes the faulty kernel when either is). ``guard_strided_1x1(model)``
+hands every such convolution a channels-first input and weight on the CPU (copies of the same
+values), which oneDNN computes correctly; a model whose convolutions never meet the case is left
+untouched.
 """
 
 from __future__ import annotations
@@ -31,27 +33,33 @@ def at_risk(conv: nn.Module) -> bool:
             and 1 < conv.in_channels < CHANNEL_BLOCK)
 
 
-def _channels_first(conv: nn.Module, args: tuple):
-    x = args[0]
-    if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous():
-        return (x.contiguous(), *args[1:])
-    return None
+class ChannelsFirstConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` that hands oneDNN a channels-first input and weight on the CPU (copies of
+    the same values; gradients flow through the copies). ``--channels-last`` and a one-channel
+    batch make either of them channels-last, and oneDNN takes its faulty kernel if either is."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if input.device.type == "cpu":
+            # contiguous() keeps a channels-last tensor whose other strides also fit (a 1x1 kernel's)
+            input = input.contiguous()
+            weight = weight.clone(memory_format=torch.contiguous_format)
+        return super()._conv_forward(input, weight, bias)
 
 
 def unguarded(model: nn.Module) -> list[str]:
     """The names of ``model``'s convolutions that can meet the fault and have no guard."""
-    return [name for name, m in model.named_modules() if at_risk(m) and not getattr(m, "_l2b_channels_first", False)]
+    return [name for name, m in model.named_modules() if at_risk(m) and not isinstance(m, ChannelsFirstConv2d)]
 
 
 def guard_strided_1x1(model: nn.Module) -> nn.Module:
-    """Give each strided 1x1 convolution of ``model`` with 2-15 input channels a channels-first
-    input on the CPU (a forward pre-hook; the values, and on other devices everything, are
-    unchanged). Returns ``model``; calling it twice adds nothing."""
+    """Make each strided 1x1 ``nn.Conv2d`` of ``model`` with 2-15 input channels a
+    ``ChannelsFirstConv2d`` (its class only: the same parameters, names and state dict; on other
+    devices nothing changes). A subclass of ``nn.Conv2d`` with its own forward is left as it is
+    (``unguarded`` still names it). Returns ``model``; calling it twice changes nothing."""
     for module in model.modules():
-        if at_risk(module) and not getattr(module, "_l2b_channels_first", False):
-            module.register_forward_pre_hook(_channels_first)
-            module._l2b_channels_first = True
+        if type(module) is nn.Conv2d and at_risk(module):
+            module.__class__ = ChannelsFirstConv2d
     return model
 
 
-__all__ = ["CHANNEL_BLOCK", "at_risk", "guard_strided_1x1", "unguarded"]
+__all__ = ["CHANNEL_BLOCK", "ChannelsFirstConv2d", "at_risk", "guard_strided_1x1", "unguarded"]
