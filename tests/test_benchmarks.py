@@ -195,7 +195,8 @@ def test_label_issue_cut_references_separate_the_clean_sets_push_on_one_own_data
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_no_clean_set_benchmark_quick_mode_writes_rows_with_purity(tmp_path):
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "no_clean_set.py"), "--quick", "--out", str(out),
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "no_clean_set.py"), "--quick", "--jobs", "1",
+                           "--out", str(out),
                            "--grid", str(tmp_path / "no-grid")], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((out / "results.json").read_text())["rows"]
