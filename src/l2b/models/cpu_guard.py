@@ -40,8 +40,9 @@ class ChannelsFirstConv2d(nn.Conv2d):
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if input.device.type == "cpu":
-            # contiguous() keeps a channels-last tensor whose other strides also fit (a 1x1 kernel's)
-            input = input.contiguous()
+            # clone, not contiguous(): that keeps a channels-last tensor whose size-1 dimensions make it
+            # contiguous as well (a 1x1 kernel, a 1x1 map), and oneDNN reads the strides
+            input = input.clone(memory_format=torch.contiguous_format)
             weight = weight.clone(memory_format=torch.contiguous_format)
         return super()._conv_forward(input, weight, bias)
 
