@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from queue import Empty
 import socket
 
 import numpy as np
@@ -102,10 +103,16 @@ class Ranks:
         port = free_port()
         for q in self.tasks:
             q.put((target, port, args))
-        results = {}
+        results, waited = {}, 0
         try:
             while len(results) < WORLD:
-                rank, value = self.results.get(timeout=300)
+                try:
+                    rank, value = self.results.get(timeout=5)
+                except Empty:
+                    waited += 5
+                    dead = [p.exitcode for p in self.procs if not p.is_alive()]
+                    assert not dead and waited < 300, f"a rank ended (exit codes {dead}) or none answered in {waited} s"
+                    continue
                 if isinstance(value, RankFailed):  # its peer may be waiting in a collective: end both
                     raise AssertionError(f"rank {rank}:\n{value}")
                 results[rank] = value
