@@ -39,7 +39,8 @@ def fashion_part(tmp_path_factory):
 def test_fashion_mnist_benchmark_quick_mode_writes_every_row(tmp_path, fashion_part):
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fashion_mnist.py"), "--quick",
-                           "--jobs", "1", "--data", fashion_part, "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+                           "--jobs", "1", "--data", fashion_part, "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
     assert result["command"].startswith("python benchmarks/fashion_mnist.py --quick")

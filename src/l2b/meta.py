@@ -69,10 +69,11 @@ def check_model(model: nn.Module) -> None:
     if risky and any(p.device.type == "cpu" for p in model.parameters()):
         import warnings
 
-        warnings.warn(f"the model's strided 1x1 convolution(s) {', '.join(map(repr, risky[:3]))}{' ...' if len(risky) > 3 else ''} "
-                      f"have 2-15 input channels: on x86 CPUs oneDNN's weight gradient of such a convolution can corrupt "
-                      f"memory or come out wrong with channels-last inputs. Guard them: "
-                      f"model = l2b.models.guard_strided_1x1(model) (docs/reliability.md)", stacklevel=3)
+        names = ", ".join(map(repr, risky[:3])) + (" ..." if len(risky) > 3 else "")
+        warnings.warn(f"the model's strided 1x1 convolution(s) {names} have 2-15 input channels: on x86 CPUs "
+                      f"oneDNN's weight gradient of such a convolution can corrupt memory or come out wrong with "
+                      f"channels-last inputs. Guard them: model = l2b.models.guard_strided_1x1(model) "
+                      f"(docs/reliability.md)", stacklevel=3)
 
 
 def step_input_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, y_val: torch.Tensor) -> Exception | None:
