@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,9 @@ def _check_batch(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"{name}: empty batch")
 
 
+_LOOKED_AT: weakref.WeakSet = weakref.WeakSet()  # models whose convolutions were checked for the CPU fault
+
+
 def check_model(model: nn.Module) -> None:
     """A model meta_weights can call with virtual parameters (torch.func.functional_call): not an
     nn.DataParallel (one process per device instead: torchrun, ``distributed=True``) and not a
@@ -65,6 +69,9 @@ def check_model(model: nn.Module) -> None:
     if isinstance(getattr(model, "_orig_mod", None), nn.Module):
         raise ValueError("a torch.compile'd model cannot be called with virtual parameters: pass the module itself "
                          "(model._orig_mod) to l2b")
+    if model in _LOOKED_AT:  # meta_weights checks every step: walk a model's modules once
+        return
+    _LOOKED_AT.add(model)
     risky = unguarded(model)
     if risky and any(p.device.type == "cpu" for p in model.parameters()):
         import warnings
