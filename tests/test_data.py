@@ -197,6 +197,71 @@ def test_image_folder_streams_normalised_batches(tmp_path):
     assert xb.shape == (4, 3, 8, 8)
 
 
+def _speckled_folder(root: Path) -> Path:
+    """Seven noisy 20x16 images of two classes: random crops and flips of them all differ."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        path = root / "train" / ("cat", "dog")[i % 2] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(path)
+    return root
+
+
+def _file_split(root: Path, workers: int):
+    from l2b.data.batches import FileData
+
+    ds = load_dataset(f"folder:{root}", image_size=8)
+    return FileData(ds, ds.train, [y for _, y in ds.train], torch.device("cpu"), workers)
+
+
+def _same_batches(a, b) -> bool:
+    return len(a) == len(b) and all(all(u == v if isinstance(u, int) else torch.equal(u, v) for u, v in zip(p, q))
+                                    for p, q in zip(a, b))
+
+
+def test_image_file_batches_are_the_same_whatever_the_number_of_loader_workers(tmp_path):
+    """Each sample's random crop and flip are seeded by its place in the epoch, so --workers (which a
+    resumed run may change) changes no batch; the augmentation still differs from epoch to epoch."""
+    root = _speckled_folder(tmp_path)
+    runs = [list(_file_split(root, w).epoch(3, seed=5, augment=True)) for w in (0, 1, 2)]
+    assert _same_batches(runs[0], runs[1]) and _same_batches(runs[0], runs[2])
+    plain = torch.cat([x for x, _, _, _ in _file_split(root, 0).epoch(7, seed=5, augment=False)])
+    positions = torch.cat([idx for _, _, idx, _ in runs[0]])
+    assert not torch.equal(torch.cat([x for x, _, _, _ in runs[0]]), plain[positions])  # cropped and flipped
+    again = list(_file_split(root, 0).epoch(3, seed=5, augment=True))
+    assert _same_batches(runs[0], again)
+
+
+@pytest.mark.parametrize("sampling", ["cycle", "random"])
+def test_clean_batches_of_image_files_come_through_one_loader_and_resume_exactly(tmp_path, monkeypatch, sampling):
+    """A clean set of image files streams its passes through one DataLoader (a small clean set
+    would otherwise start a loader, and its workers, at every step), batch for batch what its
+    epochs give, and continues from a checkpointed position exactly."""
+    from l2b.data.batches import CleanBatches
+
+    data = _file_split(_speckled_folder(tmp_path), 1)
+    loaders = []
+    make = data.ds.loader
+    monkeypatch.setattr(data.ds, "loader", lambda *a, **k: loaders.append(1) or make(*a, **k))
+    clean = CleanBatches(data, 3, seed=2, sampling=sampling)
+    drawn = [clean.next() for _ in range(8)]  # four passes of 3 + 3 (a last batch of one is dropped)
+    assert len(loaders) == 1
+    if sampling == "cycle":
+        expected = [(x, y) for p in range(4) for x, y, _, _ in data.epoch(3, 2 * 7919 + p, augment=True)]
+    else:
+        expected = [next(iter(data.epoch(3, 2 * 7919 + 104729 + k, augment=True, batches=1)))[:2] for k in range(8)]
+    assert _same_batches(drawn, expected)
+    for stop in (2, 4, 5):  # mid-pass, at a pass's end, just after
+        first = CleanBatches(data, 3, seed=2, sampling=sampling)
+        for _ in range(stop):
+            first.next()
+        resumed = CleanBatches(data, 3, seed=2, sampling=sampling)
+        resumed.load_state_dict(first.state_dict())
+        assert _same_batches([resumed.next() for _ in range(8 - stop)], drawn[stop:])
+
+
 def test_unreadable_images_fail_or_skip_explicitly(tmp_path):
     root = _folder(tmp_path)
     bad = root / "train" / "dog" / "broken.png"

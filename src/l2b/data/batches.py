@@ -8,6 +8,7 @@ batches of an uninterrupted one.
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 
 from .augment import augment_batch, normalize_batch
 from .files import FileDataset
+from .images import sample_seed
 
 
 def epoch_order(labels: torch.Tensor, batch_size: int, seed: int, batches: int | None = None,
@@ -106,6 +108,14 @@ class TensorData:
             local = torch.tensor_split(torch.arange(len(idx), device=dev), world)[rank]
             yield normalize_batch(x[local], self.mean, self.std), self.y[idx[local]], idx[local], len(idx)
 
+    def stream(self, epochs, augment: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) of the batches of ``epochs`` ((``epoch``'s other keyword arguments, the number of its
+        batches to pass over), an endless iterable too), one after another."""
+        for kwargs, skip in epochs:
+            for j, (x, y, _, _) in enumerate(self.epoch(augment=augment, **kwargs)):
+                if j >= skip:  # the passed-over batches still draw their augmentation, as they did
+                    yield x, y
+
 
 def union(a, b):
     """One split holding ``a``'s samples, then ``b``'s (GLC's stream over silver and gold)."""
@@ -133,18 +143,46 @@ class FileData:
         y = [label for _, label in items] if labels is None else [int(v) for v in np.asarray(labels)]
         return FileData(self.ds, items, y, self.device, self.workers, self.shard)
 
-    def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
-              balanced: bool = False, whole: bool = False):
+    def plan(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
+             balanced: bool = False, whole: bool = False) -> list[tuple[list, int]]:
+        """One epoch's batches for this rank, as ``epoch`` draws them: (keys, global batch size),
+        a key being (position, the seed of its random transforms) when ``augment``, else the
+        position. A sample's seed follows from its place in the global order, so every rank, and
+        any number of loader workers, transforms it alike."""
         rank, world = (0, 1) if whole else self.shard
         order = (skip_excluded(epoch_order(self.y, batch_size, seed, batches, balanced), self) if augment
                  else torch.arange(len(self)))
-        plan = [(torch.tensor_split(b, world)[rank].tolist(), len(b)) for b in global_batches(order, batch_size)]
-        loader = self.ds.loader(self.items, train=augment, workers=self.workers, seed=seed,
-                                batches=[b for b, _ in plan])
+        out, start = [], 0
+        for b in global_batches(order, batch_size):
+            local = torch.tensor_split(torch.arange(len(b)), world)[rank].tolist()
+            positions = b.tolist()
+            out.append(([(positions[j], sample_seed(seed, start + j)) if augment else positions[j] for j in local],
+                        len(b)))
+            start += len(b)
+        return out
+
+    def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
+              balanced: bool = False, whole: bool = False):
+        plan = self.plan(batch_size, seed, augment, batches, balanced, whole)
+        for (x, y, idx), (_, n_global) in zip(self._load((b for b, _ in plan), augment), plan):
+            yield x, y, idx, n_global
+
+    def stream(self, epochs, augment: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) of the batches of ``epochs`` ((``epoch``'s other keyword arguments, the number of its
+        batches to pass over), an endless iterable too), one after another through ONE DataLoader:
+        a clean set of a batch or two is otherwise a new loader, its workers started anew, at
+        every step. Batch for batch what ``epoch`` gives; passed-over batches are not decoded."""
+        def keys():
+            for kwargs, skip in epochs:
+                for b, _ in self.plan(augment=augment, **kwargs)[skip:]:
+                    yield b
+        for x, y, _ in self._load(keys(), augment):
+            yield x, y
+
+    def _load(self, keys, augment: bool):
         nb = self.device.type == "cuda"
-        for (x, y, idx), (_, n_global) in zip(loader, plan):
-            yield (x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb),
-                   idx.to(self.device), n_global)
+        for x, y, idx in self.ds.loader(self.items, train=augment, batches=keys, workers=self.workers):
+            yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb), idx.to(self.device)
 
 
 class CleanBatches:
@@ -156,27 +194,24 @@ class CleanBatches:
     def __init__(self, data, batch_size: int, seed: int, sampling: str = "cycle", augment: bool = True) -> None:
         self.data, self.batch_size, self.seed, self.sampling, self.augment = data, batch_size, seed, sampling, augment
         self.passes, self.position, self._it = 0, 0, None
+        self._pass_length = len(global_batches(torch.arange(len(data)), batch_size))
 
-    def _start(self):
-        self._it = iter(self.data.epoch(self.batch_size, self.seed * 7919 + self.passes, augment=self.augment))
-        for _ in range(self.position):  # resuming mid-pass
-            next(self._it)
+    def _epochs(self, passes: int, position: int):
+        """From (passes, position) on, endlessly: each pass over the clean set (reshuffled by its
+        number), or under ``random`` each step's one-batch shuffle (the rest of it never planned
+        nor loaded); with the batches of each to pass over."""
+        if self.sampling == "random":
+            for step in itertools.count(position):
+                yield dict(batch_size=self.batch_size, seed=self.seed * 7919 + 104729 + step, batches=1), 0
+        for p in itertools.count(passes):
+            yield dict(batch_size=self.batch_size, seed=self.seed * 7919 + p), position if p == passes else 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.sampling == "random":  # the first batch of a fresh shuffle, seeded by the step:
-            # an epoch of one batch (the rest of the shuffle is never planned nor loaded)
-            x, y, _, _ = next(iter(self.data.epoch(self.batch_size, self.seed * 7919 + 104729 + self.position,
-                                                   augment=self.augment, batches=1)))
-            self.position += 1
-            return x, y
-        if self._it is None:
-            self._start()
-        try:
-            x, y, _, _ = next(self._it)
-        except StopIteration:
+        if self.sampling != "random" and self.position == self._pass_length:
             self.passes, self.position = self.passes + 1, 0
-            self._start()
-            x, y, _, _ = next(self._it)
+        if self._it is None:  # one stream for the rest of the run, resumed where the checkpoint left it
+            self._it = self.data.stream(self._epochs(self.passes, self.position), self.augment)
+        x, y = next(self._it)
         self.position += 1
         return x, y
 

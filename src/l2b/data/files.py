@@ -13,7 +13,7 @@ import torch
 
 from ..console import warn as warn_data
 from .copies import copies_message, file_copies
-from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, pil_image
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, pil_image, sample_seed
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IMAGENET_SIZE = 224  # the crop of ImageNet-pretrained models, and native_size's cap
@@ -64,16 +64,23 @@ class FileDataset:
     def loader(self, items, *, train: bool, batch_size: int | None = None, batches=None,
                workers: int = 4, seed: int = 0, pin_memory: bool | None = None) -> torch.utils.data.DataLoader:
         """A DataLoader over ``items`` ((path, label) pairs) yielding normalised float batches
-        with their positions in ``items``: either ``batches`` (lists of positions, in order) or
-        ``batch_size`` (shuffled when ``train``)."""
+        with their positions in ``items``: either ``batches``, in order (lists of positions, or of
+        (position, seed) keys whose seed drives that sample's random transforms; any iterable, an
+        endless one included, read as the loader goes), or ``batch_size`` (shuffled by ``seed`` when
+        ``train``, each sample's transforms seeded by its place in the shuffle). Seeded per sample,
+        a batch is the same whatever the number of ``workers``."""
         ds = ImageFiles(items, self.image_size, train=train, transform=self.transform, mean=self.mean, std=self.std,
                         own_photos=self.own_photos)
-        g = torch.Generator().manual_seed(seed)
-        common = dict(num_workers=workers, generator=g, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
-        if batches is not None:
-            return torch.utils.data.DataLoader(ds, batch_sampler=batches, **common)
-        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, **common)
+        if batches is None:
+            if train:
+                order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+                keys = [(i, sample_seed(seed, k)) for k, i in enumerate(order)]
+            else:
+                keys = list(range(len(items)))
+            batches = [keys[k:k + batch_size] for k in range(0, len(keys), batch_size)]
+        return torch.utils.data.DataLoader(
+            ds, batch_sampler=batches, num_workers=workers, persistent_workers=False,
+            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -21,6 +21,12 @@ def pil_image():
     return Image
 
 
+def sample_seed(seed: int, k: int) -> int:
+    """The seed of the random transforms of the ``k``-th sample an epoch (or pass) of seed ``seed``
+    draws."""
+    return (seed * 2**32 + k) % 2**63
+
+
 class ImageFiles(torch.utils.data.Dataset):
     """Decode, transform, normalise (ImageNet statistics unless the dataset has its own).
 
@@ -48,7 +54,18 @@ class ImageFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        """``key``: a position, or (position, seed): then the random transforms draw from torch's RNG
+        seeded with ``seed`` (and leave the process's RNG as it was), so that a sample's augmentation
+        depends on its seed alone, not on which DataLoader worker loads it nor on how many there are."""
+        if isinstance(key, tuple):
+            i, seed = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._load(i)
+        return self._load(key)
+
+    def _load(self, i: int):
         path, label = self.items[i]
         Image = pil_image()
         short = round(self.size * 8 / 7)
@@ -62,7 +79,7 @@ class ImageFiles(torch.utils.data.Dataset):
         scale = short / min(w, h)
         im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
         w, h = im.size
-        if self.train:  # torch's RNG: DataLoader seeds it per worker from the loader's generator
+        if self.train:  # torch's RNG: seeded per sample (a (position, seed) key), else as the process has it
             left = int(torch.randint(0, w - self.size + 1, ()))
             top = int(torch.randint(0, h - self.size + 1, ()))
         else:
