@@ -50,6 +50,27 @@ def test_the_lock_dies_with_its_process_even_on_kill_9(tmp_path, capsys):
     assert main(["train", *TINY, "--out", str(out)]) == 0
 
 
+def test_a_released_lock_is_free_while_a_process_forked_during_the_run_lives_on(tmp_path):
+    """DataLoader workers are forked while a run holds its lock and share the locked file: the run's
+    release frees the directory even while such a worker is still alive."""
+    from l2b.runlock import RunLock
+
+    out = tmp_path / "run"
+    lock = RunLock(out).acquire()
+    child = os.fork()
+    if child == 0:  # a worker that outlives the run by a moment
+        import time
+
+        time.sleep(30)
+        os._exit(0)
+    try:
+        lock.release()
+        RunLock(out).acquire().release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
 def _children(pid: int) -> set[int]:
     kids = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -125,6 +125,32 @@ def test_resume_reaches_bit_identical_weights(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
 
 
+def test_a_run_of_image_files_resumes_bit_identically_with_other_loader_workers(tmp_path):
+    """Random crops and flips of image files are seeded per sample, and the clean set streams from
+    its checkpointed position: stopped and resumed with another --workers, an L2B run of a folder
+    ends on the weights of the run that was never stopped."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("val", 3), ("test", 2)):
+        for c in ("red", "blue"):
+            d = tmp_path / "imgs" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    cfg = tiny(tmp_path, data=f"folder:{tmp_path / 'imgs'}", model="small-cnn", width=4, image_size=8,
+               batch_size=8, method="l2b", epochs=3, workers=0)
+    train(cfg)
+    a = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    cfg.out, cfg.workers = str(tmp_path / "interrupted"), 2
+    train(cfg, stop_after_epoch=0)
+    cfg.workers = 1
+    train(cfg, resume=True)
+    b = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def _npz_with_scrambled_test(tmp_path) -> Path:
     """Digits whose TEST labels are all shifted by one class: the better the model (the higher
     its validation accuracy), the LOWER its test accuracy, so selecting on the test set would

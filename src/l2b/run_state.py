@@ -37,6 +37,8 @@ def epoch_context(cfg: TrainConfig, run: Run, epoch: int, warm: bool, noisy_data
         seed = cfg.seed * EPOCH_CLEAN_SALT + (epoch if since_epoch is None else since_epoch)
         if run.clean is not None and run.clean.seed == seed and run.clean.data is data:
             return  # the same set, already in use
+        if run.clean is not None:
+            run.clean.close()
         run.clean = CleanBatches(data, cfg.val_batch_size or cfg.batch_size, seed, needs_sampling,
                                  augment=meta_augment)
         if run.resume_clean is not None and run.resume_clean.get("seed") == seed:

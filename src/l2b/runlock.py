@@ -55,7 +55,12 @@ class RunLock:
 
     def release(self) -> None:
         if self.fh is not None:
-            self.fh.close()  # closing the file releases the lock
+            import fcntl
+
+            # unlocked explicitly: a DataLoader worker forked while the run trained shares the locked file,
+            # and closing only this process's copy would leave the lock held while that worker lives
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
             self.fh = None
 
     def abandon(self) -> None:

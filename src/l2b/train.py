@@ -253,66 +253,70 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None) 
     model.train()
     run = Run(cfg, model, optimizer, method, clean, sync, clip, amp, out, main_rank, len(noisy_data), steps_per_epoch,
               needs.clean_in_stream, saved_clean if resume else None)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        warm = epoch < cfg.warmup_epochs
-        ctx = epoch_context(cfg, run, epoch, warm, noisy_data, val_data, meta_augment, needs.clean_sampling)
-        method.on_epoch_start(epoch, ctx)
-        if selector is not None:  # --meta-set select: the meta set from the noisy data
-            selector.on_epoch_start(epoch, ctx)
-        log = EpochLog(n_train, device)
-        batches = train_data.epoch(cfg.batch_size, cfg.seed * EPOCH_ORDER_SALT + epoch, augment=True,
-                                   batches=cfg.batches_per_epoch, balanced=cfg.balance_classes)
-        for step, (x, y, idx, n_global) in enumerate(batches):
-            loss, result, count = train_step(run, x, y, idx, n_global, epoch, step, warm)
-            log.add(step, loss, result, idx, len(y), count)
-            bar.update()
-        train_time = time.perf_counter() - t0
-        log.reduce(sync)
-        weights.push(log)
-        check_finite(model, log.first_bad, epoch, out, main_rank)
-        if not warm and log.weighted and log.steps and log.zero_steps.item() == log.steps:
-            raise ValueError(
-                f"epoch {epoch + 1}: every step's per-sample weights were all zero, so the model did not train "
-                f"(method {cfg.method}, options {method.opts}); loosen the setting that zeroes them (e.g. a lower "
-                f"--threshold with --normalize hard) or use another --normalize")
-        t0 = time.perf_counter()
-        # model selection: the clean set, or with --meta-set select the selected set (biased: the
-        # model chose it), nothing before the selection
-        selection_data = val_data if selector is None else selector.selected
-        val_acc, val_loss = (evaluate(model, selection_data, cfg.eval_batch_size, amp, sync)
-                             if selection_data is not None else (float("nan"), float("nan")))
-        fit_acc = evaluate(model, fitted, cfg.eval_batch_size, amp, sync)[0] if fitted is not None else None
-        test_acc = test_loss = None
-        if tested and (epoch == cfg.epochs - 1 or (epoch + 1) % cfg.test_every == 0):
-            test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp, sync)
-        if val_acc > best["val_acc"]:  # selection on the clean validation set only
-            best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}  # None: scored at the end
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            warm = epoch < cfg.warmup_epochs
+            ctx = epoch_context(cfg, run, epoch, warm, noisy_data, val_data, meta_augment, needs.clean_sampling)
+            method.on_epoch_start(epoch, ctx)
+            if selector is not None:  # --meta-set select: the meta set from the noisy data
+                selector.on_epoch_start(epoch, ctx)
+            log = EpochLog(n_train, device)
+            batches = train_data.epoch(cfg.batch_size, cfg.seed * EPOCH_ORDER_SALT + epoch, augment=True,
+                                       batches=cfg.batches_per_epoch, balanced=cfg.balance_classes)
+            for step, (x, y, idx, n_global) in enumerate(batches):
+                loss, result, count = train_step(run, x, y, idx, n_global, epoch, step, warm)
+                log.add(step, loss, result, idx, len(y), count)
+                bar.update()
+            train_time = time.perf_counter() - t0
+            log.reduce(sync)
+            weights.push(log)
+            check_finite(model, log.first_bad, epoch, out, main_rank)
+            if not warm and log.weighted and log.steps and log.zero_steps.item() == log.steps:
+                raise ValueError(
+                    f"epoch {epoch + 1}: every step's per-sample weights were all zero, so the model did not train "
+                    f"(method {cfg.method}, options {method.opts}); loosen the setting that zeroes them (e.g. a lower "
+                    f"--threshold with --normalize hard) or use another --normalize")
+            t0 = time.perf_counter()
+            # model selection: the clean set, or with --meta-set select the selected set (biased: the
+            # model chose it), nothing before the selection
+            selection_data = val_data if selector is None else selector.selected
+            val_acc, val_loss = (evaluate(model, selection_data, cfg.eval_batch_size, amp, sync)
+                                 if selection_data is not None else (float("nan"), float("nan")))
+            fit_acc = evaluate(model, fitted, cfg.eval_batch_size, amp, sync)[0] if fitted is not None else None
+            test_acc = test_loss = None
+            if tested and (epoch == cfg.epochs - 1 or (epoch + 1) % cfg.test_every == 0):
+                test_acc, test_loss = evaluate(model, test_data, cfg.eval_batch_size, amp, sync)
+            if val_acc > best["val_acc"]:  # selection on the clean validation set only
+                best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}  # None: scored at the end
+                if main_rank:
+                    atomic_save(model.state_dict(), out / "best_model.pt")
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": log.mean_loss(),
+                   "val_acc": val_acc, "val_loss": val_loss, "train_fit": fit_acc, "test_acc": test_acc,
+                   "test_loss": test_loss, "epoch_seconds": train_time, "eval_seconds": time.perf_counter() - t0,
+                   "warmup": warm, **log.weight_summary(is_noisy)}
+            history.append(row)
+            if main_rank and fit_acc is not None and early_epoch(fit_gaps(history)) == epoch:
+                atomic_save(model.state_dict(), out / "early_model.pt")  # not memorising yet
             if main_rank:
-                atomic_save(model.state_dict(), out / "best_model.pt")
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": log.mean_loss(),
-               "val_acc": val_acc, "val_loss": val_loss, "train_fit": fit_acc, "test_acc": test_acc,
-               "test_loss": test_loss, "epoch_seconds": train_time, "eval_seconds": time.perf_counter() - t0,
-               "warmup": warm, **log.weight_summary(is_noisy)}
-        history.append(row)
-        if main_rank and fit_acc is not None and early_epoch(fit_gaps(history)) == epoch:
-            atomic_save(model.state_dict(), out / "early_model.pt")  # not memorising yet
-        if main_rank:
-            append_row(out, row, writer)
-        if epoch == cfg.epochs - 1 and log.weighted and main_rank:
-            log.save_weights(out / "weights.npz", is_noisy, prep, weights)
-        if main_rank:
-            atomic_save(checkpoint_state(model, optimizer, method, run.clean, weights, epoch, history, best, world,
-                                         setup_seconds, others), ckpt_path)
-        if sync is not None:
-            torch.distributed.barrier()  # the checkpoint is complete before any rank goes on
-        bar.epoch_done(
-            f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val {val_acc:.2f} "
-            + (f"test {test_acc:.2f} " if test_acc is not None else "") + f"({train_time:.1f}s)"
-        )
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs - 1:
-            bar.close()
-            return {"interrupted_after_epoch": epoch, "history": history}
+                append_row(out, row, writer)
+            if epoch == cfg.epochs - 1 and log.weighted and main_rank:
+                log.save_weights(out / "weights.npz", is_noisy, prep, weights)
+            if main_rank:
+                atomic_save(checkpoint_state(model, optimizer, method, run.clean, weights, epoch, history, best, world,
+                                             setup_seconds, others), ckpt_path)
+            if sync is not None:
+                torch.distributed.barrier()  # the checkpoint is complete before any rank goes on
+            bar.epoch_done(
+                f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val {val_acc:.2f} "
+                + (f"test {test_acc:.2f} " if test_acc is not None else "") + f"({train_time:.1f}s)"
+            )
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs - 1:
+                bar.close()
+                return {"interrupted_after_epoch": epoch, "history": history}
+    finally:
+        if run.clean is not None:  # an image-file clean set's loader workers stop with the training
+            run.clean.close()
     bar.close()
     if writer is not None:
         writer.close()

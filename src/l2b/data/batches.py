@@ -215,8 +215,15 @@ class CleanBatches:
         self.position += 1
         return x, y
 
+    def close(self) -> None:
+        """End the stream (an image-file loader's workers stop now, not when it is collected)."""
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+
     def state_dict(self) -> dict:
         return {"passes": self.passes, "position": self.position, "seed": self.seed}
 
     def load_state_dict(self, d: dict) -> None:
-        self.passes, self.position, self._it = d["passes"], d["position"], None
+        self.close()
+        self.passes, self.position = d["passes"], d["position"]
