@@ -16,7 +16,7 @@ import torch
 
 from .augment import augment_batch, normalize_batch
 from .files import FileDataset
-from .images import sample_seed
+from .images import seeded_keys
 
 
 def epoch_order(labels: torch.Tensor, batch_size: int, seed: int, batches: int | None = None,
@@ -154,10 +154,8 @@ class FileData:
                  else torch.arange(len(self)))
         out, start = [], 0
         for b in global_batches(order, batch_size):
-            local = torch.tensor_split(torch.arange(len(b)), world)[rank].tolist()
-            positions = b.tolist()
-            out.append(([(positions[j], sample_seed(seed, start + j)) if augment else positions[j] for j in local],
-                        len(b)))
+            keys = seeded_keys(b.tolist(), seed, start) if augment else b.tolist()
+            out.append(([keys[j] for j in torch.tensor_split(torch.arange(len(b)), world)[rank].tolist()], len(b)))
             start += len(b)
         return out
 

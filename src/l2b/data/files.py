@@ -13,7 +13,7 @@ import torch
 
 from ..console import warn as warn_data
 from .copies import copies_message, file_copies
-from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, pil_image, sample_seed
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, pil_image, seeded_keys
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IMAGENET_SIZE = 224  # the crop of ImageNet-pretrained models, and native_size's cap
@@ -73,8 +73,8 @@ class FileDataset:
                         own_photos=self.own_photos)
         if batches is None:
             if train:
-                order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-                keys = [(i, sample_seed(seed, k)) for k, i in enumerate(order)]
+                keys = seeded_keys(torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist(),
+                                   seed)
             else:
                 keys = list(range(len(items)))
             batches = [keys[k:k + batch_size] for k in range(0, len(keys), batch_size)]

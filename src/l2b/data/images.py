@@ -21,10 +21,11 @@ def pil_image():
     return Image
 
 
-def sample_seed(seed: int, k: int) -> int:
-    """The seed of the random transforms of the ``k``-th sample an epoch (or pass) of seed ``seed``
-    draws."""
-    return (seed * 2**32 + k) % 2**63
+def seeded_keys(positions: list[int], seed: int, start: int = 0) -> list[tuple[int, int]]:
+    """(position, seed of its random transforms) for samples an epoch (or pass) of seed ``seed``
+    draws in this order, the first of them its ``start``-th: a sample's transforms follow from
+    its place in the epoch alone."""
+    return [(i, (seed * 2**32 + start + k) % 2**63) for k, i in enumerate(positions)]
 
 
 class ImageFiles(torch.utils.data.Dataset):
