@@ -688,6 +688,26 @@ def test_label_issues_on_a_run_without_any_clean_set(tmp_path, capsys):
     assert s["model"] == "final" and s["clean_scored"] == 0
 
 
+def test_a_meta_set_selected_from_own_labels_claims_no_purity_it_cannot_know(tmp_path, capsys):
+    """On your own labels as given nobody knows which are wrong, so a selected meta set's purity is
+    unknown (null), not 100%; with noise injected on them it is measured against your labels. An
+    epoch with nothing to select on prints no NaN."""
+    f = digits_npz(tmp_path / "mine.npz", with_val=False, flip=60)
+    flags = ("--data", f"npz:{f}", "--method", "l2b", "--epochs", "2", "--warmup-epochs", "1",
+             "--meta-set", "select:confident", "--meta-set-size", "5")
+    code, out, err = run(tmp_path, capsys, *flags)
+    assert code == 0, err
+    assert "purity unknown (your own labels, no noise injected" in out and "nan" not in out
+    assert "epoch 1/2 loss" in out and " val - " in out.split("epoch 1/2")[1].splitlines()[0]
+    record = json.loads((tmp_path / "run" / "meta_set.json").read_text())["selections"][0]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["purity"] is None and metrics["meta_set"][0]["purity"] is None
+    code, out, err = run(tmp_path, capsys, *flags, "--noise", "symmetric:0.2", "--lr", "0.2")
+    assert code == 0, err
+    purity = json.loads((tmp_path / "run" / "meta_set.json").read_text())["selections"][0]["purity"]
+    assert 0 < purity < 1 and f"purity {100 * purity:.1f}% against your labels before the injected noise" in out
+
+
 def test_label_issues_finds_a_relative_data_path_from_another_directory(tmp_path, monkeypatch, capsys):
     """A run trained on npz:mine.npz (relative to where it was trained) is loaded again from
     anywhere: the run records where it found its data."""

@@ -14,7 +14,8 @@ work, Sec. 4.5: "a subset of pseudo-labeled training data as the validation data
 warm-up epochs it scores the training set with the model, selects, makes the selection the
 clean set of the meta steps (``EpochContext.set_clean``), and again every ``refresh`` epochs.
 It records each selection (size, class balance, and purity against the true labels where these
-are known) in ``meta_set.json``.
+are known: a research dataset's, or your own labels under injected noise; null for your own labels
+as given, which nobody has checked) in ``meta_set.json``.
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ class MetaSetSelector:
 
     def __init__(self, kind: str, per_class: int | None, refresh: int, warmup_epochs: int, out: Path | None,
                  y_true: np.ndarray, class_names, eval_batch_size: int, main_rank: bool = True,
-                 leaves: bool = False, seed: int = 0) -> None:
+                 leaves: bool = False, seed: int = 0, truth: str | None = "the true labels") -> None:
         self.kind, self.per_class, self.refresh, self.warmup = kind, per_class, refresh, warmup_epochs
+        self.truth = truth  # what y_true is, in words; None: not known (your own labels, no noise injected)
         self.leaves, self.seed = leaves, seed
         self.out, self.y_true, self.class_names = out, y_true, class_names
         self.eval_batch_size, self.main_rank = eval_batch_size, main_rank
@@ -160,16 +162,17 @@ class MetaSetSelector:
             ctx.log("l2b: warning: meta set: class(es) " + ", ".join(
                 f"{class_name(self.class_names, c)} ({n} of {per_class})" for c, n in sel.short.items())
                 + " had fewer selectable samples than asked; using what there is")
-        purity = float((sel.labels == self.y_true[sel.indices]).mean())
+        purity = None if self.truth is None else float((sel.labels == self.y_true[sel.indices]).mean())
         record = {"epoch": epoch, "kind": self.kind, "per_class": per_class, "size": int(len(sel.indices)),
                   "leaves_stream": self.leaves,
-                  "purity": round(purity, 4), "per_class_found": {class_name(self.class_names, c, quote=False): n
+                  "purity": None if purity is None else round(purity, 4), "per_class_found": {class_name(self.class_names, c, quote=False): n
                                                                   for c, n in sel.found.items()},
                   "indices": sel.indices.tolist(), "labels": sel.labels.tolist()}
         self.records.append(record)
         self._use(ctx, sel.indices, sel.labels, since_epoch=epoch)
         ctx.log(f"meta set at epoch {epoch + 1}: {len(sel.indices)} samples ({self.kind}, {per_class} per class), "
-                f"purity {100 * purity:.1f}% against the true labels")
+                + (f"purity {100 * purity:.1f}% against {self.truth}" if purity is not None else
+                   "purity unknown (your own labels, no noise injected: which of them are wrong is not known)"))
         self._write()
 
     def _use(self, ctx, indices: np.ndarray, labels: np.ndarray, since_epoch: int) -> None:

@@ -128,6 +128,14 @@ def has_test(prep: Prepared) -> bool:
     return len(prep.ds.test if isinstance(prep.ds, FileDataset) else prep.ds.y_test) > 0
 
 
+def truth_in_words(cfg: TrainConfig) -> str | None:
+    """What the training samples' true labels (``Prepared.y_true``) are, in words; None where nobody
+    knows them: your own labels as given (or a real-noise dataset's), with no noise injected."""
+    if not own_labels(cfg.data):
+        return "the true labels"
+    return None if cfg.noise == "none" else "your labels before the injected noise"
+
+
 def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) -> str:
     """What is done to the data, in one line (printed as a run starts): the dataset, the sizes of
     the three splits, where the clean set comes from, the injected noise, and a resumed epoch."""

@@ -28,7 +28,8 @@ from .data.batches import CleanBatches, union
 from .distributed import current_sync
 from .methods import create_method, learns_from_clean, needs_of
 from .metaset import MetaSetSelector, parse_meta_set
-from .run_data import build_splits, check_same_data, data_fingerprint, data_line, has_test, prepare_data, warn
+from .run_data import (build_splits, check_same_data, data_fingerprint, data_line, has_test, prepare_data,
+                       truth_in_words, warn)
 from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, fit_sample, train_step
 from .memorisation import early_epoch, fit_gaps
 from .run_state import EPOCH_ORDER_SALT, checkpoint_state, epoch_context, restore_checkpoint, run_setup
@@ -219,7 +220,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None) 
                  f"replaces it: it is used for nothing, neither the meta steps nor model selection")
         selector = MetaSetSelector(select_kind, cfg.meta_set_size, cfg.meta_refresh, cfg.warmup_epochs, out,
                                    prep.y_true, list(ds.classes), cfg.eval_batch_size, main_rank,
-                                   leaves=cfg.meta_set_leaves, seed=cfg.seed)
+                                   leaves=cfg.meta_set_leaves, seed=cfg.seed, truth=truth_in_words(cfg))
     others = {"meta_set": selector} if selector is not None else {}
     weights = WeightHistory(cfg.weight_epochs, len(noisy_data), device)  # for l2b label-issues
     # how often the model agrees with its training labels, beside its accuracy on the clean set when
@@ -308,7 +309,8 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None) 
             if sync is not None:
                 torch.distributed.barrier()  # the checkpoint is complete before any rank goes on
             bar.epoch_done(
-                f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val {val_acc:.2f} "
+                f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
+                + (f"val {val_acc:.2f} " if math.isfinite(val_acc) else "val - ")  # nothing to select on yet
                 + (f"test {test_acc:.2f} " if test_acc is not None else "") + f"({train_time:.1f}s)"
             )
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs - 1:
