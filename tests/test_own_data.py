@@ -686,6 +686,7 @@ def test_label_issues_on_a_run_without_any_clean_set(tmp_path, capsys):
     s = write_label_issues(tmp_path / "run")
     assert s["cut"] == "count" and s["issues"] == s["estimated"] > 0 and s["warning"] is None
     assert s["model"] == "final" and s["clean_scored"] == 0
+    assert s["count_note"].startswith("no verified clean set checked this count")  # nothing checked it: said
 
 
 def test_a_meta_set_selected_from_own_labels_claims_no_purity_it_cannot_know(tmp_path, capsys):
@@ -772,6 +773,7 @@ def test_a_clean_set_the_model_learned_from_only_caps_the_count(tmp_path, capsys
         write_label_issues(tmp_path / "run", cut="clean-quantile", out=tmp_path / "quantile")
     plain = write_label_issues(tmp_path / "run", cut="count", out=tmp_path / "count")
     assert plain["issues"] == s["estimated"] and not plain["clean_learned"]
+    assert plain["count_note"] is None  # a count asked for by name is not second-guessed
     # nor is memorisation judged against it: the model is chosen as for a run without a held-out set
     import l2b.label_issues as li
 

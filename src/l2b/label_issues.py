@@ -189,7 +189,19 @@ def _count_note(cut: str, default: bool, steered: bool, cross_fit: int, clean_re
         return _steered_folds_note() if cross_fit else _small_clean_note(clean_ref["clean_labels"])
     if default and clean_ref and clean_ref["clean_steered"]:
         return _uncovered_note(labels, clean_ref["clean_labels"], classes)
+    if default and cut == "count" and not clean_ref:
+        return _unchecked_note()
     return None
+
+
+def _unchecked_note() -> str:
+    """Without a verified clean set nothing checks confident learning's count, which runs high where
+    the model is unsure of whole classes (benchmarks/RESULTS.md, "Label issues: the calibrated cut":
+    1.2-2.2x the wrong labels on the memorisation recipe)."""
+    return ("no verified clean set checked this count: it is confident learning's estimate from the model alone, "
+            "which runs high where the model is unsure of whole classes (1.2-2.2x the wrong labels on the "
+            "memorisation recipe, benchmarks/RESULTS.md, 'Label issues: the calibrated cut'); the list is ranked, so "
+            "review it from the top, or give the run a verified clean set to check the count against")
 
 
 def _uncovered_note(labels: np.ndarray, clean_labels: np.ndarray, classes: list[str]) -> str | None:
