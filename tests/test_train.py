@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import json
 from pathlib import Path
 
@@ -659,6 +661,24 @@ def test_compare_runs_cells_in_parallel_workers(tmp_path):
             "--jobs", "2", "--out", str(tmp_path / "grid")]
     assert cli_main(argv) == 0
     assert len(list((tmp_path / "grid").rglob("metrics.json"))) == 2
+
+
+def test_grid_workers_start_their_loader_workers_as_the_grid_process_does(tmp_path):
+    """A grid worker is spawned, and a spawned process inherits "spawn" as its start method: an
+    image-file loader's workers would then each import torch anew, every epoch. It takes the start method a plain ``l2b train`` has: the
+    grid process's."""
+    script = tmp_path / "grid.py"
+    script.write_text("import multiprocessing as mp\n"
+                      "from l2b.compare import grid_pool\n\n\n"
+                      "def start_method():\n"
+                      "    return mp.get_start_method()\n\n\n"
+                      "if __name__ == '__main__':\n"
+                      "    with grid_pool(1) as pool:\n"
+                      "        print(pool.submit(start_method).result(), mp.get_start_method())\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    worker, plain = out.stdout.split()
+    assert worker == plain
 
 
 def test_l2b_with_mixup_uses_mixed_inputs_and_mixed_targets(float64):

@@ -124,6 +124,26 @@ def run_one(cfg_dict: dict[str, Any]) -> str:
     return f"run    {out}"
 
 
+def grid_pool(jobs: int) -> ProcessPoolExecutor:
+    """The grid's worker processes (see :func:`start_grid_worker`)."""
+    import multiprocessing as mp
+
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=start_grid_worker,
+                               initargs=(os.getpid(), mp.get_start_method()))
+
+
+def start_grid_worker(parent: int, start_method: str) -> None:
+    """A grid worker: spawned (a fresh interpreter, so that no cell inherits another's state), it
+    ends with the grid (:func:`end_with_parent`) and starts its own processes (an image-file
+    loader's workers) as ``l2b train`` would in the grid's process. A process started by "spawn"
+    takes "spawn" as its own start method, and a loader's workers would each import torch anew,
+    every epoch: a grid of image-file runs trained several times slower than its runs alone."""
+    import multiprocessing as mp
+
+    end_with_parent(parent)
+    mp.set_start_method(start_method, force=True)
+
+
 def end_with_parent(parent: int) -> None:
     """A grid worker ends when the grid's process does (Linux's parent-death signal): a `kill` or a
     scheduler's SIGTERM of `l2b compare` leaves no worker training on, holding its cell's lock. The
@@ -166,10 +186,7 @@ def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None =
         for i, d in enumerate(dicts, 1):
             log(f"[{i}/{len(dicts)}] {run_one(d)}")
         return
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=end_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    with grid_pool(jobs) as pool:
         done = 0
         try:
             for msg in pool.map(run_one, dicts):
