@@ -6,6 +6,8 @@ import gzip
 import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +262,62 @@ def test_clean_batches_of_image_files_come_through_one_loader_and_resume_exactly
         resumed = CleanBatches(data, 3, seed=2, sampling=sampling)
         resumed.load_state_dict(first.state_dict())
         assert _same_batches([resumed.next() for _ in range(8 - stop)], drawn[stop:])
+
+
+def test_where_loader_workers_are_costly_to_start_every_pass_reads_through_one_kept_loader(tmp_path, monkeypatch):
+    """Where a loader worker starts as a fresh interpreter (spawn: macOS, Windows), the passes of a
+    run (training epochs, evaluations, of any split) read through one loader whose workers start
+    once; the batches are those of a loader per pass. A pass asked for while another is being read
+    gets a loader of its own; closing the readers stops the workers."""
+    import l2b.data.batches as batches
+    from l2b.data.reader import _READERS, close_readers
+
+    root = _speckled_folder(tmp_path)
+    plain = _file_split(root, 0)
+    expected = [list(plain.epoch(3, seed=s, augment=True)) for s in (5, 6)] + [list(plain.epoch(4, 0, augment=False))]
+    monkeypatch.setattr(batches, "costly_worker_start", lambda: True)
+    data = _file_split(root, 2)
+    other = data.take([6, 0, 3])  # another split of the same dataset shares the reader
+    pids = []
+    for s in (5, 6):
+        assert _same_batches(list(data.epoch(3, seed=s, augment=True)), expected[s - 5])
+        (reader,) = [r for (i, _), r in _READERS.items() if i == id(data.ds)]
+        pids.append(sorted(w.pid for w in reader.loader._iterator._workers))
+    assert _same_batches(list(data.epoch(4, 0, augment=False)), expected[2])
+    took = torch.cat([x for x, _, _, _ in other.epoch(3, 0, augment=False)])
+    assert torch.equal(took, torch.cat([x for x, _, _, _ in expected[2]])[[6, 0, 3]])
+    assert pids[0] == pids[1] == sorted(w.pid for w in reader.loader._iterator._workers)
+    outer = data.epoch(3, seed=5, augment=True)
+    first = next(outer)
+    assert reader.busy and _same_batches(list(data.epoch(3, seed=6, augment=True)), expected[1])  # a loader of its own
+    assert _same_batches([first, *outer], expected[0]) and not reader.busy
+    workers = reader.loader._iterator._workers
+    close_readers(data.ds)
+    for w in workers:
+        w.join(timeout=10)
+    assert not any(w.is_alive() for w in workers) and not any(i == id(data.ds) for i, _ in _READERS)
+
+
+def test_the_kept_loader_reads_the_same_batches_with_spawned_workers(tmp_path):
+    """The kept loader where workers really are spawned: its dataset and keys cross to a fresh
+    interpreter, and the batches equal those read without workers."""
+    root = _speckled_folder(tmp_path)
+    script = tmp_path / "spawned.py"
+    script.write_text(
+        "import multiprocessing, sys, torch\n"
+        "from l2b.data import load_dataset\n"
+        "from l2b.data.batches import FileData\n"
+        "if __name__ == '__main__':\n"
+        "    multiprocessing.set_start_method(sys.argv[2], force=True)\n"
+        "    ds = load_dataset(f'folder:{sys.argv[1]}', image_size=8)\n"
+        "    data = FileData(ds, ds.train, [y for _, y in ds.train], torch.device('cpu'), int(sys.argv[3]))\n"
+        "    out = [b for s in (5, 6) for b in data.epoch(3, seed=s, augment=True)] + list(data.epoch(4, 0, augment=False))\n"
+        "    torch.save([(x, y, i) for x, y, i, _ in out], sys.argv[4])\n")
+    for method, workers in (("spawn", 1), ("fork", 0)):
+        proc = subprocess.run([sys.executable, str(script), str(root), method, str(workers), str(tmp_path / method)],
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _same_batches(torch.load(tmp_path / "spawn"), torch.load(tmp_path / "fork"))
 
 
 def test_unreadable_images_fail_or_skip_explicitly(tmp_path):

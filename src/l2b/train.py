@@ -25,6 +25,7 @@ import torch
 from .config import TrainConfig
 from .console import first_rank
 from .data.batches import CleanBatches, union
+from .data.reader import close_readers
 from .distributed import current_sync
 from .methods import create_method, learns_from_clean, needs_of
 from .metaset import MetaSetSelector, parse_meta_set
@@ -319,6 +320,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None) 
     finally:
         if run.clean is not None:  # an image-file clean set's loader workers stop with the training
             run.clean.close()
+        close_readers(ds)  # and those kept for the passes over image files (l2b.data.reader)
     bar.close()
     if writer is not None:
         writer.close()

@@ -17,6 +17,7 @@ import torch
 from .augment import augment_batch, normalize_batch
 from .files import FileDataset
 from .images import seeded_keys
+from .reader import costly_worker_start, kept_reader
 
 
 def epoch_order(labels: torch.Tensor, batch_size: int, seed: int, batches: int | None = None,
@@ -162,7 +163,7 @@ class FileData:
     def epoch(self, batch_size: int, seed: int, augment: bool, batches: int | None = None,
               balanced: bool = False, whole: bool = False):
         plan = self.plan(batch_size, seed, augment, batches, balanced, whole)
-        for (x, y, idx), (_, n_global) in zip(self._load((b for b, _ in plan), augment), plan):
+        for (x, y, idx), (_, n_global) in zip(self._load((b for b, _ in plan), augment, kept=True), plan):
             yield x, y, idx, n_global
 
     def stream(self, epochs, augment: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -177,9 +178,20 @@ class FileData:
         for x, y, _ in self._load(keys(), augment):
             yield x, y
 
-    def _load(self, keys, augment: bool):
+    def _load(self, keys, augment: bool, kept: bool = False):
+        """Batches of ``keys`` through a loader of their own, or with ``kept`` (one pass of a run after
+        another, not a stream beside them) through the run's kept reader where loader workers are
+        costly to start (``l2b.data.reader``) and no other pass is reading it."""
         nb = self.device.type == "cuda"
-        for x, y, idx in self.ds.loader(self.items, train=augment, batches=keys, workers=self.workers):
+        reader = kept_reader(self.ds, self.workers) if kept and self.workers and costly_worker_start() else None
+        if reader is not None and not reader.busy:
+            items = self.items
+            full = ([(*items[k[0]], k[0], True, k[1]) if augment else (*items[k], k, False, None) for k in b]
+                    for b in keys)
+            source = reader.read(full)
+        else:
+            source = self.ds.loader(self.items, train=augment, batches=keys, workers=self.workers)
+        for x, y, idx in source:
             yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb), idx.to(self.device)
 
 

@@ -28,6 +28,13 @@ def seeded_keys(positions: list[int], seed: int, start: int = 0) -> list[tuple[i
     return [(i, (seed * 2**32 + start + k) % 2**63) for k, i in enumerate(positions)]
 
 
+def seeded(seed: int, fn, *args):
+    """``fn(*args)`` with torch's RNG seeded by ``seed``, the process's RNG left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn(*args)
+
+
 class ImageFiles(torch.utils.data.Dataset):
     """Decode, transform, normalise (ImageNet statistics unless the dataset has its own).
 
@@ -61,13 +68,15 @@ class ImageFiles(torch.utils.data.Dataset):
         depends on its seed alone, not on which DataLoader worker loads it nor on how many there are."""
         if isinstance(key, tuple):
             i, seed = key
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return self._load(i)
+            return seeded(seed, self._load, i)
         return self._load(key)
 
     def _load(self, i: int):
         path, label = self.items[i]
+        return self.decode(path, self.train), label, i
+
+    def decode(self, path, train: bool) -> torch.Tensor:
+        """The image of ``path``, transformed (with the training transforms when ``train``) and normalised."""
         Image = pil_image()
         short = round(self.size * 8 / 7)
         try:
@@ -75,24 +84,38 @@ class ImageFiles(torch.utils.data.Dataset):
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: unreadable image ({err}); remove it, or give --on-bad-images skip (on_bad_images='skip' in Python)") from None
         if self.transform == "isic":
-            return self._normalised(isic_transform(im, self.size, self.train)), label, i
+            return self._normalised(isic_transform(im, self.size, train))
         w, h = im.size
         scale = short / min(w, h)
         im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
         w, h = im.size
-        if self.train:  # torch's RNG: seeded per sample (a (position, seed) key), else as the process has it
+        if train:  # torch's RNG: seeded per sample (a (position, seed) key), else as the process has it
             left = int(torch.randint(0, w - self.size + 1, ()))
             top = int(torch.randint(0, h - self.size + 1, ()))
         else:
             left, top = (w - self.size) // 2, (h - self.size) // 2
         im = im.crop((left, top, left + self.size, top + self.size))
         x = _to_tensor(im)
-        if self.train and bool(torch.rand(()) < 0.5):
+        if train and bool(torch.rand(()) < 0.5):
             x = x.flip(-1)
-        return self._normalised(x), label, i
+        return self._normalised(x)
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+class KeyedImages(torch.utils.data.Dataset):
+    """Any image by a key that says everything: (path, label, position, train, seed of its random
+    transforms or None), decoded as ``images`` (an :class:`ImageFiles`) decodes: one loader, its
+    workers started once, reads every split of a run, with either transform."""
+
+    def __init__(self, images: ImageFiles) -> None:
+        self.images = images
+
+    def __getitem__(self, key):
+        path, label, i, train, seed = key
+        x = self.images.decode(path, train) if seed is None else seeded(seed, self.images.decode, path, train)
+        return x, label, i
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's modes of 16-bit grayscale (and 32-bit int)
