@@ -603,8 +603,15 @@ def test_a_csv_of_paths_labels_and_splits_trains_and_its_label_issues_name_the_f
     f = csv_dataset(tmp_path, rows + [("img/moved.png", "2", "train")])
     ds = load_dataset(f"csv:{f}")
     assert ds.classes == ("2", "10")  # numbers in number order, not "10" before "2"
-    f.write_text(f.read_text().replace("img/", "img\\"))  # the same list, as written on Windows
+    text = f.read_text()
+    f.write_text(text.replace("img/", "img\\"))  # the same list, as written on Windows
     assert load_dataset(f"csv:{f}").train == ds.train
+    f.write_bytes(text.replace(",", "\t").encode("utf-16"))  # as Excel's "Unicode Text" saves it
+    assert load_dataset(f"csv:{f}").train == ds.train
+    f.write_bytes(text.replace("moved", "d\u00e9plac\u00e9").encode("cp1252"))  # a Windows code page
+    with pytest.raises(ValueError, match=rf"labels.csv, line {len(rows) + 2}: not UTF-8 text \(byte 0xe9\); save the list as 'CSV UTF-8'"):
+        load_dataset(f"csv:{f}")
+    f.write_text(text)
     assert len(ds.train) == 25 and len(ds.val) == 6 and len(ds.test) == 6 and ds.image_size == 12
     code, out, err = run(tmp_path, capsys, "--data", f"csv:{f}", "--method", "ce", "--workers", "0", "--epochs", "15",
                          "--lr", "0.05")

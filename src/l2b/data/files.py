@@ -189,6 +189,20 @@ CSV_COLUMNS = {"path": ("path", "file", "filename", "image"), "label": ("label",
 CSV_SPLITS = ("train", "val", "test")
 
 
+def csv_text(path: Path) -> str:
+    """The text of a list: UTF-8 (with or without the byte-order mark Excel writes), or UTF-16 with
+    its mark (Excel's "Unicode Text"); anything else one line naming the line of the first bad byte."""
+    data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the list as "
+                         f"'CSV UTF-8' (Excel) or UTF-8 text") from None
+
+
 def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
     """The rows of csv:FILE by split, as (image path, label as written), and the class names in
     label order (numerically where every label is a number, else alphabetically). One-line errors
@@ -196,8 +210,7 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
     image listed twice."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: the byte-order mark Excel writes
-        text = fh.read()
+    text = csv_text(path)
     try:
         dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
     except csv.Error:
