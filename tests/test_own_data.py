@@ -520,12 +520,17 @@ def test_a_clean_set_missing_a_class_is_named_at_training_and_at_label_issues(tm
     assert "(the estimated number of issues" in captured.out
 
 
-def test_report_on_own_labels_draws_no_noise_it_cannot_know(tmp_path, capsys):
+def test_report_on_own_labels_draws_no_noise_it_cannot_know(tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib")
+    import l2b.report as report
+
     f = digits_npz(tmp_path / "mine.npz", flip=60)
     code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "l2b")
     assert code == 0, err
+    titles, save = [], report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path: titles.extend(a.get_title() for a in fig.axes) or save(fig, path))
     assert main(["report", str(tmp_path / "run")]) == 0
+    assert "your own labels, no noise injected (mean of 1 seed)" in titles  # not "noise none"
     page = (tmp_path / "run" / "report.html").read_text()
     # which labels are wrong is unknown: no pseudo-label correctness, no identity "noise" matrix, no NaN
     assert "which labels are wrong is not known here" in page

@@ -113,7 +113,9 @@ def accuracy_figure(runs, path: Path, key: str = "test_acc") -> Path:
             x, y = _mean_curve(curves[(method, noise)], key)
             ax.plot(x, y, label=method, marker="o", markersize=2.5, **method_style(method, methods))
         seeds = "/".join(map(str, seeds_here))
-        ax.set(title=f"noise {noise} (mean of {seeds} seed{'s' if seeds != '1' else ''})", xlabel="epoch",
+        own = noise == "none" and any(_truth_unknown(r) for r in runs if r["noise"] == noise)
+        setting = "your own labels, no noise injected" if own else f"noise {noise}"
+        ax.set(title=f"{setting} (mean of {seeds} seed{'s' if seeds != '1' else ''})", xlabel="epoch",
                ylabel="test accuracy (%)" if key == "test_acc" else "clean-set accuracy (%)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
