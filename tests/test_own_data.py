@@ -155,6 +155,7 @@ def test_compare_on_own_labels_needs_no_noise_flag(tmp_path, capsys):
                  "--out", str(tmp_path / "grid")]) == 0
     assert (tmp_path / "grid" / "ce" / "none" / "seed0" / "metrics.json").is_file()  # nothing injected
     assert "| ce | " in capsys.readouterr().out
+    assert "| method | your labels (no noise injected) | s / epoch |" in (tmp_path / "grid" / "summary.md").read_text()
     assert main(["label-issues", str(tmp_path / "grid")]) == 2  # a grid, not a run: named, with one of its runs
     assert f"grid of 1 run: give one of them, e.g. l2b label-issues {tmp_path / 'grid' / 'ce' / 'none' / 'seed0'}" in \
         capsys.readouterr().err

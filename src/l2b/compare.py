@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
+from .config import TrainConfig, own_labels
 from .config_checks import check_device, load_yaml
 from .rundir import config_differences, read_json
 from .train import train
@@ -249,12 +249,15 @@ def summary_row(method: str, noise: str, runs: list[dict[str, Any]]) -> dict[str
 
 def summarize(out: Path) -> list[dict[str, Any]]:
     """Write summary.csv and summary.md for the runs below ``out``; return the rows."""
-    rows = [summary_row(method, noise, runs) for (method, noise), runs in group_runs(out).items()]
+    groups = group_runs(out)
+    rows = [summary_row(method, noise, runs) for (method, noise), runs in groups.items()]
+    own = {noise for (_, noise), runs in groups.items()
+           if noise == "none" and any(own_labels(r["config"].get("data", "")) for r in runs)}
     with open(out / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    text = markdown_tables(rows) if rows else "No finished run.\n"
+    text = markdown_tables(rows, own) if rows else "No finished run.\n"
     diverged = diverged_runs(out)
     if diverged:
         text += "\n### Diverged runs (left out of the tables)\n\n" + "".join(
@@ -264,14 +267,17 @@ def summarize(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown_tables(rows: list[dict[str, Any]]) -> str:
+def markdown_tables(rows: list[dict[str, Any]], own: set[str] = frozenset()) -> str:
+    """The summary's two tables, a column per noise setting (``own``: the settings that are runs on
+    the user's own labels as given, headed so)."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     noises = list(dict.fromkeys(r["noise"] for r in rows))
+    heads = ["your labels (no noise injected)" if n in own else n for n in noises]
     cell = {(r["method"], r["noise"]): r for r in rows}
     parts = []
     for title, key in (("Test accuracy (%) at the best clean-validation epoch", "test_acc_at_best_val"),
                        ("Test accuracy (%) at the last epoch", "test_acc_last")):
-        lines = [f"### {title}", "", "| method | " + " | ".join(noises) + " | s / epoch |",
+        lines = [f"### {title}", "", "| method | " + " | ".join(heads) + " | s / epoch |",
                  "|---|" + "---|" * (len(noises) + 1)]
         for m in methods:
             vals = []
