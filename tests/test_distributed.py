@@ -181,6 +181,34 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(ranks, engine):
     assert max(results.values()) <= 1e-12, results
 
 
+def _drop_in_worker(rank: int, port: int, wrap: bool, queue) -> None:
+    _join(rank, port)
+    try:
+        x, y, xv, yv = _batches()
+        sl, vl = _shards(rank)
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        ref_model, ref_opt = copy.deepcopy((model, opt))
+        shard_model = torch.nn.parallel.DistributedDataParallel(model) if wrap else model
+        step = l2b.L2B(shard_model, opt, clip_grad_norm=0.5, distributed=True)
+        ref = l2b.L2B(ref_model, ref_opt, clip_grad_norm=0.5)
+        for _ in range(3):
+            step.step(x[sl], y[sl], xv[vl], yv[vl])
+            ref.step(x, y, xv, yv)
+        queue.put((rank, max((p - q).abs().max().item() for p, q in zip(model.parameters(), ref_model.parameters()))))
+    finally:
+        _finish()
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["plain", "ddp"])
+def test_the_drop_in_step_on_two_ranks_equals_one_process(ranks, wrap):
+    """``l2b.L2B(..., distributed=True)``, each rank stepping on its shards (the model as it is, or
+    wrapped in DistributedDataParallel, which averages gradients where this loss sums over the
+    global batch), lands on one process's parameters after three steps, clipping included."""
+    results = ranks.run(_drop_in_worker, wrap)
+    assert max(results.values()) <= 1e-12, results
+
+
 def test_distributed_without_a_process_group_is_a_clear_error():
     model = _model()
     x, y, xv, yv = _batches()

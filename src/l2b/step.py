@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .distributed import all_reduce_grads, current_sync
 from .engines import LossFn, check_engine
 from .meta import MetaWeights, bootstrap_loss, check_model, meta_weights
 from .normalize import check_options
@@ -61,8 +62,10 @@ class L2B:
         clip_grad_norm: clip the real step's gradient norm to this value (the paper: 0.25 on
             CIFAR-10, 0.8 on CIFAR-100 / ISIC); None for no clipping.
         normalize, temperature, threshold, constraint, engine, loss_fn, distributed: as in
-            :func:`l2b.meta_weights` (with ``distributed``, reduce the gradients yourself:
-            ``l2b.distributed.all_reduce_grads(model.parameters(), op="sum")``).
+            :func:`l2b.meta_weights`. With ``distributed`` (under torchrun, each rank passing its
+            shards of the global batches) the step's gradients are those of the global batch's
+            loss on every rank, as one process would compute them: summed over the ranks, or
+            through ``model``'s own DistributedDataParallel wrapper where it has one.
     """
 
     def __init__(
@@ -106,7 +109,14 @@ class L2B:
         mw = self.weights(x, y, x_val, y_val)
         loss = bootstrap_loss(mw, y, self.loss_fn)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        sync = current_sync() if self.options["distributed"] else None
+        wrapped = isinstance(self.model, nn.parallel.DistributedDataParallel)
+        if sync is not None and wrapped:  # DDP averages the gradients over ranks; this loss sums over the global batch
+            (loss * torch.distributed.get_world_size()).backward()
+        else:
+            loss.backward()
+            if sync is not None:  # the gradient of the global batch's loss, on every rank
+                all_reduce_grads(self.model.parameters(), op="sum")
         if self.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         self.optimizer.step()
