@@ -325,6 +325,28 @@ def test_find_label_issues_refuses_what_is_not_labels_and_probabilities(labels, 
         l2b.find_label_issues(np.array(labels), np.array(probs))
 
 
+def test_find_label_issues_takes_a_softmax_taken_in_bfloat16():
+    """A softmax under bfloat16 autocast rounds each probability to 8 bits, and its rows sum to 1
+    only within a few parts in a thousand: these are probabilities, taken as such (each row scaled
+    to sum to 1, the caller's array untouched), flagging what the float64 softmax flags."""
+    import l2b
+
+    torch.manual_seed(0)
+    logits = torch.randn(500, 100) * 3
+    rng = np.random.default_rng(0)
+    labels = logits.argmax(1).numpy()
+    moved = rng.random(500) < 0.2
+    labels[moved] = (labels[moved] + rng.integers(1, 100, int(moved.sum()))) % 100  # 20% of the labels wrong
+    rough = torch.softmax(logits.bfloat16(), 1).double().numpy()
+    assert np.abs(rough.sum(1) - 1).max() > 1e-3  # beyond float32's rounding
+    before = rough.copy()
+    exact = torch.softmax(logits.double(), 1).numpy()
+    flagged = l2b.find_label_issues(labels, rough)
+    assert np.array_equal(rough, before) and moved[flagged].sum() == moved.sum()  # every wrong label flagged
+    from_exact = set(l2b.find_label_issues(labels, exact))
+    assert len(from_exact ^ set(flagged)) <= 0.05 * len(from_exact)  # what the float64 softmax flags, to rounding
+
+
 _W = np.full(3, 0.5)
 _P = np.array([[0.9, 0.1]] * 3)
 

@@ -74,6 +74,9 @@ HELD_OUT_CUT = "checked-count"
 CLEAN_CUT = "clean-quantile"
 CLEAN_CUTS = (STEERED_CUT, HELD_OUT_CUT, CLEAN_CUT)  # the cuts that read a clean set
 CLEAN_QUANTILE = 0.1
+# how far a row of probabilities may sum from 1: a softmax in bfloat16 (autocast) rounds each entry
+# to 8 bits, and its rows sum to 1 within about 0.4%; logits and unnormalised scores sum far from it
+ROW_SUM_TOLERANCE = 0.01
 
 
 def check_labels(labels, num_classes: int | None = None, name: str = "labels",
@@ -116,11 +119,17 @@ def check_pred_probs(pred_probs, n: int, name: str = "pred_probs", labels: str =
         raise ValueError(f"{name} row {row} has negative entries: these look like logits, not probabilities; "
                          f"apply a softmax first (scipy.special.softmax(x, axis=1))")
     sums = p.sum(axis=1)
-    off = np.abs(sums - 1.0) > 1e-3
+    off = np.abs(sums - 1.0) > ROW_SUM_TOLERANCE
     if off.any():
         row = int(np.flatnonzero(off)[0])
         raise ValueError(f"{name} row {row} sums to {sums[row]:.4g}, not 1 ({int(off.sum())} row(s)): these are "
                          f"not probabilities; apply a softmax to logits (scipy.special.softmax(x, axis=1))")
+    # a softmax taken in half precision sums to 1 only to its rounding: those rows are scaled to sum to 1
+    # (rows within 1e-3 of it, as float32 softmaxes are, are left exactly as given)
+    loose = np.abs(sums - 1.0) > 1e-3
+    if loose.any():
+        p = p.copy()  # not the caller's array
+        p[loose] /= sums[loose, None]
     return p
 
 
