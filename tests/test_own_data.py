@@ -347,6 +347,26 @@ def test_find_label_issues_takes_a_softmax_taken_in_bfloat16():
     assert len(from_exact ^ set(flagged)) <= 0.05 * len(from_exact)  # what the float64 softmax flags, to rounding
 
 
+def test_label_issues_and_meta_set_selection_take_a_models_tensors_as_they_come():
+    """Labels and probabilities straight from a model: torch tensors, still requiring grad, in
+    bfloat16; the same answer as their float64 numpy values."""
+    import l2b
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    probs = torch.softmax(model(torch.randn(60, 5)), 1)  # requires grad
+    labels = torch.randint(0, 3, (60,))
+    expected = l2b.find_label_issues(labels.numpy(), probs.detach().double().numpy())
+    assert len(expected) > 0
+    for p in (probs, probs.detach().bfloat16()):
+        flagged = l2b.find_label_issues(labels, p)
+        assert len(set(flagged) ^ set(expected)) <= 1, p.dtype  # bfloat16 rounds a probability or two
+        chosen = l2b.select_meta_set(labels, p, per_class=2, kind="small-loss")
+        assert len(chosen.indices) == 6
+    r = l2b.rank_label_issues(labels, torch.rand(60), torch.rand(60))  # weights as tensors
+    assert len(r.score) == 60
+
+
 _W = np.full(3, 0.5)
 _P = np.array([[0.9, 0.1]] * 3)
 

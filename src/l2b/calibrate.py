@@ -79,11 +79,20 @@ CLEAN_QUANTILE = 0.1
 ROW_SUM_TOLERANCE = 0.01
 
 
+def as_numpy(x) -> np.ndarray:
+    """``x`` as a numpy array; a torch tensor as its values, wherever it lives and whatever its
+    precision (on a GPU, requiring grad, bfloat16), so that a model's outputs are taken as given."""
+    if hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "numpy"):
+        x = x.detach().cpu()
+        return (x.double() if x.is_floating_point() else x).numpy()
+    return np.asarray(x)
+
+
 def check_labels(labels, num_classes: int | None = None, name: str = "labels",
                  probs_name: str = "pred_probs") -> np.ndarray:
     """A 1-D array of integer class labels in [0, num_classes); one-line errors naming the first
     bad entry (a label of -1 would silently read the last class)."""
-    y = np.asarray(labels)
+    y = as_numpy(labels)
     if y.ndim != 1:
         raise ValueError(f"{name} must be 1-D (one label per sample), got shape {y.shape}")
     if y.dtype.kind == "f":
@@ -107,7 +116,7 @@ def check_labels(labels, num_classes: int | None = None, name: str = "labels",
 def check_pred_probs(pred_probs, n: int, name: str = "pred_probs", labels: str = "labels") -> np.ndarray:
     """An (n, K) array of probabilities: finite, non-negative, rows summing to 1 (logits or
     scores are refused with the fix: a softmax)."""
-    p = np.asarray(pred_probs, dtype=np.float64)
+    p = as_numpy(pred_probs).astype(np.float64, copy=False)
     if p.ndim != 2 or len(p) != n:
         raise ValueError(f"{name} must be (n, classes) with n = len({labels}) = {n}, got shape {p.shape}")
     bad = ~np.isfinite(p).all(axis=1)
@@ -184,7 +193,7 @@ def false_alarms(labels: np.ndarray, probs: np.ndarray, clean: tuple[np.ndarray,
 
 def clean_reference(clean_labels, clean_probs) -> tuple[np.ndarray, np.ndarray]:
     """Held-out clean samples' TRUE labels and a model's probabilities for them (checked)."""
-    p = np.asarray(clean_probs)
+    p = as_numpy(clean_probs)
     y = check_labels(clean_labels, p.shape[1] if p.ndim == 2 else None, "clean_labels", "clean_pred_probs")
     p = check_pred_probs(p, len(y), "clean_pred_probs", "clean_labels")
     if not len(y):

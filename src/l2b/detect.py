@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibrate import (CUTS, DEFAULT_CUT, HELD_OUT_CUT, STEERED_CUT, check_labels, check_pred_probs, clean_reference,
-                        estimated_issues, false_alarms, flag, uncovered_classes)
+from .calibrate import (CUTS, DEFAULT_CUT, HELD_OUT_CUT, STEERED_CUT, as_numpy, check_labels, check_pred_probs,
+                        clean_reference, estimated_issues, false_alarms, flag, uncovered_classes)
 
 # A fixed cut (cut="threshold"): a sample is flagged when its label trust is below this (beta outweighs alpha).
 DEFAULT_THRESHOLD = 0.5
@@ -24,7 +24,7 @@ DEFAULT_THRESHOLD = 0.5
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for ``positive`` (Mann-Whitney U, ties averaged),
     vectorised: O(n log n) in numpy."""
-    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    scores, positive = as_numpy(scores).astype(np.float64), as_numpy(positive).astype(bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
@@ -53,7 +53,7 @@ def detection_metrics(alpha, beta, is_noisy, threshold: float = DEFAULT_THRESHOL
     ``auc_trust``: ROC-AUC of 1 - alpha/(alpha+beta) for "corrupted"; ``auc_alpha``: of -alpha;
     ``precision`` / ``recall`` of flagging trust < ``threshold``.
     """
-    alpha, beta, is_noisy = np.asarray(alpha, float), np.asarray(beta, float), np.asarray(is_noisy, bool)
+    alpha, beta, is_noisy = (as_numpy(v).astype(t) for v, t in ((alpha, float), (beta, float), (is_noisy, bool)))
     trust = label_trust(alpha, beta)
     return {"auc_trust": roc_auc(1.0 - trust, is_noisy), "auc_alpha": roc_auc(-alpha, is_noisy),
             **flag_metrics(trust < threshold, is_noisy), "threshold": threshold}
@@ -95,7 +95,7 @@ class LabelIssues:
 def _as_history(values, name: str) -> np.ndarray | None:
     if values is None:
         return None
-    v = np.asarray(values)
+    v = as_numpy(values)
     if v.ndim == 1:
         v = v[None]
     if v.ndim != 2:
@@ -122,7 +122,7 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
     confident learning's count, checked against them (``checked-count``: where it would flag 15% or
     more of them, the smaller of the two); else the number confident learning estimates (``count``)
     with ``pred_probs``; a fixed ``threshold`` when one is given or without them."""
-    probs = None if pred_probs is None else np.asarray(pred_probs)
+    probs = None if pred_probs is None else as_numpy(pred_probs)
     labels = check_labels(labels, None if probs is None else probs.shape[1] if probs.ndim == 2 else None)
     a, b = _as_history(alpha, "alpha"), _as_history(beta, "beta")
     if (a is None) != (b is None):
@@ -164,7 +164,7 @@ def rank_label_issues(labels, alpha=None, beta=None, *, pseudo_labels=None, seen
         raise ValueError(f"score {score!r} needs pred_probs")
     n = len(labels)
     k = num_classes or int(max(labels.max(initial=0), probs.shape[1] - 1 if probs is not None else 0,
-                               np.asarray(pseudo_labels).max(initial=0) if pseudo_labels is not None else 0)) + 1
+                               as_numpy(pseudo_labels).max(initial=0) if pseudo_labels is not None else 0)) + 1
     seen_h = np.ones_like(a, dtype=bool) if a is not None and seen is None else _as_history(seen, "seen")
     p_given = None if probs is None else probs[np.arange(n), labels]
     if a is not None:
@@ -293,5 +293,5 @@ def find_label_issues(labels=None, pred_probs=None, *, alpha=None, beta=None, th
 def _looks_like_weights(first, second) -> bool:
     """The old call ``find_label_issues(alpha, beta)``: two float arrays of one shape, the first
     not a label vector."""
-    a, b = np.asarray(first), np.asarray(second)
+    a, b = as_numpy(first), as_numpy(second)
     return a.dtype.kind == "f" and a.shape == b.shape and (a.ndim == 2 or not np.all(a == np.round(a)))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibrate import check_labels, check_pred_probs, confident_classes
+from .calibrate import as_numpy, check_labels, check_pred_probs, confident_classes
 from .models import predict_probs
 from .rundir import atomic_json
 
@@ -67,7 +67,7 @@ def select_meta_set(labels, pred_probs=None, *, losses=None, per_class: int, kin
         raise ValueError(f"unknown meta-set kind {kind!r}; choose one of {', '.join(KINDS)}")
     if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
         raise ValueError(f"per_class must be a whole number, at least 1; got {per_class!r}")
-    probs = None if pred_probs is None else np.asarray(pred_probs)
+    probs = None if pred_probs is None else as_numpy(pred_probs)
     y = check_labels(labels, None if probs is None else probs.shape[1])
     if probs is not None:
         probs = check_pred_probs(probs, len(y))
@@ -75,7 +75,7 @@ def select_meta_set(labels, pred_probs=None, *, losses=None, per_class: int, kin
     if class_names is not None and len(class_names) < k:
         raise ValueError(f"class_names names {len(class_names)} classes, but there are {k}")
     if losses is not None:
-        losses = np.asarray(losses, dtype=np.float64)
+        losses = as_numpy(losses).astype(np.float64)
         if losses.shape != y.shape or not np.isfinite(losses).all():
             raise ValueError(f"losses must be one finite number per sample, shape ({len(y)},); got shape {losses.shape}"
                              + ("" if losses.shape != y.shape else ", with NaN or inf"))
