@@ -291,6 +291,10 @@ def test_where_loader_workers_are_costly_to_start_every_pass_reads_through_one_k
     first = next(outer)
     assert reader.busy and _same_batches(list(data.epoch(3, seed=6, augment=True)), expected[1])  # a loader of its own
     assert _same_batches([first, *outer], expected[0]) and not reader.busy
+    left = data.epoch(3, seed=6, augment=True)
+    next(left)
+    left.close()  # a pass left early (an error mid-epoch): what the workers read ahead is discarded
+    assert not reader.busy and _same_batches(list(data.epoch(3, seed=5, augment=True)), expected[0])
     workers = reader.loader._iterator._workers
     close_readers(data.ds)
     for w in workers:
