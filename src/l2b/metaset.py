@@ -162,11 +162,10 @@ class MetaSetSelector:
             ctx.log("l2b: warning: meta set: class(es) " + ", ".join(
                 f"{class_name(self.class_names, c)} ({n} of {per_class})" for c, n in sel.short.items())
                 + " had fewer selectable samples than asked; using what there is")
-        purity = None if self.truth is None else float((sel.labels == self.y_true[sel.indices]).mean())
+        purity = None if self.truth is None else round(float((sel.labels == self.y_true[sel.indices]).mean()), 4)
         record = {"epoch": epoch, "kind": self.kind, "per_class": per_class, "size": int(len(sel.indices)),
-                  "leaves_stream": self.leaves,
-                  "purity": None if purity is None else round(purity, 4), "per_class_found": {class_name(self.class_names, c, quote=False): n
-                                                                  for c, n in sel.found.items()},
+                  "leaves_stream": self.leaves, "purity": purity,
+                  "per_class_found": {class_name(self.class_names, c, quote=False): n for c, n in sel.found.items()},
                   "indices": sel.indices.tolist(), "labels": sel.labels.tolist()}
         self.records.append(record)
         self._use(ctx, sel.indices, sel.labels, since_epoch=epoch)
