@@ -561,6 +561,11 @@ def test_a_clean_set_missing_a_class_is_named_at_training_and_at_label_issues(tm
     # the count the clean set would calibrate needs every class: the default says why it fell back
     assert "the clean set has no sample of class(es) '7', so the count is confident learning's estimate" in captured.err
     assert "(the estimated number of issues" in captured.out
+    # a held-out clean set (CE) that lacks a class cannot check the count either: said too
+    code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "ce")
+    assert code == 0, err
+    assert main(["label-issues", str(tmp_path / "run")]) == 0
+    assert "confident learning's estimate, unchecked by the held-out clean set" in capsys.readouterr().err
 
 
 def test_report_on_own_labels_draws_no_noise_it_cannot_know(tmp_path, capsys, monkeypatch):

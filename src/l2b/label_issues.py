@@ -187,9 +187,9 @@ def _count_note(cut: str, default: bool, steered: bool, cross_fit: int, clean_re
     use the clean set for want of a class, why."""
     if cut == STEERED_CUT and steered:
         return _steered_folds_note() if cross_fit else _small_clean_note(clean_ref["clean_labels"])
-    if default and clean_ref and clean_ref["clean_steered"]:
-        return _uncovered_note(labels, clean_ref["clean_labels"], classes)
-    if default and cut == "count" and not clean_ref:
+    if default and cut == "count" and clean_ref:
+        return _uncovered_note(labels, clean_ref["clean_labels"], classes, clean_ref["clean_steered"])
+    if default and cut == "count":
         return _unchecked_note()
     return None
 
@@ -204,16 +204,19 @@ def _unchecked_note() -> str:
             "review it from the top, or give the run a verified clean set to check the count against")
 
 
-def _uncovered_note(labels: np.ndarray, clean_labels: np.ndarray, classes: list[str]) -> str | None:
-    """Where the clean set lacks a labelled class, the count it would calibrate cannot be fitted,
-    and the default falls back to confident learning's: say which classes, and the fix."""
+def _uncovered_note(labels: np.ndarray, clean_labels: np.ndarray, classes: list[str], steered: bool) -> str | None:
+    """Where the clean set lacks a labelled class, the count it would calibrate (``steered``) or
+    check cannot be had, and the default falls back to confident learning's: say which classes,
+    and the fix."""
     missing = uncovered_classes(labels, clean_labels)
     if not len(missing):
         return None
     names = ", ".join(class_name(classes or None, int(c)) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
-    return (f"the clean set has no sample of class(es) {names}, so the count is confident learning's estimate, not the "
-            f"one the clean set's confusion explains (it runs high where a meta step or the model learned from the "
-            f"clean set, benchmarks/RESULTS.md, 'Label issues: the calibrated cut'); add clean samples of every class")
+    instead = ("not the one the clean set's confusion explains (it runs high where a meta step or the model learned "
+               "from the clean set" if steered else
+               "unchecked by the held-out clean set (it runs high where the model is unsure of whole classes")
+    return (f"the clean set has no sample of class(es) {names}, so the count is confident learning's estimate, "
+            f"{instead}, benchmarks/RESULTS.md, 'Label issues: the calibrated cut'); add clean samples of every class")
 
 
 def _steered_folds_note() -> str:
