@@ -3,6 +3,7 @@ default, a clean set drawn from unverified labels warned about, and one line tha
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -763,6 +764,10 @@ def test_a_meta_set_selected_from_own_labels_claims_no_purity_it_cannot_know(tmp
     record = json.loads((tmp_path / "run" / "meta_set.json").read_text())["selections"][0]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["purity"] is None and metrics["meta_set"][0]["purity"] is None
+    if importlib.util.find_spec("matplotlib"):  # the report marks the best-val numbers the selected set chose
+        assert main(["report", str(tmp_path / "run")]) == 0
+        assert "* measured on the meta set selected from the noisy training data" in \
+            (tmp_path / "run" / "report.html").read_text()
     code, out, err = run(tmp_path, capsys, *flags, "--noise", "symmetric:0.2", "--lr", "0.2")
     assert code == 0, err
     purity = json.loads((tmp_path / "run" / "meta_set.json").read_text())["selections"][0]["purity"]

@@ -344,11 +344,18 @@ def _html(target, runs, figures, detection_rows, extra, diverged=(), own=False) 
              f"<h1>l2b report</h1><p>{esc(str(target))}: {len(runs)} run(s).</p>",
              "<h2>Results</h2><table><tr><th>method</th><th>noise</th><th>seed</th><th>test acc last</th>"
              "<th>test acc at best val</th><th>best val</th><th>s / epoch</th></tr>"]
+    biased = False  # a meta set selected from the noisy data chose the best epoch: its own accuracy
     for r in sorted(runs, key=lambda r: (r["method"], r["noise"], r["seed"])):
+        mark = "*" if "biased" in str(r.get("model_selection", "")) else ""
+        biased = biased or bool(mark)
         parts.append(f"<tr><td>{esc(r['method'])}</td><td>{esc(r['noise'])}</td><td>{r['seed']}</td>"
-                     f"<td>{_num(r['test_acc_last'])}</td><td>{_num(r['test_acc_at_best_val'])}</td>"
-                     f"<td>{_num(r['best_val_acc'])}</td><td>{_num(r['epoch_seconds'])}</td></tr>")
+                     f"<td>{_num(r['test_acc_last'])}</td><td>{_num(r['test_acc_at_best_val'])}{mark}</td>"
+                     f"<td>{_num(r['best_val_acc'])}{mark}</td><td>{_num(r['epoch_seconds'])}</td></tr>")
     parts.append("</table>")
+    if biased:
+        parts.append("<p>* measured on the meta set selected from the noisy training data (no verified clean "
+                     "set): biased, since the model chose it; the test accuracy at the last epoch is the number to "
+                     "report.</p>")
     if own:
         parts.append("<p>Runs on your own labels with no noise injected: which labels are wrong is not known here, so "
                      "the report draws no noise-detection figures for them. <code>l2b label-issues RUN --show 32</code> "
