@@ -77,6 +77,7 @@ CLEAN_QUANTILE = 0.1
 # how far a row of probabilities may sum from 1: a softmax in bfloat16 (autocast) rounds each entry
 # to 8 bits, and its rows sum to 1 within about 0.4%; logits and unnormalised scores sum far from it
 ROW_SUM_TOLERANCE = 0.01
+ROW_SUM_EXACT = 1e-3  # a float32 softmax's rows sum to 1 within this: they are taken exactly as given
 
 
 def as_numpy(x) -> np.ndarray:
@@ -134,8 +135,7 @@ def check_pred_probs(pred_probs, n: int, name: str = "pred_probs", labels: str =
         raise ValueError(f"{name} row {row} sums to {sums[row]:.4g}, not 1 ({int(off.sum())} row(s)): these are "
                          f"not probabilities; apply a softmax to logits (scipy.special.softmax(x, axis=1))")
     # a softmax taken in half precision sums to 1 only to its rounding: those rows are scaled to sum to 1
-    # (rows within 1e-3 of it, as float32 softmaxes are, are left exactly as given)
-    loose = np.abs(sums - 1.0) > 1e-3
+    loose = np.abs(sums - 1.0) > ROW_SUM_EXACT
     if loose.any():
         p = p.copy()  # not the caller's array
         p[loose] /= sums[loose, None]

@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, own_labels
+from .config import TrainConfig, labels_as_given
 from .config_checks import check_device, load_yaml
 from .rundir import config_differences, read_json
 from .train import train
@@ -252,7 +252,7 @@ def summarize(out: Path) -> list[dict[str, Any]]:
     groups = group_runs(out)
     rows = [summary_row(method, noise, runs) for (method, noise), runs in groups.items()]
     own = {noise for (_, noise), runs in groups.items()
-           if noise == "none" and any(own_labels(r["config"].get("data", "")) for r in runs)}
+           if any(labels_as_given(r["config"].get("data", ""), noise) for r in runs)}
     with open(out / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()

@@ -31,6 +31,11 @@ def own_labels(data: str) -> bool:
     return data.partition(":")[0] in OWN_LABEL_DATA
 
 
+def labels_as_given(data: str, noise: str) -> bool:
+    """Training on the user's own labels with no noise injected: which of them are wrong is unknown."""
+    return own_labels(data) and noise == "none"
+
+
 def setting(default: Any = MISSING, help: str = "", factory: Any = MISSING, choices: tuple | None = None):
     """A TrainConfig field with its one-line help and, for a choice, its allowed values: the CLI's
     ``--help`` and ``validate()`` read both from here, so each choice is typed once."""

@@ -91,11 +91,11 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     elif score != "model":
         raise FileNotFoundError(f"{run}: no weights.npz (method without per-sample weights); use --score model")
     config = read_json(run / "config.json", need=("config",))["config"] if (run / "config.json").is_file() else {}
-    from .config import own_labels
+    from .config import labels_as_given
 
     val_index = labels["val_index"].astype(np.int64)
     # a clean set drawn from the user's own training labels is as unverified as the rest: score it
-    with_clean = bool(len(val_index)) and own_labels(config.get("data", "")) and config.get("noise") == "none"
+    with_clean = bool(len(val_index)) and labels_as_given(config.get("data", ""), config.get("noise"))
     # a verified clean set is the reference of the default cut; one the model learned from serves
     # only clean-confusion's count, which confident learning's caps
     reference = not with_clean and config.get("method") in METHODS

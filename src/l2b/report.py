@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .compare import collect
-from .config import own_labels
+from .config import labels_as_given
 from .rundir import read_npz, writable_dir
 from .runlock import atomic_write
 from .detect import detection_metrics, roc_auc
@@ -113,7 +113,7 @@ def accuracy_figure(runs, path: Path, key: str = "test_acc") -> Path:
             x, y = _mean_curve(curves[(method, noise)], key)
             ax.plot(x, y, label=method, marker="o", markersize=2.5, **method_style(method, methods))
         seeds = "/".join(map(str, seeds_here))
-        own = noise == "none" and any(_truth_unknown(r) for r in runs if r["noise"] == noise)
+        own = any(_truth_unknown(r) for r in runs if r["noise"] == noise)
         setting = "your own labels, no noise injected" if own else f"noise {noise}"
         ax.set(title=f"{setting} (mean of {seeds} seed{'s' if seeds != '1' else ''})", xlabel="epoch",
                ylabel="test accuracy (%)" if key == "test_acc" else "clean-set accuracy (%)")
@@ -329,7 +329,7 @@ def write_report(target: str | Path, out: str | Path | None = None) -> Path:
 
 def _truth_unknown(run: dict) -> bool:
     """A run on the user's own labels with no injected noise: which labels are wrong is unknown."""
-    return run["noise"] == "none" and own_labels(run["config"].get("data", ""))
+    return labels_as_given(run["config"].get("data", ""), run["noise"])
 
 
 def _num(value) -> str:
@@ -346,7 +346,7 @@ def _html(target, runs, figures, detection_rows, extra, diverged=(), own=False) 
              "<th>test acc at best val</th><th>best val</th><th>s / epoch</th></tr>"]
     biased = False  # a meta set selected from the noisy data chose the best epoch: its own accuracy
     for r in sorted(runs, key=lambda r: (r["method"], r["noise"], r["seed"])):
-        mark = "*" if "biased" in str(r.get("model_selection", "")) else ""
+        mark = "*" if r.get("meta_set") else ""  # the selections of --meta-set select
         biased = biased or bool(mark)
         parts.append(f"<tr><td>{esc(r['method'])}</td><td>{esc(r['noise'])}</td><td>{r['seed']}</td>"
                      f"<td>{_num(r['test_acc_last'])}</td><td>{_num(r['test_acc_at_best_val'])}{mark}</td>"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .calibrate import uncovered_classes
-from .config import TrainConfig, own_labels
+from .config import TrainConfig, labels_as_given, own_labels
 from .config_checks import parse_holdout
 from .data import FILE_DATASETS, ArrayDataset, FileDataset, clean_val_split, load_dataset
 from .data.batches import FileData, TensorData
@@ -46,7 +46,7 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
         train_idx, val_idx = clean_val_split(y_all, per_class=cfg.val_per_class, total=cfg.val_total, seed=cfg.seed,
                                              class_names=list(ds.classes))
         size = f"{cfg.val_per_class} per class" if cfg.val_per_class is not None else f"{cfg.val_total} in all"
-        if own and cfg.noise == "none":
+        if labels_as_given(cfg.data, cfg.noise):
             source = f"drawn from your training labels, {size}, unverified"
             warn(f"the clean set is drawn from your own training labels ({size}), which nobody has verified: it "
                  f"inherits their errors. Give a verified clean set ({where}) if you have one; `l2b label-issues` "
@@ -131,9 +131,9 @@ def has_test(prep: Prepared) -> bool:
 def truth_in_words(cfg: TrainConfig) -> str | None:
     """What the training samples' true labels (``Prepared.y_true``) are, in words; None where nobody
     knows them: your own labels as given (or a real-noise dataset's), with no noise injected."""
-    if not own_labels(cfg.data):
-        return "the true labels"
-    return None if cfg.noise == "none" else "your labels before the injected noise"
+    if labels_as_given(cfg.data, cfg.noise):
+        return None
+    return "your labels before the injected noise" if own_labels(cfg.data) else "the true labels"
 
 
 def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) -> str:
