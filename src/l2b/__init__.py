@@ -9,6 +9,7 @@ from .engines import ForwardADUnsupported
 from .meta import MetaWeights, bootstrap_loss, meta_weights
 from .metaset import select_meta_set
 from .normalize import normalize_weights
+from .predict import Classifier, load_model
 from .step import L2B, StepResult
 
 from .version import __version__
@@ -25,5 +26,7 @@ __all__ = [
     "select_meta_set",
     "rank_label_issues",
     "LabelIssues",
+    "load_model",
+    "Classifier",
     "__version__",
 ]

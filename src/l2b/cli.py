@@ -21,6 +21,7 @@ from .rundir import NOT_RESULTS, read_json
 from .calibrate import CUTS, DEFAULT_CUT, HELD_OUT_CUT, STEERED_CUT
 from .console import first_rank, format_warning, one_line
 from .detect import SCORES
+from .predict import WHICH
 from .run_scores import MODELS
 from .cli_flags import add_config_flags, add_option_flags, option_flags, options_table
 from .train import train
@@ -159,6 +160,26 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import console_line, write_predictions
+
+    s = write_predictions(args.dir, args.inputs, out=args.out, which=args.model, top=args.top,
+                          on_bad_images=args.on_bad_images, array=args.array, workers=args.workers,
+                          device=args.device, data=args.data)
+    print(console_line(s))
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
+    return value
+
+
 def _folds(text: str) -> int:
     try:
         value = int(text)
@@ -243,6 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how a label is scored: " + "; ".join(f"{k}: {v}" for k, v in SCORES.items()).replace("%", "%%")
                          + " (auto: model, the best ranking in benchmarks/label_issues.py)")
     li.set_defaults(func=cmd_label_issues)
+    pr = sub.add_parser("predict", allow_abbrev=False, help="classify new images with a run's model, into a csv",
+                        description="Classify new inputs with the model of RUN_DIR, prepared as the run's test set was "
+                                    "(the training data are not needed), and write a csv of each input's most probable "
+                                    "classes.")
+    pr.add_argument("dir", metavar="RUN_DIR")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image files or folders of them (searched through) for a run on image files; .npz or .npy "
+                         "files of uint8 images (N×H×W or N×H×W×C) for a run on arrays")
+    pr.add_argument("--model", default="auto", choices=list(WHICH),
+                    help="; ".join(f"{k}: {v}" for k, v in WHICH.items()))
+    pr.add_argument("--out", help="the csv to write (default RUN_DIR/predictions.csv)")
+    pr.add_argument("--top", type=_positive, default=1, metavar="K", help="the K most probable classes of each input")
+    pr.add_argument("--array", metavar="NAME", help="the npz array that holds the images (default: its only array, "
+                                                   "else x, else x_test)")
+    pr.add_argument("--on-bad-images", default="error", choices=["error", "skip"],
+                    help="an unreadable image file: stop naming it (error) or leave it out, named in a warning (skip)")
+    pr.add_argument("--workers", type=int, default=None, help="processes that decode image files (default: none for "
+                                                              "a batch of them or fewer, else as training's default)")
+    pr.add_argument("--device", help="where the model runs (default: the run's device where this machine has it, "
+                                     "else cpu)")
+    pr.add_argument("--data", metavar="SPEC", help="the run's dataset where it is now: needed only for runs of l2b "
+                                                   "versions that did not record how their inputs were prepared")
+    pr.set_defaults(func=cmd_predict)
     o = sub.add_parser("options", allow_abbrev=False, help="every method's options: values, default, help")
     o.add_argument("methods", nargs="?", metavar="METHOD[,METHOD]", help="only these methods")
     o.set_defaults(func=cmd_options)

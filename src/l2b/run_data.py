@@ -4,6 +4,7 @@ and the three splits (noisy train, clean validation, test) ready to batch on the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,6 +158,19 @@ def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) ->
         text += (f"; meta set {cfg.meta_set} from the noisy data after {cfg.warmup_epochs} warm-up epoch(s)"
                  + (f", again every {cfg.meta_refresh}" if cfg.meta_refresh else ""))
     return text + (f"; resuming at epoch {start_epoch + 1}/{cfg.epochs}" if start_epoch else "")
+
+
+def model_inputs(ds) -> dict[str, Any]:
+    """How a dataset's images reach its model (recorded in config.json as ``data.inputs``): for
+    in-memory arrays their channels, size and per-channel normalisation; for image files the crop
+    size, the transform, the normalisation and whether they are read as one's own photos."""
+    if isinstance(ds, FileDataset):
+        return {"kind": "images", "channels": ds.in_channels, "size": ds.image_size, "transform": ds.transform,
+                "mean": [float(v) for v in ds.mean], "std": [float(v) for v in ds.std], "own_photos": ds.own_photos}
+    mean, std = ds.mean_std()
+    _, c, h, w = ds.x_train.shape
+    return {"kind": "arrays", "channels": int(c), "height": int(h), "width": int(w),
+            "mean": mean.tolist(), "std": std.tolist()}
 
 
 def build_splits(cfg: TrainConfig, prep: Prepared, device: torch.device, shard=(0, 1)):

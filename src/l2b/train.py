@@ -29,8 +29,8 @@ from .data.reader import close_readers
 from .distributed import current_sync
 from .methods import create_method, learns_from_clean, needs_of
 from .metaset import MetaSetSelector, parse_meta_set
-from .run_data import (build_splits, check_same_data, data_fingerprint, data_line, has_test, prepare_data,
-                       truth_in_words, warn)
+from .run_data import (build_splits, check_same_data, data_fingerprint, data_line, has_test, model_inputs,
+                       prepare_data, truth_in_words, warn)
 from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, fit_sample, train_step
 from .memorisation import early_epoch, fit_gaps
 from .run_state import EPOCH_ORDER_SALT, checkpoint_state, epoch_context, restore_checkpoint, run_setup
@@ -129,7 +129,8 @@ def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | No
         "config": asdict(cfg), "environment": environment(),
         "data": {"train": len(train_data), "clean_val": len(val_data), "test": len(test_data),
                  "noise_rate": prep.noise_rate, "classes": list(prep.ds.classes),
-                 "fingerprint": data_fingerprint(cfg, prep, splits), "located": located_spec(cfg.data)},
+                 "fingerprint": data_fingerprint(cfg, prep, splits), "located": located_spec(cfg.data),
+                 "inputs": model_inputs(prep.ds)},
         "resolved": {"clip_grad_norm": clip, "threads": torch.get_num_threads(), "method_options": method_options or {}},
         "world_size": world}, indent=2)
     atomic_npz(out / "labels.npz", train_index=prep.train_idx, noisy=prep.y_noisy, true=prep.y_true,

@@ -172,7 +172,7 @@ def load_cifar100(path: str | None) -> ArrayDataset:
     return ds.check()
 
 
-def _nchw(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
+def nchw(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
     """Images stored N×H×W or N×H×W×C (C in 1, 3, 4) as an N×C×H×W uint8 tensor; anything else is
     a one-line error that names the array and the conversion to make."""
     if x.dtype.kind == "f":
@@ -242,7 +242,7 @@ def load_npz(path: str | None) -> ArrayDataset:
     labels = {k: _array(z, p, k) for k in keys}
     for k, y in labels.items():
         _check_label_array(y, p, k)
-    images = {k: _nchw(_array(z, p, k), p, k) for k in ("x_train", "x_test", "x_val") if k in files}
+    images = {k: nchw(_array(z, p, k), p, k) for k in ("x_train", "x_test", "x_val") if k in files}
     for k in images:
         if len(images[k]) == 0:
             raise ValueError(f"{p}: {k} is empty" + ("; an npz dataset needs training images" if k == "x_train" else

@@ -124,8 +124,14 @@ RGB_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CM
 
 def read_rgb(path, short: int, own_photos: bool):
     """The image of ``path`` as 8-bit RGB (:func:`as_rgb`); one of your own photos (``own_photos``)
-    read no larger than a short side of ``short`` needs and turned upright (:func:`upright`)."""
-    with pil_image().open(path) as im:
+    read no larger than a short side of ``short`` needs and turned upright (:func:`upright`). ``path``
+    may be an image already open (a PIL image)."""
+    Image = pil_image()
+    if isinstance(path, Image.Image):
+        from PIL import ImageOps
+
+        return as_rgb(ImageOps.exif_transpose(path) if own_photos else path)
+    with Image.open(path) as im:
         return as_rgb(upright(im, short) if own_photos else im)
 
 
