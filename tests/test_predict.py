@@ -115,6 +115,21 @@ def test_a_run_on_image_files_classifies_files_folders_and_pil_images(tmp_path, 
     assert [(r["path"], r["predicted"]) for r in got] == [(str(new / "blue.png"), "dog"), (str(new / "red.jpg"), "cat"),
                                                           (str(single), "dog")]
 
+    # lists of images, as a labelling tool exports them: a path column (other columns ignored), or a path a line
+    (new / "list.csv").write_text("image;note\nred.jpg;bright\n\nblue.png;dark\n", encoding="utf-8-sig")
+    (tmp_path / "list.txt").write_text(f"new/blue.png\n{single}\n")
+    assert main(["predict", str(run_dir), str(new / "list.csv"), str(tmp_path / "list.txt")]) == 0
+    got = rows(run_dir / "predictions.csv")
+    assert [(r["path"], r["predicted"]) for r in got] == [("red.jpg", "cat"), ("blue.png", "dog"),
+                                                          ("new/blue.png", "dog"), (str(single), "dog")]
+    (tmp_path / "gone.txt").write_text("new/red.jpg\nnew/missing.png\n")
+    assert main(["predict", str(run_dir), str(tmp_path / "gone.txt")]) == 2
+    assert "1 unreadable image(s): " + str(new / "missing.png") in capsys.readouterr().err
+    (tmp_path / "nopath.csv").write_text("name,label\na.png,cat\n")
+    assert main(["predict", str(run_dir), str(tmp_path / "nopath.csv")]) == 2
+    assert "nopath.csv: no path column (path or file or filename or image) in its header (name, label)" in \
+        capsys.readouterr().err
+
 
 def test_bad_inputs_are_one_line_each(tmp_path, capsys):
     pytest.importorskip("PIL")

@@ -191,27 +191,70 @@ def _rebuilt_inputs(run: Path, data: str | None) -> dict[str, Any]:
                                 f"were prepared, so its dataset is read for it.)") from None
 
 
-def input_images(paths: Sequence[str | Path], on_bad_images: str = "error") -> list[Path]:
-    """The image files named by ``paths``: files as given, folders searched through (as a class
-    folder is: sub-folders included, hidden files left out), in order; unreadable ones an error
-    naming them, or with ``on_bad_images="skip"`` left out with a warning naming them."""
+def input_images(paths: Sequence[str | Path], on_bad_images: str = "error") -> list[tuple[Path, str]]:
+    """(image file, its name in the csv) for everything ``paths`` names: image files as given;
+    folders searched through (as a class folder is: sub-folders included, hidden files left out);
+    lists of images (a .csv with a path column, a .txt of one path a line, each relative to the
+    list's folder and named as listed). Unreadable images are an error naming them, or with
+    ``on_bad_images="skip"`` left out with a warning naming them."""
     from .data.files import IMAGE_SUFFIXES, image_files
     from .data.images import check_images
 
-    found: list[Path] = []
+    found: list[tuple[Path, str]] = []
     for given in map(Path, paths):
         if given.is_dir():
             inside = image_files(given)
             if not inside:
                 raise ValueError(f"{given}: a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            found += inside
+            found += [(p, str(p)) for p in inside]
+        elif given.is_file() and given.suffix.lower() in (".csv", ".txt"):
+            found += listed_images(given)
         elif given.is_file():
-            found.append(given)
+            found.append((given, str(given)))
         else:
             raise FileNotFoundError(f"{given}: no such file or folder")
     if not found:
-        raise ValueError("no inputs given: name image files or folders of them")
-    return [p for p, _ in check_images([(p, -1) for p in found], on_bad_images, "the inputs")]
+        raise ValueError("no inputs given: name image files, folders of them, or lists of them")
+    readable = {p for p, _ in check_images(found, on_bad_images, "the inputs")}
+    return [(p, shown) for p, shown in found if p in readable]
+
+
+def listed_images(path: Path) -> list[tuple[Path, str]]:
+    """The images a list names, relative to its folder: a .csv with a header naming a path column
+    (as a csv dataset's; other columns ignored) or a .txt of one path a line."""
+    import csv
+    import io
+
+    from .data.files import CSV_COLUMNS, csv_text
+
+    text = csv_text(path)
+    if path.suffix.lower() == ".txt":
+        names = [line.strip() for line in text.splitlines()]
+    else:
+        try:  # Excel writes ; where the decimal mark is a comma
+            dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        reader = csv.reader(io.StringIO(text, newline=""), dialect)
+        header = [h.strip().lower() for h in next(reader, [])]
+        column = next((i for i, h in enumerate(header) if h in CSV_COLUMNS["path"]), None)
+        if column is None:
+            raise ValueError(f"{path}: no path column ({' or '.join(CSV_COLUMNS['path'])}) in its header "
+                             f"({', '.join(header) or 'empty'}); a list of images has one")
+        names = []
+        for row in reader:
+            if len(row) <= column and any(cell.strip() for cell in row):
+                raise ValueError(f"{path} line {reader.line_num}: {len(row)} fields, no path")
+            names.append(row[column].strip() if len(row) > column else "")
+    listed = []
+    for name in filter(None, names):
+        file = path.parent / name  # an absolute path stays as it is
+        if "\\" in name and os.sep == "/" and not file.exists():  # a list written on Windows (new\1.jpg)
+            file = path.parent / name.replace("\\", "/")
+        listed.append((file, name))
+    if not listed:
+        raise ValueError(f"{path}: lists no images")
+    return listed
 
 
 def input_arrays(paths: Sequence[str | Path], array: str | None = None) -> list[tuple[str, np.ndarray]]:
@@ -267,8 +310,8 @@ def write_predictions(run: str | Path, inputs: Sequence[str | Path], out: str | 
         files = input_images(inputs, on_bad_images)
         if workers is None:
             workers = 0 if len(files) <= clf.batch_size else min(8, os.cpu_count() or 1)
-        probs = clf.predict_proba(files, workers)
-        names = [[str(f)] for f in files]
+        probs = clf.predict_proba([f for f, _ in files], workers)
+        names = [[shown] for _, shown in files]
         head = ["path"]
     else:
         names, parts = [], []
