@@ -47,6 +47,9 @@ def test_a_run_on_arrays_classifies_new_images_as_it_scored_its_test_set_without
     np.testing.assert_array_equal(clf.predict_proba(torch.from_numpy(x_test)[:, None]), expected)  # N×C×H×W tensor
     np.testing.assert_array_equal(clf.predict_proba(x_test[..., None]), expected)  # N×H×W×C
     assert clf.predict(x_test[:5]) == [str(k) for k in expected[:5].argmax(1)]
+    clf.model.train()  # a caller that went on training it: still classified in eval mode, and left as it was
+    np.testing.assert_array_equal(clf.predict_proba(x_test), expected)
+    assert clf.model.training
     final = load_model(run_dir, "final")
     np.testing.assert_array_equal(final.predict_proba(x_test), split_probs(run_dir, "final", 2))
     assert final.epoch == 3 and final.description == "checkpoint.pt (epoch 3 of 3)"

@@ -55,8 +55,10 @@ class Classifier:
         return self._probabilities(self._prepared(inputs, workers))
 
     def _probabilities(self, batches) -> np.ndarray:
+        from .models import eval_mode
+
         rows = []
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(self.model):  # eval mode even if the caller trained the model since
             for batch in batches:
                 rows.append(torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu())
         if not rows:
