@@ -170,24 +170,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
-    return value
+def _at_least(least: int, unit: str = "", hint: str = ""):
+    """An argparse type: a whole number of ``least`` or more (``unit``, e.g. folds, names it)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number" + (f" of {unit}" if unit else "")) from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}{' ' + unit if unit else ''}: give {least} or more{hint}")
+        return value
+
+    return parse
 
 
-def _folds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of folds") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"{value} folds: give 2 or more (5 is usual)")
-    return value
+_positive = _at_least(1)
+_folds = _at_least(2, "folds", " (5 is usual)")
 
 
 def _unit_interval(text: str) -> float:
@@ -280,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "else x, else x_test)")
     pr.add_argument("--on-bad-images", default="error", choices=["error", "skip"],
                     help="an unreadable image file: stop naming it (error) or leave it out, named in a warning (skip)")
-    pr.add_argument("--workers", type=int, default=None, help="processes that decode image files (default: none for "
+    pr.add_argument("--workers", type=_at_least(0), default=None, help="processes that decode image files (default: none for "
                                                               "a batch of them or fewer, else as training's default)")
     pr.add_argument("--device", help="where the model runs (default: the run's device where this machine has it, "
                                      "else cpu)")
