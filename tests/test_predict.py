@@ -56,7 +56,7 @@ def test_a_run_on_arrays_classifies_new_images_as_it_scored_its_test_set_without
 
     data.rename(tmp_path / "gone.npz")  # the training data are not needed to classify new images
     np.save(tmp_path / "new.npy", x_test[:7])
-    assert main(["predict", str(run_dir), str(tmp_path / "new.npy"), "--top", "2"]) == 0
+    assert main(["predict", str(run_dir), str(tmp_path / "new.npy"), "--top", "2", "--batch-size", "3"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"wrote {run_dir / 'predictions.csv'}: 7 inputs classified by best_model.pt (epoch ")
     got = rows(run_dir / "predictions.csv")

@@ -165,7 +165,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     s = write_predictions(args.dir, args.inputs, out=args.out, which=args.model, top=args.top,
                           on_bad_images=args.on_bad_images, array=args.array, workers=args.workers,
-                          device=args.device, data=args.data)
+                          device=args.device, data=args.data, batch_size=args.batch_size)
     print(console_line(s))
     return 0
 
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "else x, else x_test)")
     pr.add_argument("--on-bad-images", default="error", choices=["error", "skip"],
                     help="an unreadable image file: stop naming it (error) or leave it out, named in a warning (skip)")
+    pr.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+                    help="inputs per forward pass (default: the run's --eval-batch-size)")
     pr.add_argument("--workers", type=_at_least(0), default=None, help="processes that decode image files (default: none for "
                                                               "a batch of them or fewer, else as training's default)")
     pr.add_argument("--device", help="where the model runs (default: the run's device where this machine has it, "

@@ -294,7 +294,8 @@ def input_arrays(paths: Sequence[str | Path], array: str | None = None) -> list[
 
 def write_predictions(run: str | Path, inputs: Sequence[str | Path], out: str | Path | None = None,
                       which: str = "auto", top: int = 1, on_bad_images: str = "error", array: str | None = None,
-                      workers: int | None = None, device: str | None = None, data: str | None = None) -> dict[str, Any]:
+                      workers: int | None = None, device: str | None = None, data: str | None = None,
+                      batch_size: int | None = None) -> dict[str, Any]:
     """``l2b predict``: classify ``inputs`` (image files and folders of them, or .npz/.npy arrays,
     as the run trained) with a model of ``run``, and write a csv (default RUN/predictions.csv) of
     each input's ``top`` most probable classes. ``workers``: processes that decode image files
@@ -306,7 +307,7 @@ def write_predictions(run: str | Path, inputs: Sequence[str | Path], out: str | 
 
     if top < 1:
         raise ValueError(f"--top {top}: give 1 or more")
-    clf = load_model(run, which, device=device, data=data)
+    clf = load_model(run, which, device=device, data=data, batch_size=batch_size)
     top = min(top, len(clf.classes))
     if clf.inputs["kind"] == "images":
         files = input_images(inputs, on_bad_images)
