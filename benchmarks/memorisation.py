@@ -64,7 +64,7 @@ RESULTS_MD = HERE / "RESULTS.md"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, 40%% symmetric, 200 samples, 1 epoch, width 8")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 40%% symmetric, 200 samples, 20 clean per class, 1 epoch, width 8")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist or fashion-mnist:DIR")

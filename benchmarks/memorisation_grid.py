@@ -18,7 +18,7 @@ RECIPE = dict(
 NOISES = ["symmetric:0.2", "symmetric:0.4", "symmetric:0.6", "asymmetric:0.4", "instance:0.4"]
 REGIME_NOISE = "symmetric:0.4"
 REGIME_GAP = 5.0  # CE's best-val minus last-epoch test accuracy that defines the regime
-QUICK = dict(noises=["symmetric:0.4"], seeds=1, train_subset=200, epochs=1, warmup_epochs=0, width=8)
+QUICK = dict(noises=["symmetric:0.4"], seeds=1, train_subset=200, epochs=1, warmup_epochs=0, width=8, val_per_class=20)
 # Variants run beside the grid, each in its own directory (OUT-variants/NAME/...): L2B with the
 # approximate last-layer engine, compared seed by seed with exact L2B.
 VARIANTS = {"l2b-last-layer": dict(method="l2b", method_args={"engine": "last-layer"},
@@ -41,7 +41,7 @@ def build_grid(args, out: Path):
 
     recipe = dict(RECIPE, data=args.data)
     if args.quick:
-        recipe.update({k: QUICK[k] for k in ("train_subset", "epochs", "warmup_epochs", "width")})
+        recipe.update({k: QUICK[k] for k in ("train_subset", "epochs", "warmup_epochs", "width", "val_per_class")})
     recipe.update({k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None})
     base = TrainConfig(**recipe, progress="none")
     noises = QUICK["noises"] if args.quick else NOISES

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import statistics
 from pathlib import Path
 
@@ -291,13 +290,12 @@ def _torch_version() -> str:
 
 
 def figures(out: Path, dest: Path) -> list[Path]:
-    """``l2b report`` on the grid; the accuracy and weight figures copied next to the results."""
-    from l2b.report import write_report
+    """The grid's accuracy and weight figures, as ``l2b report`` draws them, next to the results
+    (``l2b report OUT`` draws the rest)."""
+    from l2b.compare import collect
+    from l2b.report import accuracy_figure, separation_figure
 
-    write_report(out)
+    runs = collect(out)
     dest.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for name in ("accuracy.png", "separation.png"):
-        if (out / name).is_file():
-            copied.append(Path(shutil.copy(out / name, dest / name)))
-    return copied
+    drawn = [accuracy_figure(runs, dest / "accuracy.png"), separation_figure(runs, dest / "separation.png")]
+    return [p for p in drawn if p is not None]
