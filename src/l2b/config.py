@@ -9,6 +9,7 @@ naming the setting); ``validate()`` then checks ranges and contradictions.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -63,6 +64,9 @@ class TrainConfig:
     train_subset: int | None = setting(None, "keep only this many random noisy training samples")
     holdout: str | None = setting(None, "F/K: leave out the F-th of K folds of the noisy training samples, each "
                                         "class dealt evenly (l2b label-issues --cross-fit trains these)")
+    exclude: str | None = setting(None, "a csv of training samples to leave out, e.g. a reviewed label_issues.csv: "
+                                        "rows name them by index (their position in the dataset's training set, as "
+                                        "label-issues writes it) or by path (image files)")
     train_on_clean: bool = setting(False, "also train on the clean set, with its clean labels (it stays the "
                                           "validation set, so the best-val epoch is then chosen on training data)")
     batches_per_epoch: int | None = setting(None, "batches per epoch (default: one pass over the training set)")
@@ -147,6 +151,8 @@ class TrainConfig:
         # a selected meta set leaves the noisy stream and is selected again every fifth of the run
         # (benchmarks/no_clean_set.py); without one these are 0 / False, as every run has recorded
         select = self.meta_set != "clean"
+        if self.exclude:  # found from any working directory later (label-issues, report)
+            self.exclude = str(Path(self.exclude).resolve())
         if self.meta_refresh is None:
             self.meta_refresh = max(1, self.epochs // 5) if select else 0
         if self.meta_set_leaves is None:
@@ -200,6 +206,9 @@ class TrainConfig:
         self._check_meta_set()
         if self.holdout is not None:
             parse_holdout(self.holdout)
+        if self.exclude is not None and not Path(self.exclude).is_file():
+            raise FileNotFoundError(f"--exclude {self.exclude}: file not found; give a csv of the training samples to "
+                                    f"leave out (e.g. a label_issues.csv)")
         for name in ("width", "val_batch_size", "eval_batch_size", "image_size", "val_per_class", "val_total",
                      "train_subset", "threads", "test_every"):
             value = getattr(self, name)

@@ -4,6 +4,7 @@ and the three splits (noisy train, clean validation, test) ready to batch on the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ class Prepared:
     noise_rate: float
     transition: np.ndarray
     clean_source: str = ""  # where the clean set comes from, in words
+    excluded: tuple[int, int] = (0, 0)  # training and clean samples left out by --exclude
 
 
 def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
@@ -85,6 +87,15 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
         coarse_labels=None if ds.coarse_train is None else ds.coarse_train.numpy(),
         mapping=ds.asymmetric_map, features=features, data_dir=ds.root,
     )
+    excluded = (0, 0)
+    if cfg.exclude:  # after the clean split is drawn, so that a run with and without it draws the same one
+        gone = excluded_positions(Path(cfg.exclude), ds)
+        kept_train = np.setdiff1d(train_idx, gone)
+        kept_val = None if val_idx is None else np.setdiff1d(val_idx, gone)
+        excluded = (len(train_idx) - len(kept_train), 0 if val_idx is None else len(val_idx) - len(kept_val))
+        train_idx, val_idx = kept_train, kept_val
+        if not len(train_idx):
+            raise ValueError(f"--exclude {cfg.exclude} leaves out every training sample; nothing is left to train on")
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train_idx):
             raise ValueError(f"train_subset={cfg.train_subset} exceeds the {len(train_idx)} training samples")
@@ -95,7 +106,61 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
         train_idx = np.delete(train_idx, fold_positions(noisy.labels[train_idx], fold, folds, cfg.seed))
     y_true, y_noisy = y_all[train_idx], noisy.labels[train_idx]
     return Prepared(ds, train_idx, val_idx, y_true, y_noisy, float((y_true != y_noisy).mean()),
-                    transition_matrix(y_true, y_noisy, ds.num_classes), source)
+                    transition_matrix(y_true, y_noisy, ds.num_classes), source, excluded)
+
+
+def excluded_positions(path: Path, ds) -> np.ndarray:
+    """The training-set positions a csv names (``--exclude``): by an ``index`` column (positions,
+    as label_issues.csv writes them), else by a path column (image-file datasets: as
+    label_issues.csv writes it, or relative to the csv's folder). One line names the file, the
+    line and the value of a row that names no training sample."""
+    import csv
+    import io
+
+    from .data.files import CSV_COLUMNS, csv_text
+
+    text = csv_text(path)
+    try:
+        dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    header = [h.strip().lower() for h in next(reader, [])]
+    by_path = isinstance(ds, FileDataset) and "index" not in header
+    names = ("index",) + (CSV_COLUMNS["path"] if by_path else ())
+    column = next((i for i, h in enumerate(header) if h in names), None)
+    if column is None:
+        raise ValueError(f"--exclude {path}: no {' or '.join(names)} column in its header ({', '.join(header) or 'empty'}); "
+                         f"give a csv like label_issues.csv, whose index column names each sample to leave out")
+    split = header.index("split") if "split" in header else None
+    n = len(ds.y_train)
+    if by_path:
+        known = {}
+        for i, (p, _) in enumerate(ds.train):
+            known[ds.shown_path(p)] = known[str(Path(p).resolve())] = i
+    positions = []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"--exclude {path} line {reader.line_num}"
+        value = row[column].strip() if column < len(row) else ""
+        if split is not None and split < len(row) and row[split].strip().lower() == "test":
+            raise ValueError(f"{where}: a test sample ({value}); only training samples can be left out")
+        if by_path:
+            i = known.get(value, known.get(str((path.parent / value).resolve())))
+            if i is None:
+                raise ValueError(f"{where}: {value!r} is not one of the training images; give paths as "
+                                 f"label_issues.csv writes them, or relative to {path.parent}")
+            positions.append(i)
+            continue
+        try:
+            i = int(value)
+        except ValueError:
+            raise ValueError(f"{where}: index {value!r} is not a whole number") from None
+        if not 0 <= i < n:
+            raise ValueError(f"{where}: index {i} is outside the dataset's {n} training samples (0..{n - 1})")
+        positions.append(i)
+    return np.unique(np.array(positions, dtype=np.int64))
 
 
 def fold_positions(labels: np.ndarray, fold: int, folds: int, seed: int) -> np.ndarray:
@@ -152,6 +217,10 @@ def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) ->
         text += f"; {prep.ds.image_size}-px crops"
     if cfg.holdout is not None:
         text += f"; fold {cfg.holdout} of the training samples held out"
+    if cfg.exclude:
+        train_out, clean_out = prep.excluded
+        text += (f"; {train_out} training sample{'s' if train_out != 1 else ''} left out (--exclude)"
+                 + (f", and {clean_out} of the clean set" if clean_out else ""))
     if cfg.train_on_clean:
         text += "; the clean set also trains"
     if cfg.meta_set != "clean":
@@ -219,8 +288,6 @@ def data_fingerprint(cfg: TrainConfig, prep: Prepared, splits) -> dict:
 def check_same_data(out, fingerprint: dict, resuming: bool = True) -> None:
     """The data must be what the run started on (its config.json's fingerprint): to resume it, or
     (``resuming=False``) to score its labels with its model."""
-    from pathlib import Path
-
     saved = read_json(Path(out) / "config.json").get("data", {}).get("fingerprint")
     if saved is None:  # a run of an earlier version: nothing to compare
         return
