@@ -223,3 +223,13 @@ def test_a_run_stopped_early_is_classified_by_its_best_model_so_far(tmp_path):
     clf = load_model(tmp_path / "run")
     assert clf.which == "best" and clf.description == f"best_model.pt (epoch {best + 1} of 4)"
     assert load_model(tmp_path / "run", "final").description == "checkpoint.pt (epoch 2 of 4)"
+
+
+def test_a_run_whose_meta_set_was_selected_from_its_noisy_data_is_classified_by_its_final_model(tmp_path, capsys):
+    data = digits_npz(tmp_path / "mine.npz", with_val=False)
+    code, _, err = run(tmp_path, capsys, "--data", f"npz:{data}", "--method", "l2b", "--meta-set", "select:small-loss",
+                       "--warmup-epochs", "1", "--epochs", "3")
+    assert code == 0, err
+    assert (tmp_path / "run" / "best_model.pt").is_file()  # chosen on the selected set: biased
+    assert load_model(tmp_path / "run").which == "final"
+    assert load_model(tmp_path / "run", "best").which == "best"

@@ -18,7 +18,8 @@ import torch
 
 from .rundir import load_checkpoint, read_json
 
-WHICH = {"auto": "best_model.pt where the run has one, else the final model",
+WHICH = {"auto": "best_model.pt where a clean set chose it, else the final model (a meta set selected from the "
+                 "noisy data chose its own: biased)",
          "best": "best_model.pt (the best clean-validation epoch)",
          "final": "the last epoch's model (checkpoint.pt)",
          "early": "early_model.pt (the last epoch before it began to memorise its labels)"}
@@ -126,7 +127,7 @@ def load_model(run: str | Path, which: str = "auto", device: str | torch.device 
     """The model of a run directory (an ``l2b train --out``), in eval mode, for new inputs.
 
     ``which``: ``auto`` (best_model.pt, the best clean-validation epoch's model, where the run has
-    one, else the final model), ``best``, ``final`` or ``early``. ``device``: where it runs (default:
+    one chosen by a clean set, else the final model), ``best``, ``final`` or ``early``. ``device``: where it runs (default:
     the run's device where this machine has it, else the CPU). ``data``: the run's dataset where it
     is now, needed only by runs of l2b versions that did not record how their inputs were prepared."""
     from .config import TrainConfig
@@ -147,8 +148,8 @@ def load_model(run: str | Path, which: str = "auto", device: str | torch.device 
         from .train import load_run
 
         classes = tuple(load_run(run, device="cpu", data=data)[1].ds.classes)
-    if which == "auto":
-        which = "best" if (run / "best_model.pt").is_file() else "final"
+    if which == "auto":  # a meta set selected from the noisy data is no fair judge of its own model
+        which = "best" if (run / "best_model.pt").is_file() and cfg.meta_set == "clean" else "final"
     path = run / ("checkpoint.pt" if which == "final" else f"{which}_model.pt")
     if not path.is_file():
         why = ("it is written by runs with a clean set" if which == "best" else
