@@ -47,6 +47,10 @@ def test_a_run_on_arrays_classifies_new_images_as_it_scored_its_test_set_without
     np.testing.assert_array_equal(clf.predict_proba(torch.from_numpy(x_test)[:, None]), expected)  # N×C×H×W tensor
     np.testing.assert_array_equal(clf.predict_proba(x_test[..., None]), expected)  # N×H×W×C
     assert clf.predict(x_test[:5]) == [str(k) for k in expected[:5].argmax(1)]
+    x = clf.prepare(x_test)  # what the model takes, e.g. to export it
+    assert x.shape == (300, 1, 8, 8) and x.dtype == torch.float32
+    with torch.no_grad():
+        np.testing.assert_array_equal(torch.softmax(clf.model(x), 1).numpy(), expected)
     clf.model.train()  # a caller that went on training it: still classified in eval mode, and left as it was
     np.testing.assert_array_equal(clf.predict_proba(x_test), expected)
     assert clf.model.training

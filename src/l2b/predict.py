@@ -66,6 +66,13 @@ class Classifier:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return torch.cat(rows).numpy()
 
+    def prepare(self, inputs, workers: int = 0) -> torch.Tensor:
+        """The inputs as the model takes them: float N×C×H×W, decoded, resized, cropped and
+        normalised as the run's test set was (``inputs`` describes how), e.g. to export the model
+        or to read its features."""
+        batches = list(self._prepared(inputs, workers))
+        return torch.cat(batches) if batches else torch.zeros(0, self.inputs["channels"], 0, 0)
+
     def predict(self, inputs, workers: int = 0) -> list[str]:
         """The most probable class of each input, by name."""
         return [self.classes[k] for k in self.predict_proba(inputs, workers).argmax(axis=1)]
