@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -431,6 +432,23 @@ def test_label_issue_imbalance_benchmark_quick_mode_scores_l2b_and_cleanlab(tmp_
             r["cleanlab_flagged"] is None
         assert r["cut"] == ("clean-confusion" if r["run"].startswith("l2b") else "checked-count")
     assert "| l2b, 10 clean per class, seed 0 |" in proc.stdout and "200·0.7^k" in proc.stdout
+
+
+def test_prune_retrain_benchmark_quick_mode_trains_each_method_again_without_its_flagged_samples(tmp_path):
+    out = tmp_path / "prune"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prune_retrain.py"), "--quick", "--jobs", "1",
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["seed"]) for r in result["rows"]] == [("ce", 0), ("l2b", 0)]
+    for r in result["rows"]:
+        first = out / "digits" / "symmetric_0.4" / f"{r['method']}-s0"
+        flagged = {int(row["index"]) for row in csv.DictReader(open(first / "label_issues.csv"))}
+        assert len(flagged) == r["flagged"] > 0 and 0 <= r["precision"] <= 1
+        kept = np.load(first.with_name(first.name + "-pruned") / "labels.npz")["train_index"]
+        np.testing.assert_array_equal(kept, np.setdiff1d(np.load(first / "labels.npz")["train_index"], sorted(flagged)))
+        assert r["gain_last"] == pytest.approx(r["pruned_last"] - r["first_last"])
+    assert "| digits | symmetric:0.4 | l2b |" in proc.stdout
 
 
 def test_device_check_on_the_cpu_trains_resumes_scores_and_reports(tmp_path):

@@ -112,3 +112,18 @@ def test_exclusion_lists_that_name_nothing_trainable_are_refused(tmp_path, capsy
     assert code == 2 and "leaves out every training sample" in err, err
     code, _, err = run(tmp_path, capsys, "--data", f"folder:{tmp_path / 'imgs'}", "--exclude", str(tmp_path / "none.csv"))
     assert code == 2 and "--exclude " in err and "none.csv: file not found" in err, err
+
+
+def test_a_subset_run_keeps_its_subset_less_the_samples_named(tmp_path):
+    from l2b.config import TrainConfig
+    from l2b.train import train
+
+    base = TrainConfig(data="digits", model="mlp", width=16, epochs=1, method="ce", train_subset=500,
+                       out=str(tmp_path / "first"), progress="none")
+    train(base)
+    subset = np.load(tmp_path / "first" / "labels.npz")["train_index"]
+    outside = np.setdiff1d(np.arange(1297), subset)[:3]  # named, but never in this run's subset
+    (tmp_path / "drop.csv").write_text("index\n" + "".join(f"{i}\n" for i in [*subset[:7], *outside]))
+    cfg = TrainConfig(**{**base.__dict__, "exclude": str(tmp_path / "drop.csv"), "out": str(tmp_path / "again")})
+    train(cfg)
+    np.testing.assert_array_equal(np.load(tmp_path / "again" / "labels.npz")["train_index"], subset[7:])

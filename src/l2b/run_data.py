@@ -87,15 +87,6 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
         coarse_labels=None if ds.coarse_train is None else ds.coarse_train.numpy(),
         mapping=ds.asymmetric_map, features=features, data_dir=ds.root,
     )
-    excluded = (0, 0)
-    if cfg.exclude:  # after the clean split is drawn, so that a run with and without it draws the same one
-        gone = excluded_positions(Path(cfg.exclude), ds)
-        kept_train = np.setdiff1d(train_idx, gone)
-        kept_val = None if val_idx is None else np.setdiff1d(val_idx, gone)
-        excluded = (len(train_idx) - len(kept_train), 0 if val_idx is None else len(val_idx) - len(kept_val))
-        train_idx, val_idx = kept_train, kept_val
-        if not len(train_idx):
-            raise ValueError(f"--exclude {cfg.exclude} leaves out every training sample; nothing is left to train on")
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train_idx):
             raise ValueError(f"train_subset={cfg.train_subset} exceeds the {len(train_idx)} training samples")
@@ -104,6 +95,15 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
     if cfg.holdout is not None:
         fold, folds = parse_holdout(cfg.holdout)
         train_idx = np.delete(train_idx, fold_positions(noisy.labels[train_idx], fold, folds, cfg.seed))
+    excluded = (0, 0)
+    if cfg.exclude:  # last: the run without it, less these samples (the same clean draw, subset and fold)
+        gone = excluded_positions(Path(cfg.exclude), ds)
+        kept_train = np.setdiff1d(train_idx, gone)
+        kept_val = None if val_idx is None else np.setdiff1d(val_idx, gone)
+        excluded = (len(train_idx) - len(kept_train), 0 if val_idx is None else len(val_idx) - len(kept_val))
+        train_idx, val_idx = kept_train, kept_val
+        if not len(train_idx):
+            raise ValueError(f"--exclude {cfg.exclude} leaves out every training sample; nothing is left to train on")
     y_true, y_noisy = y_all[train_idx], noisy.labels[train_idx]
     return Prepared(ds, train_idx, val_idx, y_true, y_noisy, float((y_true != y_noisy).mean()),
                     transition_matrix(y_true, y_noisy, ds.num_classes), source, excluded)
