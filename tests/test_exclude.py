@@ -127,3 +127,21 @@ def test_a_subset_run_keeps_its_subset_less_the_samples_named(tmp_path):
     cfg = TrainConfig(**{**base.__dict__, "exclude": str(tmp_path / "drop.csv"), "out": str(tmp_path / "again")})
     train(cfg)
     np.testing.assert_array_equal(np.load(tmp_path / "again" / "labels.npz")["train_index"], subset[7:])
+
+
+def test_cross_fit_folds_split_the_training_samples_the_run_kept(tmp_path):
+    """A fold of ``label-issues --cross-fit`` holds out a fold of the run's own training samples,
+    the ones left after the exclusion: the folds the scoring reads are the folds the runs held out."""
+    from dataclasses import replace
+
+    from l2b.config import TrainConfig
+    from l2b.run_data import fold_positions, prepare_data
+
+    (tmp_path / "drop.csv").write_text("index\n" + "".join(f"{i}\n" for i in range(0, 1297, 7)))
+    cfg = TrainConfig(data="digits", method="ce", train_subset=400, exclude=str(tmp_path / "drop.csv"))
+    run = prepare_data(cfg, needs_clean=False)
+    assert run.excluded[0] > 0 and not set(run.train_idx) & set(range(0, 1297, 7))
+    for fold in (1, 2, 3):
+        held = fold_positions(run.y_noisy, fold, 3, cfg.seed)
+        part = prepare_data(replace(cfg, holdout=f"{fold}/3"), needs_clean=False)
+        np.testing.assert_array_equal(part.train_idx, np.delete(run.train_idx, held))

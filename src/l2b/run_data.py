@@ -92,11 +92,9 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
             raise ValueError(f"train_subset={cfg.train_subset} exceeds the {len(train_idx)} training samples")
         rng = np.random.Generator(np.random.PCG64(cfg.seed))
         train_idx = np.sort(rng.choice(train_idx, cfg.train_subset, replace=False))
-    if cfg.holdout is not None:
-        fold, folds = parse_holdout(cfg.holdout)
-        train_idx = np.delete(train_idx, fold_positions(noisy.labels[train_idx], fold, folds, cfg.seed))
     excluded = (0, 0)
-    if cfg.exclude:  # last: the run without it, less these samples (the same clean draw, subset and fold)
+    if cfg.exclude:  # the run without it, less these samples (the same clean draw and subset);
+        # before a fold is held out, so that a cross-fit's folds split the run's own training samples
         gone = excluded_positions(Path(cfg.exclude), ds)
         kept_train = np.setdiff1d(train_idx, gone)
         kept_val = None if val_idx is None else np.setdiff1d(val_idx, gone)
@@ -104,6 +102,9 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
         train_idx, val_idx = kept_train, kept_val
         if not len(train_idx):
             raise ValueError(f"--exclude {cfg.exclude} leaves out every training sample; nothing is left to train on")
+    if cfg.holdout is not None:
+        fold, folds = parse_holdout(cfg.holdout)
+        train_idx = np.delete(train_idx, fold_positions(noisy.labels[train_idx], fold, folds, cfg.seed))
     y_true, y_noisy = y_all[train_idx], noisy.labels[train_idx]
     return Prepared(ds, train_idx, val_idx, y_true, y_noisy, float((y_true != y_noisy).mean()),
                     transition_matrix(y_true, y_noisy, ds.num_classes), source, excluded)
