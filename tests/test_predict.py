@@ -78,7 +78,7 @@ def test_the_csv_names_the_classes_and_the_npz_array(tmp_path, capsys):
     code, _, err = run(tmp_path, capsys, "--data", f"npz:{tmp_path / 'named.npz'}", "--method", "ce")
     assert code == 0, err
     np.savez(tmp_path / "batch.npz", images=d["x_test"][:4], other=np.arange(3))
-    out = tmp_path / "p.csv"
+    out = tmp_path / "results" / "p.csv"  # a folder that is not there yet
     assert main(["predict", str(tmp_path / "run"), str(tmp_path / "batch.npz"), "--out", str(out)]) == 2
     assert "batch.npz: which array holds the images? It holds images, other; name one with --array NAME" in \
         capsys.readouterr().err

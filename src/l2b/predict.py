@@ -342,6 +342,7 @@ def write_predictions(run: str | Path, inputs: Sequence[str | Path], out: str | 
             for name, best, p in zip(names, order, probs):
                 writer.writerow(name + [v for k in best for v in (clf.classes[k], f"{p[k]:.4f}")])
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, rows)
     counts = np.bincount(order[:, 0], minlength=len(clf.classes)) if len(order) else np.zeros(len(clf.classes), int)
     return {"csv": path, "inputs": len(probs), "model": clf.description,
