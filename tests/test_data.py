@@ -264,6 +264,31 @@ def test_clean_batches_of_image_files_come_through_one_loader_and_resume_exactly
         assert _same_batches([resumed.next() for _ in range(8 - stop)], drawn[stop:])
 
 
+def test_clean_batches_dropped_unclosed_stop_their_loader_workers_at_once(tmp_path):
+    """A clean stream left without close() (a caller's error path) is freed as its last reference
+    goes, and its loader's workers stop then: in a reference cycle it waited for the collector,
+    whose shutdown of each loader took 5 s, at whatever later moment it ran."""
+    import gc
+    import multiprocessing
+
+    from l2b.data.batches import CleanBatches
+
+    data = _file_split(_speckled_folder(tmp_path), 1)
+    before = {p.pid for p in multiprocessing.active_children()}
+    clean = CleanBatches(data, 3, seed=2)
+    clean.next()
+    workers = [p for p in multiprocessing.active_children() if p.pid not in before]  # its loader's
+    assert workers
+    gc.disable()
+    try:
+        del clean  # no collector: freed by its reference count alone
+        for w in workers:
+            w.join(timeout=10)
+        assert not any(w.is_alive() for w in workers)
+    finally:
+        gc.enable()
+
+
 def test_where_loader_workers_are_costly_to_start_every_pass_reads_through_one_kept_loader(tmp_path, monkeypatch):
     """Where a loader worker starts as a fresh interpreter (spawn: macOS, Windows), the passes of a
     run (training epochs, evaluations, of any split) read through one loader whose workers start
