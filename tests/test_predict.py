@@ -214,6 +214,11 @@ def test_a_run_that_did_not_record_its_inputs_reads_them_from_its_data(tmp_path,
     with pytest.raises(FileNotFoundError, match="did not record how its inputs were prepared"):
         load_model(run_dir)
     assert load_model(run_dir, data=f"npz:{tmp_path / 'elsewhere.npz'}").inputs == recorded
+    saved["data"]["inputs"], saved["config"]["width"] = recorded, 32  # edited: the weights no longer fit
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    assert main(["predict", str(run_dir), str(tmp_path / "elsewhere.npz"), "--array", "x_test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its weights do not fit the model" in err and "was config.json edited" in err
 
 
 def test_a_run_stopped_early_is_classified_by_its_best_model_so_far(tmp_path):

@@ -149,12 +149,13 @@ def load_model(run: str | Path, which: str = "auto", device: str | torch.device 
             raise FileNotFoundError(f"{run}: no {name}; give the directory of an l2b run (its --out)")
     saved = read_json(run / "config.json", need=("config",))
     cfg = TrainConfig.from_dict(saved["config"], str(run / "config.json"))
-    inputs = saved.get("data", {}).get("inputs") or _rebuilt_inputs(run, data)
-    classes = tuple(saved.get("data", {}).get("classes") or ())
-    if not classes:  # a run of a version that did not record its class names
-        from .train import load_run
+    recorded = saved.get("data", {})
+    inputs, classes = recorded.get("inputs"), tuple(recorded.get("classes") or ())
+    if not inputs or not classes:  # a run of a version that did not record them: read from its dataset
+        from .run_data import model_inputs
 
-        classes = tuple(load_run(run, device="cpu", data=data)[1].ds.classes)
+        ds = _run_dataset(run, data)
+        inputs, classes = inputs or model_inputs(ds), classes or tuple(ds.classes)
     if which == "auto":  # a meta set selected from the noisy data is no fair judge of its own model
         which = "best" if (run / "best_model.pt").is_file() and cfg.meta_set == "clean" else "final"
     path = run / ("checkpoint.pt" if which == "final" else f"{which}_model.pt")
@@ -170,7 +171,12 @@ def load_model(run: str | Path, which: str = "auto", device: str | torch.device 
                                 "image_size": inputs["size"] if inputs["kind"] == "images" else inputs["width"]})
     model = build_model(cfg, shape, dev)
     state = load_checkpoint(path, dev)
-    model.load_state_dict(state["model"] if which == "final" else state)
+    try:
+        model.load_state_dict(state["model"] if which == "final" else state)
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: its weights do not fit the model {run / 'config.json'} describes ({cfg.model}, "
+                         f"width {cfg.width}, {len(classes)} classes): {str(err).splitlines()[0]}; was config.json "
+                         f"edited, or the file copied from another run?") from None
     model.eval()
     return Classifier(model, classes, inputs, dev, which, _epoch(run, which, state), cfg.epochs,
                       batch_size or cfg.eval_batch_size)
@@ -189,13 +195,12 @@ def _epoch(run: Path, which: str, state: dict) -> int | None:
     return None if epoch is None or epoch < 0 else int(epoch) + 1
 
 
-def _rebuilt_inputs(run: Path, data: str | None) -> dict[str, Any]:
-    """How the inputs of a run that did not record it were prepared, from its dataset."""
-    from .run_data import model_inputs
+def _run_dataset(run: Path, data: str | None):
+    """The dataset of a run that did not record how its inputs were prepared."""
     from .train import load_run
 
     try:
-        return model_inputs(load_run(run, device="cpu", data=data)[1].ds)
+        return load_run(run, device="cpu", data=data)[1].ds
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err}. (This run was trained by an l2b version that did not record how its inputs "
                                 f"were prepared, so its dataset is read for it.)") from None
