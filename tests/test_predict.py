@@ -242,3 +242,15 @@ def test_a_run_whose_meta_set_was_selected_from_its_noisy_data_is_classified_by_
     assert (tmp_path / "run" / "best_model.pt").is_file()  # chosen on the selected set: biased
     assert load_model(tmp_path / "run").which == "final"
     assert load_model(tmp_path / "run", "best").which == "best"
+
+
+def test_a_grid_given_for_a_run_names_one_of_its_runs(tmp_path, capsys):
+    for method in ("ce", "l2b"):
+        cell = tmp_path / "grid" / method / "symmetric_0.4" / "seed0"
+        cell.mkdir(parents=True)
+        (cell / "labels.npz").write_bytes(b"")  # as l2b compare lays its cells out
+    for command in ("predict", "label-issues"):
+        argv = [command, str(tmp_path / "grid")] + (["x.png"] if command == "predict" else [])
+        assert main(argv) == 2
+        assert (f"{tmp_path / 'grid'} is a grid of 2 runs: give one of them, e.g. l2b {command} "
+                f"{tmp_path / 'grid' / 'l2b' / 'symmetric_0.4' / 'seed0'}") in capsys.readouterr().err

@@ -17,7 +17,7 @@ from .calibrate import CLEAN_CUTS, FALSE_ALARM_LIMIT, HELD_OUT_CUT, STEERED_CUT,
 from .detect import SCORES, flag_metrics, rank_label_issues, roc_auc
 from .metaset import class_name, parse_meta_set
 from .methods import METHODS, learns_from_clean, options_of
-from .rundir import read_json, read_npz, writable_dir
+from .rundir import not_a_run, read_json, read_npz, writable_dir
 from .run_scores import MODELS, cross_fit_scores, run_model_scores
 from .runlock import atomic_write
 
@@ -55,12 +55,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
                          f"data back where {run} trained on it to cross-fit, or score in sample with --data")
     labels_path = run / "labels.npz"
     if not labels_path.is_file():
-        inside = sorted(f.parent for f in run.glob("*/*/seed*/labels.npz"))  # a grid of l2b compare
-        if inside:
-            example = next((d for d in inside if d.parts[-3] == "l2b"), inside[0])
-            raise FileNotFoundError(f"{run} is a grid of {len(inside)} run{'s' if len(inside) > 1 else ''}: give one "
-                                    f"of them, e.g. l2b label-issues {example}")
-        raise FileNotFoundError(f"{labels_path}: not found; is {run} a run directory of l2b train?")
+        raise not_a_run(run, "label-issues", f"{labels_path}: not found; is {run} a run directory of l2b train?")
     if model not in MODELS:
         raise ValueError(f"--model {model!r}: choose one of {', '.join(MODELS)}")
     if score != "auto" and score not in SCORES:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .rundir import load_checkpoint, read_json
+from .rundir import load_checkpoint, not_a_run, read_json
 
 WHICH = {"auto": "best_model.pt where a clean set chose it, else the final model (a meta set selected from the "
                  "noisy data chose its own: biased)",
@@ -146,7 +146,7 @@ def load_model(run: str | Path, which: str = "auto", device: str | torch.device 
         raise ValueError(f"unknown model {which!r}; choose one of {', '.join(WHICH)}")
     for name in ("config.json", "checkpoint.pt"):
         if not (run / name).is_file():
-            raise FileNotFoundError(f"{run}: no {name}; give the directory of an l2b run (its --out)")
+            raise not_a_run(run, "predict", f"{run}: no {name}; give the directory of an l2b run (its --out)")
     saved = read_json(run / "config.json", need=("config",))
     cfg = TrainConfig.from_dict(saved["config"], str(run / "config.json"))
     recorded = saved.get("data", {})

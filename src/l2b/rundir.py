@@ -275,3 +275,14 @@ def tensorboard(out: Path):
     except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(str(out / "tensorboard"))
+
+
+def not_a_run(run: Path, command: str, missing: str) -> FileNotFoundError:
+    """The error for a directory that is no run: a grid of ``l2b compare`` names one of its runs
+    (an l2b one where there is) for ``command``; anything else names the file it lacks."""
+    inside = sorted(f.parent for f in Path(run).glob("*/*/seed*/labels.npz"))
+    if inside:
+        example = next((d for d in inside if d.parts[-3] == "l2b"), inside[0])
+        return FileNotFoundError(f"{run} is a grid of {len(inside)} run{'s' if len(inside) > 1 else ''}: give one of "
+                                 f"them, e.g. l2b {command} {example}")
+    return FileNotFoundError(missing)
