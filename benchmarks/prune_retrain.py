@@ -16,6 +16,7 @@ epochs); Fashion-MNIST, 5,000 noisy training images and 20 clean per class, the 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -57,15 +58,13 @@ def flag(run: Path) -> dict:
     flagged, how many of those are wrong, and the share of wrong labels the rest keeps."""
     from l2b.label_issues import write_label_issues
 
-    csv = run / "label_issues.csv"
-    if not csv.is_file():
+    issues = run / "label_issues.csv"
+    if not issues.is_file():  # a grid run again: the flags its pruned run left out are kept
         write_label_issues(run, log=lambda line: None)
     labels = np.load(run / "labels.npz")
     wrong = dict(zip(labels["train_index"].tolist(), (labels["noisy"] != labels["true"]).tolist()))
-    import csv as csvlib
-
-    with open(csv, newline="") as fh:
-        flagged = [int(r["index"]) for r in csvlib.DictReader(fh) if r["split"] == "train"]
+    with open(issues, newline="") as fh:
+        flagged = [int(r["index"]) for r in csv.DictReader(fh) if r["split"] == "train"]
     hits = sum(wrong[i] for i in flagged)
     kept = len(wrong) - len(flagged)
     return {"flagged": len(flagged), "wrong": int(sum(wrong.values())), "precision": hits / max(len(flagged), 1),

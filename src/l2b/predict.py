@@ -160,10 +160,10 @@ def load_model(run: str | Path, which: str = "auto", device: str | torch.device 
         which = "best" if (run / "best_model.pt").is_file() and cfg.meta_set == "clean" else "final"
     path = run / ("checkpoint.pt" if which == "final" else f"{which}_model.pt")
     if not path.is_file():
-        why = ("it is written by runs with a clean set" if which == "best" else
-               "it is written by runs whose clean set is held out, at the last epoch before the model began to "
-               "memorise its labels")
-        raise FileNotFoundError(f"{path}: not found ({why}); use the final model (--model final; which='final')")
+        from .run_scores import saved_model_origin
+
+        raise FileNotFoundError(f"{path}: not found (it is {saved_model_origin(which)}); use the final model "
+                                f"(--model final; which='final')")
     if device is not None:
         check_device(str(device))  # a one-line error for a name torch does not know or CUDA it does not have
     dev = resolve_device(usable_device(cfg.device) if device is None else str(device))
@@ -230,28 +230,18 @@ def input_images(paths: Sequence[str | Path], on_bad_images: str = "error") -> l
             raise FileNotFoundError(f"{given}: no such file or folder")
     if not found:
         raise ValueError("no inputs given: name image files, folders of them, or lists of them")
-    readable = {p for p, _ in check_images(found, on_bad_images, "the inputs")}
-    return [(p, shown) for p, shown in found if p in readable]
+    return check_images(found, on_bad_images, "the inputs")  # (file, name) pairs, as it takes (file, label)
 
 
 def listed_images(path: Path) -> list[tuple[Path, str]]:
     """The images a list names, relative to its folder: a .csv with a header naming a path column
     (as a csv dataset's; other columns ignored) or a .txt of one path a line."""
-    import csv
-    import io
+    from .data.files import CSV_COLUMNS, csv_text, csv_table, listed_file
 
-    from .data.files import CSV_COLUMNS, csv_text
-
-    text = csv_text(path)
     if path.suffix.lower() == ".txt":
-        names = [line.strip() for line in text.splitlines()]
+        names = [line.strip() for line in csv_text(path).splitlines()]
     else:
-        try:  # Excel writes ; where the decimal mark is a comma
-            dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
-        except csv.Error:
-            dialect = csv.excel
-        reader = csv.reader(io.StringIO(text, newline=""), dialect)
-        header = [h.strip().lower() for h in next(reader, [])]
+        header, reader = csv_table(path)
         column = next((i for i, h in enumerate(header) if h in CSV_COLUMNS["path"]), None)
         if column is None:
             raise ValueError(f"{path}: no path column ({' or '.join(CSV_COLUMNS['path'])}) in its header "
@@ -261,12 +251,7 @@ def listed_images(path: Path) -> list[tuple[Path, str]]:
             if len(row) <= column and any(cell.strip() for cell in row):
                 raise ValueError(f"{path} line {reader.line_num}: {len(row)} fields, no path")
             names.append(row[column].strip() if len(row) > column else "")
-    listed = []
-    for name in filter(None, names):
-        file = path.parent / name  # an absolute path stays as it is
-        if "\\" in name and os.sep == "/" and not file.exists():  # a list written on Windows (new\1.jpg)
-            file = path.parent / name.replace("\\", "/")
-        listed.append((file, name))
+    listed = [(listed_file(path, name), name) for name in names if name]
     if not listed:
         raise ValueError(f"{path}: lists no images")
     return listed

@@ -115,18 +115,9 @@ def excluded_positions(path: Path, ds) -> np.ndarray:
     as label_issues.csv writes them), else by a path column (image-file datasets: as
     label_issues.csv writes it, or relative to the csv's folder). One line names the file, the
     line and the value of a row that names no training sample."""
-    import csv
-    import io
+    from .data.files import CSV_COLUMNS, csv_table, listed_file
 
-    from .data.files import CSV_COLUMNS, csv_text
-
-    text = csv_text(path)
-    try:
-        dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
-    header = [h.strip().lower() for h in next(reader, [])]
+    header, reader = csv_table(path)
     by_path = isinstance(ds, FileDataset) and "index" not in header
     names = ("index",) + (CSV_COLUMNS["path"] if by_path else ())
     column = next((i for i, h in enumerate(header) if h in names), None)
@@ -148,7 +139,7 @@ def excluded_positions(path: Path, ds) -> np.ndarray:
         if split is not None and split < len(row) and row[split].strip().lower() == "test":
             raise ValueError(f"{where}: a test sample ({value}); only training samples can be left out")
         if by_path:
-            i = known.get(value, known.get(str((path.parent / value).resolve())))
+            i = known.get(value, known.get(str(listed_file(path, value).resolve())))
             if i is None:
                 raise ValueError(f"{where}: {value!r} is not one of the training images; give paths as "
                                  f"label_issues.csv writes them, or relative to {path.parent}")

@@ -81,10 +81,7 @@ def run_model_scores(run: Path, which: str = "final", held_out: bool = False, ex
 
     if which in SAVED_MODELS:
         if not (run / f"{which}_model.pt").is_file():
-            whose = ("a run whose clean set is held out, not by one that learned from it (mlc, glc, distill, "
-                     "--train-on-clean) nor by earlier l2b versions" if which == "early" else "a run with a clean set")
-            raise FileNotFoundError(f"{run}: no {which}_model.pt: it is written at {SAVED_MODELS[which]} by {whose}; "
-                                    f"use --model final")
+            raise FileNotFoundError(f"{run}: no {which}_model.pt: it is {saved_model_origin(which)}; use --model final")
         return load(which)
     final = scores("final", last_epoch)
     judged = held_out and len(clean_y) > 0  # memorisation is judged against a held-out clean set
@@ -106,6 +103,13 @@ def run_model_scores(run: Path, which: str = "final", held_out: bool = False, ex
                 "; --cross-fit 5 scores every sample with a model that never trained on it, --model final with the "
                 "final one"))
     return replace(final, note=_memorised_warning(f))
+
+
+def saved_model_origin(which: str) -> str:
+    """Which runs write best_model.pt or early_model.pt, and when (for the error of a run without it)."""
+    whose = ("a run whose clean set is held out, not by one that learned from it (mlc, glc, distill, --train-on-clean) "
+             "nor by earlier l2b versions" if which == "early" else "a run with a clean set")
+    return f"written at {SAVED_MODELS[which]} by {whose}"
 
 
 def agreement(scores: RunScores) -> tuple[float, float]:

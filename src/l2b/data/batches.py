@@ -206,7 +206,6 @@ class CleanBatches:
         self.passes, self.position, self._it = 0, 0, None
         self._pass_length = len(global_batches(torch.arange(len(data)), batch_size))
 
-
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.sampling != "random" and self.position == self._pass_length:
             self.passes, self.position = self.passes + 1, 0

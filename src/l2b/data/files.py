@@ -203,6 +203,28 @@ def csv_text(path: Path) -> str:
                          f"'CSV UTF-8' (Excel) or UTF-8 text") from None
 
 
+def csv_table(path: Path):
+    """(header, rows) of a list: the header's names stripped and lower-cased; the rows a csv reader
+    (its ``line_num`` the file's line) in the list's own dialect (``,``, or ``;`` as Excel writes
+    where the decimal mark is a comma, or tabs), its text read as :func:`csv_text` reads it."""
+    text = csv_text(path)
+    try:
+        dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text, newline=""), dialect)  # a quoted cell may hold a line break
+    return [h.strip().lower() for h in next(reader, [])], reader
+
+
+def listed_file(path: Path, name: str) -> Path:
+    """The file a list at ``path`` names: relative to the list's folder (an absolute path stays as
+    it is); from a list written on Windows (img\\cat\\1.jpg), with its separators read."""
+    file = path.parent / name
+    if "\\" in name and os.sep == "/" and not file.exists():
+        file = path.parent / name.replace("\\", "/")
+    return file
+
+
 def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
     """The rows of csv:FILE by split, as (image path, label as written), and the class names in
     label order (numerically where every label is a number, else alphabetically). One-line errors
@@ -210,13 +232,7 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
     image listed twice."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    text = csv_text(path)
-    try:
-        dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)  # a quoted cell may hold a line break
-    header = [h.strip().lower() for h in next(reader, [])]
+    header, reader = csv_table(path)
     column = {}
     for key, names in CSV_COLUMNS.items():
         found = [i for i, h in enumerate(header) if h in names]
@@ -239,9 +255,7 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
                 raise ValueError(f"{path} line {line}: empty {key}")
         if split.lower() not in CSV_SPLITS:
             raise ValueError(f"{path} line {line}: split {split!r} is not train, val (your verified clean set) or test")
-        file = path.parent / image  # relative to the list's folder; an absolute path stays as it is
-        if "\\" in image and os.sep == "/" and not file.exists():  # a list written on Windows (img\cat\1.jpg)
-            file = path.parent / image.replace("\\", "/")
+        file = listed_file(path, image)
         if file in seen:
             raise ValueError(f"{path} line {line}: {image} is listed again (first at line {seen[file]}); list every "
                              f"image once, in one split, with one label")
