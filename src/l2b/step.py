@@ -88,6 +88,11 @@ class L2B:
         if clip_grad_norm is not None and not (math.isfinite(clip_grad_norm) and clip_grad_norm > 0):
             # torch would scale the gradient by a negative factor and step uphill
             raise ValueError(f"clip_grad_norm must be a finite number > 0, or None for no clipping; got {clip_grad_norm}")
+        if virtual_step == "optimizer" and not isinstance(optimizer, torch.optim.SGD):
+            raise TypeError(f"l2b.L2B replays the optimizer's step as the virtual step (virtual_step='optimizer'), "
+                            f"which it can for torch.optim.SGD only; got {type(optimizer).__name__}: pass "
+                            f"virtual_step='sgd' (the paper's Eq. 5, a plain SGD look-ahead at the optimizer's "
+                            f"learning rate; the real step stays {type(optimizer).__name__}'s)")
         check_engine(engine)  # said at construction, not at the first step
         check_model(model)
         check_options(normalize, constraint, temperature)
