@@ -218,6 +218,8 @@ def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) ->
     if cfg.meta_set != "clean":
         text += (f"; meta set {cfg.meta_set} from the noisy data after {cfg.warmup_epochs} warm-up epoch(s)"
                  + (f", again every {cfg.meta_refresh}" if cfg.meta_refresh else ""))
+    if start_epoch >= cfg.epochs:  # resumed after its last epoch: its files stay as they are
+        return text + f"; already trained all {cfg.epochs} epochs, nothing to resume"
     return text + (f"; resuming at epoch {start_epoch + 1}/{cfg.epochs}" if start_epoch else "")
 
 
