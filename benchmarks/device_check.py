@@ -82,7 +82,7 @@ def test_acc(out: Path) -> float | None:
 
 
 def check(name: str, root: Path, device: str) -> dict:
-    from l2b.train import train
+    from l2b.trainer import train
 
     method, extra = CASES[name]
     slug = name.replace(" ", "-")

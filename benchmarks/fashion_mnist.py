@@ -68,10 +68,10 @@ def flip_rate(noise: str, labels: np.ndarray, seed: int, ds) -> float:
 
 
 def build_grid(args, out: Path):
-    from l2b.compare import grid_configs, run_dir
+    from l2b.grid import grid_configs, run_dir
     from l2b.data import load_dataset
     from l2b.methods import METHODS
-    from l2b.train import TrainConfig
+    from l2b.trainer import TrainConfig
 
     recipe = dict(RECIPE, data=args.data)
     if args.quick:
@@ -97,7 +97,7 @@ def build_grid(args, out: Path):
 
 def summarize(out: Path) -> list[dict]:
     """``l2b compare``'s summary rows, plus the meta methods' mean noise-detection AUC."""
-    from l2b.compare import mean_std, group_runs, summary_row
+    from l2b.grid import mean_std, group_runs, summary_row
 
     rows = []
     for (method, noise), runs in sorted(group_runs(out).items()):
@@ -159,7 +159,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from l2b.compare import run_grid
+    from l2b.grid import run_grid
 
     cfgs, rates = build_grid(args, out)
     print(f"{len(cfgs)} runs into {out}; realised flip rates: "

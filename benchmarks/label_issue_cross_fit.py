@@ -28,7 +28,7 @@ NOISES = ("symmetric:0.2", "symmetric:0.4", "symmetric:0.6", "asymmetric:0.4", "
 
 def grid_runs(grid: Path, methods: list[str], seeds: int) -> list[tuple[str, Path]]:
     """The grid's finished runs of these methods and seeds, in a fixed order."""
-    from l2b.compare import run_dir
+    from l2b.grid import run_dir
 
     found = []
     for method in methods:
@@ -52,7 +52,7 @@ def steered_runs(cut_runs: Path) -> list[tuple[str, Path]]:
 
 
 def quick_run(out: Path) -> list[tuple[str, Path]]:
-    from l2b.compare import run_one
+    from l2b.grid import run_one
     from l2b.config import TrainConfig
 
     cfg = TrainConfig(data="digits", method="ce", epochs=2, val_per_class=5, width=16, threads=1,
@@ -145,7 +145,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from l2b.compare import run_grid
+    from l2b.grid import run_grid
     from l2b.config import TrainConfig
     from l2b.run_scores import fold_runs
 

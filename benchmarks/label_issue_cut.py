@@ -243,7 +243,7 @@ def references(name: str, run: Path) -> dict:
     from l2b.calibrate import clean_confusion_issues, estimated_issues
     from l2b.detect import roc_auc
     from l2b.models import predict_probs
-    from l2b.train import load_run
+    from l2b.trainer import load_run
 
     cfg, _, (train, val, test), model = load_run(run)
     model.eval()
@@ -365,7 +365,7 @@ def parts(out: Path, grid: Path, seeds: int) -> dict:
 
 def measure_part(cells: list, title: str) -> tuple[str, list[dict], dict]:
     """Train what is missing of a part, then measure and summarise it."""
-    from l2b.compare import run_one
+    from l2b.grid import run_one
 
     for _, cfg in cells:
         if not isinstance(cfg, Path):

@@ -154,7 +154,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from l2b.compare import run_grid
+    from l2b.grid import run_grid
 
     out = Path(args.out or ("runs/bench-label-imbalance-quick" if args.quick else "runs/bench-label-imbalance"))
     largest, epochs = (200, 3) if args.quick else (LARGEST, 20)

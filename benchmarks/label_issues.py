@@ -61,7 +61,7 @@ L2B_SCORES = ("trust", "trust-mean", "weights-mean", "model", "combined")
 def run(cfg) -> dict:
     """Train (or resume, or reuse) one run; its metrics. A directory holding a run of another
     recipe is refused (give another --out), never reused as this one."""
-    from l2b.compare import check_cells, run_one
+    from l2b.grid import check_cells, run_one
 
     check_cells([cfg])
     run_one(cfg.__dict__)
@@ -71,7 +71,7 @@ def run(cfg) -> dict:
 def fold_probs(run_dir: Path) -> np.ndarray:
     """The final model's softmax on its run's test split (a fold's held-out fifth)."""
     from l2b.models import predict_probs
-    from l2b.train import load_run
+    from l2b.trainer import load_run
 
     _, _, (_, _, test), model = load_run(run_dir, device="cpu")
     return predict_probs(model, test, 256)
@@ -139,7 +139,7 @@ def cell_dir(out: Path, grid: Path | None, method: str, noise: str, seed: int) -
     before it is used) when ``grid`` is given and that cell holds a CPU run with its final model,
     else this benchmark's own directory (trained here, so that every timing is this CPU's)."""
     if grid is not None:
-        from l2b.compare import run_dir
+        from l2b.grid import run_dir
 
         cell = Path(run_dir(grid, method, noise, seed))
         if (cell / "checkpoint.pt").is_file() and not on_gpu(json.loads((cell / "config.json").read_text())["config"]):
@@ -205,7 +205,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["noise"], r["method"]), []).append(r)
-    from l2b.compare import mean_std
+    from l2b.grid import mean_std
 
     out = []
     for (noise, method), rs in groups.items():

@@ -40,7 +40,7 @@ def probe(run: Path, batches: int, seed: int) -> dict:
     import l2b
     from l2b.detect import roc_auc
     from l2b.rundir import load_checkpoint
-    from l2b.train import build_optimizer, load_run
+    from l2b.trainer import build_optimizer, load_run
 
     cfg, prep, (train, val, _), model = load_run(run, device="cpu")
     optimizer = build_optimizer(cfg, model)
@@ -85,7 +85,7 @@ def main() -> None:
     from memorisation_grid import RECIPE
 
     from l2b.config import TrainConfig
-    from l2b.train import train
+    from l2b.trainer import train
 
     recipe = dict(RECIPE)
     if args.quick:
@@ -94,7 +94,7 @@ def main() -> None:
     out = Path(args.out or ("runs/last-layer" + ("-quick" if args.quick else "")))
     cfg = TrainConfig(**recipe, method="l2b", noise=args.noise, seed=args.seed, out=str(out), progress="none",
                       threads=1)
-    from l2b.compare import check_cells
+    from l2b.grid import check_cells
 
     check_cells([cfg])  # a directory with a run of another recipe is refused, never continued
     start = time.perf_counter()

@@ -86,7 +86,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from l2b.compare import check_cells, run_grid
+    from l2b.grid import check_cells, run_grid
 
     cfgs, rates, recipe = build_grid(args, out)
     check_cells(cfgs)  # a cell that holds a run of another recipe is refused, never reported as this one

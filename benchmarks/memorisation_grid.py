@@ -35,7 +35,7 @@ def realised_rates(base, noises: list[str]) -> dict[str, float]:
 
 
 def build_grid(args, out: Path):
-    from l2b.compare import grid_configs, run_dir
+    from l2b.grid import grid_configs, run_dir
     from l2b.config import TrainConfig
     from l2b.methods import METHODS
 
@@ -83,7 +83,7 @@ def clean_only(out: Path, base, seeds: int, train: bool = True) -> dict | None:
     """CE trained on the clean validation images ALONE (each seed's own clean split, the same
     recipe, last epoch): what the clean set is worth as training data in this regime, the bound
     for methods that train on it (GLC, MLC's mix, distill's teacher). Run once, then reused."""
-    from l2b.compare import run_one
+    from l2b.grid import run_one
     from l2b.data import load_dataset
 
     ds, accs = None, []

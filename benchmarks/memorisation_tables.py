@@ -16,7 +16,7 @@ from results_md import fmt, noise_auc, on_gpu
 
 def summarize_variants(out: Path) -> list[dict]:
     """The variants' rows, each with its paired difference to the grid's exact L2B."""
-    from l2b.compare import collect, group_runs, summary_row
+    from l2b.grid import collect, group_runs, summary_row
 
     rows = []
     exact = group_runs(out)
@@ -115,7 +115,7 @@ def summarize(out: Path, extra: dict[str, Path] | None = None) -> list[dict]:
     """One row per (method, noise) of the runs below ``out``, with L2B's paired differences;
     ``extra`` maps a row name to another directory whose runs join the table under that name
     (e.g. "ce+clean": CE runs trained on the clean set as well)."""
-    from l2b.compare import group_runs, mean_std, summary_row
+    from l2b.grid import group_runs, mean_std, summary_row
 
     groups = group_runs(out)
     for name, root in (extra or {}).items():
@@ -292,7 +292,7 @@ def _torch_version() -> str:
 def figures(out: Path, dest: Path) -> list[Path]:
     """The grid's accuracy and weight figures, as ``l2b report`` draws them, next to the results
     (``l2b report OUT`` draws the rest)."""
-    from l2b.compare import collect
+    from l2b.grid import collect
     from l2b.report import accuracy_figure, separation_figure
 
     runs = collect(out)

@@ -41,7 +41,7 @@ REFERENCES = {"clean": "l2b", "ce": "ce", "coteaching": "coteaching"}  # row nam
 
 
 def cells(base, out: Path, seeds: int, noises: list[str], per_class: int, kinds=KINDS) -> list:
-    from l2b.compare import grid_configs
+    from l2b.grid import grid_configs
 
     cfgs = []
     for kind in kinds:
@@ -59,7 +59,7 @@ def cells(base, out: Path, seeds: int, noises: list[str], per_class: int, kinds=
 
 
 def rows(out: Path, grid: Path) -> list[dict]:
-    from l2b.compare import collect
+    from l2b.grid import collect
 
     found: dict[tuple[str, str], list[dict]] = {}
     for variant_dir in sorted(out.glob("select-*")):
@@ -189,7 +189,7 @@ def main() -> None:
     parser.add_argument("--noises", help="comma-separated noise settings to train (default: all)")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
-    from l2b.compare import check_cells, run_grid
+    from l2b.grid import check_cells, run_grid
 
     out = Path(args.out or ("runs/bench-no-clean-set" + ("-quick" if args.quick else "")))
     base, recipe = base_config(args.quick)

@@ -95,7 +95,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from l2b.compare import check_cells, run_grid
+    from l2b.grid import check_cells, run_grid
 
     if not args.quick and args.epochs is None and args.data == "fashion-mnist" and CELLS.is_file():
         from cells import unpack
@@ -138,7 +138,7 @@ def main() -> None:
 
 def write_results(args, out: Path, recipe: dict, rates: dict, planned: dict, per_classes: list[int],
                   minutes: float | None) -> None:
-    from l2b.compare import group_runs
+    from l2b.grid import group_runs
 
     rows = summarize(out / "grid", extra={"ce+clean": out / "ce-plus-clean"})
     groups = group_runs(out / "grid")

@@ -68,7 +68,7 @@ def realised_rates(base, noises: list[str]) -> dict[str, float]:
 def main_cells(base, out: Path, seeds: int, rates: dict[str, float], noises: list[str]) -> list:
     """Every registered method at every noise setting, and CE on the noisy plus the clean set.
     Co-teaching is given the realised flip rate as its forget rate (Han et al. assume it known)."""
-    from l2b.compare import grid_configs
+    from l2b.grid import grid_configs
     from l2b.methods import METHODS
 
     cfgs = grid_configs(base, sorted(METHODS), noises, seeds, out / "grid", options=lambda method, noise: (
@@ -78,7 +78,7 @@ def main_cells(base, out: Path, seeds: int, rates: dict[str, float], noises: lis
 
 
 def ablation_cells(base, out: Path, seeds: int, noises: list[str]) -> list:
-    from l2b.compare import grid_configs
+    from l2b.grid import grid_configs
 
     cfgs = []
     for name, (method, options) in ABLATIONS.items():
@@ -100,7 +100,7 @@ def sweep_row_dir(out: Path, row: str, per_class: int) -> Path:
 def sweep_cells(base, out: Path, seeds: int, per_classes: list[int]) -> list:
     """The clean-set sweep at 40% symmetric noise: for each seed the grid's noisy training set and
     noisy labels, with K clean images per class (nested), as npz files with their own clean set."""
-    from l2b.compare import grid_configs
+    from l2b.grid import grid_configs
 
     cfgs = []
     for pc in per_classes:

@@ -15,7 +15,7 @@ TRAINS_ON_CLEAN = ["glc", "mlc", "distill", "ce+clean"]  # methods whose best-va
 
 def ablation_rows(out: Path, grid_rows: list[dict]) -> list[dict]:
     """One row per (variant, noise): last / best-val epoch, and L2B (the grid's, same seeds) minus it."""
-    from l2b.compare import group_runs
+    from l2b.grid import group_runs
 
     l2b = group_runs(out / "grid")
     rows = []
@@ -37,7 +37,7 @@ def ablation_rows(out: Path, grid_rows: list[dict]) -> list[dict]:
 
 
 def sweep_rows(out: Path, per_classes: list[int], n_noisy: int, num_classes: int = 10) -> list[dict]:
-    from l2b.compare import collect
+    from l2b.grid import collect
 
     rows = []
     for row in SWEEP_ROWS:
@@ -152,7 +152,7 @@ def cell_size(sweep: list[dict], fraction: float) -> str:
 
 def curves(out: Path, methods=("ce", "l2rw", "l2b"), noises=("symmetric:0.2", "symmetric:0.4")) -> dict:
     """Test accuracy per evaluated epoch, mean over seeds, for Fig. 2."""
-    from l2b.compare import group_runs
+    from l2b.grid import group_runs
 
     groups = group_runs(out / "grid")
     result = {}

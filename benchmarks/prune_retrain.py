@@ -133,7 +133,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from l2b.compare import run_grid
+    from l2b.grid import run_grid
 
     out = Path(args.out or ("runs/bench-prune" + ("-quick" if args.quick else "")))
     settings = {"digits": QUICK} if args.quick else {k: SETTINGS[k] for k in chosen}

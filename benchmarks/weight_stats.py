@@ -27,7 +27,7 @@ import torch
 def weight_stats(run: Path, batches: int, normalize: str | None) -> list[str]:
     import l2b
     from l2b.detect import roc_auc
-    from l2b.train import load_run
+    from l2b.trainer import load_run
 
     cfg, prep, (train, val, _), model = load_run(run, device="cpu")
     noisy = torch.as_tensor(prep.y_noisy != prep.y_true)

@@ -468,7 +468,7 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path,
 
 def test_metrics_json_has_no_nan(tmp_path):
     from l2b.config import TrainConfig
-    from l2b.train import train
+    from l2b.trainer import train
 
     out = tmp_path / "run"  # CE without a clean set: validation accuracy is undefined
     train(TrainConfig(data="digits", model="mlp", width=8, epochs=1, method="ce", val_per_class=None,

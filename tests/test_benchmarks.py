@@ -161,7 +161,7 @@ def test_label_issue_cut_learned_part_holds_only_runs_that_learned_from_their_cl
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from label_issue_cut import learned_clean_runs, measure
 
-    from l2b.compare import run_one
+    from l2b.grid import run_one
     from l2b.methods import learns_from_clean
 
     cells = learned_clean_runs(tmp_path)
@@ -183,7 +183,7 @@ def test_label_issue_cut_references_separate_the_clean_sets_push_on_one_own_data
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from label_issue_cut import own_data_runs, references
 
-    from l2b.compare import run_one
+    from l2b.grid import run_one
 
     name, cfg = own_data_runs(tmp_path, range(1))[0]
     run_one(cfg.__dict__)

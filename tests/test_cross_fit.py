@@ -14,7 +14,7 @@ from l2b.config import TrainConfig
 from l2b.models import predict_probs
 from l2b.run_data import fold_positions, prepare_data
 from l2b.run_scores import CROSS_FIT_DIR, cross_fit_scores
-from l2b.train import load_run
+from l2b.trainer import load_run
 
 RUN = ["--data", "digits", "--model", "mlp", "--width", "16", "--epochs", "2", "--method", "ce",
        "--noise", "symmetric:0.4", "--val-per-class", "5", "--progress", "none"]
@@ -105,7 +105,7 @@ def test_more_folds_than_training_samples_are_refused_before_any_fold_trains(ce_
 
 
 def test_a_grid_summary_leaves_the_fold_runs_out(ce_run):
-    from l2b.compare import collect
+    from l2b.grid import collect
 
     cross_fit_scores(ce_run, 2, which="final", log=lambda line: None)
     runs = collect(ce_run.parent)

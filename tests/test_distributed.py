@@ -220,7 +220,7 @@ def _train_worker(rank: int, port: int, cfg_dict: dict, interrupt: bool, queue) 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from l2b.train import TrainConfig, train
+    from l2b.trainer import TrainConfig, train
 
     try:
         if interrupt:  # stop after the first epoch, then resume on both ranks
@@ -235,7 +235,7 @@ def _train_worker(rank: int, port: int, cfg_dict: dict, interrupt: bool, queue) 
 
 @pytest.mark.parametrize("method, interrupt", [("l2b", False), ("ce", False), ("l2b", True)])
 def test_two_rank_training_reaches_the_single_process_weights(ranks, tmp_path, method, interrupt):
-    from l2b.train import TrainConfig, train
+    from l2b.trainer import TrainConfig, train
 
     base = dict(data="digits", model="mlp", width=32, method=method, epochs=2, batch_size=64,
                 val_batch_size=20, train_subset=256, val_per_class=5, augment="none", lr=0.1,
@@ -325,7 +325,7 @@ def test_look_ahead_meta_methods_two_ranks_equal_one_process(ranks, method_name)
 
 @pytest.mark.parametrize("method", ["glc", "distill"])
 def test_setup_methods_fit_once_and_share_it_across_ranks(ranks, tmp_path, method):
-    from l2b.train import TrainConfig, train
+    from l2b.trainer import TrainConfig, train
 
     base = dict(data="digits", model="mlp", width=16, method=method, epochs=1, batch_size=64,
                 train_subset=256, val_per_class=5, augment="none", progress="none")

@@ -116,7 +116,7 @@ def test_exclusion_lists_that_name_nothing_trainable_are_refused(tmp_path, capsy
 
 def test_a_subset_run_keeps_its_subset_less_the_samples_named(tmp_path):
     from l2b.config import TrainConfig
-    from l2b.train import train
+    from l2b.trainer import train
 
     base = TrainConfig(data="digits", model="mlp", width=16, epochs=1, method="ce", train_subset=500,
                        out=str(tmp_path / "first"), progress="none")

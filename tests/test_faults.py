@@ -167,7 +167,7 @@ def test_resume_refuses_data_that_changed(tmp_path, capsys, change, expected):
     import re
 
     from l2b.config import TrainConfig
-    from l2b.train import train
+    from l2b.trainer import train
 
     f = _npz(tmp_path / "mine.npz", 1000)
     cfg = TrainConfig(data=f"npz:{f}", model="mlp", width=16, epochs=3, method="ce", out=str(tmp_path / "run"),
@@ -256,7 +256,7 @@ def test_folder_data_says_what_it_cannot_train_on_and_how_it_is_scaled(tmp_path,
 
 def test_a_truncated_config_json_is_named(tmp_path, capsys):
     from l2b.config import TrainConfig
-    from l2b.train import train
+    from l2b.trainer import train
 
     train(TrainConfig(data="digits", model="mlp", width=16, epochs=2, method="ce", out=str(tmp_path / "run"),
                       progress="none"), stop_after_epoch=0)
@@ -357,7 +357,7 @@ def test_resume_finds_moved_data_with_data_and_records_its_new_place(tmp_path, c
     """A run stopped, its data moved: --resume names --data; --resume --data gives the new place
     (the same data by its fingerprint, so the run continues bit for bit), and config.json records
     it for label-issues; other data is refused."""
-    from l2b.train import TrainConfig, train
+    from l2b.trainer import TrainConfig, train
 
     data = _npz(tmp_path / "d.npz", 300)
     settings = dict(model="mlp", width=8, epochs=2, noise="symmetric:0.3", val_per_class=5, progress="none")
@@ -387,7 +387,7 @@ def test_resume_of_a_run_stopped_before_its_first_epoch_ended_begins_it_again(tm
     as a whole run). A finished run whose checkpoint is gone still has nothing to resume."""
     import torch
 
-    from l2b.train import TrainConfig, train
+    from l2b.trainer import TrainConfig, train
 
     settings = dict(data="digits", model="mlp", width=8, epochs=2, method="l2b", val_per_class=5, progress="none")
     train(TrainConfig(out=str(tmp_path / "whole"), **settings))

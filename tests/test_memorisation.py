@@ -11,7 +11,7 @@ import torch
 from l2b.loop import fit_sample
 from l2b.memorisation import EARLY_SLACK, before_memorising, early_epoch, fit_gaps
 from l2b.rundir import load_checkpoint
-from l2b.train import TrainConfig, train
+from l2b.trainer import TrainConfig, train
 
 
 def test_early_epoch_is_the_last_whose_gap_stays_near_the_lowest_so_far():

@@ -11,7 +11,7 @@ import torch
 import l2b
 from l2b.cli import main
 from l2b.config import TrainConfig
-from l2b.train import train
+from l2b.trainer import train
 
 
 def probs_for(true, given, k=4, right=0.7):

@@ -14,7 +14,7 @@ from l2b.cli import main
 from l2b.config import TrainConfig
 from l2b.methods import METHODS, DataNeeds, EpochContext, Method, StepOutput, register
 from l2b.methods.options import option
-from l2b.train import train
+from l2b.trainer import train
 
 
 @dataclass

@@ -161,11 +161,11 @@ def test_compare_on_own_labels_needs_no_noise_flag(tmp_path, capsys):
     assert f"grid of 1 run: give one of them, e.g. l2b label-issues {tmp_path / 'grid' / 'ce' / 'none' / 'seed0'}" in \
         capsys.readouterr().err
     assert main(["compare", "--data", "digits", "--methods", "ce", "--out", str(tmp_path / "g2")]) == 2  # research data: named
-    assert "give --methods M1,M2 and --noise SPEC1,SPEC2" in capsys.readouterr().err
+    assert "(--methods M1,M2 and --noise SPEC1,SPEC2, or a --grid file with them)" in capsys.readouterr().err
 
 
 def test_resumed_run_says_where_it_continues(tmp_path, capsys):
-    from l2b.train import train
+    from l2b.trainer import train
 
     cfg = TrainConfig(data="digits", model="mlp", width=16, epochs=3, method="ce", out=str(tmp_path / "run"),
                       progress="lines")
@@ -173,6 +173,8 @@ def test_resumed_run_says_where_it_continues(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "run")]) == 0
     assert "resuming at epoch 2/3" in capsys.readouterr().out
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0  # finished: said so, not "epoch 4/3"
+    assert "already trained all 3 epochs, nothing to resume" in capsys.readouterr().out
 
 
 def two_class_folder(root, sizes, side=lambda i: (12, 12)) -> None:

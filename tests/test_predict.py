@@ -14,7 +14,7 @@ from l2b.cli import main
 from l2b.models import predict_probs
 from l2b.predict import load_model
 from l2b.rundir import load_checkpoint
-from l2b.train import load_run
+from l2b.trainer import load_run
 
 from test_own_data import digits_npz, run, two_class_folder
 
@@ -223,7 +223,7 @@ def test_a_run_that_did_not_record_its_inputs_reads_them_from_its_data(tmp_path,
 
 def test_a_run_stopped_early_is_classified_by_its_best_model_so_far(tmp_path):
     from l2b.config import TrainConfig
-    from l2b.train import train
+    from l2b.trainer import train
 
     cfg = TrainConfig(data=f"npz:{digits_npz(tmp_path / 'mine.npz')}", model="mlp", width=16, epochs=4, method="ce",
                       out=str(tmp_path / "run"), progress="none")

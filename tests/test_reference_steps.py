@@ -123,7 +123,7 @@ def test_mwnet_equals_the_reference_step(variant):
 
 @pytest.mark.parametrize("text, expected", [("false", False), ("no", False), ("true", True), ("0", False)])
 def test_mwnet_normalize_given_as_text_is_a_bool(text, expected):
-    from l2b.train import TrainConfig
+    from l2b.trainer import TrainConfig
 
     cfg = TrainConfig(method="mwnet", method_args={"normalize": text})
     cfg.validate()
@@ -133,7 +133,7 @@ def test_mwnet_normalize_given_as_text_is_a_bool(text, expected):
 
 
 def test_mwnet_normalize_that_is_not_a_bool_fails_in_validation():
-    from l2b.train import TrainConfig
+    from l2b.trainer import TrainConfig
 
     with pytest.raises(ValueError, match="normalize='maybe' is not a bool"):
         TrainConfig(method="mwnet", method_args={"normalize": "maybe"}).validate()
@@ -467,14 +467,14 @@ def test_l2b_warmup_with_mixup_mixes():
 @pytest.mark.parametrize("option, value", [("normalize", "softmx"), ("engine", "jpv"), ("virtual_step", "adam"),
                                            ("meta_sampling", "fresh")])
 def test_bad_meta_option_values_fail_in_validation(option, value):
-    from l2b.train import TrainConfig
+    from l2b.trainer import TrainConfig
 
     with pytest.raises(ValueError, match=f"{option}={value!r} is not one of"):
         TrainConfig(method="l2b", method_args={option: value}).validate()
 
 
 def test_meta_sampling_random_draws_a_fresh_batch_each_step(tmp_path):
-    from l2b.train import TrainConfig, train
+    from l2b.trainer import TrainConfig, train
 
     base = dict(data="digits", model="mlp", width=16, epochs=2, batch_size=64, val_per_class=10, val_batch_size=20,
                 progress="none", method="l2b")

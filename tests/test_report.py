@@ -152,7 +152,7 @@ def test_report_on_an_empty_directory_is_a_clear_error(tmp_path, capsys):
 
 
 def test_report_draws_normalisation_and_bootstrap_beta_sweeps_when_present(tmp_path):
-    from l2b.train import TrainConfig, train
+    from l2b.trainer import TrainConfig, train
 
     base = dict(data="digits", model="mlp", width=16, epochs=1, val_per_class=5, progress="none")
     for norm in ("sum", "softmax"):

@@ -17,7 +17,7 @@ import l2b
 from l2b.cli import main as cli_main
 from l2b.methods import METHODS, Batch, create_method
 from l2b.methods.bootstrap import bootstrap_target
-from l2b.train import TrainConfig, train
+from l2b.trainer import TrainConfig, train
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "paper"
 
@@ -582,7 +582,7 @@ def test_mlc_trains_end_to_end_and_resumes(tmp_path):
 def test_compare_runs_a_grid_resumes_and_summarises(tmp_path, capsys):
     import csv
 
-    from l2b.compare import SUMMARY_COLUMNS
+    from l2b.grid import SUMMARY_COLUMNS
 
     argv = ["compare", "--data", "digits", "--model", "mlp", "--width", "32", "--methods", "ce,l2b",
             "--noise", "symmetric:0.2,symmetric:0.4", "--seeds", "2", "--epochs", "2", "--val-per-class", "5",
@@ -669,7 +669,7 @@ def test_grid_workers_start_their_loader_workers_as_the_grid_process_does(tmp_pa
     grid process's."""
     script = tmp_path / "grid.py"
     script.write_text("import multiprocessing as mp\n"
-                      "from l2b.compare import grid_pool\n\n\n"
+                      "from l2b.grid import grid_pool\n\n\n"
                       "def start_method():\n"
                       "    return mp.get_start_method()\n\n\n"
                       "if __name__ == '__main__':\n"
@@ -705,7 +705,7 @@ def test_l2b_with_mixup_uses_mixed_inputs_and_mixed_targets(float64):
 
 
 def test_load_run_rebuilds_a_run_and_names_a_wrong_directory(tmp_path):
-    from l2b.train import load_run
+    from l2b.trainer import load_run
 
     cfg = TrainConfig(data="digits", model="mlp", width=16, method="ce", epochs=1, batch_size=64,
                       train_subset=128, val_per_class=5, augment="none", progress="none", out=str(tmp_path / "run"))

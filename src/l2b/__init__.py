@@ -10,6 +10,7 @@ from .meta import MetaWeights, bootstrap_loss, meta_weights
 from .metaset import select_meta_set
 from .normalize import normalize_weights
 from .predict import Classifier, load_model
+from .runs import Run, compare, train
 from .step import L2B, StepResult
 
 from .version import __version__
@@ -26,6 +27,9 @@ __all__ = [
     "select_meta_set",
     "rank_label_issues",
     "LabelIssues",
+    "train",
+    "compare",
+    "Run",
     "load_model",
     "Classifier",
     "__version__",

@@ -15,16 +15,15 @@ from typing import Any
 import torch
 
 from .methods import METHODS
-from .config import TrainConfig, own_labels
+from .config import TrainConfig, resumed_config
 from .config_checks import load_yaml
-from .rundir import NOT_RESULTS, read_json
 from .calibrate import CUTS, DEFAULT_CUT, HELD_OUT_CUT, STEERED_CUT
 from .console import first_rank, format_warning, one_line
 from .detect import SCORES
 from .predict import WHICH
 from .run_scores import MODELS
 from .cli_flags import add_config_flags, add_option_flags, option_flags, options_table
-from .train import train
+from .trainer import train
 from .version import __version__
 
 
@@ -59,29 +58,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
-        saved = Path(args.resume) / "config.json"
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume {args.resume}: no config.json; is it a run directory?")
-        cfg = TrainConfig.from_dict(read_json(saved, need=("config",))["config"], str(saved))
-        cfg.out = args.resume  # the directory given, even when the run was moved or copied
         given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(TrainConfig)}}
         given.update(option_flags(args))
         if getattr(args, "config", None):
             given = {**load_yaml(args.config), **given}
         if isinstance(given.get("method_args"), list):
             given["method_args"] = {k: v for d in given["method_args"] for k, v in d.items()}
-        changed = {k: v for k, v in TrainConfig.from_dict(given, "flags").__dict__.items()
-                   if k in given and getattr(cfg, k) != v}
-        unsafe = sorted(set(changed) - set(NOT_RESULTS) - {"data"})  # data: the same data moved (checked)
-        if unsafe:
-            raise ValueError(
-                "--resume continues a run with its own settings; "
-                + ", ".join(f"--{k.replace('_', '-')} {changed[k]!r} (the run has {getattr(cfg, k)!r})" for k in unsafe)
-                + " would change its results. Start a new run with another --out instead (only "
-                + ", ".join("--" + k.replace("_", "-") for k in NOT_RESULTS if k != "out")
-                + " may change, and --data to name where the same data moved)")
-        for k, v in changed.items():
-            setattr(cfg, k, v)
+        cfg = resumed_config(args.resume, given)
         metrics = train(cfg, resume=True)
     else:
         cfg = config_from_args(args)
@@ -109,32 +92,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import check_cells, grid_configs, grid_method_args, load_grid_file, run_grid, summarize
+    from .grid import load_grid_file, run_compare
 
     settings: dict[str, Any] = load_grid_file(args.grid) if args.grid else {}
     methods = args.methods.split(",") if args.methods else settings.pop("methods", None)
     noises = args.noise.split(",") if args.noise else settings.pop("noise", None)
     seeds = args.seeds if args.seeds is not None else int(settings.pop("seeds", 1))
     settings.pop("methods", None), settings.pop("noise", None), settings.pop("seeds", None)
-    if not noises and own_labels(getattr(args, "data", None) or settings.get("data", "")):
-        noises = ["none"]  # your own labels, compared as given, as `l2b train` takes them
-    if not methods or not noises:
-        raise ValueError("give --methods M1,M2 and --noise SPEC1,SPEC2 (or a --grid file with them)")
     names = {f.name for f in fields(TrainConfig)}
     settings.update({k: v for k, v in vars(args).items() if k in names and k != "noise"})  # noise: per cell
-    if settings.get("holdout"):
-        raise ValueError(f"--holdout {settings['holdout']} trains a fold of l2b label-issues --cross-fit, which a grid's "
-                         f"summary leaves out; drop it (--train-subset N trains on part of the data)")
-    settings["method_args"] = grid_method_args(methods, settings.get("method_args", {}), option_flags(args))
-    base = TrainConfig.from_dict(settings, args.grid or "compare")
     out = Path(args.out)
-    cfgs = grid_configs(base, methods, noises, seeds, out)
-    check_cells(cfgs, overwrite=args.overwrite)
-    print(f"{len(cfgs)} runs: {len(methods)} methods × {len(noises)} noise settings × {seeds} seeds -> {out}",
-          flush=True)
-    run_grid(cfgs, jobs=args.jobs, devices=args.devices.split(",") if args.devices is not None else None,
-             log=lambda text: print(text, flush=True))  # --jobs and --devices checked there, before any cell runs
-    summarize(out)
+    run_compare(settings, methods, noises, seeds, out, jobs=args.jobs,
+                devices=args.devices.split(",") if args.devices is not None else None, overwrite=args.overwrite,
+                options=option_flags(args), where=args.grid or "compare", log=lambda text: print(text, flush=True))
     print((out / "summary.md").read_text())
     return 0
 

@@ -312,3 +312,39 @@ class TrainConfig:
         if moved:
             values["method_args"] = {**moved, **values.get("method_args", {})}
         return cls(**values)
+
+
+def resumed_config(run: str | Path, given: dict[str, Any], flag: bool = True) -> TrainConfig:
+    """The settings a stopped run continues with: its own (``run/config.json``), changed only where
+    ``given`` changes a setting that leaves its results alone (``NOT_RESULTS``: progress, workers,
+    devices, threads...) or names where the same data moved (``data``, checked against the run's
+    record when the data are read). ``given``: settings by name, method options among them (by name
+    or under ``method_args``); one that would change the results is a ValueError naming it and the
+    value the run has. ``flag``: name the settings as command-line flags (else as keywords)."""
+    from .rundir import NOT_RESULTS, read_json
+
+    saved = Path(run) / "config.json"
+    if not saved.is_file():
+        raise FileNotFoundError(f"{run}: no config.json, so nothing to resume; is it the directory of a run (its "
+                                f"--out)?")
+    cfg = TrainConfig.from_dict(read_json(saved, need=("config",))["config"], str(saved))
+    cfg.out = str(run)  # the directory given, even when the run was moved or copied
+    asked = TrainConfig.from_dict(given, "flags" if flag else "resume")
+    name = (lambda k: "--" + k.replace("_", "-")) if flag else (lambda k: k)  # noqa: E731
+    changed = {k: getattr(asked, k) for k in given if k in cfg.__dict__ and k != "method_args"
+               and getattr(cfg, k) != getattr(asked, k)}
+    unsafe = [f"{name(k)} {v!r} (the run has {getattr(cfg, k)!r})" for k, v in changed.items()
+              if k not in NOT_RESULTS and k != "data"]
+    if asked.method_args:  # a method option given again must be the one the run has
+        before = options_of(cfg.method, cfg.method_options())
+        after = options_of(cfg.method, TrainConfig(method=cfg.method, method_args={**cfg.method_args, **asked.method_args})
+                           .method_options())
+        unsafe += [f"{name(k)} {after[k]!r} (the run has {before[k]!r})" for k in before if before[k] != after[k]]
+    if unsafe:
+        keep = ", ".join(name(k) for k in NOT_RESULTS if k != "out")
+        raise ValueError(f"{run} resumes with its own settings; {', '.join(unsafe)} would change its results. Start a "
+                         f"new run with another {name('out')} instead (only {keep} may change, and {name('data')} to "
+                         f"name where the same data moved)")
+    for k, v in changed.items():
+        setattr(cfg, k, v)
+    return cfg

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import TrainConfig
-from .train import train
+from .trainer import train
 
 DEMO = dict(data="digits", noise="symmetric:0.4", model="mlp", width=256, val_per_class=10,
             epochs=30, batch_size=64, lr=0.1, warmup_epochs=0)

@@ -136,7 +136,8 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
                                **clean_ref)
     classes = _classes(run, config, prep)
     paths = _paths(prep, index, split)
-    _write_csv(out / "label_issues.csv", issues, index, split, given, classes, paths)
+    rows = issue_rows(issues, index, split, given, classes, paths)
+    _write_csv(out / "label_issues.csv", rows, bool(paths))
     picture, shown = None, 0
     if show > 0:
         picture, shown = _show(out / "label_issues.png", issues, index, split, given, classes, show, run, prep, data)
@@ -146,7 +147,7 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
     m = flag_metrics(mask, is_noisy)
     return {"issues": len(issues.indices), "estimated": issues.estimated, "cut": issues.cut,
             "false_alarms": issues.false_alarms,
-            "source": SCORES[issues.source], "score": issues.source, "csv": out / "label_issues.csv",
+            "source": SCORES[issues.source], "score": issues.source, "csv": out / "label_issues.csv", "rows": rows,
             "picture": picture, "shown": shown, "clean_scored": int((split == "clean").sum()),
             "clean_steered": steered, "clean_learned": bool(clean_ref) and learned, "out_of_fold": bool(cross_fit),
             "model": None if scored is None else scored.model, "model_epoch": None if scored is None else scored.epoch + 1,
@@ -322,22 +323,36 @@ def _paths(prep, index: np.ndarray, split: np.ndarray) -> list[str] | None:
     return [prep.ds.shown_path(prep.ds.train[int(i)][0]) for i in index]
 
 
-def _write_csv(path: Path, issues, index, split, given, classes: list[str], paths) -> None:
-    atomic_write(path, lambda tmp: _csv_rows(tmp, issues, index, split, given, classes, paths))
-
-
-def _csv_rows(path: Path, issues, index, split, given, classes: list[str], paths) -> None:
+def issue_rows(issues, index, split, given, classes: list[str], paths) -> list[dict]:
+    """The flagged samples, most suspect first, as label_issues.csv lists them (a dict a row)."""
     name = lambda c: classes[c] if 0 <= c < len(classes) else ""  # noqa: E731
     agreement = issues.agreement
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["index", "split", "given_label", "given_class", "suggested_label", "suggested_class",
-                         "confidence", "pseudo_agreement", "score"] + (["path"] if paths else []))
-        for i in issues.indices:
-            g, s = int(given[i]), int(issues.suggested[i])
-            writer.writerow([int(index[i]), split[i], g, name(g), s, name(s), f"{issues.confidence[i]:.4f}",
-                             "" if agreement is None or i >= len(agreement) else f"{agreement[i]:.2f}",
-                             f"{issues.score[i]:.6f}"] + ([paths[i]] if paths else []))
+    rows = []
+    for i in issues.indices:
+        g, s = int(given[i]), int(issues.suggested[i])
+        row = {"index": int(index[i]), "split": str(split[i]), "given_label": g, "given_class": name(g),
+               "suggested_label": s, "suggested_class": name(s), "confidence": float(issues.confidence[i]),
+               "pseudo_agreement": None if agreement is None or i >= len(agreement) else float(agreement[i]),
+               "score": float(issues.score[i])}
+        rows.append(row | ({"path": paths[i]} if paths else {}))
+    return rows
+
+
+CSV_DIGITS = {"confidence": 4, "pseudo_agreement": 2, "score": 6}
+
+
+def _write_csv(path: Path, rows: list[dict], with_paths: bool) -> None:
+    columns = ["index", "split", "given_label", "given_class", "suggested_label", "suggested_class", "confidence",
+               "pseudo_agreement", "score"] + (["path"] if with_paths else [])
+    text = lambda k, v: "" if v is None else f"{v:.{CSV_DIGITS[k]}f}" if k in CSV_DIGITS else v  # noqa: E731
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(columns)
+            writer.writerows([text(k, row[k]) for k in columns] for row in rows)
+
+    atomic_write(path, write)
 
 
 def _image(prep, i: int) -> np.ndarray:
@@ -358,7 +373,7 @@ def _show(path: Path, issues, index, split, given, classes, top: int, run: Path,
     """label_issues.png: the top suspects, each with given -> suggested label and its score; the
     picture's path and how many it shows."""
     if prep is None:
-        from .train import load_run
+        from .trainer import load_run
 
         prep = load_run(run, data=data)[1]
     chosen = issues.indices[:top]

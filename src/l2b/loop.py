@@ -1,6 +1,6 @@
 """One training step and one epoch's bookkeeping: the learning-rate schedule, the step (loss,
 backward, clipping, optimizer), what an epoch accumulates, evaluation, and stopping a run that
-diverged. ``l2b.train.train`` strings these together; ``l2b.run_state`` holds what the hooks and checkpoints carry."""
+diverged. ``l2b.trainer.train`` strings these together; ``l2b.run_state`` holds what the hooks and checkpoints carry."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def fit_sample(data, seed: int):
 
 
 @dataclass
-class Run:
+class Training:
     """What every training step of a run reads."""
 
     cfg: TrainConfig
@@ -112,7 +112,7 @@ def lone_sample_error(cfg: TrainConfig, epoch: int, step: int) -> ValueError:
         f"or a model without BatchNorm (--model mlp)")
 
 
-def train_step(run: Run, x, y, idx, n_global: int, epoch: int, step: int, warm: bool):
+def train_step(run: Training, x, y, idx, n_global: int, epoch: int, step: int, warm: bool):
     """One step: the method's loss (plain cross-entropy during warm-up), backward (all-reduced
     under torchrun), clipping, the optimizer step. Returns (loss, the method's StepOutput or None,
     how many samples the loss stands for in the epoch's mean: the global batch for a global-sum

@@ -197,7 +197,7 @@ def _epoch(run: Path, which: str, state: dict) -> int | None:
 
 def _run_dataset(run: Path, data: str | None):
     """The dataset of a run that did not record how its inputs were prepared."""
-    from .train import load_run
+    from .trainer import load_run
 
     try:
         return load_run(run, device="cpu", data=data)[1].ds

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import collect
+from .grid import collect
 from .config import labels_as_given
 from .rundir import read_npz, writable_dir
 from .runlock import atomic_write

@@ -55,7 +55,7 @@ def run_model_scores(run: Path, which: str = "final", held_out: bool = False, ex
     memorised. ``data``: the run's dataset where it is now, when it moved since the run trained."""
     from .models import predict_probs
     from .rundir import load_checkpoint
-    from .train import load_run
+    from .trainer import load_run
 
     cfg, prep, (train_data, val_data, _), model = load_run(run, data=data)
     clean_y = val_data.y.cpu().numpy()
@@ -156,9 +156,9 @@ def cross_fit_scores(run: Path, folds: int, which: str = "auto", held_out: bool 
     settings is refused. ``which`` chooses each fold's model as :func:`run_model_scores` does.
     The clean set's probabilities are the mean of the fold models' (each class's mean then mixes
     the folds as the training samples' do)."""
-    from .compare import check_cells, run_one
+    from .grid import check_cells, run_one
     from .run_data import fold_positions
-    from .train import load_run
+    from .trainer import load_run
 
     cfg, prep, (train_data, val_data, _), _ = load_run(run)
     if folds > len(train_data):  # a fold without a sample would train a whole run to score nothing

@@ -12,7 +12,7 @@ import torch
 
 from .config import TrainConfig
 from .data.batches import CleanBatches, exclude, global_batches
-from .loop import Run, lr_at
+from .loop import Training, lr_at
 from .methods.base import EpochContext, SetupContext
 from .rundir import load_checkpoint
 
@@ -24,7 +24,7 @@ SETUP_CLEAN_SALT = 32452843  # a setup's fit on the clean samples (distill)
 EPOCH_CLEAN_SALT = 49979687  # the clean batches of a clean set a method sets at epoch e: seed * salt + e
 
 
-def epoch_context(cfg: TrainConfig, run: Run, epoch: int, warm: bool, noisy_data, val_data, meta_augment: bool,
+def epoch_context(cfg: TrainConfig, run: Training, epoch: int, warm: bool, noisy_data, val_data, meta_augment: bool,
                   needs_sampling: str = "cycle"):
     """The ``EpochContext`` of a method's ``on_epoch_start``: ``set_clean`` gives the steps that
     follow fresh clean batches of another split, shuffled by the run's seed and the epoch."""

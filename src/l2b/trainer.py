@@ -31,7 +31,7 @@ from .methods import create_method, learns_from_clean, needs_of
 from .metaset import MetaSetSelector, parse_meta_set
 from .run_data import (build_splits, check_same_data, data_fingerprint, data_line, has_test, model_inputs,
                        prepare_data, truth_in_words, warn)
-from .loop import EpochLog, Run, WeightHistory, check_finite, evaluate, evaluate_saved, fit_sample, train_step
+from .loop import EpochLog, Training, WeightHistory, check_finite, evaluate, evaluate_saved, fit_sample, train_step
 from .memorisation import early_epoch, fit_gaps
 from .run_state import EPOCH_ORDER_SALT, checkpoint_state, epoch_context, restore_checkpoint, run_setup
 from .rundir import (Progress, append_row, atomic_json, atomic_npz, atomic_save, environment, finite_json,
@@ -254,7 +254,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None) 
     bar = Progress(cfg.progress if main_rank else "none", (cfg.epochs - start_epoch) * steps_per_epoch,
                    f"{cfg.method} {cfg.noise}")
     model.train()
-    run = Run(cfg, model, optimizer, method, clean, sync, clip, amp, out, main_rank, len(noisy_data), steps_per_epoch,
+    run = Training(cfg, model, optimizer, method, clean, sync, clip, amp, out, main_rank, len(noisy_data), steps_per_epoch,
               needs.clean_in_stream, saved_clean if resume else None)
     try:
         for epoch in range(start_epoch, cfg.epochs):

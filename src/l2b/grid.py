@@ -21,10 +21,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, labels_as_given
+from .config import TrainConfig, labels_as_given, own_labels
 from .config_checks import check_device, load_yaml
 from .rundir import config_differences, read_json
-from .train import train
+from .trainer import train
 
 SUMMARY_COLUMNS = ["method", "noise", "seeds", "test_acc_last_mean", "test_acc_last_std",
                    "test_acc_at_best_val_mean", "test_acc_at_best_val_std", "epoch_seconds"]
@@ -197,6 +197,30 @@ def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None =
                 f"a grid worker ended abruptly (killed, or out of memory) while running {dicts[done]['out']} or a "
                 f"cell after it; {done} of {len(dicts)} cells are done: run the same command again to continue "
                 f"(finished cells are skipped), with fewer --jobs if memory ran out") from None
+
+
+def run_compare(settings: dict[str, Any], methods: list[str] | None, noises: list[str] | None, seeds: int, out: Path,
+                jobs: int = 1, devices: list[str] | None = None, overwrite: bool = False,
+                options: dict[str, Any] | None = None, where: str = "compare", log=print) -> list[dict[str, Any]]:
+    """Run (or resume, or skip) every cell of a grid into ``out`` and summarise it: ``settings``
+    are the cells' shared settings (``l2b train``'s, by name; ``method_args`` too), ``options``
+    the method options given by name, each to the grid's methods that declare it. Without noise
+    settings, a grid on the user's own labels takes them as given. Returns the summary's rows."""
+    if not noises and own_labels(settings.get("data", "")):
+        noises = ["none"]  # your own labels, compared as given, as `l2b train` takes them
+    if not methods or not noises:
+        raise ValueError("give the methods and the noise settings of the grid (--methods M1,M2 and --noise "
+                         "SPEC1,SPEC2, or a --grid file with them)")
+    if settings.get("holdout"):
+        raise ValueError(f"--holdout {settings['holdout']} trains a fold of l2b label-issues --cross-fit, which a grid's "
+                         f"summary leaves out; drop it (--train-subset N trains on part of the data)")
+    settings = {**settings, "method_args": grid_method_args(methods, settings.get("method_args", {}), options or {})}
+    base = TrainConfig.from_dict(settings, where)
+    cfgs = grid_configs(base, methods, noises, seeds, out)
+    check_cells(cfgs, overwrite=overwrite)
+    log(f"{len(cfgs)} runs: {len(methods)} methods × {len(noises)} noise settings × {seeds} seeds -> {out}")
+    run_grid(cfgs, jobs=jobs, devices=devices, log=log)  # jobs and devices checked there, before any cell runs
+    return summarize(out)
 
 
 def collect(out: Path, finished_only: bool = True) -> list[dict[str, Any]]:
