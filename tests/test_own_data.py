@@ -239,9 +239,9 @@ def test_sixteen_bit_grayscale_is_read_over_its_full_range_and_float_pixels_are_
     assert (x[0] < 1).float().mean() > 0.95 and torch.equal(x[0], x[1])
     from types import SimpleNamespace
 
-    from l2b.label_issues import _image
+    from l2b.label_issue_files import sample_image
 
-    shown = _image(SimpleNamespace(ds=ds), item)  # the suspects' picture reads it the same way
+    shown = sample_image(SimpleNamespace(ds=ds), item)  # the suspects' picture reads it the same way
     assert np.array_equal(shown[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
     Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "train" / "dog" / "depth.tif")
     with pytest.raises(ValueError, match=r"depth.tif \(pixel mode F cannot be read as RGB; save it as 8- or 16-bit\)"):
@@ -798,7 +798,7 @@ def test_the_suspects_picture_keeps_every_title_clear_of_the_images():
     """Two rows of 8: each two-line title (given → suggested, score) sits above its own image and
     overlaps no image, in particular not the row above."""
     pytest.importorskip("matplotlib")
-    from l2b.label_issues import suspects_figure
+    from l2b.label_issue_files import suspects_figure
 
     images = [np.full((28, 28), 40 * (i % 6), dtype=np.uint8) for i in range(16)]
     fig = suspects_figure(images, [f"pullover → coat\nscore 0.{i:02d}" for i in range(16)], "top 16")
