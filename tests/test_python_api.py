@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -112,3 +114,18 @@ def test_a_cut_history_line_is_named(tmp_path):
         fh.write('{"epoch": 2, "lr"')
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 3: not a JSON object"):
         run.history
+
+
+def test_a_script_that_runs_a_grid_at_its_top_level_runs_it_once(tmp_path):
+    """Spawned grid workers run the main script again to find what it defines; a script that calls
+    l2b.compare(jobs=2) without `if __name__ == "__main__":` used to start the grid again in each
+    worker, which died of it ("a grid worker ended abruptly")."""
+    script = tmp_path / "sweep.py"
+    script.write_text("import l2b\n"
+                      "print('the script ran')\n"
+                      "rows = l2b.compare('grid', methods=['ce'], noise=['symmetric:0.2', 'symmetric:0.4'], jobs=2,\n"
+                      "                   data='digits', model='mlp', width=16, epochs=1)\n"
+                      "print(len(rows), 'rows')\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("the script ran") == 1 and "2 rows" in out.stdout

@@ -16,6 +16,7 @@ import signal
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -144,6 +145,25 @@ def start_grid_worker(parent: int, start_method: str) -> None:
     mp.set_start_method(start_method, force=True)
 
 
+@contextmanager
+def main_script_unnamed():
+    """While the grid's workers start, the script that runs the grid is not named to them. A
+    spawned worker runs the main script again to find what it defines, so a script that calls
+    ``l2b.compare(jobs=N)`` at its top level, not under ``if __name__ == "__main__":``, would start
+    the grid again in every worker, which dies of it. The workers need nothing of the script: they
+    run ``run_one`` of this module on plain settings."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__} if main else {}
+    if main is not None:
+        main.__dict__.pop("__file__", None)
+        main.__spec__ = None  # multiprocessing reads it, and names a module run with -m by it
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
 def end_with_parent(parent: int) -> None:
     """A grid worker ends when the grid's process does (Linux's parent-death signal): a `kill` or a
     scheduler's SIGTERM of `l2b compare` leaves no worker training on, holding its cell's lock. The
@@ -189,7 +209,9 @@ def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None =
     with grid_pool(jobs) as pool:
         done = 0
         try:
-            for msg in pool.map(run_one, dicts):
+            with main_script_unnamed():  # the workers start as the cells are handed out
+                results = pool.map(run_one, dicts)
+            for msg in results:
                 done += 1
                 log(f"[{done}/{len(dicts)}] {msg}")
         except BrokenProcessPool:
