@@ -35,6 +35,9 @@ def test_l2b_train_is_the_command_line_run_to_the_bit(tmp_path, capsys):
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert run.metrics["test_acc_last"] == cli["test_acc_last"]
     assert [h["val_acc"] for h in run.history] == [h["val_acc"] for h in cli["history"]]
+    w, labels = run.weights, run.labels
+    assert w["alpha"].shape == w["beta"].shape == labels["noisy"].shape == (1197,)
+    assert (labels["noisy"] != labels["true"]).sum() == labels["is_noisy"].sum() > 0
     assert repr(run) == (f"Run('{tmp_path / 'py'}': l2b on digits, noise symmetric:0.4, 2/2 epochs, "
                          f"test {cli['test_acc_last']:.1f}% at the last epoch)")
 

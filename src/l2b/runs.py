@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .rundir import not_a_run, read_json
+from .rundir import not_a_run, read_json, read_npz
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -94,7 +94,8 @@ class Run:
 
     ``config``: its settings (a ``TrainConfig``); ``history``: a dict per finished epoch
     (metrics.jsonl: losses, accuracies, learning rate, mean α and β, seconds); ``metrics``: the
-    final metrics (metrics.json), None until it finishes; ``finished``, ``epochs_done``.
+    final metrics (metrics.json), None until it finishes; ``finished``, ``epochs_done``;
+    ``labels`` and ``weights``: its labels.npz and weights.npz as numpy arrays.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -139,6 +140,20 @@ class Run:
     def metrics(self) -> dict[str, Any] | None:
         path = self.path / "metrics.json"
         return read_json(path) if path.is_file() else None
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        """labels.npz: the training samples' given (``noisy``) and true labels, ``is_noisy``, their
+        places in the dataset (``train_index``; the clean set's: ``val_index``), the realised noise
+        ``transition`` matrix (numpy arrays)."""
+        return read_npz(self.path / "labels.npz")
+
+    @property
+    def weights(self) -> dict[str, Any] | None:
+        """weights.npz: per training sample, the last epoch's α, β and pseudo-label, and the last
+        epochs' (``alpha_history``...); None for a method without per-sample weights."""
+        path = self.path / "weights.npz"
+        return read_npz(path) if path.is_file() else None
 
     @property
     def finished(self) -> bool:
