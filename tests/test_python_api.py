@@ -132,3 +132,19 @@ def test_a_script_that_runs_a_grid_at_its_top_level_runs_it_once(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("the script ran") == 1 and "2 rows" in out.stdout
+
+
+def test_your_torch_is_as_it_was_after_a_run(tmp_path):
+    """A run seeds torch and may set its threads; l2b train's process ends with them, a Python
+    caller's goes on: the threads and the random generators are given back as they were."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(123)
+        expected = torch.rand(3)
+        torch.manual_seed(123)
+        l2b.train(tmp_path / "r", method="ce", **TINY)  # threads=1, seed 0
+        assert torch.get_num_threads() == 2
+        assert torch.equal(torch.rand(3), expected)
+    finally:
+        torch.set_num_threads(threads)

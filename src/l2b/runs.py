@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,13 +60,32 @@ def train(out: str | Path | None = None, *, resume: str | Path | None = None, co
                              f"directory; give one of them")
         if overwrite:
             raise ValueError("l2b.train(resume=..., overwrite=True): a resumed run continues, it is not replaced")
-        train_run(resumed_config(resume, given, flag=False), resume=True)
+        cfg = resumed_config(resume, given, flag=False)
+        with torch_state_kept(cfg.device):
+            train_run(cfg, resume=True)
         return Run(resume)
     if out is not None:
         given["out"] = str(out)
     cfg = TrainConfig.from_dict(given, "l2b.train()" if config is None else str(config))
-    train_run(cfg, overwrite=overwrite)
+    with torch_state_kept(cfg.device):
+        train_run(cfg, overwrite=overwrite)
     return Run(cfg.out)
+
+
+@contextmanager
+def torch_state_kept(device: str):
+    """Your process's torch as it was before a run: a run seeds torch's random generators and may
+    set its CPU threads (one on a machine of two cores), which ``l2b train`` leaves to end with its
+    process; here they are restored, so that your own code runs after it as it would have."""
+    import torch
+
+    threads = torch.get_num_threads()
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def compare(out: str | Path, methods: list[str] | str, noise: list[str] | str | None = None, seeds: int = 1,
@@ -84,9 +104,11 @@ def compare(out: str | Path, methods: list[str] | str, noise: list[str] | str | 
     given = _settings(config, {k: v for k, v in settings.items() if k not in options}, "l2b.compare")
     _settings(None, options, "l2b.compare")
     split = lambda v: [v] if isinstance(v, str) else None if v is None else list(v)  # noqa: E731
-    return run_compare(given, split(methods), split(noise), seeds, Path(out), jobs=jobs, devices=devices,
-                       overwrite=overwrite, options=options, where="l2b.compare()" if config is None else str(config),
-                       log=lambda text: print(text, flush=True))
+    with torch_state_kept(str(given.get("device", "auto"))):  # cells run here when jobs is 1
+        return run_compare(given, split(methods), split(noise), seeds, Path(out), jobs=jobs, devices=devices,
+                           overwrite=overwrite, options=options,
+                           where="l2b.compare()" if config is None else str(config),
+                           log=lambda text: print(text, flush=True))
 
 
 class Run:
