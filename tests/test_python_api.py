@@ -120,9 +120,9 @@ def test_a_cut_history_line_is_named(tmp_path):
 
 
 def test_a_script_that_runs_a_grid_at_its_top_level_runs_it_once(tmp_path):
-    """Spawned grid workers run the main script again to find what it defines; a script that calls
-    l2b.compare(jobs=2) without `if __name__ == "__main__":` used to start the grid again in each
-    worker, which died of it ("a grid worker ended abruptly")."""
+    """A grid's cells in parallel workers. Spawned workers run the main script again to find what it
+    defines; a script that calls l2b.compare(jobs=2) without `if __name__ == "__main__":` used to
+    start the grid again in each worker, which died of it ("a grid worker ended abruptly")."""
     script = tmp_path / "sweep.py"
     script.write_text("import l2b\n"
                       "print('the script ran')\n"
@@ -132,6 +132,7 @@ def test_a_script_that_runs_a_grid_at_its_top_level_runs_it_once(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("the script ran") == 1 and "2 rows" in out.stdout
+    assert len(list((tmp_path / "grid").rglob("metrics.json"))) == 2
 
 
 def test_your_torch_is_as_it_was_after_a_run(tmp_path):

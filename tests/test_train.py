@@ -655,14 +655,6 @@ def test_compare_takes_a_yaml_grid_of_methods_noise_seeds_and_settings(tmp_path)
                       )["resolved"]["method_options"]["normalize"] == "softmax"
 
 
-def test_compare_runs_cells_in_parallel_workers(tmp_path):
-    argv = ["compare", "--data", "digits", "--model", "mlp", "--width", "16", "--methods", "ce,bootstrap",
-            "--noise", "symmetric:0.4", "--seeds", "1", "--epochs", "1", "--val-per-class", "5",
-            "--jobs", "2", "--out", str(tmp_path / "grid")]
-    assert cli_main(argv) == 0
-    assert len(list((tmp_path / "grid").rglob("metrics.json"))) == 2
-
-
 def test_grid_workers_start_their_loader_workers_as_the_grid_process_does(tmp_path):
     """A grid worker is spawned, and a spawned process inherits "spawn" as its start method: an
     image-file loader's workers would then each import torch anew, every epoch. It takes the start method a plain ``l2b train`` has: the
