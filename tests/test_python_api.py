@@ -58,6 +58,8 @@ def test_bad_keywords_are_one_line_errors_before_any_data_are_read(tmp_path):
         l2b.train(tmp_path / "a", resume=tmp_path / "b")
     with pytest.raises(FileNotFoundError, match="no config.json, so nothing to resume"):
         l2b.train(resume=tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="missing.csv"):  # a Path is taken as its text
+        l2b.train(tmp_path / "r", exclude=tmp_path / "missing.csv", **TINY)
     assert not (tmp_path / "r").exists()
 
 
@@ -99,7 +101,7 @@ def test_label_issues_rows_are_the_csv_rows(tmp_path):
 
 
 def test_compare_runs_a_grid_and_returns_its_summary(tmp_path, capsys):
-    rows = l2b.compare(tmp_path / "g", methods=["ce", "l2b"], noise="symmetric:0.4", seeds=1, **TINY)
+    rows = l2b.compare(tmp_path / "g", methods="ce,l2b", noise="symmetric:0.4", seeds=1, **TINY)  # as on the CLI
     assert [(r["method"], r["noise"], r["seeds"]) for r in rows] == [("ce", "symmetric:0.4", 1),
                                                                    ("l2b", "symmetric:0.4", 1)]
     with open(tmp_path / "g" / "summary.csv", newline="") as fh:

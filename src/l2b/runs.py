@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -38,6 +39,7 @@ def _settings(config: str | Path | None, given: dict[str, Any], call: str) -> di
             raise TypeError(f"{call}() got an unknown setting {key!r}" + (f"; did you mean {near[0]!r}?" if near else "")
                             + " (the settings are l2b train's flags with _ for -, and the methods' options: "
                               "l2b train --help, l2b options)")
+    given = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in given.items()}  # exclude=Path(...)
     return {**(load_yaml(str(config)) if config is not None else {}), **given}
 
 
@@ -95,7 +97,8 @@ def compare(out: str | Path, methods: list[str] | str, noise: list[str] | str | 
     ``out/<method>/<noise>/seed<k>/`` (finished cells are skipped, stopped ones resumed), then its
     summary (``out/summary.md``, ``summary.csv``), whose rows are returned: per (method, noise),
     the mean and std over the seeds of the test accuracy at the last and at the best-validation
-    epoch. ``noise``: None on your own labels takes them as given. Other keywords: as :func:`train`;
+    epoch. ``methods``, ``noise``: lists, or text with commas as on the command line; ``noise``
+    None on your own labels takes them as given. Other keywords: as :func:`train`;
     a method option given by name goes to the grid's methods that declare it."""
     from .config import TrainConfig
     from .grid import run_compare
@@ -103,7 +106,7 @@ def compare(out: str | Path, methods: list[str] | str, noise: list[str] | str | 
     options = {k: v for k, v in settings.items() if k not in {f.name for f in fields(TrainConfig)}}
     given = _settings(config, {k: v for k, v in settings.items() if k not in options}, "l2b.compare")
     _settings(None, options, "l2b.compare")
-    split = lambda v: [v] if isinstance(v, str) else None if v is None else list(v)  # noqa: E731
+    split = lambda v: v.split(",") if isinstance(v, str) else None if v is None else list(v)  # noqa: E731
     with torch_state_kept(str(given.get("device", "auto"))):  # cells run here when jobs is 1
         return run_compare(given, split(methods), split(noise), seeds, Path(out), jobs=jobs, devices=devices,
                            overwrite=overwrite, options=options,
