@@ -19,6 +19,7 @@ from .config import TrainConfig, resumed_config
 from .config_checks import load_yaml
 from .calibrate import CUTS, DEFAULT_CUT, HELD_OUT_CUT, STEERED_CUT
 from .console import first_rank, format_warning, one_line
+from .data.download import SOURCES as DOWNLOADS
 from .detect import SCORES
 from .predict import WHICH
 from .run_scores import MODELS
@@ -140,6 +141,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from .data.download import download
+
+    download(args.name, args.dir, log=lambda line: print(line, flush=True))
+    return 0
+
+
 def _at_least(least: int, unit: str = "", hint: str = ""):
     """An argparse type: a whole number of ``least`` or more (``unit``, e.g. folds, names it)."""
     def parse(text: str) -> int:
@@ -257,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", metavar="SPEC", help="the run's dataset where it is now: needed only for runs of l2b "
                                                    "versions that did not record how their inputs were prepared")
     pr.set_defaults(func=cmd_predict)
+    dl = sub.add_parser("download", allow_abbrev=False, help="fetch a research dataset (CIFAR, MNIST) into a directory",
+                        description="Fetch a research dataset from its publisher (or torchvision's mirrors), check each "
+                                    "file against its published MD5 sum, and lay it out as --data NAME:DIR reads it. "
+                                    "Files already there and whole are kept.")
+    dl.add_argument("name", choices=list(DOWNLOADS), metavar="NAME", help=" | ".join(DOWNLOADS))
+    dl.add_argument("dir", nargs="?", metavar="DIR", help="where to put it (default: data/NAME)")
+    dl.set_defaults(func=cmd_download)
     o = sub.add_parser("options", allow_abbrev=False, help="every method's options: values, default, help")
     o.add_argument("methods", nargs="?", metavar="METHOD[,METHOD]", help="only these methods")
     o.set_defaults(func=cmd_options)

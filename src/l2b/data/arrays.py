@@ -143,11 +143,18 @@ def _decode(names) -> tuple[str, ...]:
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
 
+def _check_downloaded(name: str, root: Path, first: Path, folder: str) -> None:
+    if not first.is_file():
+        where = "no such directory" if not root.is_dir() else f"neither {root / folder}/ nor {root / first.name} is there"
+        raise FileNotFoundError(f"{name}:{root}: {where}; fetch it with `l2b download {name} {root}`")
+
+
 def load_cifar10(path: str | None) -> ArrayDataset:
     if not path:
         raise ValueError("cifar10 needs its directory: cifar10:DIR (holding cifar-10-batches-py/)")
     root = Path(path)
     base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    _check_downloaded("cifar10", root, base / "data_batch_1", "cifar-10-batches-py")
     train = [_cifar_batch(base / f"data_batch_{i}", b"labels") for i in range(1, 6)]
     xt, yt, _ = _cifar_batch(base / "test_batch", b"labels")
     x = np.concatenate([b[0] for b in train])
@@ -165,6 +172,7 @@ def load_cifar100(path: str | None) -> ArrayDataset:
         raise ValueError("cifar100 needs its directory: cifar100:DIR (holding cifar-100-python/)")
     root = Path(path)
     base = root / "cifar-100-python" if (root / "cifar-100-python").is_dir() else root
+    _check_downloaded("cifar100", root, base / "train", "cifar-100-python")
     x, y, c = _cifar_batch(base / "train", b"fine_labels", b"coarse_labels")
     xt, yt, ct = _cifar_batch(base / "test", b"fine_labels", b"coarse_labels")
     meta = base / "meta"

@@ -62,20 +62,20 @@ def _read_idx(path: Path, inode: int, size: int, mtime_ns: int) -> np.ndarray:
     return body
 
 
-def _find(root: Path, stem: str) -> Path:
+def _find(root: Path, stem: str, name: str) -> Path:
     for cand in (root / stem, root / f"{stem}.gz"):
         if cand.is_file():
             return cand
-    raise FileNotFoundError(f"{root}: neither {stem} nor {stem}.gz found")
+    raise FileNotFoundError(f"{root}: neither {stem} nor {stem}.gz found; fetch {name} with `l2b download {name} {root}`")
 
 
 def load_idx_dataset(name: str, root: Path, classes: tuple[str, ...]) -> ArrayDataset:
     if not root.is_dir():
-        raise FileNotFoundError(f"{name}: directory {root} not found")
+        raise FileNotFoundError(f"{name}: directory {root} not found; fetch it with `l2b download {name} {root}`")
     parts = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        x = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
-        y = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+        x = read_idx(_find(root, f"{prefix}-images-idx3-ubyte", name))
+        y = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte", name))
         if x.ndim != 3 or y.ndim != 1:
             raise ValueError(f"{root}: {prefix} images must be N×H×W and labels N, got {x.shape} and {y.shape}")
         if len(x) != len(y):
@@ -94,8 +94,8 @@ def load_fashion_mnist(path: str | None) -> ArrayDataset:
     root = Path(path) if path else FASHION_MNIST_DIR
     if not path and not root.is_dir():
         raise FileNotFoundError(
-            f"fashion-mnist: {root} not found; install it (apt-get install dataset-fashion-mnist) "
-            "or give fashion-mnist:DIR"
+            f"fashion-mnist: {root} not found; install it (apt-get install dataset-fashion-mnist), or fetch it "
+            "with `l2b download fashion-mnist DIR` and give fashion-mnist:DIR"
         )
     ds = load_idx_dataset("fashion-mnist", root, FASHION_CLASSES)
     ds.asymmetric_map = dict(FASHION_ASYMMETRIC_MAP)

@@ -1,0 +1,93 @@
+"""``l2b download``: fetched, checked against the published sums, laid out as --data reads it.
+No test reaches the network: the sources are pointed at local files (file:// URLs, read by the
+same urllib path as https)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from l2b.cli import main
+from l2b.data import download as dl
+from l2b.data import load_dataset
+
+from test_data import _cifar_dir, make_idx_dir
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def cifar_archive(tmp_path: Path) -> Path:
+    """A CIFAR-10-shaped archive: cifar-10-batches-py/ of tiny batches, as the publisher packs it."""
+    src = _cifar_dir(tmp_path / "src", n=10)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return archive
+
+
+def point(monkeypatch, name: str, files) -> None:
+    source = dl.SOURCES[name]
+    monkeypatch.setitem(dl.SOURCES, name, dl.Source(tuple(files), source.unpack))
+
+
+def test_cifar10_is_fetched_checked_unpacked_and_read(tmp_path, monkeypatch, capsys):
+    archive = cifar_archive(tmp_path)
+    point(monkeypatch, "cifar10", [(archive.name, md5(archive), (archive.as_uri(),))])
+    root = tmp_path / "data"
+    assert main(["download", "cifar10", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"50 training and 10 test images; train on it with --data cifar10:{root}" in out
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py"]  # the archive removed, no temporaries
+    assert load_dataset(f"cifar10:{root}").x_train.shape == (50, 3, 32, 32)
+    # there already: nothing is fetched again (the source now points nowhere)
+    point(monkeypatch, "cifar10", [(archive.name, md5(archive), ((tmp_path / "gone.tar.gz").as_uri(),))])
+    assert dl.download("cifar10", root, log=lambda line: None) == f"cifar10:{root}"
+
+
+def test_a_wrong_or_missing_file_tries_the_next_mirror_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    good = make_idx_dir(tmp_path / "good", gz=True)
+    bad = make_idx_dir(tmp_path / "bad", gz=True, n_train=31)  # files whose sums differ
+    files = [(f.name, md5(f), ((tmp_path / "nowhere" / f.name).as_uri(), (bad / f.name).as_uri(),
+                               (good / f.name).as_uri()))
+             for f in sorted(good.glob("*.gz"))]
+    point(monkeypatch, "mnist", files)
+    lines = []
+    root = tmp_path / "mnist"
+    assert dl.download("mnist", root, log=lines.append) == f"mnist:{root}"
+    assert sorted(p.name for p in root.iterdir()) == sorted(f[0] for f in files)
+    assert load_dataset(f"mnist:{root}").x_train.shape == (30, 1, 28, 28)
+    # no mirror serves the published file: one line naming each and why; no partial file
+    point(monkeypatch, "mnist", [(files[0][0], files[0][1], files[0][2][:2])])
+    with pytest.raises(ConnectionError) as err:
+        dl.download("mnist", tmp_path / "m2", log=lines.append)
+    text = str(err.value)
+    assert "could not download" in text and "nowhere" in text and "not the published" in text
+    assert "\n" not in text and not list((tmp_path / "m2").iterdir())
+
+
+def test_an_archive_that_reaches_outside_its_directory_is_refused(tmp_path, monkeypatch):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        body = b"not yours"
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    point(monkeypatch, "cifar10", [(archive.name, md5(archive), (archive.as_uri(),))])
+    root = tmp_path / "deep" / "data"
+    with pytest.raises(ValueError, match="cannot be unpacked"):
+        dl.download("cifar10", root, log=lambda line: None)
+    assert not (tmp_path / "deep" / "escaped.txt").exists() and not (root.parent / "escaped.txt").exists()
+    assert [p.name for p in root.iterdir()] == [archive.name]  # checked and kept; no half-unpacked folder
+
+
+def test_missing_research_data_names_the_download(tmp_path, capsys):
+    for spec in (f"cifar10:{tmp_path / 'none'}", f"cifar100:{tmp_path}", f"mnist:{tmp_path / 'none'}"):
+        name = spec.split(":")[0]
+        assert main(["train", "--data", spec, "--out", str(tmp_path / "run")]) == 2
+        assert f"fetch it with `l2b download {name} " in capsys.readouterr().err
