@@ -91,3 +91,14 @@ def test_missing_research_data_names_the_download(tmp_path, capsys):
         name = spec.split(":")[0]
         assert main(["train", "--data", spec, "--out", str(tmp_path / "run")]) == 2
         assert f"fetch it with `l2b download {name} " in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    def fetch(url, part, log):
+        part.write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dl, "_fetch", fetch)
+    with pytest.raises(OSError, match="the disk is full while writing cifar-10-python.tar.gz") as err:
+        dl.download("cifar10", tmp_path / "d", log=lambda line: None)
+    assert "\n" not in str(err.value) and not list((tmp_path / "d").iterdir())
