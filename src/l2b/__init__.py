@@ -10,7 +10,7 @@ from .meta import MetaWeights, bootstrap_loss, meta_weights
 from .metaset import select_meta_set
 from .normalize import normalize_weights
 from .predict import Classifier, load_model
-from .runs import Run, compare, train
+from .runs import Run, compare, download, train
 from .step import L2B, StepResult
 
 from .version import __version__
@@ -30,6 +30,7 @@ __all__ = [
     "train",
     "compare",
     "Run",
+    "download",
     "load_model",
     "Classifier",
     "__version__",

@@ -114,6 +114,14 @@ def compare(out: str | Path, methods: list[str] | str, noise: list[str] | str | 
                            log=lambda text: print(text, flush=True))
 
 
+def download(name: str, root: str | Path | None = None) -> str:
+    """``l2b download``: a research dataset (cifar10, cifar100, mnist, fashion-mnist) fetched into
+    ``root`` (default ``data/NAME``) and checked; returns the ``data=`` spec that reads it."""
+    from .data.download import download as fetch
+
+    return fetch(name, root, log=lambda line: print(line, flush=True))
+
+
 class Run:
     """A run directory of ``l2b train`` or :func:`train`, read as it is on disk now.
 
