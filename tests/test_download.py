@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from l2b.data import download as dl
 from l2b.data import load_dataset
 
 from test_data import _cifar_dir, make_idx_dir
+from test_noise import SHARED, needs_cifar_n
 
 
 def md5(path: Path) -> str:
@@ -32,8 +34,7 @@ def cifar_archive(tmp_path: Path) -> Path:
 
 
 def point(monkeypatch, name: str, files) -> None:
-    source = dl.SOURCES[name]
-    monkeypatch.setitem(dl.SOURCES, name, dl.Source(tuple(files), source.unpack))
+    monkeypatch.setitem(dl.SOURCES, name, replace(dl.SOURCES[name], files=tuple(files)))
 
 
 def test_cifar10_is_fetched_checked_unpacked_and_read(tmp_path, monkeypatch, capsys):
@@ -102,3 +103,18 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatc
     with pytest.raises(OSError, match="the disk is full while writing cifar-10-python.tar.gz") as err:
         dl.download("cifar10", tmp_path / "d", log=lambda line: None)
     assert "\n" not in str(err.value) and not list((tmp_path / "d").iterdir())
+
+
+@needs_cifar_n
+@pytest.mark.parametrize("name, file", [("cifar10n", "CIFAR-10_human.pt"), ("cifar100n", "CIFAR-100_human.pt")])
+def test_cifar_n_labels_match_their_published_sums_and_land_beside_the_images(tmp_path, monkeypatch, name, file):
+    """The published files (a copy of them, served locally) pass the recorded sums as they are."""
+    (_, published, _), = dl.SOURCES[name].files
+    point(monkeypatch, name, [(file, published, ((SHARED / file).as_uri(),))])
+    lines = []
+    monkeypatch.chdir(tmp_path)
+    path = dl.download(name, log=lines.append)  # default: data/cifar10, where --noise cifar10n:KIND looks
+    images = "cifar10" if name == "cifar10n" else "cifar100"
+    assert path == str(Path("data") / images / file) and md5(tmp_path / path) == published
+    assert f"--data {images}:data/{images} --noise {name}:" in lines[-1] and "CC BY-NC 4.0" in lines[-1]
+    assert "50000 human labels" in lines[-1]

@@ -265,12 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", metavar="SPEC", help="the run's dataset where it is now: needed only for runs of l2b "
                                                    "versions that did not record how their inputs were prepared")
     pr.set_defaults(func=cmd_predict)
-    dl = sub.add_parser("download", allow_abbrev=False, help="fetch a research dataset (CIFAR, MNIST) into a directory",
+    dl = sub.add_parser("download", allow_abbrev=False, help="fetch a research dataset (CIFAR, MNIST, CIFAR-N's labels) into a directory",
                         description="Fetch a research dataset from its publisher (or torchvision's mirrors), check each "
                                     "file against its published MD5 sum, and lay it out as --data NAME:DIR reads it. "
                                     "Files already there and whole are kept.")
     dl.add_argument("name", choices=list(DOWNLOADS), metavar="NAME", help=" | ".join(DOWNLOADS))
-    dl.add_argument("dir", nargs="?", metavar="DIR", help="where to put it (default: data/NAME)")
+    dl.add_argument("dir", nargs="?", metavar="DIR", help="where to put it (default: data/NAME; CIFAR-N's labels: "
+                                                         "data/cifar10 or data/cifar100, beside the images)")
     dl.set_defaults(func=cmd_download)
     o = sub.add_parser("options", allow_abbrev=False, help="every method's options: values, default, help")
     o.add_argument("methods", nargs="?", metavar="METHOD[,METHOD]", help="only these methods")

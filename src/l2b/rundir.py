@@ -100,14 +100,14 @@ def read_npz(path: str | Path, need: tuple[str, ...] = ()) -> dict[str, np.ndarr
     return arrays
 
 
-def writable_dir(out: Path) -> Path:
-    """``out`` created and writable, or a one-line error that names ``--out``."""
+def writable_dir(out: Path, remedy: str = "write elsewhere with --out DIR") -> Path:
+    """``out`` created and writable, or a one-line error ending with ``remedy``."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"cannot create {out} ({err.strerror}); write elsewhere with --out DIR") from None
+        raise ValueError(f"cannot create {out} ({err.strerror}); {remedy}") from None
     if not os.access(out, os.W_OK):
-        raise ValueError(f"{out} is not writable; write elsewhere with --out DIR")
+        raise ValueError(f"{out} is not writable; {remedy}")
     return out
 
 

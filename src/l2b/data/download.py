@@ -28,15 +28,18 @@ TIMEOUT_S = 60  # per network read; a stalled server is an error, not a hang
 @dataclass(frozen=True)
 class Source:
     """A dataset's files: (name, MD5, URLs tried in order); ``unpack``: the folder its one
-    archive holds, which is unpacked into DIR."""
+    archive holds, which is unpacked into DIR; ``labels_of``: the dataset whose training images a
+    label file (CIFAR-N's human labels) labels."""
 
     files: tuple[tuple[str, str, tuple[str, ...]], ...]
     unpack: str | None = None
+    labels_of: str | None = None  # human label files of this dataset (CIFAR-N), not a dataset
 
 
 _MNIST = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
 _FASHION = ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
+_CIFARN = "https://github.com/UCSC-REAL/cifar-10-100n/raw/main/data/"
 _IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
         "t10k-labels-idx1-ubyte.gz")
 
@@ -54,6 +57,11 @@ SOURCES = {
                            "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")),
     "fashion-mnist": _idx(_FASHION, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
                                      "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")),
+    # CIFAR-N (Wei et al., ICLR 2022; CC BY-NC 4.0): human labels of the CIFAR training images
+    "cifar10n": Source((("CIFAR-10_human.pt", "96644db5574813cae939af5f7f2a0aec", (_CIFARN + "CIFAR-10_human.pt",)),),
+                       labels_of="cifar10"),
+    "cifar100n": Source((("CIFAR-100_human.pt", "a67b45c1d7992051865b5c755bd68bb1",
+                          (_CIFARN + "CIFAR-100_human.pt",)),), labels_of="cifar100"),
 }
 
 
@@ -136,23 +144,39 @@ def _unpack(archive: Path, folder: str, root: Path, log) -> None:
     archive.unlink()
 
 
+def _human_labels(name: str, source: Source, root: Path, log) -> str:
+    """A CIFAR-N label file fetched and read (its clean labels are checked against the images when
+    a run uses it); returns its path."""
+    from ..noise_files import CIFARN_TYPES
+    from ..safe_pickle import load_torch_save_dict
+
+    (file, md5, urls), = source.files
+    path = fetch_file(file, md5, urls, root, log)
+    labels = load_torch_save_dict(path)
+    kind = next(iter(CIFARN_TYPES[name]))
+    log(f"{name}: {len(labels['clean_label'])} human labels in {path} (CC BY-NC 4.0, Wei et al., ICLR 2022); train "
+        f"with --data {source.labels_of}:{root} --noise {name}:{kind} where {root} also holds {source.labels_of}, "
+        f"else --noise {name}:{kind}:{path}")
+    return str(path)
+
+
 def download(name: str, root: str | Path | None = None, log=print) -> str:
     """Dataset ``name`` (a key of ``SOURCES``) into ``root`` (default ``data/NAME``), checked and
-    read once as training will read it; returns the ``--data`` spec that reads it."""
+    read once as training will read it; returns the ``--data`` spec that reads it (for CIFAR-N's
+    label files, the file's path)."""
     from . import load_dataset
+    from ..rundir import writable_dir
 
     if name not in SOURCES:
         raise ValueError(f"l2b download fetches {', '.join(SOURCES)}; got {name!r} (digits comes with "
                          f"scikit-learn; the others are your own files)")
-    root = Path(root) if root is not None else Path("data") / name
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create {root} ({err.strerror}); give another directory") from None
-    if not os.access(root, os.W_OK):
-        raise ValueError(f"{root} is not writable; give another directory")
+    if root is None:  # CIFAR-N's labels beside the images they label, where --noise cifar10n:KIND looks
+        root = Path("data") / (SOURCES[name].labels_of or name)
+    root = writable_dir(Path(root), "give another directory")
     spec = f"{name}:{root}"
     source = SOURCES[name]
+    if source.labels_of:
+        return _human_labels(name, source, root, log)
     if source.unpack and (root / source.unpack).is_dir():
         log(f"{root / source.unpack}: already there")
     else:
