@@ -67,7 +67,7 @@ def scored(run: Path, folds: int, cut: str = "auto") -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         s = write_label_issues(run, out=tmp, cross_fit=folds, cut=cut, log=lambda line: None)
-    from label_issue_cut import meets_targets
+    from label_issue_references import meets_targets
 
     corrupted = s["corrupted"]
     ratio = s["issues"] / max(corrupted, 1)

@@ -86,7 +86,8 @@ def configs(out: Path, seeds: range, clean_sizes=(10, 40), epochs: int = 20, lar
 def scored(name: str, run: Path) -> dict:
     """`l2b label-issues` on the run (its defaults), and cleanlab on the same model's probabilities
     (its columns None where cleanlab is not installed: the ``bench`` extra)."""
-    from label_issue_cut import cleanlab_flags, meets_targets
+    from label_issue_cut import cleanlab_flags
+    from label_issue_references import meets_targets
 
     from l2b.detect import flag_metrics
     from l2b.label_issues import write_label_issues

@@ -181,7 +181,8 @@ def test_label_issue_cut_references_separate_the_clean_sets_push_on_one_own_data
     assumes, counts the moved labels within 25%; the held-out test set counts fewer than the clean
     set that steered training; and the tried bias correction is reported with a verdict."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from label_issue_cut import own_data_runs, references
+    from label_issue_cut import own_data_runs
+    from label_issue_references import references
 
     from l2b.grid import run_one
 
