@@ -92,6 +92,9 @@ def test_missing_research_data_names_the_download(tmp_path, capsys):
         name = spec.split(":")[0]
         assert main(["train", "--data", spec, "--out", str(tmp_path / "run")]) == 2
         assert f"fetch it with `l2b download {name} " in capsys.readouterr().err
+    for name in ("cifar10", "cifar100", "mnist"):  # no directory given, as a paper preset leaves it
+        assert main(["train", "--data", name, "--out", str(tmp_path / "run")]) == 2
+        assert f"`l2b download {name} DIR` fetches it" in capsys.readouterr().err
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -151,7 +151,8 @@ def _check_downloaded(name: str, root: Path, first: Path, folder: str) -> None:
 
 def load_cifar10(path: str | None) -> ArrayDataset:
     if not path:
-        raise ValueError("cifar10 needs its directory: cifar10:DIR (holding cifar-10-batches-py/)")
+        raise ValueError("cifar10 needs its directory: cifar10:DIR (holding cifar-10-batches-py/; `l2b download "
+                         "cifar10 DIR` fetches it)")
     root = Path(path)
     base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     _check_downloaded("cifar10", root, base / "data_batch_1", "cifar-10-batches-py")
@@ -169,7 +170,8 @@ def load_cifar10(path: str | None) -> ArrayDataset:
 
 def load_cifar100(path: str | None) -> ArrayDataset:
     if not path:
-        raise ValueError("cifar100 needs its directory: cifar100:DIR (holding cifar-100-python/)")
+        raise ValueError("cifar100 needs its directory: cifar100:DIR (holding cifar-100-python/; `l2b download "
+                         "cifar100 DIR` fetches it)")
     root = Path(path)
     base = root / "cifar-100-python" if (root / "cifar-100-python").is_dir() else root
     _check_downloaded("cifar100", root, base / "train", "cifar-100-python")

@@ -86,7 +86,8 @@ def load_idx_dataset(name: str, root: Path, classes: tuple[str, ...]) -> ArrayDa
 
 def load_mnist(path: str | None) -> ArrayDataset:
     if not path:
-        raise ValueError("mnist needs its directory: mnist:DIR (with train-images-idx3-ubyte[.gz] ...)")
+        raise ValueError("mnist needs its directory: mnist:DIR (with train-images-idx3-ubyte[.gz] ...; `l2b download "
+                         "mnist DIR` fetches it)")
     return load_idx_dataset("mnist", Path(path), tuple(str(c) for c in range(10)))
 
 
