@@ -151,3 +151,24 @@ def test_your_torch_is_as_it_was_after_a_run(tmp_path):
         assert torch.equal(torch.rand(3), expected)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_on_epoch_hears_every_epoch_and_can_stop_the_run_resumably(tmp_path):
+    rows = []
+    run = l2b.train(tmp_path / "r", method="l2b", on_epoch=rows.append, **{**TINY, "epochs": 3})
+    assert rows == run.history and [r["epoch"] for r in rows] == [0, 1, 2]
+
+    class Pruned(Exception):
+        pass
+
+    def prune(row):  # e.g. a tuner stopping a trial that is going nowhere
+        if row["epoch"] == 1:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        l2b.train(tmp_path / "p", method="l2b", on_epoch=prune, **{**TINY, "epochs": 3})
+    stopped = l2b.Run(tmp_path / "p")
+    assert (stopped.finished, stopped.epochs_done) == (False, 2)
+    heard = []
+    stopped.resume(on_epoch=heard.append)
+    assert [r["epoch"] for r in heard] == [2] and same_weights(stopped.path, run.path)

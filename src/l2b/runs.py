@@ -15,7 +15,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .rundir import not_a_run, read_json, read_npz
 
@@ -44,14 +44,16 @@ def _settings(config: str | Path | None, given: dict[str, Any], call: str) -> di
 
 
 def train(out: str | Path | None = None, *, resume: str | Path | None = None, config: str | Path | None = None,
-          overwrite: bool = False, **settings: Any) -> "Run":
+          overwrite: bool = False, on_epoch: Callable[[dict], Any] | None = None, **settings: Any) -> "Run":
     """Train one run into ``out`` and return it (a :class:`Run`); ``l2b train``'s flags are the
     keywords (``data="digits", method="l2b", noise="symmetric:0.4", epochs=30``), the methods'
     options too (``beta=0.6``, or ``method_args={"beta": 0.6}``); ``config``: a YAML file of
     settings, which the keywords override. ``resume=RUN`` continues a stopped run with its own
     settings (only those that leave its results alone may be given: ``threads``, ``device``,
     ``workers``, ``progress``, ``eval_batch_size``, and ``data`` where the same data moved).
-    ``overwrite`` replaces a finished run in ``out``."""
+    ``overwrite`` replaces a finished run in ``out``. ``on_epoch(row)``: called after each epoch's
+    checkpoint is written, with its row of metrics.jsonl (to log it to your own tracker, or to stop:
+    an exception it raises ends the run there, resumable as after Ctrl-C)."""
     from .config import TrainConfig, resumed_config
     from .trainer import train as train_run
 
@@ -64,13 +66,13 @@ def train(out: str | Path | None = None, *, resume: str | Path | None = None, co
             raise ValueError("l2b.train(resume=..., overwrite=True): a resumed run continues, it is not replaced")
         cfg = resumed_config(resume, given, flag=False)
         with torch_state_kept(cfg.device):
-            train_run(cfg, resume=True)
+            train_run(cfg, resume=True, on_epoch=on_epoch)
         return Run(resume)
     if out is not None:
         given["out"] = str(out)
     cfg = TrainConfig.from_dict(given, "l2b.train()" if config is None else str(config))
     with torch_state_kept(cfg.device):
-        train_run(cfg, overwrite=overwrite)
+        train_run(cfg, overwrite=overwrite, on_epoch=on_epoch)
     return Run(cfg.out)
 
 

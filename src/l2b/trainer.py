@@ -139,11 +139,14 @@ def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | No
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None = None,
-          overwrite: bool = False) -> dict[str, Any]:
+          overwrite: bool = False, on_epoch=None) -> dict[str, Any]:
     """Run one experiment into ``cfg.out``; with ``resume`` continue from its checkpoint.
 
     ``stop_after_epoch`` ends the run after that epoch (0-based) as an interruption would: the
     checkpoint is written, ``metrics.json`` is not; ``resume=True`` later finishes it.
+    ``on_epoch(row)``: called by the main process after each epoch's checkpoint is written, with
+    that epoch's row of metrics.jsonl (a copy); an exception it raises stops the run there, as an
+    interruption would.
     """
     cfg.validate()
     threads = cfg.resolved_threads()
@@ -163,7 +166,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         if first_rank():
             prepare_out(out, asdict(cfg), resume, overwrite, asdict(TrainConfig()))  # before any data or fits
         with deterministic_kernels(cfg.deterministic):
-            return _train_locked(cfg, resume and not again, stop_after_epoch)
+            return _train_locked(cfg, resume and not again, stop_after_epoch, on_epoch)
     except BaseException:
         if not resume:  # a new run that failed: its lock file goes, and the directories it made while still empty
             lock.abandon()  # (bad settings, data or a method's fit: nothing is left behind)
@@ -172,7 +175,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         lock.release()
 
 
-def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None) -> dict[str, Any]:
+def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, on_epoch) -> dict[str, Any]:
     clip = cfg.resolved_clip()
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
@@ -315,6 +318,8 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None) 
                 + (f"val {val_acc:.2f} " if math.isfinite(val_acc) else "val - ")  # nothing to select on yet
                 + (f"test {test_acc:.2f} " if test_acc is not None else "") + f"({train_time:.1f}s)"
             )
+            if on_epoch is not None and main_rank:
+                on_epoch(dict(row))
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs - 1:
                 bar.close()
                 return {"interrupted_after_epoch": epoch, "history": history}
