@@ -118,7 +118,9 @@ def compare(out: str | Path, methods: list[str] | str, noise: list[str] | str | 
 
 def download(name: str, root: str | Path | None = None) -> str:
     """``l2b download``: a research dataset (cifar10, cifar100, mnist, fashion-mnist) fetched into
-    ``root`` (default ``data/NAME``) and checked; returns the ``data=`` spec that reads it."""
+    ``root`` (default ``data/NAME``) and checked; returns the ``data=`` spec that reads it. CIFAR-N's
+    human labels (cifar10n, cifar100n) go beside the CIFAR images (default ``data/cifar10``,
+    ``data/cifar100``); then the label file's path is returned."""
     from .data.download import download as fetch
 
     return fetch(name, root, log=lambda line: print(line, flush=True))
