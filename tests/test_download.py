@@ -60,7 +60,10 @@ def test_a_wrong_or_missing_file_tries_the_next_mirror_and_leaves_nothing_behind
     point(monkeypatch, "mnist", files)
     lines = []
     root = tmp_path / "mnist"
+    root.mkdir()
+    (root / files[0][0]).write_bytes(b"an earlier download, cut short")  # there, but not whole: fetched again
     assert dl.download("mnist", root, log=lines.append) == f"mnist:{root}"
+    assert any("not the published file (MD5 differs); fetching it again" in line for line in lines)
     assert sorted(p.name for p in root.iterdir()) == sorted(f[0] for f in files)
     assert load_dataset(f"mnist:{root}").x_train.shape == (30, 1, 28, 28)
     # no mirror serves the published file: one line naming each and why; no partial file

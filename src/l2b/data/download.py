@@ -98,9 +98,11 @@ def fetch_file(name: str, md5: str, urls: tuple[str, ...], root: Path, log=print
     """``root/name`` with the given MD5, kept if already there, else fetched from the first of
     ``urls`` that serves it whole; a one-line error naming every URL tried and why."""
     target = root / name
-    if target.is_file() and md5_of(target) == md5:
-        log(f"{target}: already there")
-        return target
+    if target.is_file():
+        if md5_of(target) == md5:
+            log(f"{target}: already there")
+            return target
+        log(f"{target}: there, but not the published file (MD5 differs); fetching it again")
     part = root / f".{name}.part"
     tried = []
     for url in urls:
