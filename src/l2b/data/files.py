@@ -13,9 +13,10 @@ import torch
 
 from ..console import warn as warn_data
 from .copies import copies_message, file_copies
+from .dicom import DICOM_SUFFIXES, dicom_size, is_dicom
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, pil_image, seeded_keys
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", *DICOM_SUFFIXES}
 IMAGENET_SIZE = 224  # the crop of ImageNet-pretrained models, and native_size's cap
 SAMPLED_SIDES = 32  # images whose size native_size reads (headers only), spread over the list
 CLOTHING1M_MEAN = (0.6959, 0.6537, 0.6371)  # the L2B authors' ultils.py
@@ -158,6 +159,9 @@ def short_side(items) -> int | None:
     sides = []
     for path, _ in items[:: max(1, len(items) // SAMPLED_SIDES)][:SAMPLED_SIDES]:
         try:
+            if is_dicom(path):
+                sides.append(min(dicom_size(path)))
+                continue
             with Image.open(path) as im:
                 sides.append(min(im.size))
         except (OSError, ValueError):

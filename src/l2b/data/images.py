@@ -1,5 +1,6 @@
-"""Decoding image files with Pillow: the transforms of the image-file datasets, 16-bit grayscale
-read over its full range, and the check that every image can be read before training starts."""
+"""Decoding image files with Pillow (DICOM with pydicom: ``dicom.py``): the transforms of the
+image-file datasets, 16-bit grayscale read over its full range, and the check that every image can
+be read before training starts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import warnings
 
 import numpy as np
 import torch
+
+from .dicom import check_dicom, is_dicom, read_dicom
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -131,6 +134,8 @@ def read_rgb(path, short: int, own_photos: bool):
         from PIL import ImageOps
 
         return as_rgb(ImageOps.exif_transpose(path) if own_photos else path)
+    if is_dicom(path):
+        return read_dicom(path).convert("RGB")
     with Image.open(path) as im:
         return as_rgb(upright(im, short) if own_photos else im)
 
@@ -210,6 +215,10 @@ def check_images(items, on_bad_images: str, where: str):
     good, bad = [], []
     for path, label in items:
         try:
+            if is_dicom(path):  # its header: one frame of a kind l2b shows (pydicom reads it)
+                check_dicom(path)
+                good.append((path, label))
+                continue
             with Image.open(path) as im:
                 if im.mode not in RGB_MODES:  # e.g. float pixels (F): no scale to read them by
                     raise ValueError(f"pixel mode {im.mode} cannot be read as RGB; save it as 8- or 16-bit")
