@@ -77,7 +77,8 @@ def test_a_folder_of_dicom_files_trains_and_its_label_issues_are_drawn(tmp_path,
             (tmp_path / "scans" / split / name).mkdir(parents=True)
             for i in range(n):
                 base = rng.integers(200, 1200, (20, 24)) + (1500 if c else 0)
-                write_dicom(tmp_path / "scans" / split / name / f"{i}.dcm", base, intercept=-1024.0, window_cw=(300, 2000))
+                stem = f"{i}.dcm" if i % 2 else f"IM{i:04d}"  # a PACS export names its files without a suffix
+                write_dicom(tmp_path / "scans" / split / name / stem, base, intercept=-1024.0, window_cw=(300, 2000))
     ds = load_dataset(f"folder:{tmp_path / 'scans'}")
     assert len(ds.train) == 24 and ds.classes == ("nodule", "normal")
     out = tmp_path / "run"

@@ -20,7 +20,20 @@ COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 
 
 def is_dicom(path) -> bool:
-    return isinstance(path, (str, Path)) and Path(path).suffix.lower() in DICOM_SUFFIXES
+    """A ``.dcm`` / ``.dicom`` file, or one without a suffix that opens with DICOM's preamble (the
+    "DICM" mark after 128 bytes: what a scanner's or PACS export names IM0001 and the like)."""
+    if not isinstance(path, (str, Path)):
+        return False
+    suffix = Path(path).suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def _pydicom():

@@ -86,11 +86,13 @@ class FileDataset:
 
 def image_files(folder: Path) -> list[Path]:
     """The image files of one class folder and its sub-folders (as torchvision's ImageFolder reads
-    them), sorted by path; hidden files and folders (``.DS_Store``, macOS's ``._x.jpg``) left out."""
+    them; DICOM files without a suffix too), sorted by path; hidden files and folders
+    (``.DS_Store``, macOS's ``._x.jpg``) left out."""
     found = []
     for here, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__MACOSX"]
-        found += [Path(here) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        found += [Path(here) / f for f in files if not f.startswith(".") and (
+            Path(f).suffix.lower() in IMAGE_SUFFIXES or not Path(f).suffix and is_dicom(Path(here) / f))]
     return sorted(found)
 
 
