@@ -124,3 +124,12 @@ def test_cifar_n_labels_match_their_published_sums_and_land_beside_the_images(tm
     assert path == str(Path("data") / images / file) and md5(tmp_path / path) == published
     assert f"--data {images}:data/{images} --noise {name}:" in lines[-1] and "CC BY-NC 4.0" in lines[-1]
     assert "50000 human labels" in lines[-1]
+
+
+def test_a_python_without_safe_extraction_says_so_and_unpacks_nothing(tmp_path, monkeypatch):
+    archive = cifar_archive(tmp_path)
+    point(monkeypatch, "cifar10", [(archive.name, md5(archive), (archive.as_uri(),))])
+    monkeypatch.delattr(tarfile, "data_filter")
+    with pytest.raises(ValueError, match="cannot unpack an archive safely"):
+        dl.download("cifar10", tmp_path / "d", log=lambda line: None)
+    assert [p.name for p in (tmp_path / "d").iterdir()] == [archive.name]  # kept, checked: unpack it by hand

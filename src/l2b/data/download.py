@@ -128,6 +128,10 @@ def fetch_file(name: str, md5: str, urls: tuple[str, ...], root: Path, log=print
 
 def _unpack(archive: Path, folder: str, root: Path, log) -> None:
     """The archive's ``folder`` into ``root`` (through a temporary folder), then the archive removed."""
+    if not hasattr(tarfile, "data_filter"):  # Python before 3.10.12 / 3.11.4: no safe extraction
+        raise ValueError(f"{archive}: this Python ({sys.version.split()[0]}) cannot unpack an archive safely (tarfile's "
+                         f"data filter came with 3.10.12 and 3.11.4); upgrade it, or unpack {folder}/ into {root} "
+                         f"yourself and run this again")
     staging = root / f".{folder}.unpacking"
     shutil.rmtree(staging, ignore_errors=True)
     log(f"unpacking {archive.name}")
