@@ -57,6 +57,12 @@ def test_grayscale_is_rescaled_and_windowed_as_a_viewer_shows_it(tmp_path):
     assert got.shape == (16, 16) and got.dtype == np.uint8
     np.testing.assert_array_equal(got, np.rint(window(raw - 1024.0, 40, 400)).astype(np.uint8))
     assert got.min() == 0 and got.max() == 255  # air black, bone white
+    # pydicom's own VOI function, over the range it maps onto, gives the same picture
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(f)
+    voi = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)
+    np.testing.assert_array_equal(got, np.rint((voi + 1024.0) * 255.0 / 4095.0).astype(np.uint8))
     # no window: the image's own range; MONOCHROME1 (higher is darker) inverted
     plain = np.asarray(read_dicom(write_dicom(tmp_path / "p.dcm", raw)))
     inverted = np.asarray(read_dicom(write_dicom(tmp_path / "m1.dcm", raw, photometric="MONOCHROME1")))
