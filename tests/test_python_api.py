@@ -111,6 +111,12 @@ def test_compare_runs_a_grid_and_returns_its_summary(tmp_path, capsys):
         l2b.Run(tmp_path / "g")
     with pytest.raises(TypeError, match="did you mean 'seed'"):
         l2b.compare(tmp_path / "g2", methods="ce", noise="none", seeed=1)
+    grid = tmp_path / "grid.yaml"  # l2b compare --grid's file: the grid and its settings, arguments over them
+    grid.write_text("methods: [ce]\nnoise: [symmetric:0.2]\nseeds: 1\nepochs: 1\nlr: 0.05\n")
+    rows = l2b.compare(tmp_path / "g3", grid=grid, **{**TINY, "epochs": 2})
+    assert [(r["method"], r["noise"], r["seeds"]) for r in rows] == [("ce", "symmetric:0.2", 1)]
+    cell = l2b.Run(tmp_path / "g3" / "ce" / "symmetric_0.2" / "seed0").config
+    assert (cell.epochs, cell.lr) == (2, 0.05)
 
 
 def test_a_cut_history_line_is_named(tmp_path):

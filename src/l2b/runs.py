@@ -92,27 +92,34 @@ def torch_state_kept(device: str):
         torch.set_num_threads(threads)
 
 
-def compare(out: str | Path, methods: list[str] | str, noise: list[str] | str | None = None, seeds: int = 1,
-            *, jobs: int = 1, devices: list[str] | None = None, overwrite: bool = False,
-            config: str | Path | None = None, **settings: Any) -> list[dict[str, Any]]:
+def compare(out: str | Path, methods: list[str] | str | None = None, noise: list[str] | str | None = None,
+            seeds: int | None = None, *, jobs: int = 1, devices: list[str] | None = None, overwrite: bool = False,
+            grid: str | Path | None = None, **settings: Any) -> list[dict[str, Any]]:
     """Run a grid (``l2b compare``): every method × noise setting × seed into
     ``out/<method>/<noise>/seed<k>/`` (finished cells are skipped, stopped ones resumed), then its
     summary (``out/summary.md``, ``summary.csv``), whose rows are returned: per (method, noise),
     the mean and std over the seeds of the test accuracy at the last and at the best-validation
     epoch. ``methods``, ``noise``: lists, or text with commas as on the command line; ``noise``
-    None on your own labels takes them as given. Other keywords: as :func:`train`;
-    a method option given by name goes to the grid's methods that declare it."""
+    None on your own labels takes them as given; ``seeds``: 1 unless given. ``grid``: a grid file
+    (``l2b compare --grid``: methods, noise, seeds and settings), which the arguments override.
+    Other keywords: as :func:`train`; a method option given by name goes to the grid's methods that
+    declare it."""
     from .config import TrainConfig
-    from .grid import run_compare
+    from .grid import load_grid_file, run_compare
 
     options = {k: v for k, v in settings.items() if k not in {f.name for f in fields(TrainConfig)}}
-    given = _settings(config, {k: v for k, v in settings.items() if k not in options}, "l2b.compare")
     _settings(None, options, "l2b.compare")
+    given = _settings(None, {k: v for k, v in settings.items() if k not in options}, "l2b.compare")
+    file = load_grid_file(str(grid)) if grid is not None else {}
     split = lambda v: v.split(",") if isinstance(v, str) else None if v is None else list(v)  # noqa: E731
+    methods, noise = split(methods) or file.pop("methods", None), split(noise) or file.pop("noise", None)
+    seeds = seeds if seeds is not None else int(file.pop("seeds", 1))
+    for key in ("methods", "noise", "seeds"):
+        file.pop(key, None)
+    given = {**file, **given}
     with torch_state_kept(str(given.get("device", "auto"))):  # cells run here when jobs is 1
-        return run_compare(given, split(methods), split(noise), seeds, Path(out), jobs=jobs, devices=devices,
-                           overwrite=overwrite, options=options,
-                           where="l2b.compare()" if config is None else str(config),
+        return run_compare(given, methods, noise, seeds, Path(out), jobs=jobs, devices=devices,
+                           overwrite=overwrite, options=options, where=str(grid) if grid else "l2b.compare()",
                            log=lambda text: print(text, flush=True))
 
 
