@@ -44,11 +44,11 @@ def _pydicom():
     return pydicom
 
 
-def _header(path):
-    """The file's attributes without its pixels, checked: one frame of pixels l2b can show."""
+def _header(path, pixels: bool = False):
+    """The file's attributes (with its pixels where asked), checked: one frame l2b can show."""
     pydicom = _pydicom()
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
     except (pydicom.errors.InvalidDicomError, EOFError) as err:
         raise ValueError(f"not a readable DICOM file ({err})") from None
     if "Rows" not in ds or "Columns" not in ds:
@@ -92,9 +92,7 @@ def read_dicom(path):
     """The image of a DICOM file as an 8-bit PIL image (L or RGB; see the module's docstring)."""
     from PIL import Image
 
-    pydicom = _pydicom()
-    _header(path)
-    ds = pydicom.dcmread(path)
+    ds = _header(path, pixels=True)  # read once, checked
     try:
         pixels = ds.pixel_array
     except (RuntimeError, NotImplementedError, ValueError, AttributeError) as err:
