@@ -93,19 +93,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .grid import load_grid_file, run_compare
+    from .grid import run_compare
 
-    settings: dict[str, Any] = load_grid_file(args.grid) if args.grid else {}
-    methods = args.methods.split(",") if args.methods else settings.pop("methods", None)
-    noises = args.noise.split(",") if args.noise else settings.pop("noise", None)
-    seeds = args.seeds if args.seeds is not None else int(settings.pop("seeds", 1))
-    settings.pop("methods", None), settings.pop("noise", None), settings.pop("seeds", None)
     names = {f.name for f in fields(TrainConfig)}
-    settings.update({k: v for k, v in vars(args).items() if k in names and k != "noise"})  # noise: per cell
+    settings = {k: v for k, v in vars(args).items() if k in names and k != "noise"}  # noise: per cell
     out = Path(args.out)
-    run_compare(settings, methods, noises, seeds, out, jobs=args.jobs,
+    run_compare(settings, args.methods.split(",") if args.methods else None,
+                args.noise.split(",") if args.noise else None, args.seeds, out, jobs=args.jobs,
                 devices=args.devices.split(",") if args.devices is not None else None, overwrite=args.overwrite,
-                options=option_flags(args), where=args.grid or "compare", log=lambda text: print(text, flush=True))
+                options=option_flags(args), grid=args.grid, log=lambda text: print(text, flush=True))
     print((out / "summary.md").read_text())
     return 0
 

@@ -221,13 +221,20 @@ def run_grid(cfgs: list[TrainConfig], jobs: int = 1, devices: list[str] | None =
                 f"(finished cells are skipped), with fewer --jobs if memory ran out") from None
 
 
-def run_compare(settings: dict[str, Any], methods: list[str] | None, noises: list[str] | None, seeds: int, out: Path,
-                jobs: int = 1, devices: list[str] | None = None, overwrite: bool = False,
-                options: dict[str, Any] | None = None, where: str = "compare", log=print) -> list[dict[str, Any]]:
+def run_compare(settings: dict[str, Any], methods: list[str] | None, noises: list[str] | None, seeds: int | None,
+                out: Path, jobs: int = 1, devices: list[str] | None = None, overwrite: bool = False,
+                options: dict[str, Any] | None = None, grid: str | None = None, where: str = "compare",
+                log=print) -> list[dict[str, Any]]:
     """Run (or resume, or skip) every cell of a grid into ``out`` and summarise it: ``settings``
     are the cells' shared settings (``l2b train``'s, by name; ``method_args`` too), ``options``
-    the method options given by name, each to the grid's methods that declare it. Without noise
-    settings, a grid on the user's own labels takes them as given. Returns the summary's rows."""
+    the method options given by name, each to the grid's methods that declare it; ``grid``: a grid
+    file (:func:`load_grid_file`) under them all, whose methods, noise and seeds (1 if none) serve
+    where none are given; ``where`` names the settings in errors. Without noise settings, a grid on
+    the user's own labels takes them as given. Returns the summary's rows."""
+    file = load_grid_file(grid) if grid else {}
+    methods, noises = methods or file.pop("methods", None), noises or file.pop("noise", None)
+    seeds = seeds if seeds is not None else int(file.pop("seeds", 1))
+    settings = {**{k: v for k, v in file.items() if k not in ("methods", "noise", "seeds")}, **settings}
     if not noises and own_labels(settings.get("data", "")):
         noises = ["none"]  # your own labels, compared as given, as `l2b train` takes them
     if not methods or not noises:
@@ -237,7 +244,7 @@ def run_compare(settings: dict[str, Any], methods: list[str] | None, noises: lis
         raise ValueError(f"--holdout {settings['holdout']} trains a fold of l2b label-issues --cross-fit, which a grid's "
                          f"summary leaves out; drop it (--train-subset N trains on part of the data)")
     settings = {**settings, "method_args": grid_method_args(methods, settings.get("method_args", {}), options or {})}
-    base = TrainConfig.from_dict(settings, where)
+    base = TrainConfig.from_dict(settings, grid or where)
     cfgs = grid_configs(base, methods, noises, seeds, out)
     check_cells(cfgs, overwrite=overwrite)
     log(f"{len(cfgs)} runs: {len(methods)} methods × {len(noises)} noise settings × {seeds} seeds -> {out}")

@@ -105,21 +105,15 @@ def compare(out: str | Path, methods: list[str] | str | None = None, noise: list
     Other keywords: as :func:`train`; a method option given by name goes to the grid's methods that
     declare it."""
     from .config import TrainConfig
-    from .grid import load_grid_file, run_compare
+    from .grid import run_compare
 
-    options = {k: v for k, v in settings.items() if k not in {f.name for f in fields(TrainConfig)}}
-    _settings(None, options, "l2b.compare")
-    given = _settings(None, {k: v for k, v in settings.items() if k not in options}, "l2b.compare")
-    file = load_grid_file(str(grid)) if grid is not None else {}
+    given, names = _settings(None, settings, "l2b.compare"), {f.name for f in fields(TrainConfig)}
+    options = {k: v for k, v in given.items() if k not in names}  # method options, to the methods that declare them
     split = lambda v: v.split(",") if isinstance(v, str) else None if v is None else list(v)  # noqa: E731
-    methods, noise = split(methods) or file.pop("methods", None), split(noise) or file.pop("noise", None)
-    seeds = seeds if seeds is not None else int(file.pop("seeds", 1))
-    for key in ("methods", "noise", "seeds"):
-        file.pop(key, None)
-    given = {**file, **given}
     with torch_state_kept(str(given.get("device", "auto"))):  # cells run here when jobs is 1
-        return run_compare(given, methods, noise, seeds, Path(out), jobs=jobs, devices=devices,
-                           overwrite=overwrite, options=options, where=str(grid) if grid else "l2b.compare()",
+        return run_compare({k: v for k, v in given.items() if k in names}, split(methods), split(noise), seeds,
+                           Path(out), jobs=jobs, devices=devices, overwrite=overwrite, options=options,
+                           grid=None if grid is None else str(grid), where="l2b.compare()",
                            log=lambda text: print(text, flush=True))
 
 

@@ -257,8 +257,8 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
     bar = Progress(cfg.progress if main_rank else "none", (cfg.epochs - start_epoch) * steps_per_epoch,
                    f"{cfg.method} {cfg.noise}")
     model.train()
-    run = Training(cfg, model, optimizer, method, clean, sync, clip, amp, out, main_rank, len(noisy_data), steps_per_epoch,
-              needs.clean_in_stream, saved_clean if resume else None)
+    run = Training(cfg, model, optimizer, method, clean, sync, clip, amp, out, main_rank, len(noisy_data),
+                   steps_per_epoch, needs.clean_in_stream, saved_clean if resume else None)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()

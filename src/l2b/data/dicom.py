@@ -64,13 +64,9 @@ def _header(path, pixels: bool = False):
     return ds
 
 
-def check_dicom(path) -> None:
-    """Raise ValueError naming what makes ``path`` no image l2b can read (header only)."""
-    _header(path)
-
-
 def dicom_size(path) -> tuple[int, int]:
-    """(width, height) from the header."""
+    """(width, height) from the header, which is checked: a ValueError names what makes ``path`` no
+    image l2b can read."""
     ds = _header(path)
     return int(ds.Columns), int(ds.Rows)
 

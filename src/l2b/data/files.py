@@ -13,8 +13,8 @@ import torch
 
 from ..console import warn as warn_data
 from .copies import copies_message, file_copies
-from .dicom import DICOM_SUFFIXES, dicom_size, is_dicom
-from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, pil_image, seeded_keys
+from .dicom import DICOM_SUFFIXES, is_dicom
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, checked_size, seeded_keys
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", *DICOM_SUFFIXES}
 IMAGENET_SIZE = 224  # the crop of ImageNet-pretrained models, and native_size's cap
@@ -157,16 +157,11 @@ def _own_images(name: str, items, classes: tuple[str, ...], val, image_size: int
 def short_side(items) -> int | None:
     """The median short side of up to SAMPLED_SIDES images spread over ``items`` (headers only;
     unreadable ones are passed over: loading names them); None where none can be read."""
-    Image = pil_image()
     sides = []
     for path, _ in items[:: max(1, len(items) // SAMPLED_SIDES)][:SAMPLED_SIDES]:
         try:
-            if is_dicom(path):
-                sides.append(min(dicom_size(path)))
-                continue
-            with Image.open(path) as im:
-                sides.append(min(im.size))
-        except (OSError, ValueError):
+            sides.append(min(checked_size(path)))
+        except (OSError, ValueError, SyntaxError):
             continue
     return int(np.median(sides)) if sides else None
 

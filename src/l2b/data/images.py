@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import torch
 
-from .dicom import check_dicom, is_dicom, read_dicom
+from .dicom import dicom_size, is_dicom, read_dicom
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -207,22 +207,26 @@ def _resized_crop_box(width: int, height: int, scale, ratio) -> tuple[int, int, 
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def checked_size(path) -> tuple[int, int]:
+    """(width, height) of an image file from its header, which is checked: a file l2b can read as
+    RGB (DICOM: one frame of a kind it shows, read by pydicom); else OSError or ValueError."""
+    if is_dicom(path):
+        return dicom_size(path)
+    with pil_image().open(path) as im:
+        if im.mode not in RGB_MODES:  # e.g. float pixels (F): no scale to read them by
+            raise ValueError(f"pixel mode {im.mode} cannot be read as RGB; save it as 8- or 16-bit")
+        im.verify()
+        return im.size
+
+
 def check_images(items, on_bad_images: str, where: str):
     """Open every image header; fail (default) or skip, listing the unreadable ones."""
     if on_bad_images not in ("error", "skip"):
         raise ValueError(f"on_bad_images must be 'error' or 'skip', got {on_bad_images!r}")
-    Image = pil_image()
     good, bad = [], []
     for path, label in items:
         try:
-            if is_dicom(path):  # its header: one frame of a kind l2b shows (pydicom reads it)
-                check_dicom(path)
-                good.append((path, label))
-                continue
-            with Image.open(path) as im:
-                if im.mode not in RGB_MODES:  # e.g. float pixels (F): no scale to read them by
-                    raise ValueError(f"pixel mode {im.mode} cannot be read as RGB; save it as 8- or 16-bit")
-                im.verify()
+            checked_size(path)
             good.append((path, label))
         except (OSError, ValueError, SyntaxError) as err:
             bad.append((path, err))
