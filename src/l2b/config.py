@@ -19,6 +19,7 @@ from .config_checks import (check_choices, check_device, check_method_options, c
 from .data import FILE_DATASETS
 from .data.files import IMAGENET_SIZE, own_image_size
 from .methods import METHODS, declared_options, needs_of, options_of
+from .models import check_model_name
 
 # settings of earlier versions that are now options of one method
 RENAMED_OPTIONS = {"bootstrap_beta": "bootstrap.beta", "bootstrap_mode": "bootstrap.mode"}
@@ -90,7 +91,9 @@ class TrainConfig:
                                                  "training stream (default: yes, measured a little better; "
                                                  "--meta-set-leaves no keeps them in it)")
     # --- model
-    model: str = setting("mlp", "preact-resnet18 | small-cnn | mlp | resnet18 | resnet50")
+    model: str = setting("mlp", "preact-resnet18 | small-cnn | mlp | resnet18 | resnet50, or your own builder: "
+                                "MODULE:FUNCTION or FILE.py:FUNCTION, called with num_classes= (and in_channels=, "
+                                "image_size=, width= where it takes them)")
     width: int | None = setting(None, "model width (base channels / hidden units)")
     pretrained: str | None = setting(None, "local state-dict file to initialise the model from (e.g. ImageNet "
                                            "weights)")
@@ -186,6 +189,7 @@ class TrainConfig:
         if self.val_per_class is not None and self.val_total is not None:
             raise ValueError("give --val-per-class or --val-total, not both")
         check_choices(self)
+        check_model_name(self.model)
         for name in ("seed", "noise_seed"):  # numpy's generators take 0 .. 2**32 - 1
             value = getattr(self, name)
             if value is not None and not 0 <= value < 2**32:

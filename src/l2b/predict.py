@@ -139,7 +139,7 @@ def load_model(run: str | Path, which: str = "auto", device: str | torch.device 
     is now, needed only by runs of l2b versions that did not record how their inputs were prepared."""
     from .config import TrainConfig
     from .config_checks import check_device
-    from .run_model import build_model, resolve_device, usable_device
+    from .run_model import build_model, own_builder, resolve_device, usable_device
 
     run = Path(run)
     if which not in WHICH:
@@ -169,7 +169,7 @@ def load_model(run: str | Path, which: str = "auto", device: str | torch.device 
     dev = resolve_device(usable_device(cfg.device) if device is None else str(device))
     shape = type("Inputs", (), {"num_classes": len(classes), "in_channels": inputs["channels"],
                                 "image_size": inputs["size"] if inputs["kind"] == "images" else inputs["width"]})
-    model = build_model(cfg, shape, dev)
+    model = build_model(cfg, shape, dev, own_builder(cfg, saved, run))
     state = load_checkpoint(path, dev)
     try:
         model.load_state_dict(state["model"] if which == "final" else state)

@@ -13,8 +13,11 @@ import torch
 from .config import TrainConfig
 from .config_checks import check_device
 from .distributed import init_from_env
-from .models import create_model
+from .models import create_model, is_custom
+from .console import warn
+from .models.custom import COPY_NAME, changed_source, check_output, source_record
 from .rundir import load_checkpoint
+from .runlock import atomic_write
 
 
 def load_pretrained(model: torch.nn.Module, path: str) -> None:
@@ -61,16 +64,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(cfg: TrainConfig, ds, device: torch.device) -> torch.nn.Module:
-    """The run's architecture for this dataset, on the device (random initial weights)."""
+def build_model(cfg: TrainConfig, ds, device: torch.device, source: dict | None = None) -> torch.nn.Module:
+    """The run's architecture for this dataset, on the device (random initial weights).
+    ``source``: the run's record of where a builder of one's own came from (config.json
+    ``model_source``), to find it from another working directory."""
     return create_model(cfg.model, num_classes=ds.num_classes, in_channels=ds.in_channels,
-                        image_size=ds.image_size, width=cfg.width).to(device)
+                        image_size=ds.image_size, width=cfg.width, source=source).to(device)
 
 
-def training_model(cfg: TrainConfig, ds, device: torch.device, world: int) -> torch.nn.Module:
+def input_shape(ds) -> tuple[int, ...]:
+    """One input's shape, channels first: an array dataset's own, image files' crop."""
+    x = getattr(ds, "x_train", None)
+    return tuple(x.shape[1:]) if x is not None else (ds.in_channels, ds.image_size, ds.image_size)
+
+
+def training_model(cfg: TrainConfig, ds, device: torch.device, world: int, source: dict | None = None) -> torch.nn.Module:
     """The model to train: initialised, pretrained weights loaded, SyncBatchNorm under torchrun
-    when asked, on the device in its memory format."""
-    model = build_model(cfg, ds, torch.device("cpu"))
+    when asked, on the device in its memory format. A builder of one's own is checked first on a
+    blank batch of the data's shape (one logit per class)."""
+    model = build_model(cfg, ds, torch.device("cpu"), source)
+    if is_custom(cfg.model):
+        check_output(model, cfg.model, input_shape(ds), ds.num_classes)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
     if cfg.sync_bn and world > 1:
@@ -81,6 +95,28 @@ def training_model(cfg: TrainConfig, ds, device: torch.device, world: int) -> to
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def own_builder(cfg: TrainConfig, saved: dict, run: Path) -> dict | None:
+    """The run's record of where its own model builder came from (config.json ``model_source``),
+    with a warning where that file changed since the run trained; None for a registered model."""
+    if not is_custom(cfg.model):
+        return None
+    source = saved.get("model_source")
+    note = changed_source(cfg.model, source, run)
+    if note:
+        warn(note)
+    return source
+
+
+def kept_source(spec: str, out: Path) -> dict:
+    """A new run's record of its own model builder (config.json ``model_source``: the file, the
+    folder its module was imported from, the file's SHA-256), with a copy of the file in the run
+    directory (``model_source.py``), kept for the record and never imported."""
+    record, data = source_record(spec)
+    if data is not None:
+        atomic_write(out / COPY_NAME, lambda tmp: tmp.write_bytes(data))
+    return record
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.SGD:

@@ -153,7 +153,7 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
             raise ValueError(f"--out {out}: holds {what}; give --overwrite to clear it, or another --out")
         else:  # the same run again: nothing of the old one may survive
             for name in ("weights.npz", "label_issues.csv", "metrics.json", "best_model.pt", "early_model.pt",
-                         "checkpoint.pt"):
+                         "checkpoint.pt", "model_source.py"):
                 (out / name).unlink(missing_ok=True)
     created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # topmost new dir
     try:

@@ -40,6 +40,10 @@ def _settings(config: str | Path | None, given: dict[str, Any], call: str) -> di
                             + " (the settings are l2b train's flags with _ for -, and the methods' options: "
                               "l2b train --help, l2b options)")
     given = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in given.items()}  # exclude=Path(...)
+    if callable(given.get("model")):  # your own builder, by the name that imports it again
+        from .models.custom import spec_of
+
+        given["model"] = spec_of(given["model"])
     return {**(load_yaml(str(config)) if config is not None else {}), **given}
 
 

@@ -28,6 +28,8 @@ from .data.batches import CleanBatches, union
 from .data.reader import close_readers
 from .distributed import current_sync
 from .methods import create_method, learns_from_clean, needs_of
+from .models import is_custom
+from .models.custom import load_builder
 from .metaset import MetaSetSelector, parse_meta_set
 from .run_data import (build_splits, check_same_data, data_fingerprint, data_line, has_test, model_inputs,
                        prepare_data, truth_in_words, warn)
@@ -36,8 +38,8 @@ from .memorisation import early_epoch, fit_gaps
 from .run_state import EPOCH_ORDER_SALT, checkpoint_state, epoch_context, restore_checkpoint, run_setup
 from .rundir import (Progress, append_row, atomic_json, atomic_npz, atomic_save, environment, finite_json,
                      load_checkpoint, prepare_out, read_json, rewrite_rows, tensorboard)
-from .run_model import (build_model, build_optimizer, deterministic_kernels, resolve_device, start_ranks,
-                        training_model, usable_device)
+from .run_model import (build_model, build_optimizer, deterministic_kernels, kept_source, own_builder, resolve_device,
+                        start_ranks, training_model, usable_device)
 from .runlock import RunLock
 
 
@@ -98,7 +100,7 @@ def load_run(run: str | Path, device: str | torch.device | None = None, data: st
                                 f"it is now with --data") from None
     splits = build_splits(cfg, prep, device)
     check_same_data(run, data_fingerprint(cfg, prep, splits), resuming=False)
-    model = build_model(cfg, prep.ds, device)
+    model = build_model(cfg, prep.ds, device, own_builder(cfg, saved, run))
     model.load_state_dict(load_checkpoint(run / "checkpoint.pt", device)["model"])
     return cfg, prep, splits, model
 
@@ -132,7 +134,8 @@ def write_run_header(out: Path, cfg: TrainConfig, prep, splits, clip: float | No
                  "fingerprint": data_fingerprint(cfg, prep, splits), "located": located_spec(cfg.data),
                  "inputs": model_inputs(prep.ds)},
         "resolved": {"clip_grad_norm": clip, "threads": torch.get_num_threads(), "method_options": method_options or {}},
-        "world_size": world}, indent=2)
+        "world_size": world, **({"model_source": kept_source(cfg.model, out)} if is_custom(cfg.model) else {})},
+        indent=2)
     atomic_npz(out / "labels.npz", train_index=prep.train_idx, noisy=prep.y_noisy, true=prep.y_true,
                is_noisy=prep.y_noisy != prep.y_true, val_index=np.array([]) if prep.val_idx is None else prep.val_idx,
                transition=prep.transition)
@@ -159,6 +162,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None =
         raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
     if again and first_rank() and cfg.progress != "none":
         print(f"{out}: no epoch had finished before it stopped; it starts again from epoch 1", flush=True)
+    if is_custom(cfg.model) and not resume:
+        load_builder(cfg.model)  # found, imported and callable, before anything is written or read
     lock = RunLock(out)
     if first_rank():
         lock.acquire()  # one run per directory, before anything in it is touched
@@ -205,7 +210,8 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
                                     f"l2b train --resume {out} --data SPEC)") from None
         raise
 
-    model = training_model(cfg, ds, device, world)
+    source = own_builder(cfg, read_json(out / "config.json"), out) if resume else None
+    model = training_model(cfg, ds, device, world, source)
     optimizer = build_optimizer(cfg, model)
     method = create_method(cfg.method, model, optimizer, num_classes=ds.num_classes, batch_size=cfg.batch_size,
                            distributed=sync is not None, **cfg.method_options())
@@ -244,7 +250,7 @@ def _train_locked(cfg: TrainConfig, resume: bool, stop_after_epoch: int | None, 
         print(data_line(cfg, prep, (noisy_data, val_data, test_data), start_epoch), flush=True)
     if not resume:
         setup_seconds = run_setup(cfg, method, optimizer, noisy_data, val_data, ds, device, sync, main_rank,
-                                  new_model=lambda: build_model(cfg, ds, device),
+                                  new_model=lambda: build_model(cfg, ds, device, source),
                                   new_optimizer=lambda m: build_optimizer(cfg, m))
         if main_rank:
             write_run_header(out, cfg, prep, (train_data, val_data, test_data), clip, world, method.opts)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engines import lookahead_tangents, rng_snapshot
-from ..models import features, head, num_features
+from ..models import check_features, features, head, num_features
 from ..virtual_step import optimizer_step
 from dataclasses import dataclass
 
@@ -83,6 +83,7 @@ class MLC(LookaheadMethod):
 
     def __init__(self, model, optimizer, **options) -> None:
         super().__init__(model, optimizer, **options)
+        check_features(model, "method 'mlc'")
         param = next(model.parameters())
         o = self.options
         self.lcn = MetaNet(num_features(model), self.num_classes, o.emb_dim, o.hidden).to(

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .cpu_guard import guard_strided_1x1
+from .custom import build, is_custom, split_spec
 from .preact_resnet import PreActResNet18
 from .small import MLP, SmallCNN
 
@@ -63,15 +64,35 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The features the classifier head reads: ``model.forward_features(x)``, or for a
     torchvision ResNet everything up to its ``fc``."""
-    if hasattr(model, "forward_features"):
+    kind = _split_kind(model)
+    if kind == "own":
         return model.forward_features(x)
-    if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear):
+    if kind == "sequential":
         return model[:-1](x)
-    if all(hasattr(model, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer4", "avgpool", "fc")):
+    if kind == "torchvision":
         x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
         x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
         return torch.flatten(model.avgpool(x), 1)
     raise TypeError(f"{type(model).__name__} has no forward_features(); give it one (and a head) to use it here")
+
+
+def _split_kind(model: nn.Module) -> str | None:
+    if hasattr(model, "forward_features"):
+        return "own"
+    if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear):
+        return "sequential"
+    if all(hasattr(model, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer4", "avgpool", "fc")):
+        return "torchvision"
+    return None
+
+
+def check_features(model: nn.Module, who: str) -> None:
+    """A one-line error, before training, where ``who`` (a method that reads the model's
+    penultimate features) cannot find them in this model."""
+    if _split_kind(model) is None:
+        raise ValueError(f"{who} reads the model's features, what its classifier reads: {type(model).__name__} has no "
+                         f"forward_features(x); give it one and a `head` (an nn.Linear), with model(x) == "
+                         f"model.head(model.forward_features(x)), as timm's and l2b's models have")
 
 
 def head(model: nn.Module) -> nn.Module:
@@ -117,12 +138,29 @@ def num_features(model: nn.Module) -> int:
     return head(model).in_features
 
 
+def check_model_name(name: str) -> None:
+    """A registered model's name or a builder of one's own (``MODULE:FUNCTION``,
+    ``FILE.py:FUNCTION``); a one-line error otherwise."""
+    if is_custom(name):
+        split_spec(name)
+    elif name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}, or your own as "
+                         f"MODULE:FUNCTION or FILE.py:FUNCTION (docs/methods.md, \"Your own architecture\")")
+
+
 def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32,
-                 width: int | None = None, **extra) -> nn.Module:
-    """Build a registered model by name; ``extra`` goes to its constructor (e.g. the MLP's
+                 width: int | None = None, source: dict | None = None, **extra) -> nn.Module:
+    """Build a registered model by name, or one's own builder (``MODULE:FUNCTION``,
+    ``FILE.py:FUNCTION``: ``l2b.models.custom``; ``source``, a run's record of where it was, helps
+    find it from elsewhere); ``extra`` goes to a registered model's constructor (e.g. the MLP's
     ``depth``), and an argument it does not take is a one-line error."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
+    check_model_name(name)
+    if is_custom(name):
+        if extra:
+            raise ValueError(f"--model {name}: l2b gives a builder of your own only num_classes, in_channels, "
+                             f"image_size and width; got {sorted(extra)}")
+        return build(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width,
+                     recorded=source)
     try:
         return MODELS[name](num_classes, in_channels, image_size, width, **extra)
     except TypeError as err:
@@ -131,5 +169,5 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_siz
         raise
 
 
-__all__ = ["MODELS", "create_model", "features", "head", "num_features", "eval_mode", "PreActResNet18", "MLP", "SmallCNN",
+__all__ = ["MODELS", "check_features", "check_model_name", "create_model", "is_custom", "features", "head", "num_features", "eval_mode", "PreActResNet18", "MLP", "SmallCNN",
            "guard_strided_1x1"]
