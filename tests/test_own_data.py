@@ -850,3 +850,29 @@ def test_a_clean_set_the_model_learned_from_only_caps_the_count(tmp_path, capsys
                         lambda run, which, held_out, **kw: asked.append(held_out) or real(run, which, held_out, **kw))
     write_label_issues(tmp_path / "run", out=tmp_path / "again")
     assert asked == [False]
+
+
+@pytest.mark.parametrize("given_classes", [False, True])
+def test_npz_labels_given_as_class_names_train_the_run_their_numbers_train(tmp_path, capsys, given_classes):
+    """Class names as labels (a labelling tool's export) are numbered as folder and csv labels
+    are (alphabetically, or in the order of the npz's ``classes``): the same run, to the bit, as
+    the integer labels with those names."""
+    f = digits_npz(tmp_path / "numbers.npz", flip=40)
+    arrays = dict(np.load(f))
+    words = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    order = list(words) if given_classes else sorted(words)
+    renumber = np.array([order.index(w) for w in words])
+    named = {k: (words[v] if k.startswith("y_") else v) for k, v in arrays.items()}
+    numbered = {k: (renumber[v] if k.startswith("y_") else v) for k, v in arrays.items()}
+    if given_classes:
+        named["classes"] = words
+    np.savez(tmp_path / "names.npz", **named)
+    np.savez(tmp_path / "numbers.npz", **numbered, classes=np.array(order))
+    weights = {}
+    for name in ("names", "numbers"):
+        code, _, err = run(tmp_path, capsys, "--data", f"npz:{tmp_path / name}.npz", "--method", "l2b")
+        assert code == 0, err
+        saved = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert saved["data"]["classes"] == order
+        weights[name] = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(weights["names"][k], weights["numbers"][k]) for k in weights["numbers"])

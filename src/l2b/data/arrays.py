@@ -256,6 +256,10 @@ def load_npz(path: str | None) -> ArrayDataset:
             raise ValueError(f"{p}: give both x_{split} and y_{split}, or neither")
     keys = [k for k in ("y_train", "y_test", "y_val") if k in files]
     labels = {k: _array(z, p, k) for k in keys}
+    named = None
+    if any(y.dtype.kind in "US" for y in labels.values()):  # class names: numbered as folder and csv labels are
+        names = tuple(str(c) for c in _array(z, p, "classes")) if "classes" in files else None
+        labels, named = _numbered(labels, p, names)
     for k, y in labels.items():
         _check_label_array(y, p, k)
     images = {k: nchw(_array(z, p, k), p, k) for k in ("x_train", "x_test", "x_val") if k in files}
@@ -269,7 +273,9 @@ def load_npz(path: str | None) -> ArrayDataset:
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"{p}: {k} images are {_describe(x)} but x_train's are {_describe(images['x_train'])}; "
                              f"every split needs the same size and channels")
-    if "classes" in files:
+    if named is not None:
+        classes = named
+    elif "classes" in files:
         classes = tuple(str(c) for c in _array(z, p, "classes"))
         for k, y in labels.items():
             if len(y) and int(y.max()) >= len(classes):
@@ -300,11 +306,45 @@ def load_npz(path: str | None) -> ArrayDataset:
     ).check()
 
 
+def label_order(names) -> list[str]:
+    """Class names in label order: numerically where every name is a whole number ("2" before
+    "10"), else alphabetically, as folder, csv and npz labels are numbered."""
+    names = set(names)
+    numeric = all(n.lstrip("-").isdigit() for n in names)
+    return sorted(names, key=(lambda t: (int(t), t)) if numeric else str)
+
+
+def _numbered(labels: dict[str, np.ndarray], p: Path, classes: tuple[str, ...] | None):
+    """An npz's labels given as class names, as integer labels and the class names: in the
+    order of its ``classes`` where it has one, else numerically or alphabetically
+    (``label_order``). Every split names its labels the same way; an empty name, or one that
+    ``classes`` lacks, is refused naming the array and index."""
+    text, first = {}, next(k for k, y in labels.items() if y.dtype.kind in "US")
+    for k, y in labels.items():
+        if y.dtype.kind not in "US":
+            raise ValueError(f"{p}: {k} holds numbers (dtype {y.dtype}) where {first} holds class names; give every "
+                             f"split's labels the same way")
+        if y.ndim != 1:
+            raise ValueError(f"{p}: {k} has shape {y.shape}; store one class name per sample")
+        text[k] = np.char.decode(y, "utf-8") if y.dtype.kind == "S" else y
+        empty = np.flatnonzero(np.char.str_len(text[k]) == 0)
+        if len(empty):
+            raise ValueError(f"{p}: {k}[{int(empty[0])}] is an empty class name; give every sample its class")
+    order = list(classes) if classes is not None else label_order(np.concatenate(list(text.values())).tolist())
+    index = {name: i for i, name in enumerate(order)}
+    numbered = {}
+    for k, y in text.items():
+        unknown = [i for i, name in enumerate(y.tolist()) if name not in index]
+        if unknown:
+            raise ValueError(f"{p}: {k}[{unknown[0]}] is {str(y[unknown[0]])!r}, which 'classes' does not name (it names "
+                             f"{', '.join(order[:10])}{', ...' if len(order) > 10 else ''}); add it to 'classes' or "
+                             f"correct the label")
+        numbered[k] = np.array([index[name] for name in y.tolist()], dtype=np.int64)
+    return numbered, tuple(order)
+
+
 def _check_label_array(y: np.ndarray, p: Path, key: str) -> None:
     """One integer label per sample; the fix named for class names and one-hot rows."""
-    if y.dtype.kind in "USO":
-        raise ValueError(f"{p}: {key} holds strings (dtype {y.dtype}); store integer labels 0..K-1 and the names as "
-                         f"'classes': classes, {key} = np.unique(names, return_inverse=True)")
     if y.ndim != 1:
         raise ValueError(f"{p}: {key} has shape {y.shape}; store one integer label per sample"
                          + (f" ({key} = {key}.argmax(axis=1) for one-hot rows)" if y.ndim == 2 else ""))

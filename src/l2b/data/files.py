@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..console import warn as warn_data
+from .arrays import label_order
 from .copies import copies_message, file_copies
 from .dicom import DICOM_SUFFIXES, is_dicom
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, checked_size, seeded_keys
@@ -262,9 +263,7 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
                              f"image once, in one split, with one label")
         seen[file] = line
         rows[split.lower()].append((file, label))
-    labels = {label for items in rows.values() for _, label in items}
-    numeric = all(label.lstrip("-").isdigit() for label in labels)
-    return rows, sorted(labels, key=(lambda t: (int(t), t)) if numeric else str)
+    return rows, label_order(label for items in rows.values() for _, label in items)
 
 
 def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int | None = None) -> FileDataset:
