@@ -144,6 +144,24 @@ def build(num_classes, in_channels, image_size):
     return Wrapped()
 """
 
+UNPOOLED = """
+from torch import nn
+
+
+class Net(nn.Module):  # forward_features as timm's: the feature map before pooling
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(6, num_classes)
+
+    def forward_features(self, x):
+        return self.conv(x)
+
+    def forward(self, x):
+        return self.head(self.pool(self.forward_features(x)).flatten(1))
+"""
+
 # (case, the module's text or None for no file, the spec given, extra flags, the error expected)
 BAD = [
     ("no such file", None, "{dir}/absent.py:build", [], r"model .*absent\.py:build: .*absent\.py not found"),
@@ -163,6 +181,8 @@ BAD = [
      "{file}:build", [], r"fails on this data's inputs \(a batch of 1×8×8\): .*in_channels and image_size"),
     ("mlc without features", NO_FEATURES, "{file}:build", ["--method", "mlc"],
      r"method 'mlc' reads the model's features.*forward_features"),
+    ("mlc with unpooled features", UNPOOLED, "{file}:Net", ["--method", "mlc"],
+     r"forward_features\(x\) gives \(\d+, 6, 8, 8\) .* where its head reads \(\d+, 6\); it must return what model\.head reads"),
 ]
 
 

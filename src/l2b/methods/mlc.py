@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engines import lookahead_tangents, rng_snapshot
-from ..models import check_features, features, head, num_features
+from ..models import check_features, eval_mode, features, head, num_features
 from ..virtual_step import optimizer_step
 from dataclasses import dataclass
 
-from .base import Batch, LookaheadMethod, StepOutput, meta_optimizer, register, soft_cross_entropy
+from .base import Batch, LookaheadMethod, SetupContext, StepOutput, meta_optimizer, register, soft_cross_entropy
 from .options import option
 
 
@@ -86,10 +86,27 @@ class MLC(LookaheadMethod):
         check_features(model, "method 'mlc'")
         param = next(model.parameters())
         o = self.options
-        self.lcn = MetaNet(num_features(model), self.num_classes, o.emb_dim, o.hidden).to(
+        self.lcn_features = num_features(model)
+        self.lcn = MetaNet(self.lcn_features, self.num_classes, o.emb_dim, o.hidden).to(
             device=param.device, dtype=param.dtype)
         self.meta_opt = meta_optimizer(self.lcn.parameters(), o.meta_optimizer, o.meta_lr, o.meta_weight_decay,
                                        amsgrad=o.amsgrad)
+
+    def setup(self, ctx: SetupContext) -> None:
+        """The features checked before training on two clean images, in eval mode (no statistics
+        move, no random numbers are drawn): a model of one's own whose forward_features is not
+        what its head reads is a one-line error before any step."""
+        if ctx.clean_eval_batches is not None:
+            x = next(iter(ctx.clean_eval_batches()))[0][:2]
+            with torch.no_grad(), eval_mode(self.model):
+                self._checked(features(self.model, x))
+
+    def _checked(self, h: torch.Tensor) -> torch.Tensor:
+        if h.ndim != 2 or h.shape[1] != self.lcn_features:
+            raise ValueError(f"method 'mlc': the model's forward_features(x) gives {tuple(h.shape)} for a batch of "
+                             f"{len(h)}, where its head reads ({len(h)}, {self.lcn_features}); it must return what "
+                             f"model.head reads, pooled and flattened (model(x) == model.head(model.forward_features(x)))")
+        return h
 
     def _count(self, n: int, device) -> float:
         sync = self.sync()
@@ -101,7 +118,7 @@ class MLC(LookaheadMethod):
             half = len(batch.y_val) // 2
             x_meta, y_meta, x_c, y_c = batch.x_val[:half], batch.y_val[:half], batch.x_val[half:], batch.y_val[half:]
         rng_state = rng_snapshot(batch.x.device)
-        h = features(self.model, batch.x)  # the real forward: BN statistics move once
+        h = self._checked(features(self.model, batch.x))  # the real forward: BN statistics move once
         logits = head(self.model)(h)
         target = self.lcn(h.detach().to(next(self.lcn.parameters()).dtype), batch.y)
         total = self._count(len(batch.y) + (0 if y_c is None else len(y_c)), batch.x.device)
