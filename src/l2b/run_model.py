@@ -80,11 +80,9 @@ def input_shape(ds) -> tuple[int, ...]:
 
 def training_model(cfg: TrainConfig, ds, device: torch.device, world: int, source: dict | None = None) -> torch.nn.Module:
     """The model to train: initialised, pretrained weights loaded, SyncBatchNorm under torchrun
-    when asked, on the device in its memory format. A builder of one's own is checked first on a
+    when asked, on the device in its memory format. A builder of one's own is checked there on a
     blank batch of the data's shape (one logit per class)."""
     model = build_model(cfg, ds, torch.device("cpu"), source)
-    if is_custom(cfg.model):
-        check_output(model, cfg.model, input_shape(ds), ds.num_classes)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
     if cfg.sync_bn and world > 1:
@@ -94,6 +92,8 @@ def training_model(cfg: TrainConfig, ds, device: torch.device, world: int, sourc
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if is_custom(cfg.model):
+        check_output(model, cfg.model, input_shape(ds), ds.num_classes, device)
     return model
 
 

@@ -194,7 +194,8 @@ def attr_sig(builder) -> str:
         return getattr(builder, "__name__", repr(builder))
 
 
-def check_output(model: nn.Module, spec: str, shape: tuple[int, ...], num_classes: int) -> None:
+def check_output(model: nn.Module, spec: str, shape: tuple[int, ...], num_classes: int,
+                 device: torch.device | str = "cpu") -> None:
     """One forward of two blank inputs of the data's shape, in eval mode (no statistics move, no
     random numbers are drawn): the model must give one logit per class. A one-line error
     otherwise, before any training."""
@@ -203,7 +204,7 @@ def check_output(model: nn.Module, spec: str, shape: tuple[int, ...], num_classe
     what = "×".join(str(s) for s in shape)
     try:
         with torch.no_grad(), eval_mode(model):
-            out = model(torch.zeros(2, *shape))
+            out = model(torch.zeros(2, *shape, device=device))
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"model {spec}: the model fails on this data's inputs (a batch of {what}): {first}; "
