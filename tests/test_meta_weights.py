@@ -198,14 +198,14 @@ def test_bad_arguments_name_the_fix():
     with pytest.raises(ValueError, match="exactly one of lr="):
         l2b.meta_weights(model, x, y, x_val, y_val)
     with pytest.raises(TypeError, match="Pass lr=... instead"):
-        l2b.meta_weights(model, x, y, x_val, y_val, optimizer=torch.optim.Adam(model.parameters()))
-    adamw = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    with pytest.raises(TypeError, match="for torch.optim.SGD only; got AdamW: pass virtual_step='sgd'"):
-        l2b.L2B(model, adamw)  # said when built, in the drop-in's own terms
-    step = l2b.L2B(model, adamw, virtual_step="sgd")  # the remedy it names works: AdamW takes the real step
+        l2b.meta_weights(model, x, y, x_val, y_val, optimizer=torch.optim.RMSprop(model.parameters()))
+    rmsprop = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    with pytest.raises(TypeError, match="for torch.optim.SGD, Adam and AdamW; got RMSprop: pass virtual_step='sgd'"):
+        l2b.L2B(model, rmsprop)  # said when built, in the drop-in's own terms
+    step = l2b.L2B(model, rmsprop, virtual_step="sgd")  # the remedy it names works: RMSprop takes the real step
     before = [p.detach().clone() for p in model.parameters()]
     assert torch.isfinite(step.step(x, y, x_val, y_val).loss)
-    assert adamw.state and any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert rmsprop.state and any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="unknown normalize='max'.*'sum'"):
         l2b.meta_weights(model, x, y, x_val, y_val, lr=0.1, normalize="max")
     with pytest.raises(ValueError, match="unknown constraint"):

@@ -107,9 +107,14 @@ class TrainConfig:
     batch_size: int = setting(128, "training batch size")
     val_batch_size: int | None = setting(None, "clean batch size of meta methods (default: --batch-size)")
     lr: float = setting(0.1, "learning rate")
+    optimizer: str = setting("sgd", "sgd (the paper's) or adamw; the meta step of l2b and l2rw replays either "
+                                    "(docs/methods.md, \"The virtual step\")", choices=("sgd", "adamw"))
     momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(5e-4, "SGD weight decay")
+    weight_decay: float = setting(5e-4, "weight decay (SGD's L2 term; AdamW's decoupled decay)")
     nesterov: bool = setting(False, "Nesterov momentum")
+    adam_beta1: float = setting(0.9, "AdamW's first-moment decay")
+    adam_beta2: float = setting(0.999, "AdamW's second-moment decay")
+    adam_eps: float = setting(1e-8, "AdamW's epsilon")
     schedule: str = setting("cosine", "learning-rate schedule (per iteration)", choices=("cosine", "step", "constant"))
     milestones: list[int] = setting(factory=lambda: [], help="step schedule: epochs at which lr *= gamma (comma-separated)")
     gamma: float = setting(0.1, "step schedule factor")
@@ -234,6 +239,7 @@ class TrainConfig:
             raise ValueError(f"--clip-grad-norm must be a finite number > 0 (0: no clipping), got {self.clip_grad_norm}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("--nesterov needs --momentum > 0 (torch.optim.SGD)")
+        self._check_optimizer()
         if self.milestones and self.schedule != "step":
             raise ValueError(f"--milestones {self.milestones} apply to --schedule step only, not {self.schedule}; "
                              f"drop them or give --schedule step")
@@ -247,6 +253,24 @@ class TrainConfig:
             raise ValueError(f"--milestones must be epochs >= 0, got {self.milestones}")
         check_device(self.device)
         check_noise_spec(self.noise)
+
+    def _check_optimizer(self) -> None:
+        defaults = TrainConfig.__dataclass_fields__
+        own = {"sgd": ("momentum", "nesterov"), "adamw": ("adam_beta1", "adam_beta2", "adam_eps")}
+        for name in own["adamw" if self.optimizer == "sgd" else "sgd"]:
+            if getattr(self, name) != defaults[name].default:
+                raise ValueError(f"--{flag_of(name)} is {'SGD' if self.optimizer == 'adamw' else 'AdamW'}'s, and this "
+                                 f"run trains with --optimizer {self.optimizer}; drop it" +
+                                 (" (AdamW's first moment is --adam-beta1)" if name == "momentum" else ""))
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{flag_of(name)} must be in [0, 1), got {getattr(self, name)}")
+        if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            raise ValueError(f"--adam-eps must be a finite number > 0, got {self.adam_eps}")
+        if self.optimizer == "adamw" and not METHODS[self.method].replays_adam:
+            raise ValueError(f"--optimizer adamw: method {self.method!r} looks ahead with an SGD step at non-zero "
+                             f"weights, as its reference does, where an AdamW step is not linear; train it with "
+                             f"--optimizer sgd")
 
     def _check_meta_set(self) -> None:
         from .metaset import parse_meta_set

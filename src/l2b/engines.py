@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .virtual_step import VirtualStep
+from .virtual_step import VirtualStep, replay
 
 # loss_fn(logits, targets) -> per-sample losses of shape (n,); or a pair (f, g) of them: f for the
 # observed labels, g for the pseudo-labels (the authors' mixup mixes f only)
@@ -179,6 +179,9 @@ def lookahead_tangents(model: nn.Module, x: torch.Tensor, x_val: torch.Tensor, y
     rank's part of a sum over the global batch: its gradient is all-reduced, and G is the mean
     over all ranks' clean samples.
     """
+    if step.adaptive:
+        raise ValueError("MW-Net's and MLC's look-ahead is an SGD step at their non-zero weights, as in their "
+                         "references; an Adam step is not linear there: train them with SGD")
     grads = torch.autograd.grad(virtual_loss, step.params, retain_graph=True, allow_unused=True)
     if sync is not None:
         grads = [None if g is None else sync.allsum(g) for g in grads]
@@ -216,22 +219,6 @@ def rng_snapshot(device: torch.device):
     return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
-def _replay_sgd(step: VirtualStep, grads: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    """torch.optim.SGD's update rule on differentiable gradients, written out step by step."""
-    out = []
-    for p, g, d_p, buf in zip(step.params, step.groups, grads, step.buffers):
-        if g.weight_decay:
-            d_p = d_p + g.weight_decay * p
-        if g.momentum:
-            if buf is None:
-                buf = d_p
-            else:
-                buf = g.momentum * buf + (1.0 - g.dampening) * d_p
-            d_p = d_p + g.momentum * buf if g.nesterov else buf
-        out.append(p - g.lr * d_p)
-    return out
-
-
 def raw_weights_unroll(
     model: nn.Module,
     step: VirtualStep,
@@ -257,7 +244,7 @@ def raw_weights_unroll(
             virtual_loss, step.params, create_graph=True, allow_unused=True
         )
         grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(step.params, grads))
-        theta_hat = _replay_sgd(step, grads)
+        theta_hat = replay(step, grads)
         val_loss = _validation_loss(model, dict(zip(step.names, theta_hat)), x_val, y_val)
         d_alpha, d_beta = torch.autograd.grad(
             val_loss, (eps_alpha, eps_beta), retain_graph=True, allow_unused=True
@@ -347,7 +334,8 @@ def raw_weights_last_layer(
     else:  # the mean over all ranks' clean samples
         (v_w, v_b), val_loss = sync.mean_gradient([v_w, v_b], loss_sum, len(y_val))
     c_w = scales[names[name + ".weight"]]
-    zdot = c_w * (h.to(v_w.dtype) @ v_w.T)
+    # Adam's scale is one factor per element (its preconditioner): it scales the clean gradient
+    zdot = h.to(v_w.dtype) @ (c_w * v_w).T if isinstance(c_w, torch.Tensor) else c_w * (h.to(v_w.dtype) @ v_w.T)
     if name + ".bias" in names:
         zdot = zdot + scales[names[name + ".bias"]] * v_b
     zdot = zdot.to(logits.dtype)

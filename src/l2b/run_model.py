@@ -119,7 +119,11 @@ def kept_source(spec: str, out: Path) -> dict:
     return record
 
 
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.SGD:
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The run's optimizer: SGD with momentum and weight decay (the paper's), or AdamW."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                 eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 

@@ -12,6 +12,7 @@ from .distributed import all_reduce_grads, current_sync
 from .engines import LossFn, check_engine
 from .meta import MetaWeights, bootstrap_loss, check_model, meta_weights
 from .normalize import check_options
+from .virtual_step import REPLAYED
 
 
 VIRTUAL_STEPS = ("optimizer", "sgd")  # replay the run's optimizer step (the authors') | plain SGD (paper Eq. 5)
@@ -55,10 +56,12 @@ class L2B:
         ...     out = l2b_step.step(x, y, x_val, y_val)
 
     Args:
-        model, optimizer: the model and the torch.optim.SGD that trains it.
+        model, optimizer: the model and the torch.optim.SGD (the paper's), Adam or AdamW that
+            trains it (another optimizer with ``virtual_step="sgd"``).
         virtual_step: ``"optimizer"`` (default, the authors' code: the virtual step is the
-            optimizer's own step, momentum and weight decay included) or ``"sgd"`` (paper Eq. 5:
-            plain SGD with the optimizer's current learning rate).
+            optimizer's own step, momentum and weight decay included; Adam's and AdamW's
+            linearised at the zero weights, where the meta-gradient is taken: docs/methods.md) or
+            ``"sgd"`` (paper Eq. 5: plain SGD with the optimizer's current learning rate).
         clip_grad_norm: clip the real step's gradient norm to this value (the paper: 0.25 on
             CIFAR-10, 0.8 on CIFAR-100 / ISIC); None for no clipping.
         normalize, temperature, threshold, constraint, engine, loss_fn, distributed: as in
@@ -88,9 +91,9 @@ class L2B:
         if clip_grad_norm is not None and not (math.isfinite(clip_grad_norm) and clip_grad_norm > 0):
             # torch would scale the gradient by a negative factor and step uphill
             raise ValueError(f"clip_grad_norm must be a finite number > 0, or None for no clipping; got {clip_grad_norm}")
-        if virtual_step == "optimizer" and not isinstance(optimizer, torch.optim.SGD):
+        if virtual_step == "optimizer" and not isinstance(optimizer, REPLAYED):
             raise TypeError(f"l2b.L2B replays the optimizer's step as the virtual step (virtual_step='optimizer'), "
-                            f"which it can for torch.optim.SGD only; got {type(optimizer).__name__}: pass "
+                            f"which it can for torch.optim.SGD, Adam and AdamW; got {type(optimizer).__name__}: pass "
                             f"virtual_step='sgd' (the paper's Eq. 5, a plain SGD look-ahead at the optimizer's "
                             f"learning rate; the real step stays {type(optimizer).__name__}'s)")
         check_engine(engine)  # said at construction, not at the first step

@@ -143,7 +143,7 @@ class Method:
       ``warmup_loss(batch)`` during warm-up epochs;
     - ``state_dict`` / ``load_state_dict``: what a checkpoint keeps (default: ``checkpointed``);
     - ``default_clip(options)``, ``uses_forward_ad(options)``, ``sees_clean_labels(options)``,
-      ``fits_to_clean(options)``: what the run's checks and defaults need to know;
+      ``fits_to_clean(options)``, ``replays_adam``: what the run's checks and defaults need to know;
     - ``owned_optimizers()``: optimizers the method steps itself (meta nets, co-teaching's peer);
       the trainer steps the model's.
 
@@ -154,6 +154,9 @@ class Method:
 
     name: str = ""
     Options: type = NoOptions
+    # its steps hold for an Adam / AdamW run as for an SGD one (a look-ahead at non-zero weights,
+    # MW-Net's and MLC's, is an SGD step and does not)
+    replays_adam: bool = True
 
     @classmethod
     def needs(cls, options: dict) -> DataNeeds:
@@ -284,6 +287,8 @@ class Method:
 class LookaheadMethod(Method):
     """A method whose meta net (``self.meta_opt``'s parameters) learns from a look-ahead step on
     every clean batch (MW-Net, MLC): its hooks."""
+
+    replays_adam = False
 
     @classmethod
     def needs(cls, options: dict) -> DataNeeds:

@@ -14,6 +14,7 @@ rank.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,11 @@ class CoTeaching(Method):
         for p in self.peer.parameters():  # a differently initialised peer
             if p.dim() > 1:
                 torch.nn.init.kaiming_uniform_(p, a=5 ** 0.5)
-        self.peer_opt = type(optimizer)(self.peer.parameters(), **optimizer.defaults)
+        # the same optimizer for the peer (its defaults, less any its constructor does not take:
+        # AdamW keeps decoupled_weight_decay among them, fixed by its class)
+        takes = inspect.signature(type(optimizer)).parameters
+        self.peer_opt = type(optimizer)(self.peer.parameters(),
+                                        **{k: v for k, v in optimizer.defaults.items() if k in takes})
 
     def keep_ratio(self, epoch: float) -> float:
         tau, tk = self.options.forget_rate, max(float(self.options.num_gradual), 1e-12)
