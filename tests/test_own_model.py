@@ -197,3 +197,28 @@ def test_a_builder_l2b_cannot_use_is_a_one_line_error_before_any_work(tmp_path, 
     assert code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("l2b train: error:") and re.search(expected, err), err
     assert not (tmp_path / "out").exists()  # nothing left behind
+
+
+@pytest.mark.parametrize("how", ["file", "module"])
+def test_a_run_directory_that_names_its_own_copy_as_the_builder_runs_no_code(tmp_path, capsys, monkeypatch, how):
+    """A crafted run (config.json can say anything) whose builder would be its own model_source.py:
+    refused before anything is imported, whether named as a file or as a module found from there."""
+    builder = _module(tmp_path / "src", "fine", OWN_NET)
+    run = tmp_path / "run"
+    assert cli_main(["train", *DATA, "--method", "ce", "--model", f"{builder}:build", "--out", str(run)]) == 0
+    marker = tmp_path / "ran"
+    (run / "model_source.py").write_text(f"open({str(marker)!r}, 'w').close()\n" + OWN_NET)
+    saved = json.loads((run / "config.json").read_text())
+    if how == "file":
+        saved["config"]["model"] = f"{run / 'model_source.py'}:build"
+    else:
+        saved["config"]["model"] = "model_source:build"
+        saved["model_source"]["root"] = str(run)
+        monkeypatch.chdir(run)  # found from here too
+    (run / "config.json").write_text(json.dumps(saved))
+    for argv in (["predict", str(run), str(tmp_path / "src")], ["train", "--resume", str(run)],
+                 ["label-issues", str(run)]):
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert "l2b imports no code from a run directory" in err and "Traceback" not in err, err
+    assert not marker.exists()

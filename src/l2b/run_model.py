@@ -15,7 +15,7 @@ from .config_checks import check_device
 from .distributed import init_from_env
 from .models import create_model, is_custom
 from .console import warn
-from .models.custom import COPY_NAME, changed_source, check_output, source_record
+from .models.custom import COPY_NAME, changed_source, check_output, check_outside, source_record
 from .rundir import load_checkpoint
 from .runlock import atomic_write
 
@@ -103,6 +103,7 @@ def own_builder(cfg: TrainConfig, saved: dict, run: Path) -> dict | None:
     if not is_custom(cfg.model):
         return None
     source = saved.get("model_source")
+    check_outside(cfg.model, source, run)
     note = changed_source(cfg.model, source, run)
     if note:
         warn(note)

@@ -238,6 +238,33 @@ def source_record(spec: str) -> tuple[dict[str, Any], bytes | None]:
     return record, data
 
 
+def check_outside(spec: str, recorded: dict | None, run: Path) -> None:
+    """Refuse, before anything is imported, a builder that a run's own directory would supply: the
+    spec's file, the recorded file or import folder, or the module the spec names as found from
+    here. A run directory is data (its copy of the builder's file included): one from elsewhere,
+    whose config.json could name anything, runs no code of its own."""
+    home = Path(run).resolve()
+    where, _ = split_spec(spec)
+    places = [Path(p) for p in ((recorded or {}).get("file"), (recorded or {}).get("root")) if p]
+    if where.endswith(".py"):
+        places.append(Path(where))
+    else:
+        with _on_path([os.getcwd(), *[str(p) for p in places[1:]]]):
+            try:
+                found = importlib.util.find_spec(where.split(".")[0])  # finders only: no code runs
+            except (ImportError, ValueError):
+                found = None
+        if found is not None:
+            places += [Path(found.origin)] if found.origin else []
+            places += [Path(p) for p in (found.submodule_search_locations or [])]
+    for place in places:
+        if place.resolve() == home or home in place.resolve().parents:
+            raise ValueError(f"model {spec}: the run's config.json has it built by {place}, inside the run "
+                             f"directory {run}; l2b imports no code from a run directory (it may come from "
+                             f"anyone): put the builder's file outside it (e.g. copy {COPY_NAME} out after "
+                             f"reading it) and give the run's data as usual")
+
+
 def changed_source(spec: str, recorded: dict | None, run: Path) -> str | None:
     """A one-line note where the builder's source file differs from the one the run trained with
     (None when it is the same, or when the run has no record of it)."""
