@@ -44,8 +44,8 @@ def load_pretrained(model: torch.nn.Module, path: str) -> None:
                          f"{next(iter(own))!r}); give weights of the same --model")
     model.load_state_dict(kept, strict=False)
     skipped = sorted(set(own) - set(kept))
-    print(f"loaded {len(kept)} tensors from {path}; kept the model's own {skipped[:4]}"
-          f"{' ...' if len(skipped) > 4 else ''}", flush=True)
+    print(f"loaded {len(kept)} tensors from {path}; " + (f"kept the model's own {skipped[:4]}"
+          f"{' ...' if len(skipped) > 4 else ''}" if skipped else "every tensor of the model"), flush=True)
 
 
 def usable_device(name: str) -> str:
