@@ -245,11 +245,13 @@ def check_outside(spec: str, recorded: dict | None, run: Path) -> None:
     whose config.json could name anything, runs no code of its own."""
     home = Path(run).resolve()
     where, _ = split_spec(spec)
-    places = [Path(p) for p in ((recorded or {}).get("file"), (recorded or {}).get("root")) if p]
+    recorded = recorded or {}
+    roots = [recorded["root"]] if recorded.get("root") else []
+    places = [Path(p) for p in (recorded.get("file"), *roots) if p]
     if where.endswith(".py"):
         places.append(Path(where))
     else:
-        with _on_path([os.getcwd(), *[str(p) for p in places[1:]]]):
+        with _on_path([os.getcwd(), *roots]):
             try:
                 found = importlib.util.find_spec(where.split(".")[0])  # finders only: no code runs
             except (ImportError, ValueError):
