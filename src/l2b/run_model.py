@@ -13,8 +13,8 @@ import torch
 from .config import TrainConfig
 from .config_checks import check_device
 from .distributed import init_from_env
-from .models import create_model, is_custom
 from .console import warn
+from .models import create_model, is_custom
 from .models.custom import COPY_NAME, changed_source, check_output, check_outside, source_record
 from .rundir import load_checkpoint
 from .runlock import atomic_write
@@ -78,7 +78,8 @@ def input_shape(ds) -> tuple[int, ...]:
     return tuple(x.shape[1:]) if x is not None else (ds.in_channels, ds.image_size, ds.image_size)
 
 
-def training_model(cfg: TrainConfig, ds, device: torch.device, world: int, source: dict | None = None) -> torch.nn.Module:
+def training_model(cfg: TrainConfig, ds, device: torch.device, world: int,
+                   source: dict | None = None) -> torch.nn.Module:
     """The model to train: initialised, pretrained weights loaded, SyncBatchNorm under torchrun
     when asked, on the device in its memory format. A builder of one's own is checked there on a
     blank batch of the data's shape (one logit per class)."""
