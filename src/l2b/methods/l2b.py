@@ -29,8 +29,9 @@ class MetaOptions:
     temperature: float = option(1.0, "softmax / hard temperature (the paper: 10 on ISIC)",
                                 check=lambda v: v > 0 or "must be > 0")
     threshold: float | None = option(None, "hard: entries <= threshold are dropped (none: 1/2n)")
-    virtual_step: str = option("optimizer", "the look-ahead step: optimizer (replays SGD with momentum, the "
-                                            "authors' code) | sgd (plain SGD, paper Eq. 5)",
+    virtual_step: str = option("optimizer", "the look-ahead step: optimizer (replays the run's SGD with "
+                                            "momentum, the authors' code, or its AdamW) | sgd (plain SGD, paper "
+                                            "Eq. 5)",
                                choices=VIRTUAL_STEPS)
     # jvp-lean: the faster exact engine on average over benchmarks/step_cost.py's CPU runs
     # (2.51-2.88x CE vs jvp's 2.59-2.82x) at a third of its memory (benchmarks/RESULTS.md)
