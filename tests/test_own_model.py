@@ -222,3 +222,20 @@ def test_a_run_directory_that_names_its_own_copy_as_the_builder_runs_no_code(tmp
         err = capsys.readouterr().err
         assert "l2b imports no code from a run directory" in err and "Traceback" not in err, err
     assert not marker.exists()
+
+
+def test_a_grid_of_ones_own_architecture_trains_in_spawned_workers(tmp_path, monkeypatch):
+    """l2b.compare(model=Builder, jobs=2): each worker, a fresh process, imports the builder again
+    by the name recorded for it (the module found from the working directory)."""
+    _module(tmp_path, "gridnets", OWN_NET)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from gridnets import Net  # noqa: E402  (written above)
+
+    rows = l2b.compare(tmp_path / "grid", methods=["ce", "l2b"], noise="symmetric:0.4", seeds=1, jobs=2,
+                       data="digits", model=Net, val_per_class=5, epochs=1, threads=1, progress="none")
+    assert {r["method"] for r in rows} == {"ce", "l2b"}
+    for method in ("ce", "l2b"):
+        cell = tmp_path / "grid" / method / "symmetric_0.4" / "seed0"
+        assert json.loads((cell / "config.json").read_text())["config"]["model"] == "gridnets:Net"
+        assert (cell / "metrics.json").is_file() and (cell / "model_source.py").is_file()
