@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 COPY_NAME = "model_source.py"
+FILE_MODULE = "l2b_model_"  # the module names l2b gives the files it imports from FILE.py:FUNCTION specs
 _ATTR = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _OFFERED = ("num_classes", "in_channels", "image_size", "width")
 
@@ -58,7 +59,7 @@ def spec_of(builder: Callable[..., nn.Module]) -> str:
         raise TypeError(f"model={name}: it is defined in the script or notebook that runs l2b (__main__), which "
                         f"another process cannot import to resume the run, load its model or train a grid's cells; "
                         f"{remedy}")
-    if module.startswith("l2b_model_"):  # imported by l2b from a FILE.py:FUNCTION spec
+    if module.startswith(FILE_MODULE):  # imported by l2b from a FILE.py:FUNCTION spec
         return f"{inspect.getsourcefile(builder)}:{name}"
     return f"{module}:{name}"
 
@@ -97,7 +98,7 @@ def _import_file(spec: str, path: Path):
     """The module of a ``.py`` file, imported once per content (its folder on ``sys.path`` while it
     runs, for its own imports)."""
     data = path.read_bytes()
-    name = "l2b_model_" + hashlib.sha256(str(path.resolve()).encode() + b"\0" + data).hexdigest()[:16]
+    name = FILE_MODULE + hashlib.sha256(str(path.resolve()).encode() + b"\0" + data).hexdigest()[:16]
     if name in sys.modules:
         return sys.modules[name]
     found = importlib.util.spec_from_file_location(name, path)
@@ -171,15 +172,15 @@ def build(spec: str, *, num_classes: int, in_channels: int, image_size: int, wid
         need = [n for n, p in params.items() if p.default is p.empty and n not in given
                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         if "num_classes" not in given:
-            raise ValueError(f"model {spec}: it takes no num_classes ({attr_sig(builder)}); l2b calls it with "
+            raise ValueError(f"model {spec}: it takes no num_classes ({_signature(builder)}); l2b calls it with "
                              f"num_classes= and, where it takes them, {', '.join(_OFFERED[1:])}=")
         if need:
-            raise ValueError(f"model {spec}: it needs {', '.join(need)} ({attr_sig(builder)}), which l2b does not "
+            raise ValueError(f"model {spec}: it needs {', '.join(need)} ({_signature(builder)}), which l2b does not "
                              f"give; give them defaults (l2b gives {', '.join(_OFFERED)})")
     if width is None:
         given.pop("width", None)  # the builder's own default
     elif "width" not in given:
-        raise ValueError(f"model {spec}: it takes no width ({attr_sig(builder)}); drop --width or give it a width "
+        raise ValueError(f"model {spec}: it takes no width ({_signature(builder)}); drop --width or give it a width "
                          f"parameter")
     model = builder(**given)
     if not isinstance(model, nn.Module):
@@ -187,7 +188,7 @@ def build(spec: str, *, num_classes: int, in_channels: int, image_size: int, wid
     return model
 
 
-def attr_sig(builder) -> str:
+def _signature(builder) -> str:
     try:
         return f"{getattr(builder, '__name__', 'it')}{inspect.signature(builder)}"
     except (TypeError, ValueError):
@@ -216,23 +217,27 @@ def check_output(model: nn.Module, spec: str, shape: tuple[int, ...], num_classe
                          f"(2, {num_classes}): one logit per class (the data has {num_classes} classes)")
 
 
+def _source(builder) -> tuple[Path | None, bytes | None]:
+    """The builder's source file and its bytes (None, None where it has no Python source)."""
+    try:
+        file = inspect.getsourcefile(builder) or inspect.getsourcefile(inspect.getmodule(builder))
+    except TypeError:
+        return None, None
+    return (Path(file), Path(file).read_bytes()) if file and Path(file).is_file() else (None, None)
+
+
 def source_record(spec: str) -> tuple[dict[str, Any], bytes | None]:
     """config.json's ``model_source`` for a new run, and the bytes of the builder's source file
     (kept in the run directory as ``model_source.py``; None where it has no Python source)."""
     builder = load_builder(spec)
-    try:
-        file = inspect.getsourcefile(builder) or inspect.getsourcefile(inspect.getmodule(builder))
-    except TypeError:
-        file = None
-    module = inspect.getmodule(builder)
-    name = getattr(module, "__name__", "")
+    file, data = _source(builder)
+    name = getattr(inspect.getmodule(builder), "__name__", "")
     root = None
-    if file and name and not name.startswith("l2b_model_"):  # the folder the module's package hangs from
-        root = Path(file).resolve().parent
-        for _ in range(name.count(".") + (Path(file).name == "__init__.py")):
+    if file and name and not name.startswith(FILE_MODULE):  # the folder the module's package hangs from
+        root = file.resolve().parent
+        for _ in range(name.count(".") + (file.name == "__init__.py")):
             root = root.parent
-    data = Path(file).read_bytes() if file and Path(file).is_file() else None
-    record = {"spec": spec, "file": str(Path(file).resolve()) if file else None,
+    record = {"spec": spec, "file": str(file.resolve()) if file else None,
               "root": None if root is None else str(root),
               "sha256": hashlib.sha256(data).hexdigest() if data is not None else None}
     return record, data
@@ -272,8 +277,8 @@ def changed_source(spec: str, recorded: dict | None, run: Path) -> str | None:
     (None when it is the same, or when the run has no record of it)."""
     if not recorded or not recorded.get("sha256"):
         return None
-    file = inspect.getsourcefile(load_builder(spec, recorded))
-    if not file or hashlib.sha256(Path(file).read_bytes()).hexdigest() == recorded["sha256"]:
+    file, data = _source(load_builder(spec, recorded))
+    if data is None or hashlib.sha256(data).hexdigest() == recorded["sha256"]:
         return None
     return (f"model {spec}: {file} changed since the run trained; the model is built by the file as it is now "
             f"(the run keeps the one it trained with: {run / COPY_NAME})")
