@@ -190,21 +190,16 @@ def load_cifar100(path: str | None) -> ArrayDataset:
 
 def nchw(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
     """Images stored N×H×W or N×H×W×C (C in 1, 3, 4) as an N×C×H×W uint8 tensor; anything else is
-    a one-line error that names the array and the conversion to make."""
-    if x.dtype.kind == "f":
-        finite = x[np.isfinite(x)]
-        top = float(finite.max()) if finite.size else 0.0
-        fix = "(x * 255).round().astype(np.uint8)" if top <= 1.0 else "x.round().clip(0, 255).astype(np.uint8)"
-        raise ValueError(f"{path}: {key} has dtype {x.dtype} (values up to {top:g}); store images as uint8 (0-255): "
-                         f"{key} = {fix}")
-    low, top = (int(x.min()), int(x.max())) if x.size and x.dtype.kind in "iu" else (0, 0)
-    if x.dtype.kind in "iu" and 0 <= low and top <= 255:
+    a one-line error that names the array and a conversion to make that loses nothing."""
+    if x.ndim == 2 and x.dtype.kind in "fiub":
+        raise ValueError(f"{path}: {key} has shape {x.shape}: a row of {x.shape[1]} values per sample, not images "
+                         f"(N×H×W or N×H×W×C; one image alone: {key}[None]). l2b's data are images; for a table of "
+                         f"features, train your own model with the drop-in step l2b.L2B and rank its labels with "
+                         f"l2b.find_label_issues (docs/data.md, 'A table of features, not images')")
+    if x.dtype.kind in "iu" and x.size and 0 <= int(x.min()) and int(x.max()) <= 255:
         x = x.astype(np.uint8)  # integers of 0-255 in a wider type (np.array of Python ints): nothing lost
     if x.dtype != np.uint8:
-        fix = (f": {key} = {key}.astype(np.uint8) * 255" if x.dtype.kind == "b" else
-               f" (values {low}..{top}), with one scale for every split, e.g. {key} = ({key} * (255 / {top}))"
-               f".round().astype(np.uint8)" if x.dtype.kind in "iu" and low >= 0 else "")
-        raise ValueError(f"{path}: {key} has dtype {x.dtype}; store images as uint8 (0-255){fix}")
+        raise ValueError(f"{path}: {key} has dtype {x.dtype}{_to_uint8(x, key)}")
     if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
         raise ValueError(f"{path}: {key} has shape {x.shape}, which looks like N×C×H×W (PyTorch's order); store "
                          f"N×H×W×C: {key} = {key}.transpose(0, 2, 3, 1)")
@@ -215,6 +210,33 @@ def nchw(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
     else:
         raise ValueError(f"{path}: {key} has shape {x.shape}; expected N×H×W or N×H×W×C with C = 1, 3 or 4")
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _to_uint8(x: np.ndarray, key: str) -> str:
+    """The rest of the message for images not stored as uint8: what they hold, and a conversion to
+    uint8 that keeps them (never a clip that flattens what lies outside 0-255, nor a cast that wraps)."""
+    store = "store images as uint8 (0-255)"
+    if x.dtype.kind == "b":
+        return f"; {store}: {key} = {key}.astype(np.uint8) * 255"
+    if x.dtype.kind not in "iuf":
+        return f"; {store}"
+    bad = ~np.isfinite(x) if x.dtype.kind == "f" else np.zeros(x.shape, bool)
+    if bad.any():
+        first = ", ".join(str(int(i)) for i in np.argwhere(bad)[0])
+        return (f" and holds {int(bad.sum())} NaN or inf value(s), the first at {key}[{first}]: mend or drop those "
+                f"images, then {store}")
+    low, top = (x.min().item(), x.max().item()) if x.size else (0, 0)
+    head = f" (values {low:g}..{top:g}); {store}"
+    if x.dtype.kind == "f" and low >= 0 and top <= 1:
+        return f"{head}: {key} = ({key} * 255).round().astype(np.uint8)"
+    if x.dtype.kind == "f" and low >= 0 and top <= 255:
+        return f"{head}: {key} = {key}.round().astype(np.uint8)"
+    # 12- or 16-bit intensities, CT numbers, standardised images: one linear map, the same for every split
+    # (l2b then normalises by the training images' own mean and std)
+    shift = f"({key} - ({low:g}))" if low < 0 else key
+    span = top - min(low, 0)
+    return (f"{head}, by one linear map for every split (the widest range over them; this is {key}'s), e.g. "
+            f"{key} = ({shift} * (255 / {span:g})).round().astype(np.uint8)")
 
 
 def _array(z, p: Path, key: str) -> np.ndarray:
