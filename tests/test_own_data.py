@@ -220,6 +220,39 @@ def test_folder_classes_read_their_sub_folders_and_skip_hidden_files(tmp_path, c
     assert dict(ds.train)[tmp_path / "train" / "dog" / "puppies" / "p.png"] == ds.classes.index("dog")
 
 
+def test_a_folder_of_class_folders_without_train_is_the_training_set_and_says_so(tmp_path, capsys):
+    """torchvision's ImageFolder layout, DIR/<class>/*: the training set alone (no clean or test
+    set), said on the console with how to give them; cropped at the images' own size. Hidden
+    folders are no class, in either layout; val/ or test/ without train/ is still refused."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from l2b.data import load_dataset
+
+    two_class_folder(tmp_path / "nested", {"train": 4})
+    flat = tmp_path / "nested" / "train"
+    (flat / ".ipynb_checkpoints").mkdir()  # Jupyter's, beside the class folders
+    ds = load_dataset(f"folder:{flat}")
+    err = capsys.readouterr().err
+    assert f"{flat}: no train/ folder, so its 2 class folders are the training set, with no clean or test set" in err
+    assert ds.classes == ("cat", "dog") and ds.val is None and ds.test == []
+    nested = load_dataset(f"folder:{tmp_path / 'nested'}")  # the same images through DIR/train/
+    assert [(f, y) for f, y in ds.train] == [(f, y) for f, y in nested.train]
+    (flat / "cat" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (12, 12)).save(flat / "cat" / ".ipynb_checkpoints" / "0-checkpoint.png")
+    assert len(load_dataset(f"folder:{flat}").train) == 8  # nor its images
+    code, out, err = run(tmp_path, capsys, "--data", f"folder:{flat}", "--method", "l2b", "--val-per-class", "1",
+                         "--workers", "0")
+    assert code == 0, err
+    assert "train 6, clean 2 (drawn from your training labels, 1 per class, unverified), no test set" in out
+    assert "12-px crops" in out
+    (tmp_path / "only-val" / "val" / "cat").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"only-val/train: not found; the folder layout is DIR/train/<class>/\*"):
+        load_dataset(f"folder:{tmp_path / 'only-val'}")
+    with pytest.raises(FileNotFoundError, match=r"nowhere: not found; the folder layout is"):
+        load_dataset(f"folder:{tmp_path / 'nowhere'}")
+
+
 def test_sixteen_bit_grayscale_is_read_over_its_full_range_and_float_pixels_are_refused(tmp_path):
     pytest.importorskip("PIL")
     from PIL import Image

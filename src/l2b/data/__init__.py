@@ -13,8 +13,9 @@ import torch
 
 from .arrays import ArrayDataset, load_cifar10, load_cifar100, load_digits, load_npz
 from .augment import augment_batch, normalize_batch
-from .files import FileDataset, load_clothing1m, load_csv, load_folder, load_isic2019
+from .files import FileDataset, load_csv, load_folder
 from .idx import load_fashion_mnist, load_mnist
+from .published import load_clothing1m, load_isic2019
 
 DATASETS: dict[str, Callable] = {
     "digits": load_digits,

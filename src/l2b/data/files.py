@@ -1,4 +1,5 @@
-"""Datasets of image files, decoded lazily with Pillow: ImageFolder, ISIC 2019, Clothing1M."""
+"""Datasets of image files, decoded lazily with Pillow: your own (a folder of class folders, a csv
+list); the published ones are in :mod:`l2b.data.published`."""
 
 from __future__ import annotations
 
@@ -20,11 +21,6 @@ from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, check
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", *DICOM_SUFFIXES}
 IMAGENET_SIZE = 224  # the crop of ImageNet-pretrained models, and native_size's cap
 SAMPLED_SIDES = 32  # images whose size native_size reads (headers only), spread over the list
-CLOTHING1M_MEAN = (0.6959, 0.6537, 0.6371)  # the L2B authors' ultils.py
-CLOTHING1M_STD = (0.3113, 0.3192, 0.3214)
-ISIC_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
-CLOTHING1M_CLASSES = ("T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
-                      "Jacket", "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear")
 
 
 @dataclass
@@ -97,40 +93,58 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def class_folders(folder: Path) -> list[Path]:
+    """The class folders of ``folder``, sorted by name: its sub-directories, hidden ones
+    (``.ipynb_checkpoints``) and macOS's ``__MACOSX`` left out."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "__MACOSX")
+
+
+def folder_splits(root: Path) -> dict[str, Path]:
+    """The split folders of folder:DIR: train, and val and test where present; DIR itself as the
+    training set where it holds class folders and no train/, val/ or test/."""
+    layout = "DIR/train/<class>/*, optional DIR/val/<class>/* and DIR/test/<class>/*"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not found; the folder layout is {layout}")
+    splits = {split: root / split for split in ("train", "val", "test") if (root / split).is_dir()}
+    if "train" not in splits and (splits or not class_folders(root)):
+        raise FileNotFoundError(f"{root / 'train'}: not found; the folder layout is {layout}")
+    return splits if "train" in splits else {"train": root}
+
+
 def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: int | None = None) -> FileDataset:
     """ImageFolder layout: DIR/train/<class>/*, optional DIR/val/<class>/* (a verified clean set) and
-    DIR/test/<class>/* (without it, no test set).
+    DIR/test/<class>/* (without it, no test set); or torchvision's own, DIR/<class>/* with no
+    train/, val/ or test/ beside, as the training set alone (said on the console).
     ``image_size`` None: the training images' own size (``native_size``)."""
     if not path:
         raise ValueError("folder needs a directory: folder:DIR (DIR/train/<class>/..., optional DIR/val/<class>/... "
                          "and DIR/test/<class>/...)")
     root = Path(path)
-    if not (root / "train").is_dir():
-        raise FileNotFoundError(f"{root / 'train'}: not found; the folder layout is DIR/train/<class>/*, optional "
-                                f"DIR/val/<class>/* and DIR/test/<class>/*")
-    classes = tuple(sorted(d.name for d in (root / "train").iterdir() if d.is_dir()))
+    splits = folder_splits(root)
+    if splits["train"] == root:
+        warn_data(f"{root}: no train/ folder, so its {len(class_folders(root))} class folders are the training set, "
+                  f"with no clean or test set of its own; to give them, move the class folders into {root / 'train'} "
+                  f"and add {root / 'val'}/<class>/* (verified labels) and {root / 'test'}/<class>/*")
+    classes = tuple(d.name for d in class_folders(splits["train"]))
     if not classes:
-        raise ValueError(f"{root / 'train'}: no class sub-directories")
+        raise ValueError(f"{splits['train']}: no class sub-directories")
 
     def items(split: str):
         out = []
-        if not (root / split).is_dir():  # no test set (train/ is checked above)
+        if split not in splits:  # no test set (train/ is checked above)
             return out
-        for d in sorted((root / split).iterdir()):
-            if not d.is_dir():
-                continue
+        for d in class_folders(splits[split]):
             if d.name not in classes:
-                raise ValueError(f"{d}: class {d.name!r} does not exist under {root / 'train'}")
-            label = classes.index(d.name)
-            out += [(f, label) for f in image_files(d)]
-        return check_images(out, on_bad_images, f"{root / split}")
+                raise ValueError(f"{d}: class {d.name!r} does not exist under {splits['train']}")
+            out += [(f, classes.index(d.name)) for f in image_files(d)]
+        return check_images(out, on_bad_images, f"{splits[split]}")
 
-    empty = [c for c in classes if not image_files(root / "train" / c)]
+    empty = [c for c in classes if not image_files(splits["train"] / c)]
     if empty:
-        warn_data(f"{root / 'train'}: class folder(s) {', '.join(map(repr, empty[:5]))}"
+        warn_data(f"{splits['train']}: class folder(s) {', '.join(map(repr, empty[:5]))}"
                   f"{' ...' if len(empty) > 5 else ''} hold no image; they stay classes the model can predict, with no "
                   f"training sample (remove the folders if they are not classes)")
-    val = items("val") if (root / "val").is_dir() else None
+    val = items("val") if "val" in splits else None
     if val == []:
         warn_data(f"{root / 'val'}: holds no image in class folders (val/<class>/*), so the dataset has no clean set "
                   f"of its own; fill it, or remove it")
@@ -181,8 +195,8 @@ def own_image_size(kind: str, path: str) -> int:
     try:
         if kind == "csv":
             return native_size(csv_rows(Path(path))[0]["train"])
-        train = Path(path) / "train"
-        return native_size([(f, 0) for d in sorted(train.iterdir()) if d.is_dir() for f in image_files(d)])
+        train = folder_splits(Path(path))["train"]
+        return native_size([(f, 0) for d in class_folders(train) for f in image_files(d)])
     except (OSError, ValueError, KeyError, ImportError):
         return IMAGENET_SIZE
 
@@ -297,97 +311,3 @@ def _warn_upscaling(items, image_size: int, root: Path) -> None:
                   f"upscales them {image_size / side:.0f}x; leave --image-size out (the images' own size, "
                   f"{max(8, side)}) or give a small model, unless the upscaling is meant (e.g. for "
                   f"ImageNet-pretrained weights)")
-
-
-def _read_list(path: Path) -> list[str]:
-    if not path.is_file() and path.with_suffix(".lst").is_file():  # the authors' ISIC/*.lst
-        path = path.with_suffix(".lst")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: split list not found (a .txt or the authors' .lst)")
-    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-
-
-def load_isic2019(path: str | None, *, on_bad_images: str = "error", image_size: int = IMAGENET_SIZE) -> FileDataset:
-    """ISIC 2019: ground-truth CSV (image, MEL, NV, ...; one-hot), images, split lists.
-
-    Layout: DIR/ISIC_2019_Training_GroundTruth.csv, DIR/ISIC_2019_Training_Input/<image>.jpg, and
-    DIR/train.txt, DIR/val.txt, DIR/test.txt with one image id per line (or the authors'
-    train.lst / val.lst / test.lst from yuyinzhou/L2B's ISIC folder; the paper's split is
-    20,400 / 640 / 4,291). The UNK column, empty in the training data, is ignored. Images go
-    through the authors' ISIC transforms (``ImageFiles``), the clean (meta) set through the
-    training transform, as in their code.
-    """
-    if not path:
-        raise ValueError("isic2019 needs a directory: isic2019:DIR")
-    root = Path(path)
-    gt = root / "ISIC_2019_Training_GroundTruth.csv"
-    if not gt.is_file():
-        raise FileNotFoundError(f"{gt}: ground-truth CSV not found")
-    labels = {}
-    with open(gt, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or header[0] != "image" or list(header[1:9]) != list(ISIC_CLASSES):
-            raise ValueError(f"{gt}: header must start with image,{','.join(ISIC_CLASSES)}; got {header}")
-        for lineno, row in enumerate(reader, 2):
-            try:
-                onehot = [float(v) for v in row[1:9]]
-            except ValueError:
-                raise ValueError(f"{gt}, line {lineno}: non-numeric diagnosis column in {row}") from None
-            if sorted(onehot) != [0.0] * 7 + [1.0]:
-                raise ValueError(f"{gt}, line {lineno}: diagnosis columns must be one-hot, got {row[1:9]}")
-            labels[row[0]] = onehot.index(1.0)
-    images = root / "ISIC_2019_Training_Input"
-
-    def items(split: str):
-        out = []
-        for image_id in _read_list(root / f"{split}.txt"):
-            if image_id not in labels:
-                raise ValueError(f"{root / f'{split}.txt'}: image {image_id!r} is not in {gt.name}")
-            out.append((images / f"{image_id}.jpg", labels[image_id]))
-        return check_images(out, on_bad_images, f"isic2019 {split}")
-
-    return FileDataset("isic2019", items("train"), items("test"), ISIC_CLASSES, val=items("val"),
-                       image_size=image_size, root=root, transform="isic", meta_augment=True)
-
-
-def load_clothing1m(path: str | None, *, image_size: int = IMAGENET_SIZE, **_) -> FileDataset:
-    """Clothing1M's list files: noisy_label_kv.txt, clean_label_kv.txt ('<key> <label>' lines),
-    noisy_train_key_list.txt, clean_val_key_list.txt, clean_test_key_list.txt; keys are image
-    paths relative to DIR. Training uses the noisy labels, val and test the clean ones. Images are
-    decoded lazily: an unreadable one is reported, by path, when it is first read. As in the
-    authors' code: Resize(256) + random crop + flip for training, Resize(256) + centre crop for
-    the test AND the clean (meta) batches, normalised with Clothing1M's own mean and std."""
-    if not path:
-        raise ValueError("clothing1m needs a directory: clothing1m:DIR")
-    root = Path(path)
-
-    def kv(name: str) -> dict[str, int]:
-        out = {}
-        f = root / name
-        if not f.is_file():
-            raise FileNotFoundError(f"{f}: not found")
-        for lineno, line in enumerate(f.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2 or not parts[1].isdigit() or not 0 <= int(parts[1]) < 14:
-                raise ValueError(f"{f}, line {lineno}: expected '<image path> <label 0-13>', got {line!r}")
-            out[parts[0]] = int(parts[1])
-        return out
-
-    noisy, clean = kv("noisy_label_kv.txt"), kv("clean_label_kv.txt")
-
-    def items(list_name: str, table: dict[str, int], which: str):
-        keys = _read_list(root / list_name)
-        missing = [k for k in keys if k not in table]
-        if missing:
-            raise ValueError(f"{root / list_name}: {len(missing)} keys have no {which} label (first: {missing[0]})")
-        return [(root / k, table[k]) for k in keys]
-
-    return FileDataset(
-        "clothing1m", items("noisy_train_key_list.txt", noisy, "noisy"),
-        items("clean_test_key_list.txt", clean, "clean"), CLOTHING1M_CLASSES,
-        val=items("clean_val_key_list.txt", clean, "clean"), image_size=image_size, root=root,
-        mean=CLOTHING1M_MEAN, std=CLOTHING1M_STD, meta_augment=False,
-    )
