@@ -356,8 +356,9 @@ CASES = [
     ("npz fewer class names than labels", lambda t: ["train", "--data", f"npz:{_arrays(t, classes=np.array(['a', 'b']))}",
                                                      "--out", str(t / "out")],
      r"y_train holds label 9 \(at index 9\) but 'classes' names 2 class\(es\): give one name per class"),
-    ("csv without a split column", lambda t: ["train", "--data", f"csv:{_csv(t, ['file,class', 'a.png,cat'])}", "--out", str(t / "out")],
-     r"labels.csv: no split column \(split\); a csv dataset has a header with path, label and split .* found: file, class"),
+    ("csv without a label column", lambda t: ["train", "--data", f"csv:{_csv(t, ['file,choice', 'a.png,cat'])}", "--out", str(t / "out")],
+     r"labels.csv: no label column \(label or class\); a csv dataset has a header with path and label columns, and "
+     r"optionally split \(train, val or test\); found: file, choice"),
     ("csv ragged row", lambda t: ["train", "--data", f"csv:{_csv(t, ['path,label,split', 'a.png,cat,train', 'b.png,dog'])}",
                                   "--out", str(t / "out")],
      r"labels.csv line 3: 2 fields, the header has 3"),

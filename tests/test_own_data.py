@@ -924,3 +924,23 @@ def test_the_table_of_features_example_in_the_docs_runs_as_written():
     issues, flip = scope["issues"], scope["flip"]
     assert 0.75 * flip.sum() <= len(issues) <= 1.25 * flip.sum() and flip[issues].mean() >= 0.8
     assert len(set(issues.tolist())) == len(issues) and issues.max() < 400
+
+
+def test_a_csv_without_a_split_column_is_the_training_set_and_says_so(tmp_path, capsys):
+    """The list most labelling tools export, path and label only: every row a training image (no
+    clean or test set), said on the console with how to give them; the same images and labels
+    as the list with every row marked train."""
+    pytest.importorskip("PIL")
+    from l2b.data import load_dataset
+
+    two_class_folder(tmp_path, {"train": 3})
+    files = sorted((tmp_path / "train").rglob("*.png"))
+    (tmp_path / "plain.csv").write_text("path,label\n" + "".join(f"{f},{f.parent.name}\n" for f in files))
+    (tmp_path / "split.csv").write_text("path,label,split\n" + "".join(f"{f},{f.parent.name},train\n" for f in files))
+    plain = load_dataset(f"csv:{tmp_path / 'plain.csv'}")
+    assert "plain.csv: no split column, so every row is a training image, with no clean or test set" in \
+        capsys.readouterr().err
+    split = load_dataset(f"csv:{tmp_path / 'split.csv'}")
+    assert "no split column" not in capsys.readouterr().err
+    assert plain.train == split.train and plain.classes == split.classes == ("cat", "dog")
+    assert plain.val is None and plain.test == [] and plain.image_size == split.image_size == 12

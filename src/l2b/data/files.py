@@ -241,20 +241,23 @@ def listed_file(path: Path, name: str) -> Path:
     return file
 
 
-def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
-    """The rows of csv:FILE by split, as (image path, label as written), and the class names in
-    label order (numerically where every label is a number, else alphabetically). One-line errors
-    name the file and line: a missing column, a ragged row, an empty cell, an unknown split, an
-    image listed twice."""
+def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str], bool]:
+    """The rows of csv:FILE by split, as (image path, label as written); the class names in label
+    order (numerically where every label is a number, else alphabetically); and whether the list
+    has a split column (without one, every row is a training row). One-line errors name the file
+    and line: a missing column, a ragged row, an empty cell, an unknown split, an image listed
+    twice."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     header, reader = csv_table(path)
     column = {}
     for key, names in CSV_COLUMNS.items():
         found = [i for i, h in enumerate(header) if h in names]
+        if not found and key == "split":
+            continue
         if not found:
             raise ValueError(f"{path}: no {key} column ({' or '.join(names)}); a csv dataset has a header with "
-                             f"path, label and split (train, val or test) columns; found: {', '.join(header) or 'none'}")
+                             f"path and label columns, and optionally split (train, val or test); found: {', '.join(header) or 'none'}")
         column[key] = found[0]
     rows: dict[str, list[tuple[Path, str]]] = {s: [] for s in CSV_SPLITS}
     seen: dict[Path, int] = {}
@@ -265,7 +268,8 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
         if len(row) != len(header):
             raise ValueError(f"{path} line {line}: {len(row)} fields, the header has {len(header)} (a comma inside a "
                              f"path or label needs quotes)")
-        image, label, split = (row[column[k]].strip() for k in ("path", "label", "split"))
+        image, label = (row[column[k]].strip() for k in ("path", "label"))
+        split = row[column["split"]].strip() if "split" in column else "train"
         for key, value in (("path", image), ("label", label), ("split", split)):
             if not value:
                 raise ValueError(f"{path} line {line}: empty {key}")
@@ -277,16 +281,20 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str]]:
                              f"image once, in one split, with one label")
         seen[file] = line
         rows[split.lower()].append((file, label))
-    return rows, label_order(label for items in rows.values() for _, label in items)
+    return rows, label_order(label for items in rows.values() for _, label in items), "split" in column
 
 
 def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int | None = None) -> FileDataset:
     """csv:FILE: one image a row, with its path (relative to the file's folder, or absolute), its
     label (a class name or number) and its split: ``train``, ``val`` (a clean set you verified)
-    or ``test``. ``image_size`` None: the training images' own size (``native_size``)."""
+    or ``test``; without a split column every row trains (said on the console). ``image_size``
+    None: the training images' own size (``native_size``)."""
     if not path:
-        raise ValueError("csv needs a file: csv:FILE (columns path, label, split)")
-    rows, classes = csv_rows(Path(path))
+        raise ValueError("csv needs a file: csv:FILE (columns path, label, and optionally split)")
+    rows, classes, has_split = csv_rows(Path(path))
+    if not has_split:
+        warn_data(f"{path}: no split column, so every row is a training image, with no clean or test set of its own; "
+                  f"to give them, add a column split: train, val (labels you verified) or test")
     if not rows["train"]:
         raise ValueError(f"{path}: no rows with split train; a csv dataset needs training images (val: a verified "
                          f"clean set, test: held out to measure accuracy by, are optional)")
