@@ -295,19 +295,53 @@ def test_bf16_agreement_runs_on_real_images(tmp_path):
     assert all(0 <= float(r[2]) < 1 for r in rows)
 
 
-@pytest.mark.parametrize("script, args, message", [
+BAD_ARGUMENTS = [
     ("memorisation.py", ["--noises", "symmetric:0.5"], "--noises symmetric:0.5: choose among"),
     ("memorisation.py", ["--device", "gpu"], "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
     ("step_cost.py", ["--device", "tpu"], "--device 'tpu': choose auto, cpu, cuda or cuda:N"),
     ("bf16_agreement.py", ["--device", "cuda:x"], "--device 'cuda:x': choose auto, cpu, cuda or cuda:N"),
     ("label_issues.py", ["--grid", "no-such-grid"], "--grid no-such-grid: not a directory"),
     ("label_issues.py", ["--train-here", "--grid", "."], "--train-here trains every run here: leave --grid out"),
-], ids=["memorisation --noises", "memorisation --device", "step_cost --device", "bf16_agreement --device",
-        "label_issues --grid", "label_issues --train-here --grid"])
-def test_benchmark_scripts_refuse_bad_arguments_in_one_line(tmp_path, script, args, message):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-800:]
+]
+# each case runs the script as its own __main__, as `python benchmarks/SCRIPT ARGS` does, all in one
+# process (a process each paid torch's import six times over); what it wrote to stderr, how it exited
+REFUSE = """
+import contextlib, io, json, runpy, sys, traceback
+results = []
+for script, args in json.loads(sys.argv[1]):
+    sys.argv = [script, *args]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    cases = [[str(ROOT / "benchmarks" / script), args] for script, args, _ in BAD_ARGUMENTS]
+    proc = subprocess.run([sys.executable, "-c", REFUSE, json.dumps(cases)], capture_output=True, text=True,
+                          cwd=tmp_path_factory.mktemp("refusals"),
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", range(len(BAD_ARGUMENTS)),
+                         ids=["memorisation --noises", "memorisation --device", "step_cost --device",
+                              "bf16_agreement --device", "label_issues --grid", "label_issues --train-here --grid"])
+def test_benchmark_scripts_refuse_bad_arguments_in_one_line(refusals, case):
+    code, stderr = refusals[case]
+    message = BAD_ARGUMENTS[case][2]
+    assert code == 2 and message in stderr and "Traceback" not in stderr, stderr[-800:]
 
 
 def test_cells_carry_a_grid_between_checkouts_without_overwriting_local_runs(tmp_path):
