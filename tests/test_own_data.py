@@ -944,3 +944,16 @@ def test_a_csv_without_a_split_column_is_the_training_set_and_says_so(tmp_path, 
     assert "no split column" not in capsys.readouterr().err
     assert plain.train == split.train and plain.classes == split.classes == ("cat", "dog")
     assert plain.val is None and plain.test == [] and plain.image_size == split.image_size == 12
+
+
+def test_a_home_folder_in_a_data_spec_is_written_out(tmp_path, monkeypatch):
+    """``--data npz:~/mine.npz``: the shell leaves a ``~`` after ``npz:`` as typed; l2b reads the
+    home folder's file, and the run records where it is."""
+    from l2b.data import load_dataset
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "mine.npz", x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 2)
+    assert len(load_dataset("npz:~/mine.npz").y_train) == 20
+    assert TrainConfig(data="npz:~/mine.npz").data == f"npz:{tmp_path / 'mine.npz'}"
+    assert TrainConfig(data="digits").data == "digits"

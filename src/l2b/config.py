@@ -16,7 +16,7 @@ from typing import Any
 from .coerce import coerce_field
 from .config_checks import (check_choices, check_device, check_method_options, check_noise_spec, check_types,
                             flag_of, on_cuda, parse_holdout)
-from .data import FILE_DATASETS
+from .data import FILE_DATASETS, expand_home
 from .data.files import IMAGENET_SIZE, own_image_size
 from .methods import METHODS, declared_options, needs_of, options_of
 from .models import check_model_name
@@ -147,6 +147,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Resolve the data-dependent defaults, so that a config always holds what runs: a
         dataset of the user's own labels gets no injected noise and its own clean set."""
+        self.data = expand_home(self.data)
         own = own_labels(self.data)
         if self.noise == "auto":
             self.noise = "none" if own else "symmetric:0.4"

@@ -6,6 +6,7 @@ see docs/data.md for every name and the layout it reads.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import numpy as np
@@ -32,10 +33,17 @@ DATASETS: dict[str, Callable] = {
 FILE_DATASETS = ("folder", "csv", "isic2019", "clothing1m")
 
 
+def expand_home(spec: str) -> str:
+    """``NAME:~/PATH`` with the home folder written out: a shell expands ``~`` only where a word
+    begins, so ``--data folder:~/photos`` reaches l2b as typed."""
+    name, sep, path = spec.partition(":")
+    return f"{name}:{os.path.expanduser(path)}" if sep and path.startswith("~") else spec
+
+
 def load_dataset(spec: str, **options) -> ArrayDataset | FileDataset:
     """Load ``NAME`` or ``NAME:PATH``. Options (``on_bad_images=``, ``image_size=``) go to the
     image-file datasets."""
-    name, _, path = spec.partition(":")
+    name, _, path = expand_home(spec).partition(":")
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
     if name in FILE_DATASETS:
