@@ -957,3 +957,27 @@ def test_a_home_folder_in_a_data_spec_is_written_out(tmp_path, monkeypatch):
     assert len(load_dataset("npz:~/mine.npz").y_train) == 20
     assert TrainConfig(data="npz:~/mine.npz").data == f"npz:{tmp_path / 'mine.npz'}"
     assert TrainConfig(data="digits").data == "digits"
+
+
+def test_class_names_that_differ_only_in_case_are_named(tmp_path, capsys):
+    """A labelling tool's export writing one class two ways ("Cat", "cat") makes two classes: a
+    csv, an npz of class names and a folder each say so, naming the pair; distinct names do not."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from l2b.data import load_dataset
+
+    for name in ("Cat", "cat", "dog"):
+        (tmp_path / "imgs" / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (12, 12)).save(tmp_path / "imgs" / "train" / name / f"{name}.png")
+    assert load_dataset(f"folder:{tmp_path / 'imgs'}").classes == ("Cat", "cat", "dog")
+    assert "class names 'Cat' and 'cat' differ only in case or spaces, so they are two classes" in \
+        capsys.readouterr().err
+    files = sorted((tmp_path / "imgs" / "train").rglob("*.png"))
+    (tmp_path / "l.csv").write_text("path,label\n" + "".join(f"{f},{f.parent.name.lower()}\n" for f in files[:2]) +
+                                    f"{files[2]},DOG\n")
+    assert len(load_dataset(f"csv:{tmp_path / 'l.csv'}").classes) == 2
+    assert "differ only in case" not in capsys.readouterr().err  # cat and DOG: distinct classes
+    np.savez(tmp_path / "n.npz", x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array(["dog", "cat", "Dog ", "cat"]))
+    assert load_dataset(f"npz:{tmp_path / 'n.npz'}").classes == ("Dog ", "cat", "dog")
+    assert "n.npz: class names 'Dog ' and 'dog' differ only in case or spaces" in capsys.readouterr().err

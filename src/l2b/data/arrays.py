@@ -336,6 +336,20 @@ def label_order(names) -> list[str]:
     return sorted(names, key=(lambda t: (int(t), t)) if numeric else str)
 
 
+def warn_twin_classes(names, where) -> None:
+    """Say so where two class names differ only in case or surrounding spaces ("Cat", "cat"): a
+    labelling tool's export can write one class both ways, and each way is then a class of its own."""
+    seen: dict[str, str] = {}
+    for name in names:
+        twin = seen.setdefault(str(name).strip().casefold(), str(name))
+        if twin != str(name):
+            from ..console import warn
+
+            warn(f"{where}: class names {twin!r} and {str(name)!r} differ only in case or spaces, so they are two "
+                 f"classes; if they are one, write them alike")
+            return
+
+
 def _numbered(labels: dict[str, np.ndarray], p: Path, classes: tuple[str, ...] | None):
     """An npz's labels given as class names, as integer labels and the class names: in the
     order of its ``classes`` where it has one, else numerically or alphabetically
@@ -353,6 +367,8 @@ def _numbered(labels: dict[str, np.ndarray], p: Path, classes: tuple[str, ...] |
         if len(empty):
             raise ValueError(f"{p}: {k}[{int(empty[0])}] is an empty class name; give every sample its class")
     order = list(classes) if classes is not None else label_order(np.concatenate(list(text.values())).tolist())
+    if classes is None:
+        warn_twin_classes(order, p)
     index = {name: i for i, name in enumerate(order)}
     numbered = {}
     for k, y in text.items():

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..console import warn as warn_data
-from .arrays import label_order
+from .arrays import label_order, warn_twin_classes
 from .copies import copies_message, file_copies
 from .dicom import DICOM_SUFFIXES, is_dicom
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, checked_size, seeded_keys
@@ -126,6 +126,7 @@ def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: i
                   f"with no clean or test set of its own; to give them, move the class folders into {root / 'train'} "
                   f"and add {root / 'val'}/<class>/* (verified labels) and {root / 'test'}/<class>/*")
     classes = tuple(d.name for d in class_folders(splits["train"]))
+    warn_twin_classes(classes, splits["train"])
     if not classes:
         raise ValueError(f"{splits['train']}: no class sub-directories")
 
@@ -292,6 +293,7 @@ def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int 
     if not path:
         raise ValueError("csv needs a file: csv:FILE (columns path, label, and optionally split)")
     rows, classes, has_split = csv_rows(Path(path))
+    warn_twin_classes(classes, path)
     if not has_split:
         warn_data(f"{path}: no split column, so every row is a training image, with no clean or test set of its own; "
                   f"to give them, add a column split: train, val (labels you verified) or test")
