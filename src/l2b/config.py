@@ -68,6 +68,9 @@ class TrainConfig:
     exclude: str | None = setting(None, "a csv of training samples to leave out, e.g. a reviewed label_issues.csv: "
                                         "rows name them by index (their position in the dataset's training set, as "
                                         "label-issues writes it) or by path (image files)")
+    relabel: str | None = setting(None, "a csv of your own labels corrected: rows name training samples as --exclude's "
+                                        "do, and the label each is to carry (a label column: class name or number; "
+                                        "else label_issues.csv's suggested_class, its suggestions accepted)")
     train_on_clean: bool = setting(False, "also train on the clean set, with its clean labels (it stays the "
                                           "validation set, so the best-val epoch is then chosen on training data)")
     batches_per_epoch: int | None = setting(None, "batches per epoch (default: one pass over the training set)")
@@ -160,8 +163,9 @@ class TrainConfig:
         # a selected meta set leaves the noisy stream and is selected again every fifth of the run
         # (benchmarks/no_clean_set.py); without one these are 0 / False, as every run has recorded
         select = self.meta_set != "clean"
-        if self.exclude:  # found from any working directory later (label-issues, report)
-            self.exclude = str(Path(self.exclude).resolve())
+        for name in ("exclude", "relabel"):  # found from any working directory later (label-issues, report)
+            if getattr(self, name):
+                setattr(self, name, str(Path(getattr(self, name)).resolve()))
         if self.meta_refresh is None:
             self.meta_refresh = max(1, self.epochs // 5) if select else 0
         if self.meta_set_leaves is None:
@@ -219,6 +223,13 @@ class TrainConfig:
         if self.exclude is not None and not Path(self.exclude).is_file():
             raise FileNotFoundError(f"--exclude {self.exclude}: file not found; give a csv of the training samples to "
                                     f"leave out (e.g. a label_issues.csv)")
+        if self.relabel is not None and not Path(self.relabel).is_file():
+            raise FileNotFoundError(f"--relabel {self.relabel}: file not found; give a csv of the training samples to "
+                                    f"relabel and their labels (e.g. a reviewed label_issues.csv)")
+        if self.relabel is not None and not labels_as_given(self.data, self.noise):
+            raise ValueError(f"--relabel corrects your own labels, taken as given (npz, folder, csv, isic2019, "
+                             f"clothing1m with --noise none); {self.data} with noise {self.noise} is not that: to "
+                             f"study corrected labels there, store them in an npz")
         for name in ("width", "val_batch_size", "eval_batch_size", "image_size", "val_per_class", "val_total",
                      "train_subset", "threads", "test_every"):
             value = getattr(self, name)

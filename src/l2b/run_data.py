@@ -34,6 +34,7 @@ class Prepared:
     transition: np.ndarray
     clean_source: str = ""  # where the clean set comes from, in words
     excluded: tuple[int, int] = (0, 0)  # training and clean samples left out by --exclude
+    relabelled: tuple[int, int] = (0, 0)  # labels --relabel changed, and the samples it named that kept theirs
 
 
 def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
@@ -74,6 +75,13 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
         )
     else:
         train_idx, val_idx, source = np.arange(len(y_all)), np.array([], dtype=np.int64), "no clean set"
+    relabels = (0, 0)
+    if cfg.relabel:  # your labels corrected, after the clean draw (as --exclude: the run without it, but for them)
+        positions, labels, kept = relabelled(Path(cfg.relabel), ds)
+        changed = int((y_all[positions] != labels).sum())
+        ds = with_labels(ds, positions, labels)
+        y_all = ds.y_train.numpy()
+        relabels = (changed, len(positions) - changed + kept)
     # Noise is applied to the whole training set (a pure function of it, so CIFAR-N files line
     # up), then the clean validation samples keep their true labels.
     features = None
@@ -107,14 +115,21 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
         train_idx = np.delete(train_idx, fold_positions(noisy.labels[train_idx], fold, folds, cfg.seed))
     y_true, y_noisy = y_all[train_idx], noisy.labels[train_idx]
     return Prepared(ds, train_idx, val_idx, y_true, y_noisy, float((y_true != y_noisy).mean()),
-                    transition_matrix(y_true, y_noisy, ds.num_classes), source, excluded)
+                    transition_matrix(y_true, y_noisy, ds.num_classes), source, excluded, relabels)
 
 
 def excluded_positions(path: Path, ds) -> np.ndarray:
-    """The training-set positions a csv names (``--exclude``): by an ``index`` column (positions,
-    as label_issues.csv writes them), else by a path column (image-file datasets: as
+    """The training-set positions a csv names (``--exclude``), as :func:`named_samples` reads them."""
+    return np.unique(np.array([position for _, position, _ in named_samples(path, ds, "--exclude")[1]],
+                              dtype=np.int64))
+
+
+def named_samples(path: Path, ds, flag: str):
+    """The header of a csv that names training samples (``--exclude``, ``--relabel``), and its
+    rows as (where, position, cells): by an ``index`` column (positions in the dataset's training
+    set, as label_issues.csv writes them), else by a path column (image-file datasets: as
     label_issues.csv writes it, or relative to the csv's folder). One line names the file, the
-    line and the value of a row that names no training sample."""
+    line and the value of a row that names no training sample, or a test sample."""
     from .data.files import CSV_COLUMNS, csv_table, listed_file
 
     header, reader = csv_table(path)
@@ -122,37 +137,91 @@ def excluded_positions(path: Path, ds) -> np.ndarray:
     names = ("index",) + (CSV_COLUMNS["path"] if by_path else ())
     column = next((i for i, h in enumerate(header) if h in names), None)
     if column is None:
-        raise ValueError(f"--exclude {path}: no {' or '.join(names)} column in its header ({', '.join(header) or 'empty'}); "
-                         f"give a csv like label_issues.csv, whose index column names each sample to leave out")
+        raise ValueError(f"{flag} {path}: no {' or '.join(names)} column in its header ({', '.join(header) or 'empty'}); "
+                         f"give a csv like label_issues.csv, whose index column names each sample")
     split = header.index("split") if "split" in header else None
     n = len(ds.y_train)
+    known = {}
     if by_path:
-        known = {}
         for i, (p, _) in enumerate(ds.train):
             known[ds.shown_path(p)] = known[str(Path(p).resolve())] = i
-    positions = []
-    for row in reader:
-        if not any(cell.strip() for cell in row):
+
+    def rows():
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            where = f"{flag} {path} line {reader.line_num}"
+            value = row[column].strip() if column < len(row) else ""
+            if split is not None and split < len(row) and row[split].strip().lower() == "test":
+                raise ValueError(f"{where}: a test sample ({value}); only training samples can be "
+                                 f"{'left out' if flag == '--exclude' else 'relabelled'}")
+            if by_path:
+                i = known.get(value, known.get(str(listed_file(path, value).resolve())))
+                if i is None:
+                    raise ValueError(f"{where}: {value!r} is not one of the training images; give paths as "
+                                     f"label_issues.csv writes them, or relative to {path.parent}")
+                yield where, i, row
+                continue
+            try:
+                i = int(value)
+            except ValueError:
+                raise ValueError(f"{where}: index {value!r} is not a whole number") from None
+            if not 0 <= i < n:
+                raise ValueError(f"{where}: index {i} is outside the dataset's {n} training samples (0..{n - 1})")
+            yield where, i, row
+
+    return header, rows()
+
+
+# the column of --relabel's csv that holds the label to carry, the first found: one's own, else label_issues.csv's
+RELABEL_COLUMNS = ("label", "class", "suggested_class", "suggested_label")
+
+
+def relabelled(path: Path, ds) -> tuple[np.ndarray, np.ndarray, int]:
+    """The training-set positions a csv names (``--relabel``), the labels they are to carry and the
+    number of rows that leave theirs as given (an empty label cell: reviewed and right). A label
+    is a class name, or a number 0..K-1 (``suggested_label``: a number only)."""
+    header, rows = named_samples(path, ds, "--relabel")
+    column = next((c for c in RELABEL_COLUMNS if c in header), None)
+    if column is None:
+        raise ValueError(f"--relabel {path}: no label column ({', '.join(RELABEL_COLUMNS)}) in its header "
+                         f"({', '.join(header) or 'empty'}); add a column label with each sample's right class")
+    at, k = header.index(column), len(ds.classes)
+    names = {} if column == "suggested_label" else {name: i for i, name in enumerate(ds.classes)}
+    labels: dict[int, int] = {}
+    kept = 0
+    for where, position, row in rows:
+        value = row[at].strip() if at < len(row) else ""
+        if not value:
+            kept += 1
             continue
-        where = f"--exclude {path} line {reader.line_num}"
-        value = row[column].strip() if column < len(row) else ""
-        if split is not None and split < len(row) and row[split].strip().lower() == "test":
-            raise ValueError(f"{where}: a test sample ({value}); only training samples can be left out")
-        if by_path:
-            i = known.get(value, known.get(str(listed_file(path, value).resolve())))
-            if i is None:
-                raise ValueError(f"{where}: {value!r} is not one of the training images; give paths as "
-                                 f"label_issues.csv writes them, or relative to {path.parent}")
-            positions.append(i)
-            continue
-        try:
-            i = int(value)
-        except ValueError:
-            raise ValueError(f"{where}: index {value!r} is not a whole number") from None
-        if not 0 <= i < n:
-            raise ValueError(f"{where}: index {i} is outside the dataset's {n} training samples (0..{n - 1})")
-        positions.append(i)
-    return np.unique(np.array(positions, dtype=np.int64))
+        label = names.get(value)
+        if label is None and value.isdigit() and int(value) < k:
+            label = int(value)
+        if label is None:
+            shown = ", ".join(ds.classes[:10]) + (", ..." if k > 10 else "")
+            raise ValueError(f"{where}: {column} {value!r} is not a class of the dataset ({shown}); give a class name "
+                             f"or a number 0..{k - 1}")
+        if labels.setdefault(position, label) != label:
+            raise ValueError(f"{where}: names training sample {position} again, with another label "
+                             f"({ds.classes[labels[position]]!r}, then {ds.classes[label]!r}); give each sample one")
+    positions = np.array(sorted(labels), dtype=np.int64)
+    return positions, np.array([labels[i] for i in positions], dtype=np.int64), kept
+
+
+def with_labels(ds, positions: np.ndarray, labels: np.ndarray):
+    """``ds`` with the training labels at ``positions`` replaced (a copy of its labels: a loaded
+    dataset may be cached and shared)."""
+    from dataclasses import replace
+
+    if isinstance(ds, FileDataset):
+        train = list(ds.train)
+        for i, label in zip(positions.tolist(), labels.tolist()):
+            train[i] = (train[i][0], label)
+        return replace(ds, train=train)
+    y = ds.y_train.clone()
+    y[torch.from_numpy(positions)] = torch.from_numpy(labels)
+    return replace(ds, y_train=y)
 
 
 def fold_positions(labels: np.ndarray, fold: int, folds: int, seed: int) -> np.ndarray:
@@ -213,6 +282,10 @@ def data_line(cfg: TrainConfig, prep: Prepared, splits, start_epoch: int = 0) ->
         train_out, clean_out = prep.excluded
         text += (f"; {train_out} training sample{'s' if train_out != 1 else ''} left out (--exclude)"
                  + (f", and {clean_out} of the clean set" if clean_out else ""))
+    if cfg.relabel:
+        changed, kept = prep.relabelled
+        text += (f"; {changed} label{'s' if changed != 1 else ''} corrected (--relabel)"
+                 + (f", {kept} named there kept {'theirs' if kept != 1 else 'its own'}" if kept else ""))
     if cfg.train_on_clean:
         text += "; the clean set also trains"
     if cfg.meta_set != "clean":
