@@ -1,4 +1,4 @@
-"""``--relabel FILE``: training again with one's own labels corrected, from a reviewed
+"""``--relabel FILE``: training again with the labels a list names corrected, from a reviewed
 label_issues.csv (its suggestions accepted) or a list of one's own."""
 
 from __future__ import annotations
@@ -97,15 +97,32 @@ def test_a_bad_relabel_list_is_one_line_naming_its_line(tmp_path, capsys, text, 
     assert not (tmp_path / "run").exists()
 
 
-def test_relabel_is_for_ones_own_labels_as_given(tmp_path, capsys):
-    (tmp_path / "fix.csv").write_text("index,label\n3,1\n")
-    code, _, err = run(tmp_path, capsys, "--data", "digits", "--relabel", str(tmp_path / "fix.csv"))
-    assert code == 2 and "--relabel corrects your own labels, taken as given" in err, err
-    f = digits_npz(tmp_path / "mine.npz")
-    code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--noise", "symmetric:0.2",
-                       "--relabel", str(tmp_path / "fix.csv"))
-    assert code == 2 and "with noise symmetric:0.2 is not that" in err, err
-    code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--relabel", str(tmp_path / "none.csv"))
+def test_under_injected_noise_it_corrects_the_labels_given_and_never_the_true_ones(tmp_path, capsys):
+    """On a research dataset (or one's own with noise injected) the list corrects the noisy labels
+    the run trains on, after the same noise: the true labels, the clean set and every other label
+    are the run's without the list. A clean sample there carries its true label: naming it is refused."""
+    from l2b.config import TrainConfig
+    from l2b.run_data import prepare_data
+
+    cfg = TrainConfig(data="digits", method="ce", noise="symmetric:0.4")
+    before = prepare_data(cfg, needs_clean=False)
+    wrong = np.flatnonzero(before.y_true != before.y_noisy)[:5]
+    positions = before.train_idx[wrong]
+    (tmp_path / "fix.csv").write_text("index,label\n" + "".join(
+        f"{i},{y}\n" for i, y in zip(positions, before.y_true[wrong])) + f"{before.train_idx[0]},\n")
+    after = prepare_data(TrainConfig(**{**cfg.__dict__, "relabel": str(tmp_path / "fix.csv")}), needs_clean=False)
+    np.testing.assert_array_equal(after.train_idx, before.train_idx)
+    np.testing.assert_array_equal(after.val_idx, before.val_idx)
+    np.testing.assert_array_equal(after.y_true, before.y_true)
+    expected = before.y_noisy.copy()
+    expected[wrong] = before.y_true[wrong]
+    np.testing.assert_array_equal(after.y_noisy, expected)
+    assert after.relabelled == (5, 1) and after.noise_rate < before.noise_rate
+    (tmp_path / "clean.csv").write_text(f"index,label\n{before.val_idx[2]},3\n")
+    code, _, err = run(tmp_path, capsys, "--data", "digits", "--relabel", str(tmp_path / "clean.csv"))
+    assert code == 2 and f"names 1 sample(s) of the clean set (the first: index {before.val_idx[2]}), whose labels " \
+        "are the dataset's true ones" in err, err
+    code, _, err = run(tmp_path, capsys, "--data", "digits", "--relabel", str(tmp_path / "none.csv"))
     assert code == 2 and "--relabel " in err and "none.csv: file not found" in err, err
 
 

@@ -68,7 +68,7 @@ class TrainConfig:
     exclude: str | None = setting(None, "a csv of training samples to leave out, e.g. a reviewed label_issues.csv: "
                                         "rows name them by index (their position in the dataset's training set, as "
                                         "label-issues writes it) or by path (image files)")
-    relabel: str | None = setting(None, "a csv of your own labels corrected: rows name training samples as --exclude's "
+    relabel: str | None = setting(None, "a csv of training labels corrected: rows name training samples as --exclude's "
                                         "do, and the label each is to carry (a label column: class name or number; "
                                         "else label_issues.csv's suggested_class, its suggestions accepted)")
     train_on_clean: bool = setting(False, "also train on the clean set, with its clean labels (it stays the "
@@ -226,10 +226,6 @@ class TrainConfig:
         if self.relabel is not None and not Path(self.relabel).is_file():
             raise FileNotFoundError(f"--relabel {self.relabel}: file not found; give a csv of the training samples to "
                                     f"relabel and their labels (e.g. a reviewed label_issues.csv)")
-        if self.relabel is not None and not labels_as_given(self.data, self.noise):
-            raise ValueError(f"--relabel corrects your own labels, taken as given (npz, folder, csv, isic2019, "
-                             f"clothing1m with --noise none); {self.data} with noise {self.noise} is not that: to "
-                             f"study corrected labels there, store them in an npz")
         for name in ("width", "val_batch_size", "eval_batch_size", "image_size", "val_per_class", "val_total",
                      "train_subset", "threads", "test_every"):
             value = getattr(self, name)

@@ -75,13 +75,6 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
         )
     else:
         train_idx, val_idx, source = np.arange(len(y_all)), np.array([], dtype=np.int64), "no clean set"
-    relabels = (0, 0)
-    if cfg.relabel:  # your labels corrected, after the clean draw (as --exclude: the run without it, but for them)
-        positions, labels, kept = relabelled(Path(cfg.relabel), ds)
-        changed = int((y_all[positions] != labels).sum())
-        ds = with_labels(ds, positions, labels)
-        y_all = ds.y_train.numpy()
-        relabels = (changed, len(positions) - changed + kept)
     # Noise is applied to the whole training set (a pure function of it, so CIFAR-N files line
     # up), then the clean validation samples keep their true labels.
     features = None
@@ -95,6 +88,20 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
         coarse_labels=None if ds.coarse_train is None else ds.coarse_train.numpy(),
         mapping=ds.asymmetric_map, features=features, data_dir=ds.root,
     )
+    given, relabels = noisy.labels, (0, 0)
+    if cfg.relabel:  # the labels given, corrected after the clean draw and the noise: the run without the list, but for them
+        positions, labels, kept = relabelled(Path(cfg.relabel), ds)
+        if labels_as_given(cfg.data, cfg.noise):  # your own labels: a clean set drawn from them is corrected too
+            ds = with_labels(ds, positions, labels)
+            y_all = ds.y_train.numpy()
+        elif val_idx is not None and np.isin(positions, val_idx).any():
+            clean = positions[np.isin(positions, val_idx)]
+            raise ValueError(f"--relabel {cfg.relabel}: names {len(clean)} sample(s) of the clean set (the first: index "
+                             f"{clean[0]}), whose labels are the dataset's true ones; name training samples only")
+        given = given.copy()
+        changed = int((given[positions] != labels).sum())
+        given[positions] = labels
+        relabels = (changed, len(positions) - changed + kept)
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train_idx):
             raise ValueError(f"train_subset={cfg.train_subset} exceeds the {len(train_idx)} training samples")
@@ -112,8 +119,8 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
             raise ValueError(f"--exclude {cfg.exclude} leaves out every training sample; nothing is left to train on")
     if cfg.holdout is not None:
         fold, folds = parse_holdout(cfg.holdout)
-        train_idx = np.delete(train_idx, fold_positions(noisy.labels[train_idx], fold, folds, cfg.seed))
-    y_true, y_noisy = y_all[train_idx], noisy.labels[train_idx]
+        train_idx = np.delete(train_idx, fold_positions(given[train_idx], fold, folds, cfg.seed))
+    y_true, y_noisy = y_all[train_idx], given[train_idx]
     return Prepared(ds, train_idx, val_idx, y_true, y_noisy, float((y_true != y_noisy).mean()),
                     transition_matrix(y_true, y_noisy, ds.num_classes), source, excluded, relabels)
 
