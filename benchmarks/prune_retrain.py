@@ -1,10 +1,14 @@
-"""Training again without the flagged labels: what `l2b train --exclude label_issues.csv` is worth.
+"""Training again without the flagged labels, or with them relabelled: what `l2b train --exclude
+label_issues.csv` and `--relabel label_issues.csv` are worth.
 
 For each setting, noise and seed: a run of CE and one of L2B; `l2b label-issues` on each (its
 defaults: the model it chooses, the calibrated cut), written into the run; then the same method
-again, same seed and clean set, without the samples flagged (`--exclude RUN/label_issues.csv`).
-The table compares the test accuracy of the two, paired by seed, beside how many were flagged, how
-many of them were wrong, and the share of wrong labels left in training.
+again, same seed and clean set, without the samples flagged (`--exclude RUN/label_issues.csv`), and
+once more with the flagged samples given the label the first run suggests (`--relabel
+RUN/label_issues.csv`: its suggestions accepted, as a reviewer who accepts them all). The tables
+compare the test accuracy, paired by seed, beside how many were flagged, how many of them were
+wrong (and of the suggestions, how many are the true label), and the share of wrong labels left in
+training.
 
 Settings: digits, the demo's recipe (1,197 noisy training images, 10 clean per class, the MLP, 30
 epochs); Fashion-MNIST, 5,000 noisy training images and 20 clean per class, the MLP, 20 epochs.
@@ -63,12 +67,17 @@ def flag(run: Path) -> dict:
         write_label_issues(run, log=lambda line: None)
     labels = np.load(run / "labels.npz")
     wrong = dict(zip(labels["train_index"].tolist(), (labels["noisy"] != labels["true"]).tolist()))
+    true = dict(zip(labels["train_index"].tolist(), labels["true"].tolist()))
     with open(issues, newline="") as fh:
-        flagged = [int(r["index"]) for r in csv.DictReader(fh) if r["split"] == "train"]
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "train"]
+    flagged = [int(r["index"]) for r in rows]
     hits = sum(wrong[i] for i in flagged)
     kept = len(wrong) - len(flagged)
+    # relabelled with the suggestions: a flagged label is then right where the suggestion is the true label
+    right = sum(int(r["suggested_label"]) == true[int(r["index"])] for r in rows)
     return {"flagged": len(flagged), "wrong": int(sum(wrong.values())), "precision": hits / max(len(flagged), 1),
-            "wrong_left": (sum(wrong.values()) - hits) / max(kept, 1)}
+            "wrong_left": (sum(wrong.values()) - hits) / max(kept, 1), "suggested_right": right / max(len(flagged), 1),
+            "wrong_left_relabelled": (sum(wrong.values()) - hits + len(flagged) - right) / len(wrong)}
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -84,11 +93,14 @@ def summary(rows: list[dict]) -> list[dict]:
                     "min": min(v), "max": max(v)}
 
         for r in part:
-            r["gain_last"] = r["pruned_last"] - r["first_last"]
-            r["gain_best"] = r["pruned_best"] - r["first_best"]
+            for arm in ("pruned", "relabelled"):
+                r[f"{arm}_gain_last"] = r[f"{arm}_last"] - r["first_last"]
+                r[f"{arm}_gain_best"] = r[f"{arm}_best"] - r["first_best"]
         out.append({"setting": setting, "noise": noise, "method": method, "seeds": len(part),
-                    **{k: stat(k) for k in ("first_last", "pruned_last", "gain_last", "first_best", "pruned_best",
-                                            "gain_best", "flagged", "wrong", "precision", "wrong_left", "noise_rate")}})
+                    **{k: stat(k) for k in ("first_last", "pruned_last", "pruned_gain_last", "first_best", "pruned_best",
+                                            "pruned_gain_best", "relabelled_last", "relabelled_gain_last",
+                                            "relabelled_best", "relabelled_gain_best", "flagged", "wrong", "precision",
+                                            "wrong_left", "suggested_right", "wrong_left_relabelled", "noise_rate")}})
     return out
 
 
@@ -111,8 +123,19 @@ def markdown(table: list[dict], command: str) -> str:
         lines.append(f"| {r['setting']} | {r['noise']} | {r['method']} | {r['wrong']['mean']:.0f} "
                      f"({100 * r['noise_rate']['mean']:.1f}%) | {r['flagged']['mean']:.0f} "
                      f"({r['precision']['mean']:.2f}) | {100 * r['wrong_left']['mean']:.1f}% | {ms(r['first_last'])} | "
-                     f"{ms(r['pruned_last'])} | {gain(r['gain_last'])} | {ms(r['first_best'])} | "
-                     f"{ms(r['pruned_best'])} | {gain(r['gain_best'])} |")
+                     f"{ms(r['pruned_last'])} | {gain(r['pruned_gain_last'])} | {ms(r['first_best'])} | "
+                     f"{ms(r['pruned_best'])} | {gain(r['pruned_gain_best'])} |")
+    lines += ["", "With the flagged labels relabelled instead (`--relabel RUN/label_issues.csv`, the first run's "
+              "suggestions accepted): \"suggestions right\": the share of the flagged whose suggested label is the "
+              "true one; \"wrong left after\": the share of the training labels still wrong.", "",
+              "| setting | noise | method | flagged | suggestions right | wrong left after | test, last: first | "
+              "relabelled | gain | test, best-val: first | relabelled | gain |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['setting']} | {r['noise']} | {r['method']} | {r['flagged']['mean']:.0f} | "
+                     f"{r['suggested_right']['mean']:.2f} | {100 * r['wrong_left_relabelled']['mean']:.1f}% | "
+                     f"{ms(r['first_last'])} | {ms(r['relabelled_last'])} | {gain(r['relabelled_gain_last'])} | "
+                     f"{ms(r['first_best'])} | {ms(r['relabelled_best'])} | {gain(r['relabelled_gain_best'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -142,14 +165,17 @@ def main() -> None:
     flags = {c[-1].out: flag(Path(c[-1].out)) for c in first}
     pruned = [replace(cfg, exclude=str(Path(cfg.out) / "label_issues.csv"), out=cfg.out + "-pruned")
               for *_, cfg in first]
-    run_grid(pruned, jobs=args.jobs, log=lambda text: print(text, flush=True))
+    relabelled = [replace(cfg, relabel=str(Path(cfg.out) / "label_issues.csv"), out=cfg.out + "-relabelled")
+                  for *_, cfg in first]
+    run_grid(pruned + relabelled, jobs=args.jobs, log=lambda text: print(text, flush=True))
     rows = []
-    for (setting, noise, method, seed, cfg), again in zip(first, pruned):
-        a = json.loads((Path(cfg.out) / "metrics.json").read_text())
-        b = json.loads((Path(again.out) / "metrics.json").read_text())
+    for (setting, noise, method, seed, cfg), again, fixed in zip(first, pruned, relabelled):
+        a, b, c = (json.loads((Path(x.out) / "metrics.json").read_text()) for x in (cfg, again, fixed))
         rows.append({"setting": setting, "noise": noise, "method": method, "seed": seed, "noise_rate": a["noise_rate"],
                      "first_last": a["test_acc_last"], "first_best": a["test_acc_at_best_val"],
-                     "pruned_last": b["test_acc_last"], "pruned_best": b["test_acc_at_best_val"], **flags[cfg.out]})
+                     "pruned_last": b["test_acc_last"], "pruned_best": b["test_acc_at_best_val"],
+                     "relabelled_last": c["test_acc_last"], "relabelled_best": c["test_acc_at_best_val"],
+                     "relabelled_noise_rate": c["noise_rate"], **flags[cfg.out]})
     table = summary(rows)
     command = ("python benchmarks/prune_retrain.py " + " ".join(sys.argv[1:])).strip()
     text = markdown(table, command)
@@ -160,7 +186,7 @@ def main() -> None:
         (out / "results.json").write_text(json.dumps({**provenance(command), "rows": rows, "table": table}, indent=2)
                                           + "\n")
         return
-    path = record("prune-retrain", "## Training again without the flagged labels", text,
+    path = record("prune-retrain", "## Training again without the flagged labels, or with them relabelled", text,
                   {"rows": rows, "table": table, "settings": settings}, command)
     print(f"wrote {path} and the table in benchmarks/RESULTS.md")
 

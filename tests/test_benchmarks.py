@@ -469,7 +469,7 @@ def test_label_issue_imbalance_benchmark_quick_mode_scores_l2b_and_cleanlab(tmp_
     assert "| l2b, 10 clean per class, seed 0 |" in proc.stdout and "200·0.7^k" in proc.stdout
 
 
-def test_prune_retrain_benchmark_quick_mode_trains_each_method_again_without_its_flagged_samples(tmp_path):
+def test_prune_retrain_benchmark_quick_mode_trains_each_method_again_without_or_relabelling_its_flagged(tmp_path):
     out = tmp_path / "prune"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prune_retrain.py"), "--quick", "--jobs", "1",
                            "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -482,8 +482,19 @@ def test_prune_retrain_benchmark_quick_mode_trains_each_method_again_without_its
         assert len(flagged) == r["flagged"] > 0 and 0 <= r["precision"] <= 1
         kept = np.load(first.with_name(first.name + "-pruned") / "labels.npz")["train_index"]
         np.testing.assert_array_equal(kept, np.setdiff1d(np.load(first / "labels.npz")["train_index"], sorted(flagged)))
-        assert r["gain_last"] == pytest.approx(r["pruned_last"] - r["first_last"])
-    assert "| digits | symmetric:0.4 | l2b |" in proc.stdout
+        assert r["pruned_gain_last"] == pytest.approx(r["pruned_last"] - r["first_last"])
+        # relabelled with the suggestions: the same samples, the flagged ones carrying the suggested label
+        fixed = np.load(first.with_name(first.name + "-relabelled") / "labels.npz")
+        before = np.load(first / "labels.npz")
+        np.testing.assert_array_equal(fixed["train_index"], before["train_index"])
+        suggested = {int(row["index"]): int(row["suggested_label"]) for row in csv.DictReader(open(first / "label_issues.csv"))}
+        expected = before["noisy"].copy()
+        for k, i in enumerate(before["train_index"].tolist()):
+            expected[k] = suggested.get(i, expected[k])
+        np.testing.assert_array_equal(fixed["noisy"], expected)
+        assert r["relabelled_noise_rate"] == pytest.approx(r["wrong_left_relabelled"])
+        assert 0 <= r["suggested_right"] <= 1
+    assert "| digits | symmetric:0.4 | l2b |" in proc.stdout and "relabelled | gain |" in proc.stdout
 
 
 def test_device_check_on_the_cpu_trains_resumes_scores_and_reports(tmp_path):
