@@ -107,7 +107,7 @@ class Classifier:
 def as_images(inputs, spec: dict[str, Any], where: str = "the input") -> torch.Tensor:
     """New images for an array-trained model: uint8 N×C×H×W, checked against the run's channels and
     size (``spec``: config.json's ``data.inputs``), one line naming the mismatch otherwise."""
-    from .data.arrays import nchw
+    from .data.npz import nchw
 
     x = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
     if x.dtype.kind in "USO":

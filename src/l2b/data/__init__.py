@@ -12,10 +12,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .arrays import ArrayDataset, load_cifar10, load_cifar100, load_digits, load_npz
+from .arrays import ArrayDataset, load_cifar10, load_cifar100, load_digits
 from .augment import augment_batch, normalize_batch
 from .files import FileDataset, load_csv, load_folder
 from .idx import load_fashion_mnist, load_mnist
+from .npz import load_npz
 from .published import load_clothing1m, load_isic2019
 
 DATASETS: dict[str, Callable] = {

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..console import warn as warn_data
-from .arrays import label_order, warn_twin_classes
+from .class_names import label_order, warn_twin_classes
 from .copies import copies_message, file_copies
 from .dicom import DICOM_SUFFIXES, is_dicom
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, check_images, checked_size, seeded_keys
