@@ -261,7 +261,7 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str], 
                              f"path and label columns, and optionally split (train, val or test); found: {', '.join(header) or 'none'}")
         column[key] = found[0]
     rows: dict[str, list[tuple[Path, str]]] = {s: [] for s in CSV_SPLITS}
-    seen: dict[Path, int] = {}
+    seen: dict[Path, tuple[int, str]] = {}
     for row in reader:
         line = reader.line_num  # the file's line where the row ends
         if not any(cell.strip() for cell in row):
@@ -278,9 +278,12 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str], 
             raise ValueError(f"{path} line {line}: split {split!r} is not train, val (your verified clean set) or test")
         file = listed_file(path, image)
         if file in seen:
-            raise ValueError(f"{path} line {line}: {image} is listed again (first at line {seen[file]}); list every "
+            first, before = seen[file]
+            votes = (f" with label {label!r} where line {first} gives {before!r}: several annotators' labels? Give "
+                     f"one per image (e.g. their majority vote)" if label != before else "")
+            raise ValueError(f"{path} line {line}: {image} is listed again (first at line {first}){votes}; list every "
                              f"image once, in one split, with one label")
-        seen[file] = line
+        seen[file] = (line, label)
         rows[split.lower()].append((file, label))
     return rows, label_order(label for items in rows.values() for _, label in items), "split" in column
 
