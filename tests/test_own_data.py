@@ -981,3 +981,46 @@ def test_class_names_that_differ_only_in_case_are_named(tmp_path, capsys):
     np.savez(tmp_path / "n.npz", x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array(["dog", "cat", "Dog ", "cat"]))
     assert load_dataset(f"npz:{tmp_path / 'n.npz'}").classes == ("Dog ", "cat", "dog")
     assert "n.npz: class names 'Dog ' and 'dog' differ only in case or spaces" in capsys.readouterr().err
+
+
+def test_a_csv_of_annotators_votes_takes_each_images_majority(tmp_path, capsys):
+    """Crowd labels as a labelling platform exports them, a row per annotator and image: each
+    image's label is the majority of its votes (a tie: the label voted first), said on the console;
+    the dataset is the list of those labels written one row per image."""
+    pytest.importorskip("PIL")
+    from l2b.data import load_dataset
+
+    two_class_folder(tmp_path, {"train": 3})
+    files = sorted((tmp_path / "train").rglob("*.png"))  # cat/0..2, dog/0..2
+    votes = {files[0]: ["cat", "cat", "dog"], files[1]: ["dog", "cat"], files[2]: ["cat"],
+             files[3]: ["dog", "dog", "cat"], files[4]: ["cat", "dog", "dog"], files[5]: ["dog"]}
+    lines = [f"{f},{label},w{k}" for f, labels in votes.items() for k, label in enumerate(labels)]
+    (tmp_path / "votes.csv").write_text("path,label,worker_id\n" + "\n".join(lines[::2] + lines[1::2]) + "\n")
+    ds = load_dataset(f"csv:{tmp_path / 'votes.csv'}")
+    err = capsys.readouterr().err
+    assert "the votes of 3 annotators; each image's label is the majority of its votes (4 images with more than one " \
+           "vote, 1 of them tied: the label voted first taken)" in err
+    # cat/1.png's tie: its cat vote (worker w1) stands before its dog vote in the shuffled file
+    majority = {files[0]: "cat", files[1]: "cat", files[2]: "cat", files[3]: "dog", files[4]: "dog", files[5]: "dog"}
+    (tmp_path / "one.csv").write_text("path,label\n" + "".join(f"{f},{majority[f]}\n" for f in votes))
+    single = load_dataset(f"csv:{tmp_path / 'one.csv'}")
+    assert sorted(ds.train) == sorted(single.train) and ds.classes == single.classes == ("cat", "dog")
+
+
+@pytest.mark.parametrize("rows, message", [
+    (["a.png,cat,w1", "a.png,dog,w1"], "line 3: worker 'w1' labels a.png again (first at line 2); one vote per annotator"),
+    (["a.png,cat,w1", "a.png,dog,"], "line 3: empty worker"),
+])
+def test_a_bad_vote_is_one_line_naming_its_line(tmp_path, rows, message):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from l2b.data import load_dataset
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "votes.csv").write_text("path,label,worker\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_dataset(f"csv:{tmp_path / 'votes.csv'}")
+    (tmp_path / "split.csv").write_text("path,label,split,annotator\na.png,cat,train,x\na.png,cat,test,y\n")
+    with pytest.raises(ValueError, match=r"line 3: a.png is in split test here and train at line 2; give an image one split"):
+        load_dataset(f"csv:{tmp_path / 'split.csv'}")

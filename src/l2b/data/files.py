@@ -195,7 +195,7 @@ def own_image_size(kind: str, path: str) -> int:
     no image, a malformed list, an unreadable file, no Pillow)."""
     try:
         if kind == "csv":
-            return native_size(csv_rows(Path(path))[0]["train"])
+            return native_size(csv_rows(Path(path)).rows["train"])
         train = folder_splits(Path(path))["train"]
         return native_size([(f, 0) for d in class_folders(train) for f in image_files(d)])
     except (OSError, ValueError, KeyError, ImportError):
@@ -242,12 +242,29 @@ def listed_file(path: Path, name: str) -> Path:
     return file
 
 
-def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str], bool]:
-    """The rows of csv:FILE by split, as (image path, label as written); the class names in label
-    order (numerically where every label is a number, else alphabetically); and whether the list
-    has a split column (without one, every row is a training row). One-line errors name the file
-    and line: a missing column, a ragged row, an empty cell, an unknown split, an image listed
-    twice."""
+# a column naming who gave each label: the list then holds several annotators' votes, an image a row each
+ANNOTATOR_COLUMNS = ("annotator", "annotator_id", "worker", "worker_id", "rater")
+
+
+@dataclass
+class ListedImages:
+    """csv:FILE read: its images by split, as (image path, label as written); the class names in
+    label order; whether it has a split column; and, for a list of annotators' votes, (annotators,
+    images with more than one vote, images whose vote is tied)."""
+
+    rows: dict[str, list[tuple[Path, str]]]
+    classes: list[str]
+    has_split: bool
+    votes: tuple[int, int, int] | None = None
+
+
+def csv_rows(path: Path) -> ListedImages:
+    """The images of csv:FILE by split (numbered in label order: numerically where every label is
+    a number, else alphabetically; without a split column every row is a training row). With an
+    annotator column each row is one annotator's vote and an image's label is the majority of its
+    votes (a tie: the label voted first). One-line errors name the file and line: a missing
+    column, a ragged row, an empty cell, an unknown split, an image listed twice (or voted twice by
+    one annotator, or in two splits)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     header, reader = csv_table(path)
@@ -260,8 +277,8 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str], 
             raise ValueError(f"{path}: no {key} column ({' or '.join(names)}); a csv dataset has a header with "
                              f"path and label columns, and optionally split (train, val or test); found: {', '.join(header) or 'none'}")
         column[key] = found[0]
-    rows: dict[str, list[tuple[Path, str]]] = {s: [] for s in CSV_SPLITS}
-    seen: dict[Path, tuple[int, str]] = {}
+    voter = next((i for i, h in enumerate(header) if h in ANNOTATOR_COLUMNS), None)
+    ballots: dict[Path, tuple[int, str, dict[str, tuple[str, int]]]] = {}  # first line, split, annotator -> vote
     for row in reader:
         line = reader.line_num  # the file's line where the row ends
         if not any(cell.strip() for cell in row):
@@ -270,22 +287,44 @@ def csv_rows(path: Path) -> tuple[dict[str, list[tuple[Path, str]]], list[str], 
             raise ValueError(f"{path} line {line}: {len(row)} fields, the header has {len(header)} (a comma inside a "
                              f"path or label needs quotes)")
         image, label = (row[column[k]].strip() for k in ("path", "label"))
-        split = row[column["split"]].strip() if "split" in column else "train"
-        for key, value in (("path", image), ("label", label), ("split", split)):
+        split = row[column["split"]].strip().lower() if "split" in column else "train"
+        who = row[voter].strip() if voter is not None else ""
+        cells = [("path", image), ("label", label), ("split", split)] + ([(header[voter], who)] if voter is not None else [])
+        for key, value in cells:
             if not value:
                 raise ValueError(f"{path} line {line}: empty {key}")
-        if split.lower() not in CSV_SPLITS:
+        if split not in CSV_SPLITS:
             raise ValueError(f"{path} line {line}: split {split!r} is not train, val (your verified clean set) or test")
         file = listed_file(path, image)
-        if file in seen:
-            first, before = seen[file]
-            votes = (f" with label {label!r} where line {first} gives {before!r}: several annotators' labels? Give "
-                     f"one per image (e.g. their majority vote)" if label != before else "")
-            raise ValueError(f"{path} line {line}: {image} is listed again (first at line {first}){votes}; list every "
+        first, where, votes = ballots.setdefault(file, (line, split, {}))
+        if voter is None and votes:
+            before = votes[""][0]
+            hint = (f" with label {label!r} where line {first} gives {before!r}: several annotators' labels? Give "
+                    f"one per image (e.g. their majority vote), or name who gave each in a column annotator"
+                    if label != before else "")
+            raise ValueError(f"{path} line {line}: {image} is listed again (first at line {first}){hint}; list every "
                              f"image once, in one split, with one label")
-        seen[file] = (line, label)
-        rows[split.lower()].append((file, label))
-    return rows, label_order(label for items in rows.values() for _, label in items), "split" in column
+        if where != split:
+            raise ValueError(f"{path} line {line}: {image} is in split {split} here and {where} at line {first}; give "
+                             f"an image one split")
+        if who in votes:
+            raise ValueError(f"{path} line {line}: {header[voter]} {who!r} labels {image} again (first at line "
+                             f"{votes[who][1]}); one vote per annotator and image")
+        votes[who] = (label, line)
+    rows: dict[str, list[tuple[Path, str]]] = {s: [] for s in CSV_SPLITS}
+    ties = 0
+    for file, (_, split, votes) in ballots.items():
+        given = [label for label, _ in votes.values()]  # in the file's order
+        top = max(given.count(label) for label in given)
+        winners = [label for label in given if given.count(label) == top]
+        ties += len(set(winners)) > 1
+        rows[split].append((file, winners[0]))
+    classes = label_order(label for items in rows.values() for _, label in items)
+    counted = None
+    if voter is not None:
+        annotators = {who for _, _, votes in ballots.values() for who in votes}
+        counted = (len(annotators), sum(len(votes) > 1 for _, _, votes in ballots.values()), ties)
+    return ListedImages(rows, classes, "split" in column, counted)
 
 
 def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int | None = None) -> FileDataset:
@@ -295,9 +334,14 @@ def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int 
     None: the training images' own size (``native_size``)."""
     if not path:
         raise ValueError("csv needs a file: csv:FILE (columns path, label, and optionally split)")
-    rows, classes, has_split = csv_rows(Path(path))
+    listed = csv_rows(Path(path))
+    rows, classes = listed.rows, listed.classes
     warn_twin_classes(classes, path)
-    if not has_split:
+    if listed.votes is not None:
+        annotators, voted, ties = listed.votes
+        warn_data(f"{path}: the votes of {annotators} annotators; each image's label is the majority of its votes "
+                  f"({voted} images with more than one vote, {ties} of them tied: the label voted first taken)")
+    if not listed.has_split:
         warn_data(f"{path}: no split column, so every row is a training image, with no clean or test set of its own; "
                   f"to give them, add a column split: train, val (labels you verified) or test")
     if not rows["train"]:
