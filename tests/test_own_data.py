@@ -234,7 +234,8 @@ def test_a_folder_of_class_folders_without_train_is_the_training_set_and_says_so
     (flat / ".ipynb_checkpoints").mkdir()  # Jupyter's, beside the class folders
     ds = load_dataset(f"folder:{flat}")
     err = capsys.readouterr().err
-    assert f"{flat}: no train/ folder, so its 2 class folders are the training set, with no clean or test set" in err
+    assert f"{flat}: no train/ folder, so its 2 class folders (cat, dog) are the training set, with no clean or " \
+        "test set" in err
     assert ds.classes == ("cat", "dog") and ds.val is None and ds.test == []
     nested = load_dataset(f"folder:{tmp_path / 'nested'}")  # the same images through DIR/train/
     assert [(f, y) for f, y in ds.train] == [(f, y) for f, y in nested.train]

@@ -122,7 +122,9 @@ def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: i
     root = Path(path)
     splits = folder_splits(root)
     if splits["train"] == root:
-        warn_data(f"{root}: no train/ folder, so its {len(class_folders(root))} class folders are the training set, "
+        names = [d.name for d in class_folders(root)]
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        warn_data(f"{root}: no train/ folder, so its {len(names)} class folders ({shown}) are the training set, "
                   f"with no clean or test set of its own; to give them, move the class folders into {root / 'train'} "
                   f"and add {root / 'val'}/<class>/* (verified labels) and {root / 'test'}/<class>/*")
     classes = tuple(d.name for d in class_folders(splits["train"]))
