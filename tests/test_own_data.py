@@ -3,6 +3,7 @@ default, a clean set drawn from unverified labels warned about, and one line tha
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 from pathlib import Path
@@ -1006,6 +1007,14 @@ def test_a_csv_of_annotators_votes_takes_each_images_majority(tmp_path, capsys):
     (tmp_path / "one.csv").write_text("path,label\n" + "".join(f"{f},{majority[f]}\n" for f in votes))
     single = load_dataset(f"csv:{tmp_path / 'one.csv'}")
     assert sorted(ds.train) == sorted(single.train) and ds.classes == single.classes == ("cat", "dog")
+    # label_issues.csv shows each image's votes beside the label the model doubts, most first
+    code, _, err = run(tmp_path, capsys, "--data", f"csv:{tmp_path / 'votes.csv'}", "--method", "ce", "--workers", "0")
+    assert code == 0, err
+    assert main(["label-issues", str(tmp_path / "run"), "--threshold", "1.0"]) == 0  # flag every sample
+    with open(tmp_path / "run" / "label_issues.csv", newline="") as fh:
+        listed = {r["path"]: r["votes"] for r in csv.DictReader(fh)}
+    assert listed == {str(f.relative_to(tmp_path)): {0: "cat 2, dog 1", 1: "cat 1, dog 1", 2: "cat 1", 3: "dog 2, cat 1", 4: "dog 2, cat 1",
+                               5: "dog 1"}[k] for k, f in enumerate(files)}
 
 
 @pytest.mark.parametrize("rows, message", [

@@ -12,8 +12,9 @@ from .metaset import class_name
 from .runlock import atomic_write
 
 
-def issue_rows(issues, index, split, given, classes: list[str], paths) -> list[dict]:
-    """The flagged samples, most suspect first, as label_issues.csv lists them (a dict a row)."""
+def issue_rows(issues, index, split, given, classes: list[str], paths, votes=None) -> list[dict]:
+    """The flagged samples, most suspect first, as label_issues.csv lists them (a dict a row);
+    ``paths`` and ``votes`` (annotators' votes, "cat 2, dog 1") per scored sample where there are."""
     name = lambda c: classes[c] if 0 <= c < len(classes) else ""  # noqa: E731
     agreement = issues.agreement
     rows = []
@@ -23,16 +24,16 @@ def issue_rows(issues, index, split, given, classes: list[str], paths) -> list[d
                "suggested_label": s, "suggested_class": name(s), "confidence": float(issues.confidence[i]),
                "pseudo_agreement": None if agreement is None or i >= len(agreement) else float(agreement[i]),
                "score": float(issues.score[i])}
-        rows.append(row | ({"path": paths[i]} if paths else {}))
+        rows.append(row | ({"path": paths[i]} if paths else {}) | ({"votes": votes[i]} if votes else {}))
     return rows
 
 
 CSV_DIGITS = {"confidence": 4, "pseudo_agreement": 2, "score": 6}
 
 
-def write_csv(path: Path, rows: list[dict], with_paths: bool) -> None:
+def write_csv(path: Path, rows: list[dict], with_paths: bool, with_votes: bool = False) -> None:
     columns = ["index", "split", "given_label", "given_class", "suggested_label", "suggested_class", "confidence",
-               "pseudo_agreement", "score"] + (["path"] if with_paths else [])
+               "pseudo_agreement", "score"] + (["path"] if with_paths else []) + (["votes"] if with_votes else [])
     text = lambda k, v: "" if v is None else f"{v:.{CSV_DIGITS[k]}f}" if k in CSV_DIGITS else v  # noqa: E731
 
     def write(tmp: Path) -> None:

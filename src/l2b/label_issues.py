@@ -135,8 +135,9 @@ def write_label_issues(run: str | Path, threshold: float | None = None, score: s
                                **clean_ref)
     classes = _classes(run, config, prep)
     paths = _paths(prep, index, split)
-    rows = issue_rows(issues, index, split, given, classes, paths)
-    write_csv(out / "label_issues.csv", rows, bool(paths))
+    votes = _votes(prep, index)
+    rows = issue_rows(issues, index, split, given, classes, paths, votes)
+    write_csv(out / "label_issues.csv", rows, bool(paths), bool(votes))
     picture, shown = None, 0
     if show > 0:
         picture, shown = show_suspects(out / "label_issues.png", issues, index, split, given, classes, show, run, prep, data)
@@ -309,6 +310,15 @@ def _classes(run: Path, config: dict, prep) -> list[str]:
         return [str(c) for c in prep.ds.classes]
     saved = read_json(run / "config.json") if (run / "config.json").is_file() else {}
     return [str(c) for c in saved.get("data", {}).get("classes", [])]
+
+
+def _votes(prep, index: np.ndarray) -> list[str] | None:
+    """Each scored sample's votes (a csv of annotators' votes; else None), most first: "cat 2, dog 1"."""
+    votes = getattr(prep.ds, "votes", None) if prep is not None else None
+    if not votes:
+        return None
+    return [", ".join(f"{label} {count}" for label, count in votes.get(prep.ds.train[int(i)][0], {}).items())
+            for i in index]
 
 
 def _paths(prep, index: np.ndarray, split: np.ndarray) -> list[str] | None:

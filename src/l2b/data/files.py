@@ -44,6 +44,7 @@ class FileDataset:
     std: tuple[float, float, float] = IMAGENET_STD
     meta_augment: bool = True  # the clean (meta) batches use the training transform
     own_photos: bool = False  # read as ImageFiles reads your own photos (reduced-scale JPEGs, EXIF orientation)
+    votes: dict | None = None  # a csv of annotators' votes: each image's votes by label, {path: {label: count}}
     listed: bool = False  # the images are named by a list (csv): by their path relative to ``root``, as listed
 
     @property
@@ -258,6 +259,7 @@ class ListedImages:
     classes: list[str]
     has_split: bool
     votes: tuple[int, int, int] | None = None
+    tallies: dict[Path, dict[str, int]] | None = None  # each image's votes by label, most first
 
 
 def csv_rows(path: Path) -> ListedImages:
@@ -314,19 +316,20 @@ def csv_rows(path: Path) -> ListedImages:
                              f"{votes[who][1]}); one vote per annotator and image")
         votes[who] = (label, line)
     rows: dict[str, list[tuple[Path, str]]] = {s: [] for s in CSV_SPLITS}
-    ties = 0
+    ties, tallies = 0, {}
     for file, (_, split, votes) in ballots.items():
         given = [label for label, _ in votes.values()]  # in the file's order
-        top = max(given.count(label) for label in given)
-        winners = [label for label in given if given.count(label) == top]
-        ties += len(set(winners)) > 1
+        tallies[file] = dict(sorted(((label, given.count(label)) for label in dict.fromkeys(given)),
+                                    key=lambda kv: -kv[1]))  # most first; a tie in the file's order
+        winners = [label for label, count in tallies[file].items() if count == max(tallies[file].values())]
+        ties += len(winners) > 1
         rows[split].append((file, winners[0]))
     classes = label_order(label for items in rows.values() for _, label in items)
-    counted = None
-    if voter is not None:
-        annotators = {who for _, _, votes in ballots.values() for who in votes}
-        counted = (len(annotators), sum(len(votes) > 1 for _, _, votes in ballots.values()), ties)
-    return ListedImages(rows, classes, "split" in column, counted)
+    if voter is None:
+        return ListedImages(rows, classes, "split" in column)
+    annotators = {who for _, _, votes in ballots.values() for who in votes}
+    counted = (len(annotators), sum(len(votes) > 1 for _, _, votes in ballots.values()), ties)
+    return ListedImages(rows, classes, "split" in column, counted, tallies)
 
 
 def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int | None = None) -> FileDataset:
@@ -358,8 +361,10 @@ def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int 
     if untrained:
         warn_data(f"{path}: class(es) {', '.join(map(repr, untrained[:5]))} have no training image (they appear in "
                   f"val or test only); they stay classes the model can predict")
-    return _own_images("csv", items, tuple(classes), items("val") or None, image_size, Path(path).parent, Path(path),
-                       listed=True)
+    ds = _own_images("csv", items, tuple(classes), items("val") or None, image_size, Path(path).parent, Path(path),
+                     listed=True)
+    ds.votes = listed.tallies
+    return ds
 
 
 def _warn_upscaling(items, image_size: int, root: Path) -> None:
