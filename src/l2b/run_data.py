@@ -90,7 +90,7 @@ def prepare_data(cfg: TrainConfig, needs_clean: bool) -> Prepared:
     )
     given, relabels = noisy.labels, (0, 0)
     if cfg.relabel:  # the labels given, corrected after the clean draw and the noise: the run without the list, but for them
-        positions, labels, kept = relabelled(Path(cfg.relabel), ds)
+        positions, labels, kept = corrected_labels(Path(cfg.relabel), ds)
         if labels_as_given(cfg.data, cfg.noise):  # your own labels: a clean set drawn from them is corrected too
             ds = with_labels(ds, positions, labels)
             y_all = ds.y_train.numpy()
@@ -184,7 +184,7 @@ def named_samples(path: Path, ds, flag: str):
 RELABEL_COLUMNS = ("label", "class", "suggested_class", "suggested_label")
 
 
-def relabelled(path: Path, ds) -> tuple[np.ndarray, np.ndarray, int]:
+def corrected_labels(path: Path, ds) -> tuple[np.ndarray, np.ndarray, int]:
     """The training-set positions a csv names (``--relabel``), the labels they are to carry and the
     number of rows that leave theirs as given (an empty label cell: reviewed and right). A label
     is a class name, or a number 0..K-1 (``suggested_label``: a number only)."""
