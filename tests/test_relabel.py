@@ -28,7 +28,8 @@ def test_a_reviewed_label_issues_csv_corrects_the_labels_it_names(tmp_path, caps
     code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "l2b", "--epochs", "4")
     assert code == 0, err
     assert main(["label-issues", str(tmp_path / "run")]) == 0
-    capsys.readouterr()
+    assert "next: review it from the top, then train again without the samples you confirm wrong (--exclude FILE) " \
+           "or with the labels you correct (--relabel FILE" in capsys.readouterr().out
     rows = issue_rows(tmp_path / "run" / "label_issues.csv")[:30]
     reviewed = tmp_path / "reviewed.csv"
     with open(reviewed, "w", newline="") as fh:

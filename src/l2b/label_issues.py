@@ -269,6 +269,10 @@ def console_lines(s: dict) -> tuple[list[str], list[str]]:
         out.append(f"against the injected noise ({s['corrupted']} corrupted labels): precision {s['precision']:.3f}, "
                    f"recall {s['recall']:.3f}, F1 {s['f1']:.3f}, ROC-AUC {s['auc']:.3f}; the suggested label is "
                    f"the true one for {100 * s['fix_accuracy']:.1f}% of the corrupted samples")
+    elif s["issues"]:  # your own labels: what to do with the list
+        out.append(f"next: review it from the top, then train again without the samples you confirm wrong "
+                   f"(--exclude FILE) or with the labels you correct (--relabel FILE, its suggestions where you keep "
+                   f"them): docs/data.md, 'Training again without them'")
     err = [f"note: {s[k]}" for k in ("note", "count_note") if s.get(k)] + ([f"warning: {s['warning']}"] if s["warning"] else [])
     return out, err
 
