@@ -91,9 +91,14 @@ def test_image_files_are_named_by_their_paths(tmp_path, capsys):
     ("index,split\n3,train\n4,test\n", "line 3: a test sample (4); only training samples can be left out"),
 ])
 def test_a_bad_exclusion_list_is_one_line_naming_its_line(tmp_path, capsys, text, message):
+    refused_in_one_line(tmp_path, capsys, "--exclude", text, message)
+
+
+def refused_in_one_line(tmp_path, capsys, flag: str, text: str, message: str) -> None:
+    """A list of ``text`` given to ``flag`` on one's own digits: one line saying ``message``, before any run."""
     f = digits_npz(tmp_path / "mine.npz")
     (tmp_path / "bad.csv").write_text(text)
-    code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "ce", "--exclude", str(tmp_path / "bad.csv"))
+    code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "ce", flag, str(tmp_path / "bad.csv"))
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "run").exists()
 

@@ -12,7 +12,7 @@ import torch
 
 from l2b.cli import main
 
-from test_exclude import data_line, issue_rows
+from test_exclude import data_line, issue_rows, refused_in_one_line
 from test_own_data import digits_npz, run, two_class_folder
 
 
@@ -91,11 +91,7 @@ def test_ones_own_list_by_path_with_class_names_and_rows_kept_as_given(tmp_path,
     ("index,label\n5000,1\n", "line 2: index 5000 is outside the dataset's 1397 training samples"),
 ])
 def test_a_bad_relabel_list_is_one_line_naming_its_line(tmp_path, capsys, text, message):
-    f = digits_npz(tmp_path / "mine.npz")
-    (tmp_path / "bad.csv").write_text(text)
-    code, _, err = run(tmp_path, capsys, "--data", f"npz:{f}", "--method", "ce", "--relabel", str(tmp_path / "bad.csv"))
-    assert code == 2 and err.count("\n") == 1 and message in err, err
-    assert not (tmp_path / "run").exists()
+    refused_in_one_line(tmp_path, capsys, "--relabel", text, message)
 
 
 def test_under_injected_noise_it_corrects_the_labels_given_and_never_the_true_ones(tmp_path, capsys):
