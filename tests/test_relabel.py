@@ -87,6 +87,8 @@ def test_ones_own_list_by_path_with_class_names_and_rows_kept_as_given(tmp_path,
     ("index,label\n3,7\n4,10\n", "line 3: label '10' is not a class of the dataset"),
     ("index,label\n3,7\n3,2\n", "line 3: names training sample 3 again, with another label ('7', then '2')"),
     ("index,suggested_label\n3,one\n", "line 2: suggested_label 'one' is not a class of the dataset"),
+    ("index,suggested_label,suggested_class\n3,2,2\n5,,4\n4,2,7\n",
+     "line 4: suggested_class '7' (class 7) but suggested_label 2; edit both alike, or give the right class in a column label"),
     ("index,split,label\n3,train,1\n4,test,1\n", "line 3: a test sample (4); only training samples can be relabelled"),
     ("index,label\n5000,1\n", "line 2: index 5000 is outside the dataset's 1397 training samples"),
 ])
@@ -141,3 +143,19 @@ def test_drawn_clean_samples_named_carry_their_corrected_label(tmp_path):
     _, val, _ = build_splits(cfg, after, torch.device("cpu"))
     assert int(val.y[0]) == new and after.relabelled == (1, 0)
     assert int(before.ds.y_train[first]) != new  # the loaded dataset itself is left as it was
+
+
+def test_a_suggestion_blanked_in_either_column_keeps_the_given_label(tmp_path):
+    """label_issues.csv names each suggestion twice (suggested_label, suggested_class): a row with
+    either blanked was reviewed and is right as given; a row with both is relabelled."""
+    from l2b.config import TrainConfig
+    from l2b.run_data import prepare_data
+
+    f = digits_npz(tmp_path / "mine.npz")
+    given = np.load(f)["y_train"]
+    new = [(int(given[i]) + 1) % 10 for i in (3, 4, 5)]
+    (tmp_path / "fix.csv").write_text("index,suggested_label,suggested_class\n"
+                                      f"3,{new[0]},{new[0]}\n4,,{new[1]}\n5,{new[2]},\n")
+    prep = prepare_data(TrainConfig(data=f"npz:{f}", method="ce", relabel=str(tmp_path / "fix.csv")), needs_clean=False)
+    assert prep.relabelled == (1, 2)
+    assert prep.y_noisy[3] == new[0] and prep.y_noisy[4] == given[4] and prep.y_noisy[5] == given[5]

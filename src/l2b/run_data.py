@@ -195,11 +195,14 @@ def corrected_labels(path: Path, ds) -> tuple[np.ndarray, np.ndarray, int]:
                          f"({', '.join(header) or 'empty'}); add a column label with each sample's right class")
     at, k = header.index(column), len(ds.classes)
     names = {} if column == "suggested_label" else {name: i for i, name in enumerate(ds.classes)}
+    # label_issues.csv names each suggestion twice: one edited and not the other is a contradiction
+    twin = header.index("suggested_label") if column == "suggested_class" and "suggested_label" in header else None
     labels: dict[int, int] = {}
     kept = 0
     for where, position, row in rows:
         value = row[at].strip() if at < len(row) else ""
-        if not value:
+        number = row[twin].strip() if twin is not None and twin < len(row) else None
+        if not value or number == "":  # blank: reviewed, and right as given
             kept += 1
             continue
         label = names.get(value)
@@ -209,6 +212,9 @@ def corrected_labels(path: Path, ds) -> tuple[np.ndarray, np.ndarray, int]:
             shown = ", ".join(ds.classes[:10]) + (", ..." if k > 10 else "")
             raise ValueError(f"{where}: {column} {value!r} is not a class of the dataset ({shown}); give a class name "
                              f"or a number 0..{k - 1}")
+        if number is not None and number != str(label):
+            raise ValueError(f"{where}: suggested_class {value!r} (class {label}) but suggested_label {number}; edit "
+                             f"both alike, or give the right class in a column label")
         if labels.setdefault(position, label) != label:
             raise ValueError(f"{where}: names training sample {position} again, with another label "
                              f"({ds.classes[labels[position]]!r}, then {ds.classes[label]!r}); give each sample one")
