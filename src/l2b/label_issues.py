@@ -257,22 +257,22 @@ def console_lines(s: dict) -> tuple[list[str], list[str]]:
            }.get(s["cut"], f"cut {s['cut']}")
     if s["cut"] != "count" and s["estimated"] is not None:
         how += f"; confident learning estimates {s['estimated']}"
-    out = [f"wrote {s['csv']}: {s['issues']} suspected label issues flagged ({how}; score {s['score']}: "
+    out = [f"wrote {s['csv']}: {s['issues']} suspected label issue{'' if s['issues'] == 1 else 's'} flagged ({how}; score {s['score']}: "
            f"{s['source']})" + (f"; {s['clean_scored']} clean samples drawn from your labels scored too"
                                  if s["clean_scored"] else "")
            + ("" if s["model"] in (None, "cross-fit") else f"; the model of epoch {s['model_epoch']}"
               + (f" ({s['model']}_model.pt)" if s["model"] in ("best", "early") else ", the final one"))
            + ("; scored out of fold" if s["model"] == "cross-fit" else "")]
     if s["picture"]:
-        out.append(f"wrote {s['picture']}: the top {s['shown']} suspects")
+        out.append(f"wrote {s['picture']}: the top {s['shown']} suspect{'' if s['shown'] == 1 else 's'}")
     if s["corrupted"]:
         out.append(f"against the injected noise ({s['corrupted']} corrupted labels): precision {s['precision']:.3f}, "
                    f"recall {s['recall']:.3f}, F1 {s['f1']:.3f}, ROC-AUC {s['auc']:.3f}; the suggested label is "
                    f"the true one for {100 * s['fix_accuracy']:.1f}% of the corrupted samples")
     elif s["issues"]:  # your own labels: what to do with the list
-        out.append(f"next: review it from the top, then train again without the samples you confirm wrong "
-                   f"(--exclude FILE) or with the labels you correct (--relabel FILE, its suggestions where you keep "
-                   f"them): docs/data.md, 'Training again without them'")
+        out.append("next: review it from the top, then train again without the samples you confirm wrong "
+                   "(--exclude FILE) or with the labels you correct (--relabel FILE, its suggestions where you keep "
+                   "them): docs/data.md, 'Training again without them'")
     err = [f"note: {s[k]}" for k in ("note", "count_note") if s.get(k)] + ([f"warning: {s['warning']}"] if s["warning"] else [])
     return out, err
 
