@@ -157,7 +157,14 @@ def test_compare_on_own_labels_needs_no_noise_flag(tmp_path, capsys):
                  "--out", str(tmp_path / "grid")]) == 0
     assert (tmp_path / "grid" / "ce" / "none" / "seed0" / "metrics.json").is_file()  # nothing injected
     assert "| ce | " in capsys.readouterr().out
-    assert "| method | your labels (no noise injected) | s / epoch |" in (tmp_path / "grid" / "summary.md").read_text()
+    summary = (tmp_path / "grid" / "summary.md").read_text()
+    assert "| method | your labels (no noise injected) | s / epoch |" in summary
+    assert summary.startswith(f"Data: npz:{f}\n")  # what the grid trained on heads its summary
+    (tmp_path / "fix.csv").write_text("index,label\n3,7\n")
+    assert main(["compare", "--data", f"npz:{f}", "--methods", "ce", "--model", "mlp", "--width", "16", "--epochs", "1",
+                 "--relabel", str(tmp_path / "fix.csv"), "--out", str(tmp_path / "fixed")]) == 0
+    assert (tmp_path / "fixed" / "summary.md").read_text().startswith(f"Data: npz:{f}; --relabel {tmp_path / 'fix.csv'}\n")
+    capsys.readouterr()
     assert main(["label-issues", str(tmp_path / "grid")]) == 2  # a grid, not a run: named, with one of its runs
     assert f"grid of 1 run: give one of them, e.g. l2b label-issues {tmp_path / 'grid' / 'ce' / 'none' / 'seed0'}" in \
         capsys.readouterr().err

@@ -310,7 +310,7 @@ def summarize(out: Path) -> list[dict[str, Any]]:
         writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    text = markdown_tables(rows, own) if rows else "No finished run.\n"
+    text = data_line(groups) + (markdown_tables(rows, own) if rows else "No finished run.\n")
     diverged = diverged_runs(out)
     if diverged:
         text += "\n### Diverged runs (left out of the tables)\n\n" + "".join(
@@ -318,6 +318,20 @@ def summarize(out: Path) -> list[dict[str, Any]]:
             for r in diverged)
     (out / "summary.md").write_text(text)
     return rows
+
+
+def data_line(groups) -> str:
+    """What the grid's runs trained on, for the head of summary.md: their data, and the lists that
+    left samples out or corrected labels (``--exclude``, ``--relabel``), where any run had one."""
+    configs = [r["config"] for runs in groups.values() for r in runs]
+    if not configs:
+        return ""
+    parts = [", ".join(dict.fromkeys(str(c.get("data", "")) for c in configs))]
+    for flag in ("exclude", "relabel"):
+        given = list(dict.fromkeys(str(c[flag]) for c in configs if c.get(flag)))
+        if given:
+            parts.append(f"--{flag} {', '.join(given)}")
+    return f"Data: {'; '.join(parts)}\n\n"
 
 
 def markdown_tables(rows: list[dict[str, Any]], own: set[str] = frozenset()) -> str:
