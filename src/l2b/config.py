@@ -220,12 +220,11 @@ class TrainConfig:
         self._check_meta_set()
         if self.holdout is not None:
             parse_holdout(self.holdout)
-        if self.exclude is not None and not Path(self.exclude).is_file():
-            raise FileNotFoundError(f"--exclude {self.exclude}: file not found; give a csv of the training samples to "
-                                    f"leave out (e.g. a label_issues.csv)")
-        if self.relabel is not None and not Path(self.relabel).is_file():
-            raise FileNotFoundError(f"--relabel {self.relabel}: file not found; give a csv of the training samples to "
-                                    f"relabel and their labels (e.g. a reviewed label_issues.csv)")
+        for name, what in (("exclude", "leave out (e.g. a label_issues.csv)"),
+                           ("relabel", "relabel and their labels (e.g. a reviewed label_issues.csv)")):
+            if getattr(self, name) is not None and not Path(getattr(self, name)).is_file():
+                raise FileNotFoundError(f"--{name} {getattr(self, name)}: file not found; give a csv of the training "
+                                        f"samples to {what}")
         for name in ("width", "val_batch_size", "eval_batch_size", "image_size", "val_per_class", "val_total",
                      "train_subset", "threads", "test_every"):
             value = getattr(self, name)

@@ -3,6 +3,8 @@ that differ only in case or spaces."""
 
 from __future__ import annotations
 
+from ..console import warn
+
 
 def label_order(names) -> list[str]:
     """Class names in label order: numerically where every name is a whole number ("2" before
@@ -19,8 +21,6 @@ def warn_twin_classes(names, where) -> None:
     for name in names:
         twin = seen.setdefault(str(name).strip().casefold(), str(name))
         if twin != str(name):
-            from ..console import warn
-
             warn(f"{where}: class names {twin!r} and {str(name)!r} differ only in case or spaces, so they are two "
                  f"classes; if they are one, write them alike")
             return

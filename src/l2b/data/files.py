@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,13 +123,12 @@ def load_folder(path: str | None, *, on_bad_images: str = "error", image_size: i
                          "and DIR/test/<class>/...)")
     root = Path(path)
     splits = folder_splits(root)
+    classes = tuple(d.name for d in class_folders(splits["train"]))
     if splits["train"] == root:
-        names = [d.name for d in class_folders(root)]
-        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-        warn_data(f"{root}: no train/ folder, so its {len(names)} class folders ({shown}) are the training set, "
+        shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
+        warn_data(f"{root}: no train/ folder, so its {len(classes)} class folders ({shown}) are the training set, "
                   f"with no clean or test set of its own; to give them, move the class folders into {root / 'train'} "
                   f"and add {root / 'val'}/<class>/* (verified labels) and {root / 'test'}/<class>/*")
-    classes = tuple(d.name for d in class_folders(splits["train"]))
     warn_twin_classes(classes, splits["train"])
     if not classes:
         raise ValueError(f"{splits['train']}: no class sub-directories")
@@ -252,14 +252,14 @@ ANNOTATOR_COLUMNS = ("annotator", "annotator_id", "worker", "worker_id", "rater"
 @dataclass
 class ListedImages:
     """csv:FILE read: its images by split, as (image path, label as written); the class names in
-    label order; whether it has a split column; and, for a list of annotators' votes, (annotators,
-    images with more than one vote, images whose vote is tied)."""
+    label order; whether it has a split column; and, for a list of annotators' votes, how many
+    annotators voted and each image's votes by label, most first (a tie in the file's order)."""
 
     rows: dict[str, list[tuple[Path, str]]]
     classes: list[str]
     has_split: bool
-    votes: tuple[int, int, int] | None = None
-    tallies: dict[Path, dict[str, int]] | None = None  # each image's votes by label, most first
+    annotators: int = 0
+    tallies: dict[Path, dict[str, int]] | None = None
 
 
 def csv_rows(path: Path) -> ListedImages:
@@ -316,20 +316,16 @@ def csv_rows(path: Path) -> ListedImages:
                              f"{votes[who][1]}); one vote per annotator and image")
         votes[who] = (label, line)
     rows: dict[str, list[tuple[Path, str]]] = {s: [] for s in CSV_SPLITS}
-    ties, tallies = 0, {}
+    tallies = {}
     for file, (_, split, votes) in ballots.items():
-        given = [label for label, _ in votes.values()]  # in the file's order
-        tallies[file] = dict(sorted(((label, given.count(label)) for label in dict.fromkeys(given)),
-                                    key=lambda kv: -kv[1]))  # most first; a tie in the file's order
-        winners = [label for label, count in tallies[file].items() if count == max(tallies[file].values())]
-        ties += len(winners) > 1
-        rows[split].append((file, winners[0]))
+        # most first; a tie in the file's order (most_common keeps the order of first appearance among equals)
+        tallies[file] = dict(Counter(label for label, _ in votes.values()).most_common())
+        rows[split].append((file, next(iter(tallies[file]))))
     classes = label_order(label for items in rows.values() for _, label in items)
     if voter is None:
         return ListedImages(rows, classes, "split" in column)
-    annotators = {who for _, _, votes in ballots.values() for who in votes}
-    counted = (len(annotators), sum(len(votes) > 1 for _, _, votes in ballots.values()), ties)
-    return ListedImages(rows, classes, "split" in column, counted, tallies)
+    annotators = len({who for _, _, votes in ballots.values() for who in votes})
+    return ListedImages(rows, classes, "split" in column, annotators, tallies)
 
 
 def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int | None = None) -> FileDataset:
@@ -342,10 +338,12 @@ def load_csv(path: str | None, *, on_bad_images: str = "error", image_size: int 
     listed = csv_rows(Path(path))
     rows, classes = listed.rows, listed.classes
     warn_twin_classes(classes, path)
-    if listed.votes is not None:
-        annotators, voted, ties = listed.votes
-        warn_data(f"{path}: the votes of {annotators} annotators; each image's label is the majority of its votes "
-                  f"({voted} images with more than one vote, {ties} of them tied: the label voted first taken)")
+    if listed.tallies is not None:
+        counts = [list(votes.values()) for votes in listed.tallies.values()]
+        voted = sum(sum(c) > 1 for c in counts)
+        ties = sum(len(c) > 1 and c[0] == c[1] for c in counts)
+        warn_data(f"{path}: the votes of {listed.annotators} annotators; each image's label is the majority of its "
+                  f"votes ({voted} images with more than one vote, {ties} of them tied: the label voted first taken)")
     if not listed.has_split:
         warn_data(f"{path}: no split column, so every row is a training image, with no clean or test set of its own; "
                   f"to give them, add a column split: train, val (labels you verified) or test")
